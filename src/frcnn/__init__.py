@@ -1,0 +1,1 @@
+"""frcnn: a readable Faster R-CNN."""

@@ -1,0 +1,129 @@
+"""Box coder and small box helpers. All boxes are xyxy in pixels."""
+
+import math
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+# exp() of a larger log-scale would blow a box past any image: cap it (torchvision's value)
+DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
+
+
+class BoxCoder:
+    """Encodes boxes as (dx, dy, dw, dh) deltas relative to reference boxes, and back.
+
+    `weights` (wx, wy, ww, wh) scale the deltas so that their losses have comparable size:
+    (1, 1, 1, 1) for the RPN, (10, 10, 5, 5) for the ROI heads.
+    """
+
+    def __init__(self, weights=(1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
+        self.weights = tuple(float(w) for w in weights)
+        self.scale_clamp = scale_clamp
+
+    def encode(self, boxes: Tensor, reference: Tensor) -> Tensor:
+        """(..., 4) target boxes and (..., 4) reference boxes -> (..., 4) deltas."""
+        wx, wy, ww, wh = self.weights
+        ref_w = reference[..., 2] - reference[..., 0]
+        ref_h = reference[..., 3] - reference[..., 1]
+        ref_cx = reference[..., 0] + 0.5 * ref_w
+        ref_cy = reference[..., 1] + 0.5 * ref_h
+        w = boxes[..., 2] - boxes[..., 0]
+        h = boxes[..., 3] - boxes[..., 1]
+        cx = boxes[..., 0] + 0.5 * w
+        cy = boxes[..., 1] + 0.5 * h
+        return torch.stack(
+            (
+                wx * (cx - ref_cx) / ref_w,
+                wy * (cy - ref_cy) / ref_h,
+                ww * torch.log(w / ref_w),
+                wh * torch.log(h / ref_h),
+            ),
+            dim=-1,
+        )
+
+    def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
+        """(..., 4) deltas applied to (..., 4) reference boxes -> (..., 4) boxes.
+
+        `reference` broadcasts against `deltas`, e.g. (N, 1, 4) proposals with (N, C, 4)
+        class-specific deltas. The result has the dtype of `deltas`.
+        """
+        reference = reference.to(deltas.dtype)
+        wx, wy, ww, wh = self.weights
+        ref_w = reference[..., 2] - reference[..., 0]
+        ref_h = reference[..., 3] - reference[..., 1]
+        ref_cx = reference[..., 0] + 0.5 * ref_w
+        ref_cy = reference[..., 1] + 0.5 * ref_h
+        dx = deltas[..., 0] / wx
+        dy = deltas[..., 1] / wy
+        dw = (deltas[..., 2] / ww).clamp(max=self.scale_clamp)
+        dh = (deltas[..., 3] / wh).clamp(max=self.scale_clamp)
+        cx = dx * ref_w + ref_cx
+        cy = dy * ref_h + ref_cy
+        half_w = 0.5 * (torch.exp(dw) * ref_w)
+        half_h = 0.5 * (torch.exp(dh) * ref_h)
+        return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
+
+
+def clip_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Clamp (..., 4) boxes to the image rectangle [0, width] x [0, height]."""
+    x = boxes[..., 0::2].clamp(0, width)
+    y = boxes[..., 1::2].clamp(0, height)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """(..., 4) -> (...) areas in square pixels."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def is_large_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """(..., 4) -> (...) bool: both sides at least `min_size` pixels."""
+    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & (
+        (boxes[..., 3] - boxes[..., 1]) >= min_size
+    )
+
+
+def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of (B, N, 4) with (B, M, 4) boxes, image by image -> (B, N, M).
+
+    The batched form of `torchvision.ops.box_iou` (which compares every box with every box);
+    tested against it.
+    """
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
+    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, :, None] + area2[:, None, :] - inter)
+
+
+def nms_top_k_per_image(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    image_index: Tensor,
+    num_images: int,
+    iou_thresh: float,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """Class-aware NMS over a whole batch, then the k best survivors of each image.
+
+    boxes (R, 4), scores (R,), groups (R,) int: boxes suppress each other only within a group,
+    and a group never spans two images; image_index (R,) int in 0..num_images-1.
+    Returns (num_images, k) indices into the R boxes, best first, and a (num_images, k) bool
+    mask that is False where an image has fewer than k survivors.
+    """
+    keep = batched_nms(boxes, scores, groups, iou_thresh)  # sorted by decreasing score
+    image_of = image_index[keep]
+    image_of, order = torch.sort(image_of, stable=True)  # stable: scores stay sorted per image
+    keep = keep[order]
+    counts = torch.bincount(image_of, minlength=num_images)
+    rank = torch.arange(keep.numel(), device=keep.device) - (counts.cumsum(0) - counts)[image_of]
+    # write survivors past the k-th to a spare column k that is cut off afterwards
+    slot = image_of * (k + 1) + rank.clamp(max=k)
+    selected = keep.new_zeros(num_images * (k + 1)).index_put_((slot,), keep)
+    filled = torch.zeros(num_images * (k + 1), dtype=torch.bool, device=keep.device)
+    filled = filled.index_put_((slot,), torch.ones_like(slot, dtype=torch.bool))
+    return selected.view(num_images, k + 1)[:, :k], filled.view(num_images, k + 1)[:, :k]

@@ -1,0 +1,110 @@
+"""ResNet body returning C2..C5, with frozen stages and optional activation checkpointing."""
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.ops import FrozenBatchNorm2d
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+FROZEN_CHOICES = ("none", *STAGES)
+DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
+NORMS = ("frozen_bn", "bn")
+
+
+def _imagenet_weights(arch: str):
+    """torchvision's ImageNet weights enum for `arch` (V1, the weights detection models use)."""
+    enum = torchvision.models.get_model_weights(arch)
+    return enum.IMAGENET1K_V1
+
+
+def build_resnet(depth: int, norm: str, weights: str | None) -> nn.Module:
+    """A torchvision ResNet with `norm` layers and weights None, "imagenet" or a local file."""
+    if depth not in DEPTHS:
+        raise ValueError(f"model.backbone.depth={depth}: choose one of {sorted(DEPTHS)}")
+    if norm not in NORMS:
+        raise ValueError(f"model.backbone.norm={norm!r}: choose one of {NORMS}")
+    arch = DEPTHS[depth]
+    norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+    resnet = torchvision.models.get_model(arch, weights=None, norm_layer=norm_layer)
+    if weights is None:
+        return resnet
+    if weights == "imagenet":
+        enum = _imagenet_weights(arch)
+        try:
+            state = enum.get_state_dict(progress=True)
+        except Exception as err:  # any network or cache failure
+            raise RuntimeError(
+                f"Could not download the ImageNet weights for {arch} ({enum.url}): {err}. "
+                "Offline, download that file elsewhere and set "
+                "model.backbone.weights=/path/to/the/file.pth."
+            ) from err
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.backbone.weights={weights!r}: no such file. Use 'imagenet', null, "
+                "or the path of a torchvision ResNet state dict."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    resnet.load_state_dict(state)
+    return resnet
+
+
+class Backbone(nn.Module):
+    """ResNet stem and stages -> C2..C5 feature maps at strides 4, 8, 16, 32.
+
+    `frozen` names the last stage whose parameters are frozen ("none", "stem", "layer1", ...);
+    frozen stages also stay in eval mode, so trainable BatchNorm there never updates its
+    statistics. `checkpointing` recomputes the activations of trainable stages in the backward
+    pass instead of storing them (less memory, about a third more compute for those stages).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        norm: str = "frozen_bn",
+        weights: str | None = None,
+        frozen: str = "layer1",
+        checkpointing: bool = False,
+    ):
+        super().__init__()
+        if frozen not in FROZEN_CHOICES:
+            raise ValueError(f"frozen={frozen!r}: choose one of {FROZEN_CHOICES}")
+        resnet = build_resnet(depth, norm, weights)
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        self.out_channels = [
+            stage[-1].conv3.out_channels
+            if hasattr(stage[-1], "conv3")
+            else stage[-1].conv2.out_channels
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4)
+        ]
+        self.num_frozen = FROZEN_CHOICES.index(frozen)  # 0 = none, 1 = stem, ... 5 = layer4
+        self.checkpointing = checkpointing
+        for stage in self._stages()[: self.num_frozen]:
+            stage.requires_grad_(False)
+
+    def _stages(self) -> list[nn.Module]:
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for stage in self._stages()[: self.num_frozen]:
+            stage.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) normalised images -> [C2, C3, C4, C5]."""
+        features = []
+        for i, stage in enumerate(self._stages()):
+            if self.checkpointing and self.training and i >= self.num_frozen:
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+            if i > 0:
+                features.append(x)
+        return features

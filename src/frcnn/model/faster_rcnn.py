@@ -1,0 +1,117 @@
+"""The detector: images -> four-loss dict (training) or detections (eval)."""
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from frcnn.model.anchors import AnchorGenerator
+from frcnn.model.backbone import Backbone
+from frcnn.model.fpn import FPN
+from frcnn.model.roi_heads import RoIHeads
+from frcnn.model.rpn import RPN
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GroundTruth(NamedTuple):
+    """The targets of a batch padded to G boxes per image (G >= 1)."""
+
+    boxes: Tensor  # (B, G, 4) xyxy, input pixels
+    labels: Tensor  # (B, G) int64 in 1..num_classes
+    valid: Tensor  # (B, G) bool: False on padding and on degenerate boxes
+
+
+def pad_targets(targets: list[dict[str, Tensor]], device) -> GroundTruth:
+    """List of per-image {"boxes" (K, 4), "labels" (K,)} -> GroundTruth; K may be 0."""
+    boxes = [t["boxes"].to(device, torch.float32).reshape(-1, 4) for t in targets]
+    labels = [t["labels"].to(device, torch.int64).reshape(-1) for t in targets]
+    # one padding row always, so that max() over ground truth works on images without boxes
+    boxes.append(torch.zeros(1, 4, device=device))
+    labels.append(torch.zeros(1, dtype=torch.int64, device=device))
+    boxes = pad_sequence(boxes, batch_first=True)[:-1]
+    labels = pad_sequence(labels, batch_first=True)[:-1]
+    valid = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1]) & (labels > 0)
+    return GroundTruth(boxes, labels, valid)
+
+
+class FasterRCNN(nn.Module):
+    """ResNet-FPN Faster R-CNN.
+
+    Args:
+        num_classes: object classes (labels 1..num_classes; 0 is background).
+        backbone: keyword arguments of `Backbone` (depth, norm, weights, frozen, checkpointing).
+        fpn_channels: channels of P2..P6.
+        anchors: keyword arguments of `AnchorGenerator` (sizes, aspect_ratios, strides, offset).
+        rpn: keyword arguments of `RPN` (counts, thresholds, sampler, box-coder weights).
+        roi_heads: keyword arguments of `RoIHeads` (pooling, matcher, sampler, post-processing).
+
+    `forward(images, targets=None)`: images are (B, 3, H, W), uint8 in 0..255 or float in
+    0..1; the model normalises them with ImageNet statistics. In training mode it returns
+    {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}; in eval mode a list of B dicts with
+    "boxes" (D, 4) xyxy in input pixels, "scores" (D,) and "labels" (D,).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        backbone: dict | None = None,
+        fpn_channels: int = 256,
+        anchors: dict | None = None,
+        rpn: dict | None = None,
+        roi_heads: dict | None = None,
+    ):
+        super().__init__()
+        self.backbone = Backbone(**(backbone or {}))
+        self.fpn = FPN(self.backbone.out_channels, fpn_channels)
+        self.anchor_generator = AnchorGenerator(**(anchors or {}))
+        num_anchors = self.anchor_generator.num_anchors_per_location()
+        if len(set(num_anchors)) != 1:
+            raise ValueError(
+                "anchors: the RPN head is shared by all levels, so every level needs the same "
+                f"number of sizes x aspect ratios; got {num_anchors}"
+            )
+        self.rpn = RPN(fpn_channels, num_anchors[0], **(rpn or {}))
+        roi_strides = self.anchor_generator.strides[:-1]  # P2..P5; P6 serves the RPN only
+        self.roi_heads = RoIHeads(
+            num_classes, fpn_channels, **{"strides": roi_strides, **(roi_heads or {})}
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 (0..255) or float (0..1) images -> ImageNet-normalised float32."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return (images.float() - self.mean) / self.std
+
+    def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("FasterRCNN in training mode needs targets")
+            return self._run(images, targets, detect=False)[0]
+        return self._run(images, None, detect=True)[1]
+
+    def forward_with_losses(self, images: Tensor, targets: list[dict[str, Tensor]]):
+        """One pass that returns (losses, detections), for validation.
+
+        Call in eval mode: proposals use the test-time counts; the losses are computed on
+        them as in training (with fresh random samples).
+        """
+        return self._run(images, targets, detect=True)
+
+    def _run(self, images: Tensor, targets, detect: bool):
+        image_size = (images.shape[-2], images.shape[-1])
+        features = self.fpn(self.backbone(self.normalize(images)))
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], images.device)
+        gt = None if targets is None else pad_targets(targets, images.device)
+        proposals, valid, losses = self.rpn(features, anchors, image_size, gt)
+        roi_features = features[: len(self.roi_heads.strides)]
+        if gt is not None:
+            losses.update(self.roi_heads.losses(roi_features, proposals, valid, gt))
+        detections = (
+            self.roi_heads.detect(roi_features, proposals, valid, image_size) if detect else None
+        )
+        return losses, detections

@@ -1,0 +1,75 @@
+"""Assigning ground truth to anchors or proposals, and sampling a balanced training subset.
+
+Both work on whole batches at once: ground truth is padded to (B, G) with a validity mask,
+so there is no per-image Python loop and no host-device synchronisation.
+"""
+
+import torch
+from torch import Tensor
+
+# Values of `matched` for anchors that match no ground-truth box
+BACKGROUND = -1
+IGNORE = -2
+
+
+def match(
+    iou: Tensor,
+    gt_valid: Tensor,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    allow_low_quality_matches: bool,
+) -> Tensor:
+    """Match every candidate box to its best ground-truth box.
+
+    iou: (B, G, N) IoU of G (padded) ground-truth boxes with N candidates per image.
+    gt_valid: (B, G) bool, False on padding.
+    Returns (B, N) int64: the matched ground-truth index in 0..G-1 where the best IoU is
+    >= fg_iou_thresh, BACKGROUND where it is < bg_iou_thresh, IGNORE in between.
+    With `allow_low_quality_matches`, each ground-truth box also claims the candidates with
+    which it has its highest IoU, even below fg_iou_thresh, so that no object goes without a
+    positive. Unlike torchvision, a box that overlaps no candidate at all (IoU 0) claims none.
+    """
+    iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
+    best_iou, matched = iou.max(dim=1)
+    result = torch.where(best_iou >= fg_iou_thresh, matched, IGNORE)
+    result = torch.where(best_iou < bg_iou_thresh, BACKGROUND, result)
+    if allow_low_quality_matches:
+        best_per_gt = iou.max(dim=2, keepdim=True).values
+        is_best = (iou == best_per_gt) & (best_per_gt > 0)
+        # a candidate that is some box's best keeps its own best match (as torchvision does)
+        result = torch.where(is_best.any(dim=1), matched, result)
+    return result
+
+
+def sample(
+    labels: Tensor,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick a random, balanced training subset per image.
+
+    labels: (B, N) int, 1 positive, 0 negative, -1 ignored.
+    Returns a (B, N) bool mask with at most batch_size_per_image * positive_fraction positives
+    per image, filled up with negatives to batch_size_per_image where there are enough.
+    """
+    num_images, num_candidates = labels.shape
+    priority = torch.rand(labels.shape, device=labels.device, generator=generator)
+    positive = labels == 1
+    negative = labels == 0
+
+    max_pos = min(int(batch_size_per_image * positive_fraction), num_candidates)
+    pos_priority, pos_idx = torch.where(positive, priority, -1.0).topk(max_pos, dim=1)
+    pos_taken = pos_priority >= 0
+    num_neg = batch_size_per_image - pos_taken.sum(dim=1, keepdim=True)
+
+    max_neg = min(batch_size_per_image, num_candidates)
+    neg_priority, neg_idx = torch.where(negative, priority, -1.0).topk(max_neg, dim=1)
+    rank = torch.arange(max_neg, device=labels.device)
+    neg_taken = (neg_priority >= 0) & (rank[None, :] < num_neg)
+
+    sampled = torch.zeros_like(positive)
+    sampled.scatter_(1, pos_idx, pos_taken)
+    # scatter_ with a bool source keeps the last write for duplicate indices: write only Trues
+    sampled.scatter_(1, neg_idx, neg_taken | sampled.gather(1, neg_idx))
+    return sampled

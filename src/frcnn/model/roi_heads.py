@@ -1,0 +1,237 @@
+"""ROI heads: multi-scale RoIAlign, two-FC box head, predictor, losses and post-processing."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from frcnn.boxes import (
+    BoxCoder,
+    box_area,
+    clip_boxes,
+    is_large_enough,
+    nms_top_k_per_image,
+    pairwise_iou,
+)
+from frcnn.model.matching import BACKGROUND, match, sample
+
+
+def assign_levels(
+    boxes: Tensor, strides, canonical_size: float = 224, canonical_level: int = 4
+) -> Tensor:
+    """FPN paper eq. 1: the pyramid level that pools each box -> index into `strides`.
+
+    A box of side `canonical_size` goes to level `canonical_level` (P4), one twice as large to
+    P5, and so on, clamped to the levels present (strides 2**k for k = k_min..k_max).
+    """
+    k_min, k_max = round(math.log2(strides[0])), round(math.log2(strides[-1]))
+    side = torch.sqrt(box_area(boxes))
+    level = torch.floor(canonical_level + torch.log2(side / canonical_size) + 1e-6)
+    return level.clamp(k_min, k_max).to(torch.int64) - k_min
+
+
+def multiscale_roi_align(
+    features: list[Tensor],
+    boxes: Tensor,
+    image_index: Tensor,
+    strides,
+    output_size: int,
+    sampling_ratio: int,
+    canonical_size: float = 224,
+    canonical_level: int = 4,
+) -> Tensor:
+    """Pool every box from its own FPN level.
+
+    features: [P_l (B, C, H_l, W_l)], boxes: (R, 4) in input pixels, image_index: (R,) int
+    -> (R, C, output_size, output_size).
+    """
+    rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], dim=1)
+    levels = assign_levels(boxes, strides, canonical_size, canonical_level)
+    channels = features[0].shape[1]
+    pooled = features[0].new_zeros(rois.shape[0], channels, output_size, output_size)
+    for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
+        # each level gets a data-dependent share of the boxes: one unavoidable sync per level
+        idx = (levels == level).nonzero().squeeze(1)
+        level_pooled = roi_align(
+            feature, rois[idx], output_size, 1.0 / stride, sampling_ratio, aligned=False
+        )
+        pooled = pooled.index_put((idx,), level_pooled.to(pooled.dtype))
+    return pooled
+
+
+class TwoMLPHead(nn.Module):
+    """Flatten pooled features, then two fully connected layers with ReLU."""
+
+    def __init__(self, in_features: int, representation_size: int = 1024):
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(R, C, S, S) -> (R, representation_size)."""
+        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
+
+
+class BoxPredictor(nn.Module):
+    """Class logits (background first) and class-specific box deltas."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, (num_classes + 1) * 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, F) -> logits (R, num_classes + 1), deltas (R, num_classes + 1, 4)."""
+        return self.cls_score(x), self.bbox_pred(x).view(x.shape[0], -1, 4)
+
+
+class RoIHeads(nn.Module):
+    """Classifies proposals and refines their boxes; training samples and losses; detections.
+
+    `num_classes` counts object classes; labels are 1..num_classes and 0 is background.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 256,
+        strides=(4, 8, 16, 32),
+        output_size: int = 7,
+        sampling_ratio: int = 2,
+        canonical_size: float = 224,
+        canonical_level: int = 4,
+        representation_size: int = 1024,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        box_coder_weights=(10.0, 10.0, 5.0, 5.0),
+        smooth_l1_beta: float = 1.0 / 9,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        min_size: float = 1e-2,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.strides = tuple(strides)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.canonical_size = canonical_size
+        self.canonical_level = canonical_level
+        self.box_head = TwoMLPHead(in_channels * output_size**2, representation_size)
+        self.predictor = BoxPredictor(representation_size, num_classes)
+        self.box_coder = BoxCoder(box_coder_weights)
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.min_size = min_size
+
+    def predict(
+        self, features: list[Tensor], boxes: Tensor, image_index: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """P2..P5, (R, 4) boxes and their (R,) images -> logits (R, C+1), deltas (R, C+1, 4)."""
+        pooled = multiscale_roi_align(
+            features,
+            boxes,
+            image_index,
+            self.strides,
+            self.output_size,
+            self.sampling_ratio,
+            self.canonical_size,
+            self.canonical_level,
+        )
+        return self.predictor(self.box_head(pooled))
+
+    def losses(self, features: list[Tensor], proposals: Tensor, valid: Tensor, gt) -> dict:
+        """Sample proposals (ground truth included), classify them, return {"roi_cls", "roi_box"}.
+
+        proposals (B, P, 4) and valid (B, P) from the RPN; gt: boxes (B, G, 4), labels (B, G),
+        valid (B, G). Losses are normalised by the number of sampled proposals in the batch.
+        """
+        boxes, labels, targets, sampled = self.sample_proposals(proposals, valid, gt)
+        image_index = torch.arange(boxes.shape[0], device=boxes.device)
+        logits, deltas = self.predict(
+            features, boxes.flatten(0, 1), image_index.repeat_interleave(boxes.shape[1])
+        )
+        labels, targets, sampled = labels.flatten(), targets.flatten(0, 1), sampled.flatten()
+        positive = sampled & (labels > 0)
+        num_sampled = sampled.sum().clamp(min=1)
+        cls_loss = F.cross_entropy(logits.float(), labels, reduction="none")
+        class_deltas = deltas.gather(1, labels[:, None, None].expand(-1, 1, 4)).squeeze(1)
+        box_loss = F.smooth_l1_loss(
+            class_deltas.float(), targets, beta=self.smooth_l1_beta, reduction="none"
+        )
+        return {
+            "roi_cls": torch.where(sampled, cls_loss, 0.0).sum() / num_sampled,
+            "roi_box": torch.where(positive[:, None], box_loss, 0.0).sum() / num_sampled,
+        }
+
+    def sample_proposals(self, proposals: Tensor, valid: Tensor, gt):
+        """Match proposals + ground truth to ground truth and sample a fixed number per image.
+
+        Returns boxes (B, S, 4), labels (B, S) in 0..num_classes, box-coder targets (B, S, 4)
+        and a (B, S) mask of the truly sampled rows, S = min(batch_size_per_image, P + G).
+        Rows beyond an image's sample are filler with sampled=False.
+        """
+        boxes = torch.cat([proposals, gt.boxes.to(proposals.dtype)], dim=1)
+        candidate = torch.cat([valid, gt.valid], dim=1)
+        iou = pairwise_iou(gt.boxes, boxes)
+        matched = match(iou, gt.valid, self.fg_iou_thresh, self.bg_iou_thresh, False)
+        gt_labels = gt.labels.gather(1, matched.clamp(min=0))
+        labels = torch.where(matched >= 0, gt_labels, torch.where(matched == BACKGROUND, 0, -1))
+        labels = torch.where(candidate, labels, -1)
+        sampled = sample(labels.clamp(max=1), self.batch_size_per_image, self.positive_fraction)
+        # a fixed number of rows per image: the sampled ones first, then filler
+        num_rows = min(self.batch_size_per_image, boxes.shape[1])
+        rows = sampled.float().topk(num_rows, dim=1).indices
+        boxes = boxes.gather(1, rows[..., None].expand(-1, -1, 4))
+        matched_gt = gt.boxes.gather(
+            1, matched.clamp(min=0).gather(1, rows)[..., None].expand(-1, -1, 4)
+        )
+        labels = labels.gather(1, rows).clamp(min=0)
+        sampled = sampled.gather(1, rows)
+        targets = self.box_coder.encode(matched_gt, boxes)
+        targets = torch.where((sampled & (labels > 0))[..., None], targets, 0.0)
+        return boxes, labels, targets, sampled
+
+    def detect(
+        self, features: list[Tensor], proposals: Tensor, valid: Tensor, image_size: tuple[int, int]
+    ) -> list[dict[str, Tensor]]:
+        """Final detections per image: {"boxes" (D, 4), "scores" (D,), "labels" (D,)}.
+
+        Softmax scores, class-specific boxes decoded and clipped, background, low scores and
+        tiny boxes dropped, NMS per class, the best `detections_per_img` kept.
+        """
+        # only the valid proposals, in image order (as torchvision): no work on padding
+        image_index, row = valid.nonzero(as_tuple=True)
+        proposals = proposals[image_index, row]
+        logits, deltas = self.predict(features, proposals, image_index)
+        scores = F.softmax(logits.float(), dim=-1)[:, 1:]
+        boxes = self.box_coder.decode(deltas.float()[:, 1:], proposals[:, None])
+        boxes = clip_boxes(boxes, *image_size)
+        candidate = (scores > self.score_thresh) & is_large_enough(boxes, self.min_size)
+        proposal, label = candidate.nonzero(as_tuple=True)
+        image_index, label = image_index[proposal], label + 1
+        boxes, scores = boxes[proposal, label - 1], scores[proposal, label - 1]
+        num_classes = logits.shape[1] - 1
+        keep, kept = nms_top_k_per_image(
+            boxes,
+            scores,
+            image_index * num_classes + label,
+            image_index,
+            valid.shape[0],
+            self.nms_thresh,
+            self.detections_per_img,
+        )
+        return [
+            {"boxes": boxes[k[m]], "scores": scores[k[m]], "labels": label[k[m]]}
+            for k, m in zip(keep, kept, strict=True)
+        ]

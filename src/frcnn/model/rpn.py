@@ -1,0 +1,177 @@
+"""Region proposal network: head, proposal selection and losses."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
+from frcnn.model.matching import BACKGROUND, match, sample
+
+# Where an image has fewer proposals than the fixed count, the rest are this harmless box
+# (finite deltas and IoUs) and are masked out by the `valid` mask that goes with them.
+PADDING_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
+class RPNHead(nn.Module):
+    """Shared 3x3 conv + ReLU, then per-anchor objectness logits and box deltas, per level."""
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """[P_l (B, C, H_l, W_l)] -> objectness (B, N) logits and deltas (B, N, 4).
+
+        N = sum over levels of H_l * W_l * A, flattened in the anchors' order (row, column,
+        anchor), so that column n belongs to anchor n of `AnchorGenerator`.
+        """
+        logits, deltas = [], []
+        for x in features:
+            x = F.relu(self.conv(x))
+            obj = self.objectness(x)
+            b, a, h, w = obj.shape
+            logits.append(obj.permute(0, 2, 3, 1).reshape(b, -1))
+            deltas.append(
+                self.deltas(x).view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)
+            )
+        return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
+
+
+class RPN(nn.Module):
+    """Proposes up to `post_nms_top_n` object boxes per image and computes the RPN losses.
+
+    Counts come in (train, test) pairs, chosen by the module's training flag. Pre-NMS top-n is
+    per FPN level, post-NMS top-n per image (as in torchvision and Detectron2).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        pre_nms_top_n_train: int = 2000,
+        pre_nms_top_n_test: int = 1000,
+        post_nms_top_n_train: int = 2000,
+        post_nms_top_n_test: int = 1000,
+        nms_thresh: float = 0.7,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        min_size: float = 1e-3,
+        score_thresh: float = 0.0,
+        box_coder_weights=(1.0, 1.0, 1.0, 1.0),
+        smooth_l1_beta: float = 1.0 / 9,
+    ):
+        super().__init__()
+        self.head = RPNHead(in_channels, num_anchors)
+        self.box_coder = BoxCoder(box_coder_weights)
+        self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}
+        self.post_nms_top_n = {True: post_nms_top_n_train, False: post_nms_top_n_test}
+        self.nms_thresh = nms_thresh
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.min_size = min_size
+        self.score_thresh = score_thresh
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def forward(
+        self,
+        features: list[Tensor],
+        anchors: list[Tensor],
+        image_size: tuple[int, int],
+        gt=None,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """P2..P6 and their anchors -> proposals (B, P, 4), valid (B, P), losses.
+
+        `gt` (boxes (B, G, 4), labels, valid (B, G)) asks for the losses {"rpn_cls", "rpn_box"};
+        without it the losses dict is empty.
+        """
+        logits, deltas = self.head(features)
+        level_sizes = [a.shape[0] for a in anchors]
+        all_anchors = torch.cat(anchors)
+        proposals, valid = self.select_proposals(
+            logits.detach(), deltas.detach(), all_anchors, level_sizes, image_size
+        )
+        losses = {} if gt is None else self.losses(logits, deltas, all_anchors, gt)
+        return proposals, valid, losses
+
+    def select_proposals(
+        self,
+        logits: Tensor,
+        deltas: Tensor,
+        anchors: Tensor,
+        level_sizes: list[int],
+        image_size: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """Top-n per level, decode, clip, drop tiny boxes, NMS per image and level, top-n.
+
+        logits (B, N), deltas (B, N, 4), anchors (N, 4) -> proposals (B, P, 4), valid (B, P).
+        """
+        num_images = logits.shape[0]
+        pre_nms_top_n = self.pre_nms_top_n[self.training]
+        top_idx, top_level = [], []
+        start = 0
+        for level, size in enumerate(level_sizes):
+            idx = logits[:, start : start + size].topk(min(pre_nms_top_n, size), dim=1).indices
+            top_idx.append(idx + start)
+            top_level.append(torch.full_like(idx, level))
+            start += size
+        top_idx, top_level = torch.cat(top_idx, dim=1), torch.cat(top_level, dim=1)
+
+        scores = torch.sigmoid(logits.gather(1, top_idx))
+        boxes = self.box_coder.decode(
+            deltas.gather(1, top_idx[..., None].expand(-1, -1, 4)), anchors[top_idx]
+        )
+        boxes = clip_boxes(boxes, *image_size)
+        candidate = is_large_enough(boxes, self.min_size) & (scores >= self.score_thresh)
+
+        image_index = torch.arange(num_images, device=logits.device)[:, None].expand_as(top_idx)
+        groups = image_index * len(level_sizes) + top_level
+        flat = candidate.flatten().nonzero().squeeze(1)
+        boxes, scores = boxes.flatten(0, 1)[flat], scores.flatten()[flat]
+        keep, valid = nms_top_k_per_image(
+            boxes,
+            scores,
+            groups.flatten()[flat],
+            image_index.flatten()[flat],
+            num_images,
+            self.nms_thresh,
+            self.post_nms_top_n[self.training],
+        )
+        padding = boxes.new_tensor(PADDING_BOX)
+        return torch.where(valid[..., None], boxes[keep], padding), valid
+
+    def losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt) -> dict[str, Tensor]:
+        """Objectness BCE and smooth-L1 box loss over a balanced sample of anchors per image.
+
+        logits (B, N), deltas (B, N, 4), anchors (N, 4). Both losses are normalised by the
+        number of sampled anchors in the batch.
+        """
+        num_images = logits.shape[0]
+        iou = pairwise_iou(gt.boxes, anchors.expand(num_images, -1, -1))
+        matched = match(iou, gt.valid, self.fg_iou_thresh, self.bg_iou_thresh, True)
+        labels = torch.where(matched >= 0, 1, torch.where(matched == BACKGROUND, 0, -1))
+        sampled = sample(labels, self.batch_size_per_image, self.positive_fraction)
+        positive = sampled & (labels == 1)
+        num_sampled = sampled.sum().clamp(min=1)
+
+        matched_boxes = gt.boxes.gather(1, matched.clamp(min=0)[..., None].expand(-1, -1, 4))
+        targets = self.box_coder.encode(matched_boxes, anchors[None])
+        targets = torch.where(positive[..., None], targets, 0.0)
+        box_loss = F.smooth_l1_loss(
+            deltas.float(), targets, beta=self.smooth_l1_beta, reduction="none"
+        )
+        cls_loss = F.binary_cross_entropy_with_logits(
+            logits.float(), labels.clamp(min=0).float(), reduction="none"
+        )
+        return {
+            "rpn_cls": torch.where(sampled, cls_loss, 0.0).sum() / num_sampled,
+            "rpn_box": torch.where(positive[..., None], box_loss, 0.0).sum() / num_sampled,
+        }

@@ -1,0 +1,17 @@
+"""Shared builders for the model tests."""
+
+import torch
+
+
+def random_boxes(n, size=200.0, generator=None):
+    """(n, 4) boxes with sides of 1..size/2+1 pixels inside roughly [0, 1.5 size]."""
+    xy = torch.rand(n, 2, generator=generator) * size
+    wh = torch.rand(n, 2, generator=generator) * size / 2 + 1
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def sorted_rows(x):
+    """Rows of a (N, D) tensor in lexicographic order, to compare sets of boxes."""
+    for col in reversed(range(x.shape[1])):
+        x = x[torch.sort(x[:, col], stable=True).indices]
+    return x

@@ -1,0 +1,82 @@
+import pytest
+import torch
+import torchvision
+from torchvision.ops import FrozenBatchNorm2d
+
+from frcnn.model.backbone import Backbone
+
+
+@pytest.mark.parametrize(
+    ("depth", "channels"), [(18, [64, 128, 256, 512]), (50, [256, 512, 1024, 2048])]
+)
+def test_feature_shapes_and_channels(depth, channels):
+    backbone = Backbone(depth=depth, frozen="none").eval()
+    features = backbone(torch.randn(1, 3, 128, 96))
+    assert backbone.out_channels == channels
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (c, 128 // s, 96 // s) for c, s in zip(channels, (4, 8, 16, 32), strict=True)
+    ]
+
+
+def test_frozen_stages_have_no_gradients_and_stay_in_eval_mode():
+    backbone = Backbone(depth=18, norm="bn", frozen="layer2").train()
+    for name in ("stem", "layer1", "layer2"):
+        stage = getattr(backbone, name)
+        assert not any(p.requires_grad for p in stage.parameters())
+        assert not any(m.training for m in stage.modules())
+    for name in ("layer3", "layer4"):
+        assert all(p.requires_grad for p in getattr(backbone, name).parameters())
+        assert getattr(backbone, name).training
+    stats = backbone.layer1[0].bn1.running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64))
+    assert torch.equal(stats, backbone.layer1[0].bn1.running_mean)
+
+
+def test_frozen_batch_norm_is_used_by_default():
+    backbone = Backbone(depth=18)
+    assert isinstance(backbone.stem[1], FrozenBatchNorm2d)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+
+
+def test_checkpointing_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = Backbone(depth=18, frozen="stem").train()
+    checkpointed = Backbone(depth=18, frozen="stem", checkpointing=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for model in (plain, checkpointed):
+        sum(f.sum() for f in model(x)).backward()
+    torch.testing.assert_close(
+        plain.layer3[0].conv1.weight.grad, checkpointed.layer3[0].conv1.weight.grad
+    )
+
+
+def test_weights_from_a_local_file(tmp_path):
+    resnet = torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d)
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), path)
+    backbone = Backbone(depth=18, weights=str(path))
+    assert torch.equal(backbone.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
+
+
+def test_missing_weights_file_names_the_key():
+    with pytest.raises(FileNotFoundError, match="model.backbone.weights"):
+        Backbone(depth=18, weights="/no/such/file.pth")
+
+
+def test_offline_imagenet_download_says_how_to_use_a_local_file(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(
+        torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline
+    )
+    with pytest.raises(RuntimeError, match="model.backbone.weights=/path"):
+        Backbone(depth=18, weights="imagenet")
+
+
+def test_bad_choices_fail_with_the_key_name():
+    with pytest.raises(ValueError, match="frozen"):
+        Backbone(depth=18, frozen="layer9")
+    with pytest.raises(ValueError, match="depth"):
+        Backbone(depth=42)

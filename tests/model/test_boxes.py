@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+
+from frcnn.boxes import BoxCoder, clip_boxes, nms_top_k_per_image, pairwise_iou
+from tests.model.helpers import random_boxes
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+def test_encode_decode_round_trip(weights):
+    g = torch.Generator().manual_seed(0)
+    coder = BoxCoder(weights)
+    boxes, reference = random_boxes(100, generator=g), random_boxes(100, generator=g)
+    deltas = coder.encode(boxes, reference)
+    torch.testing.assert_close(coder.decode(deltas, reference), boxes, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+def test_matches_torchvision_box_coder(weights):
+    g = torch.Generator().manual_seed(1)
+    boxes, reference = random_boxes(50, generator=g), random_boxes(50, generator=g)
+    ours, theirs = BoxCoder(weights), TVBoxCoder(weights)
+    torch.testing.assert_close(
+        ours.encode(boxes, reference), theirs.encode_single(boxes, reference)
+    )
+    deltas = torch.randn(50, 4, generator=g)
+    torch.testing.assert_close(
+        ours.decode(deltas, reference), theirs.decode_single(deltas, reference)
+    )
+
+
+def test_hand_computed_deltas():
+    reference = torch.tensor([[0.0, 0.0, 10.0, 20.0]])
+    box = torch.tensor([[5.0, 0.0, 15.0, 40.0]])  # centre moves (+5, +10), height doubles
+    deltas = BoxCoder((10.0, 10.0, 5.0, 5.0)).encode(box, reference)
+    torch.testing.assert_close(deltas, torch.tensor([[5.0, 5.0, 0.0, 5 * math.log(2)]]))
+
+
+def test_decode_clamps_the_log_scale():
+    coder = BoxCoder()
+    reference = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    huge = coder.decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), reference)
+    width = huge[0, 2] - huge[0, 0]
+    torch.testing.assert_close(width, torch.tensor(10 * 1000 / 16.0))
+
+
+def test_decode_broadcasts_class_specific_deltas():
+    g = torch.Generator().manual_seed(2)
+    reference = random_boxes(6, generator=g)
+    deltas = torch.randn(6, 3, 4, generator=g)
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    out = coder.decode(deltas, reference[:, None])
+    for c in range(3):
+        torch.testing.assert_close(out[:, c], coder.decode(deltas[:, c], reference))
+
+
+def test_clip_matches_torchvision():
+    boxes = torch.tensor([[-5.0, -3.0, 50.0, 120.0], [10.0, 10.0, 20.0, 20.0]])
+    torch.testing.assert_close(clip_boxes(boxes, 100, 40), clip_boxes_to_image(boxes, (100, 40)))
+
+
+def test_pairwise_iou_matches_box_iou_per_image():
+    g = torch.Generator().manual_seed(3)
+    a = torch.stack([random_boxes(7, generator=g) for _ in range(3)])
+    b = torch.stack([random_boxes(11, generator=g) for _ in range(3)])
+    iou = pairwise_iou(a, b)
+    assert iou.shape == (3, 7, 11)
+    for i in range(3):
+        torch.testing.assert_close(iou[i], box_iou(a[i], b[i]))
+
+
+def test_nms_top_k_per_image_equals_a_loop_over_images():
+    g = torch.Generator().manual_seed(4)
+    num_images, per_image, k = 3, 300, 20
+    boxes = random_boxes(num_images * per_image, generator=g)
+    scores = torch.rand(num_images * per_image, generator=g)
+    classes = torch.randint(0, 4, (num_images * per_image,), generator=g)
+    image_index = torch.arange(num_images).repeat_interleave(per_image)
+    # image 2 gets fewer than k candidates: its remaining slots must be marked invalid
+    keep_rows = (image_index < 2) | (torch.arange(len(scores)) % per_image < 5)
+    boxes, scores, classes, image_index = (
+        t[keep_rows] for t in (boxes, scores, classes, image_index)
+    )
+    idx, valid = nms_top_k_per_image(
+        boxes, scores, image_index * 4 + classes, image_index, num_images, 0.5, k
+    )
+    assert idx.shape == valid.shape == (num_images, k)
+    for i in range(num_images):
+        rows = (image_index == i).nonzero().squeeze(1)
+        expected = rows[batched_nms(boxes[rows], scores[rows], classes[rows], 0.5)][:k]
+        assert valid[i].sum() == len(expected)
+        assert torch.equal(idx[i][valid[i]], expected)
+    assert valid[2].sum() < k

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from frcnn.model import FasterRCNN
+
+SMALL = dict(
+    num_classes=3,
+    backbone=dict(depth=18, frozen="none"),
+    fpn_channels=32,
+    rpn=dict(post_nms_top_n_train=100, post_nms_top_n_test=50),
+    roi_heads=dict(batch_size_per_image=32, representation_size=64),
+)
+EMPTY = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return FasterRCNN(**SMALL)
+
+
+def batch():
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    targets = [
+        {
+            "boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [40.0, 30.0, 90.0, 70.0]]),
+            "labels": torch.tensor([1, 3]),
+        },
+        EMPTY,
+    ]
+    return images, targets
+
+
+def test_training_returns_exactly_the_four_losses(model):
+    images, targets = batch()
+    losses = model.train()(images, targets)
+    assert set(losses) == {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    model.zero_grad()
+
+
+def test_a_batch_without_any_box_trains(model):
+    images, _ = batch()
+    losses = model.train()(images, [EMPTY, EMPTY])
+    assert torch.isfinite(sum(losses.values()))
+    assert losses["rpn_box"] == 0 and losses["roi_box"] == 0
+
+
+def test_eval_returns_detections_in_the_image(model):
+    images, _ = batch()
+    with torch.no_grad():
+        detections = model.eval()(images)
+    assert len(detections) == 2
+    for det in detections:
+        assert set(det) == {"boxes", "scores", "labels"}
+        assert det["boxes"].shape[1:] == (4,) and len(det["boxes"]) <= 100
+        assert (det["boxes"] >= 0).all() and (det["boxes"] <= 96).all()
+        assert ((det["labels"] >= 1) & (det["labels"] <= 3)).all()
+
+
+def test_losses_and_detections_in_one_pass(model):
+    images, targets = batch()
+    model.eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        losses, detections = model.forward_with_losses(images, targets)
+        alone = model(images)
+    assert set(losses) == {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}
+    for a, b in zip(detections, alone, strict=True):
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+
+
+def test_uint8_and_float_inputs_agree(model):
+    images, _ = batch()
+    with torch.no_grad():
+        a = model.eval()(images)
+        b = model(images.float() / 255)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x["scores"], y["scores"])
+
+
+def test_training_without_targets_is_an_error(model):
+    with pytest.raises(ValueError, match="targets"):
+        model.train()(batch()[0])
+
+
+def test_anchor_sets_with_unequal_counts_per_level_are_refused():
+    with pytest.raises(ValueError, match="anchors"):
+        FasterRCNN(
+            backbone=dict(depth=18), anchors=dict(sizes=((32,), (64, 80), (128,), (256,), (512,)))
+        )

@@ -1,0 +1,81 @@
+import pytest
+import torch
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
+
+from frcnn.model.matching import BACKGROUND, IGNORE, match, sample
+
+
+def test_thresholds_and_ignore_band():
+    iou = torch.tensor([[[0.8, 0.5, 0.2, 0.69]]])
+    valid = torch.tensor([[True]])
+    matched = match(iou, valid, 0.7, 0.3, allow_low_quality_matches=False)
+    assert matched.tolist() == [[0, IGNORE, BACKGROUND, IGNORE]]
+
+
+def test_best_ground_truth_wins():
+    iou = torch.tensor([[[0.9, 0.1], [0.75, 0.8]]])
+    matched = match(iou, torch.tensor([[True, True]]), 0.7, 0.3, False)
+    assert matched.tolist() == [[0, 1]]
+
+
+def test_low_quality_matches_give_every_box_its_best_candidates():
+    # box 1's best IoU (0.4, shared by two candidates) is below 0.7: both still become positive
+    iou = torch.tensor([[[0.9, 0.1, 0.1, 0.0], [0.1, 0.4, 0.2, 0.4]]])
+    valid = torch.tensor([[True, True]])
+    assert match(iou, valid, 0.7, 0.3, False).tolist() == [[0, IGNORE, BACKGROUND, IGNORE]]
+    assert match(iou, valid, 0.7, 0.3, True).tolist() == [[0, 1, BACKGROUND, 1]]
+
+
+def test_a_box_that_overlaps_nothing_claims_nothing():
+    iou = torch.tensor([[[0.9, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    matched = match(iou, torch.tensor([[True, True]]), 0.7, 0.3, True)
+    assert matched.tolist() == [[0, BACKGROUND, BACKGROUND]]
+
+
+def test_padding_and_images_without_boxes_are_background():
+    iou = torch.tensor([[[0.9, 0.2]], [[0.9, 0.9]]])
+    valid = torch.tensor([[True], [False]])
+    assert match(iou, valid, 0.7, 0.3, True).tolist() == [[0, BACKGROUND], [BACKGROUND] * 2]
+
+
+@pytest.mark.parametrize("low_quality", [False, True])
+def test_agrees_with_torchvision_matcher_on_random_ious(low_quality):
+    g = torch.Generator().manual_seed(0)
+    iou = torch.rand(2, 5, 300, generator=g) ** 3
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    ours = match(iou, valid, 0.7, 0.3, low_quality)
+    tv = Matcher(0.7, 0.3, allow_low_quality_matches=low_quality)
+    for i in range(2):
+        assert torch.equal(ours[i], tv(iou[i][valid[i]]))
+
+
+def test_sampler_sizes_and_fractions():
+    labels = torch.full((3, 1000), -1)
+    labels[0, :500], labels[0, 500:] = 1, 0  # plenty of both
+    labels[1, :10], labels[1, 10:800] = 1, 0  # few positives: negatives fill up
+    labels[2, :5], labels[2, 5:20] = 1, 0  # too few of both: take all
+    sampled = sample(labels, 256, 0.25, torch.Generator().manual_seed(0))
+    pos = (sampled & (labels == 1)).sum(1).tolist()
+    neg = (sampled & (labels == 0)).sum(1).tolist()
+    assert pos == [64, 10, 5]
+    assert neg == [192, 246, 15]
+    assert not (sampled & (labels == -1)).any()
+
+
+def test_sampler_agrees_with_torchvision_counts():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(-1, 2, (4, 2000), generator=g)
+    labels[1] = torch.where(labels[1] == 1, 0, labels[1])  # an image without positives
+    ours = sample(labels, 256, 0.5, g)
+    pos, neg = BalancedPositiveNegativeSampler(256, 0.5)(list(labels))
+    for i in range(4):
+        assert (ours[i] & (labels[i] == 1)).sum() == pos[i].sum()
+        assert (ours[i] & (labels[i] == 0)).sum() == neg[i].sum()
+
+
+def test_sampler_is_random():
+    labels = torch.zeros(1, 1000, dtype=torch.long)
+    a = sample(labels, 100, 0.5, torch.Generator().manual_seed(0))
+    b = sample(labels, 100, 0.5, torch.Generator().manual_seed(1))
+    assert a.sum() == b.sum() == 100
+    assert not torch.equal(a, b)

@@ -1,0 +1,134 @@
+"""Images per second of decode + transform + collate, per source and worker count.
+
+    uv run python bench/data_throughput.py [--images 256] [--workers 0 1 2] [--size 400]
+
+Writes a temporary COCO-like data set (640x480 JPEGs, as in COCO) as hub-schema parquet and as
+a COCO folder, then times a full pass of a DataLoader over each source. Not a test.
+"""
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from frcnn.data import COCOFolder, HubCOCO, SyntheticShapes, Transform, collate
+from frcnn.data.coco_hub import COCO_CLASSES, hub_features
+
+
+def photo_like_jpeg(rng, width=640, height=480) -> bytes:
+    """A smooth random image with noise: compresses about like a photograph."""
+    coarse = rng.integers(0, 255, size=(height // 32, width // 32, 3), dtype=np.uint8)
+    image = np.asarray(
+        Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16
+    )
+    image = np.clip(image + rng.integers(-20, 21, size=image.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_data(root: Path, num_images: int, num_shards: int):
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    images = [photo_like_jpeg(rng) for _ in range(num_images)]
+    boxes = [
+        [[10.0 * k, 10.0 * k, 10.0 * k + 100, 10.0 * k + 80] for k in range(7)] for _ in images
+    ]
+    files = []
+    for shard in range(num_shards):
+        idx = range(shard, num_images, num_shards)
+        columns = {
+            "image_id": list(idx),
+            "image": [{"bytes": images[i], "path": None} for i in idx],
+            "width": [640] * len(idx),
+            "height": [480] * len(idx),
+            "objects": [
+                {
+                    "bbox_id": list(range(7)),
+                    "category": list(range(7)),
+                    "bbox": boxes[i],
+                    "area": [8000] * 7,
+                }
+                for i in idx
+            ],
+        }
+        path = root / f"train-{shard:05d}.parquet"
+        Dataset.from_dict(columns, features=hub_features()).to_parquet(str(path))
+        files.append(str(path))
+
+    (root / "images").mkdir()
+    annotations = []
+    for i, data in enumerate(images):
+        (root / "images" / f"{i}.jpg").write_bytes(data)
+        for k, b in enumerate(boxes[i]):
+            annotations.append(
+                {
+                    "id": len(annotations),
+                    "image_id": i,
+                    "category_id": k + 1,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "iscrowd": 0,
+                }
+            )
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(num_images)],
+        "categories": [{"id": k + 1, "name": COCO_CLASSES[k]} for k in range(80)],
+        "annotations": annotations,
+    }
+    (root / "instances.json").write_text(json.dumps(coco))
+    return files, root / "instances.json", root / "images"
+
+
+def images_per_second(dataset, workers: int, batch_size: int) -> float:
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    start, count = None, 0
+    for batch in loader:
+        if start is None:  # worker start-up and the first batch are not throughput
+            start = time.perf_counter()
+            continue
+        count += len(batch["targets"])
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    transform = Transform(args.size, "letterbox", flip_prob=0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, annotation_file, image_dir = write_data(
+            Path(tmp), args.images, max(args.workers + [1])
+        )
+        sources = {
+            "synthetic": lambda: SyntheticShapes(transform, args.images, num_classes=6),
+            "parquet (hub schema)": lambda: HubCOCO(
+                transform, split="train", data_files=files, shuffle=False
+            ),
+            "coco folder": lambda: COCOFolder(transform, str(annotation_file), str(image_dir)),
+        }
+        print(
+            f"{args.images} images -> {args.size} px letterbox, batch {args.batch_size}; images/s"
+        )
+        header = "| source | " + " | ".join(f"{w} workers" for w in args.workers) + " |"
+        print(header)
+        print("|" + " --- |" * (len(args.workers) + 1))
+        for name, make in sources.items():
+            rates = [images_per_second(make(), w, args.batch_size) for w in args.workers]
+            print(f"| {name} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""COCO in its official layout: annotations/instances_*.json and an image folder."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from frcnn.data.sources import MapSource
+from frcnn.data.transforms import Record, Transform
+
+
+class COCOFolder(MapSource):
+    """Images and boxes of one COCO annotation file.
+
+    COCO category ids (1..90 with gaps) map to contiguous labels 1..C in id order; crowd
+    annotations are left out of the targets; images without annotations are kept unless
+    `keep_empty` is False.
+    """
+
+    def __init__(
+        self,
+        transform: Transform,
+        annotation_file: str,
+        image_dir: str,
+        keep_empty: bool = True,
+    ):
+        annotation_file, image_dir = Path(annotation_file), Path(image_dir)
+        if not annotation_file.is_file():
+            raise FileNotFoundError(f"data annotation_file={str(annotation_file)!r}: no such file")
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"data image_dir={str(image_dir)!r}: no such folder")
+        coco = json.loads(annotation_file.read_text())
+        category_ids = sorted(c["id"] for c in coco["categories"])
+        self.label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
+        self.category_of = {label: cid for cid, label in self.label_of.items()}
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        self.class_names = [names[cid] for cid in category_ids]
+        super().__init__(transform, len(category_ids), name=f"coco folder {image_dir}")
+
+        per_image = {img["id"]: [] for img in coco["images"]}
+        for ann in coco["annotations"]:
+            if not ann.get("iscrowd", 0):
+                per_image[ann["image_id"]].append(ann)
+        self.image_dir = image_dir
+        self.images = [
+            img for img in coco["images"] if keep_empty or per_image[img["id"]]
+        ]
+        self.annotations = per_image
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def record(self, index: int) -> Record:
+        info = self.images[index]
+        anns = self.annotations[info["id"]]
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        labels = np.array([self.label_of.get(a["category_id"], 0) for a in anns], dtype=np.int64)
+        # encoded bytes: decoding happens in the transform, where a corrupt file is skipped
+        image = (self.image_dir / info["file_name"]).read_bytes()
+        return Record(image, boxes, labels, info["id"])

@@ -1,0 +1,183 @@
+"""COCO streamed from the Hugging Face hub (or a local parquet copy with the same features)."""
+
+import logging
+import time
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from frcnn.data.sources import transform_record
+from frcnn.data.transforms import Record, SkipLog, Transform
+
+log = logging.getLogger(__name__)
+
+HUB_NAME = "detection-datasets/coco"
+# the hub's ClassLabel names, in COCO order: our label = index + 1
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+NUM_CLASSES = len(COCO_CLASSES)
+# errors worth retrying while streaming: connection resets, time-outs, HTTP hiccups
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError, OSError)
+
+
+def hub_features():
+    """The `datasets.Features` of `detection-datasets/coco`, for writing a local mirror."""
+    from datasets import ClassLabel, Features, Image, Sequence, Value
+
+    objects = {
+        "bbox_id": Value("int64"),
+        "category": ClassLabel(names=list(COCO_CLASSES)),
+        "bbox": Sequence(Value("float64"), length=4),
+        "area": Value("int64"),
+    }
+    return Features(
+        {
+            "image_id": Value("int64"),
+            "image": Image(),
+            "width": Value("int64"),
+            "height": Value("int64"),
+            "objects": Sequence(objects),
+        }
+    )
+
+
+def hub_record(example: dict) -> Record:
+    """A `detection-datasets/coco` row -> Record. Its bbox is already xyxy; category is 0..79."""
+    objects = example["objects"]
+    boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1) + 1
+    image = example["image"]
+    return Record(image["bytes"], boxes, labels, int(example["image_id"]))
+
+
+class HubCOCO(IterableDataset):
+    """One split of COCO as a stream, sharded over DataLoader workers and distributed ranks.
+
+    Training streams reshuffle every epoch (`set_epoch`) through a seeded buffer; validation
+    streams (`shuffle=False`) read the first `limit` images in a fixed order so every
+    validation pass sees the same set. `data_files` (a list of parquet paths or globs) reads a
+    local copy with the hub's features instead of the hub.
+    """
+
+    def __init__(
+        self,
+        transform: Transform,
+        split: str = "train",
+        name: str = HUB_NAME,
+        revision: str | None = None,
+        data_files: list[str] | str | None = None,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        limit: int | None = None,
+        retries: int = 5,
+        backoff_s: float = 2.0,
+    ):
+        if limit is not None and limit <= 0:
+            raise ValueError(f"data limit={limit}: must be positive or null")
+        if data_files is not None and not isinstance(data_files, str):
+            data_files = [str(f) for f in data_files]  # a plain list, not Hydra's ListConfig
+        self.transform = transform
+        self.split, self.name, self.revision, self.data_files = split, name, revision, data_files
+        self.shuffle, self.shuffle_buffer, self.seed, self.limit = shuffle, shuffle_buffer, seed, limit
+        self.retries, self.backoff_s = retries, backoff_s
+        self.num_classes = NUM_CLASSES
+        self.epoch = 0
+        self.rank, self.world_size = 0, 1
+        self.skips = SkipLog(f"hub coco {split}")
+        self._dataset = self._load()
+
+    def _load(self):
+        import datasets
+
+        try:
+            if self.data_files is not None:
+                files = {self.split: self.data_files}
+                ds = datasets.load_dataset("parquet", data_files=files, split=self.split, streaming=True)
+            else:
+                ds = datasets.load_dataset(self.name, split=self.split, revision=self.revision, streaming=True)
+        except ValueError as err:  # datasets' error for an unknown split
+            raise ValueError(f"data split={self.split!r}: {err}") from err
+        except (ConnectionError, OSError) as err:
+            raise ConnectionError(
+                f"Could not reach the Hugging Face hub for {self.name!r} ({err}). Offline, point "
+                "the run at a local copy of its parquet files: data=coco "
+                "data.train.data_files='/path/coco/data/train-*.parquet' "
+                "data.val.data_files='/path/coco/data/val-*.parquet'"
+            ) from err
+        # decode in our transform, where a corrupt image is skipped rather than retried
+        return ds.cast_column("image", datasets.Image(decode=False))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Give this process its own part of the stream (distributed training)."""
+        self.rank, self.world_size = rank, world_size
+
+    def _stream(self):
+        from datasets.distributed import split_dataset_by_node
+
+        ds = self._dataset
+        if self.world_size > 1:
+            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
+        if self.shuffle:
+            ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            ds.set_epoch(self.epoch)
+        return ds
+
+    def __iter__(self):
+        worker = get_worker_info()
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker.id if worker else 0])
+        ds = self._stream()
+        # validation: a fixed number of images in all, shared out over workers
+        num_workers = worker.num_workers if worker else 1
+        limit = None
+        if self.limit is not None:
+            per_process = -(-self.limit // self.world_size)
+            worker_id = worker.id if worker else 0
+            limit = per_process // num_workers + (worker_id < per_process % num_workers)
+        yielded, state, failures = 0, None, 0
+        while True:
+            try:
+                for example in ds:  # a plain loop: datasets shards the stream over workers
+                    state = ds.state_dict()
+                    failures = 0
+                    if limit is not None and yielded >= limit:
+                        return
+                    sample = self._sample(example, rng)
+                    if sample is not None:
+                        yielded += 1
+                        yield sample
+                return
+            except TRANSIENT_ERRORS as err:
+                failures += 1
+                if failures > self.retries:
+                    raise ConnectionError(
+                        f"Streaming {self.name!r} ({self.split}) failed {failures} times in a row: "
+                        f"{err}. For an offline run, download the parquet files and set "
+                        "data.train.data_files / data.val.data_files to them."
+                    ) from err
+                wait = self.backoff_s * 2 ** (failures - 1)
+                log.warning("stream error (%s); retry %d/%d in %.0f s", err, failures, self.retries, wait)
+                time.sleep(wait)
+                if state is not None:
+                    ds.load_state_dict(state)
+
+    def _sample(self, example: dict, rng):
+        try:
+            record = hub_record(example)
+        except (KeyError, TypeError, ValueError) as err:
+            self.skips("malformed record skipped", example.get("image_id"), str(err))
+            return None
+        return transform_record(record, self.transform, self.num_classes, self.skips, rng)

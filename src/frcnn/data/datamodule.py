@@ -1,0 +1,81 @@
+"""The LightningDataModule: per-split sources -> transforms -> batches."""
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from frcnn.data.transforms import Transform, collate
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...]}.
+
+    `train` and `val` build a source from a Transform (Hydra partials of SyntheticShapes,
+    COCOFolder or HubCOCO); the data module supplies the transform: flips for training only.
+    """
+
+    def __init__(
+        self,
+        train: Callable,
+        val: Callable,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
+        image_size: int = 400,
+        resize: str = "letterbox",
+        flip_prob: float = 0.5,
+    ):
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"data.batch_size={batch_size}: must be positive")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers}: must be 0 or more")
+        self.train_transform = Transform(image_size, resize, flip_prob)
+        self.val_transform = Transform(image_size, resize, 0.0)
+        self.make_train, self.make_val = train, val
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.train_set = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = self.make_train(transform=self.train_transform)
+            self.val_set = self.make_val(transform=self.val_transform)
+            trainer = getattr(self, "trainer", None)
+            for ds in (self.train_set, self.val_set):
+                if trainer is not None and isinstance(ds, IterableDataset) and hasattr(ds, "set_rank"):
+                    ds.set_rank(trainer.global_rank, trainer.world_size)
+
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        return self.train_set.num_classes
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if getattr(self, "trainer", None) else 0
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        return self._loader(self.train_set, shuffle=not isinstance(self.train_set, IterableDataset))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        extra = {}
+        if self.num_workers > 0:
+            extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": self.persistent_workers}
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            collate_fn=collate,
+            drop_last=shuffle,
+            **extra,
+        )

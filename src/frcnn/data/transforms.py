@@ -1,0 +1,138 @@
+"""One transform path for every source: decode, RGB, resize to S x S, flip, boxes follow."""
+
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+RESIZE_MODES = ("letterbox", "stretch")
+
+
+@dataclass
+class Record:
+    """One raw sample from a source, before any transform.
+
+    image: a PIL image or encoded bytes; boxes: (K, 4) xyxy in original pixels; labels: (K,)
+    in 1..num_classes.
+    """
+
+    image: Image.Image | bytes
+    boxes: np.ndarray
+    labels: np.ndarray
+    image_id: int
+
+
+@dataclass
+class Transform:
+    """Resize to a fixed `size` x `size` uint8 image; boxes follow exactly.
+
+    letterbox keeps the aspect ratio and pads right and bottom with zeros; stretch scales the
+    two axes independently. `flip_prob` mirrors the image content horizontally (training).
+    """
+
+    size: int = 400
+    resize: str = "letterbox"
+    flip_prob: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or self.size <= 0:
+            raise ValueError(f"data.image_size={self.size!r}: must be a positive integer")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"data.resize={self.resize!r}: choose one of {RESIZE_MODES}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"data.flip_prob={self.flip_prob!r}: must lie in [0, 1]")
+
+    def __call__(self, record: Record, rng: np.random.Generator | None = None, report=None):
+        """Record -> (uint8 (3, S, S) image, target dict of the batch contract).
+
+        `report(reason, image_id, detail)`, if given, hears of boxes clipped to the image and
+        of boxes dropped because they have no area left.
+        """
+        image = record.image
+        if isinstance(image, bytes):
+            image = Image.open(io.BytesIO(image))
+        image.load()  # decode now, so that a corrupt file fails here
+        image = image.convert("RGB")
+        width, height = image.size
+        if self.resize == "letterbox":
+            scale = self.size / max(width, height)
+            new_w = max(1, min(self.size, round(width * scale)))
+            new_h = max(1, min(self.size, round(height * scale)))
+        else:
+            new_w = new_h = self.size
+        scale_xy = np.array([new_w / width, new_h / height], dtype=np.float32)
+
+        boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
+        limits = np.array([width, height, width, height], dtype=np.float32)
+        clipped = np.clip(boxes, 0, limits)
+        if report and (clipped != boxes).any():
+            outside = int((clipped != boxes).any(axis=1).sum())
+            report("boxes outside the image clipped", record.image_id, f"{outside} of {len(boxes)}")
+        boxes = clipped * np.tile(scale_xy, 2)
+        content = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+        rng = rng or np.random.default_rng()
+        if self.flip_prob > 0 and rng.random() < self.flip_prob:
+            content = content[:, ::-1]
+            boxes = np.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], 1)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if report and not keep.all():
+            report("degenerate boxes dropped", record.image_id, f"{int((~keep).sum())} of {len(keep)}")
+
+        canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
+        canvas[:new_h, :new_w] = content
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])).reshape(-1, 4),
+            "labels": torch.from_numpy(labels[keep]),
+            "image_id": int(record.image_id),
+            "orig_size": (height, width),
+            "scale_xy": torch.from_numpy(scale_xy),
+        }
+        return torch.from_numpy(canvas).permute(2, 0, 1).contiguous(), target
+
+
+class SkipLog:
+    """Counts skipped or repaired samples per reason and logs each with the running count."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, reason: str, image_id, detail: str = "") -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        log.warning(
+            "%s: %s (image %s)%s; %d so far in this process",
+            self.source,
+            reason,
+            image_id,
+            f": {detail}" if detail else "",
+            self.counts[reason],
+        )
+
+
+def clean_annotations(boxes, labels, num_classes: int, image_id, skips: SkipLog):
+    """Drop malformed annotations: non-finite or inverted boxes, labels out of 1..num_classes.
+
+    boxes (K, 4) xyxy, labels (K,) -> the kept (boxes, labels) as numpy arrays.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(boxes) != len(labels):
+        skips("annotations with mismatched boxes and labels dropped", image_id)
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    ok = np.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    ok &= (labels >= 1) & (labels <= num_classes)
+    if not ok.all():
+        skips("malformed boxes dropped", image_id, f"{int((~ok).sum())} of {len(ok)}")
+    return boxes[ok], labels[ok]
+
+
+def collate(batch):
+    """List of (image, target) -> {"images": uint8 (B, 3, S, S), "targets": list of B dicts}."""
+    images, targets = zip(*batch, strict=True)
+    return {"images": torch.stack(images), "targets": list(targets)}

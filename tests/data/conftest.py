@@ -1,0 +1,88 @@
+"""Tiny data sets written by the tests: a COCO folder and hub-schema parquet shards."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from frcnn.data.coco_hub import hub_features
+
+
+def jpeg_bytes(width, height, colour=(120, 60, 30), mode="RGB"):
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), colour if mode == "RGB" else 128).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def coco_folder(tmp_path):
+    """4 images: 1 with two objects and a crowd, 2 with one object, 3 with none, 4 corrupt."""
+    images = tmp_path / "val2017"
+    images.mkdir()
+    (images / "1.jpg").write_bytes(jpeg_bytes(200, 100))
+    (images / "2.jpg").write_bytes(jpeg_bytes(80, 160))
+    (images / "3.jpg").write_bytes(jpeg_bytes(50, 50))
+    (images / "4.jpg").write_bytes(jpeg_bytes(50, 50)[:100])  # truncated
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 0, "height": 0} for i in (1, 2, 3, 4)],
+        "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 18, "bbox": [10, 20, 30, 40], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 90, "bbox": [100, 10, 50, 50], "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 200, 100], "iscrowd": 1},
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [5, 5, 10, 10], "iscrowd": 0},
+            {"id": 5, "image_id": 4, "category_id": 1, "bbox": [5, 5, 10, 10], "iscrowd": 0},
+        ],
+    }
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "instances_val2017.json").write_text(json.dumps(coco))
+    return tmp_path
+
+
+def hub_row(image_id, width, height, boxes, categories, image=None):
+    return {
+        "image_id": image_id,
+        "image": {"bytes": image if image is not None else jpeg_bytes(width, height), "path": None},
+        "width": width,
+        "height": height,
+        "objects": {
+            "bbox_id": list(range(len(boxes))),
+            "category": categories,
+            "bbox": boxes,
+            "area": [int((b[2] - b[0]) * (b[3] - b[1])) for b in boxes],
+        },
+    }
+
+
+@pytest.fixture
+def hub_parquet(tmp_path):
+    """Two parquet shards of 6 images each, ids 0..11; image i is 100x200 with one box."""
+    from datasets import Dataset
+
+    paths = []
+    for shard in range(2):
+        rows = [hub_row(i, 200, 100, [[10.0, 20.0, 50.0, 60.0]], [i % 80]) for i in range(shard * 6, shard * 6 + 6)]
+        columns = {key: [row[key] for row in rows] for key in rows[0]}
+        path = tmp_path / f"train-{shard:05d}-of-00002.parquet"
+        Dataset.from_dict(columns, features=hub_features()).to_parquet(str(path))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture
+def bad_parquet(tmp_path):
+    """One shard with a truncated JPEG, an inverted box, no objects and a greyscale image."""
+    from datasets import Dataset
+
+    rows = [
+        hub_row(1, 64, 64, [[1.0, 1.0, 20.0, 20.0]], [0], image=jpeg_bytes(64, 64)[:200]),
+        hub_row(2, 64, 64, [[30.0, 5.0, 10.0, 40.0], [5.0, 5.0, 30.0, 30.0]], [1, 2]),
+        hub_row(3, 64, 64, [], []),
+        hub_row(4, 64, 64, [[2.0, 2.0, 40.0, 40.0]], [5], image=jpeg_bytes(64, 64, mode="L")),
+    ]
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    path = tmp_path / "bad.parquet"
+    Dataset.from_dict(columns, features=hub_features()).to_parquet(str(path))
+    return [str(path)]

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from frcnn.data import DetectionDataModule, SyntheticShapes
+
+CONF = Path(__file__).parents[2] / "conf" / "data"
+
+
+def load(name, **overrides):
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg.merge_with(OmegaConf.create(overrides))
+    return instantiate(cfg)
+
+
+def check_batch(batch, batch_size, size):
+    assert batch["images"].shape == (batch_size, 3, size, size)
+    assert batch["images"].dtype == torch.uint8
+    assert len(batch["targets"]) == batch_size
+    for t in batch["targets"]:
+        assert t["boxes"].dtype == torch.float32 and t["boxes"].shape[1] == 4
+        assert t["labels"].dtype == torch.int64 and len(t["labels"]) == len(t["boxes"])
+        assert set(t) == {"boxes", "labels", "image_id", "orig_size", "scale_xy"}
+
+
+def test_synthetic_config_gives_batches_of_the_contract():
+    dm = load("synthetic", num_workers=0, batch_size=4, train={"num_images": 8}, val={"num_images": 4})
+    dm.setup("fit")
+    assert dm.num_classes == 6
+    check_batch(next(iter(dm.train_dataloader())), 4, 256)
+    check_batch(next(iter(dm.val_dataloader())), 4, 256)
+
+
+def test_coco_files_config_reads_a_local_folder(coco_folder, monkeypatch):
+    monkeypatch.setenv("COCO_ROOT", str(coco_folder))
+    overrides = {"train": {"annotation_file": str(coco_folder / "annotations/instances_val2017.json"), "image_dir": str(coco_folder / "val2017")}}
+    dm = load("coco_files", num_workers=0, batch_size=2, **overrides)
+    dm.setup("fit")
+    assert dm.num_classes == 3
+    check_batch(next(iter(dm.val_dataloader())), 2, 400)
+
+
+def test_coco_config_streams_local_parquet(hub_parquet):
+    overrides = {"train": {"data_files": hub_parquet}, "val": {"data_files": hub_parquet, "split": "val", "limit": 4}}
+    dm = load("coco", num_workers=2, batch_size=2, **overrides)
+    dm.setup("fit")
+    assert dm.num_classes == 80
+    check_batch(next(iter(dm.train_dataloader())), 2, 400)
+    assert sum(len(b["targets"]) for b in dm.val_dataloader()) == 4
+
+
+def test_validation_images_are_not_flipped_and_training_ones_may_be():
+    dm = DetectionDataModule(lambda transform: SyntheticShapes(transform, 4), lambda transform: SyntheticShapes(transform, 4), flip_prob=1.0, num_workers=0)
+    dm.setup()
+    assert dm.train_set.transform.flip_prob == 1.0
+    assert dm.val_set.transform.flip_prob == 0.0
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [({"batch_size": 0}, "batch_size"), ({"image_size": -1}, "image_size"), ({"resize": "crop"}, "resize")])
+def test_misconfiguration_fails_at_start_up(kwargs, key):
+    with pytest.raises((ValueError, InstantiationException), match=key):
+        load("synthetic", **kwargs)

@@ -25,8 +25,14 @@ def coco_folder(tmp_path):
     (images / "3.jpg").write_bytes(jpeg_bytes(50, 50))
     (images / "4.jpg").write_bytes(jpeg_bytes(50, 50)[:100])  # truncated
     coco = {
-        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 0, "height": 0} for i in (1, 2, 3, 4)],
-        "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+        "images": [
+            {"id": i, "file_name": f"{i}.jpg", "width": 0, "height": 0} for i in (1, 2, 3, 4)
+        ],
+        "categories": [
+            {"id": 90, "name": "toothbrush"},
+            {"id": 1, "name": "person"},
+            {"id": 18, "name": "dog"},
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 18, "bbox": [10, 20, 30, 40], "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 90, "bbox": [100, 10, 50, 50], "iscrowd": 0},
@@ -63,7 +69,10 @@ def hub_parquet(tmp_path):
 
     paths = []
     for shard in range(2):
-        rows = [hub_row(i, 200, 100, [[10.0, 20.0, 50.0, 60.0]], [i % 80]) for i in range(shard * 6, shard * 6 + 6)]
+        rows = [
+            hub_row(i, 200, 100, [[10.0, 20.0, 50.0, 60.0]], [i % 80])
+            for i in range(shard * 6, shard * 6 + 6)
+        ]
         columns = {key: [row[key] for row in rows] for key in rows[0]}
         path = tmp_path / f"train-{shard:05d}-of-00002.parquet"
         Dataset.from_dict(columns, features=hub_features()).to_parquet(str(path))

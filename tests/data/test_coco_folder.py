@@ -6,7 +6,12 @@ from frcnn.data.transforms import Transform
 
 
 def folder(root, **kwargs):
-    return COCOFolder(Transform(400), str(root / "annotations/instances_val2017.json"), str(root / "val2017"), **kwargs)
+    return COCOFolder(
+        Transform(400),
+        str(root / "annotations/instances_val2017.json"),
+        str(root / "val2017"),
+        **kwargs,
+    )
 
 
 def test_category_ids_map_to_contiguous_labels_in_id_order(coco_folder):
@@ -21,7 +26,9 @@ def test_boxes_become_xyxy_and_crowds_are_left_out(coco_folder):
     image, target = ds[0]
     assert target["image_id"] == 1 and target["orig_size"] == (100, 200)
     assert target["labels"].tolist() == [2, 3]  # the crowd "person" is gone
-    torch.testing.assert_close(target["boxes"], torch.tensor([[20.0, 40.0, 80.0, 120.0], [200.0, 20.0, 300.0, 120.0]]))
+    torch.testing.assert_close(
+        target["boxes"], torch.tensor([[20.0, 40.0, 80.0, 120.0], [200.0, 20.0, 300.0, 120.0]])
+    )
 
 
 def test_empty_images_are_kept_or_dropped(coco_folder):
@@ -42,4 +49,8 @@ def test_missing_files_fail_at_start_up(coco_folder):
     with pytest.raises(FileNotFoundError, match="annotation_file"):
         COCOFolder(Transform(64), str(coco_folder / "nope.json"), str(coco_folder / "val2017"))
     with pytest.raises(FileNotFoundError, match="image_dir"):
-        COCOFolder(Transform(64), str(coco_folder / "annotations/instances_val2017.json"), str(coco_folder / "x"))
+        COCOFolder(
+            Transform(64),
+            str(coco_folder / "annotations/instances_val2017.json"),
+            str(coco_folder / "x"),
+        )

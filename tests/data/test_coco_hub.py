@@ -1,6 +1,7 @@
 """The hub source, streamed from local parquet shards with the hub's exact features."""
 
 import datasets
+import huggingface_hub
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -101,10 +102,23 @@ def test_the_last_retry_says_how_to_run_offline(hub_parquet, monkeypatch):
         list(ds)
 
 
-def test_offline_hub_fails_with_a_message_naming_the_local_option(monkeypatch):
+def test_offline_hub_fails_at_once_with_a_message_naming_the_local_option(monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("no retries"))
+    with pytest.raises(ConnectionError, match="data.train.data_files") as error:
+        HubCOCO(Transform(64), split="train")
+    assert str(error.value).count("Offline") == 1
+
+
+def test_a_failing_stream_start_gets_the_same_message(monkeypatch):
     def unreachable(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'detection-datasets/coco' on the Hub")
 
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda *a, **k: None)
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(ConnectionError, match="data.train.data_files"):
         HubCOCO(Transform(64), split="train")
@@ -112,8 +126,9 @@ def test_offline_hub_fails_with_a_message_naming_the_local_option(monkeypatch):
 
 def test_unknown_split_names_the_key(monkeypatch):
     def unknown(*args, **kwargs):
-        raise ValueError('Unknown split "validation". Should be one of [\'train\', \'val\'].')
+        raise ValueError("Unknown split \"validation\". Should be one of ['train', 'val'].")
 
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda *a, **k: None)
     monkeypatch.setattr(datasets, "load_dataset", unknown)
     with pytest.raises(ValueError, match="split='validation'"):
         HubCOCO(Transform(64), split="validation")

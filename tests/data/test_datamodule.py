@@ -28,24 +28,37 @@ def check_batch(batch, batch_size, size):
 
 
 def test_synthetic_config_gives_batches_of_the_contract():
-    dm = load("synthetic", num_workers=0, batch_size=4, train={"num_images": 8}, val={"num_images": 4})
+    dm = load(
+        "synthetic", num_workers=0, batch_size=4, train={"num_images": 8}, val={"num_images": 4}
+    )
     dm.setup("fit")
     assert dm.num_classes == 6
-    check_batch(next(iter(dm.train_dataloader())), 4, 256)
-    check_batch(next(iter(dm.val_dataloader())), 4, 256)
+    check_batch(next(iter(dm.train_dataloader())), 4, dm.train_transform.size)
+    check_batch(next(iter(dm.val_dataloader())), 4, dm.train_transform.size)
+
+
+def coco_files(coco_folder, monkeypatch, **overrides):
+    """conf/data/coco_files.yaml on the test's folder (which has only a val2017 split)."""
+    monkeypatch.setenv("COCO_ROOT", str(coco_folder))
+    train = {
+        "annotation_file": str(coco_folder / "annotations/instances_val2017.json"),
+        "image_dir": str(coco_folder / "val2017"),
+    }
+    return load("coco_files", num_workers=0, train=train, **overrides)
 
 
 def test_coco_files_config_reads_a_local_folder(coco_folder, monkeypatch):
-    monkeypatch.setenv("COCO_ROOT", str(coco_folder))
-    overrides = {"train": {"annotation_file": str(coco_folder / "annotations/instances_val2017.json"), "image_dir": str(coco_folder / "val2017")}}
-    dm = load("coco_files", num_workers=0, batch_size=2, **overrides)
+    dm = coco_files(coco_folder, monkeypatch, batch_size=2, num_classes=3)
     dm.setup("fit")
     assert dm.num_classes == 3
     check_batch(next(iter(dm.val_dataloader())), 2, 400)
 
 
 def test_coco_config_streams_local_parquet(hub_parquet):
-    overrides = {"train": {"data_files": hub_parquet}, "val": {"data_files": hub_parquet, "split": "val", "limit": 4}}
+    overrides = {
+        "train": {"data_files": hub_parquet},
+        "val": {"data_files": hub_parquet, "split": "val", "limit": 4},
+    }
     dm = load("coco", num_workers=2, batch_size=2, **overrides)
     dm.setup("fit")
     assert dm.num_classes == 80
@@ -53,14 +66,32 @@ def test_coco_config_streams_local_parquet(hub_parquet):
     assert sum(len(b["targets"]) for b in dm.val_dataloader()) == 4
 
 
+def test_a_class_count_that_does_not_match_the_data_fails_at_start_up(coco_folder, monkeypatch):
+    dm = coco_files(coco_folder, monkeypatch)
+    with pytest.raises(ValueError, match="data.num_classes=80, but the train source has 3"):
+        dm.setup("fit")
+
+
 def test_validation_images_are_not_flipped_and_training_ones_may_be():
-    dm = DetectionDataModule(lambda transform: SyntheticShapes(transform, 4), lambda transform: SyntheticShapes(transform, 4), flip_prob=1.0, num_workers=0)
+    dm = DetectionDataModule(
+        lambda transform: SyntheticShapes(transform, 4),
+        lambda transform: SyntheticShapes(transform, 4),
+        flip_prob=1.0,
+        num_workers=0,
+    )
     dm.setup()
     assert dm.train_set.transform.flip_prob == 1.0
     assert dm.val_set.transform.flip_prob == 0.0
 
 
-@pytest.mark.parametrize(("kwargs", "key"), [({"batch_size": 0}, "batch_size"), ({"image_size": -1}, "image_size"), ({"resize": "crop"}, "resize")])
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"image_size": -1}, "image_size"),
+        ({"resize": "crop"}, "resize"),
+    ],
+)
 def test_misconfiguration_fails_at_start_up(kwargs, key):
     with pytest.raises((ValueError, InstantiationException), match=key):
         load("synthetic", **kwargs)

@@ -23,7 +23,7 @@ def test_boxes_lie_exactly_on_the_drawn_objects(index):
         shape, colour = class_style(int(label))
         x0, y0, x1, y1 = box
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
-        mask = (np.abs(pixels - colour).sum(-1) == 0)
+        mask = np.abs(pixels - colour).sum(-1) == 0
         # the centre of the bottom edge is inside every shape (triangle base, ellipse, rectangle)
         assert mask[y1 - 1, (x0 + x1) // 2] or _covered(rec, box)
         # nothing of the object's colour just outside the box on its own rows and columns
@@ -38,7 +38,10 @@ def test_boxes_lie_exactly_on_the_drawn_objects(index):
 def _covered(rec, box):
     """True if a later object overlaps this box (it may hide the edges checked above)."""
     others = [b for b in rec.boxes.astype(int) if not np.array_equal(b, box)]
-    return any(min(box[2], o[2]) > max(box[0], o[0]) and min(box[3], o[3]) > max(box[1], o[1]) for o in others)
+    return any(
+        min(box[2], o[2]) > max(box[0], o[0]) and min(box[3], o[3]) > max(box[1], o[1])
+        for o in others
+    )
 
 
 def test_classes_differ_in_shape_or_colour():

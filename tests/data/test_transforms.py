@@ -52,8 +52,12 @@ def test_boxes_are_clipped_and_degenerate_ones_dropped():
     boxes = ((-10.0, -5.0, 50.0, 40.0), (190.0, 20.0, 260.0, 60.0), (210.0, 10.0, 250.0, 30.0))
     reports = []
     transform = Transform(200, "letterbox")
-    _, target = transform(record(200, 100, boxes=boxes, labels=(1, 2, 3)), report=lambda *a: reports.append(a))
-    torch.testing.assert_close(target["boxes"], torch.tensor([[0.0, 0.0, 50.0, 40.0], [190.0, 20.0, 200.0, 60.0]]))
+    _, target = transform(
+        record(200, 100, boxes=boxes, labels=(1, 2, 3)), report=lambda *a: reports.append(a)
+    )
+    torch.testing.assert_close(
+        target["boxes"], torch.tensor([[0.0, 0.0, 50.0, 40.0], [190.0, 20.0, 200.0, 60.0]])
+    )
     assert target["labels"].tolist() == [1, 2]
     assert reports == [
         ("boxes outside the image clipped", 7, "3 of 3"),
@@ -80,7 +84,10 @@ def test_encoded_bytes_are_decoded():
     assert abs(int(image[2, 10, 10]) - 30) < 5
 
 
-@pytest.mark.parametrize(("kwargs", "key"), [({"size": 0}, "image_size"), ({"resize": "crop"}, "resize"), ({"flip_prob": 2}, "flip_prob")])
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"size": 0}, "image_size"), ({"resize": "crop"}, "resize"), ({"flip_prob": 2}, "flip_prob")],
+)
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         Transform(**kwargs)

@@ -6,4 +6,12 @@ from frcnn.data.datamodule import DetectionDataModule
 from frcnn.data.synthetic import SyntheticShapes
 from frcnn.data.transforms import Record, Transform, collate
 
-__all__ = ["COCOFolder", "DetectionDataModule", "HubCOCO", "Record", "SyntheticShapes", "Transform", "collate"]
+__all__ = [
+    "COCOFolder",
+    "DetectionDataModule",
+    "HubCOCO",
+    "Record",
+    "SyntheticShapes",
+    "Transform",
+    "collate",
+]

@@ -42,9 +42,7 @@ class COCOFolder(MapSource):
             if not ann.get("iscrowd", 0):
                 per_image[ann["image_id"]].append(ann)
         self.image_dir = image_dir
-        self.images = [
-            img for img in coco["images"] if keep_empty or per_image[img["id"]]
-        ]
+        self.images = [img for img in coco["images"] if keep_empty or per_image[img["id"]]]
         self.annotations = per_image
 
     def __len__(self) -> int:

@@ -89,9 +89,15 @@ class HubCOCO(IterableDataset):
             data_files = [str(f) for f in data_files]  # a plain list, not Hydra's ListConfig
         self.transform = transform
         self.split, self.name, self.revision, self.data_files = split, name, revision, data_files
-        self.shuffle, self.shuffle_buffer, self.seed, self.limit = shuffle, shuffle_buffer, seed, limit
+        self.shuffle, self.shuffle_buffer, self.seed, self.limit = (
+            shuffle,
+            shuffle_buffer,
+            seed,
+            limit,
+        )
         self.retries, self.backoff_s = retries, backoff_s
         self.num_classes = NUM_CLASSES
+        self.class_names = COCO_CLASSES
         self.epoch = 0
         self.rank, self.world_size = 0, 1
         self.skips = SkipLog(f"hub coco {split}")
@@ -100,23 +106,46 @@ class HubCOCO(IterableDataset):
     def _load(self):
         import datasets
 
+        if self.data_files is None:
+            self._check_hub()
         try:
             if self.data_files is not None:
                 files = {self.split: self.data_files}
-                ds = datasets.load_dataset("parquet", data_files=files, split=self.split, streaming=True)
+                ds = datasets.load_dataset(
+                    "parquet", data_files=files, split=self.split, streaming=True
+                )
             else:
-                ds = datasets.load_dataset(self.name, split=self.split, revision=self.revision, streaming=True)
+                ds = datasets.load_dataset(
+                    self.name, split=self.split, revision=self.revision, streaming=True
+                )
         except ValueError as err:  # datasets' error for an unknown split
             raise ValueError(f"data split={self.split!r}: {err}") from err
         except (ConnectionError, OSError) as err:
-            raise ConnectionError(
-                f"Could not reach the Hugging Face hub for {self.name!r} ({err}). Offline, point "
-                "the run at a local copy of its parquet files: data=coco "
-                "data.train.data_files='/path/coco/data/train-*.parquet' "
-                "data.val.data_files='/path/coco/data/val-*.parquet'"
-            ) from err
+            raise self._offline_error(err) from err
         # decode in our transform, where a corrupt image is skipped rather than retried
         return ds.cast_column("image", datasets.Image(decode=False))
+
+    def _check_hub(self) -> None:
+        """One quick request, so that a machine without network fails in a second, not after
+        the minute of retries inside `datasets`."""
+        import huggingface_hub
+
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            return  # offline mode: datasets may still find the files in its cache
+        try:
+            huggingface_hub.HfApi().dataset_info(self.name, revision=self.revision, timeout=10)
+        except huggingface_hub.errors.RepositoryNotFoundError as err:
+            raise ValueError(f"data name={self.name!r}: no such data set on the hub") from err
+        except Exception as err:  # network errors come in several libraries' types
+            raise self._offline_error(err) from err
+
+    def _offline_error(self, err: Exception) -> ConnectionError:
+        return ConnectionError(
+            f"Could not reach the Hugging Face hub for {self.name!r} ({err}). Offline, point "
+            "the run at a local copy of its parquet files: data=coco "
+            "data.train.data_files='/path/coco/data/train-*.parquet' "
+            "data.val.data_files='/path/coco/data/val-*.parquet'"
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -169,7 +198,9 @@ class HubCOCO(IterableDataset):
                         "data.train.data_files / data.val.data_files to them."
                     ) from err
                 wait = self.backoff_s * 2 ** (failures - 1)
-                log.warning("stream error (%s); retry %d/%d in %.0f s", err, failures, self.retries, wait)
+                log.warning(
+                    "stream error (%s); retry %d/%d in %.0f s", err, failures, self.retries, wait
+                )
                 time.sleep(wait)
                 if state is not None:
                     ds.load_state_dict(state)

@@ -20,6 +20,7 @@ class DetectionDataModule(L.LightningDataModule):
         self,
         train: Callable,
         val: Callable,
+        num_classes: int | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
         pin_memory: bool = True,
@@ -37,6 +38,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.train_transform = Transform(image_size, resize, flip_prob)
         self.val_transform = Transform(image_size, resize, 0.0)
         self.make_train, self.make_val = train, val
+        self.expected_num_classes = num_classes
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -46,15 +48,29 @@ class DetectionDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set = self.make_train(transform=self.train_transform)
             self.val_set = self.make_val(transform=self.val_transform)
-            trainer = getattr(self, "trainer", None)
+            for split, ds in (("train", self.train_set), ("val", self.val_set)):
+                expected = self.expected_num_classes
+                if expected is not None and ds.num_classes != expected:
+                    raise ValueError(
+                        f"data.num_classes={expected}, but the {split} source has "
+                        f"{ds.num_classes} classes: set data.num_classes={ds.num_classes}"
+                    )
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:  # streamed sources: each distributed rank reads its own part
             for ds in (self.train_set, self.val_set):
-                if trainer is not None and isinstance(ds, IterableDataset) and hasattr(ds, "set_rank"):
+                if hasattr(ds, "set_rank"):
                     ds.set_rank(trainer.global_rank, trainer.world_size)
 
     @property
     def num_classes(self) -> int:
         self.setup()
         return self.train_set.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of labels 1..num_classes."""
+        self.setup()
+        return list(self.train_set.class_names)
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if getattr(self, "trainer", None) else 0
@@ -68,7 +84,10 @@ class DetectionDataModule(L.LightningDataModule):
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         extra = {}
         if self.num_workers > 0:
-            extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": self.persistent_workers}
+            extra = {
+                "prefetch_factor": self.prefetch_factor,
+                "persistent_workers": self.persistent_workers,
+            }
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

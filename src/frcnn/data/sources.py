@@ -11,7 +11,9 @@ MAX_CONSECUTIVE_SKIPS = 50
 
 def transform_record(record: Record, transform: Transform, num_classes: int, skips: SkipLog, rng):
     """Record -> (image, target), or None if the image cannot be decoded (logged)."""
-    boxes, labels = clean_annotations(record.boxes, record.labels, num_classes, record.image_id, skips)
+    boxes, labels = clean_annotations(
+        record.boxes, record.labels, num_classes, record.image_id, skips
+    )
     record = Record(record.image, boxes, labels, record.image_id)
     try:
         return transform(record, rng, skips)
@@ -47,7 +49,9 @@ class MapSource(Dataset):
             except (OSError, ValueError, KeyError) as err:
                 self.skips("unreadable record skipped", i, f"{type(err).__name__}: {err}")
                 continue
-            sample = transform_record(record, self.transform, self.num_classes, self.skips, self._rng)
+            sample = transform_record(
+                record, self.transform, self.num_classes, self.skips, self._rng
+            )
             if sample is not None:
                 return sample
         raise RuntimeError(

@@ -6,6 +6,7 @@ detector must use both form and colour to tell the classes apart.
 
 import numpy as np
 from PIL import Image, ImageDraw
+
 from frcnn.data.sources import MapSource
 from frcnn.data.transforms import Record, Transform
 
@@ -73,7 +74,9 @@ def draw_sample(
         elif shape == "ellipse":
             draw.ellipse(corners, fill=colour)
         else:
-            draw.polygon([(x0, y0 + h - 1), (x0 + w - 1, y0 + h - 1), (x0 + w // 2, y0)], fill=colour)
+            draw.polygon(
+                [(x0, y0 + h - 1), (x0 + w - 1, y0 + h - 1), (x0 + w // 2, y0)], fill=colour
+            )
         boxes.append(box)
         labels.append(label)
     return Record(image, np.stack(boxes), np.array(labels, dtype=np.int64), index)
@@ -99,15 +102,17 @@ class SyntheticShapes(MapSource):
         max_objects: int = 6,
     ):
         if not 1 <= num_classes <= len(PALETTE) * len(SHAPES):
-            raise ValueError(f"num_classes={num_classes}: must lie in 1..{len(PALETTE) * len(SHAPES)}")
+            raise ValueError(
+                f"num_classes={num_classes}: must lie in 1..{len(PALETTE) * len(SHAPES)}"
+            )
         if num_images <= 0:
             raise ValueError(f"num_images={num_images}: must be positive")
         super().__init__(transform, num_classes, name="synthetic")
         self.num_images, self.seed, self.max_objects = num_images, seed, max_objects
+        self.class_names = class_names(num_classes)
 
     def __len__(self) -> int:
         return self.num_images
 
     def record(self, index: int) -> Record:
         return draw_sample(self.seed, index, self.num_classes, max_objects=self.max_objects)
-

@@ -79,10 +79,14 @@ class Transform:
         rng = rng or np.random.default_rng()
         if self.flip_prob > 0 and rng.random() < self.flip_prob:
             content = content[:, ::-1]
-            boxes = np.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], 1)
+            boxes = np.stack(
+                [new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], 1
+            )
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if report and not keep.all():
-            report("degenerate boxes dropped", record.image_id, f"{int((~keep).sum())} of {len(keep)}")
+            report(
+                "degenerate boxes dropped", record.image_id, f"{int((~keep).sum())} of {len(keep)}"
+            )
 
         canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         canvas[:new_h, :new_w] = content

@@ -7,8 +7,8 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn.model import from_torchvision
-from frcnn.model.convert import convert_key
+from frcnn.model import FasterRCNN, from_torchvision, load_torchvision_weights
+from frcnn.model.convert import TORCHVISION_COCO_IDS, convert_key, torchvision_state_dict
 from tests.model.helpers import sorted_rows
 
 
@@ -76,3 +76,40 @@ def test_every_torchvision_key_has_a_home():
     assert convert_key("rpn.head.conv.0.0.bias") == "rpn.head.conv.bias"
     with pytest.raises(KeyError):
         convert_key("roi_heads.mask_head.0.weight")
+
+
+def test_coco_weights_keep_the_80_used_categories(tmp_path):
+    tv = torchvision_default(448)
+    path = tmp_path / "coco.pth"
+    torch.save(tv.state_dict(), path)
+    model = FasterRCNN(num_classes=80)
+    assert load_torchvision_weights(model, torchvision_state_dict(str(path))) == []
+    ours, theirs = model.roi_heads.predictor, tv.roi_heads.box_predictor
+    for label, tv_id in [(1, 1), (12, 13), (80, 90)]:
+        assert TORCHVISION_COCO_IDS[label - 1] == tv_id
+        assert torch.equal(ours.cls_score.weight[label], theirs.cls_score.weight[tv_id])
+        assert torch.equal(
+            ours.bbox_pred.weight[4 * label : 4 * label + 4],
+            theirs.bbox_pred.weight[4 * tv_id : 4 * tv_id + 4],
+        )
+    assert torch.equal(ours.cls_score.bias[0], theirs.cls_score.bias[0])
+    assert torch.equal(
+        model.backbone.layer2[0].conv1.weight, tv.backbone.body.layer2[0].conv1.weight
+    )
+
+
+def test_other_classes_keep_their_own_predictor(tmp_path):
+    model = FasterRCNN(num_classes=3)
+    before = model.roi_heads.predictor.cls_score.weight.clone()
+    left_out = load_torchvision_weights(model, torchvision_default(448).state_dict())
+    assert left_out == sorted(
+        f"roi_heads.predictor.{n}.{k}"
+        for n in ("bbox_pred", "cls_score")
+        for k in ("bias", "weight")
+    )
+    assert torch.equal(model.roi_heads.predictor.cls_score.weight, before)
+
+
+def test_missing_init_weights_file_names_the_key():
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        torchvision_state_dict("/no/such.pth")

@@ -1,8 +1,11 @@
 """Build this project's detector from a torchvision Faster R-CNN, weights included."""
 
 import re
+from pathlib import Path
 
+import torch
 from torch import nn
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -22,6 +25,14 @@ KEY_MAP = [
     (r"^roi_heads\.box_head\.", "roi_heads.box_head."),
     (r"^roi_heads\.box_predictor\.", "roi_heads.predictor."),
 ]
+
+# torchvision's COCO detectors predict the 91 original COCO category ids (with 11 unused);
+# these are the 80 used ones, in order: contiguous label i + 1 <-> torchvision label ids[i]
+TORCHVISION_COCO_IDS = (
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+    *range(72, 83), *range(84, 91),
+)  # fmt: skip
+PREDICTOR_KEYS = ("roi_heads.predictor.cls_score", "roi_heads.predictor.bbox_pred")
 
 DEPTH_BY_BLOCKS = {(2, 2, 2, 2, True): 18, (3, 4, 6, 3, True): 34, (3, 4, 6, 3, False): 50}
 DEPTH_BY_BLOCKS[(3, 4, 23, 3, False)] = 101
@@ -47,6 +58,49 @@ def _backbone_settings(body: nn.Module) -> dict:
         frozen = name
     norm = "frozen_bn" if isinstance(body.bn1, FrozenBatchNorm2d) else "bn"
     return {"depth": DEPTH_BY_BLOCKS[blocks], "norm": norm, "weights": None, "frozen": frozen}
+
+
+def torchvision_state_dict(source: str) -> dict:
+    """ "coco" (torchvision's COCO-trained fasterrcnn_resnet50_fpn, downloaded) or a file path."""
+    if source == "coco":
+        weights = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+        try:
+            return weights.get_state_dict(progress=True)
+        except Exception as err:  # any network or cache failure
+            raise RuntimeError(
+                f"Could not download torchvision's COCO weights ({weights.url}): {err}. Offline, "
+                "download that file elsewhere and set init_weights=/path/to/the/file.pth"
+            ) from err
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"init_weights={source!r}: no such file (or use 'coco')")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_torchvision_weights(model: FasterRCNN, state_dict: dict) -> list[str]:
+    """Load a torchvision Faster R-CNN state dict into `model`, e.g. to fine-tune from COCO.
+
+    A 91-way COCO predictor loaded into an 80-class model keeps the rows of the 80 used
+    categories (TORCHVISION_COCO_IDS), so the model detects COCO from the start. Other tensors
+    whose shape differs (a predictor for other classes) are left as initialised. Returns the
+    names of the parameters left out.
+    """
+    own = model.state_dict()
+    converted = {convert_key(k): v for k, v in state_dict.items()}
+    if (
+        model.roi_heads.num_classes == 80
+        and converted[PREDICTOR_KEYS[0] + ".weight"].shape[0] == 91
+    ):
+        rows = torch.tensor([0, *TORCHVISION_COCO_IDS])
+        for key in PREDICTOR_KEYS:
+            for kind in ("weight", "bias"):
+                value = converted[f"{key}.{kind}"]
+                per_class = value.view(91, -1, *value.shape[1:])  # (classes, 1 or 4, ...)
+                converted[f"{key}.{kind}"] = per_class[rows].reshape(-1, *value.shape[1:])
+    loadable = {k: v for k, v in converted.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(loadable))
+    model.load_state_dict(loadable, strict=False)
+    return skipped
 
 
 def from_torchvision(tv_model: nn.Module) -> FasterRCNN:

@@ -94,6 +94,8 @@ class RPN(nn.Module):
         without it the losses dict is empty.
         """
         logits, deltas = self.head(features)
+        # float32 from here on, also under autocast: box coordinates need the precision
+        logits, deltas = logits.float(), deltas.float()
         level_sizes = [a.shape[0] for a in anchors]
         all_anchors = torch.cat(anchors)
         proposals, valid = self.select_proposals(

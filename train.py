@@ -1,10 +1,20 @@
-"""Training entry point (the Lightning/Hydra training app is not built yet)."""
+"""Train a Faster R-CNN.
 
-import sys
+uv run train.py                         # the synthetic demo
+uv run train.py experiment=coco400      # COCO from the hub, 400 px, one GPU
+uv run train.py -m model.rpn.nms_thresh=0.6,0.7 model.roi_heads.fg_iou_thresh=0.4,0.5
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from frcnn.app import train
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
 
 if __name__ == "__main__":
-    print(
-        "frcnn: the training app (train.py with Hydra configs) is not available yet.\n"
-        "The detector itself is ready: see the README section 'The detector in Python'."
-    )
-    sys.exit(1)
+    main()

@@ -1,0 +1,48 @@
+"""Learning-rate schedules: linear warm-up, then multistep or cosine decay, per optimiser step."""
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
+    """Linear ramp from `start_factor` to 1 over `warmup_steps` steps, then 1."""
+    if step >= warmup_steps:
+        return 1.0
+    return start_factor + (1 - start_factor) * step / warmup_steps
+
+
+def warmup_multistep(
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: int = 500,
+    warmup_start_factor: float = 0.001,
+    milestones=(0.67, 0.89),
+    gamma: float = 0.1,
+) -> LambdaLR:
+    """Warm-up, then the LR times `gamma` at each milestone (fractions of `total_steps`)."""
+    steps = sorted(round(m * total_steps) for m in milestones)
+
+    def factor(step: int) -> float:
+        decays = sum(step >= s for s in steps)
+        return warmup_factor(step, warmup_steps, warmup_start_factor) * gamma**decays
+
+    return LambdaLR(optimizer, factor)
+
+
+def warmup_cosine(
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: int = 500,
+    warmup_start_factor: float = 0.001,
+    final_factor: float = 0.01,
+) -> LambdaLR:
+    """Warm-up, then half a cosine from the full LR down to `final_factor` of it."""
+
+    def factor(step: int) -> float:
+        progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+        cosine = final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup_factor(step, warmup_steps, warmup_start_factor) * cosine
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,160 @@
+"""The LightningModule: losses and their logging, validation mAP, optimiser and schedule."""
+
+import logging
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.detection import MeanAveragePrecision
+
+LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
+# faster-coco-eval prints its whole summary table at INFO level on every validation
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+
+MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+
+
+def to_original_pixels(boxes: Tensor, scale_xy: Tensor) -> Tensor:
+    """(K, 4) boxes in input pixels -> original image pixels (the batch contract's scale_xy)."""
+    return boxes / scale_xy.to(boxes).repeat(2)
+
+
+class DetectorModule(L.LightningModule):
+    """Trains and validates a `FasterRCNN`.
+
+    Args:
+        model: the detector (built by Hydra from `cfg.model`).
+        optimizer: partial optimiser taking parameter groups (weight decay is switched off for
+            biases and normalisation parameters).
+        scheduler: partial taking (optimizer, total_steps) -> a per-step LR scheduler, or None.
+        class_names: names of labels 1..C, for per-class AP and pictures.
+        per_class_map: also log the AP of every class (slower to compute).
+        channels_last: convolutions in channels-last memory format (faster on recent GPUs).
+        compile: `torch.compile` the backbone and FPN (the fixed-shape part of the model).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        class_names: list[str] | None = None,
+        per_class_map: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_names = list(class_names) if class_names else None
+        self.per_class_map = per_class_map
+        self.channels_last = channels_last
+        self.compile = compile
+        self.val_map = MeanAveragePrecision(backend="faster_coco_eval", class_metrics=per_class_map)
+        self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints
+        self._last_batch_start: float | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.compile:
+            self.model.backbone = torch.compile(self.model.backbone)
+            self.model.fpn = torch.compile(self.model.fpn)
+
+    def forward(self, images: Tensor, targets=None):
+        return self.model(self._prepare(images), targets)
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    # training
+
+    def training_step(self, batch, batch_idx: int):
+        losses = self.model(self._prepare(batch["images"]), batch["targets"])
+        loss = sum(losses.values())
+        size = len(batch["targets"])
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        return {"loss": loss, "losses": {k: v.detach() for k, v in losses.items()}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_start is not None:
+            rate = len(batch["targets"]) / (now - self._last_batch_start)
+            self.log("train/images_per_s", rate, prog_bar=True, batch_size=1)
+        self._last_batch_start = now
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # one host sync per step: a non-finite loss must stop the run before it is checkpointed
+        if not torch.isfinite(outputs["loss"]):
+            bad = [k for k, v in outputs["losses"].items() if not torch.isfinite(v)]
+            raise FloatingPointError(
+                f"Non-finite loss at step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{batch_idx}): {', '.join(bad) or 'loss'}. Training stopped; the last good "
+                "checkpoint is kept. Try a lower learning rate, more warm-up or precision=32."
+            )
+
+    # validation
+
+    def validation_step(self, batch, batch_idx: int):
+        targets = batch["targets"]
+        losses, detections = self.model.forward_with_losses(self._prepare(batch["images"]), targets)
+        size = len(targets)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=size, sync_dist=True)
+        self.log("val/loss", sum(losses.values()), batch_size=size, sync_dist=True)
+        preds = [
+            {**d, "boxes": to_original_pixels(d["boxes"], t["scale_xy"])}
+            for d, t in zip(detections, targets, strict=True)
+        ]
+        truth = [
+            {"boxes": to_original_pixels(t["boxes"], t["scale_xy"]), "labels": t["labels"]}
+            for t in targets
+        ]
+        self.val_map.update(preds, truth)
+        return detections
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_map.compute()
+        self.val_map.reset()
+        for key in MAP_KEYS:
+            self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
+        if self.per_class_map and result["classes"].numel() > 0:
+            for label, ap in zip(
+                result["classes"].tolist(), result["map_per_class"].tolist(), strict=True
+            ):
+                name = self.class_names[label - 1] if self.class_names else str(label)
+                self.log(f"val/ap/{name}", ap)
+
+    # optimisation
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                # biases and normalisation weights are vectors: no weight decay for them
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        optimizer = self.optimizer_factory(
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        )
+        if self.scheduler_factory is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if not isinstance(total, int) and not float(total) < float("inf"):
+            raise ValueError(
+                "trainer.max_steps: a streamed data set has no length, so the LR schedule needs "
+                "trainer.max_steps to know the total number of steps"
+            )
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config

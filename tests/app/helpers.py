@@ -1,0 +1,67 @@
+"""Running the real entry points on tiny synthetic data, in a temporary log folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+
+ROOT = Path(__file__).parents[2]
+
+# a run of a few seconds on the CPU: 16 tiny images, a narrow ResNet-18 detector
+SMALL = [
+    "data.image_size=96",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "model.fpn_channels=32",
+    "model.rpn.pre_nms_top_n_train=200",
+    "model.rpn.post_nms_top_n_train=100",
+    "model.rpn.pre_nms_top_n_test=100",
+    "model.rpn.post_nms_top_n_test=50",
+    "model.roi_heads.representation_size=64",
+    "model.roi_heads.batch_size_per_image=32",
+    "trainer.log_every_n_steps=1",
+    "device=cpu",
+]
+TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL]
+
+
+def run(
+    script: str, *overrides: str, log_dir: Path, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run `script` (train.py or eval.py) with Hydra overrides; logs go under `log_dir`."""
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
+    overrides = [o for o in overrides if not o.startswith("-")]
+    command = [sys.executable, str(ROOT / script), *flags, f"paths.log_dir={log_dir}", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, (
+        f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
+    return result
+
+
+def run_dirs(log_dir: Path, task: str = "train") -> list[Path]:
+    return sorted((log_dir / task / "runs").iterdir())
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+class RecordImageIds(L.Callback):
+    """Writes the image ids each rank trained on to `<output_dir>/ids_rank<r>.json`."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir, self.ids = Path(output_dir), []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.ids += [t["image_id"] for t in batch["targets"]]
+
+    def on_train_end(self, trainer, pl_module):
+        path = self.output_dir / f"ids_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(self.ids))

@@ -1,0 +1,127 @@
+"""Every config option composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from frcnn.model import FasterRCNN
+from frcnn.module import DetectorModule
+
+CONF = Path(__file__).parents[2] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(tmp_path, *overrides):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True
+        )
+    HydraConfig.instance().set_config(cfg)
+    cfg.paths.output_dir = str(tmp_path / "out")
+    return cfg
+
+
+def build_all(cfg):
+    """Instantiate the data module (without loading data), model, module, callbacks, loggers."""
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    module = instantiate(cfg.module)(model=model)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return datamodule, model, module, callbacks, loggers
+
+
+OFFLINE = ["model.backbone.weights=null"]  # no ImageNet download in the tests
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [
+        (g, o)
+        for g in (
+            "data",
+            "model",
+            "anchors",
+            "frozen",
+            "precision",
+            "device",
+            "logger",
+            "callbacks",
+        )
+        for o in options(g)
+    ],
+)
+def test_every_group_option_instantiates(tmp_path, group, option):
+    cfg = composed(tmp_path, f"{group}={option}", *OFFLINE)
+    datamodule, model, module, _, _ = build_all(cfg)
+    assert isinstance(model, FasterRCNN) and isinstance(module, DetectorModule)
+    if group not in ("precision", "device"):  # the trainer itself: checked below on this CPU
+        instantiate(cfg.trainer, accelerator="cpu", devices=1, strategy="auto")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_instantiates(tmp_path, experiment):
+    cfg = composed(tmp_path, f"experiment={experiment}", *OFFLINE)
+    _, model, _, _, _ = build_all(cfg)
+    assert model.roi_heads.num_classes == cfg.data.num_classes
+
+
+def test_coco400_is_the_documented_setting(tmp_path):
+    cfg = composed(tmp_path, "experiment=coco400", *OFFLINE)
+    assert cfg.trainer.precision == "16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert cfg.data.image_size == 400 and cfg.data.train._target_ == "frcnn.data.HubCOCO"
+    model = instantiate(cfg.model)
+    assert model.backbone.num_frozen == 4  # stem, layer1, layer2, layer3
+    assert (
+        sum(
+            len(a)
+            for a in model.anchor_generator(
+                [(100, 100), (50, 50), (25, 25), (13, 13), (7, 7)], "cpu"
+            )
+        )
+        == 40029
+    )
+
+
+def test_sixteen_bit_mixed_precision_builds(tmp_path):
+    cfg = composed(tmp_path, "precision=16-mixed", *OFFLINE)
+    assert cfg.trainer.precision == "16-mixed"
+    build_all(cfg)
+    if torch.cuda.is_available():
+        assert instantiate(cfg.trainer).precision == "16-mixed"
+
+
+def test_every_threshold_is_a_config_value(tmp_path):
+    cfg = composed(
+        tmp_path,
+        "model.rpn.nms_thresh=0.6",
+        "model.roi_heads.fg_iou_thresh=0.4",
+        "model.roi_heads.score_thresh=0.01",
+    )
+    model = instantiate(cfg.model)
+    assert model.rpn.nms_thresh == 0.6
+    assert model.roi_heads.fg_iou_thresh == 0.4 and model.roi_heads.score_thresh == 0.01
+
+
+def test_hparams_search_grid(tmp_path):
+    cfg = composed(tmp_path, "hparams_search=nms_iou")
+    params = cfg.hydra.sweeper.params
+    assert set(params) == {
+        "model.rpn.nms_thresh",
+        "model.roi_heads.nms_thresh",
+        "model.roi_heads.fg_iou_thresh",
+    }
+
+
+def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):
+    cfg = composed(tmp_path, "data.num_classes=5", "data.train.num_classes=4")
+    datamodule = instantiate(cfg.data)
+    with pytest.raises(ValueError, match="data.num_classes=5"):
+        datamodule.setup("fit")

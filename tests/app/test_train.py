@@ -1,0 +1,124 @@
+"""The entry points end to end: train, resume, evaluate, sweep, DDP."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from frcnn.data.coco_hub import hub_features
+from tests.app.helpers import SMALL, TINY, metrics, run, run_dirs
+from tests.data.conftest import hub_row
+
+
+def test_fast_dev_run_on_cpu(tmp_path):
+    result = run("train.py", "debug=fdr", *TINY, log_dir=tmp_path)
+    assert "train finished" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A two-epoch run on synthetic data with checkpoints and TensorBoard logs."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    run("train.py", "trainer.max_epochs=2", *TINY, log_dir=log_dir)
+    return log_dir, run_dirs(log_dir)[0]
+
+
+def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
+    _, run_dir = trained
+    checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints and any(
+        n.startswith("epoch00") and "-map" in n for n in checkpoints
+    )
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "loss"):
+        assert f"train/{tag}_step" in scalars and f"train/{tag}_epoch" in scalars
+    assert {"val/map", "val/map_50", "val/mar_100", "val/loss", "train/images_per_s"} <= scalars
+    assert any(tag.startswith("lr-") for tag in scalars)
+    assert "val/detections" in events.Tags()["images"]
+    assert len(events.Scalars("val/map")) == 2  # one per epoch
+    assert 0.0 <= metrics(run_dir)["val/map"] <= 1.0
+
+
+def test_resuming_continues_from_the_checkpoint(trained, tmp_path):
+    _, run_dir = trained
+    last = run_dir / "checkpoints" / "last.ckpt"
+    run("train.py", "trainer.max_epochs=3", f"ckpt_path={last}", *TINY, log_dir=tmp_path)
+    resumed = run_dirs(tmp_path)[0]
+    events = EventAccumulator(str(resumed / "tensorboard")).Reload()
+    steps = [e.step for e in events.Scalars("train/loss_step")]
+    assert min(steps) >= 8  # 2 epochs x 4 batches were done before
+    assert len(events.Scalars("val/map")) == 1  # only the third epoch ran
+
+
+def test_eval_reproduces_the_logged_val_map(trained):
+    log_dir, run_dir = trained
+    run("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", *TINY, log_dir=log_dir)
+    evaluated = run_dirs(log_dir, "eval")[0]
+    assert metrics(evaluated)["val/map"] == pytest.approx(metrics(run_dir)["val/map"], abs=1e-6)
+    assert metrics(evaluated)["val/map_50"] == pytest.approx(
+        metrics(run_dir)["val/map_50"], abs=1e-6
+    )
+
+
+def test_a_two_by_two_eval_sweep_writes_one_summary(trained):
+    log_dir, run_dir = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    result = run(
+        "eval.py",
+        "-m",
+        f"ckpt_path={ckpt}",
+        "model.roi_heads.nms_thresh=0.3,0.6",
+        "model.roi_heads.score_thresh=0.01,0.05",
+        *TINY,
+        log_dir=log_dir,
+    )
+    sweep = next((log_dir / "eval" / "multiruns").iterdir())
+    summary = (sweep / "summary.md").read_text().strip().splitlines()
+    assert len(summary) == 2 + 4  # header, rule, one row per run
+    assert "model.roi_heads.nms_thresh=0.3" in summary[2] + summary[3] + summary[4] + summary[5]
+    csv_rows = (sweep / "summary.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 5
+    assert "Sweep summary (4 runs" in result.stdout
+
+
+def write_parquet(path, first_id, count):
+    from datasets import Dataset
+
+    rows = [
+        hub_row(i, 120, 90, [[10.0, 10.0, 60.0, 50.0]], [i % 3])
+        for i in range(first_id, first_id + count)
+    ]
+    Dataset.from_dict(
+        {k: [r[k] for r in rows] for k in rows[0]}, features=hub_features()
+    ).to_parquet(str(path))
+
+
+def test_ddp_on_cpu_splits_the_stream_and_shares_one_run_dir(tmp_path):
+    shards = [tmp_path / f"train-{i}.parquet" for i in range(2)]
+    for i, shard in enumerate(shards):
+        write_parquet(shard, first_id=i * 8, count=8)
+    files = "[" + ",".join(str(s) for s in shards) + "]"
+    log_dir = tmp_path / "logs"
+    run(
+        "train.py",
+        "data=coco",
+        f"data.train.data_files={files}",
+        f"data.val.data_files={files}",
+        "data.val.limit=4",
+        *SMALL,
+        "device=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "model.backbone.weights=null",
+        "+callbacks.ids._target_=tests.app.helpers.RecordImageIds",
+        "+callbacks.ids.output_dir=${paths.output_dir}",
+        log_dir=log_dir,
+        timeout=600,
+    )
+    runs = run_dirs(log_dir)
+    assert len(runs) == 1  # both ranks wrote into the one Hydra run directory
+    ids = [json.loads((runs[0] / f"ids_rank{r}.json").read_text()) for r in range(2)]
+    assert ids[0] and ids[1] and set(ids[0]).isdisjoint(ids[1])
+    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()

@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from frcnn.coco import COCO_CLASSES
 from frcnn.data import COCOFolder, HubCOCO, SyntheticShapes, Transform, collate
-from frcnn.data.coco_hub import COCO_CLASSES, hub_features
+from frcnn.data.coco_hub import hub_features
 
 
 def photo_like_jpeg(rng, width=640, height=480) -> bytes:

@@ -7,8 +7,9 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from frcnn.coco import COCO_CATEGORY_IDS
 from frcnn.model import FasterRCNN, from_torchvision, load_torchvision_weights
-from frcnn.model.convert import TORCHVISION_COCO_IDS, convert_key, torchvision_state_dict
+from frcnn.model.convert import convert_key, torchvision_state_dict
 from tests.model.helpers import sorted_rows
 
 
@@ -86,7 +87,7 @@ def test_coco_weights_keep_the_80_used_categories(tmp_path):
     assert load_torchvision_weights(model, torchvision_state_dict(str(path))) == []
     ours, theirs = model.roi_heads.predictor, tv.roi_heads.box_predictor
     for label, tv_id in [(1, 1), (12, 13), (80, 90)]:
-        assert TORCHVISION_COCO_IDS[label - 1] == tv_id
+        assert COCO_CATEGORY_IDS[label - 1] == tv_id
         assert torch.equal(ours.cls_score.weight[label], theirs.cls_score.weight[tv_id])
         assert torch.equal(
             ours.bbox_pred.weight[4 * label : 4 * label + 4],

@@ -35,6 +35,7 @@ class COCOFolder(MapSource):
         self.category_of = {label: cid for cid, label in self.label_of.items()}
         names = {c["id"]: c["name"] for c in coco["categories"]}
         self.class_names = [names[cid] for cid in category_ids]
+        self.category_ids = category_ids
         super().__init__(transform, len(category_ids), name=f"coco folder {image_dir}")
 
         per_image = {img["id"]: [] for img in coco["images"]}

@@ -6,25 +6,13 @@ import time
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.sources import transform_record
 from frcnn.data.transforms import Record, SkipLog, Transform
 
 log = logging.getLogger(__name__)
 
 HUB_NAME = "detection-datasets/coco"
-# the hub's ClassLabel names, in COCO order: our label = index + 1
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
-    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
 NUM_CLASSES = len(COCO_CLASSES)
 # errors worth retrying while streaming: connection resets, time-outs, HTTP hiccups
 TRANSIENT_ERRORS = (ConnectionError, TimeoutError, OSError)
@@ -98,6 +86,7 @@ class HubCOCO(IterableDataset):
         self.retries, self.backoff_s = retries, backoff_s
         self.num_classes = NUM_CLASSES
         self.class_names = COCO_CLASSES
+        self.category_ids = COCO_CATEGORY_IDS
         self.epoch = 0
         self.rank, self.world_size = 0, 1
         self.skips = SkipLog(f"hub coco {split}")

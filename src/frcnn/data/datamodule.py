@@ -72,6 +72,12 @@ class DetectionDataModule(L.LightningDataModule):
         self.setup()
         return list(self.train_set.class_names)
 
+    @property
+    def category_ids(self) -> list[int]:
+        """The data set's own category id of labels 1..num_classes (COCO's ids for COCO)."""
+        self.setup()
+        return list(self.train_set.category_ids)
+
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if getattr(self, "trainer", None) else 0
         if hasattr(self.train_set, "set_epoch"):

@@ -110,6 +110,7 @@ class SyntheticShapes(MapSource):
         super().__init__(transform, num_classes, name="synthetic")
         self.num_images, self.seed, self.max_objects = num_images, seed, max_objects
         self.class_names = class_names(num_classes)
+        self.category_ids = list(range(1, num_classes + 1))
 
     def __len__(self) -> int:
         return self.num_images

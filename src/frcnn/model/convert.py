@@ -9,6 +9,7 @@ from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
+from frcnn.coco import COCO_CATEGORY_IDS
 from frcnn.model.backbone import FROZEN_CHOICES
 from frcnn.model.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, FasterRCNN
 
@@ -26,12 +27,6 @@ KEY_MAP = [
     (r"^roi_heads\.box_predictor\.", "roi_heads.predictor."),
 ]
 
-# torchvision's COCO detectors predict the 91 original COCO category ids (with 11 unused);
-# these are the 80 used ones, in order: contiguous label i + 1 <-> torchvision label ids[i]
-TORCHVISION_COCO_IDS = (
-    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
-    *range(72, 83), *range(84, 91),
-)  # fmt: skip
 PREDICTOR_KEYS = ("roi_heads.predictor.cls_score", "roi_heads.predictor.bbox_pred")
 
 DEPTH_BY_BLOCKS = {(2, 2, 2, 2, True): 18, (3, 4, 6, 3, True): 34, (3, 4, 6, 3, False): 50}
@@ -81,7 +76,7 @@ def load_torchvision_weights(model: FasterRCNN, state_dict: dict) -> list[str]:
     """Load a torchvision Faster R-CNN state dict into `model`, e.g. to fine-tune from COCO.
 
     A 91-way COCO predictor loaded into an 80-class model keeps the rows of the 80 used
-    categories (TORCHVISION_COCO_IDS), so the model detects COCO from the start. Other tensors
+    categories (COCO_CATEGORY_IDS), so the model detects COCO from the start. Other tensors
     whose shape differs (a predictor for other classes) are left as initialised. Returns the
     names of the parameters left out.
     """
@@ -91,7 +86,7 @@ def load_torchvision_weights(model: FasterRCNN, state_dict: dict) -> list[str]:
         model.roi_heads.num_classes == 80
         and converted[PREDICTOR_KEYS[0] + ".weight"].shape[0] == 91
     ):
-        rows = torch.tensor([0, *TORCHVISION_COCO_IDS])
+        rows = torch.tensor([0, *COCO_CATEGORY_IDS])
         for key in PREDICTOR_KEYS:
             for kind in ("weight", "bias"):
                 value = converted[f"{key}.{kind}"]

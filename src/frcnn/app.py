@@ -26,7 +26,9 @@ def build(cfg: DictConfig):
     if cfg.get("init_weights"):
         left_out = load_torchvision_weights(model, torchvision_state_dict(cfg.init_weights))
         log.info("Weights from %s; left as initialised: %s", cfg.init_weights, left_out or "none")
-    module = instantiate(cfg.module)(model=model, class_names=datamodule.class_names)
+    module = instantiate(cfg.module)(
+        model=model, class_names=datamodule.class_names, category_ids=datamodule.category_ids
+    )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]

@@ -72,6 +72,12 @@ def clip_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
+def to_original_pixels(boxes: Tensor, scale_xy: Tensor, orig_size: tuple[int, int]) -> Tensor:
+    """(K, 4) boxes in input pixels -> original image pixels, clipped to the original image
+    (a letterboxed detection may reach into the padding)."""
+    return clip_boxes(boxes / scale_xy.to(boxes).repeat(2), *orig_size)
+
+
 def box_area(boxes: Tensor) -> Tensor:
     """(..., 4) -> (...) areas in square pixels."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])

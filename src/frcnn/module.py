@@ -9,16 +9,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from frcnn.boxes import to_original_pixels
+
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 # faster-coco-eval prints its whole summary table at INFO level on every validation
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
-
-
-def to_original_pixels(boxes: Tensor, scale_xy: Tensor) -> Tensor:
-    """(K, 4) boxes in input pixels -> original image pixels (the batch contract's scale_xy)."""
-    return boxes / scale_xy.to(boxes).repeat(2)
 
 
 class DetectorModule(L.LightningModule):
@@ -30,6 +27,7 @@ class DetectorModule(L.LightningModule):
             biases and normalisation parameters).
         scheduler: partial taking (optimizer, total_steps) -> a per-step LR scheduler, or None.
         class_names: names of labels 1..C, for per-class AP and pictures.
+        category_ids: the data set's category id of labels 1..C (for COCO-format results).
         per_class_map: also log the AP of every class (slower to compute).
         channels_last: convolutions in channels-last memory format (faster on recent GPUs).
         compile: `torch.compile` the backbone and FPN (the fixed-shape part of the model).
@@ -41,6 +39,7 @@ class DetectorModule(L.LightningModule):
         optimizer: Callable,
         scheduler: Callable | None = None,
         class_names: list[str] | None = None,
+        category_ids: list[int] | None = None,
         per_class_map: bool = False,
         channels_last: bool = False,
         compile: bool = False,
@@ -50,6 +49,7 @@ class DetectorModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.class_names = list(class_names) if class_names else None
+        self.category_ids = list(category_ids) if category_ids else None
         self.per_class_map = per_class_map
         self.channels_last = channels_last
         self.compile = compile
@@ -108,11 +108,14 @@ class DetectorModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=size, sync_dist=True)
         self.log("val/loss", sum(losses.values()), batch_size=size, sync_dist=True)
         preds = [
-            {**d, "boxes": to_original_pixels(d["boxes"], t["scale_xy"])}
+            {**d, "boxes": to_original_pixels(d["boxes"], t["scale_xy"], t["orig_size"])}
             for d, t in zip(detections, targets, strict=True)
         ]
         truth = [
-            {"boxes": to_original_pixels(t["boxes"], t["scale_xy"]), "labels": t["labels"]}
+            {
+                "boxes": to_original_pixels(t["boxes"], t["scale_xy"], t["orig_size"]),
+                "labels": t["labels"],
+            }
             for t in targets
         ]
         self.val_map.update(preds, truth)
@@ -156,5 +159,7 @@ class DetectorModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.run_config is not None:
-            checkpoint["config"] = self.run_config
+        # what a Predictor needs to rebuild the model and name its classes without the data
+        checkpoint["config"] = self.run_config
+        checkpoint["class_names"] = self.class_names
+        checkpoint["category_ids"] = self.category_ids

@@ -4,19 +4,12 @@ import pytest
 import torch
 
 from frcnn.model import FasterRCNN
-from frcnn.module import DetectorModule, to_original_pixels
+from frcnn.module import DetectorModule
 
 
 def module():
     model = FasterRCNN(num_classes=2, backbone=dict(depth=18, frozen="layer2"), fpn_channels=16)
     return DetectorModule(model, functools.partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4))
-
-
-def test_boxes_map_back_to_original_pixels():
-    boxes = torch.tensor([[40.0, 20.0, 120.0, 100.0]])
-    torch.testing.assert_close(
-        to_original_pixels(boxes, torch.tensor([2.0, 4.0])), torch.tensor([[20.0, 5.0, 60.0, 25.0]])
-    )
 
 
 def test_no_weight_decay_on_biases_and_norms_and_no_frozen_parameters():

@@ -5,7 +5,13 @@ import torch
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
-from frcnn.boxes import BoxCoder, clip_boxes, nms_top_k_per_image, pairwise_iou
+from frcnn.boxes import (
+    BoxCoder,
+    clip_boxes,
+    nms_top_k_per_image,
+    pairwise_iou,
+    to_original_pixels,
+)
 from tests.model.helpers import random_boxes
 
 
@@ -94,3 +100,10 @@ def test_nms_top_k_per_image_equals_a_loop_over_images():
         assert valid[i].sum() == len(expected)
         assert torch.equal(idx[i][valid[i]], expected)
     assert valid[2].sum() < k
+
+
+def test_boxes_map_back_to_original_pixels_and_stay_inside():
+    boxes = torch.tensor([[40.0, 20.0, 120.0, 100.0], [100.0, 20.0, 180.0, 40.0]])
+    original = to_original_pixels(boxes, torch.tensor([2.0, 4.0]), (30, 80))
+    expected = torch.tensor([[20.0, 5.0, 60.0, 25.0], [50.0, 5.0, 80.0, 10.0]])
+    torch.testing.assert_close(original, expected)

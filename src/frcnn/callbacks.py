@@ -3,36 +3,9 @@
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import make_grid
 
-GROUND_TRUTH = (0, 255, 0)
-
-
-def class_colour(label: int) -> tuple[int, int, int]:
-    """A bright colour per class that stays the same across images and runs."""
-    hue = (label * 0.618034) % 1.0  # golden-ratio steps spread neighbouring labels apart
-    h6 = hue * 6
-    c, x = 255, int(255 * (1 - abs(h6 % 2 - 1)))
-    return [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h6) % 6]
-
-
-def draw_detections(image, target, detection, class_names=None, min_score: float = 0.3):
-    """uint8 (3, H, W) image with ground truth (green, thin) and detections (class colours)."""
-
-    def name(label: int) -> str:
-        return class_names[label - 1] if class_names else str(label)
-
-    image = image.cpu()
-    gt_boxes = target["boxes"].cpu()
-    if len(gt_boxes):
-        image = draw_bounding_boxes(image, gt_boxes, colors=[GROUND_TRUTH] * len(gt_boxes), width=1)
-    keep = detection["scores"] >= min_score
-    boxes, scores, labels = (detection[k][keep].cpu() for k in ("boxes", "scores", "labels"))
-    if len(boxes):
-        texts = [f"{name(int(c))} {s:.2f}" for c, s in zip(labels, scores.tolist(), strict=True)]
-        colours = [class_colour(int(c)) for c in labels]
-        image = draw_bounding_boxes(image, boxes, labels=texts, colors=colours, width=2)
-    return image
+from frcnn.drawing import draw_detections
 
 
 class DetectionImages(L.Callback):
@@ -58,7 +31,7 @@ class DetectionImages(L.Callback):
             if len(self._drawn) >= self.num_images:
                 return
             names = getattr(pl_module, "class_names", None)
-            self._drawn.append(draw_detections(image, target, detection, names, self.min_score))
+            self._drawn.append(draw_detections(image, detection, target, names, self.min_score))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._drawn:
@@ -67,3 +40,30 @@ class DetectionImages(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/detections", grid, trainer.global_step)
+
+
+class InspectionFigures(L.Callback):
+    """Every `every_n_epochs` validations, logs the figures named in `what` (see
+    frcnn.figures.WHAT) for the first validation image to TensorBoard."""
+
+    def __init__(self, what=("objectness", "proposals", "assignments"), every_n_epochs: int = 1):
+        self.what = tuple(what)
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if trainer.current_epoch % self.every_n_epochs:
+            return
+        from frcnn.figures import make_figure  # matplotlib only when the callback is used
+
+        image, target = batch["images"][0], batch["targets"][0]
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for what in self.what:
+                    figure = make_figure(
+                        what, pl_module.model, image, target, pl_module.class_names
+                    )
+                    logger.experiment.add_figure(f"inspect/{what}", figure, trainer.global_step)

@@ -45,6 +45,20 @@ def run(
     return result
 
 
+def composed(tmp_path: Path, *overrides: str, config_name: str = "train"):
+    """A config composed as the entry point would, with outputs under `tmp_path`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name, [f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True
+        )
+    HydraConfig.instance().set_config(cfg)
+    cfg.paths.output_dir = str(tmp_path / "out")
+    return cfg
+
+
 def run_dirs(log_dir: Path, task: str = "train") -> list[Path]:
     return sorted((log_dir / task / "runs").iterdir())
 

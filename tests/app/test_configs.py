@@ -4,28 +4,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from frcnn.model import FasterRCNN
 from frcnn.module import DetectorModule
+from tests.app.helpers import composed
 
 CONF = Path(__file__).parents[2] / "conf"
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def composed(tmp_path, *overrides):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True
-        )
-    HydraConfig.instance().set_config(cfg)
-    cfg.paths.output_dir = str(tmp_path / "out")
-    return cfg
 
 
 def build_all(cfg):

@@ -1,0 +1,244 @@
+"""Pictures of what each stage does: anchors, objectness, proposals, assignments, detections.
+
+Each function takes a `FasterRCNN`, one uint8 (3, S, S) input image and, where needed, its
+target (boxes in input pixels, labels), and returns a matplotlib Figure of a fixed size.
+"""
+
+import logging
+from pathlib import Path
+
+import matplotlib
+from hydra.utils import instantiate
+
+matplotlib.use("Agg")  # files and TensorBoard only: no window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from frcnn.boxes import clip_boxes, pairwise_iou  # noqa: E402
+from frcnn.drawing import draw_detections  # noqa: E402
+from frcnn.model.faster_rcnn import pad_targets  # noqa: E402
+from frcnn.model.matching import BACKGROUND, match, sample  # noqa: E402
+from frcnn.predict import Predictor  # noqa: E402
+
+DPI = 100
+SIZES = {  # inches at DPI
+    "anchors": (7, 7),
+    "objectness": (16, 3.6),
+    "proposals": (12, 6.4),
+    "assignments": (12, 6.4),
+    "detections": (7, 7),
+}
+WHAT = tuple(SIZES)
+log = logging.getLogger("frcnn")
+
+
+def _figure(what: str, ncols: int = 1, nrows: int = 1):
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=SIZES[what], dpi=DPI, squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def _show(ax, image, title: str):
+    ax.imshow(image.permute(1, 2, 0).cpu().numpy())
+    ax.set_title(title, fontsize=10)
+
+
+def _boxes(ax, boxes, colour, width=1.0, alpha=1.0):
+    for x0, y0, x1, y1 in boxes.tolist():
+        ax.add_patch(
+            Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=width, alpha=alpha)
+        )
+
+
+@torch.no_grad()
+def rpn_outputs(model, image):
+    """-> FPN features, anchors per level, objectness logits (N,) and deltas (N, 4)."""
+    device = next(model.parameters()).device
+    images = image[None].to(device)
+    features = model.fpn(model.backbone(model.normalize(images)))
+    anchors = model.anchor_generator([tuple(f.shape[-2:]) for f in features], device)
+    logits, deltas = model.rpn.head(features)
+    return features, anchors, logits[0].float(), deltas[0].float()
+
+
+def anchors_figure(model, image, level: int = 0, num_locations: int = 3):
+    """The anchor centres of one FPN level, and all anchor shapes at a few locations."""
+    fig, (ax,) = _figure("anchors")
+    _, anchors, _, _ = rpn_outputs(model, image)
+    per_location = model.anchor_generator.num_anchors_per_location()[level]
+    level_anchors = anchors[level].cpu()
+    centres = ((level_anchors[:, :2] + level_anchors[:, 2:]) / 2)[::per_location]
+    stride = model.anchor_generator.strides[level]
+    _show(
+        ax,
+        image,
+        f"P{level + 2}: {len(centres)} locations x {per_location} anchors, stride {stride}",
+    )
+    ax.scatter(centres[:, 0], centres[:, 1], s=1, c="white", alpha=0.6)
+    side = image.shape[-1]
+    for i, fraction in enumerate(torch.linspace(0.25, 0.75, num_locations).tolist()):
+        target = torch.tensor([fraction * side, fraction * side])
+        nearest = int(((centres - target) ** 2).sum(1).argmin())
+        shapes = level_anchors[nearest * per_location : (nearest + 1) * per_location]
+        _boxes(ax, shapes, plt.cm.tab10(i), width=1.5)
+    ax.set_xlim(-side * 0.1, side * 1.1)
+    ax.set_ylim(side * 1.1, -side * 0.1)
+    return fig
+
+
+def objectness_figure(model, image):
+    """Per-level maps of the best objectness per location, and the histogram of all scores."""
+    levels = len(model.anchor_generator.strides)
+    fig, axes = _figure("objectness", ncols=levels + 1)
+    axes = list(axes)
+    features, _, logits, _ = rpn_outputs(model, image)
+    scores = torch.sigmoid(logits).cpu()
+    start = 0
+    for level, (ax, feature) in enumerate(zip(axes, features, strict=False)):
+        height, width = feature.shape[-2:]
+        per_location = model.anchor_generator.num_anchors_per_location()[level]
+        count = height * width * per_location
+        heat = scores[start : start + count].view(height, width, per_location).amax(-1)
+        start += count
+        ax.imshow(image.permute(1, 2, 0).cpu().numpy(), extent=(0, 1, 1, 0))
+        ax.imshow(heat.numpy(), cmap="magma", alpha=0.6, vmin=0, vmax=1, extent=(0, 1, 1, 0))
+        ax.set_title(f"P{level + 2} ({height}x{width})", fontsize=10)
+    hist = axes[-1]
+    hist.axis("on")
+    hist.hist(scores.numpy(), bins=50, range=(0, 1), log=True, color="tab:purple")
+    hist.set_title("objectness of all anchors", fontsize=10)
+    hist.set_xlabel("score")
+    return fig
+
+
+def proposals_figure(model, image, top_n: int = 50):
+    """The top-N proposals by objectness before NMS, and the top-N that NMS keeps."""
+    fig, (before, after) = _figure("proposals", ncols=2)
+    _, anchors, logits, deltas = rpn_outputs(model, image)
+    side = image.shape[-2:]
+    all_anchors = torch.cat(anchors)
+    top = logits.topk(min(top_n, len(logits))).indices
+    raw = clip_boxes(model.rpn.box_coder.decode(deltas[top], all_anchors[top]), *side)
+    sizes = [len(a) for a in anchors]
+    with torch.no_grad():
+        kept, valid = model.rpn.select_proposals(
+            logits[None], deltas[None], all_anchors, sizes, tuple(side)
+        )
+    kept = kept[0][valid[0]][:top_n]
+    _show(before, image, f"top {len(raw)} before NMS")
+    _boxes(before, raw.cpu(), "yellow", alpha=0.7)
+    _show(after, image, f"top {len(kept)} after NMS (IoU {model.rpn.nms_thresh})")
+    _boxes(after, kept.cpu(), "cyan", alpha=0.7)
+    return fig
+
+
+def assignments_figure(model, image, target, num_negatives: int = 40):
+    """RPN: positive / sampled negative / ignored anchors; ROI heads: sampled proposals."""
+    fig, (rpn_ax, roi_ax) = _figure("assignments", ncols=2)
+    _, anchors, logits, deltas = rpn_outputs(model, image)
+    device = logits.device
+    gt = pad_targets([target], device)
+    rpn = model.rpn
+    all_anchors = torch.cat(anchors)
+    iou = pairwise_iou(gt.boxes, all_anchors[None])
+    matched = match(iou, gt.valid, rpn.fg_iou_thresh, rpn.bg_iou_thresh, True)[0]
+    labels = torch.where(matched >= 0, 1, torch.where(matched == BACKGROUND, 0, -1))
+    sampled = sample(labels[None], rpn.batch_size_per_image, rpn.positive_fraction)[0]
+    centres = ((all_anchors[:, :2] + all_anchors[:, 2:]) / 2).cpu()
+    ignored = (labels == -1).cpu()
+    negatives = (sampled & (labels == 0)).nonzero().squeeze(1).cpu()[:num_negatives]
+    positives = (sampled & (labels == 1)).cpu()
+    num_negatives_sampled = int((sampled & (labels == 0)).sum())
+    title = f"RPN: {int(positives.sum())} positive, {num_negatives_sampled} negative sampled"
+    _show(rpn_ax, image, f"{title}, {int(ignored.sum())} ignored")
+    rpn_ax.scatter(centres[ignored, 0], centres[ignored, 1], s=2, c="grey", alpha=0.5)
+    rpn_ax.scatter(centres[negatives, 0], centres[negatives, 1], s=8, c="red")
+    _boxes(rpn_ax, all_anchors[positives.to(device)].cpu(), "yellow")
+    _boxes(rpn_ax, gt.boxes[0][gt.valid[0]].cpu(), "lime", width=2.5)
+
+    side = tuple(image.shape[-2:])
+    proposals, valid = rpn.select_proposals(
+        logits[None], deltas[None], all_anchors, [len(a) for a in anchors], side
+    )
+    with torch.no_grad():
+        boxes, roi_labels, _, roi_sampled = model.roi_heads.sample_proposals(proposals, valid, gt)
+    boxes, roi_labels, roi_sampled = boxes[0].cpu(), roi_labels[0].cpu(), roi_sampled[0].cpu()
+    fg = roi_sampled & (roi_labels > 0)
+    bg = (roi_sampled & (roi_labels == 0)).nonzero().squeeze(1)[:num_negatives]
+    _show(
+        roi_ax,
+        image,
+        f"ROI heads: {int(fg.sum())} foreground, "
+        f"{int((roi_sampled & (roi_labels == 0)).sum())} background sampled",
+    )
+    _boxes(roi_ax, boxes[bg], "red", alpha=0.5)
+    _boxes(roi_ax, boxes[fg], "deepskyblue")
+    _boxes(roi_ax, gt.boxes[0][gt.valid[0]].cpu(), "lime", width=2.5)
+    return fig
+
+
+@torch.no_grad()
+def detections_figure(model, image, target=None, class_names=None, min_score: float = 0.3):
+    """Final detections (class colours, scores) against the ground truth (green)."""
+    fig, (ax,) = _figure("detections")
+    device = next(model.parameters()).device
+    detection = model(image[None].to(device))[0]
+    drawn = draw_detections(image, detection, target, class_names, min_score)
+    _show(
+        ax,
+        drawn,
+        f"{int((detection['scores'] >= min_score).sum())} detections scoring >= {min_score}",
+    )
+    return fig
+
+
+def make_figure(what: str, model, image, target=None, class_names=None, level=0, top_n=50):
+    """Dispatch by name: one of WHAT."""
+    if what not in WHAT:
+        raise ValueError(f"what={what!r}: choose one of {WHAT}")
+    if what == "assignments" and target is None:
+        raise ValueError(
+            "what=assignments needs ground truth: use a data set sample, not image=..."
+        )
+    builders = {
+        "anchors": lambda: anchors_figure(model, image, level),
+        "objectness": lambda: objectness_figure(model, image),
+        "proposals": lambda: proposals_figure(model, image, top_n),
+        "assignments": lambda: assignments_figure(model, image, target),
+        "detections": lambda: detections_figure(model, image, target, class_names),
+    }
+    return builders[what]()
+
+
+def visualize(cfg) -> Path:
+    """visualize.py: one PNG of `cfg.what` for a checkpoint (or random weights) and an image
+    (or a validation sample of `cfg.data`), SIZES[what] inches at `cfg.dpi`. Returns its path."""
+    if cfg.ckpt_path:
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.trainer.accelerator)
+    else:
+        model = instantiate({**cfg.model, "backbone": {**cfg.model.backbone, "weights": None}})
+        predictor = Predictor(
+            model, cfg.data.image_size, cfg.data.resize, device=cfg.trainer.accelerator
+        )
+    model = predictor.model
+    if cfg.image:
+        image, target = predictor.prepare(cfg.image)[0], None
+    else:
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        image, target = datamodule.val_set[cfg.index]
+        predictor.class_names = predictor.class_names or datamodule.class_names
+    figure = make_figure(
+        cfg.what, model, image, target, predictor.class_names, cfg.level, cfg.top_n
+    )
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"{cfg.what}.png"
+    figure.savefig(path, dpi=cfg.dpi)
+    plt.close(figure)
+    log.info("Wrote %s", path)
+    return path

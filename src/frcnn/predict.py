@@ -1,0 +1,221 @@
+"""Run a trained detector on images of any size: boxes come back in the images' own pixels."""
+
+import glob
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from frcnn.boxes import to_original_pixels
+from frcnn.data.transforms import Record, Transform
+from frcnn.drawing import draw_detections
+
+log = logging.getLogger("frcnn")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def find_images(spec: str) -> list[Path]:
+    """An image file, a folder (its images, sorted) or a glob pattern -> image paths."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"input={spec!r}: no image file, folder of images or glob match")
+    return files
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto", "cpu", "gpu" (Lightning's accelerator names) or a torch device string."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if device == "gpu" else device)
+
+
+class Predictor:
+    """A detector with its input settings: `Predictor.from_checkpoint(path)(image)`.
+
+    Images may be file paths, PIL images, (H, W, 3) uint8 arrays or (3, H, W) uint8 tensors, of
+    any size; they are resized as in training. Returns, per image, {"boxes" (D, 4) xyxy in the
+    image's own pixels, "scores" (D,), "labels" (D,) in 1..C, "names" [D]}.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        resize: str = "letterbox",
+        class_names: list[str] | None = None,
+        category_ids: list[int] | None = None,
+        device: str = "auto",
+    ):
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.transform = Transform(image_size, resize, 0.0)
+        self.class_names = class_names
+        self.category_ids = category_ids
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        score_thresh: float | None = None,
+        nms_thresh: float | None = None,
+        max_detections: int | None = None,
+    ) -> "Predictor":
+        """Rebuild the model from the config saved in a training checkpoint."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={str(path)!r}: no such file")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        config = checkpoint.get("config")
+        if not config:
+            raise ValueError(
+                f"{path} holds no run config: was it written by this project's train.py?"
+            )
+        model_cfg = {
+            **config["model"],
+            "backbone": {**config["model"]["backbone"], "weights": None},
+        }
+        roi = dict(model_cfg["roi_heads"])
+        for key, value in (
+            ("score_thresh", score_thresh),
+            ("nms_thresh", nms_thresh),
+            ("detections_per_img", max_detections),
+        ):
+            if value is not None:
+                roi[key] = value
+        model = instantiate({**model_cfg, "roi_heads": roi})
+        state = {
+            k.removeprefix("model."): v
+            for k, v in checkpoint["state_dict"].items()
+            if k.startswith("model.")
+        }
+        model.load_state_dict(state)
+        data = config["data"]
+        return cls(
+            model,
+            data["image_size"],
+            data.get("resize", "letterbox"),
+            checkpoint.get("class_names"),
+            checkpoint.get("category_ids"),
+            device,
+        )
+
+    def name(self, label: int) -> str:
+        return self.class_names[label - 1] if self.class_names else str(label)
+
+    def prepare(self, image) -> tuple[Tensor, dict]:
+        """One image -> uint8 (3, S, S) input and its target dict (scale_xy, orig_size)."""
+        if isinstance(image, (str, Path)):
+            image = Image.open(image)
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        elif isinstance(image, Tensor):
+            image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+        return self.transform(Record(image, np.zeros((0, 4)), np.zeros(0), 0))
+
+    @torch.no_grad()
+    def __call__(self, images):
+        single = not isinstance(images, (list, tuple))
+        prepared = [self.prepare(image) for image in ([images] if single else images)]
+        batch = torch.stack([p[0] for p in prepared]).to(self.device)
+        results = []
+        for det, (_, target) in zip(self.model(batch), prepared, strict=True):
+            boxes = to_original_pixels(det["boxes"].cpu(), target["scale_xy"], target["orig_size"])
+            labels = det["labels"].cpu()
+            results.append(
+                {
+                    "boxes": boxes,
+                    "scores": det["scores"].cpu(),
+                    "labels": labels,
+                    "names": [self.name(int(c)) for c in labels],
+                }
+            )
+        return results[0] if single else results
+
+    def coco_results(self, detection: dict, image_id: int, file_name: str) -> list[dict]:
+        """Detections of one image in COCO results format (bbox xywh, category ids)."""
+        out = []
+        for box, score, label in zip(
+            detection["boxes"].tolist(),
+            detection["scores"].tolist(),
+            detection["labels"].tolist(),
+            strict=True,
+        ):
+            x0, y0, x1, y1 = box
+            category = self.category_ids[label - 1] if self.category_ids else label
+            out.append(
+                {
+                    "image_id": image_id,
+                    "file_name": file_name,
+                    "category_id": int(category),
+                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "score": round(score, 5),
+                }
+            )
+        return out
+
+
+def image_id_of(path: Path, index: int) -> int:
+    """COCO's file names are their image ids (000000397133.jpg -> 397133); else the index."""
+    return int(path.stem) if path.stem.isdigit() else index
+
+
+def predict_files(cfg) -> dict:
+    """predict.py: annotated images and detections.json for every readable input image.
+
+    Unreadable files are skipped and listed at the end. Returns a small report.
+    """
+    files = find_images(cfg.input)
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path, cfg.trainer.accelerator, cfg.score_thresh, cfg.nms_thresh, cfg.max_detections
+    )
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    results, corrupt, written = [], [], set()
+    with tqdm(total=len(files), unit="image", desc="predict") as progress:
+        for start in range(0, len(files), cfg.batch_size):
+            batch = []
+            for index, path in enumerate(files[start : start + cfg.batch_size], start):
+                try:
+                    with Image.open(path) as image:
+                        batch.append((index, path, image.convert("RGB")))
+                except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for bad files
+                    corrupt.append(f"{path}: {type(err).__name__}: {err}")
+            detections = predictor([image for _, _, image in batch]) if batch else []
+            for (index, path, image), detection in zip(batch, detections, strict=True):
+                pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+                drawn = draw_detections(
+                    pixels, detection, class_names=predictor.class_names, min_score=0
+                )
+                name = path.stem if path.stem not in written else f"{path.stem}_{index}"
+                written.add(name)
+                Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(
+                    output / f"{name}.jpg", quality=92
+                )
+                results += predictor.coco_results(detection, image_id_of(path, index), path.name)
+            progress.update(len(files[start : start + cfg.batch_size]))
+    json_path = output / "detections.json"
+    json_path.write_text(json.dumps(results))
+    lines = [
+        f"{len(files) - len(corrupt)} images, {len(results)} detections -> {output}",
+        f"  COCO results: {json_path}",
+    ]
+    if corrupt:
+        lines.append(f"  {len(corrupt)} files could not be read and were skipped:")
+        lines += [f"    {c}" for c in corrupt]
+    log.info("\n".join(lines))
+    return {"images": len(files) - len(corrupt), "detections": len(results), "corrupt": corrupt}

@@ -1,0 +1,96 @@
+"""predict.py and the Predictor."""
+
+import json
+
+import numpy as np
+import torch
+from faster_coco_eval import COCO
+from PIL import Image
+from torchvision.ops import box_iou
+
+from frcnn.data.synthetic import draw_sample
+from frcnn.predict import Predictor, find_images
+from tests.app.helpers import run, run_dirs
+from tests.conftest import OVERFIT_SIZE
+
+
+def test_predictor_boxes_are_in_original_pixels(overfit_detector):
+    model, data, _, _ = overfit_detector
+    predictor = Predictor(model, OVERFIT_SIZE, class_names=data.class_names, device="cpu")
+    found = total = 0
+    for index in range(4):
+        record = draw_sample(0, index, 3, max_objects=4)  # objects at known original pixels
+        assert max(record.image.size) > 2 * OVERFIT_SIZE  # far from the input size
+        detection = predictor(record.image)
+        assert detection["names"] == [data.class_names[c - 1] for c in detection["labels"]]
+        iou = box_iou(torch.from_numpy(record.boxes), detection["boxes"])
+        for row, label in zip(iou, record.labels, strict=True):
+            total += 1
+            same_class = detection["labels"] == int(label)
+            found += bool(((row > 0.7) & same_class).any())
+    assert found >= 0.8 * total
+
+
+def test_predictor_takes_arrays_tensors_and_lists(overfit_detector):
+    model, _, _, _ = overfit_detector
+    predictor = Predictor(model, OVERFIT_SIZE, device="cpu")
+    array = np.array(draw_sample(0, 1, 3, max_objects=4).image)
+    from_array = predictor(array)
+    from_tensor, again = predictor([torch.from_numpy(array).permute(2, 0, 1), array])
+    torch.testing.assert_close(from_array["boxes"], from_tensor["boxes"])
+    torch.testing.assert_close(from_array["scores"], again["scores"])
+
+
+def write_inputs(folder):
+    """Two synthetic images of different sizes and one corrupt file."""
+    folder.mkdir()
+    sizes = {}
+    for i in range(2):
+        image = draw_sample(5, i, 6).image
+        image.save(folder / f"{i}.png")
+        sizes[i] = image.size
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return sizes
+
+
+def test_predict_py_writes_images_and_coco_results_and_reports_corrupt_files(trained, tmp_path):
+    _, run_dir = trained
+    sizes = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    result = run(
+        "predict.py",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"input={tmp_path / 'in'}",
+        f"output={out}",
+        "score_thresh=0.01",
+        "device=cpu",
+        log_dir=tmp_path / "logs",
+    )
+    assert "1 files could not be read" in result.stderr + result.stdout
+    assert "broken.jpg" in result.stderr + result.stdout
+    for i, (width, height) in sizes.items():
+        assert Image.open(out / f"{i}.jpg").size == (width, height)
+    detections = json.loads((out / "detections.json").read_text())
+    assert {d["file_name"] for d in detections} <= {"0.png", "1.png"}
+    for d in detections:
+        x, y, w, h = d["bbox"]
+        width, height = sizes[d["image_id"]]
+        assert x >= 0 and y >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01
+        assert 1 <= d["category_id"] <= 6 and d["score"] >= 0.01
+    truth = COCO()
+    truth.dataset = {
+        "images": [{"id": i, "width": w, "height": h} for i, (w, h) in sizes.items()],
+        "categories": [{"id": c} for c in range(1, 7)],
+        "annotations": [],
+    }
+    truth.createIndex()
+    assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(detections)
+    assert run_dirs(tmp_path / "logs", "predict")
+
+
+def test_inputs_may_be_a_file_a_folder_or_a_glob(tmp_path):
+    write_inputs(tmp_path / "in")
+    folder = tmp_path / "in"
+    assert [p.name for p in find_images(str(folder))] == ["0.png", "1.png", "broken.jpg"]
+    assert [p.name for p in find_images(str(folder / "1.png"))] == ["1.png"]
+    assert [p.name for p in find_images(str(folder / "*.png"))] == ["0.png", "1.png"]

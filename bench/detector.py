@@ -1,0 +1,253 @@
+"""This project's detector against torchvision's fasterrcnn_resnet50_fpn, same settings, same run.
+
+    uv run python bench/detector.py [--device cpu|cuda] [--sizes 400 416] [--batch-size 2]
+        [--precision 32|16-mixed|bf16-mixed] [--channels-last] [--compile] [--reps 5]
+    uv run python bench/detector.py --breakdown      # time per stage of our detector
+
+Both detectors are ResNet-50-FPN with identical random weights (converted with
+`from_torchvision`), FrozenBatchNorm2d with stem..layer3 frozen, the same RPN/ROI counts and
+thresholds and the same synthetic targets. Train step = forward + backward + SGD step.
+Repetitions are interleaved A/B after warm-up; medians are printed with the ratio
+ours / torchvision. Not a test.
+"""
+
+import argparse
+import contextlib
+import resource
+import statistics
+import time
+
+import torch
+import torchvision
+from torchvision.models.detection import FasterRCNN as TVFasterRCNN
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops import FrozenBatchNorm2d
+
+from frcnn.model import from_torchvision
+from frcnn.model.faster_rcnn import pad_targets
+from frcnn.model.roi_heads import multiscale_roi_align
+
+
+def build_pair(size: int, device):
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(resnet, trainable_layers=1)  # stem..layer3 frozen
+    tv = TVFasterRCNN(backbone, num_classes=81, min_size=size, max_size=size)
+    ours = from_torchvision(tv)
+    return ours.to(device), tv.to(device)
+
+
+def synthetic_batch(batch_size: int, size: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=g)
+    targets = []
+    for _ in range(batch_size):
+        n = 7  # COCO's mean number of objects per image
+        xy = torch.rand(n, 2, generator=g) * size * 0.7
+        wh = torch.rand(n, 2, generator=g) * size * 0.3 + 8
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
+        labels = torch.randint(1, 81, (n,), generator=g)
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+    return images.to(device), targets
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device, precision):
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_steps(model, is_tv, images, targets, device, precision, channels_last):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    floats = list(images.float() / 255)  # torchvision takes a list of float images in 0..1
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    ours_images = images.contiguous(memory_format=memory_format)
+
+    def train_step():
+        model.train()
+        with autocast(device, precision):
+            losses = model(floats, targets) if is_tv else model(ours_images, targets)
+            loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    @torch.no_grad()
+    def infer():
+        model.eval()
+        with autocast(device, precision):
+            return model(floats) if is_tv else model(ours_images)
+
+    return train_step, infer
+
+
+def timed(fn, device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def compare(args, size, device):
+    ours, tv = build_pair(size, device)
+    if args.channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
+    if args.compile:
+        ours.backbone = torch.compile(ours.backbone)
+        ours.fpn = torch.compile(ours.fpn)
+    images, targets = synthetic_batch(args.batch_size, size, device)
+    steps = {
+        "ours": make_steps(
+            ours, False, images, targets, device, args.precision, args.channels_last
+        ),
+        "torchvision": make_steps(tv, True, images, targets, device, args.precision, False),
+    }
+    times = {(name, kind): [] for name in steps for kind in ("train", "infer")}
+    for rep in range(args.warmup + args.reps):
+        for name, (train_step, infer) in steps.items():  # interleaved A/B
+            train_time, infer_time = timed(train_step, device), timed(infer, device)
+            if rep >= args.warmup:
+                times[(name, "train")].append(train_time)
+                times[(name, "infer")].append(infer_time / args.batch_size)
+    median = {key: statistics.median(values) for key, values in times.items()}
+    for kind, unit in (("train", "s/step"), ("infer", "s/image")):
+        ratio = median[("ours", kind)] / median[("torchvision", kind)]
+        print(
+            f"| {size} | {kind} ({unit}) | {median[('ours', kind)]:.3f} | "
+            f"{median[('torchvision', kind)]:.3f} | {ratio:.2f} |"
+        )
+
+
+def breakdown(args, size, device):
+    """Median time per stage of our detector (training mode for the loss stages)."""
+    model, _ = build_pair(size, device)
+    images, targets = synthetic_batch(args.batch_size, size, device)
+    model.train()
+    rpn, roi = model.rpn, model.roi_heads
+    image_size = (size, size)
+    stages = {}
+
+    def stage(name, fn, *args):
+        synchronize(device)
+        start = time.perf_counter()
+        out = fn(*args)
+        synchronize(device)
+        stages.setdefault(name, []).append(time.perf_counter() - start)
+        return out
+
+    for _ in range(args.warmup + args.reps):
+        x = stage("normalise", model.normalize, images)
+        c = stage("backbone", model.backbone, x)
+        p = stage("fpn", model.fpn, c)
+        shapes = [tuple(f.shape[-2:]) for f in p]
+        anchors = stage("anchors (cached)", model.anchor_generator, shapes, device)
+        logits, deltas = stage("rpn head", rpn.head, p)
+        all_anchors, sizes = torch.cat(anchors), [len(a) for a in anchors]
+        proposals, valid = stage(
+            "proposal selection + nms",
+            rpn.select_proposals,
+            logits.detach().float(),
+            deltas.detach().float(),
+            all_anchors,
+            sizes,
+            image_size,
+        )
+        gt = pad_targets(targets, device)
+        rpn_losses = stage(
+            "rpn matching + sampling + losses",
+            rpn.losses,
+            logits.float(),
+            deltas.float(),
+            all_anchors,
+            gt,
+        )
+        boxes, _, _, _ = stage(
+            "roi matching + sampling", roi.sample_proposals, proposals, valid, gt
+        )
+        index = torch.arange(boxes.shape[0], device=device).repeat_interleave(boxes.shape[1])
+        pooled = stage(
+            "roi align",
+            multiscale_roi_align,
+            p[:4],
+            boxes.flatten(0, 1),
+            index,
+            roi.strides,
+            roi.output_size,
+            roi.sampling_ratio,
+        )
+        scores, box_deltas = stage(
+            "box head + predictor", lambda x: roi.predictor(roi.box_head(x)), pooled
+        )
+        # a stand-in for the ROI losses, so that the backward pass runs through every stage
+        total = (
+            sum(rpn_losses.values())
+            + scores.float().logsumexp(1).mean()
+            + box_deltas.float().abs().mean()
+        )
+        stage("backward (all)", total.backward)
+        model.eval()
+        with torch.no_grad():
+            eval_proposals, eval_valid, _ = rpn(p, anchors, image_size)
+            stage(
+                "post-processing (eval: detect)",
+                roi.detect,
+                p[:4],
+                eval_proposals,
+                eval_valid,
+                image_size,
+            )
+        model.train()
+        model.zero_grad(set_to_none=True)
+    medians = {name: statistics.median(v[args.warmup :]) for name, v in stages.items()}
+    total = sum(v for k, v in medians.items() if not k.startswith("post"))
+    print(f"\nStage breakdown, {size} px, batch {args.batch_size}, {device}: median s per batch")
+    print("| stage | time (s) | share of train step |")
+    print("| --- | --- | --- |")
+    for name, value in medians.items():
+        share = "" if name.startswith("post") else f"{100 * value / total:.0f}%"
+        print(f"| {name} | {value:.4f} | {share} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[400, 416])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--precision", default="32", choices=["32", "16-mixed", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--breakdown", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, {device}, "
+        f"batch {args.batch_size}, precision {args.precision}, threads {torch.get_num_threads()}"
+    )
+    if args.breakdown:
+        for size in args.sizes:
+            breakdown(args, size, device)
+        return
+    print("| input | measure | ours | torchvision | ours / torchvision |")
+    print("| --- | --- | --- | --- | --- |")
+    for size in args.sizes:
+        compare(args, size, device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak CPU RSS of this process: {rss:.0f} MiB")
+    if device.type == "cuda":
+        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

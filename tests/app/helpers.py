@@ -1,10 +1,14 @@
 """Running the real entry points on tiny synthetic data, in a temporary log folder."""
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 
@@ -28,21 +32,38 @@ SMALL = [
 TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL]
 
 
-def run(
-    script: str, *overrides: str, log_dir: Path, timeout: int = 300
-) -> subprocess.CompletedProcess:
-    """Run `script` (train.py or eval.py) with Hydra overrides; logs go under `log_dir`."""
+def run(script: str, *overrides: str, log_dir: Path, separate_process: bool = False):
+    """Run the entry point `script` (train.py, eval.py, ...) with Hydra overrides, logs under
+    `log_dir`; returns its output (.stdout, .stderr).
+
+    In this process by default (the import of torch and Lightning is paid once); in a
+    separate process where the run spawns processes itself (DDP).
+    """
     flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
-    overrides = [o for o in overrides if not o.startswith("-")]
-    command = [sys.executable, str(ROOT / script), *flags, f"paths.log_dir={log_dir}", *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, (
-        f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    )
-    return result
+    argv = [str(ROOT / script), *flags, f"paths.log_dir={log_dir}"]
+    argv += [o for o in overrides if not o.startswith("-")]
+    if separate_process:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        result = subprocess.run(
+            [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, (
+            f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
+        return result
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv = sys.argv
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as exit_:  # Hydra exits on errors after printing them
+        raise AssertionError(
+            f"{script} failed:\n{out.getvalue()[-3000:]}\n{err.getvalue()[-6000:]}"
+        ) from exit_
+    finally:
+        sys.argv = saved_argv
+    return SimpleNamespace(stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def composed(tmp_path: Path, *overrides: str, config_name: str = "train"):

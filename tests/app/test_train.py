@@ -109,7 +109,7 @@ def test_ddp_on_cpu_splits_the_stream_and_shares_one_run_dir(tmp_path):
         "+callbacks.ids._target_=tests.app.helpers.RecordImageIds",
         "+callbacks.ids.output_dir=${paths.output_dir}",
         log_dir=log_dir,
-        timeout=600,
+        separate_process=True,
     )
     runs = run_dirs(log_dir)
     assert len(runs) == 1  # both ranks wrote into the one Hydra run directory

@@ -30,6 +30,19 @@ def test_every_image_once_per_epoch_over_two_workers_and_a_new_order_each_epoch(
     assert len({tuple(order) for order in epochs}) > 1
 
 
+def test_persistent_workers_see_the_new_epoch(hub_parquet):
+    ds = stream(hub_parquet, seed=3)
+    loader = DataLoader(
+        ds, batch_size=2, num_workers=2, collate_fn=collate, persistent_workers=True
+    )
+    epochs = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)  # in the main process, after the workers started
+        epochs.append([t["image_id"] for batch in loader for t in batch["targets"]])
+    assert all(sorted(order) == list(range(12)) for order in epochs)
+    assert len({tuple(order) for order in epochs}) == 3
+
+
 def test_boxes_and_labels_arrive_transformed(hub_parquet):
     image, target = next(iter(stream(hub_parquet, shuffle=False)))
     assert image.shape == (3, 400, 400)

@@ -4,6 +4,7 @@ import logging
 import time
 
 import numpy as np
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
@@ -87,7 +88,9 @@ class HubCOCO(IterableDataset):
         self.num_classes = NUM_CLASSES
         self.class_names = COCO_CLASSES
         self.category_ids = COCO_CATEGORY_IDS
-        self.epoch = 0
+        # in shared memory: persistent DataLoader workers keep their copy of this object, and
+        # must still see the epoch that the main process sets
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.rank, self.world_size = 0, 1
         self.skips = SkipLog(f"hub coco {split}")
         self._dataset = self._load()
@@ -136,8 +139,13 @@ class HubCOCO(IterableDataset):
             "data.val.data_files='/path/coco/data/val-*.parquet'"
         )
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Reshuffle: the next pass over the stream uses this epoch's order."""
+        self._epoch.fill_(epoch)
 
     def set_rank(self, rank: int, world_size: int) -> None:
         """Give this process its own part of the stream (distributed training)."""

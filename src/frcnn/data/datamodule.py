@@ -78,10 +78,12 @@ class DetectionDataModule(L.LightningDataModule):
         self.setup()
         return list(self.train_set.category_ids)
 
-    def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.current_epoch if getattr(self, "trainer", None) else 0
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch: streamed sources reshuffle."""
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
+
+    def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=not isinstance(self.train_set, IterableDataset))
 
     def val_dataloader(self) -> DataLoader:

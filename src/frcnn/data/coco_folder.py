@@ -32,7 +32,6 @@ class COCOFolder(MapSource):
         coco = json.loads(annotation_file.read_text())
         category_ids = sorted(c["id"] for c in coco["categories"])
         self.label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
-        self.category_of = {label: cid for cid, label in self.label_of.items()}
         names = {c["id"]: c["name"] for c in coco["categories"]}
         self.class_names = [names[cid] for cid in category_ids]
         self.category_ids = category_ids

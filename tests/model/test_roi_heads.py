@@ -3,7 +3,7 @@ import torch
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.faster_rcnn import TwoMLPHead as TVTwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from frcnn.model.faster_rcnn import pad_targets
 from frcnn.model.roi_heads import RoIHeads, assign_levels, multiscale_roi_align
@@ -41,6 +41,62 @@ def test_multiscale_roi_align_matches_torchvision():
     pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     theirs = pooler({str(i): f for i, f in enumerate(feats)}, list(boxes), [(SIDE, SIDE)] * 2)
     torch.testing.assert_close(ours, theirs)
+
+
+def edge_cases(side):
+    """Boxes torchvision's bilinear rules treat specially, on a map of `side` input pixels."""
+    return torch.tensor(
+        [
+            [-30.0, -30.0, 20.0, 20.0],  # partly outside, top-left
+            [side - 20.0, side - 20.0, side + 40.0, side + 40.0],  # partly outside, bottom-right
+            [side + 50.0, 10.0, side + 90.0, 60.0],  # entirely beyond the right edge
+            [5.0, 5.0, 5.5, 5.2],  # smaller than a cell (sides are clamped to one cell)
+            [0.0, 0.0, side, side],  # the whole map
+            [3.0, side - 1.0, 40.0, side],  # along the bottom edge
+        ]
+    )
+
+
+@pytest.mark.parametrize(("output_size", "sampling_ratio"), [(7, 2), (7, 1), (5, 3)])
+def test_roi_align_matches_torchvision_values_and_gradients(output_size, sampling_ratio):
+    g = torch.Generator().manual_seed(5)
+    stride, side = 8, 96
+    feature = torch.randn(2, CHANNELS, side // stride, side // stride, generator=g)
+    feature.requires_grad_(True)
+    boxes = torch.cat([edge_cases(side), random_boxes(20, side, g)])
+    image_index = torch.arange(len(boxes)) % 2
+    rois = torch.cat([image_index[:, None].float(), boxes], 1)
+    upstream = torch.randn(len(boxes), CHANNELS, output_size, output_size, generator=g)
+
+    ours = multiscale_roi_align(
+        [feature], boxes, image_index, (stride,), output_size, sampling_ratio
+    )
+    (grad_ours,) = torch.autograd.grad(ours, feature, upstream)
+    theirs = roi_align(feature, rois, output_size, 1 / stride, sampling_ratio, aligned=False)
+    (grad_theirs,) = torch.autograd.grad(theirs, feature, upstream)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+
+
+def test_roi_align_pools_in_float32_and_takes_no_boxes():
+    g = torch.Generator().manual_seed(6)
+    feats = [f.bfloat16() for f in features(g)]
+    boxes = random_boxes(10, 200, g)
+    pooled = multiscale_roi_align(feats, boxes, torch.zeros(10, dtype=torch.long), STRIDES, 7, 2)
+    expected = multiscale_roi_align(
+        [f.float() for f in feats], boxes, torch.zeros(10, dtype=torch.long), STRIDES, 7, 2
+    )
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, expected)
+    empty = multiscale_roi_align(
+        feats, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), STRIDES, 7, 2
+    )
+    assert empty.shape == (0, CHANNELS, 7, 7)
+
+
+def test_sampling_ratio_must_be_fixed():
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        RoIHeads(CLASSES, CHANNELS, sampling_ratio=0)
 
 
 def build_pair(**settings):

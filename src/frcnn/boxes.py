@@ -119,14 +119,15 @@ def nms_top_k_per_image(
     boxes (R, 4), scores (R,), groups (R,) int: boxes suppress each other only within a group,
     and a group never spans two images; image_index (R,) int in 0..num_images-1.
     Returns (num_images, k) indices into the R boxes, best first, and a (num_images, k) bool
-    mask that is False where an image has fewer than k survivors.
+    mask that is False where an image has fewer than k survivors (True on a prefix of each row).
     """
     keep = batched_nms(boxes, scores, groups, iou_thresh)  # sorted by decreasing score
     image_of = image_index[keep]
     image_of, order = torch.sort(image_of, stable=True)  # stable: scores stay sorted per image
     keep = keep[order]
-    counts = torch.bincount(image_of, minlength=num_images)
-    rank = torch.arange(keep.numel(), device=keep.device) - (counts.cumsum(0) - counts)[image_of]
+    # where each image's run starts in the sorted list (bincount would read its max back)
+    start = torch.searchsorted(image_of, torch.arange(num_images, device=keep.device))
+    rank = torch.arange(keep.numel(), device=keep.device) - start[image_of]
     # write survivors past the k-th to a spare column k that is cut off afterwards
     slot = image_of * (k + 1) + rank.clamp(max=k)
     selected = keep.new_zeros(num_images * (k + 1)).index_put_((slot,), keep)

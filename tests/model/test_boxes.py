@@ -80,13 +80,15 @@ def test_pairwise_iou_matches_box_iou_per_image():
 
 def test_nms_top_k_per_image_equals_a_loop_over_images():
     g = torch.Generator().manual_seed(4)
-    num_images, per_image, k = 3, 300, 20
+    num_images, per_image, k = 4, 300, 20
     boxes = random_boxes(num_images * per_image, generator=g)
     scores = torch.rand(num_images * per_image, generator=g)
     classes = torch.randint(0, 4, (num_images * per_image,), generator=g)
     image_index = torch.arange(num_images).repeat_interleave(per_image)
-    # image 2 gets fewer than k candidates: its remaining slots must be marked invalid
-    keep_rows = (image_index < 2) | (torch.arange(len(scores)) % per_image < 5)
+    # image 2 gets fewer than k candidates (its remaining slots must be marked invalid) and
+    # image 1 none at all
+    few = (image_index == 2) & (torch.arange(len(scores)) % per_image < 5)
+    keep_rows = (image_index == 0) | (image_index == 3) | few
     boxes, scores, classes, image_index = (
         t[keep_rows] for t in (boxes, scores, classes, image_index)
     )
@@ -97,9 +99,9 @@ def test_nms_top_k_per_image_equals_a_loop_over_images():
     for i in range(num_images):
         rows = (image_index == i).nonzero().squeeze(1)
         expected = rows[batched_nms(boxes[rows], scores[rows], classes[rows], 0.5)][:k]
-        assert valid[i].sum() == len(expected)
+        assert torch.equal(valid[i], torch.arange(k) < len(expected))  # a prefix
         assert torch.equal(idx[i][valid[i]], expected)
-    assert valid[2].sum() < k
+    assert valid[2].sum() < k and valid[1].sum() == 0
 
 
 def test_boxes_map_back_to_original_pixels_and_stay_inside():

@@ -294,7 +294,9 @@ class RoIHeads(nn.Module):
             self.nms_thresh,
             self.detections_per_img,
         )
+        # the lists of detections need their lengths on the host: one read-back for the batch
+        counts = kept.sum(1).tolist()
         return [
-            {"boxes": boxes[k[m]], "scores": scores[k[m]], "labels": label[k[m]]}
-            for k, m in zip(keep, kept, strict=True)
+            {"boxes": boxes[k[:n]], "scores": scores[k[:n]], "labels": label[k[:n]]}
+            for k, n in zip(keep, counts, strict=True)
         ]

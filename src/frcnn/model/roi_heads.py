@@ -270,13 +270,29 @@ class RoIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Final detections per image: {"boxes" (D, 4), "scores" (D,), "labels" (D,)}.
 
-        Softmax scores, class-specific boxes decoded and clipped, background, low scores and
-        tiny boxes dropped, NMS per class, the best `detections_per_img` kept.
+        proposals (B, P, 4) and valid (B, P) from the RPN.
         """
         # only the valid proposals, in image order (as torchvision): no work on padding
         image_index, row = valid.nonzero(as_tuple=True)
         proposals = proposals[image_index, row]
         logits, deltas = self.predict(features, proposals, image_index)
+        return self.postprocess(logits, deltas, proposals, image_index, valid.shape[0], image_size)
+
+    def postprocess(
+        self,
+        logits: Tensor,
+        deltas: Tensor,
+        proposals: Tensor,
+        image_index: Tensor,
+        num_images: int,
+        image_size: tuple[int, int],
+    ) -> list[dict[str, Tensor]]:
+        """logits (R, C+1), deltas (R, C+1, 4), proposals (R, 4) of images image_index (R,)
+        -> detections per image, for the whole batch at once.
+
+        Softmax scores, class-specific boxes decoded and clipped, background, low scores and
+        tiny boxes dropped, NMS per class, the best `detections_per_img` kept.
+        """
         scores = F.softmax(logits.float(), dim=-1)[:, 1:]
         boxes = self.box_coder.decode(deltas.float()[:, 1:], proposals[:, None])
         boxes = clip_boxes(boxes, *image_size)
@@ -290,7 +306,7 @@ class RoIHeads(nn.Module):
             scores,
             image_index * num_classes + label,
             image_index,
-            valid.shape[0],
+            num_images,
             self.nms_thresh,
             self.detections_per_img,
         )

@@ -3,6 +3,9 @@
     uv run python bench/detector.py [--device cpu|cuda] [--sizes 400 416] [--batch-size 2]
         [--precision 32|16-mixed|bf16-mixed] [--channels-last] [--compile] [--reps 5]
     uv run python bench/detector.py --breakdown      # time per stage of our detector
+    uv run python bench/detector.py --syncs          # ops that make the host wait, both
+    uv run python bench/detector.py --memory         # peak memory at batch 2/8/16, both
+    uv run python bench/detector.py --profile        # top kernels of a train step, both
 
 Both detectors are ResNet-50-FPN with identical random weights (converted with
 `from_torchvision`), FrozenBatchNorm2d with stem..layer3 frozen, the same RPN/ROI counts and
@@ -13,12 +16,16 @@ ours / torchvision. Not a test.
 
 import argparse
 import contextlib
+import multiprocessing
 import resource
 import statistics
 import time
+import warnings
+from collections import Counter
 
 import torch
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
@@ -128,6 +135,128 @@ def compare(args, size, device):
         )
 
 
+class WouldSync(TorchDispatchMode):
+    """Counts the ops of a pass that make a CUDA host wait for the device.
+
+    Those whose output size depends on data (nonzero, boolean-mask indexing, NMS, ...) and
+    reads of a value (`.item()`, `if tensor:`). Works on any device, so the two detectors can
+    be compared on a CPU too; host-device copies are invisible there (`set_sync_debug_mode`
+    on a GPU sees those as well).
+    """
+
+    SIZE_FROM_DATA = {
+        "nonzero",
+        "masked_select",
+        "unique",
+        "_unique2",
+        "unique_consecutive",
+        "nms",
+        "bincount",
+        "repeat_interleave",
+        "_local_scalar_dense",
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        # index / index_put_ with a boolean mask run a nonzero inside
+        indices = args[1] if name.startswith("index") and len(args) > 1 else ()
+        if name in self.SIZE_FROM_DATA:
+            self.counts[name] += 1
+        elif isinstance(indices, list | tuple) and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices
+        ):
+            self.counts[f"{name} (bool mask)"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_syncs(args, size, device):
+    """Ops that would synchronise, in one train step and one inference, for both detectors."""
+    ours, tv = build_pair(size, device)
+    images, targets = synthetic_batch(args.batch_size, size, device)
+    cuda = device.type == "cuda"
+    print(f"\nOps that make the host wait, {size} px, batch {args.batch_size}")
+    print("| detector | pass | ops that wait | which |" + (" CUDA syncs |" if cuda else ""))
+    print("| --- | --- | --- | --- |" + (" --- |" if cuda else ""))
+    for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
+        train_step, infer = make_steps(model, is_tv, images, targets, device, args.precision, False)
+        for kind, fn in (("train step", train_step), ("inference", infer)):
+            fn()  # warm-up (caches)
+            with WouldSync() as mode:
+                fn()
+            ops = ", ".join(f"{op} {n}" for op, n in mode.counts.most_common())
+            row = f"| {name} | {kind} | {mode.counts.total()} | {ops} |"
+            print(row + (f" {cuda_syncs(fn)} |" if cuda else ""))
+
+
+def profile(args, size, device):
+    """torch.profiler's top kernels (self time) of one train step of each detector."""
+    ours, tv = build_pair(size, device)
+    images, targets = synthetic_batch(args.batch_size, size, device)
+    for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
+        train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
+        train_step()  # warm-up
+        with torch.profiler.profile() as prof:
+            train_step()
+        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"\n{name}, one train step, {size} px, batch {args.batch_size}")
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=12))
+
+
+def cuda_syncs(fn) -> int:
+    """Synchronising CUDA calls during one call of fn, as torch's sync debug mode reports them."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _peak_memory_child(args, name, batch_size, size, queue):
+    device = torch.device(args.device)
+    ours, tv = build_pair(size, device)
+    model, is_tv = (tv, True) if name == "torchvision" else (ours, False)
+    images, targets = synthetic_batch(batch_size, size, device)
+    train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        train_step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    queue.put((after, after - before, cuda))
+
+
+def peak_memory(args, size, device):
+    """Peak memory of two train steps per detector and batch size, each in a fresh process."""
+    cuda = device.type == "cuda"
+    print(f"\nPeak memory of two train steps, {size} px, precision {args.precision}")
+    print(
+        "| batch | detector | peak RSS (MiB) | RSS added by the steps (MiB) |"
+        + (" max CUDA allocated (MiB) |" if cuda else "")
+    )
+    print("| --- | --- | --- | --- |" + (" --- |" if cuda else ""))
+    context = multiprocessing.get_context("spawn")
+    for batch_size in args.memory_batch_sizes:
+        for name in ("ours", "torchvision"):
+            queue = context.Queue()
+            child = context.Process(
+                target=_peak_memory_child, args=(args, name, batch_size, size, queue)
+            )
+            child.start()
+            rss, added, cuda_mib = queue.get()
+            child.join()
+            row = f"| {batch_size} | {name} | {rss:.0f} | {added:.0f} |"
+            print(row + (f" {cuda_mib:.0f} |" if cuda else ""))
+
+
 def breakdown(args, size, device):
     """Median time per stage of our detector (training mode for the loss stages)."""
     model, _ = build_pair(size, device)
@@ -229,15 +358,27 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--syncs", action="store_true", help="count ops that sync, both models")
+    parser.add_argument("--memory", action="store_true", help="peak memory per batch size")
+    parser.add_argument("--profile", action="store_true", help="top kernels of a train step")
+    parser.add_argument("--memory-batch-sizes", type=int, nargs="+", default=[2, 8, 16])
     args = parser.parse_args()
     device = torch.device(args.device)
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, {device}, "
         f"batch {args.batch_size}, precision {args.precision}, threads {torch.get_num_threads()}"
     )
-    if args.breakdown:
+    measures = {
+        breakdown: args.breakdown,
+        count_syncs: args.syncs,
+        peak_memory: args.memory,
+        profile: args.profile,
+    }
+    only = [measure for measure, asked in measures.items() if asked]
+    if only:
         for size in args.sizes:
-            breakdown(args, size, device)
+            for measure in only:
+                measure(args, size, device)
         return
     print("| input | measure | ours | torchvision | ours / torchvision |")
     print("| --- | --- | --- | --- | --- |")

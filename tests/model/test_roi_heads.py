@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.faster_rcnn import TwoMLPHead as TVTwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
@@ -57,16 +58,28 @@ def edge_cases(side):
     )
 
 
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("output_size", "sampling_ratio"), [(7, 2), (7, 1), (5, 3)])
-def test_roi_align_matches_torchvision_values_and_gradients(output_size, sampling_ratio):
+def test_roi_align_matches_torchvision_values_and_gradients(output_size, sampling_ratio, device):
     g = torch.Generator().manual_seed(5)
     stride, side = 8, 96
     feature = torch.randn(2, CHANNELS, side // stride, side // stride, generator=g)
-    feature.requires_grad_(True)
     boxes = torch.cat([edge_cases(side), random_boxes(20, side, g)])
     image_index = torch.arange(len(boxes)) % 2
-    rois = torch.cat([image_index[:, None].float(), boxes], 1)
     upstream = torch.randn(len(boxes), CHANNELS, output_size, output_size, generator=g)
+    feature, boxes, image_index, upstream = (
+        t.to(device) for t in (feature, boxes, image_index, upstream)
+    )
+    feature.requires_grad_(True)
+    rois = torch.cat([image_index[:, None].float(), boxes], 1)
 
     ours = multiscale_roi_align(
         [feature], boxes, image_index, (stride,), output_size, sampling_ratio
@@ -76,6 +89,25 @@ def test_roi_align_matches_torchvision_values_and_gradients(output_size, samplin
     (grad_theirs,) = torch.autograd.grad(theirs, feature, upstream)
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(grad_ours, grad_theirs)
+
+
+def test_roi_align_never_waits_for_the_device():
+    # no op whose output size depends on the data (each would be a host sync on a GPU)
+    class OpNames(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            masks = [a for a in args if isinstance(a, list | tuple)]
+            bool_index = any(getattr(i, "dtype", None) == torch.bool for m in masks for i in m)
+            names.append(func._schema.name + (" with a boolean mask" if bool_index else ""))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(7)
+    feats, boxes = features(g), random_boxes(50, 200, g)
+    names = []
+    with OpNames():
+        multiscale_roi_align(feats, boxes, torch.arange(50) % 2, STRIDES, 7, 2)
+    assert any("embedding_bag" in name for name in names)
+    waiting = ("nonzero", "masked_select", "_local_scalar_dense", "boolean mask", "unique")
+    assert not [name for name in names if any(w in name for w in waiting)]
 
 
 def test_roi_align_pools_in_float32_and_takes_no_boxes():

@@ -222,6 +222,7 @@ def _peak_memory_child(args, name, batch_size, size, queue):
     device = torch.device(args.device)
     ours, tv = build_pair(size, device)
     model, is_tv = (tv, True) if name == "torchvision" else (ours, False)
+    del ours, tv  # only the measured model stays (on a GPU its weights count)
     images, targets = synthetic_batch(batch_size, size, device)
     train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -151,12 +151,12 @@ def proposals_per_image(model, images) -> float:
     which would make inference look cheaper than it is: the inference phase runs after the
     training phase, and this line shows where it stands.
     """
+    counts = []
+    hook = model.rpn.register_forward_hook(lambda rpn, inputs, out: counts.append(out[1].sum(1)))
     model.eval()
-    features = model.fpn(model.backbone(model.normalize(images)))
-    shapes = [tuple(f.shape[-2:]) for f in features]
-    anchors = model.anchor_generator(shapes, images.device)
-    _, valid, _ = model.rpn(features, anchors, tuple(images.shape[-2:]))
-    return valid.sum(1).float().mean().item()
+    model(images)
+    hook.remove()
+    return counts[0].float().mean().item()
 
 
 class WouldSync(TorchDispatchMode):
@@ -325,7 +325,7 @@ def breakdown(args, size, device):
             all_anchors,
             gt,
         )
-        boxes, _, _, _ = stage(
+        boxes, labels, box_targets, sampled = stage(
             "roi matching + sampling", roi.sample_proposals, proposals, valid, gt
         )
         index = torch.arange(boxes.shape[0], device=device).repeat_interleave(boxes.shape[1])
@@ -342,12 +342,16 @@ def breakdown(args, size, device):
         scores, box_deltas = stage(
             "box head + predictor", lambda x: roi.predictor(roi.box_head(x)), pooled
         )
-        # a stand-in for the ROI losses, so that the backward pass runs through every stage
-        total = (
-            sum(rpn_losses.values())
-            + scores.float().logsumexp(1).mean()
-            + box_deltas.float().abs().mean()
+        roi_losses = stage(
+            "roi losses",
+            roi.sampled_losses,
+            scores,
+            box_deltas,
+            labels.flatten(),
+            box_targets.flatten(0, 1),
+            sampled.flatten(),
         )
+        total = sum(rpn_losses.values()) + sum(roi_losses.values())
         stage("backward (all)", total.backward)
         model.eval()
         with torch.no_grad():

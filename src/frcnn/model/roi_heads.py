@@ -224,7 +224,18 @@ class RoIHeads(nn.Module):
         logits, deltas = self.predict(
             features, boxes.flatten(0, 1), image_index.repeat_interleave(boxes.shape[1])
         )
-        labels, targets, sampled = labels.flatten(), targets.flatten(0, 1), sampled.flatten()
+        return self.sampled_losses(
+            logits, deltas, labels.flatten(), targets.flatten(0, 1), sampled.flatten()
+        )
+
+    def sampled_losses(
+        self, logits: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor, sampled: Tensor
+    ) -> dict[str, Tensor]:
+        """Cross-entropy and smooth-L1 box loss over the sampled rows -> {"roi_cls", "roi_box"}.
+
+        logits (R, C+1), deltas (R, C+1, 4), labels (R,) in 0..C, box-coder targets (R, 4),
+        sampled (R,) bool; both are normalised by the number of sampled rows.
+        """
         positive = sampled & (labels > 0)
         num_sampled = sampled.sum().clamp(min=1)
         cls_loss = F.cross_entropy(logits.float(), labels, reduction="none")

@@ -127,21 +127,28 @@ def test_offline_hub_fails_at_once_with_a_message_naming_the_local_option(monkey
     assert str(error.value).count("Offline") == 1
 
 
-def test_a_failing_stream_start_gets_the_same_message(monkeypatch):
-    def unreachable(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'detection-datasets/coco' on the Hub")
+@pytest.mark.parametrize(
+    ("error", "split", "message"),
+    [
+        # a failing stream start gets the same message as a failing probe
+        (
+            ConnectionError("Couldn't reach 'detection-datasets/coco' on the Hub"),
+            "train",
+            "data.train.data_files",
+        ),
+        # an unknown split names the key
+        (
+            ValueError("Unknown split \"validation\". Should be one of ['train', 'val']."),
+            "validation",
+            "split='validation'",
+        ),
+    ],
+)
+def test_stream_start_errors_name_the_key(monkeypatch, error, split, message):
+    def fail(*args, **kwargs):
+        raise error
 
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda *a, **k: None)
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    with pytest.raises(ConnectionError, match="data.train.data_files"):
-        HubCOCO(Transform(64), split="train")
-
-
-def test_unknown_split_names_the_key(monkeypatch):
-    def unknown(*args, **kwargs):
-        raise ValueError("Unknown split \"validation\". Should be one of ['train', 'val'].")
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda *a, **k: None)
-    monkeypatch.setattr(datasets, "load_dataset", unknown)
-    with pytest.raises(ValueError, match="split='validation'"):
-        HubCOCO(Transform(64), split="validation")
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(type(error), match=message):
+        HubCOCO(Transform(64), split=split)

@@ -30,7 +30,9 @@ class DetectorModule(L.LightningModule):
         category_ids: the data set's category id of labels 1..C (for COCO-format results).
         per_class_map: also log the AP of every class (slower to compute).
         channels_last: convolutions in channels-last memory format (faster on recent GPUs).
-        compile: `torch.compile` the backbone and FPN (the fixed-shape part of the model).
+        compile: `torch.compile` the backbone and FPN (the fixed-shape part of the model), in
+            place, so that checkpoints keep the keys of an uncompiled model. True uses the
+            default backend (inductor); a string names another (e.g. "cudagraphs").
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class DetectorModule(L.LightningModule):
         category_ids: list[int] | None = None,
         per_class_map: bool = False,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         super().__init__()
         self.model = model
@@ -52,20 +54,23 @@ class DetectorModule(L.LightningModule):
         self.category_ids = list(category_ids) if category_ids else None
         self.per_class_map = per_class_map
         self.channels_last = channels_last
-        self.compile = compile
+        # a string names the backend; kept apart from nn.Module.compile, which it would shadow
+        self.compile_backend = "inductor" if compile is True else (compile or None)
         self.val_map = MeanAveragePrecision(backend="faster_coco_eval", class_metrics=per_class_map)
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints
         self._last_batch_start: float | None = None
+        self._compiled = False
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.compile:
-            self.model.backbone = torch.compile(self.model.backbone)
-            self.model.fpn = torch.compile(self.model.fpn)
+        if self.compile_backend and not self._compiled:  # setup runs per stage: compile once
+            self.model.backbone.compile(backend=self.compile_backend)
+            self.model.fpn.compile(backend=self.compile_backend)
+            self._compiled = True
 
-    def forward(self, images: Tensor, targets=None):
-        return self.model(self._prepare(images), targets)
+    def forward(self, images: Tensor, targets=None, image_sizes: Tensor | None = None):
+        return self.model(self._prepare(images), targets, image_sizes)
 
     def _prepare(self, images: Tensor) -> Tensor:
         if self.channels_last:
@@ -75,7 +80,7 @@ class DetectorModule(L.LightningModule):
     # training
 
     def training_step(self, batch, batch_idx: int):
-        losses = self.model(self._prepare(batch["images"]), batch["targets"])
+        losses = self.model(self._prepare(batch["images"]), batch["targets"], batch["image_sizes"])
         loss = sum(losses.values())
         size = len(batch["targets"])
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=size)
@@ -109,7 +114,9 @@ class DetectorModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int):
         targets = batch["targets"]
-        losses, detections = self.model.forward_with_losses(self._prepare(batch["images"]), targets)
+        losses, detections = self.model.forward_with_losses(
+            self._prepare(batch["images"]), targets, batch["image_sizes"]
+        )
         size = len(targets)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=size, sync_dist=True)
         self.log("val/loss", sum(losses.values()), batch_size=size, sync_dist=True)

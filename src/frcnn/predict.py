@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from frcnn.boxes import to_original_pixels
+from frcnn.boxes import content_sizes, to_original_pixels
+from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 from frcnn.data.transforms import Record, Transform
 from frcnn.drawing import draw_detections
 
@@ -76,35 +76,15 @@ class Predictor:
         max_detections: int | None = None,
     ) -> "Predictor":
         """Rebuild the model from the config saved in a training checkpoint."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={str(path)!r}: no such file")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        config = checkpoint.get("config")
-        if not config:
-            raise ValueError(
-                f"{path} holds no run config: was it written by this project's train.py?"
-            )
-        model_cfg = {
-            **config["model"],
-            "backbone": {**config["model"]["backbone"], "weights": None},
+        checkpoint = load_checkpoint(path)
+        post = {
+            "score_thresh": score_thresh,
+            "nms_thresh": nms_thresh,
+            "detections_per_img": max_detections,
         }
-        roi = dict(model_cfg["roi_heads"])
-        for key, value in (
-            ("score_thresh", score_thresh),
-            ("nms_thresh", nms_thresh),
-            ("detections_per_img", max_detections),
-        ):
-            if value is not None:
-                roi[key] = value
-        model = instantiate({**model_cfg, "roi_heads": roi})
-        state = {
-            k.removeprefix("model."): v
-            for k, v in checkpoint["state_dict"].items()
-            if k.startswith("model.")
-        }
-        model.load_state_dict(state)
-        data = config["data"]
+        post = {k: v for k, v in post.items() if v is not None}
+        model = detector_from_checkpoint(checkpoint, {"roi_heads": post})
+        data = checkpoint["config"]["data"]
         return cls(
             model,
             data["image_size"],
@@ -132,8 +112,9 @@ class Predictor:
         single = not isinstance(images, (list, tuple))
         prepared = [self.prepare(image) for image in ([images] if single else images)]
         batch = torch.stack([p[0] for p in prepared]).to(self.device)
+        sizes = content_sizes([p[1] for p in prepared]).to(self.device)
         results = []
-        for det, (_, target) in zip(self.model(batch), prepared, strict=True):
+        for det, (_, target) in zip(self.model(batch, image_sizes=sizes), prepared, strict=True):
             boxes = to_original_pixels(det["boxes"].cpu(), target["scale_xy"], target["orig_size"])
             labels = det["labels"].cpu()
             results.append(

@@ -10,7 +10,8 @@ from frcnn.data.transforms import Transform, collate
 
 
 class DetectionDataModule(L.LightningDataModule):
-    """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...]}.
+    """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...],
+    "image_sizes": (B, 2)} (see `collate`).
 
     `train` and `val` build a source from a Transform (Hydra partials of SyntheticShapes,
     COCOFolder or HubCOCO); the data module supplies the transform: flips for training only.
@@ -45,38 +46,46 @@ class DetectionDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set = self.make_train(transform=self.train_transform)
-            self.val_set = self.make_val(transform=self.val_transform)
-            for split, ds in (("train", self.train_set), ("val", self.val_set)):
-                expected = self.expected_num_classes
-                if expected is not None and ds.num_classes != expected:
-                    raise ValueError(
-                        f"data.num_classes={expected}, but the {split} source has "
-                        f"{ds.num_classes} classes: set data.num_classes={ds.num_classes}"
-                    )
+        """Build the sources the stage needs: both for "fit" (or None), validation only else."""
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self._source("train", self.make_train, self.train_transform)
+        if self.val_set is None:
+            self.val_set = self._source("val", self.make_val, self.val_transform)
         trainer = getattr(self, "trainer", None)
         if trainer is not None:  # streamed sources: each distributed rank reads its own part
             for ds in (self.train_set, self.val_set):
                 if hasattr(ds, "set_rank"):
                     ds.set_rank(trainer.global_rank, trainer.world_size)
 
+    def _source(self, split: str, make: Callable, transform: Transform):
+        source = make(transform=transform)
+        expected = self.expected_num_classes
+        if expected is not None and source.num_classes != expected:
+            raise ValueError(
+                f"data.num_classes={expected}, but the {split} source has "
+                f"{source.num_classes} classes: set data.num_classes={source.num_classes}"
+            )
+        return source
+
+    @property
+    def _built(self):
+        if self.train_set is None and self.val_set is None:
+            raise RuntimeError("DetectionDataModule: call setup() before asking for its classes")
+        return self.train_set if self.train_set is not None else self.val_set
+
     @property
     def num_classes(self) -> int:
-        self.setup()
-        return self.train_set.num_classes
+        return self._built.num_classes
 
     @property
     def class_names(self) -> list[str]:
         """Names of labels 1..num_classes."""
-        self.setup()
-        return list(self.train_set.class_names)
+        return list(self._built.class_names)
 
     @property
     def category_ids(self) -> list[int]:
         """The data set's own category id of labels 1..num_classes (COCO's ids for COCO)."""
-        self.setup()
-        return list(self.train_set.category_ids)
+        return list(self._built.category_ids)
 
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of every training epoch: streamed sources reshuffle."""

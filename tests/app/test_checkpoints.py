@@ -1,0 +1,106 @@
+"""Checkpoints: self-sufficient for eval / predict / visualize, safe to open, compile-proof."""
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from frcnn.checkpoint import load_checkpoint
+from tests.app.helpers import TINY, metrics, run, run_dirs
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(trained, tmp_path):
+    _, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({**checkpoint, "extra": Payload(marker)}, evil)
+    with pytest.raises(ValueError, match="could run code"):
+        load_checkpoint(evil)
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48)).save(image)
+    for script, extra in (
+        ("eval.py", []),
+        ("predict.py", [f"input={image}", f"output={tmp_path / 'out'}"]),
+        ("visualize.py", [f"image={image}", f"output={tmp_path / 'out'}"]),
+    ):
+        with pytest.raises(AssertionError, match="could run code"):
+            run(script, f"ckpt_path={evil}", "device=cpu", *extra, log_dir=tmp_path / "logs")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip"])
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="model.ckpt.*not a checkpoint of this project"):
+        load_checkpoint(path)
+
+
+def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_path):
+    """A checkpoint whose config names ImageNet weights, init_weights and a training set that
+    are all unreachable: eval.py, given nothing but the checkpoint, rebuilds its detector and
+    its validation data from the checkpoint and reproduces the logged val/map."""
+    _, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    config = checkpoint["config"]
+    config["model"]["backbone"]["weights"] = "/nowhere/resnet18-imagenet.pth"
+    config["init_weights"] = "/nowhere/fasterrcnn_coco.pth"
+    config["data"]["train"] = {
+        "_target_": "frcnn.data.COCOFolder",
+        "_partial_": True,
+        "annotation_file": "/nowhere/instances_train2017.json",
+        "image_dir": "/nowhere/train2017",
+    }
+    path = tmp_path / "offline.ckpt"
+    torch.save(checkpoint, path)
+    run("eval.py", f"ckpt_path={path}", "device=cpu", log_dir=tmp_path)
+    evaluated = metrics(run_dirs(tmp_path, "eval")[0])
+    assert evaluated["val/map"] == pytest.approx(metrics(run_dir)["val/map"], abs=1e-6)
+
+
+def test_eval_applies_post_processing_given_on_the_command_line(trained, tmp_path):
+    _, run_dir = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    # no detection scores 1.0: nothing is detected, so the mAP is 0
+    run(
+        "eval.py",
+        f"ckpt_path={ckpt}",
+        "device=cpu",
+        "model.roi_heads.score_thresh=1.0",
+        log_dir=tmp_path,
+    )
+    assert metrics(run_dirs(tmp_path, "eval")[0])["val/map"] <= 0.0
+
+
+def test_compiled_training_writes_plain_keys_that_eval_and_predict_load(tmp_path):
+    # the "eager" backend: torch.compile's wrapping without inductor's minutes of CPU compiling
+    run("train.py", "trainer.max_epochs=1", "module.compile=eager", *TINY, log_dir=tmp_path)
+    last = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
+    keys = load_checkpoint(last)["state_dict"]
+    assert not [k for k in keys if "_orig_mod" in k]
+    assert "model.backbone.layer1.0.conv1.weight" in keys
+    run("eval.py", f"ckpt_path={last}", "device=cpu", "module.compile=eager", log_dir=tmp_path)
+    assert 0.0 <= metrics(run_dirs(tmp_path, "eval")[0])["val/map"] <= 1.0
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48)).save(image)
+    run(
+        "predict.py",
+        f"ckpt_path={last}",
+        f"input={image}",
+        f"output={tmp_path / 'out'}",
+        "device=cpu",
+        log_dir=tmp_path,
+    )
+    assert (tmp_path / "out" / "detections.json").is_file()

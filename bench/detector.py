@@ -288,7 +288,7 @@ def breakdown(args, size, device):
     images, targets = synthetic_batch(args.batch_size, size, device)
     model.train()
     rpn, roi = model.rpn, model.roi_heads
-    image_size = (size, size)
+    image_sizes = torch.full((args.batch_size, 2), size, device=device)
     stages = {}
 
     def stage(name, fn, *args):
@@ -314,7 +314,7 @@ def breakdown(args, size, device):
             deltas.detach().float(),
             all_anchors,
             sizes,
-            image_size,
+            image_sizes,
         )
         gt = pad_targets(targets, device)
         rpn_losses = stage(
@@ -355,14 +355,14 @@ def breakdown(args, size, device):
         stage("backward (all)", total.backward)
         model.eval()
         with torch.no_grad():
-            eval_proposals, eval_valid, _ = rpn(p, anchors, image_size)
+            eval_proposals, eval_valid, _ = rpn(p, anchors, image_sizes)
             stage(
                 "post-processing (eval: detect)",
                 roi.detect,
                 p[:4],
                 eval_proposals,
                 eval_valid,
-                image_size,
+                image_sizes,
             )
         model.train()
         model.zero_grad(set_to_none=True)

@@ -105,7 +105,9 @@ def main():
     )
     inputs = (logits, deltas, proposals, image_index, args.images)
     versions = {
-        "batched (this project)": lambda: heads.postprocess(*inputs, (args.size, args.size)),
+        "batched (this project)": lambda: heads.postprocess(
+            *inputs[:4], torch.full((args.images, 2), args.size)
+        ),
         "per-class loop, torchvision nms": lambda: per_class_loop(heads, *inputs, args.size, nms),
         "per-class loop, Python NMS (seed)": lambda: per_class_loop(
             heads, *inputs, args.size, python_greedy_nms

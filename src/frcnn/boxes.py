@@ -65,10 +65,18 @@ class BoxCoder:
         return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
 
 
-def clip_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Clamp (..., 4) boxes to the image rectangle [0, width] x [0, height]."""
-    x = boxes[..., 0::2].clamp(0, width)
-    y = boxes[..., 1::2].clamp(0, height)
+def clip_boxes(boxes: Tensor, height, width) -> Tensor:
+    """Clamp (..., 4) boxes to the image rectangle [0, width] x [0, height].
+
+    `height` and `width` are numbers, or tensors that broadcast against `boxes[..., 0]` (one
+    size per image, e.g. (B, 1) for (B, P, 4) boxes).
+    """
+    x, y = boxes[..., 0::2].clamp(min=0), boxes[..., 1::2].clamp(min=0)
+    if isinstance(width, Tensor):
+        x = torch.minimum(x, width[..., None].to(x.dtype))
+        y = torch.minimum(y, height[..., None].to(y.dtype))
+    else:
+        x, y = x.clamp(max=width), y.clamp(max=height)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
@@ -76,6 +84,15 @@ def to_original_pixels(boxes: Tensor, scale_xy: Tensor, orig_size: tuple[int, in
     """(K, 4) boxes in input pixels -> original image pixels, clipped to the original image
     (a letterboxed detection may reach into the padding)."""
     return clip_boxes(boxes / scale_xy.to(boxes).repeat(2), *orig_size)
+
+
+def content_sizes(targets: list[dict]) -> Tensor:
+    """(B, 2) int64 height and width of each image's content in input pixels (the rest of
+    the input, right and bottom, is letterbox padding), from the batch's `orig_size` and
+    `scale_xy`. Computed on the host, before the batch moves to the device."""
+    orig = torch.tensor([t["orig_size"] for t in targets], dtype=torch.float64).reshape(-1, 2)
+    scale = torch.stack([t["scale_xy"].cpu() for t in targets]).double().reshape(-1, 2)
+    return (orig * scale.flip(1)).round().to(torch.int64)
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -121,7 +138,10 @@ def nms_top_k_per_image(
     Returns (num_images, k) indices into the R boxes, best first, and a (num_images, k) bool
     mask that is False where an image has fewer than k survivors (True on a prefix of each row).
     """
-    keep = batched_nms(boxes, scores, groups, iou_thresh)  # sorted by decreasing score
+    # float64: batched_nms may offset each group's boxes by group * (max coordinate + 1); in
+    # float32 that rounds coordinates (to 1/16 px at batch 16 x 80 classes), so an image's
+    # detections would depend on its place in the batch
+    keep = batched_nms(boxes.double(), scores.double(), groups, iou_thresh)  # best first
     image_of = image_index[keep]
     image_of, order = torch.sort(image_of, stable=True)  # stable: scores stay sorted per image
     keep = keep[order]

@@ -126,7 +126,11 @@ def proposals_figure(model, image, top_n: int = 50):
     sizes = [len(a) for a in anchors]
     with torch.no_grad():
         kept, valid = model.rpn.select_proposals(
-            logits[None], deltas[None], all_anchors, sizes, tuple(side)
+            logits[None],
+            deltas[None],
+            all_anchors,
+            sizes,
+            torch.tensor([side], device=logits.device),
         )
     kept = kept[0][valid[0]][:top_n]
     _show(before, image, f"top {len(raw)} before NMS")
@@ -160,7 +164,7 @@ def assignments_figure(model, image, target, num_negatives: int = 40):
     _boxes(rpn_ax, all_anchors[positives.to(device)].cpu(), "yellow")
     _boxes(rpn_ax, gt.boxes[0][gt.valid[0]].cpu(), "lime", width=2.5)
 
-    side = tuple(image.shape[-2:])
+    side = torch.tensor([image.shape[-2:]], device=device)
     proposals, valid = rpn.select_proposals(
         logits[None], deltas[None], all_anchors, [len(a) for a in anchors], side
     )
@@ -229,7 +233,7 @@ def visualize(cfg) -> Path:
         image, target = predictor.prepare(cfg.image)[0], None
     else:
         datamodule = instantiate(cfg.data)
-        datamodule.setup("fit")
+        datamodule.setup("validate")
         image, target = datamodule.val_set[cfg.index]
         predictor.class_names = predictor.class_names or datamodule.class_names
     figure = make_figure(

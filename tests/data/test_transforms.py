@@ -98,3 +98,15 @@ def test_collate_stacks_images_and_keeps_targets_as_a_list():
     batch = collate(samples)
     assert batch["images"].shape == (3, 3, 32, 32)
     assert len(batch["targets"]) == 3 and batch["targets"][0]["boxes"].dtype == torch.float32
+
+
+@pytest.mark.parametrize(("width", "height"), [(333, 217), (217, 333), (640, 427), (100, 100)])
+def test_batches_say_where_each_images_content_ends(width, height):
+    rec = record(width, height)
+    rec.image.paste((255, 255, 255), (0, 0, width, height))
+    batch = collate([Transform(256, "letterbox")(rec), Transform(256, "stretch")(rec)])
+    (h, w), full = batch["image_sizes"].tolist()
+    assert full == [256, 256]
+    image = batch["images"][0]
+    assert (image[:, :h, :w] == 255).all()  # content up to there, padding beyond
+    assert (image[:, h:] == 0).all() and (image[:, :, w:] == 0).all()

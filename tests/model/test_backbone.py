@@ -80,3 +80,18 @@ def test_bad_choices_fail_with_the_key_name():
         Backbone(depth=18, frozen="layer9")
     with pytest.raises(ValueError, match="depth"):
         Backbone(depth=42)
+
+
+def test_checkpointing_counts_each_batch_once_in_trainable_batchnorm():
+    torch.manual_seed(0)
+    plain = Backbone(depth=18, norm="bn", frozen="stem").train()
+    checkpointed = Backbone(depth=18, norm="bn", frozen="stem", checkpointing=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for model in (plain, checkpointed):
+        sum(f.sum() for f in model(x)).backward()
+    for (name, expected), actual in zip(
+        plain.state_dict().items(), checkpointed.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(actual, expected, msg=name)
+    assert checkpointed.layer1[0].bn1.num_batches_tracked == 1

@@ -104,6 +104,38 @@ def test_nms_top_k_per_image_equals_a_loop_over_images():
     assert valid[2].sum() < k and valid[1].sum() == 0
 
 
+def test_an_images_detections_do_not_depend_on_its_place_in_the_batch():
+    """Batch 16 x 80 classes: batched_nms shifts the last group's boxes by ~1.7e5 pixels, where
+    float32 keeps 1/64 px. A box pair whose IoU lies that close to the threshold must be
+    decided as it is for the first image."""
+    num_images, num_classes, thresh = 16, 80, 0.5
+    last_group = (num_images - 1) * num_classes + num_classes
+
+    def iou_after_offset(pair, dtype):
+        offset = last_group * (pair.max() + 1)
+        shifted = (pair.to(dtype) + offset.to(dtype)).double()
+        return box_iou(shifted[:1], shifted[1:]).item()
+
+    # a pair just across the threshold, where float32 offsets decide the other way
+    for shift in torch.linspace(33.2, 33.5, 301, dtype=torch.float64).tolist():
+        pair = torch.tensor([[0.0, 0.0, 100.0, 100.0], [shift, 0.0, 100.0 + shift, 100.0]])
+        exact = box_iou(pair.double()[:1], pair.double()[1:]).item()
+        if (exact > thresh) != (iou_after_offset(pair, torch.float32) > thresh):
+            break
+    else:
+        pytest.fail("no pair found that float32 offsets misjudge")
+    scores = torch.tensor([0.9, 0.8])
+    kept = []
+    for image in (0, num_images - 1):
+        image_index = torch.full((2,), image)
+        groups = image_index * num_classes + num_classes  # the last class
+        idx, valid = nms_top_k_per_image(
+            pair, scores, groups, image_index, num_images, thresh, k=10
+        )
+        kept.append(idx[image][valid[image]].tolist())
+    assert kept[0] == kept[1] == ([0] if exact > thresh else [0, 1])
+
+
 def test_boxes_map_back_to_original_pixels_and_stay_inside():
     boxes = torch.tensor([[40.0, 20.0, 120.0, 100.0], [100.0, 20.0, 180.0, 40.0]])
     original = to_original_pixels(boxes, torch.tensor([2.0, 4.0]), (30, 80))

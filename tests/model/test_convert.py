@@ -3,11 +3,15 @@
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torchvision.models.detection import FasterRCNN as TVFasterRCNN
+from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from frcnn.boxes import content_sizes
 from frcnn.coco import COCO_CATEGORY_IDS
+from frcnn.data.transforms import Record, Transform
 from frcnn.model import FasterRCNN, from_torchvision, load_torchvision_weights
 from frcnn.model.convert import convert_key, torchvision_state_dict
 from tests.model.helpers import sorted_rows
@@ -114,3 +118,42 @@ def test_other_classes_keep_their_own_predictor(tmp_path):
 def test_missing_init_weights_file_names_the_key():
     with pytest.raises(FileNotFoundError, match="init_weights"):
         torchvision_state_dict("/no/such.pth")
+
+
+def test_letterboxed_real_size_image_matches_torchvision_with_its_coco_eps():
+    """A 640x427 image letterboxed to 448 px, next to a square one: torchvision pads its
+    normalised batch with 0 and clips to each image; so does this detector given image_sizes.
+    FrozenBatchNorm's eps is 0, as torchvision runs its COCO weights."""
+    side = 448
+    g = torch.Generator().manual_seed(0)
+    tv = torchvision_frozen(side).eval()
+    with torch.no_grad():
+        randomise(tv, g)
+    overwrite_eps(tv, 0.0)
+    ours = from_torchvision(tv).eval()
+    assert ours.backbone.stem[1].eps == 0 and ours.backbone.layer4[0].bn1.eps == 0
+    photo = torch.randint(0, 256, (427, 640, 3), dtype=torch.uint8, generator=g).numpy()
+    letterboxed, target = Transform(side)(Record(Image.fromarray(photo), [], [], 0))
+    square = torch.randint(0, 256, (3, side, side), dtype=torch.uint8, generator=g)
+    sizes = content_sizes([{"orig_size": (side, side), "scale_xy": torch.ones(2)}, target])
+    assert sizes.tolist() == [[side, side], [299, side]]
+    with torch.no_grad():
+        expected = tv([square.float() / 255, letterboxed[:, :299].float() / 255])
+        detections = ours(torch.stack([square, letterboxed]), image_sizes=sizes)
+    for det, exp, (height, width) in zip(detections, expected, sizes.tolist(), strict=True):
+        assert len(det["boxes"]) == len(exp["boxes"]) > 0
+        assert (det["boxes"][:, 3] <= height).all() and (det["boxes"][:, 2] <= width).all()
+        rows = [
+            torch.cat([d["labels"][:, None].float(), d["boxes"], d["scores"][:, None]], 1)
+            for d in (det, exp)
+        ]
+        torch.testing.assert_close(sorted_rows(rows[0]), sorted_rows(rows[1]), rtol=0, atol=1e-3)
+
+
+def test_padding_normalises_to_zero_whatever_it_holds():
+    model = FasterRCNN(num_classes=2, backbone=dict(depth=18))
+    images = torch.full((2, 3, 64, 64), 255, dtype=torch.uint8)
+    x = model.normalize(images, torch.tensor([[64, 64], [40, 24]]))
+    assert (x[0] != 0).all()
+    assert (x[1, :, :40, :24] != 0).all()
+    assert (x[1, :, 40:] == 0).all() and (x[1, :, :, 24:] == 0).all()

@@ -221,12 +221,12 @@ def test_detections_match_torchvision_post_processing():
     proposals = torch.stack([random_boxes(80, 200, g), random_boxes(80, 200, g)])
     valid = torch.ones(2, 80, dtype=torch.bool)
     valid[1, 50:] = False  # padding rows never become detections
-    detections = ours.detect(feats, proposals, valid, (SIDE, SIDE))
+    # the second image is letterboxed: boxes are clipped to its own content, as torchvision's
+    sizes = [(SIDE, SIDE), (SIDE - 60, SIDE - 100)]
+    detections = ours.detect(feats, proposals, valid, torch.tensor(sizes))
     tv.eval()
     expected, _ = tv(
-        {str(i): f for i, f in enumerate(feats)},
-        [proposals[0], proposals[1, :50]],
-        [(SIDE, SIDE)] * 2,
+        {str(i): f for i, f in enumerate(feats)}, [proposals[0], proposals[1, :50]], sizes
     )
     for det, exp in zip(detections, expected, strict=True):
         assert len(det["boxes"]) == len(exp["boxes"]) > 0

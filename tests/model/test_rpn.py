@@ -6,7 +6,7 @@ from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.faster_rcnn import pad_targets
 from frcnn.model.rpn import RPN
-from tests.model.helpers import random_boxes
+from tests.model.helpers import random_boxes, sorted_rows
 
 SHAPES = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]  # a 128-pixel image
 SIDE = 128
@@ -55,7 +55,8 @@ def test_head_output_order_matches_the_anchors():
     assert logits[1, 5] == direct[1, 2, 0, 1]
 
 
-def test_proposals_match_torchvision_in_order():
+def torchvision_proposals(sizes):
+    """(ours, torchvision's) proposals for one random input; sizes: (height, width) per image."""
     torch.manual_seed(0)
     ours, tv = build_pair(pre_nms_top_n_test=300, post_nms_top_n_test=150)
     ours.eval(), tv.eval()
@@ -64,24 +65,37 @@ def test_proposals_match_torchvision_in_order():
     # large random weights so that objectness and deltas vary a lot
     for conv in (ours.head.objectness, ours.head.deltas, tv.head.cls_logits, tv.head.bbox_pred):
         torch.nn.init.normal_(conv.weight, std=0.3, generator=torch.Generator().manual_seed(2))
-    proposals, valid, losses = ours(features, anchors, (SIDE, SIDE))
+    proposals, valid, losses = ours(features, anchors, torch.tensor(sizes))
     assert losses == {}
     from torchvision.models.detection.image_list import ImageList
 
-    images = ImageList(torch.zeros(2, 3, SIDE, SIDE), [(SIDE, SIDE)] * 2)
+    images = ImageList(torch.zeros(2, 3, SIDE, SIDE), sizes)
     expected, _ = tv(images, {str(i): f for i, f in enumerate(features)})
     assert proposals.shape == (2, 150, 4)
-    for i in range(2):
-        assert valid[i].sum() == len(expected[i])
-        torch.testing.assert_close(proposals[i][valid[i]], expected[i])
-        assert (proposals[i] >= 0).all() and (proposals[i] <= SIDE).all()
+    return [p[v] for p, v in zip(proposals, valid, strict=True)], expected
+
+
+def test_proposals_match_torchvision_in_order():
+    proposals, expected = torchvision_proposals([(SIDE, SIDE)] * 2)
+    for ours, theirs in zip(proposals, expected, strict=True):
+        torch.testing.assert_close(ours, theirs)
+        assert (ours >= 0).all() and (ours <= SIDE).all()
+
+
+def test_proposals_of_letterboxed_images_lie_in_their_content_as_torchvision():
+    sizes = [(SIDE, SIDE), (SIDE - 40, SIDE - 72)]
+    proposals, expected = torchvision_proposals(sizes)
+    for ours, theirs, (height, width) in zip(proposals, expected, sizes, strict=True):
+        # the same set (clipping ties some scores, whose order neither defines)
+        torch.testing.assert_close(sorted_rows(ours), sorted_rows(theirs))
+        assert (ours[:, 2] <= width).all() and (ours[:, 3] <= height).all()
 
 
 def test_train_and_test_counts_differ():
     rpn = RPN(8, 3, post_nms_top_n_train=40, post_nms_top_n_test=20)
     features, anchors = inputs(torch.Generator().manual_seed(3))
-    assert rpn.train()(features, anchors, (SIDE, SIDE))[0].shape == (2, 40, 4)
-    assert rpn.eval()(features, anchors, (SIDE, SIDE))[0].shape == (2, 20, 4)
+    assert rpn.train()(features, anchors, torch.tensor([[SIDE, SIDE]] * 2))[0].shape == (2, 40, 4)
+    assert rpn.eval()(features, anchors, torch.tensor([[SIDE, SIDE]] * 2))[0].shape == (2, 20, 4)
 
 
 def test_losses_match_torchvision_when_every_anchor_is_sampled():
@@ -93,7 +107,9 @@ def test_losses_match_torchvision_when_every_anchor_is_sampled():
         {"boxes": random_boxes(3, 100, g), "labels": torch.tensor([1, 2, 3])},
         {"boxes": random_boxes(1, 100, g), "labels": torch.tensor([1])},
     ]
-    _, _, losses = ours.train()(features, anchors, (SIDE, SIDE), pad_targets(targets, "cpu"))
+    _, _, losses = ours.train()(
+        features, anchors, torch.tensor([[SIDE, SIDE]] * 2), pad_targets(targets, "cpu")
+    )
 
     all_anchors = torch.cat(anchors)
     labels, matched = tv.assign_targets_to_anchors([all_anchors] * 2, targets)
@@ -110,7 +126,9 @@ def test_losses_on_images_without_boxes_are_finite_and_only_objectness():
     rpn = RPN(8, 3).train()
     features, anchors = inputs(torch.Generator().manual_seed(5))
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
-    _, _, losses = rpn(features, anchors, (SIDE, SIDE), pad_targets(empty, "cpu"))
+    _, _, losses = rpn(
+        features, anchors, torch.tensor([[SIDE, SIDE]] * 2), pad_targets(empty, "cpu")
+    )
     assert torch.isfinite(losses["rpn_cls"]) and losses["rpn_cls"] > 0
     assert losses["rpn_box"] == 0
     (losses["rpn_cls"] + losses["rpn_box"]).backward()

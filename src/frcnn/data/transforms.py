@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from frcnn.boxes import content_sizes
+
 log = logging.getLogger(__name__)
 
 RESIZE_MODES = ("letterbox", "stretch")
@@ -137,6 +139,13 @@ def clean_annotations(boxes, labels, num_classes: int, image_id, skips: SkipLog)
 
 
 def collate(batch):
-    """List of (image, target) -> {"images": uint8 (B, 3, S, S), "targets": list of B dicts}."""
+    """List of (image, target) -> {"images": uint8 (B, 3, S, S), "targets": list of B dicts,
+    "image_sizes": int64 (B, 2) height and width of each image's content (the rest is padding)}.
+    """
     images, targets = zip(*batch, strict=True)
-    return {"images": torch.stack(images), "targets": list(targets)}
+    targets = list(targets)
+    return {
+        "images": torch.stack(images),
+        "targets": targets,
+        "image_sizes": content_sizes(targets),
+    }

@@ -1,5 +1,7 @@
 """ResNet body returning C2..C5, with frozen stages and optional activation checkpointing."""
 
+import functools
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -20,14 +22,17 @@ def _imagenet_weights(arch: str):
     return enum.IMAGENET1K_V1
 
 
-def build_resnet(depth: int, norm: str, weights: str | None) -> nn.Module:
-    """A torchvision ResNet with `norm` layers and weights None, "imagenet" or a local file."""
+def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1e-5) -> nn.Module:
+    """A torchvision ResNet with `norm` layers (epsilon `norm_eps`) and weights None,
+    "imagenet" or a local file."""
     if depth not in DEPTHS:
         raise ValueError(f"model.backbone.depth={depth}: choose one of {sorted(DEPTHS)}")
     if norm not in NORMS:
         raise ValueError(f"model.backbone.norm={norm!r}: choose one of {NORMS}")
     arch = DEPTHS[depth]
-    norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+    norm_layer = functools.partial(
+        FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d, eps=norm_eps
+    )
     resnet = torchvision.models.get_model(arch, weights=None, norm_layer=norm_layer)
     if weights is None:
         return resnet
@@ -53,6 +58,31 @@ def build_resnet(depth: int, norm: str, weights: str | None) -> nn.Module:
     return resnet
 
 
+@contextmanager
+def statistics_kept(module: nn.Module):
+    """Restores the running statistics of `module`'s BatchNorm layers on exit.
+
+    Activation checkpointing runs a stage's forward again in the backward pass; without this,
+    trainable BatchNorm would count every batch twice in its running mean and variance.
+    """
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    saved = [
+        [m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()]
+        for m in norms
+    ]
+    try:
+        yield
+    finally:  # also when the recomputation stops early, as it does once it has what it needs
+        for m, (mean, var, count) in zip(norms, saved, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
 class Backbone(nn.Module):
     """ResNet stem and stages -> C2..C5 feature maps at strides 4, 8, 16, 32.
 
@@ -60,6 +90,8 @@ class Backbone(nn.Module):
     frozen stages also stay in eval mode, so trainable BatchNorm there never updates its
     statistics. `checkpointing` recomputes the activations of trainable stages in the backward
     pass instead of storing them (less memory, about a third more compute for those stages).
+    `norm_eps` is the normalisation layers' epsilon: 1e-5 as in torchvision's ResNets; its
+    COCO-trained Faster R-CNN weights are used with 0.
     """
 
     def __init__(
@@ -69,11 +101,12 @@ class Backbone(nn.Module):
         weights: str | None = None,
         frozen: str = "layer1",
         checkpointing: bool = False,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         if frozen not in FROZEN_CHOICES:
             raise ValueError(f"frozen={frozen!r}: choose one of {FROZEN_CHOICES}")
-        resnet = build_resnet(depth, norm, weights)
+        resnet = build_resnet(depth, norm, weights, norm_eps)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
         self.layer3, self.layer4 = resnet.layer3, resnet.layer4
@@ -102,7 +135,12 @@ class Backbone(nn.Module):
         features = []
         for i, stage in enumerate(self._stages()):
             if self.checkpointing and self.training and i >= self.num_frozen:
-                x = checkpoint(stage, x, use_reentrant=False)
+                x = checkpoint(
+                    stage,
+                    x,
+                    use_reentrant=False,
+                    context_fn=lambda stage=stage: (nullcontext(), statistics_kept(stage)),
+                )
             else:
                 x = stage(x)
             if i > 0:

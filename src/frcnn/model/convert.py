@@ -52,7 +52,13 @@ def _backbone_settings(body: nn.Module) -> dict:
             break
         frozen = name
     norm = "frozen_bn" if isinstance(body.bn1, FrozenBatchNorm2d) else "bn"
-    return {"depth": DEPTH_BY_BLOCKS[blocks], "norm": norm, "weights": None, "frozen": frozen}
+    return {
+        "depth": DEPTH_BY_BLOCKS[blocks],
+        "norm": norm,
+        "norm_eps": body.bn1.eps,  # 0 for torchvision's COCO weights, 1e-5 otherwise
+        "weights": None,
+        "frozen": frozen,
+    }
 
 
 def torchvision_state_dict(source: str) -> dict:
@@ -102,8 +108,9 @@ def from_torchvision(tv_model: nn.Module) -> FasterRCNN:
     """A `FasterRCNN` with the settings and weights of a torchvision `fasterrcnn_resnet*_fpn`.
 
     torchvision counts the background in `num_classes` (91 for COCO); this project does not
-    (90). In eval mode both give the same detections on inputs whose sides are multiples of 32
-    when torchvision's transform is a no-op (min_size = max_size = the input side).
+    (90). In eval mode both give the same detections on inputs whose sides are multiples of 64
+    when torchvision's transform is a no-op (min_size = max_size = the input side), also for
+    letterboxed images when this detector is given their `image_sizes`.
     """
     transform, rpn, roi = tv_model.transform, tv_model.rpn, tv_model.roi_heads
     if tuple(transform.image_mean) != IMAGENET_MEAN or tuple(transform.image_std) != IMAGENET_STD:

@@ -48,9 +48,12 @@ class FasterRCNN(nn.Module):
         rpn: keyword arguments of `RPN` (counts, thresholds, sampler, box-coder weights).
         roi_heads: keyword arguments of `RoIHeads` (pooling, matcher, sampler, post-processing).
 
-    `forward(images, targets=None)`: images are (B, 3, H, W), uint8 in 0..255 or float in
-    0..1; the model normalises them with ImageNet statistics. In training mode it returns
-    {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}; in eval mode a list of B dicts with
+    `forward(images, targets=None, image_sizes=None)`: images are (B, 3, H, W), uint8 in
+    0..255 or float in 0..1; the model normalises them with ImageNet statistics. `image_sizes`
+    (B, 2) gives the (height, width) of each image's content, top-left, for letterboxed inputs
+    (None: the whole input): the padding is set to 0 after normalisation and proposals and
+    detections are clipped to the content, so none lies in the padding. In training mode it
+    returns {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}; in eval mode a list of B dicts with
     "boxes" (D, 4) xyxy in input pixels, "scores" (D,) and "labels" (D,).
     """
 
@@ -81,37 +84,64 @@ class FasterRCNN(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False)
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """uint8 (0..255) or float (0..1) images -> ImageNet-normalised float32."""
+    def normalize(self, images: Tensor, image_sizes: Tensor | None = None) -> Tensor:
+        """uint8 (0..255) or float (0..1) images -> ImageNet-normalised float32.
+
+        With `image_sizes` (B, 2), everything right of and below each image's content is 0 (the
+        mean colour), whatever the padding held: as torchvision pads its normalised batches.
+        """
         if images.dtype == torch.uint8:
             images = images.float() / 255
-        return (images.float() - self.mean) / self.std
+        x = (images.float() - self.mean) / self.std
+        if image_sizes is None:
+            return x
+        rows = torch.arange(x.shape[-2], device=x.device)[:, None]
+        cols = torch.arange(x.shape[-1], device=x.device)
+        sizes = image_sizes.to(x.device)[:, :, None, None]
+        inside = (rows < sizes[:, 0]) & (cols < sizes[:, 1])  # (B, H, W)
+        return x * inside[:, None]
 
-    def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None):
+    def forward(
+        self,
+        images: Tensor,
+        targets: list[dict[str, Tensor]] | None = None,
+        image_sizes: Tensor | None = None,
+    ):
         if self.training:
             if targets is None:
                 raise ValueError("FasterRCNN in training mode needs targets")
-            return self._run(images, targets, detect=False)[0]
-        return self._run(images, None, detect=True)[1]
+            return self._run(images, targets, image_sizes, detect=False)[0]
+        return self._run(images, None, image_sizes, detect=True)[1]
 
-    def forward_with_losses(self, images: Tensor, targets: list[dict[str, Tensor]]):
+    def forward_with_losses(
+        self, images: Tensor, targets: list[dict[str, Tensor]], image_sizes: Tensor | None = None
+    ):
         """One pass that returns (losses, detections), for validation.
 
         Call in eval mode: proposals use the test-time counts; the losses are computed on
         them as in training (with fresh random samples).
         """
-        return self._run(images, targets, detect=True)
+        return self._run(images, targets, image_sizes, detect=True)
 
-    def _run(self, images: Tensor, targets, detect: bool):
-        image_size = (images.shape[-2], images.shape[-1])
-        features = self.fpn(self.backbone(self.normalize(images)))
+    def _run(self, images: Tensor, targets, image_sizes: Tensor | None, detect: bool):
+        if image_sizes is None:
+            image_sizes = full_sizes(images)
+        image_sizes = image_sizes.to(images.device)
+        features = self.fpn(self.backbone(self.normalize(images, image_sizes)))
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], images.device)
         gt = None if targets is None else pad_targets(targets, images.device)
-        proposals, valid, losses = self.rpn(features, anchors, image_size, gt)
+        proposals, valid, losses = self.rpn(features, anchors, image_sizes, gt)
         roi_features = features[: len(self.roi_heads.strides)]
         if gt is not None:
             losses.update(self.roi_heads.losses(roi_features, proposals, valid, gt))
         detections = (
-            self.roi_heads.detect(roi_features, proposals, valid, image_size) if detect else None
+            self.roi_heads.detect(roi_features, proposals, valid, image_sizes) if detect else None
         )
         return losses, detections
+
+
+def full_sizes(images: Tensor) -> Tensor:
+    """(B, 2) int64 (height, width) of the whole input for each image: no padding."""
+    height = torch.full((images.shape[0], 1), images.shape[-2], device=images.device)
+    width = torch.full((images.shape[0], 1), images.shape[-1], device=images.device)
+    return torch.cat([height, width], dim=1)

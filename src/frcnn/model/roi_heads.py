@@ -15,7 +15,7 @@ from frcnn.boxes import (
     nms_top_k_per_image,
     pairwise_iou,
 )
-from frcnn.model.matching import BACKGROUND, match, sample
+from frcnn.model.matching import BACKGROUND, check_settings, match, sample
 
 
 def assign_levels(
@@ -178,6 +178,9 @@ class RoIHeads(nn.Module):
                 f"model.roi_heads.sampling_ratio={sampling_ratio}: use a fixed number of samples"
                 " per bin side (>= 1; torchvision's adaptive 0 is not supported)"
             )
+        check_settings(
+            "roi_heads", fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction
+        )
         self.num_classes = num_classes
         self.strides = tuple(strides)
         self.output_size = output_size
@@ -277,17 +280,17 @@ class RoIHeads(nn.Module):
         return boxes, labels, targets, sampled
 
     def detect(
-        self, features: list[Tensor], proposals: Tensor, valid: Tensor, image_size: tuple[int, int]
+        self, features: list[Tensor], proposals: Tensor, valid: Tensor, image_sizes: Tensor
     ) -> list[dict[str, Tensor]]:
         """Final detections per image: {"boxes" (D, 4), "scores" (D,), "labels" (D,)}.
 
-        proposals (B, P, 4) and valid (B, P) from the RPN.
+        proposals (B, P, 4) and valid (B, P) from the RPN; image_sizes (B, 2) (height, width).
         """
         # only the valid proposals, in image order (as torchvision): no work on padding
         image_index, row = valid.nonzero(as_tuple=True)
         proposals = proposals[image_index, row]
         logits, deltas = self.predict(features, proposals, image_index)
-        return self.postprocess(logits, deltas, proposals, image_index, valid.shape[0], image_size)
+        return self.postprocess(logits, deltas, proposals, image_index, image_sizes)
 
     def postprocess(
         self,
@@ -295,18 +298,19 @@ class RoIHeads(nn.Module):
         deltas: Tensor,
         proposals: Tensor,
         image_index: Tensor,
-        num_images: int,
-        image_size: tuple[int, int],
+        image_sizes: Tensor,
     ) -> list[dict[str, Tensor]]:
         """logits (R, C+1), deltas (R, C+1, 4), proposals (R, 4) of images image_index (R,)
-        -> detections per image, for the whole batch at once.
+        with sizes image_sizes (B, 2) -> detections per image, for the whole batch at once.
 
-        Softmax scores, class-specific boxes decoded and clipped, background, low scores and
-        tiny boxes dropped, NMS per class, the best `detections_per_img` kept.
+        Softmax scores, class-specific boxes decoded and clipped to their image, background,
+        low scores and tiny boxes dropped, NMS per class, the best `detections_per_img` kept.
         """
+        num_images = image_sizes.shape[0]
         scores = F.softmax(logits.float(), dim=-1)[:, 1:]
         boxes = self.box_coder.decode(deltas.float()[:, 1:], proposals[:, None])
-        boxes = clip_boxes(boxes, *image_size)
+        size = image_sizes[image_index]
+        boxes = clip_boxes(boxes, size[:, :1], size[:, 1:])
         candidate = (scores > self.score_thresh) & is_large_enough(boxes, self.min_size)
         proposal, label = candidate.nonzero(as_tuple=True)
         image_index, label = image_index[proposal], label + 1

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
-from frcnn.model.matching import BACKGROUND, match, sample
+from frcnn.model.matching import BACKGROUND, check_settings, match, sample
 
 # Where an image has fewer proposals than the fixed count, the rest are this harmless box
 # (finite deltas and IoUs) and are masked out by the `valid` mask that goes with them.
@@ -68,6 +68,7 @@ class RPN(nn.Module):
         smooth_l1_beta: float = 1.0 / 9,
     ):
         super().__init__()
+        check_settings("rpn", fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction)
         self.head = RPNHead(in_channels, num_anchors)
         self.box_coder = BoxCoder(box_coder_weights)
         self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}
@@ -85,10 +86,11 @@ class RPN(nn.Module):
         self,
         features: list[Tensor],
         anchors: list[Tensor],
-        image_size: tuple[int, int],
+        image_sizes: Tensor,
         gt=None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """P2..P6 and their anchors -> proposals (B, P, 4), valid (B, P), losses.
+        """P2..P6, their anchors and (B, 2) image sizes -> proposals (B, P, 4), valid (B, P),
+        losses. Proposals are clipped to each image's (height, width).
 
         `gt` (boxes (B, G, 4), labels, valid (B, G)) asks for the losses {"rpn_cls", "rpn_box"};
         without it the losses dict is empty.
@@ -99,7 +101,7 @@ class RPN(nn.Module):
         level_sizes = [a.shape[0] for a in anchors]
         all_anchors = torch.cat(anchors)
         proposals, valid = self.select_proposals(
-            logits.detach(), deltas.detach(), all_anchors, level_sizes, image_size
+            logits.detach(), deltas.detach(), all_anchors, level_sizes, image_sizes
         )
         losses = {} if gt is None else self.losses(logits, deltas, all_anchors, gt)
         return proposals, valid, losses
@@ -110,11 +112,12 @@ class RPN(nn.Module):
         deltas: Tensor,
         anchors: Tensor,
         level_sizes: list[int],
-        image_size: tuple[int, int],
+        image_sizes: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Top-n per level, decode, clip, drop tiny boxes, NMS per image and level, top-n.
 
-        logits (B, N), deltas (B, N, 4), anchors (N, 4) -> proposals (B, P, 4), valid (B, P).
+        logits (B, N), deltas (B, N, 4), anchors (N, 4), image_sizes (B, 2) (height, width)
+        -> proposals (B, P, 4), valid (B, P).
         """
         num_images = logits.shape[0]
         pre_nms_top_n = self.pre_nms_top_n[self.training]
@@ -131,7 +134,7 @@ class RPN(nn.Module):
         boxes = self.box_coder.decode(
             deltas.gather(1, top_idx[..., None].expand(-1, -1, 4)), anchors[top_idx]
         )
-        boxes = clip_boxes(boxes, *image_size)
+        boxes = clip_boxes(boxes, image_sizes[:, :1], image_sizes[:, 1:])
         candidate = is_large_enough(boxes, self.min_size) & (scores >= self.score_thresh)
 
         image_index = torch.arange(num_images, device=logits.device)[:, None].expand_as(top_idx)

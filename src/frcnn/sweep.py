@@ -19,7 +19,8 @@ def write_run_metrics(output_dir: str | Path, overrides: list[str], metrics: dic
 def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
     """Collect every run's metrics under `sweep_dir`; write summary.csv and summary.md there.
 
-    Rows are sorted by `sort_by` (best, i.e. largest, first). Returns the rows.
+    Rows are sorted by `sort_by`, best first: smallest first for a loss, largest first for
+    anything else (mAP, recall). Returns the rows.
     """
     sweep_dir = Path(sweep_dir)
     rows = []
@@ -29,7 +30,8 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
             {"run": path.parent.name, "overrides": " ".join(run["overrides"]), **run["metrics"]}
         )
     if sort_by:
-        rows.sort(key=lambda r: r.get(sort_by, float("-inf")), reverse=True)
+        sign = 1 if lower_is_better(sort_by) else -1
+        rows.sort(key=lambda r: sign * r.get(sort_by, sign * float("inf")))  # missing: last
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -37,6 +39,11 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
         writer.writerows(rows)
     (sweep_dir / "summary.md").write_text(markdown_table(rows, columns))
     return rows
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses (e.g. val/loss, val/roi_cls) are minimised; every other metric is maximised."""
+    return "loss" in metric or metric.split("/")[-1].startswith(("rpn_", "roi_"))
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -54,6 +61,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = summarise(sweep_dir, config.get("optimized_metric"))
-        print(f"\nSweep summary ({len(rows)} runs, sorted by {config.get('optimized_metric')}):")
+        metric = config.get("optimized_metric")
+        order = "lowest" if metric and lower_is_better(metric) else "highest"
+        print(f"\nSweep summary ({len(rows)} runs, sorted by {metric}, {order} first):")
         print((sweep_dir / "summary.md").read_text())
         print(f"Written to {sweep_dir / 'summary.csv'} and {sweep_dir / 'summary.md'}")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from frcnn.model import FasterRCNN
@@ -91,22 +92,32 @@ def test_every_threshold_is_a_config_value(tmp_path):
     cfg = composed(
         tmp_path,
         "model.rpn.nms_thresh=0.6",
-        "model.roi_heads.fg_iou_thresh=0.4",
+        "model.roi_heads.fg_iou_thresh=0.6",
         "model.roi_heads.score_thresh=0.01",
     )
     model = instantiate(cfg.model)
     assert model.rpn.nms_thresh == 0.6
-    assert model.roi_heads.fg_iou_thresh == 0.4 and model.roi_heads.score_thresh == 0.01
+    assert model.roi_heads.fg_iou_thresh == 0.6 and model.roi_heads.score_thresh == 0.01
 
 
-def test_hparams_search_grid(tmp_path):
+def test_hparams_search_grid_trains_something_different_in_every_run(tmp_path):
     cfg = composed(tmp_path, "hparams_search=nms_iou")
-    params = cfg.hydra.sweeper.params
-    assert set(params) == {
-        "model.rpn.nms_thresh",
-        "model.roi_heads.nms_thresh",
-        "model.roi_heads.fg_iou_thresh",
-    }
+    params = {k: [float(v) for v in str(p).split(",")] for k, p in cfg.hydra.sweeper.params.items()}
+    assert "model.roi_heads.nms_thresh" not in params  # post-processing: the eval.py sweep
+    fg, bg = params["model.roi_heads.fg_iou_thresh"], params["model.roi_heads.bg_iou_thresh"]
+    runs = [(nms, f, b) for nms in params["model.rpn.nms_thresh"] for f in fg for b in bg]
+    # IoU >= fg is foreground, < bg background: (fg, bg) pairs with fg >= bg all differ
+    assert all(f >= b for _, f, b in runs) and len(set(runs)) == len(runs) == 12
+    for f, b in {(f, b) for _, f, b in runs}:
+        overrides = [f"model.roi_heads.fg_iou_thresh={f}", f"model.roi_heads.bg_iou_thresh={b}"]
+        instantiate(composed(tmp_path, *overrides).model)
+
+
+@pytest.mark.parametrize("stage", ["rpn", "roi_heads"])
+def test_foreground_threshold_below_background_fails_at_start_up(tmp_path, stage):
+    cfg = composed(tmp_path, f"model.{stage}.fg_iou_thresh=0.2", f"model.{stage}.bg_iou_thresh=0.3")
+    with pytest.raises(InstantiationException, match=f"model.{stage}.fg_iou_thresh=0.2 < "):
+        instantiate(cfg.model)
 
 
 def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):

@@ -15,3 +15,11 @@ def test_summary_sorts_runs_by_the_optimised_metric(tmp_path):
     assert table[0] == "| run | overrides | val/map | val/loss |"
     assert table[2].startswith("| 1 | model.roi_heads.nms_thresh=0.5 | 0.5200 |")
     assert len((tmp_path / "summary.csv").read_text().strip().splitlines()) == 4
+
+
+def test_summary_puts_the_lowest_loss_first_and_runs_without_the_metric_last(tmp_path):
+    for job, value in enumerate([0.9, None, 0.4, 0.7]):
+        (tmp_path / str(job)).mkdir()
+        write_run_metrics(tmp_path / str(job), [], {} if value is None else {"val/loss": value})
+    rows = summarise(tmp_path, "val/loss")
+    assert [r.get("val/loss") for r in rows] == [0.4, 0.7, 0.9, None]

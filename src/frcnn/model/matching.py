@@ -12,6 +12,35 @@ BACKGROUND = -1
 IGNORE = -2
 
 
+def check_settings(
+    stage: str,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
+) -> None:
+    """Refuse matcher and sampler settings that cannot work, naming the config key.
+
+    `stage` is "rpn" or "roi_heads". fg_iou_thresh below bg_iou_thresh would make the band
+    between them count as background and foreground at once (the run would silently train as
+    with fg = bg).
+    """
+    key = f"model.{stage}"
+    for name, value in (("fg_iou_thresh", fg_iou_thresh), ("bg_iou_thresh", bg_iou_thresh)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{key}.{name}={value}: an IoU threshold lies in [0, 1]")
+    if fg_iou_thresh < bg_iou_thresh:
+        raise ValueError(
+            f"{key}.fg_iou_thresh={fg_iou_thresh} < {key}.bg_iou_thresh={bg_iou_thresh}: "
+            "IoU >= fg is foreground, IoU < bg background and the band between is ignored, so "
+            "fg must be at least bg"
+        )
+    if batch_size_per_image < 1:
+        raise ValueError(f"{key}.batch_size_per_image={batch_size_per_image}: must be >= 1")
+    if not 0.0 < positive_fraction <= 1.0:
+        raise ValueError(f"{key}.positive_fraction={positive_fraction}: must lie in (0, 1]")
+
+
 def match(
     iou: Tensor,
     gt_valid: Tensor,

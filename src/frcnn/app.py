@@ -5,12 +5,13 @@ import math
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 from frcnn.model.convert import load_torchvision_weights, torchvision_state_dict
 from frcnn.sweep import write_run_metrics
 
@@ -22,6 +23,10 @@ def build(cfg: DictConfig):
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fail now, not after the model is built, if the data is not there
+    if cfg.get("init_weights"):
+        # torchvision runs its COCO Faster R-CNN weights with FrozenBatchNorm2d eps 0; so does
+        # this model (kept in the saved config, so eval and predict rebuild it the same way)
+        cfg.model.backbone.norm_eps = 0.0
     model = instantiate(cfg.model)
     if cfg.get("init_weights"):
         left_out = load_torchvision_weights(model, torchvision_state_dict(cfg.init_weights))
@@ -30,10 +35,14 @@ def build(cfg: DictConfig):
         model=model, class_names=datamodule.class_names, category_ids=datamodule.category_ids
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return datamodule, module, build_trainer(cfg)
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer with the config's callbacks and loggers."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return datamodule, module, trainer
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def output_dir() -> Path:
@@ -49,6 +58,12 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return metrics
 
 
+def shown(path) -> str:
+    """A path as a user would type it: relative to the working directory when inside it."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     """Log hyperparameters with the final metrics, store them for sweeps, print a summary."""
     if trainer.is_global_zero:
@@ -59,18 +74,19 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) ->
                 logger.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
         write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
 
-    lines = ["", f"{cfg.task_name} finished. Outputs: {output_dir()}"]
+    lines = ["", f"{cfg.task_name} finished. Outputs: {shown(output_dir())}"]
     for checkpoint in trainer.checkpoint_callbacks:
         if checkpoint.monitor and checkpoint.best_model_path:
             score = f"{checkpoint.monitor}={float(checkpoint.best_model_score):.4f}"
-            lines.append(f"  best checkpoint: {checkpoint.best_model_path} ({score})")
+            lines.append(f"  best checkpoint: {shown(checkpoint.best_model_path)} ({score})")
         elif checkpoint.best_model_path:
-            lines.append(f"  last checkpoint: {checkpoint.best_model_path}")
-    if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
-        lines.append(f"  TensorBoard:     tensorboard --logdir {cfg.paths.log_dir}")
-    shown = [k for k in metrics if k.startswith("val/") and "/ap/" not in k]
-    width = max((len(k) for k in shown), default=0)
-    lines += [f"  {k:<{width}}  {metrics[k]:.4f}" for k in shown]
+            lines.append(f"  last checkpoint: {shown(checkpoint.best_model_path)}")
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # the folder its events were written to
+            lines.append(f"  TensorBoard:     tensorboard --logdir {shown(logger.log_dir)}")
+    names = [k for k in metrics if k.startswith("val/") and "/ap/" not in k]
+    width = max((len(k) for k in names), default=0)
+    lines += [f"  {k:<{width}}  {metrics[k]:.4f}" for k in names]
     log.info("\n".join(lines))
 
 
@@ -83,21 +99,50 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def evaluate(cfg: DictConfig) -> float | None:
-    """Validate a checkpoint under the config's (e.g. post-processing) settings."""
-    checkpoint = Path(cfg.ckpt_path)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(checkpoint)!r}: no such file")
-    datamodule, module, trainer = build(cfg)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        raise RuntimeError(
-            f"The checkpoint {checkpoint} does not fit the model of this config: pass the same "
-            "experiment / model / anchors options as in training.\n" + str(err)
-        ) from err
+    """Validate a checkpoint under the config's (e.g. post-processing) settings.
+
+    Only the checkpoint and the validation data are needed: the detector and the data come
+    from the config saved in the checkpoint, with what the command line sets on top.
+    """
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    cfg = checkpoint_run_config(cfg, checkpoint["config"], HydraConfig.get().overrides.task)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    model = detector_from_checkpoint(checkpoint, cfg.model)
+    module = instantiate(cfg.module)(
+        model=model,
+        class_names=checkpoint.get("class_names"),
+        category_ids=checkpoint.get("category_ids"),
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = build_trainer(cfg)
     trainer.validate(module, datamodule=datamodule)
     return finish(trainer, cfg)
+
+
+def checkpoint_run_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:
+    """`cfg` with `data` and `model` replaced by the checkpoint's own `saved` settings, except
+    what the command line (`overrides`) sets under `data.` / `model.` or as `data=<option>`."""
+    given = OverridesParser.create().parse_overrides(overrides)
+    data = OmegaConf.create(saved["data"])
+    model = OmegaConf.create(saved["model"])
+    for override in given:
+        key = override.key_or_group
+        if key == "data" and not override.is_delete():  # another data config altogether
+            data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    for override in given:
+        key = override.key_or_group
+        root, _, rest = key.partition(".")
+        if root in ("data", "model") and rest:
+            value = OmegaConf.select(cfg, key)
+            if isinstance(value, DictConfig | ListConfig):
+                value = OmegaConf.to_container(value, resolve=True)
+            OmegaConf.update(data if root == "data" else model, rest, value, force_add=True)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.data, cfg.model = data, model
+    return cfg
 
 
 def finish(trainer: L.Trainer, cfg: DictConfig) -> float | None:

@@ -116,3 +116,18 @@ def test_ddp_on_cpu_splits_the_stream_and_shares_one_run_dir(tmp_path):
     ids = [json.loads((runs[0] / f"ids_rank{r}.json").read_text()) for r in range(2)]
     assert ids[0] and ids[1] and set(ids[0]).isdisjoint(ids[1])
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_summary_names_the_tensorboard_folder_that_was_written(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    result = run(
+        "train.py",
+        "trainer.max_epochs=1",
+        "callbacks=none",
+        f"hydra.run.dir={elsewhere}",
+        *TINY,
+        log_dir=tmp_path / "logs",
+    )
+    output = result.stdout + result.stderr
+    assert f"tensorboard --logdir {elsewhere / 'tensorboard'}" in output
+    assert list((elsewhere / "tensorboard").glob("events.out.tfevents.*"))

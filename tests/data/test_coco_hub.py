@@ -1,13 +1,20 @@
 """The hub source, streamed from local parquet shards with the hub's exact features."""
 
+import multiprocessing
+import os
+
 import datasets
+import fsspec
 import huggingface_hub
 import pytest
 import torch
+from fsspec.implementations.memory import MemoryFile
+from huggingface_hub.utils import httpx  # the HTTP client of the hub's file system
 from torch.utils.data import DataLoader
 
-from frcnn.data.coco_hub import HubCOCO
+from frcnn.data.coco_hub import HubCOCO, hub_features
 from frcnn.data.transforms import Transform, collate
+from tests.data.conftest import hub_row
 
 
 def stream(files, **kwargs):
@@ -79,40 +86,143 @@ def test_bad_records_are_skipped_or_repaired(bad_parquet, caplog):
     assert "unreadable image skipped (image 1)" in caplog.text
 
 
-class FlakyStream:
-    """A stream that drops its connection once after two examples, then resumes."""
-
-    def __init__(self, examples, failures=1):
-        self.examples, self.failures, self.position = examples, failures, 0
-
-    def __iter__(self):
-        while self.position < len(self.examples):
-            if self.position == 2 and self.failures > 0:
-                self.failures -= 1
-                raise ConnectionError("connection reset by peer")
-            self.position += 1
-            yield self.examples[self.position - 1]
-
-    def state_dict(self):
-        return {"position": self.position}
-
-    def load_state_dict(self, state):
-        self.position = state["position"]
+def on_memory_fs(local_paths, prefix):
+    """Copies of local parquet files on fsspec's in-memory file system: `datasets` opens such
+    a path as it opens hub files (fsspec, reads wrapped in its own retries), not as a local
+    file. Returns the memory:// paths."""
+    fs = fsspec.filesystem("memory")
+    paths = []
+    for path in local_paths:
+        remote = f"/{prefix}/{os.path.basename(path)}"
+        with open(path, "rb") as file:
+            fs.pipe(remote, file.read())
+        paths.append(f"memory://{remote}")
+    return paths
 
 
-def test_transient_errors_are_retried_and_the_stream_resumes(hub_parquet, monkeypatch):
-    ds = stream(hub_parquet, shuffle=False, backoff_s=0)
-    examples = list(ds._dataset.take(5))
-    monkeypatch.setattr(ds, "_stream", lambda: FlakyStream(examples))
-    assert [t["image_id"] for _, t in ds] == [e["image_id"] for e in examples]
+class DroppedConnections:
+    """Makes the at-th file read of the stream (counted over all its processes, DataLoader
+    workers included) fail as a dropped connection: httpx's error, as the hub's file system
+    raises it, or the socket's own; `every` makes every read from there on fail."""
+
+    def __init__(self, monkeypatch, at: int, every: bool = False, error=httpx.ReadError):
+        self.reads = multiprocessing.Value("i", 0)  # shared with forked workers
+        self.dropped = multiprocessing.Value("i", 0)
+        read = MemoryFile.read
+
+        def flaky(file, *args, **kwargs):
+            with self.reads.get_lock():
+                self.reads.value += 1
+                drop = self.reads.value == at or (every and self.reads.value >= at)
+            if drop:
+                with self.dropped.get_lock():
+                    self.dropped.value += 1
+                raise error("connection reset by peer")
+            return read(file, *args, **kwargs)
+
+        monkeypatch.setattr(MemoryFile, "read", flaky)
 
 
-def test_the_last_retry_says_how_to_run_offline(hub_parquet, monkeypatch):
-    ds = stream(hub_parquet, shuffle=False, backoff_s=0, retries=2)
-    examples = list(ds._dataset.take(5))
-    monkeypatch.setattr(ds, "_stream", lambda: FlakyStream(examples, failures=10))
-    with pytest.raises(ConnectionError, match="data_files"):
-        list(ds)
+@pytest.fixture
+def four_shards(tmp_path):
+    """Four hub-schema parquet shards of 6 images each (ids 0..23), two rows per row group."""
+    from datasets import Dataset
+
+    paths = []
+    for shard in range(4):
+        rows = [
+            hub_row(i, 64, 32, [[10.0, 2.0, 50.0, 30.0]], [i % 80])
+            for i in range(shard * 6, shard * 6 + 6)
+        ]
+        path = tmp_path / f"train-{shard:05d}-of-00004.parquet"
+        Dataset.from_dict(
+            {key: [row[key] for row in rows] for key in rows[0]}, features=hub_features()
+        ).to_parquet(str(path), batch_size=2)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("error", [httpx.ReadError, ConnectionResetError])
+@pytest.mark.parametrize("num_workers", [0, 2, 4])
+@pytest.mark.parametrize("at", [1, 3, 6])
+def test_a_dropped_connection_anywhere_resumes_where_it_stopped(
+    four_shards, monkeypatch, num_workers, at, error
+):
+    """The real `datasets` stream, shuffled and sharded over workers, with the connection
+    dropped at the at-th file read of every reader: the same images in the same order."""
+    expected = ids(stream(four_shards, seed=5), num_workers)  # the local copies, undisturbed
+    assert sorted(expected) == list(range(24))
+    files = on_memory_fs(four_shards, f"drop-{num_workers}-{at}")
+    ds = stream(files, seed=5, backoff_s=0)  # load_dataset reads metadata: not counted
+    dropped = DroppedConnections(monkeypatch, at, error=error)
+    assert ids(ds, num_workers) == expected
+    assert dropped.dropped.value == 1 and dropped.reads.value > at
+
+
+def test_after_the_last_retry_the_run_stops_saying_how_to_go_on(four_shards, monkeypatch):
+    ds = stream(on_memory_fs(four_shards, "down"), retries=2, backoff_s=0)
+    DroppedConnections(monkeypatch, at=3, every=True)
+    with pytest.raises(ConnectionError, match="after 2 retries.*last.ckpt.*data_files"):
+        ids(ds, num_workers=0)
+
+
+def test_a_corrupt_local_parquet_fails_at_once_naming_it(four_shards, tmp_path):
+    broken = tmp_path / "train-00002-of-00004.parquet"
+    broken.write_bytes(broken.read_bytes()[:-100])  # the footer gone
+    ds = stream(four_shards, shuffle=False, backoff_s=60)  # a retry would take minutes
+    with pytest.raises(OSError, match=f"cannot read {broken}"):
+        ids(ds, num_workers=0)
+
+
+def test_a_missing_local_data_file_is_named_not_blamed_on_the_hub(tmp_path):
+    missing = tmp_path / "nowhere" / "train-*.parquet"
+    with pytest.raises(FileNotFoundError, match="no such local file") as error:
+        stream([str(missing)])
+    assert str(missing) in str(error.value) and "hub" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def split_shards(tmp_path_factory):
+    """80 tiny images (ids 0..79, in this order) as 1, 2 or 40 parquet shards."""
+    from datasets import Dataset
+
+    root = tmp_path_factory.mktemp("shards")
+    rows = [hub_row(i, 16, 16, [[2.0, 2.0, 12.0, 12.0]], [0]) for i in range(80)]
+    layouts = {}
+    for num_shards in (1, 2, 40):
+        per = 80 // num_shards
+        layouts[num_shards] = []
+        for shard in range(num_shards):
+            part = rows[shard * per : (shard + 1) * per]
+            path = root / f"{num_shards}" / f"val-{shard:05d}-of-{num_shards:05d}.parquet"
+            path.parent.mkdir(exist_ok=True)
+            Dataset.from_dict(
+                {key: [row[key] for row in part] for key in part[0]}, features=hub_features()
+            ).to_parquet(str(path))
+            layouts[num_shards].append(str(path))
+    return layouts
+
+
+def read_split(files, limit, num_workers, world_size):
+    """Image ids read by all ranks and workers of one validation pass."""
+    read = []
+    for rank in range(world_size):
+        ds = HubCOCO(Transform(16), split="val", data_files=files, shuffle=False, limit=limit)
+        ds.set_rank(rank, world_size)
+        read += ids(ds, num_workers)
+    return read
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 40])
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 4, 8])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_validation_subset_is_the_same_whatever_reads_it(
+    split_shards, num_shards, num_workers, world_size
+):
+    subset = read_split(split_shards[num_shards], 25, num_workers, world_size)
+    assert sorted(subset) == list(range(25))  # exactly the first 25, each once
+    whole = read_split(split_shards[num_shards], None, num_workers, world_size)
+    assert sorted(whole) == list(range(80))  # every image once per pass
 
 
 def test_offline_hub_fails_at_once_with_a_message_naming_the_local_option(monkeypatch):

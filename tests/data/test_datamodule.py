@@ -14,7 +14,7 @@ CONF = Path(__file__).parents[2] / "conf" / "data"
 def load(name, **overrides):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     cfg.merge_with(OmegaConf.create(overrides))
-    return instantiate(cfg)
+    return instantiate(OmegaConf.create({"seed": 0, "data": cfg}).data)  # the run's seed
 
 
 def check_batch(batch, batch_size, size):

@@ -1,9 +1,9 @@
 """COCO streamed from the Hugging Face hub (or a local parquet copy with the same features)."""
 
 import logging
-import time
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -15,8 +15,6 @@ log = logging.getLogger(__name__)
 
 HUB_NAME = "detection-datasets/coco"
 NUM_CLASSES = len(COCO_CLASSES)
-# errors worth retrying while streaming: connection resets, time-outs, HTTP hiccups
-TRANSIENT_ERRORS = (ConnectionError, TimeoutError, OSError)
 
 
 def hub_features():
@@ -52,10 +50,14 @@ def hub_record(example: dict) -> Record:
 class HubCOCO(IterableDataset):
     """One split of COCO as a stream, sharded over DataLoader workers and distributed ranks.
 
-    Training streams reshuffle every epoch (`set_epoch`) through a seeded buffer; validation
-    streams (`shuffle=False`) read the first `limit` images in a fixed order so every
-    validation pass sees the same set. `data_files` (a list of parquet paths or globs) reads a
-    local copy with the hub's features instead of the hub.
+    Training streams reshuffle every epoch (`set_epoch`) through a seeded buffer. A `limit`
+    reads exactly the first `limit` images of the split, the same ones for any number of
+    shards, workers and ranks (validation subsets); without one, every image is read once per
+    pass. `data_files` (a list of parquet paths or globs) reads a local copy with the hub's
+    features instead of the hub. A dropped connection is retried by `datasets` in place, up to
+    `retries` times `backoff_s` seconds apart: the stream goes on where it stopped, nothing
+    repeated or lost; after the last retry the run stops with a message (resume it from its
+    last.ckpt).
     """
 
     def __init__(
@@ -69,8 +71,8 @@ class HubCOCO(IterableDataset):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         limit: int | None = None,
-        retries: int = 5,
-        backoff_s: float = 2.0,
+        retries: int = 20,
+        backoff_s: float = 5.0,
     ):
         if limit is not None and limit <= 0:
             raise ValueError(f"data limit={limit}: must be positive or null")
@@ -100,6 +102,8 @@ class HubCOCO(IterableDataset):
 
         if self.data_files is None:
             self._check_hub()
+        else:
+            self._check_local_files()
         try:
             if self.data_files is not None:
                 files = {self.split: self.data_files}
@@ -113,9 +117,24 @@ class HubCOCO(IterableDataset):
         except ValueError as err:  # datasets' error for an unknown split
             raise ValueError(f"data split={self.split!r}: {err}") from err
         except (ConnectionError, OSError) as err:
+            if self.data_files is not None:
+                raise OSError(f"data_files={self.data_files!r}: {err}") from err
             raise self._offline_error(err) from err
         # decode in our transform, where a corrupt image is skipped rather than retried
         return ds.cast_column("image", datasets.Image(decode=False))
+
+    def _check_local_files(self) -> None:
+        """A local path or glob in `data_files` that matches no file fails here, named."""
+        import glob
+
+        files = [self.data_files] if isinstance(self.data_files, str) else self.data_files
+        for pattern in files:
+            if "://" not in pattern and not glob.glob(pattern):
+                split = "train" if self.split == "train" else "val"
+                raise FileNotFoundError(
+                    f"data.{split}.data_files: no such local file {pattern!r}. Point it at the "
+                    "parquet files of your copy of the data set (globs allowed)."
+                )
 
     def _check_hub(self) -> None:
         """One quick request, so that a machine without network fails in a second, not after
@@ -152,6 +171,8 @@ class HubCOCO(IterableDataset):
         self.rank, self.world_size = rank, world_size
 
     def _stream(self):
+        """This process's part of the training stream (or of the whole split, `limit` null):
+        split over ranks here, over DataLoader workers by `datasets` itself."""
         from datasets.distributed import split_dataset_by_node
 
         ds = self._dataset
@@ -162,45 +183,71 @@ class HubCOCO(IterableDataset):
             ds.set_epoch(self.epoch)
         return ds
 
+    def _subset(self, worker):
+        """This reader's share of the first `limit` examples of the split, in the split's order.
+
+        Every (rank, worker) reader streams those `limit` examples whole (`.iter` is not sharded
+        over workers by `datasets`) and keeps every n-th, n = ranks x workers: the subset is the
+        same for any number of shards, workers and ranks, which `datasets`' own sharding cannot
+        give (a worker beyond the number of shards reads nothing). Images are decoded only by
+        the reader that keeps them.
+        """
+        num_workers = worker.num_workers if worker else 1
+        readers = self.world_size * num_workers
+        reader = self.rank * num_workers + (worker.id if worker else 0)
+        index = 0
+        for batch in self._dataset.take(self.limit).iter(batch_size=16):
+            for row in range(len(batch["image_id"])):
+                if index % readers == reader:
+                    yield {key: values[row] for key, values in batch.items()}
+                index += 1
+
     def __iter__(self):
+        import datasets
+        from datasets.utils import file_utils
+
+        # datasets retries each read in place (no example lost or repeated): tune it here, in
+        # the process that reads (DataLoader workers included). It retries its HTTP client's
+        # errors; a connection reset or time-out from the socket layer is as transient.
+        retried = file_utils.CONNECTION_ERRORS_TO_RETRY
+        file_utils.CONNECTION_ERRORS_TO_RETRY = tuple({*retried, ConnectionError, TimeoutError})
+        datasets.config.STREAMING_READ_MAX_RETRIES = self.retries
+        datasets.config.STREAMING_OPEN_MAX_RETRIES = self.retries
+        datasets.config.STREAMING_READ_RETRY_INTERVAL = self.backoff_s
+        datasets.config.STREAMING_OPEN_RETRY_INTERVAL = self.backoff_s
         worker = get_worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker.id if worker else 0])
-        ds = self._stream()
-        # validation: a fixed number of images in all, shared out over workers
-        num_workers = worker.num_workers if worker else 1
-        limit = None
-        if self.limit is not None:
-            per_process = -(-self.limit // self.world_size)
-            worker_id = worker.id if worker else 0
-            limit = per_process // num_workers + (worker_id < per_process % num_workers)
-        yielded, state, failures = 0, None, 0
-        while True:
+        examples = self._stream() if self.limit is None else self._subset(worker)
+        try:
+            for example in examples:  # a plain loop: datasets shards the stream over workers
+                sample = self._sample(example, rng)
+                if sample is not None:
+                    yield sample
+        except ConnectionError as err:  # what is left after datasets' last retry
+            raise ConnectionError(
+                f"Streaming {self.name!r} ({self.split}) failed after {self.retries} retries, "
+                f"{self.backoff_s} s apart: {err}. Resume the run from its last.ckpt "
+                "(ckpt_path=...) once the connection is back; offline, download the parquet "
+                "files and set data.train.data_files / data.val.data_files to them."
+            ) from err
+        except (OSError, pa.ArrowInvalid) as err:  # a local file: no retry helps
+            raise OSError(f"data_files={self.data_files!r}: {self._unreadable(err)}") from err
+
+    def _unreadable(self, err: Exception) -> str:
+        """The local parquet files that cannot be read, named, or else `err` as it is."""
+        import glob
+
+        import pyarrow.parquet as pq
+
+        files = [self.data_files] if isinstance(self.data_files, str) else self.data_files or []
+        broken = []
+        for path in sorted({p for f in files for p in glob.glob(str(f))}):
             try:
-                for example in ds:  # a plain loop: datasets shards the stream over workers
-                    state = ds.state_dict()
-                    failures = 0
-                    if limit is not None and yielded >= limit:
-                        return
-                    sample = self._sample(example, rng)
-                    if sample is not None:
-                        yielded += 1
-                        yield sample
-                return
-            except TRANSIENT_ERRORS as err:
-                failures += 1
-                if failures > self.retries:
-                    raise ConnectionError(
-                        f"Streaming {self.name!r} ({self.split}) failed {failures} times in a row: "
-                        f"{err}. For an offline run, download the parquet files and set "
-                        "data.train.data_files / data.val.data_files to them."
-                    ) from err
-                wait = self.backoff_s * 2 ** (failures - 1)
-                log.warning(
-                    "stream error (%s); retry %d/%d in %.0f s", err, failures, self.retries, wait
-                )
-                time.sleep(wait)
-                if state is not None:
-                    ds.load_state_dict(state)
+                pq.read_metadata(path)
+            except (OSError, pa.ArrowInvalid) as file_err:
+                broken.append(f"{path} ({type(file_err).__name__}: {file_err})")
+        detail = f"{type(err).__name__}: {err}"
+        return f"cannot read {'; '.join(broken)}" if broken else detail
 
     def _sample(self, example: dict, rng):
         try:

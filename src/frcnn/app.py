@@ -77,8 +77,12 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) ->
     lines = ["", f"{cfg.task_name} finished. Outputs: {shown(output_dir())}"]
     for checkpoint in trainer.checkpoint_callbacks:
         if checkpoint.monitor and checkpoint.best_model_path:
-            score = f"{checkpoint.monitor}={float(checkpoint.best_model_score):.4f}"
-            lines.append(f"  best checkpoint: {shown(checkpoint.best_model_path)} ({score})")
+            best = checkpoint.best_model_score  # None when resumed into another folder
+            score = "not validated in this run" if best is None else f"{float(best):.4f}"
+            lines.append(
+                f"  best checkpoint: {shown(checkpoint.best_model_path)} "
+                f"({checkpoint.monitor}={score})"
+            )
         elif checkpoint.best_model_path:
             lines.append(f"  last checkpoint: {shown(checkpoint.best_model_path)}")
     for logger in trainer.loggers:

@@ -5,6 +5,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from frcnn.data import HubCOCO, Transform
 from frcnn.data.coco_hub import hub_features
 from tests.app.helpers import SMALL, TINY, metrics, run, run_dirs
 from tests.data.conftest import hub_row
@@ -131,3 +132,40 @@ def test_the_summary_names_the_tensorboard_folder_that_was_written(tmp_path):
     output = result.stdout + result.stderr
     assert f"tensorboard --logdir {elsewhere / 'tensorboard'}" in output
     assert list((elsewhere / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_run_resumed_mid_epoch_continues_that_epochs_stream(tmp_path):
+    """Lightning's own resume from a mid-epoch last.ckpt of a shuffled hub stream: the
+    interrupted epoch's order (restarted from its beginning), not epoch 0's."""
+    files = [tmp_path / "train-0.parquet"]
+    write_parquet(files[0], first_id=0, count=12)
+    data = [
+        "data=coco",
+        f"data.train.data_files=[{files[0]}]",
+        f"data.val.data_files=[{files[0]}]",
+        "data.val.limit=4",
+        "data.train.shuffle_buffer=12",
+        *SMALL,  # batch 4, no workers: 3 steps per epoch
+        "model.backbone.weights=null",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "+callbacks.ids._target_=tests.app.helpers.RecordImageIds",
+        "+callbacks.ids.output_dir=${paths.output_dir}",
+    ]
+    run("train.py", "trainer.max_steps=4", "trainer.max_epochs=-1", *data, log_dir=tmp_path / "a")
+    last = run_dirs(tmp_path / "a")[0] / "checkpoints" / "last.ckpt"
+    run(
+        "train.py",
+        "trainer.max_steps=6",
+        "trainer.max_epochs=-1",
+        f"ckpt_path={last}",
+        *data,
+        log_dir=tmp_path / "b",
+    )
+    resumed = json.loads((run_dirs(tmp_path / "b")[0] / "ids_rank0.json").read_text())
+    orders = {}
+    for epoch in (0, 1):
+        stream = HubCOCO(Transform(96), data_files=[str(files[0])], shuffle_buffer=12, seed=42)
+        stream.set_epoch(epoch)
+        orders[epoch] = [target["image_id"] for _, target in stream]
+    assert orders[0] != orders[1]
+    assert resumed == orders[1][: len(resumed)] and len(resumed) == 8

@@ -44,11 +44,13 @@ class DetectionDataModule(L.LightningDataModule):
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.persistent_workers = persistent_workers and num_workers > 0
         self.train_set = self.val_set = None
+        self.epoch = 0
 
     def setup(self, stage: str | None = None) -> None:
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = self._source("train", self.make_train, self.train_transform)
+            self.set_epoch(self.epoch)  # a restored epoch may come before the source
         if self.val_set is None:
             self.val_set = self._source("val", self.make_val, self.val_transform)
         trainer = getattr(self, "trainer", None)
@@ -89,8 +91,18 @@ class DetectionDataModule(L.LightningDataModule):
 
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of every training epoch: streamed sources reshuffle."""
+        self.epoch = epoch
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the training epoch the stream is in."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """On resume, before the training stream starts (Lightning opens it before any epoch
+        hook runs): a run resumed mid-epoch continues that epoch's order, not epoch 0's."""
+        self.set_epoch(state_dict.get("epoch", 0))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=not isinstance(self.train_set, IterableDataset))

@@ -90,7 +90,13 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) ->
             lines.append(f"  TensorBoard:     tensorboard --logdir {shown(logger.log_dir)}")
     names = [k for k in metrics if k.startswith("val/") and "/ap/" not in k]
     width = max((len(k) for k in names), default=0)
-    lines += [f"  {k:<{width}}  {metrics[k]:.4f}" for k in names]
+    if any(k.startswith("subset/") for k in metrics):
+        lines.append(f"  {'':<{width}}  {'whole':>7}  {'subset':>7}  (validation split)")
+    for k in names:
+        subset = metrics.get(f"subset/{k}")
+        lines.append(
+            f"  {k:<{width}}  {metrics[k]:7.4f}" + ("" if subset is None else f"  {subset:7.4f}")
+        )
     log.info("\n".join(lines))
 
 
@@ -99,7 +105,34 @@ def train(cfg: DictConfig) -> float | None:
     datamodule, module, trainer = build(cfg)
     log.info("Output directory: %s", output_dir())
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    return finish(trainer, cfg)
+    return finish(trainer, cfg, validate_best(trainer, module, datamodule))
+
+
+def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
+    """The final figures of a run: its best checkpoint validated on the whole validation split.
+
+    Training validates on a fixed subset where the data config sets one (`data.val.limit`);
+    its last figures are kept beside the final ones as `subset/val/...`. Returns the training
+    and final metrics.
+    """
+    metrics = final_metrics(trainer)
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+    if not best:
+        return metrics
+    subset = datamodule.use_full_validation()
+    log.info(
+        "Validating the best checkpoint %s on the %s",
+        shown(best),
+        "whole validation split" if subset else "validation set",
+    )
+    # not on the training curves (it may be another set): the summary and hparams show it
+    loggers, trainer.loggers = trainer.loggers, []
+    trainer.validate(module, datamodule=datamodule, ckpt_path=best)
+    trainer.loggers = loggers
+    final = {k: v for k, v in final_metrics(trainer).items() if k.startswith("val/")}
+    if subset:
+        final |= {f"subset/{k}": v for k, v in metrics.items() if k.startswith("val/")}
+    return {k: v for k, v in metrics.items() if not k.startswith("val/")} | final
 
 
 def evaluate(cfg: DictConfig) -> float | None:
@@ -109,9 +142,12 @@ def evaluate(cfg: DictConfig) -> float | None:
     from the config saved in the checkpoint, with what the command line sets on top.
     """
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    cfg = checkpoint_run_config(cfg, checkpoint["config"], HydraConfig.get().overrides.task)
+    overrides = HydraConfig.get().overrides.task
+    cfg = checkpoint_run_config(cfg, checkpoint["config"], overrides)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
+    if not any(o.startswith("data.val.limit=") for o in overrides):
+        datamodule.use_full_validation()  # not the training run's subset
     datamodule.setup("validate")
     model = detector_from_checkpoint(checkpoint, cfg.model)
     module = instantiate(cfg.module)(
@@ -149,9 +185,10 @@ def checkpoint_run_config(cfg: DictConfig, saved: dict, overrides: list[str]) ->
     return cfg
 
 
-def finish(trainer: L.Trainer, cfg: DictConfig) -> float | None:
-    """Summarise the run; return the optimised metric, None where there is none."""
-    metrics = final_metrics(trainer)
+def finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None) -> float | None:
+    """Summarise the run (its final `metrics`, by default the last logged ones); return the
+    optimised metric, None where there is none."""
+    metrics = final_metrics(trainer) if metrics is None else metrics
     summarise(trainer, cfg, metrics)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None or math.isnan(value) else value

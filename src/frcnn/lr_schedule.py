@@ -21,8 +21,9 @@ def warmup_multistep(
     milestones=(0.67, 0.89),
     gamma: float = 0.1,
 ) -> LambdaLR:
-    """Warm-up, then the LR times `gamma` at each milestone (fractions of `total_steps`)."""
-    steps = sorted(round(m * total_steps) for m in milestones)
+    """Warm-up, then the LR times `gamma` at each milestone: a fraction of `total_steps` (at
+    most 1) or a step number (above 1, e.g. the 1x schedule's 60000 and 80000)."""
+    steps = sorted(round(m * total_steps) if m <= 1 else int(m) for m in milestones)
 
     def factor(step: int) -> float:
         decays = sum(step >= s for s in steps)

@@ -100,3 +100,19 @@ class RecordImageIds(L.Callback):
     def on_train_end(self, trainer, pl_module):
         path = self.output_dir / f"ids_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(self.ids))
+
+
+class RecordValidationIds(L.Callback):
+    """Writes the image ids of every validation pass to `<output_dir>/val_ids.json`."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir, self.passes = Path(output_dir), []
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.passes.append([])
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.passes[-1] += [t["image_id"] for t in batch["targets"]]
+
+    def on_validation_end(self, trainer, pl_module):
+        (self.output_dir / "val_ids.json").write_text(json.dumps(self.passes))

@@ -53,7 +53,8 @@ def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_pat
     are all unreachable: eval.py, given nothing but the checkpoint, rebuilds its detector and
     its validation data from the checkpoint and reproduces the logged val/map."""
     _, run_dir = trained
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    best = next((run_dir / "checkpoints").glob("epoch*-map*.ckpt"))  # the run's final figures
+    checkpoint = torch.load(best, weights_only=True)
     config = checkpoint["config"]
     config["model"]["backbone"]["weights"] = "/nowhere/resnet18-imagenet.pth"
     config["init_weights"] = "/nowhere/fasterrcnn_coco.pth"

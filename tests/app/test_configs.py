@@ -80,6 +80,13 @@ def test_coco400_is_the_documented_setting(tmp_path):
     )
 
 
+def test_coco400_fails_fast_and_checkpoints_often(tmp_path):
+    cfg = composed(tmp_path, "experiment=coco400", *OFFLINE)
+    assert cfg.trainer.num_sanity_val_steps == 2  # validation runs in the first minute
+    assert cfg.callbacks.last_checkpoint.every_n_train_steps == 1000
+    assert cfg.data.train.seed == cfg.seed  # the run's seed drives the shuffle
+
+
 def test_sixteen_bit_mixed_precision_builds(tmp_path):
     cfg = composed(tmp_path, "precision=16-mixed", *OFFLINE)
     assert cfg.trainer.precision == "16-mixed"

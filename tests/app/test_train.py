@@ -46,9 +46,14 @@ def test_resuming_continues_from_the_checkpoint(trained, tmp_path):
     assert len(events.Scalars("val/map")) == 1  # only the third epoch ran
 
 
+def best_checkpoint(run_dir):
+    return next((run_dir / "checkpoints").glob("epoch*-map*.ckpt"))
+
+
 def test_eval_reproduces_the_logged_val_map(trained):
+    """The run's final figures are its best checkpoint's: eval.py gives them again."""
     log_dir, run_dir = trained
-    run("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", *TINY, log_dir=log_dir)
+    run("eval.py", f"ckpt_path={best_checkpoint(run_dir)}", *TINY, log_dir=log_dir)
     evaluated = run_dirs(log_dir, "eval")[0]
     assert metrics(evaluated)["val/map"] == pytest.approx(metrics(run_dir)["val/map"], abs=1e-6)
     assert metrics(evaluated)["val/map_50"] == pytest.approx(
@@ -169,3 +174,27 @@ def test_a_run_resumed_mid_epoch_continues_that_epochs_stream(tmp_path):
         orders[epoch] = [target["image_id"] for _, target in stream]
     assert orders[0] != orders[1]
     assert resumed == orders[1][: len(resumed)] and len(resumed) == 8
+
+
+def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):
+    files = [tmp_path / "val-0.parquet"]
+    write_parquet(files[0], first_id=0, count=12)
+    run(
+        "train.py",
+        "data=coco",
+        f"data.train.data_files=[{files[0]}]",
+        f"data.val.data_files=[{files[0]}]",
+        "data.val.limit=4",
+        *SMALL,
+        "model.backbone.weights=null",
+        "trainer.max_epochs=2",
+        "+callbacks.val_ids._target_=tests.app.helpers.RecordValidationIds",
+        "+callbacks.val_ids.output_dir=${paths.output_dir}",
+        log_dir=tmp_path / "logs",
+    )
+    run_dir = run_dirs(tmp_path / "logs")[0]
+    passes = json.loads((run_dir / "val_ids.json").read_text())
+    assert [len(p) for p in passes] == [4, 4, 12]  # two epochs on the subset, then all
+    assert sorted(passes[-1]) == list(range(12))
+    final = metrics(run_dir)
+    assert {"val/map", "subset/val/map", "train/loss"} <= set(final)

@@ -64,3 +64,15 @@ def test_bad_settings_fail_early():
         SyntheticShapes(Transform(64), num_classes=0)
     with pytest.raises(ValueError, match="num_images"):
         SyntheticShapes(Transform(64), num_images=0)
+
+
+def test_flips_follow_the_run_seed_without_workers():
+    """A map-style source read in the main process (0 workers) draws its flips from torch's
+    seed, which the run's seed sets: the same seed, the same flips."""
+
+    def flips(seed):
+        torch.manual_seed(seed)
+        data = SyntheticShapes(Transform(64, flip_prob=0.5), num_images=16, num_classes=3)
+        return [data[i][1]["boxes"].tolist() for i in range(16)]
+
+    assert flips(1) == flips(1) and flips(1) != flips(2)

@@ -1,5 +1,6 @@
 """The LightningDataModule: per-split sources -> transforms -> batches."""
 
+import functools
 from collections.abc import Callable
 
 import lightning as L
@@ -7,6 +8,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from frcnn.data.transforms import Transform, collate
+
+
+def has_limit(make: Callable) -> bool:
+    """Whether a source factory (a Hydra partial) reads a subset: a `limit` that is set."""
+    return getattr(make, "keywords", {}).get("limit") is not None
 
 
 class DetectionDataModule(L.LightningDataModule):
@@ -94,6 +100,16 @@ class DetectionDataModule(L.LightningDataModule):
         self.epoch = epoch
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
+
+    def use_full_validation(self) -> bool:
+        """Validate on the whole split from now on, where the validation source reads a subset
+        (a `limit`); returns whether it did."""
+        if not has_limit(self.make_val):
+            return False
+        self.make_val = functools.partial(self.make_val, limit=None)
+        self.val_set = None
+        self.setup("validate")
+        return True
 
     def state_dict(self) -> dict:
         """Saved in checkpoints: the training epoch the stream is in."""

@@ -1,7 +1,8 @@
 """What every source shares: decode + transform with bad samples skipped, counted, logged."""
 
 import numpy as np
-from torch.utils.data import Dataset, get_worker_info
+import torch
+from torch.utils.data import Dataset
 
 from frcnn.data.transforms import Record, SkipLog, Transform, clean_annotations
 
@@ -39,9 +40,10 @@ class MapSource(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int):
-        if self._rng is None:  # one generator per worker process, for flips
-            worker = get_worker_info()
-            self._rng = np.random.default_rng(None if worker is None else worker.seed)
+        if self._rng is None:  # one generator per process, for flips: seeded by the run's seed
+            # (torch's seed in the main process, the worker's own seed, derived from it, in a
+            # DataLoader worker)
+            self._rng = np.random.default_rng(torch.initial_seed())
         for attempt in range(MAX_CONSECUTIVE_SKIPS):
             i = (index + attempt) % len(self)
             try:

@@ -18,6 +18,27 @@ logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
 
+def ground_truth(target: dict) -> dict[str, Tensor]:
+    """One target as COCO evaluation sees it, in original pixels: the objects and, where the
+    source has them, crowd regions (iscrowd: matched detections are ignored, not counted as
+    false positives) and the annotations' own areas (for the small / medium / large ranges)."""
+    crowd_boxes = target.get("crowd_boxes", target["boxes"][:0])
+    boxes = torch.cat([target["boxes"], crowd_boxes])
+    truth = {
+        "boxes": to_original_pixels(boxes, target["scale_xy"], target["orig_size"]),
+        "labels": torch.cat([target["labels"], target.get("crowd_labels", target["labels"][:0])]),
+        "iscrowd": torch.cat(
+            [
+                torch.zeros_like(target["labels"]),
+                torch.ones(len(crowd_boxes), dtype=torch.long, device=boxes.device),
+            ]
+        ),
+    }
+    if "area" in target:
+        truth["area"] = torch.cat([target["area"], target["crowd_area"]])
+    return truth
+
+
 class DetectorModule(L.LightningModule):
     """Trains and validates a `FasterRCNN`.
 
@@ -124,14 +145,7 @@ class DetectorModule(L.LightningModule):
             {**d, "boxes": to_original_pixels(d["boxes"], t["scale_xy"], t["orig_size"])}
             for d, t in zip(detections, targets, strict=True)
         ]
-        truth = [
-            {
-                "boxes": to_original_pixels(t["boxes"], t["scale_xy"], t["orig_size"]),
-                "labels": t["labels"],
-            }
-            for t in targets
-        ]
-        self.val_map.update(preds, truth)
+        self.val_map.update(preds, [ground_truth(t) for t in targets])
         return detections
 
     def on_validation_epoch_end(self) -> None:

@@ -13,8 +13,10 @@ class COCOFolder(MapSource):
     """Images and boxes of one COCO annotation file.
 
     COCO category ids (1..90 with gaps) map to contiguous labels 1..C in id order; crowd
-    annotations are left out of the targets; images without annotations are kept unless
-    `keep_empty` is False.
+    annotations are not training targets but travel as `crowd_boxes` for the evaluation to
+    ignore, and every annotation's `area` goes with it (COCO's small / medium / large ranges
+    are those of the mask area); images without annotations are kept unless `keep_empty` is
+    False (an image with only crowds counts as empty).
     """
 
     def __init__(
@@ -39,10 +41,13 @@ class COCOFolder(MapSource):
 
         per_image = {img["id"]: [] for img in coco["images"]}
         for ann in coco["annotations"]:
-            if not ann.get("iscrowd", 0):
-                per_image[ann["image_id"]].append(ann)
+            per_image[ann["image_id"]].append(ann)
         self.image_dir = image_dir
-        self.images = [img for img in coco["images"] if keep_empty or per_image[img["id"]]]
+        self.images = [
+            img
+            for img in coco["images"]
+            if keep_empty or any(not a.get("iscrowd", 0) for a in per_image[img["id"]])
+        ]
         self.annotations = per_image
 
     def __len__(self) -> int:
@@ -54,6 +59,8 @@ class COCOFolder(MapSource):
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         labels = np.array([self.label_of.get(a["category_id"], 0) for a in anns], dtype=np.int64)
+        iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        area = np.array([a.get("area", w * h) for a, (w, h) in zip(anns, xywh[:, 2:], strict=True)])
         # encoded bytes: decoding happens in the transform, where a corrupt file is skipped
         image = (self.image_dir / info["file_name"]).read_bytes()
-        return Record(image, boxes, labels, info["id"])
+        return Record(image, boxes, labels, info["id"], iscrowd, area.astype(np.float32))

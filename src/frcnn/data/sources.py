@@ -12,10 +12,7 @@ MAX_CONSECUTIVE_SKIPS = 50
 
 def transform_record(record: Record, transform: Transform, num_classes: int, skips: SkipLog, rng):
     """Record -> (image, target), or None if the image cannot be decoded (logged)."""
-    boxes, labels = clean_annotations(
-        record.boxes, record.labels, num_classes, record.image_id, skips
-    )
-    record = Record(record.image, boxes, labels, record.image_id)
+    record = clean_annotations(record, num_classes, skips)
     try:
         return transform(record, rng, skips)
     except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for corrupt images

@@ -20,13 +20,28 @@ class Record:
     """One raw sample from a source, before any transform.
 
     image: a PIL image or encoded bytes; boxes: (K, 4) xyxy in original pixels; labels: (K,)
-    in 1..num_classes.
+    in 1..num_classes. Where the source knows them: iscrowd (K,) bool, crowd regions that
+    evaluation ignores and training never sees; area (K,) the annotation's area in original
+    pixels (COCO's, from the mask), which sets its small / medium / large range.
     """
 
     image: Image.Image | bytes
     boxes: np.ndarray
     labels: np.ndarray
     image_id: int
+    iscrowd: np.ndarray | None = None
+    area: np.ndarray | None = None
+
+    def subset(self, keep: np.ndarray) -> "Record":
+        """The record with only the annotations where `keep` (K,) is True."""
+        return Record(
+            self.image,
+            np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)[keep],
+            np.asarray(self.labels, dtype=np.int64).reshape(-1)[keep],
+            self.image_id,
+            None if self.iscrowd is None else np.asarray(self.iscrowd, dtype=bool)[keep],
+            None if self.area is None else np.asarray(self.area, dtype=np.float32)[keep],
+        )
 
 
 @dataclass
@@ -92,14 +107,26 @@ class Transform:
 
         canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         canvas[:new_h, :new_w] = content
+        crowd = np.zeros(len(boxes), bool) if record.iscrowd is None else record.iscrowd
+        objects, crowds = keep & ~crowd, keep & crowd
         target = {
-            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])).reshape(-1, 4),
-            "labels": torch.from_numpy(labels[keep]),
+            "boxes": as_tensor(boxes[objects]).reshape(-1, 4),
+            "labels": torch.from_numpy(labels[objects]),
             "image_id": int(record.image_id),
             "orig_size": (height, width),
             "scale_xy": torch.from_numpy(scale_xy),
         }
+        if record.iscrowd is not None:
+            target["crowd_boxes"] = as_tensor(boxes[crowds]).reshape(-1, 4)
+            target["crowd_labels"] = torch.from_numpy(labels[crowds])
+        if record.area is not None:
+            target["area"] = as_tensor(record.area[objects])
+            target["crowd_area"] = as_tensor(record.area[crowds])
         return torch.from_numpy(canvas).permute(2, 0, 1).contiguous(), target
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 class SkipLog:
@@ -121,21 +148,21 @@ class SkipLog:
         )
 
 
-def clean_annotations(boxes, labels, num_classes: int, image_id, skips: SkipLog):
+def clean_annotations(record: Record, num_classes: int, skips: SkipLog) -> Record:
     """Drop malformed annotations: non-finite or inverted boxes, labels out of 1..num_classes.
 
-    boxes (K, 4) xyxy, labels (K,) -> the kept (boxes, labels) as numpy arrays.
+    Returns the record with the annotations that are kept.
     """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
     if len(boxes) != len(labels):
-        skips("annotations with mismatched boxes and labels dropped", image_id)
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        skips("annotations with mismatched boxes and labels dropped", record.image_id)
+        return Record(record.image, np.zeros((0, 4), np.float32), np.zeros(0), record.image_id)
     ok = np.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     ok &= (labels >= 1) & (labels <= num_classes)
     if not ok.all():
-        skips("malformed boxes dropped", image_id, f"{int((~ok).sum())} of {len(ok)}")
-    return boxes[ok], labels[ok]
+        skips("malformed boxes dropped", record.image_id, f"{int((~ok).sum())} of {len(ok)}")
+    return record.subset(ok)
 
 
 def collate(batch):

@@ -1,0 +1,143 @@
+"""val/map is COCO's mAP: equal to the official COCOeval on the same detections and json."""
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from faster_coco_eval import COCO, COCOeval_faster
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from frcnn.data import COCOFolder, Transform, collate
+from frcnn.module import MAP_KEYS, DetectorModule
+
+SIZES = [(640, 480), (320, 500), (500, 375), (200, 150), (427, 640), (600, 600)]
+CATEGORIES = [
+    {"id": 1, "name": "person"},
+    {"id": 18, "name": "dog"},
+    {"id": 90, "name": "toothbrush"},
+]
+
+
+def coco_json_with_crowds(root, rng):
+    """Images of real sizes; objects of all three COCO area ranges with mask areas below their
+    box areas (as masks are); a crowd region in every other image."""
+    (root / "images").mkdir()
+    images, annotations = [], []
+    for image_id, (width, height) in enumerate(SIZES, start=1):
+        Image.new("RGB", (width, height), (90, 90, 90)).save(root / "images" / f"{image_id}.jpg")
+        images.append(
+            {"id": image_id, "file_name": f"{image_id}.jpg", "width": width, "height": height}
+        )
+        for k in range(int(rng.integers(2, 6))):
+            side = float(rng.choice([20, 60, 150]) * rng.uniform(0.8, 1.25))
+            w, h = min(side, width - 2), min(side * rng.uniform(0.6, 1.4), height - 2)
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            crowd = image_id % 2 == 0 and k == 0
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.choice([1, 18, 90])),
+                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h * rng.uniform(0.5, 0.9), 2),
+                    "iscrowd": int(crowd),
+                }
+            )
+    path = root / "instances_val.json"
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES})
+    )
+    return path
+
+
+def detections_for(annotations, rng):
+    """COCO results: a near hit on most objects (some in the wrong class), a detection on each
+    crowd region, duplicates and stray boxes; distinct scores."""
+    results = []
+    for ann in annotations:
+        x, y, w, h = ann["bbox"]
+        for _ in range(1 if ann["iscrowd"] else int(rng.integers(0, 3))):
+            jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
+            category = ann["category_id"] if rng.random() < 0.8 else 18
+            results.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": category,
+                    "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+                }
+            )
+    for image_id, (width, height) in enumerate(SIZES, start=1):
+        for _ in range(3):
+            x, y = rng.uniform(0, width - 40), rng.uniform(0, height - 40)
+            results.append({"image_id": image_id, "category_id": 1, "bbox": [x, y, 30.0, 35.0]})
+    for i, result in enumerate(results):
+        x, y, w, h = result["bbox"]
+        width, height = SIZES[result["image_id"] - 1]
+        x0, y0 = max(0.0, x), max(0.0, y)  # inside the image, as the detector's boxes are
+        x1, y1 = min(width, x + max(w, 2)), min(height, y + max(h, 2))
+        result["bbox"] = [round(float(v), 3) for v in (x0, y0, x1 - x0, y1 - y0)]
+        result["score"] = round(0.05 + 0.9 * (i * 7919 % len(results)) / len(results), 4)
+    return results
+
+
+class FixedDetections(nn.Module):
+    """A stand-in for the detector at its validation seam: returns given detections (COCO
+    results, original pixels) in input pixels, and zero losses."""
+
+    def __init__(self, results, label_of):
+        super().__init__()
+        self.results, self.label_of = results, label_of
+        self.weight = nn.Parameter(torch.zeros(1))  # something for the optimiser
+
+    def forward_with_losses(self, images, targets, image_sizes=None):
+        detections = []
+        for target in targets:
+            mine = [r for r in self.results if r["image_id"] == target["image_id"]]
+            xywh = torch.tensor([r["bbox"] for r in mine], dtype=torch.float32).reshape(-1, 4)
+            boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+            detections.append(
+                {
+                    "boxes": boxes * target["scale_xy"].repeat(2),
+                    "scores": torch.tensor([r["score"] for r in mine]),
+                    "labels": torch.tensor([self.label_of[r["category_id"]] for r in mine]),
+                }
+            )
+        zero = self.weight.sum() * 0
+        return {k: zero for k in ("rpn_cls", "rpn_box", "roi_cls", "roi_box")}, detections
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_val_map_equals_the_official_cocoeval_with_crowds_and_mask_areas(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    annotation_file = coco_json_with_crowds(tmp_path, rng)
+    annotations = json.loads(annotation_file.read_text())["annotations"]
+    assert any(a["iscrowd"] for a in annotations)
+    results = detections_for(annotations, rng)
+
+    truth = COCO(str(annotation_file))
+    official = COCOeval_faster(
+        truth, truth.loadRes(results), "bbox", print_function=lambda *a: None
+    )
+    official.evaluate()
+    official.accumulate()
+    official.summarize()
+    expected = dict(zip(MAP_KEYS[:6], official.stats[:6], strict=True)) | {
+        "mar_100": official.stats[8]
+    }
+
+    source = COCOFolder(Transform(416), str(annotation_file), str(tmp_path / "images"))
+    module = DetectorModule(FixedDetections(results, source.label_of), torch.optim.SGD)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.validate(module, DataLoader(source, batch_size=4, collate_fn=collate), verbose=False)
+    for key, value in expected.items():
+        assert float(trainer.callback_metrics[f"val/{key}"]) == pytest.approx(value, abs=1e-4), key

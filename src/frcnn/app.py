@@ -103,9 +103,45 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) ->
 def train(cfg: DictConfig) -> float | None:
     """Fit the model; return the value of `cfg.optimized_metric` (for sweepers)."""
     datamodule, module, trainer = build(cfg)
+    if cfg.get("ckpt_path"):
+        check_resumable(module.model, load_checkpoint(cfg.ckpt_path), cfg)
     log.info("Output directory: %s", output_dir())
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return finish(trainer, cfg, validate_best(trainer, module, datamodule))
+
+
+def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:
+    """A checkpoint to resume from must hold this config's detector: else name the settings
+    that differ (rather than a dump of mismatched tensor shapes)."""
+    state = {
+        k.removeprefix("model."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("model.")
+    }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        saved = checkpoint["config"]["model"]
+        ours = OmegaConf.to_container(cfg.model, resolve=True)
+        differ = [
+            f"model.{key}: {old!r} in the checkpoint, {new!r} here"
+            for key, old, new in config_differences(saved, ours)
+        ]
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path!r} holds another detector than this config builds; "
+            "resume with the options it was trained with (experiment, model, anchors, "
+            "frozen, data.num_classes). Settings that differ:\n  "
+            + ("\n  ".join(differ) or f"(none in the config) {str(err).splitlines()[0]}")
+        ) from err
+
+
+def config_differences(a, b, prefix: str = ""):
+    """(dotted key, value in a, value in b) for every leaf where two nested dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            yield from config_differences(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip("."), a, b
 
 
 def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:

@@ -23,7 +23,7 @@ class DetectionImages(L.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if batch is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         for image, target, detection in zip(
             batch["images"], batch["targets"], outputs, strict=True
@@ -53,7 +53,7 @@ class InspectionFigures(L.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+        if batch is None or batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
             return
         if trainer.current_epoch % self.every_n_epochs:
             return

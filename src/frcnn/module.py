@@ -134,6 +134,8 @@ class DetectorModule(L.LightningModule):
     # validation
 
     def validation_step(self, batch, batch_idx: int):
+        if batch is None:  # every image of the batch was unreadable (counted and logged)
+            return None
         targets = batch["targets"]
         losses, detections = self.model.forward_with_losses(
             self._prepare(batch["images"]), targets, batch["image_sizes"]

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from faster_coco_eval import COCO
 from PIL import Image
@@ -94,3 +95,78 @@ def test_inputs_may_be_a_file_a_folder_or_a_glob(tmp_path):
     assert [p.name for p in find_images(str(folder))] == ["0.png", "1.png", "broken.jpg"]
     assert [p.name for p in find_images(str(folder / "1.png"))] == ["1.png"]
     assert [p.name for p in find_images(str(folder / "*.png"))] == ["0.png", "1.png"]
+
+
+def predict(trained, tmp_path, inputs, *extra):
+    _, run_dir = trained
+    out = tmp_path / "out"
+    result = run(
+        "predict.py",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"input={inputs}",
+        f"output={out}",
+        "device=cpu",
+        *extra,
+        log_dir=tmp_path / "logs",
+    )
+    return out, result.stdout + result.stderr
+
+
+def test_an_output_folder_holding_the_inputs_is_refused(trained, tmp_path):
+    folder = tmp_path / "photos"
+    write_inputs(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(AssertionError, match="holds input images"):
+        predict(trained, tmp_path, folder, f"output={folder}")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_odd_file_names_cost_no_results(trained, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index, name in enumerate(["7.png", "..jpg", "².jpg"]):
+        draw_sample(5, index, 6).image.save(inputs / name, format="PNG" if index == 0 else "JPEG")
+    out, _ = predict(trained, tmp_path, inputs, "score_thresh=0.0")
+    assert len(list(out.glob("*.jpg"))) == 3
+    detections = json.loads((out / "detections.json").read_text())
+    assert {(d["file_name"], d["image_id"]) for d in detections} == {
+        ("7.png", 7),
+        ("..jpg", 8),
+        ("².jpg", 9),
+    }
+
+
+def test_inputs_with_the_same_name_keep_their_own_pictures_and_ids(trained, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        draw_sample(5, 0 if sub == "a" else 3, 6).image.save(tmp_path / "in" / sub / "7.png")
+    out, _ = predict(trained, tmp_path, f"{tmp_path / 'in'}/**/*.png", "score_thresh=0.0")
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["7.jpg", "7_1.jpg"]
+    detections = json.loads((out / "detections.json").read_text())
+    assert {d["image_id"] for d in detections} == {7, 8}
+
+
+def test_coco_results_keep_what_the_pictures_leave_out(trained, tmp_path):
+    write_inputs(tmp_path / "in")
+    out, _ = predict(trained, tmp_path, tmp_path / "in", "draw_thresh=0.99")
+    scores = [d["score"] for d in json.loads((out / "detections.json").read_text())]
+    assert scores and min(scores) >= 0.05 and min(scores) < 0.99
+
+
+def test_a_decompression_bomb_is_skipped_and_named(trained, tmp_path, monkeypatch):
+    write_inputs(tmp_path / "in")
+    Image.new("RGB", (1000, 1000)).save(tmp_path / "in" / "huge.png")
+    # PIL refuses images over twice MAX_IMAGE_PIXELS: a 225-megapixel photo, scaled down
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)
+    out, output = predict(trained, tmp_path, tmp_path / "in")
+    assert "huge.png: DecompressionBombError" in output
+    assert (out / "0.jpg").is_file() and (out / "1.jpg").is_file()
+
+
+def test_phone_photos_are_turned_upright_before_detection(tmp_path):
+    from frcnn.predict import open_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to view
+    Image.new("RGB", (300, 200)).save(tmp_path / "phone.jpg", exif=exif)
+    assert open_image(tmp_path / "phone.jpg").size == (200, 300)

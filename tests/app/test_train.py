@@ -198,3 +198,23 @@ def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):
     assert sorted(passes[-1]) == list(range(12))
     final = metrics(run_dir)
     assert {"val/map", "subset/val/map", "train/loss"} <= set(final)
+
+
+def test_resuming_another_models_checkpoint_names_the_settings_that_differ(trained, tmp_path):
+    _, run_dir = trained
+    last = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(AssertionError, match=r"model\.fpn_channels: 32 in the checkpoint, 64 here"):
+        run("train.py", f"ckpt_path={last}", *TINY, "model.fpn_channels=64", log_dir=tmp_path)
+
+
+def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):
+    with pytest.raises(AssertionError, match="Non-finite loss at step") as error:
+        run(
+            "train.py",
+            "module.optimizer.lr=1e6",
+            "module.scheduler.warmup_steps=0",
+            "trainer.max_epochs=3",
+            *TINY,
+            log_dir=tmp_path,
+        )
+    assert "IndexError" not in str(error.value)

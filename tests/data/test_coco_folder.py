@@ -1,6 +1,10 @@
+import json
+
 import pytest
 import torch
+from PIL import Image
 
+from frcnn.data import DetectionDataModule
 from frcnn.data.coco_folder import COCOFolder
 from frcnn.data.transforms import Transform
 
@@ -54,3 +58,65 @@ def test_missing_files_fail_at_start_up(coco_folder):
             str(coco_folder / "annotations/instances_val2017.json"),
             str(coco_folder / "x"),
         )
+
+
+def rewrite(root, edit):
+    """Edit the fixture's annotation json in place with `edit(coco)`."""
+    path = root / "annotations/instances_val2017.json"
+    coco = json.loads(path.read_text())
+    edit(coco)
+    path.write_text(json.dumps(coco))
+
+
+def test_validation_skips_an_unreadable_image_and_never_repeats_one(coco_folder):
+    def source(transform):
+        return folder(coco_folder)
+
+    dm = DetectionDataModule(source, source, batch_size=2, num_workers=0, image_size=64)
+    dm.setup("fit")
+    seen = [t["image_id"] for b in dm.val_dataloader() if b for t in b["targets"]]
+    assert sorted(seen) == [1, 2, 3]  # image 4 is truncated: left out, nothing in its place
+    assert dm.val_set.skips.counts == {"unreadable image skipped": 1}
+    trained = [t["image_id"] for b in dm.train_dataloader() for t in b["targets"]]
+    assert len(trained) == 4  # training batches keep their size: the next image stands in
+
+
+def test_a_decompression_bomb_is_skipped_counted_and_named(coco_folder, monkeypatch, caplog):
+    Image.new("RGB", (1000, 1000)).save(coco_folder / "val2017" / "3.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)  # 1 Mpx is then a bomb
+    ds = folder(coco_folder)
+    ds.substitute = False
+    assert ds[2] is None
+    assert "unreadable image skipped (image 3): DecompressionBombError" in caplog.text
+
+
+def test_annotations_of_unknown_images_or_categories_are_dropped_and_named(coco_folder, caplog):
+    def edit(coco):
+        coco["annotations"].append(
+            {"id": 9, "image_id": 77, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}
+        )
+        coco["annotations"].append(
+            {"id": 10, "image_id": 2, "category_id": 5, "bbox": [1, 1, 5, 5], "iscrowd": 0}
+        )
+
+    rewrite(coco_folder, edit)
+    ds = folder(coco_folder)  # no KeyError at start-up
+    assert "annotations of images missing from the file dropped (image [77])" in caplog.text
+    _, target = ds[1]
+    assert target["labels"].tolist() == [1]  # the unknown category 5 is gone, the person stays
+    assert ds.skips.counts["annotations with unknown category ids dropped"] == 1
+    assert "malformed" not in caplog.text
+
+
+def test_an_annotation_file_without_annotations_says_the_data_set_is_empty(coco_folder):
+    rewrite(coco_folder, lambda coco: coco.update(annotations=[]))
+    with pytest.raises(ValueError, match="the data set is empty"):
+        folder(coco_folder, keep_empty=False)
+
+
+def test_a_missing_image_is_named_by_its_id_and_file(coco_folder, caplog):
+    (coco_folder / "val2017" / "2.jpg").unlink()
+    ds = folder(coco_folder)
+    ds.substitute = False
+    assert ds[1] is None
+    assert "unreadable record skipped (image 2 (2.jpg))" in caplog.text

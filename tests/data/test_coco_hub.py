@@ -262,3 +262,27 @@ def test_stream_start_errors_name_the_key(monkeypatch, error, split, message):
     monkeypatch.setattr(datasets, "load_dataset", fail)
     with pytest.raises(type(error), match=message):
         HubCOCO(Transform(64), split=split)
+
+
+def test_a_row_without_image_bytes_is_skipped_and_counted(tmp_path):
+    from datasets import Dataset
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [hub_row(1, 32, 32, [[1.0, 1.0, 9.0, 9.0]], [0]), hub_row(2, 32, 32, [], [])]
+    table = Dataset.from_dict(
+        {key: [row[key] for row in rows] for key in rows[0]}, features=hub_features()
+    ).data.table
+    # the hub schema, with row 1's image bytes null (datasets itself refuses to write that)
+    image = table.column("image").combine_chunks()
+    nulled = pa.StructArray.from_arrays(
+        [pa.array([None, image.field("bytes")[1].as_py()], pa.binary()), image.field("path")],
+        names=["bytes", "path"],
+    )
+    table = table.set_column(table.schema.get_field_index("image"), "image", nulled)
+    path = tmp_path / "null.parquet"
+    pq.write_table(table, path)
+    ds = stream([str(path)], shuffle=False)
+    assert [t["image_id"] for _, t in ds] == [2]
+    assert ds.skips.counts == {"malformed record skipped": 1}

@@ -92,3 +92,12 @@ def test_anchor_sets_with_unequal_counts_per_level_are_refused():
         FasterRCNN(
             backbone=dict(depth=18), anchors=dict(sizes=((32,), (64, 80), (128,), (256,), (512,)))
         )
+
+
+def test_a_model_whose_rpn_proposes_nothing_detects_nothing():
+    model = FasterRCNN(
+        num_classes=3, backbone=dict(depth=18), fpn_channels=32, rpn=dict(min_size=10_000.0)
+    ).eval()
+    with torch.no_grad():
+        detections = model(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    assert [len(d["boxes"]) for d in detections] == [0, 0]

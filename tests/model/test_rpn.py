@@ -133,3 +133,20 @@ def test_losses_on_images_without_boxes_are_finite_and_only_objectness():
     assert losses["rpn_box"] == 0
     (losses["rpn_cls"] + losses["rpn_box"]).backward()
     assert torch.isfinite(rpn.head.conv.weight.grad).all()
+
+
+def test_no_proposal_surviving_in_the_whole_batch_is_legal():
+    """A diverged model (NaN outputs) or min_size above every box leaves no proposal at all:
+    the RPN returns only padding, marked invalid, and its losses stay defined."""
+    rpn = RPN(8, 3, min_size=1000.0).eval()
+    features, anchors = inputs(torch.Generator().manual_seed(6))
+    proposals, valid, _ = rpn(features, anchors, torch.tensor([[SIDE, SIDE]] * 2))
+    assert not valid.any() and torch.isfinite(proposals).all()
+    rpn.train()
+    with torch.no_grad():
+        rpn.head.conv.weight.fill_(float("nan"))
+    empty = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
+    proposals, valid, losses = rpn(
+        features, anchors, torch.tensor([[SIDE, SIDE]] * 2), pad_targets(empty, "cpu")
+    )
+    assert not valid.any() and set(losses) == {"rpn_cls", "rpn_box"}

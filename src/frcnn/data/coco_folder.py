@@ -40,8 +40,16 @@ class COCOFolder(MapSource):
         super().__init__(transform, len(category_ids), name=f"coco folder {image_dir}")
 
         per_image = {img["id"]: [] for img in coco["images"]}
+        orphans = [ann for ann in coco["annotations"] if ann.get("image_id") not in per_image]
         for ann in coco["annotations"]:
-            per_image[ann["image_id"]].append(ann)
+            if ann.get("image_id") in per_image:
+                per_image[ann["image_id"]].append(ann)
+        if orphans:
+            self.skips(
+                "annotations of images missing from the file dropped",
+                sorted({a.get("image_id") for a in orphans})[:10],
+                f"{len(orphans)} annotations",
+            )
         self.image_dir = image_dir
         self.images = [
             img
@@ -49,13 +57,28 @@ class COCOFolder(MapSource):
             if keep_empty or any(not a.get("iscrowd", 0) for a in per_image[img["id"]])
         ]
         self.annotations = per_image
+        if not self.images:
+            what = "no images" if not coco["images"] else "no image with annotations"
+            raise ValueError(
+                f"data annotation_file={str(annotation_file)!r}: the data set is empty ({what}"
+                f"{'' if keep_empty else '; keep_empty=false leaves out images without objects'})"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def describe(self, index: int) -> str:
+        info = self.images[index]
+        return f"{info['id']} ({info['file_name']})"
+
     def record(self, index: int) -> Record:
         info = self.images[index]
         anns = self.annotations[info["id"]]
+        unknown = [a for a in anns if a.get("category_id") not in self.label_of]
+        if unknown:
+            ids = sorted({a.get("category_id") for a in unknown})
+            self.skips("annotations with unknown category ids dropped", info["id"], str(ids))
+            anns = [a for a in anns if a.get("category_id") in self.label_of]
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         labels = np.array([self.label_of.get(a["category_id"], 0) for a in anns], dtype=np.int64)

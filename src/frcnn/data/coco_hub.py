@@ -44,6 +44,8 @@ def hub_record(example: dict) -> Record:
     boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1) + 1
     image = example["image"]
+    if not image or image.get("bytes") is None:
+        raise ValueError("the row has no image bytes")
     return Record(image["bytes"], boxes, labels, int(example["image_id"]))
 
 

@@ -67,6 +67,10 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _source(self, split: str, make: Callable, transform: Transform):
         source = make(transform=transform)
+        if split == "val" and hasattr(source, "substitute"):
+            source.substitute = False  # validation skips unreadable images, never repeats one
+        if hasattr(source, "__len__") and len(source) == 0:
+            raise ValueError(f"data.{split}: the {split} data set is empty ({source.skips.source})")
         expected = self.expected_num_classes
         if expected is not None and source.num_classes != expected:
             raise ValueError(

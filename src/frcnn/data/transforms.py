@@ -168,7 +168,13 @@ def clean_annotations(record: Record, num_classes: int, skips: SkipLog) -> Recor
 def collate(batch):
     """List of (image, target) -> {"images": uint8 (B, 3, S, S), "targets": list of B dicts,
     "image_sizes": int64 (B, 2) height and width of each image's content (the rest is padding)}.
+
+    Samples that are None (unreadable, in validation) are left out; a batch of nothing but
+    those is None, which the module skips.
     """
+    batch = [sample for sample in batch if sample is not None]  # unreadable, in validation
+    if not batch:
+        return None
     images, targets = zip(*batch, strict=True)
     targets = list(targets)
     return {

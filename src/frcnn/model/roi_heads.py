@@ -142,7 +142,8 @@ class BoxPredictor(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(R, F) -> logits (R, num_classes + 1), deltas (R, num_classes + 1, 4)."""
-        return self.cls_score(x), self.bbox_pred(x).view(x.shape[0], -1, 4)
+        deltas = self.bbox_pred(x)
+        return self.cls_score(x), deltas.view(x.shape[0], deltas.shape[1] // 4, 4)
 
 
 class RoIHeads(nn.Module):

@@ -150,8 +150,11 @@ class RPN(nn.Module):
             self.nms_thresh,
             self.post_nms_top_n[self.training],
         )
-        padding = boxes.new_tensor(PADDING_BOX)
-        return torch.where(valid[..., None], boxes[keep], padding), valid
+        # the padding box as one more row: `keep` may point at it where nothing survived (an
+        # image, or a whole batch, may legally have no proposal: a diverging or odd model)
+        boxes = torch.cat([boxes, boxes.new_tensor([PADDING_BOX])])
+        keep = torch.where(valid, keep, boxes.shape[0] - 1)
+        return boxes[keep], valid
 
     def losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt) -> dict[str, Tensor]:
         """Objectness BCE and smooth-L1 box loss over a balanced sample of anchors per image.

@@ -265,10 +265,9 @@ def test_stream_start_errors_name_the_key(monkeypatch, error, split, message):
 
 
 def test_a_row_without_image_bytes_is_skipped_and_counted(tmp_path):
-    from datasets import Dataset
-
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from datasets import Dataset
 
     rows = [hub_row(1, 32, 32, [[1.0, 1.0, 9.0, 9.0]], [0]), hub_row(2, 32, 32, [], [])]
     table = Dataset.from_dict(

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+from frcnn.checks import check_number
 from frcnn.model.convert import load_torchvision_weights, torchvision_state_dict
 from frcnn.sweep import write_run_metrics
 
@@ -31,11 +32,35 @@ def build(cfg: DictConfig):
     if cfg.get("init_weights"):
         left_out = load_torchvision_weights(model, torchvision_state_dict(cfg.init_weights))
         log.info("Weights from %s; left as initialised: %s", cfg.init_weights, left_out or "none")
+    trainer = build_trainer(cfg)
+    scale_learning_rate(cfg, trainer)
     module = instantiate(cfg.module)(
         model=model, class_names=datamodule.class_names, category_ids=datamodule.category_ids
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    return datamodule, module, build_trainer(cfg)
+    return datamodule, module, trainer
+
+
+def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """The linear scaling rule of torchvision's and MMDetection's recipes: `module.optimizer.lr`
+    is the LR for a total batch of `lr_base_batch` images (16); the run's LR is scaled by its
+    own total batch (per device x devices x accumulated batches). lr_base_batch=null: as given.
+    """
+    base = cfg.get("lr_base_batch")
+    if not base:
+        return
+    check_number("lr_base_batch", base, 1, integer=True)
+    batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    base_lr = cfg.module.optimizer.lr
+    cfg.module.optimizer.lr = base_lr * batch / base
+    log.info(
+        "Learning rate %g = %g x batch %d / %d (module.optimizer.lr is the LR for a batch of "
+        "lr_base_batch images; lr_base_batch=null uses it as it is)",
+        cfg.module.optimizer.lr,
+        base_lr,
+        batch,
+        base,
+    )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

@@ -132,3 +132,46 @@ def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):
     datamodule = instantiate(cfg.data)
     with pytest.raises(ValueError, match="data.num_classes=5"):
         datamodule.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=abc", r"data.batch_size='abc': must be an integer in \[1, inf\)"),
+        ("data.num_workers=-1", r"data.num_workers=-1: must lie in \[0, inf\)"),
+        ("model.rpn.nms_thresh=2", r"model.rpn.nms_thresh=2: must lie in \(0, 1\]"),
+        ("model.roi_heads.nms_thresh=0", r"model.roi_heads.nms_thresh=0: must lie in \(0, 1\]"),
+        ("model.roi_heads.score_thresh=1.5", r"score_thresh=1.5: must lie in \[0, 1\]"),
+        ("model.rpn.fg_iou_thresh=1.2", r"model.rpn.fg_iou_thresh=1.2: must lie in \[0, 1\]"),
+        ("model.rpn.post_nms_top_n_train=0", r"post_nms_top_n_train=0: must lie in \[1, inf\)"),
+        ("model.roi_heads.positive_fraction=0", r"positive_fraction=0: must lie in \(0, 1\]"),
+        ("model.roi_heads.detections_per_img=2.5", "detections_per_img=2.5: must be an integer"),
+        ("model.rpn.min_size=-1", r"model.rpn.min_size=-1: must lie in \[0, inf\)"),
+    ],
+)
+def test_an_impossible_value_fails_at_start_up_naming_the_key_and_range(
+    tmp_path, override, message
+):
+    cfg = composed(tmp_path, override, *OFFLINE)
+    with pytest.raises(InstantiationException, match=message):
+        build_all(cfg)
+
+
+def test_the_learning_rate_scales_with_the_batch_and_is_printed(tmp_path, caplog):
+    from omegaconf import open_dict
+
+    from frcnn.app import build
+
+    caplog.set_level("INFO", logger="frcnn")
+
+    def module_of(*overrides):
+        cfg = composed(
+            tmp_path, "data.batch_size=4", "data.num_workers=0", "device=cpu", *OFFLINE, *overrides
+        )
+        with open_dict(cfg):
+            del cfg["hydra"]  # as @hydra.main hands it to the task
+        return build(cfg)[1]
+
+    assert module_of().optimizer_factory.keywords["lr"] == pytest.approx(0.02 * 4 / 16)
+    assert "Learning rate 0.005 = 0.02 x batch 4 / 16" in caplog.text
+    assert module_of("lr_base_batch=null").optimizer_factory.keywords["lr"] == 0.02

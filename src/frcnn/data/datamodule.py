@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from frcnn.checks import check_number
 from frcnn.data.transforms import Transform, collate
 
 
@@ -38,10 +39,9 @@ class DetectionDataModule(L.LightningDataModule):
         flip_prob: float = 0.5,
     ):
         super().__init__()
-        if batch_size <= 0:
-            raise ValueError(f"data.batch_size={batch_size}: must be positive")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers}: must be 0 or more")
+        check_number("data.batch_size", batch_size, 1, integer=True)
+        check_number("data.num_workers", num_workers, 0, integer=True)
+        check_number("data.prefetch_factor", prefetch_factor, 1, integer=True)
         self.train_transform = Transform(image_size, resize, flip_prob)
         self.val_transform = Transform(image_size, resize, 0.0)
         self.make_train, self.make_val = train, val

@@ -7,6 +7,8 @@ so there is no per-image Python loop and no host-device synchronisation.
 import torch
 from torch import Tensor
 
+from frcnn.checks import check_number
+
 # Values of `matched` for anchors that match no ground-truth box
 BACKGROUND = -1
 IGNORE = -2
@@ -26,19 +28,16 @@ def check_settings(
     with fg = bg).
     """
     key = f"model.{stage}"
-    for name, value in (("fg_iou_thresh", fg_iou_thresh), ("bg_iou_thresh", bg_iou_thresh)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{key}.{name}={value}: an IoU threshold lies in [0, 1]")
+    check_number(f"{key}.fg_iou_thresh", fg_iou_thresh, 0.0, 1.0)
+    check_number(f"{key}.bg_iou_thresh", bg_iou_thresh, 0.0, 1.0)
     if fg_iou_thresh < bg_iou_thresh:
         raise ValueError(
             f"{key}.fg_iou_thresh={fg_iou_thresh} < {key}.bg_iou_thresh={bg_iou_thresh}: "
             "IoU >= fg is foreground, IoU < bg background and the band between is ignored, so "
             "fg must be at least bg"
         )
-    if batch_size_per_image < 1:
-        raise ValueError(f"{key}.batch_size_per_image={batch_size_per_image}: must be >= 1")
-    if not 0.0 < positive_fraction <= 1.0:
-        raise ValueError(f"{key}.positive_fraction={positive_fraction}: must lie in (0, 1]")
+    check_number(f"{key}.batch_size_per_image", batch_size_per_image, 1, integer=True)
+    check_number(f"{key}.positive_fraction", positive_fraction, 0.0, 1.0, open_low=True)
 
 
 def match(

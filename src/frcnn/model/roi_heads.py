@@ -15,6 +15,7 @@ from frcnn.boxes import (
     nms_top_k_per_image,
     pairwise_iou,
 )
+from frcnn.checks import check_number
 from frcnn.model.matching import BACKGROUND, check_settings, match, sample
 
 
@@ -182,6 +183,15 @@ class RoIHeads(nn.Module):
         check_settings(
             "roi_heads", fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction
         )
+        for name, count in (
+            ("output_size", output_size),
+            ("representation_size", representation_size),
+            ("detections_per_img", detections_per_img),
+        ):
+            check_number(f"model.roi_heads.{name}", count, 1, integer=True)
+        check_number("model.roi_heads.nms_thresh", nms_thresh, 0.0, 1.0, open_low=True)
+        check_number("model.roi_heads.score_thresh", score_thresh, 0.0, 1.0)
+        check_number("model.roi_heads.min_size", min_size, 0.0)
         self.num_classes = num_classes
         self.strides = tuple(strides)
         self.output_size = output_size

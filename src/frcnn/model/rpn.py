@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
+from frcnn.checks import check_number
 from frcnn.model.matching import BACKGROUND, check_settings, match, sample
 
 # Where an image has fewer proposals than the fixed count, the rest are this harmless box
@@ -69,6 +70,16 @@ class RPN(nn.Module):
     ):
         super().__init__()
         check_settings("rpn", fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction)
+        for name, count in (
+            ("pre_nms_top_n_train", pre_nms_top_n_train),
+            ("pre_nms_top_n_test", pre_nms_top_n_test),
+            ("post_nms_top_n_train", post_nms_top_n_train),
+            ("post_nms_top_n_test", post_nms_top_n_test),
+        ):
+            check_number(f"model.rpn.{name}", count, 1, integer=True)
+        check_number("model.rpn.nms_thresh", nms_thresh, 0.0, 1.0, open_low=True)
+        check_number("model.rpn.min_size", min_size, 0.0)
+        check_number("model.rpn.score_thresh", score_thresh, 0.0, 1.0)
         self.head = RPNHead(in_channels, num_anchors)
         self.box_coder = BoxCoder(box_coder_weights)
         self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}

@@ -1,4 +1,4 @@
-"""Post-processing: this project's batched design against per-class loops (the seed's design).
+"""Post-processing: this project's batched design against per-class loops.
 
     uv run python bench/postprocess.py [--images 2] [--proposals 1000] [--classes 80] [--reps 5]
 
@@ -8,7 +8,7 @@ class -> the best 100 per image:
 
 - batched: `RoIHeads.postprocess`, one pass over the whole batch and one batched NMS;
 - per-class loop: the same steps image by image and class by class, torchvision's `nms`;
-- seed: the per-class loop with a pure-Python greedy NMS.
+- Python NMS: the per-class loop with a pure-Python greedy NMS.
 
 The script checks that all three return the same detections, then prints median times and the
 ratios to the batched version. Not a test.
@@ -109,7 +109,7 @@ def main():
             *inputs[:4], torch.full((args.images, 2), args.size)
         ),
         "per-class loop, torchvision nms": lambda: per_class_loop(heads, *inputs, args.size, nms),
-        "per-class loop, Python NMS (seed)": lambda: per_class_loop(
+        "per-class loop, Python NMS": lambda: per_class_loop(
             heads, *inputs, args.size, python_greedy_nms
         ),
     }

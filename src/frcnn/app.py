@@ -16,7 +16,7 @@ from frcnn.checks import check_number
 from frcnn.model.convert import load_torchvision_weights, torchvision_state_dict
 from frcnn.sweep import write_run_metrics
 
-log = logging.getLogger("frcnn")
+log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig):

@@ -30,7 +30,7 @@ SIZES = {  # inches at DPI
     "detections": (7, 7),
 }
 WHAT = tuple(SIZES)
-log = logging.getLogger("frcnn")
+log = logging.getLogger(__name__)
 
 
 def _figure(what: str, ncols: int = 1, nrows: int = 1):

@@ -18,7 +18,7 @@ from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.data.transforms import Record, Transform
 from frcnn.drawing import draw_detections
 
-log = logging.getLogger("frcnn")
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 

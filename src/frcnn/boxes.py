@@ -24,14 +24,8 @@ class BoxCoder:
     def encode(self, boxes: Tensor, reference: Tensor) -> Tensor:
         """(..., 4) target boxes and (..., 4) reference boxes -> (..., 4) deltas."""
         wx, wy, ww, wh = self.weights
-        ref_w = reference[..., 2] - reference[..., 0]
-        ref_h = reference[..., 3] - reference[..., 1]
-        ref_cx = reference[..., 0] + 0.5 * ref_w
-        ref_cy = reference[..., 1] + 0.5 * ref_h
-        w = boxes[..., 2] - boxes[..., 0]
-        h = boxes[..., 3] - boxes[..., 1]
-        cx = boxes[..., 0] + 0.5 * w
-        cy = boxes[..., 1] + 0.5 * h
+        ref_cx, ref_cy, ref_w, ref_h = centres_and_sizes(reference)
+        cx, cy, w, h = centres_and_sizes(boxes)
         return torch.stack(
             (
                 wx * (cx - ref_cx) / ref_w,
@@ -48,12 +42,8 @@ class BoxCoder:
         `reference` broadcasts against `deltas`, e.g. (N, 1, 4) proposals with (N, C, 4)
         class-specific deltas. The result has the dtype of `deltas`.
         """
-        reference = reference.to(deltas.dtype)
         wx, wy, ww, wh = self.weights
-        ref_w = reference[..., 2] - reference[..., 0]
-        ref_h = reference[..., 3] - reference[..., 1]
-        ref_cx = reference[..., 0] + 0.5 * ref_w
-        ref_cy = reference[..., 1] + 0.5 * ref_h
+        ref_cx, ref_cy, ref_w, ref_h = centres_and_sizes(reference.to(deltas.dtype))
         dx = deltas[..., 0] / wx
         dy = deltas[..., 1] / wy
         dw = (deltas[..., 2] / ww).clamp(max=self.scale_clamp)
@@ -63,6 +53,13 @@ class BoxCoder:
         half_w = 0.5 * (torch.exp(dw) * ref_w)
         half_h = 0.5 * (torch.exp(dh) * ref_h)
         return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
+
+
+def centres_and_sizes(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(..., 4) xyxy boxes -> centre x, centre y, width, height, each (...) in pixels."""
+    width = boxes[..., 2] - boxes[..., 0]
+    height = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * width, boxes[..., 1] + 0.5 * height, width, height
 
 
 def clip_boxes(boxes: Tensor, height, width) -> Tensor:

@@ -18,7 +18,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from frcnn.boxes import clip_boxes, pairwise_iou  # noqa: E402
 from frcnn.drawing import draw_detections  # noqa: E402
 from frcnn.model.faster_rcnn import pad_targets  # noqa: E402
-from frcnn.model.matching import BACKGROUND, match, sample  # noqa: E402
+from frcnn.model.matching import IGNORED, NEGATIVE, match, sample, training_labels  # noqa: E402
 from frcnn.predict import Predictor  # noqa: E402
 
 DPI = 100
@@ -150,13 +150,13 @@ def assignments_figure(model, image, target, num_negatives: int = 40):
     all_anchors = torch.cat(anchors)
     iou = pairwise_iou(gt.boxes, all_anchors[None])
     matched = match(iou, gt.valid, rpn.fg_iou_thresh, rpn.bg_iou_thresh, True)[0]
-    labels = torch.where(matched >= 0, 1, torch.where(matched == BACKGROUND, 0, -1))
+    labels = training_labels(matched)
     sampled = sample(labels[None], rpn.batch_size_per_image, rpn.positive_fraction)[0]
     centres = ((all_anchors[:, :2] + all_anchors[:, 2:]) / 2).cpu()
-    ignored = (labels == -1).cpu()
-    negatives = (sampled & (labels == 0)).nonzero().squeeze(1).cpu()[:num_negatives]
+    ignored = (labels == IGNORED).cpu()
+    negatives = (sampled & (labels == NEGATIVE)).nonzero().squeeze(1).cpu()[:num_negatives]
     positives = (sampled & (labels == 1)).cpu()
-    num_negatives_sampled = int((sampled & (labels == 0)).sum())
+    num_negatives_sampled = int((sampled & (labels == NEGATIVE)).sum())
     title = f"RPN: {int(positives.sum())} positive, {num_negatives_sampled} negative sampled"
     _show(rpn_ax, image, f"{title}, {int(ignored.sum())} ignored")
     rpn_ax.scatter(centres[ignored, 0], centres[ignored, 1], s=2, c="grey", alpha=0.5)

@@ -2,14 +2,22 @@ import pytest
 import torch
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
 
-from frcnn.model.matching import BACKGROUND, IGNORE, match, sample
+from frcnn.model.matching import (
+    BACKGROUND,
+    BETWEEN_THRESHOLDS,
+    IGNORED,
+    NEGATIVE,
+    match,
+    sample,
+    training_labels,
+)
 
 
 def test_thresholds_and_ignore_band():
     iou = torch.tensor([[[0.8, 0.5, 0.2, 0.69]]])
     valid = torch.tensor([[True]])
     matched = match(iou, valid, 0.7, 0.3, allow_low_quality_matches=False)
-    assert matched.tolist() == [[0, IGNORE, BACKGROUND, IGNORE]]
+    assert matched.tolist() == [[0, BETWEEN_THRESHOLDS, BACKGROUND, BETWEEN_THRESHOLDS]]
 
 
 def test_best_ground_truth_wins():
@@ -22,7 +30,9 @@ def test_low_quality_matches_give_every_box_its_best_candidates():
     # box 1's best IoU (0.4, shared by two candidates) is below 0.7: both still become positive
     iou = torch.tensor([[[0.9, 0.1, 0.1, 0.0], [0.1, 0.4, 0.2, 0.4]]])
     valid = torch.tensor([[True, True]])
-    assert match(iou, valid, 0.7, 0.3, False).tolist() == [[0, IGNORE, BACKGROUND, IGNORE]]
+    assert match(iou, valid, 0.7, 0.3, False).tolist() == [
+        [0, BETWEEN_THRESHOLDS, BACKGROUND, BETWEEN_THRESHOLDS]
+    ]
     assert match(iou, valid, 0.7, 0.3, True).tolist() == [[0, 1, BACKGROUND, 1]]
 
 
@@ -79,3 +89,10 @@ def test_sampler_is_random():
     b = sample(labels, 100, 0.5, torch.Generator().manual_seed(1))
     assert a.sum() == b.sum() == 100
     assert not torch.equal(a, b)
+
+
+def test_training_labels_of_matches():
+    matched = torch.tensor([[0, BACKGROUND, BETWEEN_THRESHOLDS, 1]])
+    assert training_labels(matched).tolist() == [[1, NEGATIVE, IGNORED, 1]]
+    classes = torch.tensor([[5, 9, 9, 3]])
+    assert training_labels(matched, classes).tolist() == [[5, NEGATIVE, IGNORED, 3]]

@@ -22,6 +22,18 @@ def _imagenet_weights(arch: str):
     return enum.IMAGENET1K_V1
 
 
+def download(weights, key: str) -> dict:
+    """The state dict of a torchvision weights enum entry, downloaded (or from torch's cache);
+    offline, a message that says which file to fetch and which config `key` takes its path."""
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as err:  # any network or cache failure
+        raise RuntimeError(
+            f"Could not download {weights} ({weights.url}): {err}. Offline, download that file "
+            f"elsewhere and set {key}=/path/to/the/file.pth"
+        ) from err
+
+
 def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1e-5) -> nn.Module:
     """A torchvision ResNet with `norm` layers (epsilon `norm_eps`) and weights None,
     "imagenet" or a local file."""
@@ -37,15 +49,7 @@ def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1
     if weights is None:
         return resnet
     if weights == "imagenet":
-        enum = _imagenet_weights(arch)
-        try:
-            state = enum.get_state_dict(progress=True)
-        except Exception as err:  # any network or cache failure
-            raise RuntimeError(
-                f"Could not download the ImageNet weights for {arch} ({enum.url}): {err}. "
-                "Offline, download that file elsewhere and set "
-                "model.backbone.weights=/path/to/the/file.pth."
-            ) from err
+        state = download(_imagenet_weights(arch), "model.backbone.weights")
     else:
         path = Path(weights).expanduser()
         if not path.is_file():

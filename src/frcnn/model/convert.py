@@ -10,7 +10,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.coco import COCO_CATEGORY_IDS
-from frcnn.model.backbone import FROZEN_CHOICES
+from frcnn.model.backbone import FROZEN_CHOICES, download
 from frcnn.model.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, FasterRCNN
 
 # torchvision state-dict key -> ours
@@ -64,14 +64,7 @@ def _backbone_settings(body: nn.Module) -> dict:
 def torchvision_state_dict(source: str) -> dict:
     """ "coco" (torchvision's COCO-trained fasterrcnn_resnet50_fpn, downloaded) or a file path."""
     if source == "coco":
-        weights = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
-        try:
-            return weights.get_state_dict(progress=True)
-        except Exception as err:  # any network or cache failure
-            raise RuntimeError(
-                f"Could not download torchvision's COCO weights ({weights.url}): {err}. Offline, "
-                "download that file elsewhere and set init_weights=/path/to/the/file.pth"
-            ) from err
+        return download(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, "init_weights")
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"init_weights={source!r}: no such file (or use 'coco')")

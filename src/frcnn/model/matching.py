@@ -9,9 +9,13 @@ from torch import Tensor
 
 from frcnn.checks import check_number
 
-# Values of `matched` for anchors that match no ground-truth box
-BACKGROUND = -1
-IGNORE = -2
+# `match` returns a ground-truth index (>= 0) per candidate, or one of these
+BACKGROUND = -1  # best IoU below bg_iou_thresh
+BETWEEN_THRESHOLDS = -2  # best IoU between the thresholds: neither foreground nor background
+
+# training labels per candidate (`sample` takes them): a positive is 1 (or its class)
+NEGATIVE = 0
+IGNORED = -1
 
 
 def check_settings(
@@ -52,14 +56,14 @@ def match(
     iou: (B, G, N) IoU of G (padded) ground-truth boxes with N candidates per image.
     gt_valid: (B, G) bool, False on padding.
     Returns (B, N) int64: the matched ground-truth index in 0..G-1 where the best IoU is
-    >= fg_iou_thresh, BACKGROUND where it is < bg_iou_thresh, IGNORE in between.
+    >= fg_iou_thresh, BACKGROUND where it is < bg_iou_thresh, BETWEEN_THRESHOLDS in between.
     With `allow_low_quality_matches`, each ground-truth box also claims the candidates with
     which it has its highest IoU, even below fg_iou_thresh, so that no object goes without a
     positive. Unlike torchvision, a box that overlaps no candidate at all (IoU 0) claims none.
     """
     iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
     best_iou, matched = iou.max(dim=1)
-    result = torch.where(best_iou >= fg_iou_thresh, matched, IGNORE)
+    result = torch.where(best_iou >= fg_iou_thresh, matched, BETWEEN_THRESHOLDS)
     result = torch.where(best_iou < bg_iou_thresh, BACKGROUND, result)
     if allow_low_quality_matches:
         best_per_gt = iou.max(dim=2, keepdim=True).values
@@ -67,6 +71,13 @@ def match(
         # a candidate that is some box's best keeps its own best match (as torchvision does)
         result = torch.where(is_best.any(dim=1), matched, result)
     return result
+
+
+def training_labels(matched: Tensor, positive: Tensor | int = 1) -> Tensor:
+    """matched (B, N) from `match` -> labels (B, N): `positive` (1, or the matched ground
+    truth's class, (B, N)) where matched, NEGATIVE on background, IGNORED between thresholds."""
+    negative_or_ignored = torch.where(matched == BACKGROUND, NEGATIVE, IGNORED)
+    return torch.where(matched >= 0, positive, negative_or_ignored)
 
 
 def sample(
@@ -77,14 +88,14 @@ def sample(
 ) -> Tensor:
     """Pick a random, balanced training subset per image.
 
-    labels: (B, N) int, 1 positive, 0 negative, -1 ignored.
+    labels: (B, N) int, 1 positive, NEGATIVE (0), IGNORED (-1).
     Returns a (B, N) bool mask with at most batch_size_per_image * positive_fraction positives
     per image, filled up with negatives to batch_size_per_image where there are enough.
     """
     num_images, num_candidates = labels.shape
     priority = torch.rand(labels.shape, device=labels.device, generator=generator)
     positive = labels == 1
-    negative = labels == 0
+    negative = labels == NEGATIVE
 
     max_pos = min(int(batch_size_per_image * positive_fraction), num_candidates)
     pos_priority, pos_idx = torch.where(positive, priority, -1.0).topk(max_pos, dim=1)

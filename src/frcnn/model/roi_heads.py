@@ -16,7 +16,7 @@ from frcnn.boxes import (
     pairwise_iou,
 )
 from frcnn.checks import check_number
-from frcnn.model.matching import BACKGROUND, check_settings, match, sample
+from frcnn.model.matching import IGNORED, check_settings, match, sample, training_labels
 
 
 def assign_levels(
@@ -274,8 +274,8 @@ class RoIHeads(nn.Module):
         iou = pairwise_iou(gt.boxes, boxes)
         matched = match(iou, gt.valid, self.fg_iou_thresh, self.bg_iou_thresh, False)
         gt_labels = gt.labels.gather(1, matched.clamp(min=0))
-        labels = torch.where(matched >= 0, gt_labels, torch.where(matched == BACKGROUND, 0, -1))
-        labels = torch.where(candidate, labels, -1)
+        labels = training_labels(matched, gt_labels)
+        labels = torch.where(candidate, labels, IGNORED)
         sampled = sample(labels.clamp(max=1), self.batch_size_per_image, self.positive_fraction)
         # a fixed number of rows per image: the sampled ones first, then filler
         num_rows = min(self.batch_size_per_image, boxes.shape[1])

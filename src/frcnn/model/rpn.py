@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
 from frcnn.checks import check_number
-from frcnn.model.matching import BACKGROUND, check_settings, match, sample
+from frcnn.model.matching import check_settings, match, sample, training_labels
 
 # Where an image has fewer proposals than the fixed count, the rest are this harmless box
 # (finite deltas and IoUs) and are masked out by the `valid` mask that goes with them.
@@ -176,7 +176,7 @@ class RPN(nn.Module):
         num_images = logits.shape[0]
         iou = pairwise_iou(gt.boxes, anchors.expand(num_images, -1, -1))
         matched = match(iou, gt.valid, self.fg_iou_thresh, self.bg_iou_thresh, True)
-        labels = torch.where(matched >= 0, 1, torch.where(matched == BACKGROUND, 0, -1))
+        labels = training_labels(matched)
         sampled = sample(labels, self.batch_size_per_image, self.positive_fraction)
         positive = sampled & (labels == 1)
         num_sampled = sampled.sum().clamp(min=1)

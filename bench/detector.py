@@ -33,7 +33,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.model import from_torchvision
 from frcnn.model.faster_rcnn import pad_targets
-from frcnn.model.roi_heads import multiscale_roi_align
+from frcnn.model.poolers import multiscale_roi_align
 
 
 def build_pair(size: int, device):

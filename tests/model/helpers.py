@@ -15,3 +15,16 @@ def sorted_rows(x):
     for col in reversed(range(x.shape[1])):
         x = x[torch.sort(x[:, col], stable=True).indices]
     return x
+
+
+# a small FPN pyramid P2..P5 for the ROI stages
+STRIDES = (4, 8, 16, 32)
+SIDE = 256
+CHANNELS = 8
+
+
+def features(generator, batch=2):
+    """[P_l (batch, CHANNELS, SIDE / stride, SIDE / stride)] of random values."""
+    return [
+        torch.randn(batch, CHANNELS, SIDE // s, SIDE // s, generator=generator) for s in STRIDES
+    ]

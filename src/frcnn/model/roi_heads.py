@@ -1,7 +1,4 @@
-"""ROI heads: multi-scale RoIAlign, two-FC box head, predictor, losses and post-processing."""
-
-import functools
-import math
+"""ROI heads: two-FC box head, predictor, ROI sampling and losses, post-processing."""
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +6,6 @@ from torch import Tensor, nn
 
 from frcnn.boxes import (
     BoxCoder,
-    box_area,
     clip_boxes,
     is_large_enough,
     nms_top_k_per_image,
@@ -17,107 +13,7 @@ from frcnn.boxes import (
 )
 from frcnn.checks import check_number
 from frcnn.model.matching import IGNORED, check_settings, match, sample, training_labels
-
-
-def assign_levels(
-    boxes: Tensor, strides, canonical_size: float = 224, canonical_level: int = 4
-) -> Tensor:
-    """FPN paper eq. 1: the pyramid level that pools each box -> index into `strides`.
-
-    A box of side `canonical_size` goes to level `canonical_level` (P4), one twice as large to
-    P5, and so on, clamped to the levels present (strides 2**k for k = k_min..k_max).
-    """
-    k_min, k_max = round(math.log2(strides[0])), round(math.log2(strides[-1]))
-    side = torch.sqrt(box_area(boxes))
-    level = torch.floor(canonical_level + torch.log2(side / canonical_size) + 1e-6)
-    return level.clamp(k_min, k_max).to(torch.int64) - k_min
-
-
-def bilinear_taps(coords: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
-    """The two cells and weights of 1-D bilinear interpolation, by torchvision's rules.
-
-    coords (R, n) in cells (cell centres at integers), size (R, 1) cells on that axis ->
-    indices (R, n, 2) int64 and weights (R, n, 2). A point more than one cell outside the map
-    weighs nothing; a point between the last centre and the edge takes the edge cell alone.
-    """
-    inside = (coords >= -1) & (coords <= size)
-    coords = torch.minimum(coords.clamp(min=0), size - 1)
-    low = coords.floor()
-    high = torch.minimum(low + 1, size - 1)
-    frac = coords - low
-    indices = torch.stack([low, high], dim=-1).to(torch.int64)
-    weights = torch.stack([1 - frac, frac], dim=-1) * inside[..., None]
-    return indices, weights
-
-
-@functools.lru_cache(maxsize=16)
-def level_table(shapes: tuple, strides: tuple, num_images: int, device) -> Tensor:
-    """(L, 4) int64: stride, height, width and first row of each level in the stacked pyramid.
-
-    Cached: the input shape is fixed, and building it anew would cost a host-device copy.
-    """
-    rows, first = [], 0
-    for (height, width), stride in zip(shapes, strides, strict=True):
-        rows.append([stride, height, width, first])
-        first += num_images * height * width
-    return torch.tensor(rows, device=device)
-
-
-def multiscale_roi_align(
-    features: list[Tensor],
-    boxes: Tensor,
-    image_index: Tensor,
-    strides,
-    output_size: int,
-    sampling_ratio: int,
-    canonical_size: float = 224,
-    canonical_level: int = 4,
-) -> Tensor:
-    """RoIAlign of every box from its own FPN level, as one weighted gather (float32).
-
-    features: [P_l (B, C, H_l, W_l)], boxes: (R, 4) in input pixels, image_index: (R,) int
-    -> (R, C, output_size, output_size).
-
-    The sampling is torchvision's `roi_align(aligned=False)` with a fixed `sampling_ratio`: each
-    output bin averages sampling_ratio**2 bilinear samples, i.e. it is a weighted sum of a fixed
-    number of feature cells. So the pyramid is stacked as one channels-last table of cells and
-    all bins of all levels are a single `embedding_bag`: no per-level split (no host sync) and
-    a vectorised backward, where torchvision's CPU backward is a single-threaded loop.
-    """
-    num_images, channels = features[0].shape[:2]
-    n = output_size * sampling_ratio  # samples per box side
-    with torch.no_grad():  # geometry, not learned: no gradient to the boxes (as torchvision)
-        levels = assign_levels(boxes, strides, canonical_size, canonical_level)
-        shapes = tuple(tuple(f.shape[-2:]) for f in features)
-        table = level_table(shapes, tuple(strides), num_images, boxes.device)
-        stride, height, width, first = table[levels].unbind(1)
-        box = boxes / stride[:, None]
-        # sample centres: bin p, sample k within it (torchvision's arithmetic, to the last bit)
-        k = torch.arange(n, device=boxes.device)
-        p, k = (k // sampling_ratio)[None], (k % sampling_ratio + 0.5)[None]
-        bin_w = (box[:, 2:3] - box[:, :1]).clamp(min=1) / output_size
-        bin_h = (box[:, 3:4] - box[:, 1:2]).clamp(min=1) / output_size
-        x = box[:, :1] + p * bin_w + k * bin_w / sampling_ratio
-        y = box[:, 1:2] + p * bin_h + k * bin_h / sampling_ratio
-        ix, wx = bilinear_taps(x, width[:, None])
-        iy, wy = bilinear_taps(y, height[:, None])
-        # bin (i, j) takes rows i*s..i*s+s-1 and columns j*s..j*s+s-1 of the samples, 2 taps each
-        shape = (-1, output_size, 1, 2 * sampling_ratio, 1)
-        iy, wy = iy.reshape(shape), wy.reshape(shape)
-        ix = ix.reshape(-1, 1, output_size, 1, 2 * sampling_ratio)
-        wx = wx.reshape(ix.shape)
-        per_box = (-1, 1, 1, 1, 1)
-        row = image_index.view(per_box) * height.view(per_box) + iy
-        cells = first.view(per_box) + row * width.view(per_box) + ix
-        weights = wy * wx / sampling_ratio**2
-    stacked = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features])
-    pooled = F.embedding_bag(
-        cells.flatten(3).flatten(0, 2),
-        stacked.float(),
-        per_sample_weights=weights.flatten(3).flatten(0, 2).float(),
-        mode="sum",
-    )
-    return pooled.view(-1, output_size, output_size, channels).permute(0, 3, 1, 2)
+from frcnn.model.poolers import multiscale_roi_align
 
 
 class TwoMLPHead(nn.Module):

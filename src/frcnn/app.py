@@ -19,8 +19,15 @@ from frcnn.sweep import write_run_metrics
 log = logging.getLogger(__name__)
 
 
+def quiet_libraries() -> None:
+    """faster-coco-eval prints its whole summary table at INFO level on every validation: the
+    commands keep it to warnings (set here, when a command runs, not at import)."""
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+
+
 def build(cfg: DictConfig):
     """-> (datamodule, module, trainer), all from the config."""
+    quiet_libraries()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fail now, not after the model is built, if the data is not there
@@ -202,6 +209,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     Only the checkpoint and the validation data are needed: the detector and the data come
     from the config saved in the checkpoint, with what the command line sets on top.
     """
+    quiet_libraries()
     checkpoint = load_checkpoint(cfg.ckpt_path)
     overrides = HydraConfig.get().overrides.task
     cfg = checkpoint_run_config(cfg, checkpoint["config"], overrides)

@@ -8,18 +8,16 @@ import logging
 from pathlib import Path
 
 import matplotlib
+import torch
 from hydra.utils import instantiate
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # files and TensorBoard only: no window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from frcnn.boxes import clip_boxes, pairwise_iou  # noqa: E402
-from frcnn.drawing import draw_detections  # noqa: E402
-from frcnn.model.faster_rcnn import pad_targets  # noqa: E402
-from frcnn.model.matching import IGNORED, NEGATIVE, match, sample, training_labels  # noqa: E402
-from frcnn.predict import Predictor  # noqa: E402
+from frcnn.boxes import clip_boxes, pairwise_iou
+from frcnn.drawing import draw_detections
+from frcnn.model.faster_rcnn import pad_targets
+from frcnn.model.matching import IGNORED, NEGATIVE, match, sample, training_labels
+from frcnn.predict import Predictor
 
 DPI = 100
 SIZES = {  # inches at DPI
@@ -34,9 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def _figure(what: str, ncols: int = 1, nrows: int = 1):
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=SIZES[what], dpi=DPI, squeeze=False, layout="constrained"
-    )
+    # matplotlib's object API, not pyplot: no backend, no window, no global state
+    fig = Figure(figsize=SIZES[what], dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     return fig, axes.flat
@@ -84,7 +82,7 @@ def anchors_figure(model, image, level: int = 0, num_locations: int = 3):
         target = torch.tensor([fraction * side, fraction * side])
         nearest = int(((centres - target) ** 2).sum(1).argmin())
         shapes = level_anchors[nearest * per_location : (nearest + 1) * per_location]
-        _boxes(ax, shapes, plt.cm.tab10(i), width=1.5)
+        _boxes(ax, shapes, matplotlib.colormaps["tab10"](i), width=1.5)
     ax.set_xlim(-side * 0.1, side * 1.1)
     ax.set_ylim(side * 1.1, -side * 0.1)
     return fig
@@ -243,6 +241,5 @@ def visualize(cfg) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     path = output / f"{cfg.what}.png"
     figure.savefig(path, dpi=cfg.dpi)
-    plt.close(figure)
     log.info("Wrote %s", path)
     return path

@@ -1,6 +1,5 @@
 """The LightningModule: losses and their logging, validation mAP, optimiser and schedule."""
 
-import logging
 import time
 from collections.abc import Callable
 
@@ -12,8 +11,6 @@ from torchmetrics.detection import MeanAveragePrecision
 from frcnn.boxes import to_original_pixels
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
-# faster-coco-eval prints its whole summary table at INFO level on every validation
-logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 

@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
-from frcnn.data.sources import transform_record
-from frcnn.data.transforms import Record, SkipLog, Transform
+from frcnn.data.sources import SkipLog, transform_record
+from frcnn.data.transforms import Record, Transform
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,15 @@
 """What every source shares: decode + transform with bad samples skipped, counted, logged."""
 
+import logging
+
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from frcnn.data.transforms import Record, SkipLog, Transform, clean_annotations
+from frcnn.data.transforms import Record, Transform
+
+log = logging.getLogger(__name__)
 
 # PIL's errors for corrupt images, and for images too large to decode safely (a 225-megapixel
 # "decompression bomb"; PIL.Image.MAX_IMAGE_PIXELS sets the limit)
@@ -13,6 +17,42 @@ UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 
 # Consecutive unreadable samples after which a map-style source gives up: the data is broken
 MAX_CONSECUTIVE_SKIPS = 50
+
+
+class SkipLog:
+    """Counts skipped or repaired samples per reason and logs each with the running count."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, reason: str, image_id, detail: str = "") -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        log.warning(
+            "%s: %s (image %s)%s; %d so far in this process",
+            self.source,
+            reason,
+            image_id,
+            f": {detail}" if detail else "",
+            self.counts[reason],
+        )
+
+
+def clean_annotations(record: Record, num_classes: int, skips: SkipLog) -> Record:
+    """Drop malformed annotations: non-finite or inverted boxes, labels out of 1..num_classes.
+
+    Returns the record with the annotations that are kept.
+    """
+    boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
+    if len(boxes) != len(labels):
+        skips("annotations with mismatched boxes and labels dropped", record.image_id)
+        return Record(record.image, np.zeros((0, 4), np.float32), np.zeros(0), record.image_id)
+    ok = np.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    ok &= (labels >= 1) & (labels <= num_classes)
+    if not ok.all():
+        skips("malformed boxes dropped", record.image_id, f"{int((~ok).sum())} of {len(ok)}")
+    return record.subset(ok)
 
 
 def transform_record(record: Record, transform: Transform, num_classes: int, skips: SkipLog, rng):

@@ -1,7 +1,6 @@
 """One transform path for every source: decode, RGB, resize to S x S, flip, boxes follow."""
 
 import io
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,8 +8,6 @@ import torch
 from PIL import Image
 
 from frcnn.boxes import content_sizes
-
-log = logging.getLogger(__name__)
 
 RESIZE_MODES = ("letterbox", "stretch")
 
@@ -127,42 +124,6 @@ class Transform:
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
-class SkipLog:
-    """Counts skipped or repaired samples per reason and logs each with the running count."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.counts: dict[str, int] = {}
-
-    def __call__(self, reason: str, image_id, detail: str = "") -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        log.warning(
-            "%s: %s (image %s)%s; %d so far in this process",
-            self.source,
-            reason,
-            image_id,
-            f": {detail}" if detail else "",
-            self.counts[reason],
-        )
-
-
-def clean_annotations(record: Record, num_classes: int, skips: SkipLog) -> Record:
-    """Drop malformed annotations: non-finite or inverted boxes, labels out of 1..num_classes.
-
-    Returns the record with the annotations that are kept.
-    """
-    boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
-    if len(boxes) != len(labels):
-        skips("annotations with mismatched boxes and labels dropped", record.image_id)
-        return Record(record.image, np.zeros((0, 4), np.float32), np.zeros(0), record.image_id)
-    ok = np.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    ok &= (labels >= 1) & (labels <= num_classes)
-    if not ok.all():
-        skips("malformed boxes dropped", record.image_id, f"{int((~ok).sum())} of {len(ok)}")
-    return record.subset(ok)
 
 
 def collate(batch):

@@ -32,8 +32,8 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.model import from_torchvision
-from frcnn.model.faster_rcnn import pad_targets
 from frcnn.model.poolers import multiscale_roi_align
+from frcnn.model.structures import pad_targets
 
 
 def build_pair(size: int, device):

@@ -15,8 +15,8 @@ from matplotlib.patches import Rectangle
 
 from frcnn.boxes import clip_boxes, pairwise_iou
 from frcnn.drawing import draw_detections
-from frcnn.model.faster_rcnn import pad_targets
 from frcnn.model.matching import IGNORED, NEGATIVE, match, sample, training_labels
+from frcnn.model.structures import pad_targets
 from frcnn.predict import Predictor
 
 DPI = 100

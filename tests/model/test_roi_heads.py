@@ -5,8 +5,8 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead as TVTwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
 from torchvision.ops import MultiScaleRoIAlign
 
-from frcnn.model.faster_rcnn import pad_targets
 from frcnn.model.roi_heads import RoIHeads
+from frcnn.model.structures import pad_targets
 from tests.model.helpers import CHANNELS, SIDE, features, random_boxes, sorted_rows
 
 HIDDEN, CLASSES = 32, 4

@@ -1,40 +1,17 @@
 """The detector: images -> four-loss dict (training) or detections (eval)."""
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.backbone import Backbone
 from frcnn.model.fpn import FPN
 from frcnn.model.roi_heads import RoIHeads
 from frcnn.model.rpn import RPN
+from frcnn.model.structures import pad_targets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class GroundTruth(NamedTuple):
-    """The targets of a batch padded to G boxes per image (G >= 1)."""
-
-    boxes: Tensor  # (B, G, 4) xyxy, input pixels
-    labels: Tensor  # (B, G) int64 in 1..num_classes
-    valid: Tensor  # (B, G) bool: False on padding and on degenerate boxes
-
-
-def pad_targets(targets: list[dict[str, Tensor]], device) -> GroundTruth:
-    """List of per-image {"boxes" (K, 4), "labels" (K,)} -> GroundTruth; K may be 0."""
-    boxes = [t["boxes"].to(device, torch.float32).reshape(-1, 4) for t in targets]
-    labels = [t["labels"].to(device, torch.int64).reshape(-1) for t in targets]
-    # one padding row always, so that max() over ground truth works on images without boxes
-    boxes.append(torch.zeros(1, 4, device=device))
-    labels.append(torch.zeros(1, dtype=torch.int64, device=device))
-    boxes = pad_sequence(boxes, batch_first=True)[:-1]
-    labels = pad_sequence(labels, batch_first=True)[:-1]
-    valid = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1]) & (labels > 0)
-    return GroundTruth(boxes, labels, valid)
 
 
 class FasterRCNN(nn.Module):

@@ -14,6 +14,7 @@ from frcnn.boxes import (
 from frcnn.checks import check_number
 from frcnn.model.matching import IGNORED, check_settings, match, sample, training_labels
 from frcnn.model.poolers import multiscale_roi_align
+from frcnn.model.structures import GroundTruth
 
 
 class TwoMLPHead(nn.Module):
@@ -123,7 +124,9 @@ class RoIHeads(nn.Module):
         )
         return self.predictor(self.box_head(pooled))
 
-    def losses(self, features: list[Tensor], proposals: Tensor, valid: Tensor, gt) -> dict:
+    def losses(
+        self, features: list[Tensor], proposals: Tensor, valid: Tensor, gt: GroundTruth
+    ) -> dict[str, Tensor]:
         """Sample proposals (ground truth included), classify them, return {"roi_cls", "roi_box"}.
 
         proposals (B, P, 4) and valid (B, P) from the RPN; gt: boxes (B, G, 4), labels (B, G),
@@ -158,7 +161,7 @@ class RoIHeads(nn.Module):
             "roi_box": torch.where(positive[:, None], box_loss, 0.0).sum() / num_sampled,
         }
 
-    def sample_proposals(self, proposals: Tensor, valid: Tensor, gt):
+    def sample_proposals(self, proposals: Tensor, valid: Tensor, gt: GroundTruth):
         """Match proposals + ground truth to ground truth and sample a fixed number per image.
 
         Returns boxes (B, S, 4), labels (B, S) in 0..num_classes, box-coder targets (B, S, 4)

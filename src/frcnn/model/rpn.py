@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
 from frcnn.checks import check_number
 from frcnn.model.matching import check_settings, match, sample, training_labels
+from frcnn.model.structures import GroundTruth
 
 # Where an image has fewer proposals than the fixed count, the rest are this harmless box
 # (finite deltas and IoUs) and are masked out by the `valid` mask that goes with them.
@@ -98,7 +99,7 @@ class RPN(nn.Module):
         features: list[Tensor],
         anchors: list[Tensor],
         image_sizes: Tensor,
-        gt=None,
+        gt: GroundTruth | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """P2..P6, their anchors and (B, 2) image sizes -> proposals (B, P, 4), valid (B, P),
         losses. Proposals are clipped to each image's (height, width).
@@ -167,7 +168,9 @@ class RPN(nn.Module):
         keep = torch.where(valid, keep, boxes.shape[0] - 1)
         return boxes[keep], valid
 
-    def losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt) -> dict[str, Tensor]:
+    def losses(
+        self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt: GroundTruth
+    ) -> dict[str, Tensor]:
         """Objectness BCE and smooth-L1 box loss over a balanced sample of anchors per image.
 
         logits (B, N), deltas (B, N, 4), anchors (N, 4). Both losses are normalised by the

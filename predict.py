@@ -7,7 +7,7 @@ uv run predict.py ckpt_path=... input='data/**/*.jpg' score_thresh=0.5 device=cp
 import hydra
 from omegaconf import DictConfig
 
-from frcnn.predict import predict_files
+from frcnn.app import predict_files
 
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")

@@ -7,7 +7,7 @@ uv run visualize.py what=detections ckpt_path=.../last.ckpt image=photo.jpg
 import hydra
 from omegaconf import DictConfig
 
-from frcnn.figures import visualize
+from frcnn.app import visualize
 
 
 @hydra.main(config_path="conf", config_name="visualize", version_base="1.3")

@@ -1,19 +1,32 @@
-"""What train.py and eval.py do: build everything from the Hydra config, run, summarise."""
+"""What every command does (train.py, eval.py, predict.py, visualize.py): build everything from
+the Hydra config, run, summarise. The libraries they use (the model, data, module, Predictor,
+figures, callbacks) do nothing on import and know nothing of commands."""
 
+import glob
+import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from PIL import Image
+from tqdm import tqdm
 
 from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 from frcnn.checks import check_number
+from frcnn.data.sources import UNREADABLE_IMAGE
+from frcnn.drawing import draw_detections
+from frcnn.figures import make_figure
 from frcnn.model.convert import load_torchvision_weights, torchvision_state_dict
+from frcnn.predict import Predictor, open_image
 from frcnn.sweep import write_run_metrics
 
 log = logging.getLogger(__name__)
@@ -261,3 +274,140 @@ def finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None) -> 
     summarise(trainer, cfg, metrics)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None or math.isnan(value) else value
+
+
+# predict.py
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def find_images(spec: str) -> list[Path]:
+    """An image file, a folder (its images, sorted) or a glob pattern -> image paths."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"input={spec!r}: no image file, folder of images or glob match")
+    return files
+
+
+def image_ids(files: list[Path]) -> list[int]:
+    """One unique id per file: COCO's file names are their image ids (000000397133.jpg ->
+    397133); a file with another name, or whose number another file already has, gets the next
+    id above all of those."""
+    numbers = [int(p.stem) if p.stem.isascii() and p.stem.isdigit() else None for p in files]
+    taken, ids = set(), []
+    next_free = max((n for n in numbers if n is not None), default=-1) + 1
+    for number in numbers:
+        if number is None or number in taken:
+            number, next_free = next_free, next_free + 1
+        taken.add(number)
+        ids.append(number)
+    return ids
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """A distinct, safe file name for each input's annotated copy: its stem, with characters
+    that file systems or PIL choke on replaced, and a number where two would clash."""
+    names, seen = [], set()
+    for index, path in enumerate(files):
+        stem = re.sub(r"[^\w\-]+", "_", path.stem).strip("_") or f"image{index}"
+        name = stem if stem not in seen else f"{stem}_{index}"
+        seen.add(name)
+        names.append(f"{name}.jpg")
+    return names
+
+
+def predict_files(cfg) -> dict:
+    """predict.py: annotated images and detections.json for every readable input image.
+
+    Unreadable files are skipped and listed at the end; an input file is never written over
+    (an output folder that holds inputs is refused). detections.json keeps every detection
+    (down to the checkpoint's score threshold, for COCOeval); the pictures draw those scoring
+    at least `draw_thresh`. Returns a small report.
+    """
+    files = find_images(cfg.input)
+    output = Path(cfg.output).expanduser().resolve()
+    if any(path.resolve().parent == output for path in files):
+        raise ValueError(
+            f"output={cfg.output!r} holds input images, which the annotated copies would "
+            "overwrite: choose another output folder"
+        )
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path, cfg.trainer.accelerator, cfg.score_thresh, cfg.nms_thresh, cfg.max_detections
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    results, corrupt = [], []
+    ids, names = image_ids(files), output_names(files)
+    json_path = output / "detections.json"
+    try:
+        with tqdm(total=len(files), unit="image", desc="predict") as progress:
+            for start in range(0, len(files), cfg.batch_size):
+                batch = []
+                for index in range(start, min(start + cfg.batch_size, len(files))):
+                    try:
+                        batch.append((index, open_image(files[index])))
+                    except UNREADABLE_IMAGE as err:
+                        corrupt.append(f"{files[index]}: {type(err).__name__}: {err}")
+                detections = predictor([image for _, image in batch]) if batch else []
+                for (index, image), detection in zip(batch, detections, strict=True):
+                    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+                    drawn = draw_detections(
+                        pixels,
+                        detection,
+                        class_names=predictor.class_names,
+                        min_score=cfg.draw_thresh,
+                    )
+                    Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(
+                        output / names[index], format="JPEG", quality=92
+                    )
+                    results += predictor.coco_results(detection, ids[index], files[index].name)
+                progress.update(min(cfg.batch_size, len(files) - start))
+    finally:  # what was found so far is kept, whatever stopped the run
+        json_path.write_text(json.dumps(results))
+    lines = [
+        f"{len(files) - len(corrupt)} images, {len(results)} detections -> {output}",
+        f"  COCO results: {json_path}",
+    ]
+    if corrupt:
+        lines.append(f"  {len(corrupt)} files could not be read and were skipped:")
+        lines += [f"    {c}" for c in corrupt]
+    log.info("\n".join(lines))
+    return {"images": len(files) - len(corrupt), "detections": len(results), "corrupt": corrupt}
+
+
+# visualize.py
+
+
+def visualize(cfg) -> Path:
+    """visualize.py: one PNG of `cfg.what` for a checkpoint (or random weights) and an image
+    (or a validation sample of `cfg.data`), SIZES[what] inches at `cfg.dpi`. Returns its path."""
+    if cfg.ckpt_path:
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.trainer.accelerator)
+    else:
+        model = instantiate({**cfg.model, "backbone": {**cfg.model.backbone, "weights": None}})
+        predictor = Predictor(
+            model, cfg.data.image_size, cfg.data.resize, device=cfg.trainer.accelerator
+        )
+    model = predictor.model
+    if cfg.image:
+        image, target = predictor.prepare(cfg.image)[0], None
+    else:
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("validate")
+        image, target = datamodule.val_set[cfg.index]
+        predictor.class_names = predictor.class_names or datamodule.class_names
+    figure = make_figure(
+        cfg.what, model, image, target, predictor.class_names, cfg.level, cfg.top_n
+    )
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"{cfg.what}.png"
+    figure.savefig(path, dpi=cfg.dpi)
+    log.info("Wrote %s", path)
+    return path

@@ -4,12 +4,8 @@ Each function takes a `FasterRCNN`, one uint8 (3, S, S) input image and, where n
 target (boxes in input pixels, labels), and returns a matplotlib Figure of a fixed size.
 """
 
-import logging
-from pathlib import Path
-
 import matplotlib
 import torch
-from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -17,7 +13,6 @@ from frcnn.boxes import clip_boxes, pairwise_iou
 from frcnn.drawing import draw_detections
 from frcnn.model.matching import IGNORED, NEGATIVE, match, sample, training_labels
 from frcnn.model.structures import pad_targets
-from frcnn.predict import Predictor
 
 DPI = 100
 SIZES = {  # inches at DPI
@@ -28,7 +23,6 @@ SIZES = {  # inches at DPI
     "detections": (7, 7),
 }
 WHAT = tuple(SIZES)
-log = logging.getLogger(__name__)
 
 
 def _figure(what: str, ncols: int = 1, nrows: int = 1):
@@ -214,32 +208,3 @@ def make_figure(what: str, model, image, target=None, class_names=None, level=0,
         "detections": lambda: detections_figure(model, image, target, class_names),
     }
     return builders[what]()
-
-
-def visualize(cfg) -> Path:
-    """visualize.py: one PNG of `cfg.what` for a checkpoint (or random weights) and an image
-    (or a validation sample of `cfg.data`), SIZES[what] inches at `cfg.dpi`. Returns its path."""
-    if cfg.ckpt_path:
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.trainer.accelerator)
-    else:
-        model = instantiate({**cfg.model, "backbone": {**cfg.model.backbone, "weights": None}})
-        predictor = Predictor(
-            model, cfg.data.image_size, cfg.data.resize, device=cfg.trainer.accelerator
-        )
-    model = predictor.model
-    if cfg.image:
-        image, target = predictor.prepare(cfg.image)[0], None
-    else:
-        datamodule = instantiate(cfg.data)
-        datamodule.setup("validate")
-        image, target = datamodule.val_set[cfg.index]
-        predictor.class_names = predictor.class_names or datamodule.class_names
-    figure = make_figure(
-        cfg.what, model, image, target, predictor.class_names, cfg.level, cfg.top_n
-    )
-    output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / f"{cfg.what}.png"
-    figure.savefig(path, dpi=cfg.dpi)
-    log.info("Wrote %s", path)
-    return path

@@ -9,8 +9,9 @@ from faster_coco_eval import COCO
 from PIL import Image
 from torchvision.ops import box_iou
 
+from frcnn.app import find_images
 from frcnn.data.synthetic import draw_sample
-from frcnn.predict import Predictor, find_images
+from frcnn.predict import Predictor
 from tests.app.helpers import run, run_dirs
 from tests.conftest import OVERFIT_SIZE
 

@@ -3,7 +3,8 @@
 import pytest
 from PIL import Image
 
-from frcnn.figures import DPI, SIZES, WHAT, visualize
+from frcnn.app import visualize
+from frcnn.figures import DPI, SIZES, WHAT
 from tests.app.helpers import composed, run
 
 SMALL_MODEL = ["model.fpn_channels=32", "data.image_size=128", "data.num_workers=0", "device=cpu"]

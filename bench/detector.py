@@ -32,8 +32,6 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.model import from_torchvision
-from frcnn.model.poolers import multiscale_roi_align
-from frcnn.model.structures import pad_targets
 
 
 def build_pair(size: int, device):
@@ -283,97 +281,39 @@ def peak_memory(args, size, device):
 
 
 def breakdown(args, size, device):
-    """Median time per stage of our detector (training mode for the loss stages)."""
+    """Time per stage of this detector's real train step and inference, measured with
+    torch.profiler over the stages' own record_function labels (frcnn.*): nothing here
+    re-implements the pipeline. The labelled stages do not overlap."""
     model, _ = build_pair(size, device)
     images, targets = synthetic_batch(args.batch_size, size, device)
-    model.train()
-    rpn, roi = model.rpn, model.roi_heads
-    image_sizes = torch.full((args.batch_size, 2), size, device=device)
-    stages = {}
-
-    def stage(name, fn, *args):
-        synchronize(device)
-        start = time.perf_counter()
-        out = fn(*args)
-        synchronize(device)
-        stages.setdefault(name, []).append(time.perf_counter() - start)
-        return out
-
-    for _ in range(args.warmup + args.reps):
-        x = stage("normalise", model.normalize, images)
-        c = stage("backbone", model.backbone, x)
-        p = stage("fpn", model.fpn, c)
-        shapes = [tuple(f.shape[-2:]) for f in p]
-        anchors = stage("anchors (cached)", model.anchor_generator, shapes, device)
-        logits, deltas = stage("rpn head", rpn.head, p)
-        all_anchors, sizes = torch.cat(anchors), [len(a) for a in anchors]
-        proposals, valid = stage(
-            "proposal selection + nms",
-            rpn.select_proposals,
-            logits.detach().float(),
-            deltas.detach().float(),
-            all_anchors,
-            sizes,
-            image_sizes,
+    train_step, infer = make_steps(model, False, images, targets, device, args.precision, False)
+    for _ in range(args.warmup):
+        train_step()
+        infer()
+    print(f"\nStage breakdown, {size} px, batch {args.batch_size}, {device}: s per batch")
+    for name, step in (("train step", train_step), ("inference", infer)):
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(args.reps):
+                with torch.profiler.record_function("frcnn.step"):
+                    step()
+                synchronize(device)
+        times = {}
+        for event in prof.key_averages():
+            if event.key.startswith("frcnn."):
+                total = event.device_time_total if device.type == "cuda" else event.cpu_time_total
+                times[event.key] = total / 1e6 / args.reps
+        whole = times.pop("frcnn.step")
+        print(f"\n{name}: {whole:.4f} s")
+        print("| stage | time (s) | share |")
+        print("| --- | --- | --- |")
+        for key, value in sorted(times.items(), key=lambda kv: -kv[1]):
+            print(f"| {key.removeprefix('frcnn.')} | {value:.4f} | {100 * value / whole:.0f}% |")
+        print(
+            f"| (the rest: backward, optimiser, ...) | {whole - times.get('features', 0):.4f} | |"
         )
-        gt = pad_targets(targets, device)
-        rpn_losses = stage(
-            "rpn matching + sampling + losses",
-            rpn.losses,
-            logits.float(),
-            deltas.float(),
-            all_anchors,
-            gt,
-        )
-        boxes, labels, box_targets, sampled = stage(
-            "roi matching + sampling", roi.sample_proposals, proposals, valid, gt
-        )
-        index = torch.arange(boxes.shape[0], device=device).repeat_interleave(boxes.shape[1])
-        pooled = stage(
-            "roi align",
-            multiscale_roi_align,
-            p[:4],
-            boxes.flatten(0, 1),
-            index,
-            roi.strides,
-            roi.output_size,
-            roi.sampling_ratio,
-        )
-        scores, box_deltas = stage(
-            "box head + predictor", lambda x: roi.predictor(roi.box_head(x)), pooled
-        )
-        roi_losses = stage(
-            "roi losses",
-            roi.sampled_losses,
-            scores,
-            box_deltas,
-            labels.flatten(),
-            box_targets.flatten(0, 1),
-            sampled.flatten(),
-        )
-        total = sum(rpn_losses.values()) + sum(roi_losses.values())
-        stage("backward (all)", total.backward)
-        model.eval()
-        with torch.no_grad():
-            eval_proposals, eval_valid, _ = rpn(p, anchors, image_sizes)
-            stage(
-                "post-processing (eval: detect)",
-                roi.detect,
-                p[:4],
-                eval_proposals,
-                eval_valid,
-                image_sizes,
-            )
-        model.train()
-        model.zero_grad(set_to_none=True)
-    medians = {name: statistics.median(v[args.warmup :]) for name, v in stages.items()}
-    total = sum(v for k, v in medians.items() if not k.startswith("post"))
-    print(f"\nStage breakdown, {size} px, batch {args.batch_size}, {device}: median s per batch")
-    print("| stage | time (s) | share of train step |")
-    print("| --- | --- | --- |")
-    for name, value in medians.items():
-        share = "" if name.startswith("post") else f"{100 * value / total:.0f}%"
-        print(f"| {name} | {value:.4f} | {share} |")
 
 
 def main():

@@ -48,13 +48,12 @@ def _boxes(ax, boxes, colour, width=1.0, alpha=1.0):
 
 @torch.no_grad()
 def rpn_outputs(model, image):
-    """-> FPN features, anchors per level, objectness logits (N,) and deltas (N, 4)."""
+    """-> FPN features, anchors per level, objectness logits (N,) and deltas (N, 4): the
+    detector's own first stages, for one image."""
     device = next(model.parameters()).device
-    images = image[None].to(device)
-    features = model.fpn(model.backbone(model.normalize(images)))
-    anchors = model.anchor_generator([tuple(f.shape[-2:]) for f in features], device)
-    logits, deltas = model.rpn.head(features)
-    return features, anchors, logits[0].float(), deltas[0].float()
+    features = model.features(image[None].to(device))
+    logits, deltas = model.rpn.outputs(features)
+    return features, model.anchors(features), logits[0], deltas[0]
 
 
 def anchors_figure(model, image, level: int = 0, num_locations: int = 3):

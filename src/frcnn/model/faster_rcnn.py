@@ -2,6 +2,7 @@
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.backbone import Backbone
@@ -100,14 +101,24 @@ class FasterRCNN(nn.Module):
         """
         return self._run(images, targets, image_sizes, detect=True)
 
+    def features(self, images: Tensor, image_sizes: Tensor | None = None) -> list[Tensor]:
+        """(B, 3, S, S) images (padding beyond `image_sizes` zeroed) -> [P2..P6]."""
+        with record_function("frcnn.features"):
+            return self.fpn(self.backbone(self.normalize(images, image_sizes)))
+
+    def anchors(self, features: list[Tensor]) -> list[Tensor]:
+        """[P_l (B, C, H_l, W_l)] -> anchors (H_l * W_l * A_l, 4) per level (cached)."""
+        return self.anchor_generator([tuple(f.shape[-2:]) for f in features], features[0].device)
+
     def _run(self, images: Tensor, targets, image_sizes: Tensor | None, detect: bool):
+        """The stages in order; each is a method of its own (figures and benchmarks call them,
+        and `bench/detector.py --breakdown` times them by their record_function labels)."""
         if image_sizes is None:
             image_sizes = full_sizes(images)
         image_sizes = image_sizes.to(images.device)
-        features = self.fpn(self.backbone(self.normalize(images, image_sizes)))
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], images.device)
+        features = self.features(images, image_sizes)
         gt = None if targets is None else pad_targets(targets, images.device)
-        proposals, valid, losses = self.rpn(features, anchors, image_sizes, gt)
+        proposals, valid, losses = self.rpn(features, self.anchors(features), image_sizes, gt)
         roi_features = features[: len(self.roi_heads.strides)]
         if gt is not None:
             losses.update(self.roi_heads.losses(roi_features, proposals, valid, gt))

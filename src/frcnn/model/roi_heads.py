@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from frcnn.boxes import (
     BoxCoder,
@@ -112,17 +113,19 @@ class RoIHeads(nn.Module):
         self, features: list[Tensor], boxes: Tensor, image_index: Tensor
     ) -> tuple[Tensor, Tensor]:
         """P2..P5, (R, 4) boxes and their (R,) images -> logits (R, C+1), deltas (R, C+1, 4)."""
-        pooled = multiscale_roi_align(
-            features,
-            boxes,
-            image_index,
-            self.strides,
-            self.output_size,
-            self.sampling_ratio,
-            self.canonical_size,
-            self.canonical_level,
-        )
-        return self.predictor(self.box_head(pooled))
+        with record_function("frcnn.roi.align"):
+            pooled = multiscale_roi_align(
+                features,
+                boxes,
+                image_index,
+                self.strides,
+                self.output_size,
+                self.sampling_ratio,
+                self.canonical_size,
+                self.canonical_level,
+            )
+        with record_function("frcnn.roi.box_head"):
+            return self.predictor(self.box_head(pooled))
 
     def losses(
         self, features: list[Tensor], proposals: Tensor, valid: Tensor, gt: GroundTruth
@@ -132,14 +135,16 @@ class RoIHeads(nn.Module):
         proposals (B, P, 4) and valid (B, P) from the RPN; gt: boxes (B, G, 4), labels (B, G),
         valid (B, G). Losses are normalised by the number of sampled proposals in the batch.
         """
-        boxes, labels, targets, sampled = self.sample_proposals(proposals, valid, gt)
+        with record_function("frcnn.roi.sample_proposals"):
+            boxes, labels, targets, sampled = self.sample_proposals(proposals, valid, gt)
         image_index = torch.arange(boxes.shape[0], device=boxes.device)
         logits, deltas = self.predict(
             features, boxes.flatten(0, 1), image_index.repeat_interleave(boxes.shape[1])
         )
-        return self.sampled_losses(
-            logits, deltas, labels.flatten(), targets.flatten(0, 1), sampled.flatten()
-        )
+        with record_function("frcnn.roi.losses"):
+            return self.sampled_losses(
+                logits, deltas, labels.flatten(), targets.flatten(0, 1), sampled.flatten()
+            )
 
     def sampled_losses(
         self, logits: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor, sampled: Tensor
@@ -200,7 +205,8 @@ class RoIHeads(nn.Module):
         image_index, row = valid.nonzero(as_tuple=True)
         proposals = proposals[image_index, row]
         logits, deltas = self.predict(features, proposals, image_index)
-        return self.postprocess(logits, deltas, proposals, image_index, image_sizes)
+        with record_function("frcnn.roi.postprocess"):
+            return self.postprocess(logits, deltas, proposals, image_index, image_sizes)
 
     def postprocess(
         self,

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
 from frcnn.checks import check_number
@@ -107,16 +108,24 @@ class RPN(nn.Module):
         `gt` (boxes (B, G, 4), labels, valid (B, G)) asks for the losses {"rpn_cls", "rpn_box"};
         without it the losses dict is empty.
         """
-        logits, deltas = self.head(features)
-        # float32 from here on, also under autocast: box coordinates need the precision
-        logits, deltas = logits.float(), deltas.float()
+        logits, deltas = self.outputs(features)
         level_sizes = [a.shape[0] for a in anchors]
         all_anchors = torch.cat(anchors)
-        proposals, valid = self.select_proposals(
-            logits.detach(), deltas.detach(), all_anchors, level_sizes, image_sizes
-        )
-        losses = {} if gt is None else self.losses(logits, deltas, all_anchors, gt)
-        return proposals, valid, losses
+        with record_function("frcnn.rpn.select_proposals"):
+            proposals, valid = self.select_proposals(
+                logits.detach(), deltas.detach(), all_anchors, level_sizes, image_sizes
+            )
+        if gt is None:
+            return proposals, valid, {}
+        with record_function("frcnn.rpn.losses"):
+            return proposals, valid, self.losses(logits, deltas, all_anchors, gt)
+
+    def outputs(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """[P_l] -> objectness logits (B, A) and deltas (B, A, 4), float32 (also under
+        autocast: box coordinates need the precision), before any selection."""
+        with record_function("frcnn.rpn.head"):
+            logits, deltas = self.head(features)
+            return logits.float(), deltas.float()
 
     def select_proposals(
         self,

@@ -156,11 +156,11 @@ def assignments_figure(model, image, target, num_negatives: int = 40):
     _boxes(rpn_ax, gt.boxes[0][gt.valid[0]].cpu(), "lime", width=2.5)
 
     side = torch.tensor([image.shape[-2:]], device=device)
-    proposals, valid = rpn.select_proposals(
+    proposals = rpn.select_proposals(
         logits[None], deltas[None], all_anchors, [len(a) for a in anchors], side
     )
     with torch.no_grad():
-        boxes, roi_labels, _, roi_sampled = model.roi_heads.sample_proposals(proposals, valid, gt)
+        boxes, roi_labels, _, roi_sampled = model.roi_heads.sample_proposals(proposals, gt)
     boxes, roi_labels, roi_sampled = boxes[0].cpu(), roi_labels[0].cpu(), roi_sampled[0].cpu()
     fg = roi_sampled & (roi_labels > 0)
     bg = (roi_sampled & (roi_labels == 0)).nonzero().squeeze(1)[:num_negatives]

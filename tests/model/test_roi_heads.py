@@ -6,7 +6,7 @@ from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
 from torchvision.ops import MultiScaleRoIAlign
 
 from frcnn.model.roi_heads import RoIHeads
-from frcnn.model.structures import pad_targets
+from frcnn.model.structures import Proposals, pad_targets
 from tests.model.helpers import CHANNELS, SIDE, features, random_boxes, sorted_rows
 
 HIDDEN, CLASSES = 32, 4
@@ -54,7 +54,9 @@ def test_losses_match_torchvision_when_every_proposal_is_sampled():
     proposals = [p.clamp(0, SIDE) for p in proposals]
     valid = torch.ones(2, 63, dtype=torch.bool)
 
-    losses = ours.losses(feats, torch.stack(proposals), valid, pad_targets(targets, "cpu"))
+    losses = ours.losses(
+        feats, Proposals(torch.stack(proposals), valid), pad_targets(targets, "cpu")
+    )
     tv.train()
     _, tv_losses = tv(
         {str(i): f for i, f in enumerate(feats)}, proposals, [(SIDE, SIDE)] * 2, targets
@@ -76,7 +78,7 @@ def test_sampling_keeps_a_fixed_number_of_rows_and_the_fractions():
     valid = torch.ones(2, 300, dtype=torch.bool)
     valid[1, 30:] = False  # image 1 has only 30 proposals
     boxes, labels, targets_, sampled = heads.sample_proposals(
-        proposals, valid, pad_targets(targets, "cpu")
+        Proposals(proposals, valid), pad_targets(targets, "cpu")
     )
     assert boxes.shape == (2, 64, 4) and labels.shape == sampled.shape == (2, 64)
     assert ((labels[0] > 0) & sampled[0]).sum() == 16  # 25% of 64
@@ -91,7 +93,9 @@ def test_losses_with_empty_targets_are_finite():
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
     proposals = torch.stack([random_boxes(50, 200, g), random_boxes(50, 200, g)])
     losses = heads.losses(
-        features(g), proposals, torch.ones(2, 50, dtype=torch.bool), pad_targets(empty, "cpu")
+        features(g),
+        Proposals(proposals, torch.ones(2, 50, dtype=torch.bool)),
+        pad_targets(empty, "cpu"),
     )
     assert torch.isfinite(losses["roi_cls"]) and losses["roi_cls"] > 0
     assert losses["roi_box"] == 0
@@ -109,7 +113,7 @@ def test_detections_match_torchvision_post_processing():
     valid[1, 50:] = False  # padding rows never become detections
     # the second image is letterboxed: boxes are clipped to its own content, as torchvision's
     sizes = [(SIDE, SIDE), (SIDE - 60, SIDE - 100)]
-    detections = ours.detect(feats, proposals, valid, torch.tensor(sizes))
+    detections = ours.detect(feats, Proposals(proposals, valid), torch.tensor(sizes))
     tv.eval()
     expected, _ = tv(
         {str(i): f for i, f in enumerate(feats)}, [proposals[0], proposals[1, :50]], sizes

@@ -65,7 +65,7 @@ def torchvision_proposals(sizes):
     # large random weights so that objectness and deltas vary a lot
     for conv in (ours.head.objectness, ours.head.deltas, tv.head.cls_logits, tv.head.bbox_pred):
         torch.nn.init.normal_(conv.weight, std=0.3, generator=torch.Generator().manual_seed(2))
-    proposals, valid, losses = ours(features, anchors, torch.tensor(sizes))
+    (proposals, valid), losses = ours(features, anchors, torch.tensor(sizes))
     assert losses == {}
     from torchvision.models.detection.image_list import ImageList
 
@@ -94,8 +94,9 @@ def test_proposals_of_letterboxed_images_lie_in_their_content_as_torchvision():
 def test_train_and_test_counts_differ():
     rpn = RPN(8, 3, post_nms_top_n_train=40, post_nms_top_n_test=20)
     features, anchors = inputs(torch.Generator().manual_seed(3))
-    assert rpn.train()(features, anchors, torch.tensor([[SIDE, SIDE]] * 2))[0].shape == (2, 40, 4)
-    assert rpn.eval()(features, anchors, torch.tensor([[SIDE, SIDE]] * 2))[0].shape == (2, 20, 4)
+    sizes = torch.tensor([[SIDE, SIDE]] * 2)
+    assert rpn.train()(features, anchors, sizes)[0].boxes.shape == (2, 40, 4)
+    assert rpn.eval()(features, anchors, sizes)[0].boxes.shape == (2, 20, 4)
 
 
 def test_losses_match_torchvision_when_every_anchor_is_sampled():
@@ -107,7 +108,7 @@ def test_losses_match_torchvision_when_every_anchor_is_sampled():
         {"boxes": random_boxes(3, 100, g), "labels": torch.tensor([1, 2, 3])},
         {"boxes": random_boxes(1, 100, g), "labels": torch.tensor([1])},
     ]
-    _, _, losses = ours.train()(
+    _, losses = ours.train()(
         features, anchors, torch.tensor([[SIDE, SIDE]] * 2), pad_targets(targets, "cpu")
     )
 
@@ -126,9 +127,7 @@ def test_losses_on_images_without_boxes_are_finite_and_only_objectness():
     rpn = RPN(8, 3).train()
     features, anchors = inputs(torch.Generator().manual_seed(5))
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
-    _, _, losses = rpn(
-        features, anchors, torch.tensor([[SIDE, SIDE]] * 2), pad_targets(empty, "cpu")
-    )
+    _, losses = rpn(features, anchors, torch.tensor([[SIDE, SIDE]] * 2), pad_targets(empty, "cpu"))
     assert torch.isfinite(losses["rpn_cls"]) and losses["rpn_cls"] > 0
     assert losses["rpn_box"] == 0
     (losses["rpn_cls"] + losses["rpn_box"]).backward()
@@ -140,13 +139,13 @@ def test_no_proposal_surviving_in_the_whole_batch_is_legal():
     the RPN returns only padding, marked invalid, and its losses stay defined."""
     rpn = RPN(8, 3, min_size=1000.0).eval()
     features, anchors = inputs(torch.Generator().manual_seed(6))
-    proposals, valid, _ = rpn(features, anchors, torch.tensor([[SIDE, SIDE]] * 2))
+    (proposals, valid), _ = rpn(features, anchors, torch.tensor([[SIDE, SIDE]] * 2))
     assert not valid.any() and torch.isfinite(proposals).all()
     rpn.train()
     with torch.no_grad():
         rpn.head.conv.weight.fill_(float("nan"))
     empty = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
-    proposals, valid, losses = rpn(
+    (proposals, valid), losses = rpn(
         features, anchors, torch.tensor([[SIDE, SIDE]] * 2), pad_targets(empty, "cpu")
     )
     assert not valid.any() and set(losses) == {"rpn_cls", "rpn_box"}

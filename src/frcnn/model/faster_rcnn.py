@@ -118,13 +118,11 @@ class FasterRCNN(nn.Module):
         image_sizes = image_sizes.to(images.device)
         features = self.features(images, image_sizes)
         gt = None if targets is None else pad_targets(targets, images.device)
-        proposals, valid, losses = self.rpn(features, self.anchors(features), image_sizes, gt)
+        proposals, losses = self.rpn(features, self.anchors(features), image_sizes, gt)
         roi_features = features[: len(self.roi_heads.strides)]
         if gt is not None:
-            losses.update(self.roi_heads.losses(roi_features, proposals, valid, gt))
-        detections = (
-            self.roi_heads.detect(roi_features, proposals, valid, image_sizes) if detect else None
-        )
+            losses.update(self.roi_heads.losses(roi_features, proposals, gt))
+        detections = self.roi_heads.detect(roi_features, proposals, image_sizes) if detect else None
         return losses, detections
 
 

@@ -15,7 +15,7 @@ from frcnn.boxes import (
 from frcnn.checks import check_number
 from frcnn.model.matching import IGNORED, check_settings, match, sample, training_labels
 from frcnn.model.poolers import multiscale_roi_align
-from frcnn.model.structures import GroundTruth
+from frcnn.model.structures import GroundTruth, Proposals
 
 
 class TwoMLPHead(nn.Module):
@@ -128,15 +128,15 @@ class RoIHeads(nn.Module):
             return self.predictor(self.box_head(pooled))
 
     def losses(
-        self, features: list[Tensor], proposals: Tensor, valid: Tensor, gt: GroundTruth
+        self, features: list[Tensor], proposals: Proposals, gt: GroundTruth
     ) -> dict[str, Tensor]:
         """Sample proposals (ground truth included), classify them, return {"roi_cls", "roi_box"}.
 
-        proposals (B, P, 4) and valid (B, P) from the RPN; gt: boxes (B, G, 4), labels (B, G),
-        valid (B, G). Losses are normalised by the number of sampled proposals in the batch.
+        proposals (B, P) from the RPN; gt: boxes (B, G, 4), labels (B, G), valid (B, G).
+        Losses are normalised by the number of sampled proposals in the batch.
         """
         with record_function("frcnn.roi.sample_proposals"):
-            boxes, labels, targets, sampled = self.sample_proposals(proposals, valid, gt)
+            boxes, labels, targets, sampled = self.sample_proposals(proposals, gt)
         image_index = torch.arange(boxes.shape[0], device=boxes.device)
         logits, deltas = self.predict(
             features, boxes.flatten(0, 1), image_index.repeat_interleave(boxes.shape[1])
@@ -166,15 +166,15 @@ class RoIHeads(nn.Module):
             "roi_box": torch.where(positive[:, None], box_loss, 0.0).sum() / num_sampled,
         }
 
-    def sample_proposals(self, proposals: Tensor, valid: Tensor, gt: GroundTruth):
+    def sample_proposals(self, proposals: Proposals, gt: GroundTruth):
         """Match proposals + ground truth to ground truth and sample a fixed number per image.
 
         Returns boxes (B, S, 4), labels (B, S) in 0..num_classes, box-coder targets (B, S, 4)
         and a (B, S) mask of the truly sampled rows, S = min(batch_size_per_image, P + G).
         Rows beyond an image's sample are filler with sampled=False.
         """
-        boxes = torch.cat([proposals, gt.boxes.to(proposals.dtype)], dim=1)
-        candidate = torch.cat([valid, gt.valid], dim=1)
+        boxes = torch.cat([proposals.boxes, gt.boxes.to(proposals.boxes.dtype)], dim=1)
+        candidate = torch.cat([proposals.valid, gt.valid], dim=1)
         iou = pairwise_iou(gt.boxes, boxes)
         matched = match(iou, gt.valid, self.fg_iou_thresh, self.bg_iou_thresh, False)
         gt_labels = gt.labels.gather(1, matched.clamp(min=0))
@@ -195,18 +195,18 @@ class RoIHeads(nn.Module):
         return boxes, labels, targets, sampled
 
     def detect(
-        self, features: list[Tensor], proposals: Tensor, valid: Tensor, image_sizes: Tensor
+        self, features: list[Tensor], proposals: Proposals, image_sizes: Tensor
     ) -> list[dict[str, Tensor]]:
         """Final detections per image: {"boxes" (D, 4), "scores" (D,), "labels" (D,)}.
 
-        proposals (B, P, 4) and valid (B, P) from the RPN; image_sizes (B, 2) (height, width).
+        proposals (B, P) from the RPN; image_sizes (B, 2) (height, width).
         """
         # only the valid proposals, in image order (as torchvision): no work on padding
-        image_index, row = valid.nonzero(as_tuple=True)
-        proposals = proposals[image_index, row]
-        logits, deltas = self.predict(features, proposals, image_index)
+        image_index, row = proposals.valid.nonzero(as_tuple=True)
+        boxes = proposals.boxes[image_index, row]
+        logits, deltas = self.predict(features, boxes, image_index)
         with record_function("frcnn.roi.postprocess"):
-            return self.postprocess(logits, deltas, proposals, image_index, image_sizes)
+            return self.postprocess(logits, deltas, boxes, image_index, image_sizes)
 
     def postprocess(
         self,

@@ -8,7 +8,7 @@ from torch.profiler import record_function
 from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
 from frcnn.checks import check_number
 from frcnn.model.matching import check_settings, match, sample, training_labels
-from frcnn.model.structures import GroundTruth
+from frcnn.model.structures import GroundTruth, Proposals
 
 # Where an image has fewer proposals than the fixed count, the rest are this harmless box
 # (finite deltas and IoUs) and are masked out by the `valid` mask that goes with them.
@@ -101,9 +101,9 @@ class RPN(nn.Module):
         anchors: list[Tensor],
         image_sizes: Tensor,
         gt: GroundTruth | None = None,
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """P2..P6, their anchors and (B, 2) image sizes -> proposals (B, P, 4), valid (B, P),
-        losses. Proposals are clipped to each image's (height, width).
+    ) -> tuple[Proposals, dict[str, Tensor]]:
+        """P2..P6, their anchors and (B, 2) image sizes -> Proposals (B, P), losses. Proposals
+        are clipped to each image's (height, width).
 
         `gt` (boxes (B, G, 4), labels, valid (B, G)) asks for the losses {"rpn_cls", "rpn_box"};
         without it the losses dict is empty.
@@ -112,13 +112,13 @@ class RPN(nn.Module):
         level_sizes = [a.shape[0] for a in anchors]
         all_anchors = torch.cat(anchors)
         with record_function("frcnn.rpn.select_proposals"):
-            proposals, valid = self.select_proposals(
+            proposals = self.select_proposals(
                 logits.detach(), deltas.detach(), all_anchors, level_sizes, image_sizes
             )
         if gt is None:
-            return proposals, valid, {}
+            return proposals, {}
         with record_function("frcnn.rpn.losses"):
-            return proposals, valid, self.losses(logits, deltas, all_anchors, gt)
+            return proposals, self.losses(logits, deltas, all_anchors, gt)
 
     def outputs(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """[P_l] -> objectness logits (B, A) and deltas (B, A, 4), float32 (also under
@@ -134,11 +134,11 @@ class RPN(nn.Module):
         anchors: Tensor,
         level_sizes: list[int],
         image_sizes: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> Proposals:
         """Top-n per level, decode, clip, drop tiny boxes, NMS per image and level, top-n.
 
         logits (B, N), deltas (B, N, 4), anchors (N, 4), image_sizes (B, 2) (height, width)
-        -> proposals (B, P, 4), valid (B, P).
+        -> Proposals (B, P).
         """
         num_images = logits.shape[0]
         pre_nms_top_n = self.pre_nms_top_n[self.training]
@@ -175,7 +175,7 @@ class RPN(nn.Module):
         # image, or a whole batch, may legally have no proposal: a diverging or odd model)
         boxes = torch.cat([boxes, boxes.new_tensor([PADDING_BOX])])
         keep = torch.where(valid, keep, boxes.shape[0] - 1)
-        return boxes[keep], valid
+        return Proposals(boxes[keep], valid)
 
     def losses(
         self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt: GroundTruth

@@ -27,6 +27,13 @@ class GroundTruth(NamedTuple):
     valid: Tensor  # (B, G) bool: False on padding and on degenerate boxes
 
 
+class Proposals(NamedTuple):
+    """The RPN's proposals: a fixed count P per image, padded where fewer survive."""
+
+    boxes: Tensor  # (B, P, 4) xyxy, input pixels; padding rows hold a harmless box
+    valid: Tensor  # (B, P) bool: True on a prefix of each row (best first)
+
+
 def pad_targets(targets: list[dict[str, Tensor]], device) -> GroundTruth:
     """List of per-image {"boxes" (K, 4), "labels" (K,)} -> GroundTruth; K may be 0."""
     boxes = [t["boxes"].to(device, torch.float32).reshape(-1, 4) for t in targets]

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from PIL import Image
 from tqdm import tqdm
 
-from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+from frcnn.checkpoint import detector_from_checkpoint, detector_state, load_checkpoint
 from frcnn.checks import check_number
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.drawing import draw_detections
@@ -158,13 +158,8 @@ def train(cfg: DictConfig) -> float | None:
 def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:
     """A checkpoint to resume from must hold this config's detector: else name the settings
     that differ (rather than a dump of mismatched tensor shapes)."""
-    state = {
-        k.removeprefix("model."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("model.")
-    }
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(detector_state(checkpoint))
     except RuntimeError as err:
         saved = checkpoint["config"]["model"]
         ours = OmegaConf.to_container(cfg.model, resolve=True)

@@ -56,16 +56,20 @@ def model_config(checkpoint: dict, overrides: dict | None = None) -> dict:
     return OmegaConf.to_container(config, resolve=True)
 
 
-def detector_from_checkpoint(checkpoint: dict, overrides: dict | None = None) -> FasterRCNN:
-    """Rebuild the trained detector (weights loaded strictly); `overrides` as in `model_config`."""
-    model = instantiate(model_config(checkpoint, overrides))
-    state = {
+def detector_state(checkpoint: dict) -> dict:
+    """The detector's own state dict out of a Lightning checkpoint (keys `model.*`)."""
+    return {
         k.removeprefix("model."): v
         for k, v in checkpoint["state_dict"].items()
         if k.startswith("model.")
     }
+
+
+def detector_from_checkpoint(checkpoint: dict, overrides: dict | None = None) -> FasterRCNN:
+    """Rebuild the trained detector (weights loaded strictly); `overrides` as in `model_config`."""
+    model = instantiate(model_config(checkpoint, overrides))
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(detector_state(checkpoint))
     except RuntimeError as err:
         raise RuntimeError(
             "The checkpoint's weights do not fit the detector built from its config and the "

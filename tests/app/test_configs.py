@@ -147,6 +147,8 @@ def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):
         ("model.roi_heads.positive_fraction=0", r"positive_fraction=0: must lie in \(0, 1\]"),
         ("model.roi_heads.detections_per_img=2.5", "detections_per_img=2.5: must be an integer"),
         ("model.rpn.min_size=-1", r"model.rpn.min_size=-1: must lie in \[0, inf\)"),
+        ("model.anchors.sizes=[[0],[32],[64],[128],[256]]", r"anchors.sizes\[0\]=0: must lie in"),
+        ("model.fpn_channels=0", r"model.fpn_channels=0: must lie in \[1, inf\)"),
     ],
 )
 def test_an_impossible_value_fails_at_start_up_naming_the_key_and_range(

@@ -3,6 +3,8 @@
 import torch
 from torch import Tensor, nn
 
+from frcnn.checks import check_number
+
 DEFAULT_SIZES = ((32,), (64,), (128,), (256,), (512,))
 DEFAULT_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 5
 DEFAULT_STRIDES = (4, 8, 16, 32, 64)
@@ -45,6 +47,14 @@ class AnchorGenerator(nn.Module):
                 f"anchors: sizes ({len(sizes)} levels), aspect_ratios ({len(aspect_ratios)}) and "
                 f"strides ({len(strides)}) must have one entry per FPN level"
             )
+        for level, (level_sizes, ratios, stride) in enumerate(
+            zip(sizes, aspect_ratios, strides, strict=True)
+        ):
+            for size in level_sizes:
+                check_number(f"model.anchors.sizes[{level}]", size, 0, open_low=True)
+            for ratio in ratios:
+                check_number(f"model.anchors.aspect_ratios[{level}]", ratio, 0, open_low=True)
+            check_number(f"model.anchors.strides[{level}]", stride, 1, integer=True)
         self.sizes = tuple(tuple(s) for s in sizes)
         self.aspect_ratios = tuple(tuple(r) for r in aspect_ratios)
         self.strides = tuple(strides)

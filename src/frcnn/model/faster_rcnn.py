@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from frcnn.checks import check_number
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.backbone import Backbone
 from frcnn.model.fpn import FPN
@@ -45,6 +46,8 @@ class FasterRCNN(nn.Module):
         roi_heads: dict | None = None,
     ):
         super().__init__()
+        check_number("model.num_classes", num_classes, 1, integer=True)
+        check_number("model.fpn_channels", fpn_channels, 1, integer=True)
         self.backbone = Backbone(**(backbone or {}))
         self.fpn = FPN(self.backbone.out_channels, fpn_channels)
         self.anchor_generator = AnchorGenerator(**(anchors or {}))

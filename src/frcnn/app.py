@@ -203,7 +203,10 @@ def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
     )
     # not on the training curves (it may be another set): the summary and hparams show it
     loggers, trainer.loggers = trainer.loggers, []
-    trainer.validate(module, datamodule=datamodule, ckpt_path=best)
+    # the weights alone: validate(ckpt_path=...) would also restore the callbacks' state of
+    # that moment (the summary would lose a last.ckpt written after it)
+    module.load_state_dict(load_checkpoint(best)["state_dict"])
+    trainer.validate(module, datamodule=datamodule)
     trainer.loggers = loggers
     final = {k: v for k, v in final_metrics(trainer).items() if k.startswith("val/")}
     if subset:

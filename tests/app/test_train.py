@@ -179,7 +179,7 @@ def test_a_run_resumed_mid_epoch_continues_that_epochs_stream(tmp_path):
 def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):
     files = [tmp_path / "val-0.parquet"]
     write_parquet(files[0], first_id=0, count=12)
-    run(
+    result = run(
         "train.py",
         "data=coco",
         f"data.train.data_files=[{files[0]}]",
@@ -198,6 +198,8 @@ def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):
     assert sorted(passes[-1]) == list(range(12))
     final = metrics(run_dir)
     assert {"val/map", "subset/val/map", "train/loss"} <= set(final)
+    summary = result.stdout + result.stderr
+    assert "last checkpoint:" in summary and "best checkpoint:" in summary
 
 
 def test_resuming_another_models_checkpoint_names_the_settings_that_differ(trained, tmp_path):

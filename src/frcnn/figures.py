@@ -11,7 +11,7 @@ from matplotlib.patches import Rectangle
 
 from frcnn.boxes import clip_boxes, pairwise_iou
 from frcnn.drawing import draw_detections
-from frcnn.model.matching import IGNORED, NEGATIVE, match, sample, training_labels
+from frcnn.model.matching import IGNORED, NEGATIVE, training_labels
 from frcnn.model.structures import pad_targets
 
 DPI = 100
@@ -140,9 +140,9 @@ def assignments_figure(model, image, target, num_negatives: int = 40):
     rpn = model.rpn
     all_anchors = torch.cat(anchors)
     iou = pairwise_iou(gt.boxes, all_anchors[None])
-    matched = match(iou, gt.valid, rpn.fg_iou_thresh, rpn.bg_iou_thresh, True)[0]
+    matched = rpn.sampling.match(iou, gt.valid, True)[0]
     labels = training_labels(matched)
-    sampled = sample(labels[None], rpn.batch_size_per_image, rpn.positive_fraction)[0]
+    sampled = rpn.sampling.sample(labels[None])[0]
     centres = ((all_anchors[:, :2] + all_anchors[:, 2:]) / 2).cpu()
     ignored = (labels == IGNORED).cpu()
     negatives = (sampled & (labels == NEGATIVE)).nonzero().squeeze(1).cpu()[:num_negatives]

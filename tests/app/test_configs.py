@@ -104,7 +104,8 @@ def test_every_threshold_is_a_config_value(tmp_path):
     )
     model = instantiate(cfg.model)
     assert model.rpn.nms_thresh == 0.6
-    assert model.roi_heads.fg_iou_thresh == 0.6 and model.roi_heads.score_thresh == 0.01
+    assert model.roi_heads.sampling.fg_iou_thresh == 0.6
+    assert model.roi_heads.score_thresh == 0.01
 
 
 def test_hparams_search_grid_trains_something_different_in_every_run(tmp_path):

@@ -5,6 +5,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead as TVTwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
 from torchvision.ops import MultiScaleRoIAlign
 
+from frcnn.model.matching import ROI_SAMPLING, Sampling
 from frcnn.model.roi_heads import RoIHeads
 from frcnn.model.structures import Proposals, pad_targets
 from tests.model.helpers import CHANNELS, SIDE, features, random_boxes, sorted_rows
@@ -18,7 +19,9 @@ def test_sampling_ratio_must_be_fixed():
 
 
 def build_pair(**settings):
-    ours = RoIHeads(CLASSES, CHANNELS, representation_size=HIDDEN, **settings)
+    sampling = Sampling.take(dict(settings), "roi_heads", ROI_SAMPLING)
+    others = {k: v for k, v in settings.items() if k not in Sampling.KEYS}
+    ours = RoIHeads(CLASSES, CHANNELS, representation_size=HIDDEN, sampling=sampling, **others)
     tv = TVRoIHeads(
         MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
         TVTwoMLPHead(CHANNELS * 49, HIDDEN),
@@ -66,7 +69,8 @@ def test_losses_match_torchvision_when_every_proposal_is_sampled():
 
 
 def test_sampling_keeps_a_fixed_number_of_rows_and_the_fractions():
-    heads = RoIHeads(CLASSES, CHANNELS, representation_size=HIDDEN, batch_size_per_image=64)
+    sampling = Sampling(0.5, 0.5, 64, 0.25)
+    heads = RoIHeads(CLASSES, CHANNELS, representation_size=HIDDEN, sampling=sampling)
     g = torch.Generator().manual_seed(2)
     gt = random_boxes(2, 150, g)
     targets = [

@@ -4,6 +4,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 
 from frcnn.model.anchors import AnchorGenerator
+from frcnn.model.matching import RPN_SAMPLING, Sampling
 from frcnn.model.rpn import RPN
 from frcnn.model.structures import pad_targets
 from tests.model.helpers import random_boxes, sorted_rows
@@ -14,7 +15,10 @@ SIDE = 128
 
 def build_pair(**counts):
     """Our RPN and torchvision's with the same head weights and settings."""
-    ours = RPN(8, 3, **counts)
+    sampling = Sampling.take(dict(counts), "rpn", RPN_SAMPLING)
+    ours = RPN(
+        8, 3, sampling=sampling, **{k: v for k, v in counts.items() if k not in Sampling.KEYS}
+    )
     tv = RegionProposalNetwork(
         TVAnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5),
         TVRPNHead(8, 3),

@@ -8,6 +8,7 @@ from frcnn.checks import check_number
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.backbone import Backbone
 from frcnn.model.fpn import FPN
+from frcnn.model.matching import ROI_SAMPLING, RPN_SAMPLING, Sampling
 from frcnn.model.roi_heads import RoIHeads
 from frcnn.model.rpn import RPN
 from frcnn.model.structures import pad_targets
@@ -57,10 +58,16 @@ class FasterRCNN(nn.Module):
                 "anchors: the RPN head is shared by all levels, so every level needs the same "
                 f"number of sizes x aspect ratios; got {num_anchors}"
             )
-        self.rpn = RPN(fpn_channels, num_anchors[0], **(rpn or {}))
+        rpn, roi_heads = dict(rpn or {}), dict(roi_heads or {})
+        rpn_sampling = Sampling.take(rpn, "rpn", RPN_SAMPLING)
+        self.rpn = RPN(fpn_channels, num_anchors[0], sampling=rpn_sampling, **rpn)
         roi_strides = self.anchor_generator.strides[:-1]  # P2..P5; P6 serves the RPN only
+        roi_sampling = Sampling.take(roi_heads, "roi_heads", ROI_SAMPLING)
         self.roi_heads = RoIHeads(
-            num_classes, fpn_channels, **{"strides": roi_strides, **(roi_heads or {})}
+            num_classes,
+            fpn_channels,
+            sampling=roi_sampling,
+            **{"strides": roi_strides, **roi_heads},
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False)

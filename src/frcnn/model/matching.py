@@ -4,6 +4,9 @@ Both work on whole batches at once: ground truth is padded to (B, G) with a vali
 so there is no per-image Python loop and no host-device synchronisation.
 """
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -18,30 +21,58 @@ NEGATIVE = 0
 IGNORED = -1
 
 
-def check_settings(
-    stage: str,
-    fg_iou_thresh: float,
-    bg_iou_thresh: float,
-    batch_size_per_image: int,
-    positive_fraction: float,
-) -> None:
-    """Refuse matcher and sampler settings that cannot work, naming the config key.
-
-    `stage` is "rpn" or "roi_heads". fg_iou_thresh below bg_iou_thresh would make the band
-    between them count as background and foreground at once (the run would silently train as
-    with fg = bg).
+@dataclass(frozen=True)
+class Sampling:
+    """The matcher + sampler settings of one stage (the RPN's anchors, the ROI heads'
+    proposals): IoU >= fg_iou_thresh is foreground, < bg_iou_thresh background, the band
+    between ignored; `batch_size_per_image` candidates are sampled per image, at most
+    `positive_fraction` of them foreground. `stage` ("rpn", "roi_heads") names the config
+    keys in messages. Impossible settings are refused here, at start-up.
     """
-    key = f"model.{stage}"
-    check_number(f"{key}.fg_iou_thresh", fg_iou_thresh, 0.0, 1.0)
-    check_number(f"{key}.bg_iou_thresh", bg_iou_thresh, 0.0, 1.0)
-    if fg_iou_thresh < bg_iou_thresh:
-        raise ValueError(
-            f"{key}.fg_iou_thresh={fg_iou_thresh} < {key}.bg_iou_thresh={bg_iou_thresh}: "
-            "IoU >= fg is foreground, IoU < bg background and the band between is ignored, so "
-            "fg must be at least bg"
+
+    fg_iou_thresh: float
+    bg_iou_thresh: float
+    batch_size_per_image: int
+    positive_fraction: float
+    stage: str = "roi_heads"
+
+    KEYS: ClassVar = ("fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image", "positive_fraction")
+
+    def __post_init__(self):
+        key = f"model.{self.stage}"
+        check_number(f"{key}.fg_iou_thresh", self.fg_iou_thresh, 0.0, 1.0)
+        check_number(f"{key}.bg_iou_thresh", self.bg_iou_thresh, 0.0, 1.0)
+        if self.fg_iou_thresh < self.bg_iou_thresh:
+            # else the band between would count as background and foreground at once: the
+            # run would silently train as with fg = bg
+            raise ValueError(
+                f"{key}.fg_iou_thresh={self.fg_iou_thresh} < "
+                f"{key}.bg_iou_thresh={self.bg_iou_thresh}: IoU >= fg is foreground, IoU < bg "
+                "background and the band between is ignored, so fg must be at least bg"
+            )
+        check_number(f"{key}.batch_size_per_image", self.batch_size_per_image, 1, integer=True)
+        check_number(f"{key}.positive_fraction", self.positive_fraction, 0.0, 1.0, open_low=True)
+
+    @classmethod
+    def take(cls, settings: dict, stage: str, default: "Sampling") -> "Sampling":
+        """Pop this object's keys out of a stage's flat settings (the config keeps them flat:
+        model.rpn.fg_iou_thresh, ...), falling back to `default`'s values."""
+        values = {k: settings.pop(k, getattr(default, k)) for k in cls.KEYS}
+        return cls(**values, stage=stage)
+
+    def match(self, iou: Tensor, gt_valid: Tensor, allow_low_quality_matches: bool) -> Tensor:
+        """`match` with these thresholds."""
+        return match(
+            iou, gt_valid, self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality_matches
         )
-    check_number(f"{key}.batch_size_per_image", batch_size_per_image, 1, integer=True)
-    check_number(f"{key}.positive_fraction", positive_fraction, 0.0, 1.0, open_low=True)
+
+    def sample(self, labels: Tensor) -> Tensor:
+        """`sample` with this batch size and positive fraction."""
+        return sample(labels, self.batch_size_per_image, self.positive_fraction)
+
+
+RPN_SAMPLING = Sampling(0.7, 0.3, 256, 0.5, stage="rpn")  # the Faster R-CNN paper's
+ROI_SAMPLING = Sampling(0.5, 0.5, 512, 0.25, stage="roi_heads")  # the FPN paper's
 
 
 def match(

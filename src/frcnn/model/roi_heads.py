@@ -13,7 +13,7 @@ from frcnn.boxes import (
     pairwise_iou,
 )
 from frcnn.checks import check_number
-from frcnn.model.matching import IGNORED, check_settings, match, sample, training_labels
+from frcnn.model.matching import IGNORED, ROI_SAMPLING, Sampling, training_labels
 from frcnn.model.poolers import multiscale_roi_align
 from frcnn.model.structures import GroundTruth, Proposals
 
@@ -61,10 +61,7 @@ class RoIHeads(nn.Module):
         canonical_size: float = 224,
         canonical_level: int = 4,
         representation_size: int = 1024,
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.5,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
+        sampling: Sampling = ROI_SAMPLING,
         box_coder_weights=(10.0, 10.0, 5.0, 5.0),
         smooth_l1_beta: float = 1.0 / 9,
         score_thresh: float = 0.05,
@@ -78,9 +75,6 @@ class RoIHeads(nn.Module):
                 f"model.roi_heads.sampling_ratio={sampling_ratio}: use a fixed number of samples"
                 " per bin side (>= 1; torchvision's adaptive 0 is not supported)"
             )
-        check_settings(
-            "roi_heads", fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction
-        )
         for name, count in (
             ("output_size", output_size),
             ("representation_size", representation_size),
@@ -99,10 +93,7 @@ class RoIHeads(nn.Module):
         self.box_head = TwoMLPHead(in_channels * output_size**2, representation_size)
         self.predictor = BoxPredictor(representation_size, num_classes)
         self.box_coder = BoxCoder(box_coder_weights)
-        self.fg_iou_thresh = fg_iou_thresh
-        self.bg_iou_thresh = bg_iou_thresh
-        self.batch_size_per_image = batch_size_per_image
-        self.positive_fraction = positive_fraction
+        self.sampling = sampling
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
@@ -176,13 +167,13 @@ class RoIHeads(nn.Module):
         boxes = torch.cat([proposals.boxes, gt.boxes.to(proposals.boxes.dtype)], dim=1)
         candidate = torch.cat([proposals.valid, gt.valid], dim=1)
         iou = pairwise_iou(gt.boxes, boxes)
-        matched = match(iou, gt.valid, self.fg_iou_thresh, self.bg_iou_thresh, False)
+        matched = self.sampling.match(iou, gt.valid, False)
         gt_labels = gt.labels.gather(1, matched.clamp(min=0))
         labels = training_labels(matched, gt_labels)
         labels = torch.where(candidate, labels, IGNORED)
-        sampled = sample(labels.clamp(max=1), self.batch_size_per_image, self.positive_fraction)
+        sampled = self.sampling.sample(labels.clamp(max=1))
         # a fixed number of rows per image: the sampled ones first, then filler
-        num_rows = min(self.batch_size_per_image, boxes.shape[1])
+        num_rows = min(self.sampling.batch_size_per_image, boxes.shape[1])
         rows = sampled.float().topk(num_rows, dim=1).indices
         boxes = boxes.gather(1, rows[..., None].expand(-1, -1, 4))
         matched_gt = gt.boxes.gather(

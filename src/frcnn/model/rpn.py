@@ -7,7 +7,7 @@ from torch.profiler import record_function
 
 from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
 from frcnn.checks import check_number
-from frcnn.model.matching import check_settings, match, sample, training_labels
+from frcnn.model.matching import RPN_SAMPLING, Sampling, training_labels
 from frcnn.model.structures import GroundTruth, Proposals
 
 # Where an image has fewer proposals than the fixed count, the rest are this harmless box
@@ -61,17 +61,13 @@ class RPN(nn.Module):
         post_nms_top_n_train: int = 2000,
         post_nms_top_n_test: int = 1000,
         nms_thresh: float = 0.7,
-        fg_iou_thresh: float = 0.7,
-        bg_iou_thresh: float = 0.3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
+        sampling: Sampling = RPN_SAMPLING,
         min_size: float = 1e-3,
         score_thresh: float = 0.0,
         box_coder_weights=(1.0, 1.0, 1.0, 1.0),
         smooth_l1_beta: float = 1.0 / 9,
     ):
         super().__init__()
-        check_settings("rpn", fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction)
         for name, count in (
             ("pre_nms_top_n_train", pre_nms_top_n_train),
             ("pre_nms_top_n_test", pre_nms_top_n_test),
@@ -87,10 +83,7 @@ class RPN(nn.Module):
         self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}
         self.post_nms_top_n = {True: post_nms_top_n_train, False: post_nms_top_n_test}
         self.nms_thresh = nms_thresh
-        self.fg_iou_thresh = fg_iou_thresh
-        self.bg_iou_thresh = bg_iou_thresh
-        self.batch_size_per_image = batch_size_per_image
-        self.positive_fraction = positive_fraction
+        self.sampling = sampling
         self.min_size = min_size
         self.score_thresh = score_thresh
         self.smooth_l1_beta = smooth_l1_beta
@@ -187,9 +180,9 @@ class RPN(nn.Module):
         """
         num_images = logits.shape[0]
         iou = pairwise_iou(gt.boxes, anchors.expand(num_images, -1, -1))
-        matched = match(iou, gt.valid, self.fg_iou_thresh, self.bg_iou_thresh, True)
+        matched = self.sampling.match(iou, gt.valid, True)
         labels = training_labels(matched)
-        sampled = sample(labels, self.batch_size_per_image, self.positive_fraction)
+        sampled = self.sampling.sample(labels)
         positive = sampled & (labels == 1)
         num_sampled = sampled.sum().clamp(min=1)
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from frcnn.checkpoint import detector_from_checkpoint, detector_state, load_checkpoint
 from frcnn.checks import check_number
+from frcnn.data.datamodule import StreamEpoch
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.drawing import draw_detections
 from frcnn.figures import make_figure
@@ -84,8 +85,10 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Lightning Trainer with the config's callbacks and loggers."""
+    """The Lightning Trainer with the config's callbacks and loggers (and `StreamEpoch`,
+    which streamed data needs whatever the callbacks config says)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks.append(StreamEpoch())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

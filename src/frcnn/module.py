@@ -105,12 +105,6 @@ class DetectorModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         return {"loss": loss, "losses": {k: v.detach() for k, v in losses.items()}}
 
-    def on_train_epoch_start(self) -> None:
-        # Lightning sets the epoch on samplers only; a streamed data set reshuffles itself
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "set_epoch"):
-            datamodule.set_epoch(self.current_epoch)
-
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._last_batch_start is not None:

@@ -173,6 +173,8 @@ def test_a_run_resumed_mid_epoch_continues_that_epochs_stream(tmp_path):
         stream.set_epoch(epoch)
         orders[epoch] = [target["image_id"] for _, target in stream]
     assert orders[0] != orders[1]
+    first = json.loads((run_dirs(tmp_path / "a")[0] / "ids_rank0.json").read_text())
+    assert first == orders[0] + orders[1][:4]  # each epoch of the first run in its own order
     assert resumed == orders[1][: len(resumed)] and len(resumed) == 8
 
 

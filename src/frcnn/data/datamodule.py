@@ -16,6 +16,16 @@ def has_limit(make: Callable) -> bool:
     return getattr(make, "keywords", {}).get("limit") is not None
 
 
+class StreamEpoch(L.Callback):
+    """Tells a `DetectionDataModule` each training epoch as it starts: Lightning sets the epoch
+    on samplers only, and a streamed source reshuffles itself. (A run resumed mid-epoch gets
+    its epoch from the data module's checkpointed state, before the stream opens.)"""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(trainer.datamodule, DetectionDataModule):
+            trainer.datamodule.set_epoch(trainer.current_epoch)
+
+
 class DetectionDataModule(L.LightningDataModule):
     """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...],
     "image_sizes": (B, 2)} (see `collate`).

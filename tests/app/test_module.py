@@ -30,20 +30,3 @@ def test_a_non_finite_loss_stops_training_naming_step_and_term():
     }
     with pytest.raises(FloatingPointError, match=r"step 0 .*rpn_box"):
         m.on_train_batch_end({"loss": sum(losses.values()), "losses": losses}, None, 3)
-
-
-def test_every_training_epoch_reshuffles_the_data():
-    epochs = []
-
-    class DataModule:
-        def set_epoch(self, epoch):
-            epochs.append(epoch)
-
-    class Trainer:
-        datamodule = DataModule()
-        current_epoch = 4
-
-    m = module()
-    m._trainer = Trainer()
-    m.on_train_epoch_start()
-    assert epochs == [4]

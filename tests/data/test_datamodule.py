@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from frcnn.data import DetectionDataModule, SyntheticShapes
+from frcnn.data.datamodule import StreamEpoch
 
 CONF = Path(__file__).parents[2] / "conf" / "data"
 
@@ -97,3 +99,17 @@ def test_validation_images_are_not_flipped_and_training_ones_may_be():
 def test_misconfiguration_fails_at_start_up(kwargs, key):
     with pytest.raises((ValueError, InstantiationException), match=key):
         load("synthetic", **kwargs)
+
+
+def test_every_training_epoch_reshuffles_the_data():
+    """StreamEpoch (which the app adds to every trainer) hands each epoch to the data module;
+    through Lightning's own loop: tests/app/test_train.py's resume test."""
+    epochs = []
+    dm = DetectionDataModule(
+        lambda transform: SyntheticShapes(transform, 4),
+        lambda transform: SyntheticShapes(transform, 4),
+        num_workers=0,
+    )
+    dm.set_epoch = epochs.append
+    StreamEpoch().on_train_epoch_start(SimpleNamespace(datamodule=dm, current_epoch=4), None)
+    assert epochs == [4]

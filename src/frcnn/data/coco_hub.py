@@ -78,8 +78,10 @@ class HubCOCO(IterableDataset):
     ):
         if limit is not None and limit <= 0:
             raise ValueError(f"data limit={limit}: must be positive or null")
-        if data_files is not None and not isinstance(data_files, str):
-            data_files = [str(f) for f in data_files]  # a plain list, not Hydra's ListConfig
+        if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig
+            data_files = (
+                [data_files] if isinstance(data_files, str) else [str(f) for f in data_files]
+            )
         self.transform = transform
         self.split, self.name, self.revision, self.data_files = split, name, revision, data_files
         self.shuffle, self.shuffle_buffer, self.seed, self.limit = (
@@ -129,8 +131,7 @@ class HubCOCO(IterableDataset):
         """A local path or glob in `data_files` that matches no file fails here, named."""
         import glob
 
-        files = [self.data_files] if isinstance(self.data_files, str) else self.data_files
-        for pattern in files:
+        for pattern in self.data_files:
             if "://" not in pattern and not glob.glob(pattern):
                 split = "train" if self.split == "train" else "val"
                 raise FileNotFoundError(
@@ -241,9 +242,8 @@ class HubCOCO(IterableDataset):
 
         import pyarrow.parquet as pq
 
-        files = [self.data_files] if isinstance(self.data_files, str) else self.data_files or []
         broken = []
-        for path in sorted({p for f in files for p in glob.glob(str(f))}):
+        for path in sorted({p for f in self.data_files or [] for p in glob.glob(f)}):
             try:
                 pq.read_metadata(path)
             except (OSError, pa.ArrowInvalid) as file_err:

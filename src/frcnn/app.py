@@ -318,7 +318,10 @@ def output_names(files: list[Path]) -> list[str]:
     names, seen = [], set()
     for index, path in enumerate(files):
         stem = re.sub(r"[^\w\-]+", "_", path.stem).strip("_") or f"image{index}"
-        name = stem if stem not in seen else f"{stem}_{index}"
+        name, n = stem, 0
+        while name in seen:  # "a", "a_1", "a_2", ... (also past a file that is named "a_1")
+            n += 1
+            name = f"{stem}_{n}"
         seen.add(name)
         names.append(f"{name}.jpg")
     return names

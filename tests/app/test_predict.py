@@ -171,3 +171,12 @@ def test_phone_photos_are_turned_upright_before_detection(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 degrees to view
     Image.new("RGB", (300, 200)).save(tmp_path / "phone.jpg", exif=exif)
     assert open_image(tmp_path / "phone.jpg").size == (200, 300)
+
+
+def test_output_names_stay_distinct_whatever_the_inputs_are_called():
+    from pathlib import Path
+
+    from frcnn.app import output_names
+
+    files = [Path("a/7.png"), Path("b/7.png"), Path("c/7_1.png"), Path("d/..jpg")]
+    assert output_names(files) == ["7.jpg", "7_1.jpg", "7_1_1.jpg", "image3.jpg"]

@@ -24,6 +24,7 @@ from torchvision.ops import nms
 
 from frcnn.boxes import clip_boxes, is_large_enough
 from frcnn.model.roi_heads import RoIHeads
+from frcnn.model.structures import Proposals
 
 
 def make_inputs(images: int, proposals: int, classes: int, size: int, seed: int = 0):
@@ -104,10 +105,14 @@ def main():
         args.images, args.proposals, args.classes, args.size
     )
     inputs = (logits, deltas, proposals, image_index, args.images)
+    padded_proposals = Proposals(
+        proposals.view(args.images, args.proposals, 4),
+        torch.ones(args.images, args.proposals, dtype=torch.bool),
+    )
     versions = {
         "batched (this project)": lambda: heads.postprocess(
-            *inputs[:4], torch.full((args.images, 2), args.size)
-        ),
+            logits, deltas, padded_proposals, torch.full((args.images, 2), args.size)
+        ).per_image(),
         "per-class loop, torchvision nms": lambda: per_class_loop(heads, *inputs, args.size, nms),
         "per-class loop, Python NMS": lambda: per_class_loop(
             heads, *inputs, args.size, python_greedy_nms

@@ -3,6 +3,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
@@ -119,35 +120,69 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / (area1[:, :, None] + area2[:, None, :] - inter)
 
 
-def nms_top_k_per_image(
-    boxes: Tensor,
-    scores: Tensor,
-    groups: Tensor,
-    image_index: Tensor,
-    num_images: int,
-    iou_thresh: float,
-    k: int,
-) -> tuple[Tensor, Tensor]:
-    """Class-aware NMS over a whole batch, then the k best survivors of each image.
+class NMSInRows(torch.autograd.Function):
+    """Greedy NMS within each row, as ONNX's `NonMaxSuppression` computes it.
 
-    boxes (R, 4), scores (R,), groups (R,) int: boxes suppress each other only within a group,
-    and a group never spans two images; image_index (R,) int in 0..num_images-1.
-    Returns (num_images, k) indices into the R boxes, best first, and a (num_images, k) bool
-    mask that is False where an image has fewer than k survivors (True on a prefix of each row).
+    boxes (R, N, 4), scores (R, 1, N): every row (one image and class, or image and level) is
+    independent; a negative score marks a box that takes no part (neither kept nor
+    suppressing). Returns the kept boxes as (K, 3) int64 rows (row, 0, column).
+
+    In PyTorch this is torchvision's `batched_nms`; exported to ONNX (`symbolic`) it is the
+    `NonMaxSuppression` operator with the rows as its batch, so the graph needs nothing else.
     """
-    # float64: batched_nms may offset each group's boxes by group * (max coordinate + 1); in
-    # float32 that rounds coordinates (to 1/16 px at batch 16 x 80 classes), so an image's
-    # detections would depend on its place in the batch
-    keep = batched_nms(boxes.double(), scores.double(), groups, iou_thresh)  # best first
-    image_of = image_index[keep]
-    image_of, order = torch.sort(image_of, stable=True)  # stable: scores stay sorted per image
-    keep = keep[order]
-    # where each image's run starts in the sorted list (bincount would read its max back)
-    start = torch.searchsorted(image_of, torch.arange(num_images, device=keep.device))
-    rank = torch.arange(keep.numel(), device=keep.device) - start[image_of]
-    # write survivors past the k-th to a spare column k that is cut off afterwards
-    slot = image_of * (k + 1) + rank.clamp(max=k)
-    selected = keep.new_zeros(num_images * (k + 1)).index_put_((slot,), keep)
-    filled = torch.zeros(num_images * (k + 1), dtype=torch.bool, device=keep.device)
-    filled = filled.index_put_((slot,), torch.ones_like(slot, dtype=torch.bool))
-    return selected.view(num_images, k + 1)[:, :k], filled.view(num_images, k + 1)[:, :k]
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thresh: float) -> Tensor:
+        row, column = (scores[:, 0] >= 0).nonzero(as_tuple=True)
+        # float64: batched_nms offsets each row's boxes by row * (max coordinate + 1); in
+        # float32 that rounds coordinates (to 1/16 px at 16 images x 80 classes), so an image's
+        # detections would depend on its place in the batch
+        keep = batched_nms(
+            boxes[row, column].double(), scores[row, 0, column].double(), row, iou_thresh
+        )
+        row, column = row[keep], column[keep]
+        return torch.stack([row, torch.zeros_like(row), column], dim=1)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou_thresh: float):
+        def constant(value, dtype):
+            return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
+
+        # max_output_boxes_per_class must be given (0 would keep nothing): every box may stay
+        every_box = g.op("Gather", g.op("Shape", boxes), constant(1, torch.int64), axis_i=0)
+        # scores are probabilities or -1 (no part): -0.5 separates them
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            every_box,
+            constant(iou_thresh, torch.float32),
+            constant(-0.5, torch.float32),
+        )
+
+
+def nms_in_rows(boxes: Tensor, scores: Tensor, candidate: Tensor, iou_thresh: float) -> Tensor:
+    """Greedy NMS within each row: (R, N, 4) boxes, (R, N) scores in [0, 1], (R, N) bool
+    candidates -> (R, N) bool, True where a candidate survives.
+
+    A row is one image and one class (or one FPN level): boxes suppress each other only within
+    their row, and boxes that are no candidates take no part.
+    """
+    masked = torch.where(candidate, scores, -1.0)
+    kept = NMSInRows.apply(boxes, masked[:, None], iou_thresh)
+    survivors = torch.zeros_like(candidate)
+    return survivors.index_put((kept[:, 0], kept[:, 2]), torch.ones_like(kept[:, 0]).bool())
+
+
+def top_k_per_image(scores: Tensor, kept: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best kept entries of each image: scores (B, M), kept (B, M) bool ->
+    indices (B, k) into M, best first, and (B, k) bool valid, True on a prefix of each row
+    (False where an image has fewer than k kept entries; their indices point anywhere).
+    """
+    available = min(k, scores.shape[1])
+    values, indices = torch.where(kept, scores, -torch.inf).topk(available, dim=1)
+    valid = values > -torch.inf
+    if available < k:  # fewer entries than asked for: pad, so the count is always k
+        indices = F.pad(indices, (0, k - available))
+        valid = torch.cat([valid, valid.new_zeros(valid.shape[0], k - available)], dim=1)
+    return indices, valid

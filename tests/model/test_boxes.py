@@ -3,14 +3,15 @@ import math
 import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import box_iou, clip_boxes_to_image, nms
 
 from frcnn.boxes import (
     BoxCoder,
     clip_boxes,
-    nms_top_k_per_image,
+    nms_in_rows,
     pairwise_iou,
     to_original_pixels,
+    top_k_per_image,
 )
 from tests.model.helpers import random_boxes
 
@@ -78,41 +79,42 @@ def test_pairwise_iou_matches_box_iou_per_image():
         torch.testing.assert_close(iou[i], box_iou(a[i], b[i]))
 
 
-def test_nms_top_k_per_image_equals_a_loop_over_images():
+def test_nms_in_rows_equals_torchvision_nms_row_by_row():
     g = torch.Generator().manual_seed(4)
-    num_images, per_image, k = 4, 300, 20
-    boxes = random_boxes(num_images * per_image, generator=g)
-    scores = torch.rand(num_images * per_image, generator=g)
-    classes = torch.randint(0, 4, (num_images * per_image,), generator=g)
-    image_index = torch.arange(num_images).repeat_interleave(per_image)
-    # image 2 gets fewer than k candidates (its remaining slots must be marked invalid) and
-    # image 1 none at all
-    few = (image_index == 2) & (torch.arange(len(scores)) % per_image < 5)
-    keep_rows = (image_index == 0) | (image_index == 3) | few
-    boxes, scores, classes, image_index = (
-        t[keep_rows] for t in (boxes, scores, classes, image_index)
-    )
-    idx, valid = nms_top_k_per_image(
-        boxes, scores, image_index * 4 + classes, image_index, num_images, 0.5, k
-    )
-    assert idx.shape == valid.shape == (num_images, k)
-    for i in range(num_images):
-        rows = (image_index == i).nonzero().squeeze(1)
-        expected = rows[batched_nms(boxes[rows], scores[rows], classes[rows], 0.5)][:k]
-        assert torch.equal(valid[i], torch.arange(k) < len(expected))  # a prefix
-        assert torch.equal(idx[i][valid[i]], expected)
-    assert valid[2].sum() < k and valid[1].sum() == 0
+    rows, per_row = 6, 200
+    boxes = random_boxes(rows * per_row, generator=g).view(rows, per_row, 4)
+    scores = torch.rand(rows, per_row, generator=g)
+    candidate = torch.rand(rows, per_row, generator=g) < 0.7
+    candidate[2] = False  # a row without candidates keeps nothing
+    kept = nms_in_rows(boxes, scores, candidate, 0.5)
+    assert kept.shape == (rows, per_row) and not kept[2].any()
+    assert not (kept & ~candidate).any()
+    for r in range(rows):
+        columns = candidate[r].nonzero().squeeze(1)
+        expected = torch.zeros(per_row, dtype=torch.bool)
+        expected[columns[nms(boxes[r, columns], scores[r, columns], 0.5)]] = True
+        assert torch.equal(kept[r], expected)
+
+
+def test_top_k_per_image_keeps_the_best_kept_entries_and_pads():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.3, 0.2, 0.8, 0.6], [0.5, 0.4, 0.3, 0.2]])
+    kept = torch.tensor([[1, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    idx, valid = top_k_per_image(scores, kept, 3)
+    assert torch.equal(valid, torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool))
+    assert idx[0].tolist() == [1, 3, 0] and idx[1, 0] == 2
+    # more slots than entries: padded to k, the padding invalid
+    idx, valid = top_k_per_image(scores, kept, 6)
+    assert idx.shape == valid.shape == (3, 6) and valid.sum(1).tolist() == [3, 1, 0]
 
 
 def test_an_images_detections_do_not_depend_on_its_place_in_the_batch():
-    """Batch 16 x 80 classes: batched_nms shifts the last group's boxes by ~1.7e5 pixels, where
-    float32 keeps 1/64 px. A box pair whose IoU lies that close to the threshold must be
-    decided as it is for the first image."""
-    num_images, num_classes, thresh = 16, 80, 0.5
-    last_group = (num_images - 1) * num_classes + num_classes
+    """Batch 16 x 80 classes: NMS shifts the last row's boxes by ~1.7e5 pixels, where float32
+    keeps 1/64 px. A box pair whose IoU lies that close to the threshold must be decided as
+    it is for the first image."""
+    num_rows, thresh = 16 * 80, 0.5
 
     def iou_after_offset(pair, dtype):
-        offset = last_group * (pair.max() + 1)
+        offset = num_rows * (pair.max() + 1)
         shifted = (pair.to(dtype) + offset.to(dtype)).double()
         return box_iou(shifted[:1], shifted[1:]).item()
 
@@ -124,16 +126,14 @@ def test_an_images_detections_do_not_depend_on_its_place_in_the_batch():
             break
     else:
         pytest.fail("no pair found that float32 offsets misjudge")
-    scores = torch.tensor([0.9, 0.8])
+    boxes = pair.expand(num_rows, 2, 4)
+    scores = torch.tensor([0.9, 0.8]).expand(num_rows, 2)
     kept = []
-    for image in (0, num_images - 1):
-        image_index = torch.full((2,), image)
-        groups = image_index * num_classes + num_classes  # the last class
-        idx, valid = nms_top_k_per_image(
-            pair, scores, groups, image_index, num_images, thresh, k=10
-        )
-        kept.append(idx[image][valid[image]].tolist())
-    assert kept[0] == kept[1] == ([0] if exact > thresh else [0, 1])
+    for row in (0, num_rows - 1):
+        candidate = torch.zeros(num_rows, 2, dtype=torch.bool)
+        candidate[row] = True
+        kept.append(nms_in_rows(boxes, scores, candidate, thresh)[row].tolist())
+    assert kept[0] == kept[1] == ([True, False] if exact > thresh else [True, True])
 
 
 def test_boxes_map_back_to_original_pixels_and_stay_inside():

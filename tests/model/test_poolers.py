@@ -5,7 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from frcnn.model.poolers import assign_levels, multiscale_roi_align
+from frcnn.model.poolers import assign_levels, multiscale_roi_align, roi_align_per_level
 from tests.model.helpers import CHANNELS, SIDE, STRIDES, features, random_boxes
 
 
@@ -30,6 +30,19 @@ def test_multiscale_roi_align_matches_torchvision():
     pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     theirs = pooler({str(i): f for i, f in enumerate(feats)}, list(boxes), [(SIDE, SIDE)] * 2)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_the_exported_per_level_roi_align_returns_the_same_values():
+    """The ONNX export's stand-in pools every box, edge cases included, as the training kernel."""
+    g = torch.Generator().manual_seed(1)
+    feats = features(g)
+    large = torch.cat([square(side) for side in (150, 300, 600)])  # P4, P5, beyond P5
+    boxes = torch.cat([random_boxes(60, 200, g), large, edge_cases(SIDE)])
+    image_index = torch.randint(0, 2, (len(boxes),), generator=g)
+    ours = multiscale_roi_align(feats, boxes, image_index, STRIDES, 7, 2)
+    per_level = roi_align_per_level(feats, boxes, image_index, STRIDES, 7, 2)
+    assert len(assign_levels(boxes, STRIDES).unique()) == 4  # every level is used
+    torch.testing.assert_close(per_level, ours, rtol=1e-5, atol=1e-6)
 
 
 def edge_cases(side):

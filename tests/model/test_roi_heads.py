@@ -117,7 +117,7 @@ def test_detections_match_torchvision_post_processing():
     valid[1, 50:] = False  # padding rows never become detections
     # the second image is letterboxed: boxes are clipped to its own content, as torchvision's
     sizes = [(SIDE, SIDE), (SIDE - 60, SIDE - 100)]
-    detections = ours.detect(feats, Proposals(proposals, valid), torch.tensor(sizes))
+    detections = ours.detect(feats, Proposals(proposals, valid), torch.tensor(sizes)).per_image()
     tv.eval()
     expected, _ = tv(
         {str(i): f for i, f in enumerate(feats)}, [proposals[0], proposals[1, :50]], sizes

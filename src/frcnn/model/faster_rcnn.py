@@ -11,7 +11,7 @@ from frcnn.model.fpn import FPN
 from frcnn.model.matching import ROI_SAMPLING, RPN_SAMPLING, Sampling
 from frcnn.model.roi_heads import RoIHeads
 from frcnn.model.rpn import RPN
-from frcnn.model.structures import pad_targets
+from frcnn.model.structures import Detections, pad_targets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,6 +99,10 @@ class FasterRCNN(nn.Module):
             if targets is None:
                 raise ValueError("FasterRCNN in training mode needs targets")
             return self._run(images, targets, image_sizes, detect=False)[0]
+        return self.detect(images, image_sizes).per_image()
+
+    def detect(self, images: Tensor, image_sizes: Tensor | None = None) -> Detections:
+        """Inference with fixed-shape outputs: Detections (B, K), padded (what ONNX exports)."""
         return self._run(images, None, image_sizes, detect=True)[1]
 
     def forward_with_losses(
@@ -109,7 +113,8 @@ class FasterRCNN(nn.Module):
         Call in eval mode: proposals use the test-time counts; the losses are computed on
         them as in training (with fresh random samples).
         """
-        return self._run(images, targets, image_sizes, detect=True)
+        losses, detections = self._run(images, targets, image_sizes, detect=True)
+        return losses, detections.per_image()
 
     def features(self, images: Tensor, image_sizes: Tensor | None = None) -> list[Tensor]:
         """(B, 3, S, S) images (padding beyond `image_sizes` zeroed) -> [P2..P6]."""

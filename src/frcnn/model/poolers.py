@@ -2,7 +2,9 @@
 
 The sampling is torchvision's `roi_align(aligned=False)` to the last bit (tested), written as a
 fixed number of bilinear taps per output bin so that one `F.embedding_bag` pools every box of
-every level: no per-level split (no host sync) and a vectorised backward.
+every level: no per-level split (no host sync) and a vectorised backward. ONNX has no such
+gather, so the export pools level by level with torchvision's `roi_align` (ONNX `RoiAlign`):
+the same values (tested), chosen by `pooler()`.
 """
 
 import functools
@@ -11,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import roi_align
 
 from frcnn.boxes import box_area
 
@@ -114,3 +117,32 @@ def multiscale_roi_align(
         mode="sum",
     )
     return pooled.view(-1, output_size, output_size, channels).permute(0, 3, 1, 2)
+
+
+def roi_align_per_level(
+    features: list[Tensor],
+    boxes: Tensor,
+    image_index: Tensor,
+    strides,
+    output_size: int,
+    sampling_ratio: int,
+    canonical_size: float = 224,
+    canonical_level: int = 4,
+) -> Tensor:
+    """`multiscale_roi_align` as one torchvision `roi_align` per level (exports as ONNX
+    `RoiAlign`, one per level, and a scatter back into the boxes' order); same arguments."""
+    levels = assign_levels(boxes, strides, canonical_size, canonical_level)
+    rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], dim=1)
+    pooled = boxes.new_zeros((boxes.shape[0], features[0].shape[1], output_size, output_size))
+    for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
+        rows = (levels == level).nonzero().squeeze(1)
+        level_pooled = roi_align(
+            feature.float(), rois[rows], output_size, 1.0 / stride, sampling_ratio, aligned=False
+        )
+        pooled = pooled.index_put((rows,), level_pooled)
+    return pooled
+
+
+def pooler():
+    """The multi-scale RoIAlign to run: the per-level one while exporting to ONNX."""
+    return roi_align_per_level if torch.onnx.is_in_onnx_export() else multiscale_roi_align

@@ -9,13 +9,14 @@ from frcnn.boxes import (
     BoxCoder,
     clip_boxes,
     is_large_enough,
-    nms_top_k_per_image,
+    nms_in_rows,
     pairwise_iou,
+    top_k_per_image,
 )
 from frcnn.checks import check_number
 from frcnn.model.matching import IGNORED, ROI_SAMPLING, Sampling, training_labels
-from frcnn.model.poolers import multiscale_roi_align
-from frcnn.model.structures import GroundTruth, Proposals
+from frcnn.model.poolers import pooler
+from frcnn.model.structures import Detections, GroundTruth, Proposals
 
 
 class TwoMLPHead(nn.Module):
@@ -105,7 +106,7 @@ class RoIHeads(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """P2..P5, (R, 4) boxes and their (R,) images -> logits (R, C+1), deltas (R, C+1, 4)."""
         with record_function("frcnn.roi.align"):
-            pooled = multiscale_roi_align(
+            pooled = pooler()(
                 features,
                 boxes,
                 image_index,
@@ -187,54 +188,53 @@ class RoIHeads(nn.Module):
 
     def detect(
         self, features: list[Tensor], proposals: Proposals, image_sizes: Tensor
-    ) -> list[dict[str, Tensor]]:
-        """Final detections per image: {"boxes" (D, 4), "scores" (D,), "labels" (D,)}.
+    ) -> Detections:
+        """P2..P5, proposals (B, P) from the RPN and image_sizes (B, 2) (height, width) ->
+        Detections (B, K), K = detections_per_img.
 
-        proposals (B, P) from the RPN; image_sizes (B, 2) (height, width).
+        All B x P proposals go through the heads (fixed shapes, no read-back); padding rows
+        never become detections.
         """
-        # only the valid proposals, in image order (as torchvision): no work on padding
-        image_index, row = proposals.valid.nonzero(as_tuple=True)
-        boxes = proposals.boxes[image_index, row]
-        logits, deltas = self.predict(features, boxes, image_index)
+        num_proposals = proposals.valid.shape[1]
+        image_index = torch.arange(proposals.valid.shape[0], device=proposals.boxes.device)
+        image_index = image_index[:, None].expand(-1, num_proposals).flatten()
+        logits, deltas = self.predict(features, proposals.boxes.flatten(0, 1), image_index)
         with record_function("frcnn.roi.postprocess"):
-            return self.postprocess(logits, deltas, boxes, image_index, image_sizes)
+            return self.postprocess(logits, deltas, proposals, image_sizes)
 
     def postprocess(
-        self,
-        logits: Tensor,
-        deltas: Tensor,
-        proposals: Tensor,
-        image_index: Tensor,
-        image_sizes: Tensor,
-    ) -> list[dict[str, Tensor]]:
-        """logits (R, C+1), deltas (R, C+1, 4), proposals (R, 4) of images image_index (R,)
-        with sizes image_sizes (B, 2) -> detections per image, for the whole batch at once.
+        self, logits: Tensor, deltas: Tensor, proposals: Proposals, image_sizes: Tensor
+    ) -> Detections:
+        """logits (B*P, C+1), deltas (B*P, C+1, 4) of proposals (B, P), image_sizes (B, 2) ->
+        Detections (B, K), for the whole batch at once.
 
         Softmax scores, class-specific boxes decoded and clipped to their image, background,
-        low scores and tiny boxes dropped, NMS per class, the best `detections_per_img` kept.
+        low scores, tiny boxes and padding proposals dropped, NMS per image and class, the
+        best `detections_per_img` of each image kept.
         """
-        num_images = image_sizes.shape[0]
-        scores = F.softmax(logits.float(), dim=-1)[:, 1:]
-        boxes = self.box_coder.decode(deltas.float()[:, 1:], proposals[:, None])
-        size = image_sizes[image_index]
-        boxes = clip_boxes(boxes, size[:, :1], size[:, 1:])
-        candidate = (scores > self.score_thresh) & is_large_enough(boxes, self.min_size)
-        proposal, label = candidate.nonzero(as_tuple=True)
-        image_index, label = image_index[proposal], label + 1
-        boxes, scores = boxes[proposal, label - 1], scores[proposal, label - 1]
+        num_proposals = proposals.valid.shape[1]
         num_classes = logits.shape[1] - 1
-        keep, kept = nms_top_k_per_image(
-            boxes,
-            scores,
-            image_index * num_classes + label,
-            image_index,
-            num_images,
+        scores = F.softmax(logits.float(), dim=-1)[:, 1:]
+        boxes = self.box_coder.decode(deltas.float()[:, 1:], proposals.boxes.flatten(0, 1)[:, None])
+        # (B, C, P): one NMS row per image and class
+        scores = scores.reshape(-1, num_proposals, num_classes).transpose(1, 2)
+        boxes = boxes.reshape(-1, num_proposals, num_classes, 4).transpose(1, 2)
+        boxes = clip_boxes(boxes, image_sizes[:, None, :1], image_sizes[:, None, 1:])
+        candidate = (scores > self.score_thresh) & is_large_enough(boxes, self.min_size)
+        candidate = candidate & proposals.valid[:, None]
+        kept = nms_in_rows(
+            boxes.reshape(-1, num_proposals, 4),
+            scores.reshape(-1, num_proposals),
+            candidate.reshape(-1, num_proposals),
             self.nms_thresh,
-            self.detections_per_img,
         )
-        # the lists of detections need their lengths on the host: one read-back for the batch
-        counts = kept.sum(1).tolist()
-        return [
-            {"boxes": boxes[k[:n]], "scores": scores[k[:n]], "labels": label[k[:n]]}
-            for k, n in zip(keep, counts, strict=True)
-        ]
+        scores, kept = scores.flatten(1), kept.view_as(scores).flatten(1)  # (B, C * P)
+        best, valid = top_k_per_image(scores, kept, self.detections_per_img)
+        boxes = boxes.flatten(1, 2).gather(1, best[..., None].expand(-1, -1, 4))
+        labels = torch.div(best, num_proposals, rounding_mode="floor") + 1
+        return Detections(
+            torch.where(valid[..., None], boxes, 0.0),
+            torch.where(valid, scores.gather(1, best), 0.0),
+            torch.where(valid, labels, 0),
+            valid,
+        )

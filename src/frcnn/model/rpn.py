@@ -5,7 +5,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from frcnn.boxes import BoxCoder, clip_boxes, is_large_enough, nms_top_k_per_image, pairwise_iou
+from frcnn.boxes import (
+    BoxCoder,
+    clip_boxes,
+    is_large_enough,
+    nms_in_rows,
+    pairwise_iou,
+    top_k_per_image,
+)
 from frcnn.checks import check_number
 from frcnn.model.matching import RPN_SAMPLING, Sampling, training_labels
 from frcnn.model.structures import GroundTruth, Proposals
@@ -130,45 +137,43 @@ class RPN(nn.Module):
     ) -> Proposals:
         """Top-n per level, decode, clip, drop tiny boxes, NMS per image and level, top-n.
 
-        logits (B, N), deltas (B, N, 4), anchors (N, 4), image_sizes (B, 2) (height, width)
-        -> Proposals (B, P).
+        logits (B, A), deltas (B, A, 4), anchors (A, 4), image_sizes (B, 2) (height, width)
+        -> Proposals (B, P). Fixed shapes throughout (each level's top-n padded to the largest
+        level's), so the same code runs batched on a GPU and exports to ONNX.
         """
-        num_images = logits.shape[0]
         pre_nms_top_n = self.pre_nms_top_n[self.training]
-        top_idx, top_level = [], []
+        per_level = min(pre_nms_top_n, max(level_sizes))
+        top_idx, present = [], []
         start = 0
-        for level, size in enumerate(level_sizes):
+        for size in level_sizes:
             idx = logits[:, start : start + size].topk(min(pre_nms_top_n, size), dim=1).indices
-            top_idx.append(idx + start)
-            top_level.append(torch.full_like(idx, level))
+            missing = per_level - idx.shape[1]  # a level smaller than the others: padding
+            top_idx.append(F.pad(idx + start, (0, missing)))
+            present.append(torch.arange(per_level, device=logits.device) < idx.shape[1])
             start += size
-        top_idx, top_level = torch.cat(top_idx, dim=1), torch.cat(top_level, dim=1)
+        top_idx = torch.cat(top_idx, dim=1)  # (B, L * per_level), level by level
+        present = torch.cat(present)
 
         scores = torch.sigmoid(logits.gather(1, top_idx))
         boxes = self.box_coder.decode(
             deltas.gather(1, top_idx[..., None].expand(-1, -1, 4)), anchors[top_idx]
         )
         boxes = clip_boxes(boxes, image_sizes[:, :1], image_sizes[:, 1:])
-        candidate = is_large_enough(boxes, self.min_size) & (scores >= self.score_thresh)
-
-        image_index = torch.arange(num_images, device=logits.device)[:, None].expand_as(top_idx)
-        groups = image_index * len(level_sizes) + top_level
-        flat = candidate.flatten().nonzero().squeeze(1)
-        boxes, scores = boxes.flatten(0, 1)[flat], scores.flatten()[flat]
-        keep, valid = nms_top_k_per_image(
-            boxes,
-            scores,
-            groups.flatten()[flat],
-            image_index.flatten()[flat],
-            num_images,
+        candidate = present & is_large_enough(boxes, self.min_size)
+        candidate = candidate & (scores >= self.score_thresh)
+        # one NMS row per image and level
+        kept = nms_in_rows(
+            boxes.reshape(-1, per_level, 4),
+            scores.reshape(-1, per_level),
+            candidate.reshape(-1, per_level),
             self.nms_thresh,
-            self.post_nms_top_n[self.training],
-        )
-        # the padding box as one more row: `keep` may point at it where nothing survived (an
-        # image, or a whole batch, may legally have no proposal: a diverging or odd model)
-        boxes = torch.cat([boxes, boxes.new_tensor([PADDING_BOX])])
-        keep = torch.where(valid, keep, boxes.shape[0] - 1)
-        return Proposals(boxes[keep], valid)
+        ).view_as(candidate)
+        keep, valid = top_k_per_image(scores, kept, self.post_nms_top_n[self.training])
+        # padding rows (an image, even a whole batch, may legally have no proposal: a
+        # diverging or odd model) get a harmless box
+        boxes = boxes.gather(1, keep[..., None].expand(-1, -1, 4))
+        boxes = torch.where(valid[..., None], boxes, boxes.new_tensor(PADDING_BOX))
+        return Proposals(boxes, valid)
 
     def losses(
         self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt: GroundTruth

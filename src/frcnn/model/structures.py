@@ -6,9 +6,10 @@ Shapes:
     A   anchors of all FPN levels (N in the RPN: one objectness logit and 4 deltas each)
     P   proposals per image (a fixed count: padded, with a validity mask)
     G   ground-truth boxes per image (padded to the batch's largest count, at least 1)
-    R   rows: sampled proposals (training) or valid proposals (inference), all images together
+    R   rows: sampled proposals (training) or all B x P proposals (inference), images together
     C   object classes (labels 1..C; 0 is background)
-    D   detections of one image
+    K   detections per image (a fixed count: padded, with a validity mask)
+    D   detections of one image (the valid ones of its K)
 Boxes are xyxy in input pixels unless a docstring says otherwise.
 """
 
@@ -32,6 +33,26 @@ class Proposals(NamedTuple):
 
     boxes: Tensor  # (B, P, 4) xyxy, input pixels; padding rows hold a harmless box
     valid: Tensor  # (B, P) bool: True on a prefix of each row (best first)
+
+
+class Detections(NamedTuple):
+    """The final detections of a batch: a fixed count K per image, best first, padded with
+    zeros (label 0) where fewer survive. The ONNX export's outputs are these tensors."""
+
+    boxes: Tensor  # (B, K, 4) xyxy, input pixels
+    scores: Tensor  # (B, K) in [0, 1]
+    labels: Tensor  # (B, K) int64 in 1..C; 0 on padding
+    valid: Tensor  # (B, K) bool: True on a prefix of each row
+
+    def per_image(self) -> list[dict[str, Tensor]]:
+        """-> B dicts {"boxes" (D, 4), "scores" (D,), "labels" (D,)}: the valid rows only."""
+        counts = self.valid.sum(1).tolist()  # the lengths on the host: one read-back per batch
+        return [
+            {"boxes": boxes[:n], "scores": scores[:n], "labels": labels[:n]}
+            for boxes, scores, labels, n in zip(
+                self.boxes, self.scores, self.labels, counts, strict=True
+            )
+        ]
 
 
 def pad_targets(targets: list[dict[str, Tensor]], device) -> GroundTruth:

@@ -1,0 +1,162 @@
+"""export.py: the detector as one ONNX graph, run by onnxruntime with the same detections."""
+
+import json
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from frcnn.boxes import content_sizes
+from frcnn.data.synthetic import draw_sample
+from frcnn.data.transforms import Record, Transform
+from frcnn.export import check, compare, export_onnx, metadata
+from frcnn.predict import Predictor
+from tests.app.helpers import ROOT, run
+from tests.conftest import OVERFIT_SIZE
+
+
+def real_size_batch(size: int, count: int, num_classes: int, seed: int = 3):
+    """`count` synthetic images of 240-640 px (real photo sizes), letterboxed to `size`."""
+    transform = Transform(size)
+    prepared = [
+        transform(Record(draw_sample(seed, i, num_classes, 240, 640).image, [], [], i))
+        for i in range(count)
+    ]
+    return torch.stack([p[0] for p in prepared]), content_sizes([p[1] for p in prepared])
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """export.py run on the best checkpoint of the train.py run -> (checkpoint, file, output)."""
+    log_dir, run_dir = trained
+    checkpoint = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    result = run("export.py", f"ckpt_path={checkpoint}", f"output={path}", log_dir=log_dir)
+    return checkpoint, path, result.stdout + result.stderr
+
+
+def test_export_py_checks_batch_1_and_4_and_describes_the_graph(exported):
+    checkpoint, path, output = exported
+    verdicts = re.findall(r"batch (\d), image (\d): .*: (\w+)", output)
+    assert sorted(verdicts) == [("1", "0", "same")] + [("4", str(i), "same") for i in range(4)]
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    saved = torch.load(checkpoint, weights_only=True)
+    assert json.loads(meta["class_names"]) == saved["class_names"]
+    assert json.loads(meta["category_ids"]) == saved["category_ids"]
+    assert int(meta["image_size"]) == saved["config"]["data"]["image_size"]
+    # a runtime needs nothing but standard ONNX operators
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"NonMaxSuppression", "RoiAlign"} <= ops
+    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}
+    assert [i.name for i in proto.graph.input] == ["images", "image_sizes"]
+    assert [o.name for o in proto.graph.output] == [
+        "boxes",
+        "scores",
+        "labels",
+        "num_detections",
+    ]
+
+
+def test_the_graph_takes_any_batch_size(exported):
+    checkpoint, path, _ = exported
+    model = Predictor.from_checkpoint(checkpoint, "cpu").model
+    size = torch.load(checkpoint, weights_only=True)["config"]["data"]["image_size"]
+    images, sizes = real_size_batch(size, 3, 6, seed=7)  # 3: neither batch of the check
+    reports = check(path, model, images, sizes)
+    assert [r["batch"] for r in reports] == [1, 3, 3, 3]
+    assert all(r["ok"] for r in reports), reports
+
+
+def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detector, tmp_path):
+    model, data, _, _ = overfit_detector
+    path = tmp_path / "model.onnx"
+    info = metadata(OVERFIT_SIZE, "letterbox", data.class_names, data.category_ids)
+    export_onnx(model, path, OVERFIT_SIZE, 17, info)
+    images, sizes = real_size_batch(OVERFIT_SIZE, 4, 3)
+    reports = check(path, model, images, sizes)
+    assert all(r["ok"] for r in reports), reports
+    with torch.no_grad():
+        detections = model.eval()(images, image_sizes=sizes)
+    confident = [int((d["scores"] > 0.5).sum()) for d in detections]
+    assert min(confident) >= 1  # real detections, not just low-score noise
+
+
+def readme_example() -> str:
+    """The numpy pre/post-processing example of the README's deploy section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deploying with ONNX") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```\n", start)]
+
+
+def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path):
+    checkpoint, path, _ = exported
+    namespace = {}
+    exec(readme_example().replace('"model.onnx"', repr(str(path))), namespace)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    for index, (width, height) in enumerate([(640, 300), (280, 500)]):
+        file = tmp_path / f"{index}.jpg"
+        draw_sample(4, index, 6, 240, 640).image.resize((width, height)).save(file)
+        boxes, scores, names = namespace["detect"](file)
+        expected = predictor(str(file))
+        assert boxes.max() > 96  # in the photo's pixels, not the 96-px input's
+        actual = {
+            "boxes": np.asarray(boxes, dtype=np.float32),
+            "scores": scores,
+            "labels": np.array([predictor.class_names.index(n) + 1 for n in names]),
+            "num_detections": np.int64(len(names)),
+        }
+        report = compare(expected, actual)
+        assert report["ok"] and report["count"] > 0, report
+
+
+def test_compare_pairs_detections_by_label_and_box():
+    expected = {
+        "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
+        "scores": torch.tensor([0.9, 0.9]),
+        "labels": torch.tensor([1, 2]),
+    }
+
+    def actual(boxes, scores, labels, count=2):
+        return {
+            "boxes": np.array(boxes, np.float32),
+            "scores": np.array(scores, np.float32),
+            "labels": np.array(labels),
+            "num_detections": np.int64(count),
+        }
+
+    # the same detections in the other order (equal scores): same
+    swapped = actual([[20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0]], [0.9, 0.9], [2, 1])
+    assert compare(expected, swapped)["ok"]
+    off = actual([[0.0, 0.0, 10.05, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9], [1, 2])
+    assert compare(expected, off)["box_diff"] == pytest.approx(0.05, abs=1e-5)
+    assert not compare(expected, off)["ok"]
+    wrong_label = actual([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9], [2, 1])
+    assert not compare(expected, wrong_label)["ok"]
+    score = actual([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9003], [1, 2])
+    assert not compare(expected, score)["ok"]
+    assert not compare(expected, actual([[0.0, 0.0, 10.0, 10.0]], [0.9], [1], count=1))["ok"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("opset=9", r"opset=9: the graph needs ONNX opset 11\.\.20"),
+        ("opset=21", r"opset=21: the graph needs ONNX opset 11\.\.20"),
+        ("output={tmp}/notes.txt/model.onnx", "cannot be created"),
+        ("output={tmp}", "is a folder"),
+        ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),
+    ],
+)
+def test_bad_input_is_refused_with_a_message_naming_it(trained, tmp_path, override, message):
+    log_dir, run_dir = trained
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"output={tmp_path}/m.onnx"]
+    key = override.split("=")[0]
+    args = [a for a in args if not a.startswith(key + "=")] + [override.format(tmp=tmp_path)]
+    with pytest.raises(AssertionError, match=message):
+        run("export.py", *args, log_dir=log_dir)
+    assert not (tmp_path / "m.onnx").exists()

@@ -150,7 +150,9 @@ def proposals_per_image(model, images) -> float:
     training phase, and this line shows where it stands.
     """
     counts = []
-    hook = model.rpn.register_forward_hook(lambda rpn, inputs, out: counts.append(out[1].sum(1)))
+    hook = model.rpn.register_forward_hook(
+        lambda rpn, inputs, out: counts.append(out[0].valid.sum(1))  # out: (Proposals, losses)
+    )
     model.eval()
     model(images)
     hook.remove()

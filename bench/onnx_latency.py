@@ -19,9 +19,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from frcnn.boxes import content_sizes
 from frcnn.data.synthetic import draw_sample
-from frcnn.data.transforms import Record, Transform
 from frcnn.export import check, export_onnx, metadata, run_onnx
 from frcnn.model import FasterRCNN
 from frcnn.predict import Predictor
@@ -57,14 +55,9 @@ def main():
         size = args.size
         name = f"ResNet-{args.depth}-FPN, random weights, {args.classes} classes"
     model.eval()
-    transform = Transform(size)
     num_classes = min(model.roi_heads.num_classes, 24)
-    prepared = [
-        transform(Record(draw_sample(1, i, num_classes, 240, 640).image, [], [], i))
-        for i in range(max(args.batch_sizes))
-    ]
-    images = torch.stack([image for image, _ in prepared])
-    sizes = content_sizes([target for _, target in prepared])
+    photos = [draw_sample(1, i, num_classes, 240, 640).image for i in range(max(args.batch_sizes))]
+    images, sizes, _ = Predictor(model, size, device="cpu").batch(photos)
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"

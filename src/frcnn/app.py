@@ -22,7 +22,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from PIL import Image
 from tqdm import tqdm
 
-from frcnn.boxes import content_sizes
 from frcnn.checkpoint import detector_from_checkpoint, detector_state, load_checkpoint
 from frcnn.checks import check_number
 from frcnn.data.datamodule import StreamEpoch
@@ -446,9 +445,7 @@ def export(cfg) -> Path:
     else:
         num_classes = min(predictor.model.roi_heads.num_classes, 24)
         images = [draw_sample(0, i, num_classes, 240, 640).image for i in range(CHECK_IMAGES)]
-    prepared = [predictor.prepare(image) for image in images]
-    batch = torch.stack([image for image, _ in prepared])
-    sizes = content_sizes([target for _, target in prepared])
+    batch, sizes, _ = predictor.batch(images)
     reports = onnx_export.check(output, predictor.model, batch, sizes)
     lines = [f"onnxruntime (CPU) against PyTorch on {len(images)} images:"]
     for r in reports:

@@ -83,14 +83,20 @@ class Predictor:
             image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
         return self.transform(Record(image, np.zeros((0, 4)), np.zeros(0), 0))
 
+    def batch(self, images: list) -> tuple[Tensor, Tensor, list[dict]]:
+        """Images (as `prepare` takes them) -> the model's inputs on the CPU: uint8 (B, 3, S, S),
+        content sizes (B, 2), and each image's target dict (scale_xy, orig_size)."""
+        prepared = [self.prepare(image) for image in images]
+        targets = [target for _, target in prepared]
+        return torch.stack([image for image, _ in prepared]), content_sizes(targets), targets
+
     @torch.no_grad()
     def __call__(self, images):
         single = not isinstance(images, (list, tuple))
-        prepared = [self.prepare(image) for image in ([images] if single else images)]
-        batch = torch.stack([p[0] for p in prepared]).to(self.device)
-        sizes = content_sizes([p[1] for p in prepared]).to(self.device)
+        batch, sizes, targets = self.batch([images] if single else images)
+        detections = self.model(batch.to(self.device), image_sizes=sizes.to(self.device))
         results = []
-        for det, (_, target) in zip(self.model(batch, image_sizes=sizes), prepared, strict=True):
+        for det, target in zip(detections, targets, strict=True):
             boxes = to_original_pixels(det["boxes"].cpu(), target["scale_xy"], target["orig_size"])
             labels = det["labels"].cpu()
             results.append(

@@ -8,23 +8,18 @@ import onnx
 import pytest
 import torch
 
-from frcnn.boxes import content_sizes
 from frcnn.data.synthetic import draw_sample
-from frcnn.data.transforms import Record, Transform
 from frcnn.export import check, compare, export_onnx, metadata
 from frcnn.predict import Predictor
 from tests.app.helpers import ROOT, run
 from tests.conftest import OVERFIT_SIZE
 
 
-def real_size_batch(size: int, count: int, num_classes: int, seed: int = 3):
-    """`count` synthetic images of 240-640 px (real photo sizes), letterboxed to `size`."""
-    transform = Transform(size)
-    prepared = [
-        transform(Record(draw_sample(seed, i, num_classes, 240, 640).image, [], [], i))
-        for i in range(count)
-    ]
-    return torch.stack([p[0] for p in prepared]), content_sizes([p[1] for p in prepared])
+def real_size_batch(predictor: Predictor, count: int, num_classes: int, seed: int = 3):
+    """`count` synthetic images of 240-640 px (real photo sizes), letterboxed as `predictor`
+    does it -> images (count, 3, S, S), content sizes (count, 2)."""
+    images = [draw_sample(seed, i, num_classes, 240, 640).image for i in range(count)]
+    return predictor.batch(images)[:2]
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +57,9 @@ def test_export_py_checks_batch_1_and_4_and_describes_the_graph(exported):
 
 def test_the_graph_takes_any_batch_size(exported):
     checkpoint, path, _ = exported
-    model = Predictor.from_checkpoint(checkpoint, "cpu").model
-    size = torch.load(checkpoint, weights_only=True)["config"]["data"]["image_size"]
-    images, sizes = real_size_batch(size, 3, 6, seed=7)  # 3: neither batch of the check
-    reports = check(path, model, images, sizes)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    images, sizes = real_size_batch(predictor, 3, 6, seed=7)  # 3: neither batch of the check
+    reports = check(path, predictor.model, images, sizes)
     assert [r["batch"] for r in reports] == [1, 3, 3, 3]
     assert all(r["ok"] for r in reports), reports
 
@@ -75,7 +69,7 @@ def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detect
     path = tmp_path / "model.onnx"
     info = metadata(OVERFIT_SIZE, "letterbox", data.class_names, data.category_ids)
     export_onnx(model, path, OVERFIT_SIZE, 17, info)
-    images, sizes = real_size_batch(OVERFIT_SIZE, 4, 3)
+    images, sizes = real_size_batch(Predictor(model, OVERFIT_SIZE, device="cpu"), 4, 3)
     reports = check(path, model, images, sizes)
     assert all(r["ok"] for r in reports), reports
     with torch.no_grad():

@@ -119,7 +119,8 @@ def run_onnx(session, images: Tensor, image_sizes: Tensor) -> dict[str, np.ndarr
 
 def compare(expected: dict[str, Tensor], actual: dict[str, np.ndarray]) -> dict:
     """PyTorch's detections of one image {"boxes", "scores", "labels"} against the ONNX
-    outputs' rows of that image -> {"count", "same_count", "box_diff", "score_diff", "ok"}.
+    outputs' rows of that image -> {"count" (ONNX), "expected" (PyTorch), "same_count",
+    "box_diff" (px), "score_diff", "ok"}.
 
     Rows are paired by label and nearest box (two runtimes may order near-equal scores
     differently); the differences are the largest over the pairs.
@@ -128,9 +129,8 @@ def compare(expected: dict[str, Tensor], actual: dict[str, np.ndarray]) -> dict:
     boxes = torch.from_numpy(actual["boxes"][:count]).double()
     scores = torch.from_numpy(actual["scores"][:count]).double()
     labels = torch.from_numpy(actual["labels"][:count])
-    report = {"count": count, "expected": len(expected["scores"]), "box_diff": 0.0}
-    report["score_diff"] = 0.0
-    report["same_count"] = count == report["expected"]
+    report = {"count": count, "expected": len(expected["scores"])}
+    report.update(same_count=count == report["expected"], box_diff=0.0, score_diff=0.0)
     if report["same_count"] and count:
         diff = (boxes[:, None] - expected["boxes"].double()[None]).abs().amax(-1)
         diff[labels[:, None] != expected["labels"][None]] = torch.inf

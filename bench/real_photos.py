@@ -4,7 +4,11 @@
     COCO_ROOT=data/photos uv run train.py data=coco_files \\
         data.val.annotation_file=data/photos/annotations/instances_train2017.json \\
         data.val.image_dir=data/photos/train2017 data.num_workers=0 \\
-        trainer.max_epochs=120 trainer.check_val_every_n_epoch=40 device=cpu [recipe overrides]
+        data.persistent_workers=false trainer.max_epochs=120 \\
+        trainer.check_val_every_n_epoch=40 device=cpu [seed=1] [recipe]
+
+recipe: nothing for the defaults; the old one that diverges: `lr_base_batch=null
+module.optimizer.lr=0.02 trainer.gradient_clip_val=null module.scheduler.warmup_steps=20`.
 
 The photos are those that ship inside the scikit-image and scikit-learn wheels and matplotlib's
 sample data (a person, a cat, a cup, a motorcycle, coins, ...), 12 of them with hand-drawn boxes

@@ -14,8 +14,8 @@ The photos are those that ship inside the scikit-image and scikit-learn wheels a
 sample data (a person, a cat, a cup, a motorcycle, coins, ...), 12 of them with hand-drawn boxes
 (40 objects, 12 classes) plus mirrored copies of 4, so 16 images, all annotated: two batches of
 8. The category list is padded to COCO's 80, so the box predictor has COCO's size. Real image
-statistics from PyPI packages alone (no data set download). Not a test; the figures are in README.md ("Bad
-input").
+statistics from PyPI packages alone (no data set download). Not a test; the figures are in
+README.md ("Bad input") and bench/README.md.
 """
 
 import json

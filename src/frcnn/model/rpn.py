@@ -94,6 +94,9 @@ class RPN(nn.Module):
         self.min_size = min_size
         self.score_thresh = score_thresh
         self.smooth_l1_beta = smooth_l1_beta
+        # a buffer, on the model's device: a tensor made from the tuple at every step would be
+        # a host-to-device copy, which waits for the device
+        self.register_buffer("padding_box", torch.tensor(PADDING_BOX), persistent=False)
 
     def forward(
         self,
@@ -172,7 +175,7 @@ class RPN(nn.Module):
         # padding rows (an image, even a whole batch, may legally have no proposal: a
         # diverging or odd model) get a harmless box
         boxes = boxes.gather(1, keep[..., None].expand(-1, -1, 4))
-        boxes = torch.where(valid[..., None], boxes, boxes.new_tensor(PADDING_BOX))
+        boxes = torch.where(valid[..., None], boxes, self.padding_box)
         return Proposals(boxes, valid)
 
     def losses(

@@ -6,9 +6,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from frcnn.data import HubCOCO, Transform
-from frcnn.data.coco_hub import hub_features
 from tests.app.helpers import SMALL, TINY, metrics, run, run_dirs
-from tests.data.conftest import hub_row
+from tests.data.conftest import hub_row, write_hub_parquet
 
 
 def test_fast_dev_run_on_cpu(tmp_path):
@@ -83,15 +82,11 @@ def test_a_two_by_two_eval_sweep_writes_one_summary(trained):
 
 
 def write_parquet(path, first_id, count):
-    from datasets import Dataset
-
     rows = [
         hub_row(i, 120, 90, [[10.0, 10.0, 60.0, 50.0]], [i % 3])
         for i in range(first_id, first_id + count)
     ]
-    Dataset.from_dict(
-        {k: [r[k] for r in rows] for k in rows[0]}, features=hub_features()
-    ).to_parquet(str(path))
+    write_hub_parquet(path, rows)
 
 
 def test_ddp_on_cpu_splits_the_stream_and_shares_one_run_dir(tmp_path):

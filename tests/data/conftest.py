@@ -71,36 +71,40 @@ def hub_row(image_id, width, height, boxes, categories, image=None):
     }
 
 
+def hub_dataset(rows):
+    """`hub_row` dicts -> a `datasets.Dataset` with the hub's features."""
+    from datasets import Dataset
+
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    return Dataset.from_dict(columns, features=hub_features())
+
+
+def write_hub_parquet(path, rows, **to_parquet) -> str:
+    """Write `hub_row` dicts as one hub-schema parquet file; returns its path."""
+    hub_dataset(rows).to_parquet(str(path), **to_parquet)
+    return str(path)
+
+
 @pytest.fixture
 def hub_parquet(tmp_path):
     """Two parquet shards of 6 images each, ids 0..11; image i is 100x200 with one box."""
-    from datasets import Dataset
-
     paths = []
     for shard in range(2):
         rows = [
             hub_row(i, 200, 100, [[10.0, 20.0, 50.0, 60.0]], [i % 80])
             for i in range(shard * 6, shard * 6 + 6)
         ]
-        columns = {key: [row[key] for row in rows] for key in rows[0]}
-        path = tmp_path / f"train-{shard:05d}-of-00002.parquet"
-        Dataset.from_dict(columns, features=hub_features()).to_parquet(str(path))
-        paths.append(str(path))
+        paths.append(write_hub_parquet(tmp_path / f"train-{shard:05d}-of-00002.parquet", rows))
     return paths
 
 
 @pytest.fixture
 def bad_parquet(tmp_path):
     """One shard with a truncated JPEG, an inverted box, no objects and a greyscale image."""
-    from datasets import Dataset
-
     rows = [
         hub_row(1, 64, 64, [[1.0, 1.0, 20.0, 20.0]], [0], image=jpeg_bytes(64, 64)[:200]),
         hub_row(2, 64, 64, [[30.0, 5.0, 10.0, 40.0], [5.0, 5.0, 30.0, 30.0]], [1, 2]),
         hub_row(3, 64, 64, [], []),
         hub_row(4, 64, 64, [[2.0, 2.0, 40.0, 40.0]], [5], image=jpeg_bytes(64, 64, mode="L")),
     ]
-    columns = {key: [row[key] for row in rows] for key in rows[0]}
-    path = tmp_path / "bad.parquet"
-    Dataset.from_dict(columns, features=hub_features()).to_parquet(str(path))
-    return [str(path)]
+    return [write_hub_parquet(tmp_path / "bad.parquet", rows)]

@@ -12,9 +12,9 @@ from fsspec.implementations.memory import MemoryFile
 from huggingface_hub.utils import httpx  # the HTTP client of the hub's file system
 from torch.utils.data import DataLoader
 
-from frcnn.data.coco_hub import HubCOCO, hub_features
+from frcnn.data.coco_hub import HubCOCO
 from frcnn.data.transforms import Transform, collate
-from tests.data.conftest import hub_row
+from tests.data.conftest import hub_dataset, hub_row, write_hub_parquet
 
 
 def stream(files, **kwargs):
@@ -126,8 +126,6 @@ class DroppedConnections:
 @pytest.fixture
 def four_shards(tmp_path):
     """Four hub-schema parquet shards of 6 images each (ids 0..23), two rows per row group."""
-    from datasets import Dataset
-
     paths = []
     for shard in range(4):
         rows = [
@@ -135,10 +133,7 @@ def four_shards(tmp_path):
             for i in range(shard * 6, shard * 6 + 6)
         ]
         path = tmp_path / f"train-{shard:05d}-of-00004.parquet"
-        Dataset.from_dict(
-            {key: [row[key] for row in rows] for key in rows[0]}, features=hub_features()
-        ).to_parquet(str(path), batch_size=2)
-        paths.append(str(path))
+        paths.append(write_hub_parquet(path, rows, batch_size=2))
     return paths
 
 
@@ -184,7 +179,6 @@ def test_a_missing_local_data_file_is_named_not_blamed_on_the_hub(tmp_path):
 @pytest.fixture(scope="module")
 def split_shards(tmp_path_factory):
     """80 tiny images (ids 0..79, in this order) as 1, 2 or 40 parquet shards."""
-    from datasets import Dataset
 
     root = tmp_path_factory.mktemp("shards")
     rows = [hub_row(i, 16, 16, [[2.0, 2.0, 12.0, 12.0]], [0]) for i in range(80)]
@@ -196,10 +190,7 @@ def split_shards(tmp_path_factory):
             part = rows[shard * per : (shard + 1) * per]
             path = root / f"{num_shards}" / f"val-{shard:05d}-of-{num_shards:05d}.parquet"
             path.parent.mkdir(exist_ok=True)
-            Dataset.from_dict(
-                {key: [row[key] for row in part] for key in part[0]}, features=hub_features()
-            ).to_parquet(str(path))
-            layouts[num_shards].append(str(path))
+            layouts[num_shards].append(write_hub_parquet(path, part))
     return layouts
 
 
@@ -267,12 +258,9 @@ def test_stream_start_errors_name_the_key(monkeypatch, error, split, message):
 def test_a_row_without_image_bytes_is_skipped_and_counted(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from datasets import Dataset
 
     rows = [hub_row(1, 32, 32, [[1.0, 1.0, 9.0, 9.0]], [0]), hub_row(2, 32, 32, [], [])]
-    table = Dataset.from_dict(
-        {key: [row[key] for row in rows] for key in rows[0]}, features=hub_features()
-    ).data.table
+    table = hub_dataset(rows).data.table
     # the hub schema, with row 1's image bytes null (datasets itself refuses to write that)
     image = table.column("image").combine_chunks()
     nulled = pa.StructArray.from_arrays(

@@ -1,0 +1,120 @@
+"""Building a run from its Hydra config: data module, detector, LightningModule and Trainer,
+shared by every command."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from frcnn.checks import check_number
+from frcnn.data.datamodule import StreamEpoch
+from frcnn.model.convert import load_torchvision_weights, torchvision_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def quiet_libraries() -> None:
+    """faster-coco-eval prints its whole summary table at INFO level on every validation: the
+    commands keep it to warnings (set here, when a command runs, not at import)."""
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+
+
+def build(cfg: DictConfig):
+    """-> (datamodule, module, trainer), all from the config."""
+    quiet_libraries()
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")  # fail now, not after the model is built, if the data is not there
+    if cfg.get("init_weights"):
+        # torchvision runs its COCO Faster R-CNN weights with FrozenBatchNorm2d eps 0; so does
+        # this model (kept in the saved config, so eval and predict rebuild it the same way)
+        cfg.model.backbone.norm_eps = 0.0
+    model = instantiate(cfg.model)
+    if cfg.get("init_weights"):
+        left_out = load_torchvision_weights(model, torchvision_state_dict(cfg.init_weights))
+        log.info("Weights from %s; left as initialised: %s", cfg.init_weights, left_out or "none")
+    trainer = build_trainer(cfg)
+    scale_learning_rate(cfg, trainer)
+    module = instantiate(cfg.module)(
+        model=model, class_names=datamodule.class_names, category_ids=datamodule.category_ids
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return datamodule, module, trainer
+
+
+def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """The linear scaling rule of torchvision's and MMDetection's recipes: `module.optimizer.lr`
+    is the LR for a total batch of `lr_base_batch` images (16); the run's LR is scaled by its
+    own total batch (per device x devices x accumulated batches). lr_base_batch=null: as given.
+    """
+    base = cfg.get("lr_base_batch")
+    if not base:
+        return
+    check_number("lr_base_batch", base, 1, integer=True)
+    batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    base_lr = cfg.module.optimizer.lr
+    cfg.module.optimizer.lr = base_lr * batch / base
+    log.info(
+        "Learning rate %g = %g x batch %d / %d (module.optimizer.lr is the LR for a batch of "
+        "lr_base_batch images; lr_base_batch=null uses it as it is)",
+        cfg.module.optimizer.lr,
+        base_lr,
+        batch,
+        base,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer with the config's callbacks and loggers (and `StreamEpoch`,
+    which streamed data needs whatever the callbacks config says)."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks.append(StreamEpoch())
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The last logged value of every validation and epoch-level training metric."""
+    metrics = {}
+    for name, value in sorted(trainer.callback_metrics.items()):
+        if name.startswith(("val/", "train/")) and not name.endswith("_step"):
+            metrics[name.removesuffix("_epoch")] = float(value)
+    return metrics
+
+
+def shown(path) -> str:
+    """A path as a user would type it: relative to the working directory when inside it."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def checkpoint_run_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:
+    """`cfg` with `data` and `model` replaced by the checkpoint's own `saved` settings, except
+    what the command line (`overrides`) sets under `data.` / `model.` or as `data=<option>`."""
+    given = OverridesParser.create().parse_overrides(overrides)
+    data = OmegaConf.create(saved["data"])
+    model = OmegaConf.create(saved["model"])
+    for override in given:
+        key = override.key_or_group
+        if key == "data" and not override.is_delete():  # another data config altogether
+            data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    for override in given:
+        key = override.key_or_group
+        root, _, rest = key.partition(".")
+        if root in ("data", "model") and rest:
+            value = OmegaConf.select(cfg, key)
+            if isinstance(value, DictConfig | ListConfig):
+                value = OmegaConf.to_container(value, resolve=True)
+            OmegaConf.update(data if root == "data" else model, rest, value, force_add=True)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.data, cfg.model = data, model
+    return cfg

@@ -1,0 +1,37 @@
+"""eval.py: a checkpoint validated under the config's (e.g. post-processing) settings."""
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from frcnn.app.build import build_trainer, checkpoint_run_config, quiet_libraries
+from frcnn.app.report import finish
+from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+
+
+def evaluate(cfg: DictConfig) -> float | None:
+    """Validate a checkpoint under the config's (e.g. post-processing) settings.
+
+    Only the checkpoint and the validation data are needed: the detector and the data come
+    from the config saved in the checkpoint, with what the command line sets on top.
+    """
+    quiet_libraries()
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    overrides = HydraConfig.get().overrides.task
+    cfg = checkpoint_run_config(cfg, checkpoint["config"], overrides)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    if not any(o.startswith("data.val.limit=") for o in overrides):
+        datamodule.use_full_validation()  # not the training run's subset
+    datamodule.setup("validate")
+    model = detector_from_checkpoint(checkpoint, cfg.model)
+    module = instantiate(cfg.module)(
+        model=model,
+        class_names=checkpoint.get("class_names"),
+        category_ids=checkpoint.get("category_ids"),
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = build_trainer(cfg)
+    trainer.validate(module, datamodule=datamodule)
+    return finish(trainer, cfg)

@@ -1,0 +1,123 @@
+"""predict.py: annotated copies and COCO-format detections of a folder of images."""
+
+import glob
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from frcnn.data.sources import UNREADABLE_IMAGE
+from frcnn.drawing import draw_detections
+from frcnn.predict import Predictor, open_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def find_images(spec: str) -> list[Path]:
+    """An image file, a folder (its images, sorted) or a glob pattern -> image paths."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"input={spec!r}: no image file, folder of images or glob match")
+    return files
+
+
+def image_ids(files: list[Path]) -> list[int]:
+    """One unique id per file: COCO's file names are their image ids (000000397133.jpg ->
+    397133); a file with another name, or whose number another file already has, gets the next
+    id above all of those."""
+    numbers = [int(p.stem) if p.stem.isascii() and p.stem.isdigit() else None for p in files]
+    taken, ids = set(), []
+    next_free = max((n for n in numbers if n is not None), default=-1) + 1
+    for number in numbers:
+        if number is None or number in taken:
+            number, next_free = next_free, next_free + 1
+        taken.add(number)
+        ids.append(number)
+    return ids
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """A distinct, safe file name for each input's annotated copy: its stem, with characters
+    that file systems or PIL choke on replaced, and a number where two would clash."""
+    names, seen = [], set()
+    for index, path in enumerate(files):
+        stem = re.sub(r"[^\w\-]+", "_", path.stem).strip("_") or f"image{index}"
+        name, n = stem, 0
+        while name in seen:  # "a", "a_1", "a_2", ... (also past a file that is named "a_1")
+            n += 1
+            name = f"{stem}_{n}"
+        seen.add(name)
+        names.append(f"{name}.jpg")
+    return names
+
+
+def predict_files(cfg) -> dict:
+    """predict.py: annotated images and detections.json for every readable input image.
+
+    Unreadable files are skipped and listed at the end; an input file is never written over
+    (an output folder that holds inputs is refused). detections.json keeps every detection
+    (down to the checkpoint's score threshold, for COCOeval); the pictures draw those scoring
+    at least `draw_thresh`. Returns a small report.
+    """
+    files = find_images(cfg.input)
+    output = Path(cfg.output).expanduser().resolve()
+    if any(path.resolve().parent == output for path in files):
+        raise ValueError(
+            f"output={cfg.output!r} holds input images, which the annotated copies would "
+            "overwrite: choose another output folder"
+        )
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path, cfg.trainer.accelerator, cfg.score_thresh, cfg.nms_thresh, cfg.max_detections
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    results, corrupt = [], []
+    ids, names = image_ids(files), output_names(files)
+    json_path = output / "detections.json"
+    try:
+        with tqdm(total=len(files), unit="image", desc="predict") as progress:
+            for start in range(0, len(files), cfg.batch_size):
+                batch = []
+                for index in range(start, min(start + cfg.batch_size, len(files))):
+                    try:
+                        batch.append((index, open_image(files[index])))
+                    except UNREADABLE_IMAGE as err:
+                        corrupt.append(f"{files[index]}: {type(err).__name__}: {err}")
+                detections = predictor([image for _, image in batch]) if batch else []
+                for (index, image), detection in zip(batch, detections, strict=True):
+                    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+                    drawn = draw_detections(
+                        pixels,
+                        detection,
+                        class_names=predictor.class_names,
+                        min_score=cfg.draw_thresh,
+                    )
+                    Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(
+                        output / names[index], format="JPEG", quality=92
+                    )
+                    results += predictor.coco_results(detection, ids[index], files[index].name)
+                progress.update(min(cfg.batch_size, len(files) - start))
+    finally:  # what was found so far is kept, whatever stopped the run
+        json_path.write_text(json.dumps(results))
+    lines = [
+        f"{len(files) - len(corrupt)} images, {len(results)} detections -> {output}",
+        f"  COCO results: {json_path}",
+    ]
+    if corrupt:
+        lines.append(f"  {len(corrupt)} files could not be read and were skipped:")
+        lines += [f"    {c}" for c in corrupt]
+    log.info("\n".join(lines))
+    return {"images": len(files) - len(corrupt), "detections": len(results), "corrupt": corrupt}

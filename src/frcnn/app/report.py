@@ -1,0 +1,59 @@
+"""The end of a run: its final metrics, stored for sweeps and printed as a summary."""
+
+import logging
+import math
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from frcnn.app.build import final_metrics, output_dir, shown
+from frcnn.sweep import write_run_metrics
+
+log = logging.getLogger(__name__)
+
+
+def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """Log hyperparameters with the final metrics, store them for sweeps, print a summary."""
+    if trainer.is_global_zero:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams.pop("hydra", None)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
+        write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
+
+    lines = ["", f"{cfg.task_name} finished. Outputs: {shown(output_dir())}"]
+    for checkpoint in trainer.checkpoint_callbacks:
+        if checkpoint.monitor and checkpoint.best_model_path:
+            best = checkpoint.best_model_score  # None when resumed into another folder
+            score = "not validated in this run" if best is None else f"{float(best):.4f}"
+            lines.append(
+                f"  best checkpoint: {shown(checkpoint.best_model_path)} "
+                f"({checkpoint.monitor}={score})"
+            )
+        elif checkpoint.best_model_path:
+            lines.append(f"  last checkpoint: {shown(checkpoint.best_model_path)}")
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # the folder its events were written to
+            lines.append(f"  TensorBoard:     tensorboard --logdir {shown(logger.log_dir)}")
+    names = [k for k in metrics if k.startswith("val/") and "/ap/" not in k]
+    width = max((len(k) for k in names), default=0)
+    if any(k.startswith("subset/") for k in metrics):
+        lines.append(f"  {'':<{width}}  {'whole':>7}  {'subset':>7}  (validation split)")
+    for k in names:
+        subset = metrics.get(f"subset/{k}")
+        lines.append(
+            f"  {k:<{width}}  {metrics[k]:7.4f}" + ("" if subset is None else f"  {subset:7.4f}")
+        )
+    log.info("\n".join(lines))
+
+
+def finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None) -> float | None:
+    """Summarise the run (its final `metrics`, by default the last logged ones); return the
+    optimised metric, None where there is none."""
+    metrics = final_metrics(trainer) if metrics is None else metrics
+    summarise(trainer, cfg, metrics)
+    value = metrics.get(cfg.optimized_metric)
+    return None if value is None or math.isnan(value) else value

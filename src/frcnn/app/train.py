@@ -1,0 +1,81 @@
+"""train.py: fit, validate the best checkpoint on the whole validation split, summarise."""
+
+import logging
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from frcnn.app.build import build, final_metrics, output_dir, shown
+from frcnn.app.report import finish
+from frcnn.checkpoint import detector_state, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the model; return the value of `cfg.optimized_metric` (for sweepers)."""
+    datamodule, module, trainer = build(cfg)
+    if cfg.get("ckpt_path"):
+        check_resumable(module.model, load_checkpoint(cfg.ckpt_path), cfg)
+    log.info("Output directory: %s", output_dir())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return finish(trainer, cfg, validate_best(trainer, module, datamodule))
+
+
+def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:
+    """A checkpoint to resume from must hold this config's detector: else name the settings
+    that differ (rather than a dump of mismatched tensor shapes)."""
+    try:
+        model.load_state_dict(detector_state(checkpoint))
+    except RuntimeError as err:
+        saved = checkpoint["config"]["model"]
+        ours = OmegaConf.to_container(cfg.model, resolve=True)
+        differ = [
+            f"model.{key}: {old!r} in the checkpoint, {new!r} here"
+            for key, old, new in config_differences(saved, ours)
+        ]
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path!r} holds another detector than this config builds; "
+            "resume with the options it was trained with (experiment, model, anchors, "
+            "frozen, data.num_classes). Settings that differ:\n  "
+            + ("\n  ".join(differ) or f"(none in the config) {str(err).splitlines()[0]}")
+        ) from err
+
+
+def config_differences(a, b, prefix: str = ""):
+    """(dotted key, value in a, value in b) for every leaf where two nested dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            yield from config_differences(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip("."), a, b
+
+
+def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
+    """The final figures of a run: its best checkpoint validated on the whole validation split.
+
+    Training validates on a fixed subset where the data config sets one (`data.val.limit`);
+    its last figures are kept beside the final ones as `subset/val/...`. Returns the training
+    and final metrics.
+    """
+    metrics = final_metrics(trainer)
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+    if not best:
+        return metrics
+    subset = datamodule.use_full_validation()
+    log.info(
+        "Validating the best checkpoint %s on the %s",
+        shown(best),
+        "whole validation split" if subset else "validation set",
+    )
+    # not on the training curves (it may be another set): the summary and hparams show it
+    loggers, trainer.loggers = trainer.loggers, []
+    # the weights alone: validate(ckpt_path=...) would also restore the callbacks' state of
+    # that moment (the summary would lose a last.ckpt written after it)
+    module.load_state_dict(load_checkpoint(best)["state_dict"])
+    trainer.validate(module, datamodule=datamodule)
+    trainer.loggers = loggers
+    final = {k: v for k, v in final_metrics(trainer).items() if k.startswith("val/")}
+    if subset:
+        final |= {f"subset/{k}": v for k, v in metrics.items() if k.startswith("val/")}
+    return {k: v for k, v in metrics.items() if not k.startswith("val/")} | final

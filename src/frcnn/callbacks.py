@@ -1,11 +1,39 @@
-"""Lightning callbacks: detections drawn on fixed validation images, for TensorBoard."""
+"""Lightning callbacks: last.ckpt at every validation and every N steps; detections and
+inspection figures drawn on fixed validation images, for TensorBoard."""
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.utils import make_grid
 
 from frcnn.drawing import draw_detections
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`<dirpath>/last.ckpt`, written over at the end of every validation (improved or not) and,
+    with `every_n_train_steps`, every N training steps as well: a run can be resumed from its
+    latest validation whatever N is. (Lightning's ModelCheckpoint saves on one trigger only: with
+    a step trigger it skips validations that fall between multiples of N.)"""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_train_steps=every_n_train_steps,
+        )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._every_n_train_steps < 1:  # saved at every validation by Lightning already
+            return super().on_validation_end(trainer, pl_module)
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        # also after a step-triggered save of this step: the callbacks' states (best score)
+        # have changed since
+        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class DetectionImages(L.Callback):
@@ -59,11 +87,11 @@ class InspectionFigures(L.Callback):
             return
         from frcnn.figures import make_figure  # matplotlib only when the callback is used
 
-        image, target = batch["images"][0], batch["targets"][0]
+        image, size, target = batch["images"][0], batch["image_sizes"][0], batch["targets"][0]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 for what in self.what:
                     figure = make_figure(
-                        what, pl_module.model, image, target, pl_module.class_names
+                        what, pl_module.model, image, size, target, pl_module.class_names
                     )
                     logger.experiment.add_figure(f"inspect/{what}", figure, trainer.global_step)

@@ -1,7 +1,9 @@
 """Pictures of what each stage does: anchors, objectness, proposals, assignments, detections.
 
-Each function takes a `FasterRCNN`, one uint8 (3, S, S) input image and, where needed, its
-target (boxes in input pixels, labels), and returns a matplotlib Figure of a fixed size.
+Each function takes a `FasterRCNN`, one uint8 (3, S, S) input image, the (height, width) of its
+content (int64 (2,); the rest is letterbox padding, which the detector ignores as in training
+and inference) and, where needed, its target (boxes in input pixels, labels), and returns a
+matplotlib Figure of a fixed size.
 """
 
 import matplotlib
@@ -47,19 +49,19 @@ def _boxes(ax, boxes, colour, width=1.0, alpha=1.0):
 
 
 @torch.no_grad()
-def rpn_outputs(model, image):
+def rpn_outputs(model, image, size):
     """-> FPN features, anchors per level, objectness logits (N,) and deltas (N, 4): the
-    detector's own first stages, for one image."""
+    detector's own first stages, for one image with content `size`."""
     device = next(model.parameters()).device
-    features = model.features(image[None].to(device))
+    features = model.features(image[None].to(device), size[None].to(device))
     logits, deltas = model.rpn.outputs(features)
     return features, model.anchors(features), logits[0], deltas[0]
 
 
-def anchors_figure(model, image, level: int = 0, num_locations: int = 3):
+def anchors_figure(model, image, size, level: int = 0, num_locations: int = 3):
     """The anchor centres of one FPN level, and all anchor shapes at a few locations."""
     fig, (ax,) = _figure("anchors")
-    _, anchors, _, _ = rpn_outputs(model, image)
+    _, anchors, _, _ = rpn_outputs(model, image, size)
     per_location = model.anchor_generator.num_anchors_per_location()[level]
     level_anchors = anchors[level].cpu()
     centres = ((level_anchors[:, :2] + level_anchors[:, 2:]) / 2)[::per_location]
@@ -81,12 +83,12 @@ def anchors_figure(model, image, level: int = 0, num_locations: int = 3):
     return fig
 
 
-def objectness_figure(model, image):
+def objectness_figure(model, image, size):
     """Per-level maps of the best objectness per location, and the histogram of all scores."""
     levels = len(model.anchor_generator.strides)
     fig, axes = _figure("objectness", ncols=levels + 1)
     axes = list(axes)
-    features, _, logits, _ = rpn_outputs(model, image)
+    features, _, logits, _ = rpn_outputs(model, image, size)
     scores = torch.sigmoid(logits).cpu()
     start = 0
     for level, (ax, feature) in enumerate(zip(axes, features, strict=False)):
@@ -106,14 +108,14 @@ def objectness_figure(model, image):
     return fig
 
 
-def proposals_figure(model, image, top_n: int = 50):
-    """The top-N proposals by objectness before NMS, and the top-N that NMS keeps."""
+def proposals_figure(model, image, size, top_n: int = 50):
+    """The top-N proposals by objectness before NMS, and the top-N that NMS keeps (both
+    clipped to the image's content, as the RPN clips them)."""
     fig, (before, after) = _figure("proposals", ncols=2)
-    _, anchors, logits, deltas = rpn_outputs(model, image)
-    side = image.shape[-2:]
+    _, anchors, logits, deltas = rpn_outputs(model, image, size)
     all_anchors = torch.cat(anchors)
     top = logits.topk(min(top_n, len(logits))).indices
-    raw = clip_boxes(model.rpn.box_coder.decode(deltas[top], all_anchors[top]), *side)
+    raw = clip_boxes(model.rpn.box_coder.decode(deltas[top], all_anchors[top]), *size.tolist())
     sizes = [len(a) for a in anchors]
     with torch.no_grad():
         kept, valid = model.rpn.select_proposals(
@@ -121,7 +123,7 @@ def proposals_figure(model, image, top_n: int = 50):
             deltas[None],
             all_anchors,
             sizes,
-            torch.tensor([side], device=logits.device),
+            size[None].to(logits.device),
         )
     kept = kept[0][valid[0]][:top_n]
     _show(before, image, f"top {len(raw)} before NMS")
@@ -131,10 +133,10 @@ def proposals_figure(model, image, top_n: int = 50):
     return fig
 
 
-def assignments_figure(model, image, target, num_negatives: int = 40):
+def assignments_figure(model, image, size, target, num_negatives: int = 40):
     """RPN: positive / sampled negative / ignored anchors; ROI heads: sampled proposals."""
     fig, (rpn_ax, roi_ax) = _figure("assignments", ncols=2)
-    _, anchors, logits, deltas = rpn_outputs(model, image)
+    _, anchors, logits, deltas = rpn_outputs(model, image, size)
     device = logits.device
     gt = pad_targets([target], device)
     rpn = model.rpn
@@ -155,9 +157,8 @@ def assignments_figure(model, image, target, num_negatives: int = 40):
     _boxes(rpn_ax, all_anchors[positives.to(device)].cpu(), "yellow")
     _boxes(rpn_ax, gt.boxes[0][gt.valid[0]].cpu(), "lime", width=2.5)
 
-    side = torch.tensor([image.shape[-2:]], device=device)
     proposals = rpn.select_proposals(
-        logits[None], deltas[None], all_anchors, [len(a) for a in anchors], side
+        logits[None], deltas[None], all_anchors, [len(a) for a in anchors], size[None].to(device)
     )
     with torch.no_grad():
         boxes, roi_labels, _, roi_sampled = model.roi_heads.sample_proposals(proposals, gt)
@@ -177,11 +178,11 @@ def assignments_figure(model, image, target, num_negatives: int = 40):
 
 
 @torch.no_grad()
-def detections_figure(model, image, target=None, class_names=None, min_score: float = 0.3):
+def detections_figure(model, image, size, target=None, class_names=None, min_score: float = 0.3):
     """Final detections (class colours, scores) against the ground truth (green)."""
     fig, (ax,) = _figure("detections")
     device = next(model.parameters()).device
-    detection = model(image[None].to(device))[0]
+    detection = model(image[None].to(device), image_sizes=size[None].to(device))[0]
     drawn = draw_detections(image, detection, target, class_names, min_score)
     _show(
         ax,
@@ -191,19 +192,23 @@ def detections_figure(model, image, target=None, class_names=None, min_score: fl
     return fig
 
 
-def make_figure(what: str, model, image, target=None, class_names=None, level=0, top_n=50):
-    """Dispatch by name: one of WHAT."""
+def make_figure(
+    what: str, model, image, size=None, target=None, class_names=None, level=0, top_n=50
+):
+    """Dispatch by name: one of WHAT. `size`: the content's (height, width); None: the whole
+    image."""
     if what not in WHAT:
         raise ValueError(f"what={what!r}: choose one of {WHAT}")
     if what == "assignments" and target is None:
         raise ValueError(
             "what=assignments needs ground truth: use a data set sample, not image=..."
         )
+    size = torch.tensor(image.shape[-2:]) if size is None else size.cpu()
     builders = {
-        "anchors": lambda: anchors_figure(model, image, level),
-        "objectness": lambda: objectness_figure(model, image),
-        "proposals": lambda: proposals_figure(model, image, top_n),
-        "assignments": lambda: assignments_figure(model, image, target),
-        "detections": lambda: detections_figure(model, image, target, class_names),
+        "anchors": lambda: anchors_figure(model, image, size, level),
+        "objectness": lambda: objectness_figure(model, image, size),
+        "proposals": lambda: proposals_figure(model, image, size, top_n),
+        "assignments": lambda: assignments_figure(model, image, size, target),
+        "detections": lambda: detections_figure(model, image, size, target, class_names),
     }
     return builders[what]()

@@ -3,34 +3,54 @@
 import logging
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
+from frcnn.app.build import checkpoint_run_config
+from frcnn.boxes import content_sizes
+from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 from frcnn.figures import make_figure
 from frcnn.predict import Predictor
 
 log = logging.getLogger(__name__)
 
 
-def visualize(cfg) -> Path:
+def visualize(cfg: DictConfig) -> Path:
     """visualize.py: one PNG of `cfg.what` for a checkpoint (or random weights) and an image
-    (or a validation sample of `cfg.data`), SIZES[what] inches at `cfg.dpi`. Returns its path."""
+    (or a validation sample of the data), SIZES[what] inches at `cfg.dpi`. Returns its path.
+
+    With a checkpoint, the detector and the data settings (image size, resize, the validation
+    set) are the checkpoint's own, with what the command line sets under `model.` / `data.` (or
+    `data=...`) on top, as in eval.py."""
+    class_names = category_ids = None
     if cfg.ckpt_path:
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.trainer.accelerator)
+        checkpoint = load_checkpoint(cfg.ckpt_path)
+        cfg = checkpoint_run_config(cfg, checkpoint["config"], HydraConfig.get().overrides.task)
+        model = detector_from_checkpoint(checkpoint, cfg.model)
+        class_names, category_ids = checkpoint.get("class_names"), checkpoint.get("category_ids")
     else:
         model = instantiate({**cfg.model, "backbone": {**cfg.model.backbone, "weights": None}})
-        predictor = Predictor(
-            model, cfg.data.image_size, cfg.data.resize, device=cfg.trainer.accelerator
-        )
-    model = predictor.model
+    predictor = Predictor(
+        model,
+        cfg.data.image_size,
+        cfg.data.resize,
+        class_names,
+        category_ids,
+        device=cfg.trainer.accelerator,
+    )
     if cfg.image:
-        image, target = predictor.prepare(cfg.image)[0], None
+        image, target = predictor.prepare(cfg.image)
+        truth = None  # an image file has no ground truth
     else:
         datamodule = instantiate(cfg.data)
         datamodule.setup("validate")
         image, target = datamodule.val_set[cfg.index]
+        truth = target
         predictor.class_names = predictor.class_names or datamodule.class_names
+    size = content_sizes([target])[0]
     figure = make_figure(
-        cfg.what, model, image, target, predictor.class_names, cfg.level, cfg.top_n
+        cfg.what, predictor.model, image, size, truth, predictor.class_names, cfg.level, cfg.top_n
     )
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ def test_summary_sorts_runs_by_the_optimised_metric(tmp_path):
     rows = summarise(tmp_path, "val/map")
     assert [r["val/map"] for r in rows] == [0.52, 0.47, 0.41]
     table = (tmp_path / "summary.md").read_text().splitlines()
-    assert table[0] == "| run | overrides | val/map | val/loss |"
-    assert table[2].startswith("| 1 | model.roi_heads.nms_thresh=0.5 | 0.5200 |")
+    assert table[0] == "| run | status | model.roi_heads.nms_thresh | val/map | val/loss |"
+    assert table[2].startswith("| 1 | ok | 0.5 | 0.5200 |")
     assert len((tmp_path / "summary.csv").read_text().strip().splitlines()) == 4
 
 
@@ -23,3 +23,32 @@ def test_summary_puts_the_lowest_loss_first_and_runs_without_the_metric_last(tmp
         write_run_metrics(tmp_path / str(job), [], {} if value is None else {"val/loss": value})
     rows = summarise(tmp_path, "val/loss")
     assert [r.get("val/loss") for r in rows] == [0.4, 0.7, 0.9, None]
+
+
+def test_overrides_common_to_every_run_are_named_once_above_the_table(tmp_path):
+    for job in range(12):
+        (tmp_path / str(job)).mkdir()
+        overrides = ["experiment=coco400", f"model.rpn.nms_thresh=0.{job % 3 + 6}"]
+        write_run_metrics(tmp_path / str(job), overrides, {"val/map": job / 100})
+    rows = summarise(tmp_path, "val/map")
+    assert [r["run"] for r in rows][:3] == ["11", "10", "9"]  # job numbers, not strings
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert lines[0] == "Common to every run: experiment=coco400"
+    assert lines[2] == "| run | status | model.rpn.nms_thresh | val/map |"
+    assert "experiment" not in "".join(lines[3:])
+    assert rows[0]["model.rpn.nms_thresh"] == "0.8"
+
+
+def test_a_failed_run_is_listed_last_with_its_error(tmp_path):
+    for job, nms in enumerate([0.6, 0.7]):
+        (tmp_path / str(job)).mkdir()
+        write_run_metrics(tmp_path / str(job), [f"model.rpn.nms_thresh={nms}"], {"val/map": 0.3})
+    (tmp_path / "2").mkdir()
+    write_run_metrics(
+        tmp_path / "2", ["model.rpn.nms_thresh=2"], {}, "ValueError: must lie in (0, 1] | x"
+    )
+    rows = summarise(tmp_path, "val/map")
+    assert [(r["run"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok"), ("2", "failed")]
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert lines[0].endswith("| val/map | error |")
+    assert lines[-1] == "| 2 | failed | 2 |  | ValueError: must lie in (0, 1] \\| x |"

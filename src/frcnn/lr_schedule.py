@@ -1,9 +1,12 @@
 """Learning-rate schedules: linear warm-up, then multistep or cosine decay, per optimiser step."""
 
+import logging
 import math
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
 
 
 def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
@@ -11,6 +14,29 @@ def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
     if step >= warmup_steps:
         return 1.0
     return start_factor + (1 - start_factor) * step / warmup_steps
+
+
+def check_short_run(total_steps: int, warmup_steps: int, start_factor: float, steps=()) -> None:
+    """Warn where a run is too short for its schedule (a few steps of a long recipe, e.g.
+    `experiment=coco400 trainer.max_steps=30`): the warm-up never ends, milestones never come.
+    The schedule is kept as configured: a short run of a long recipe is usually a smoke test."""
+    if warmup_steps > total_steps:
+        reached = warmup_factor(total_steps, warmup_steps, start_factor)
+        log.warning(
+            "module.scheduler.warmup_steps=%d is longer than the run (%d steps): the LR ends at "
+            "%.0f%% of module.optimizer.lr; lower warmup_steps for a short run that learns",
+            warmup_steps,
+            total_steps,
+            100 * reached,
+        )
+    beyond = [s for s in steps if s > total_steps]
+    if beyond:
+        log.warning(
+            "module.scheduler.milestones at steps %s lie beyond the run (%d steps): the LR is "
+            "never decayed there; milestones <= 1 are fractions of the run (e.g. [0.67, 0.89])",
+            ", ".join(map(str, beyond)),
+            total_steps,
+        )
 
 
 def warmup_multistep(
@@ -24,6 +50,7 @@ def warmup_multistep(
     """Warm-up, then the LR times `gamma` at each milestone: a fraction of `total_steps` (at
     most 1) or a step number (above 1, e.g. the 1x schedule's 60000 and 80000)."""
     steps = sorted(round(m * total_steps) if m <= 1 else int(m) for m in milestones)
+    check_short_run(total_steps, warmup_steps, warmup_start_factor, steps)
 
     def factor(step: int) -> float:
         decays = sum(step >= s for s in steps)
@@ -40,6 +67,7 @@ def warmup_cosine(
     final_factor: float = 0.01,
 ) -> LambdaLR:
     """Warm-up, then half a cosine from the full LR down to `final_factor` of it."""
+    check_short_run(total_steps, warmup_steps, warmup_start_factor)
 
     def factor(step: int) -> float:
         progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))

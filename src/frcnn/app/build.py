@@ -58,6 +58,8 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
     batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     base_lr = cfg.module.optimizer.lr
     cfg.module.optimizer.lr = base_lr * batch / base
+    if not trainer.is_global_zero:
+        return
     log.info(
         "Learning rate %g = %g x batch %d / %d (module.optimizer.lr is the LR for a batch of "
         "lr_base_batch images; lr_base_batch=null uses it as it is)",
@@ -71,10 +73,43 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning Trainer with the config's callbacks and loggers (and `StreamEpoch`,
     which streamed data needs whatever the callbacks config says)."""
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in selected(cfg, "callbacks")]
     callbacks.append(StreamEpoch())
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    loggers = [instantiate(c) for c in selected(cfg, "logger")]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_logging_interval(trainer)
+    return trainer
+
+
+def selected(cfg: DictConfig, group: str) -> list[DictConfig]:
+    """The entries of a callbacks / logger group that are objects to build (`_target_`).
+
+    An experiment may set a value of a callback (coco400: `callbacks.last_checkpoint.
+    every_n_train_steps`) that another choice (`debug=fdr`, `callbacks=none`) leaves out: that
+    value alone is no callback, and is passed over."""
+    entries = []
+    for name, entry in (cfg.get(group) or {}).items():
+        if isinstance(entry, DictConfig) and "_target_" in entry:
+            entries.append(entry)
+        else:
+            log.debug("%s.%s has no _target_ (not in this %s choice): left out", group, name, group)
+    return entries
+
+
+def check_logging_interval(trainer: L.Trainer) -> None:
+    """A run of fewer steps than `trainer.log_every_n_steps` would log no step at all (no loss
+    curves, no learning rate): log ten times in it instead, and say so."""
+    steps, interval = trainer.max_steps, trainer.log_every_n_steps
+    if 0 < steps < interval and not trainer.fast_dev_run:
+        trainer.log_every_n_steps = max(1, steps // 10)
+        if trainer.is_global_zero:
+            log.warning(
+                "trainer.log_every_n_steps=%d is more than the run's %d steps "
+                "(trainer.max_steps): logging every %d steps instead",
+                interval,
+                steps,
+                trainer.log_every_n_steps,
+            )
 
 
 def output_dir() -> Path:

@@ -16,7 +16,8 @@ CHECK_IMAGES = 4
 def export(cfg) -> Path:
     """export.py: the checkpoint's detector as an ONNX file, then the onnxruntime check (the
     same detections as PyTorch on `cfg.check_images`, batch 1 and 4). Returns the file."""
-    from frcnn import export as onnx_export  # the `export` extra: not needed by other commands
+    require_export_extra()
+    from frcnn import export as onnx_export
 
     opset = onnx_export.check_opset(cfg.opset)
     output = writable_file(cfg.output)
@@ -59,6 +60,20 @@ def export(cfg) -> Path:
             f"{onnx_export.BOX_TOLERANCE_PX} px / {onnx_export.SCORE_TOLERANCE} (see above)"
         )
     return output
+
+
+def require_export_extra() -> None:
+    """onnx and onnxruntime are the `export` extra, which training does not need: name it and
+    how to install it rather than fail on the first import."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"export.py needs onnx and onnxruntime ({err}): the `export` extra. In a checkout: "
+            "`uv sync --extra export` (`uv run` installs it with the dev tools) or "
+            "`pip install -e '.[export]'`"
+        ) from None
 
 
 def writable_file(spec: str) -> Path:

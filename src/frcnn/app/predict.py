@@ -84,7 +84,7 @@ def predict_files(cfg) -> dict:
         cfg.ckpt_path, cfg.trainer.accelerator, cfg.score_thresh, cfg.nms_thresh, cfg.max_detections
     )
     output.mkdir(parents=True, exist_ok=True)
-    results, corrupt = [], []
+    results, corrupt, drawn_count = [], [], 0
     ids, names = image_ids(files), output_names(files)
     json_path = output / "detections.json"
     try:
@@ -109,15 +109,28 @@ def predict_files(cfg) -> dict:
                         output / names[index], format="JPEG", quality=92
                     )
                     results += predictor.coco_results(detection, ids[index], files[index].name)
+                    drawn_count += int((detection["scores"] >= cfg.draw_thresh).sum())
                 progress.update(min(cfg.batch_size, len(files) - start))
     finally:  # what was found so far is kept, whatever stopped the run
         json_path.write_text(json.dumps(results))
     lines = [
         f"{len(files) - len(corrupt)} images, {len(results)} detections -> {output}",
-        f"  COCO results: {json_path}",
+        f"  pictures: {drawn_count} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
+        f"  COCO results: {json_path} (all {len(results)})",
     ]
+    if results and not drawn_count:
+        best = max(r["score"] for r in results)
+        lines.append(
+            f"  No detection scored {cfg.draw_thresh} or more (the best {best:.3f}): the "
+            f"pictures show no boxes; draw_thresh={best:.2f} would draw the best ones"
+        )
     if corrupt:
         lines.append(f"  {len(corrupt)} files could not be read and were skipped:")
         lines += [f"    {c}" for c in corrupt]
     log.info("\n".join(lines))
-    return {"images": len(files) - len(corrupt), "detections": len(results), "corrupt": corrupt}
+    return {
+        "images": len(files) - len(corrupt),
+        "detections": len(results),
+        "drawn": drawn_count,
+        "corrupt": corrupt,
+    }

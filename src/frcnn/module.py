@@ -106,11 +106,15 @@ class DetectorModule(L.LightningModule):
         return {"loss": loss, "losses": {k: v.detach() for k, v in losses.items()}}
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # the step's rate, for the curve; its epoch mean (on_epoch) is the run's figure
         now = time.perf_counter()
         if self._last_batch_start is not None:
             rate = len(batch["targets"]) / (now - self._last_batch_start)
-            self.log("train/images_per_s", rate, prog_bar=True, batch_size=1)
+            self.log("train/images_per_s", rate, prog_bar=True, on_epoch=True, batch_size=1)
         self._last_batch_start = now
+
+    def on_validation_start(self) -> None:
+        self._last_batch_start = None  # the pause for validation is not a training step
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # one host sync per step: a non-finite loss must stop the run before it is checkpointed

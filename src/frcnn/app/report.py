@@ -15,19 +15,21 @@ log = logging.getLogger(__name__)
 
 
 def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """Log hyperparameters with the final metrics, store them for sweeps, print a summary."""
-    if trainer.is_global_zero:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
-        hparams.pop("hydra", None)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
-        write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
+    """Log hyperparameters with the final metrics, store them for sweeps, print a summary (on
+    the first process only, under DDP)."""
+    if not trainer.is_global_zero:
+        return
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams.pop("hydra", None)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
+    write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
 
     lines = ["", f"{cfg.task_name} finished. Outputs: {shown(output_dir())}"]
     for checkpoint in trainer.checkpoint_callbacks:
         if checkpoint.monitor and checkpoint.best_model_path:
-            best = checkpoint.best_model_score  # None when resumed into another folder
+            best = checkpoint.best_model_score  # None when resumed from another run's folder
             score = "not validated in this run" if best is None else f"{float(best):.4f}"
             lines.append(
                 f"  best checkpoint: {shown(checkpoint.best_model_path)} "

@@ -1,6 +1,8 @@
 """train.py: fit, validate the best checkpoint on the whole validation split, summarise."""
 
 import logging
+import warnings
+from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +19,16 @@ def train(cfg: DictConfig) -> float | None:
     datamodule, module, trainer = build(cfg)
     if cfg.get("ckpt_path"):
         check_resumable(module.model, load_checkpoint(cfg.ckpt_path), cfg)
-    log.info("Output directory: %s", output_dir())
+        if Path(cfg.ckpt_path).expanduser().absolute().parent.parent == output_dir():
+            # its run folder (conf/hydra: run_dir): the checkpoints there are this run's own
+            warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            verb = "Resuming in"
+        else:
+            verb = "Resuming into a new folder"
+        if trainer.is_global_zero:
+            log.info("%s %s from %s", verb, shown(output_dir()), shown(cfg.ckpt_path))
+    elif trainer.is_global_zero:
+        log.info("Output directory: %s", shown(output_dir()))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return finish(trainer, cfg, validate_best(trainer, module, datamodule))
 
@@ -63,11 +74,12 @@ def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
     if not best:
         return metrics
     subset = datamodule.use_full_validation()
-    log.info(
-        "Validating the best checkpoint %s on the %s",
-        shown(best),
-        "whole validation split" if subset else "validation set",
-    )
+    if trainer.is_global_zero:
+        log.info(
+            "Validating the best checkpoint %s on the %s",
+            shown(best),
+            "whole validation split" if subset else "validation set",
+        )
     # not on the training curves (it may be another set): the summary and hparams show it
     loggers, trainer.loggers = trainer.loggers, []
     # the weights alone: validate(ckpt_path=...) would also restore the callbacks' state of

@@ -7,10 +7,11 @@ uv run eval.py -m ckpt_path=... model.roi_heads.nms_thresh=0.3,0.5,0.7
 import hydra
 from omegaconf import DictConfig
 
-from frcnn.app import evaluate
+from frcnn.app import command, evaluate
 
 
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg)
 

@@ -7,10 +7,11 @@ uv run export.py ckpt_path=... output=model.onnx check_images=photos/ opset=17
 import hydra
 from omegaconf import DictConfig
 
-from frcnn.app import export
+from frcnn.app import command, export
 
 
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -7,10 +7,11 @@ uv run predict.py ckpt_path=... input='data/**/*.jpg' score_thresh=0.5 device=cp
 import hydra
 from omegaconf import DictConfig
 
-from frcnn.app import predict_files
+from frcnn.app import command, predict_files
 
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> None:
     predict_files(cfg)
 

@@ -7,10 +7,11 @@ uv run visualize.py what=detections ckpt_path=.../last.ckpt image=photo.jpg
 import hydra
 from omegaconf import DictConfig
 
-from frcnn.app import visualize
+from frcnn.app import command, visualize
 
 
 @hydra.main(config_path="conf", config_name="visualize", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> None:
     visualize(cfg)
 

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import lightning as L
 
+from frcnn.app import command
+
 ROOT = Path(__file__).parents[2]
 
 # a run of a few seconds on the CPU: 16 tiny images, a narrow ResNet-18 detector
@@ -71,9 +73,10 @@ def composed(tmp_path: Path, *overrides: str, config_name: str = "train"):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
+    command(None)  # the resolvers of the entry points
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
-            config_name, [f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True
+            config_name, [f"paths.log_dir={tmp_path}/logs", *overrides], return_hydra_config=True
         )
     HydraConfig.instance().set_config(cfg)
     cfg.paths.output_dir = str(tmp_path / "out")

@@ -25,7 +25,8 @@ def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
     scalars = set(events.Tags()["scalars"])
     for tag in ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "loss"):
         assert f"train/{tag}_step" in scalars and f"train/{tag}_epoch" in scalars
-    assert {"val/map", "val/map_50", "val/mar_100", "val/loss", "train/images_per_s"} <= scalars
+    assert {"val/map", "val/map_50", "val/mar_100", "val/loss"} <= scalars
+    assert {"train/images_per_s_step", "train/images_per_s_epoch"} <= scalars
     assert any(tag.startswith("lr-") for tag in scalars)
     images = set(events.Tags()["images"])
     pictures = {"val/detections", "inspect/objectness", "inspect/proposals", "inspect/assignments"}
@@ -34,15 +35,22 @@ def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
     assert 0.0 <= metrics(run_dir)["val/map"] <= 1.0
 
 
-def test_resuming_continues_from_the_checkpoint(trained, tmp_path):
-    _, run_dir = trained
+def test_resuming_goes_on_in_the_runs_folder_and_keeps_its_best(tmp_path):
+    log_dir = tmp_path / "logs"
+    run("train.py", "trainer.max_epochs=2", *TINY, log_dir=log_dir)
+    (run_dir,) = run_dirs(log_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    run("train.py", "trainer.max_epochs=3", f"ckpt_path={last}", *TINY, log_dir=tmp_path)
-    resumed = run_dirs(tmp_path)[0]
-    events = EventAccumulator(str(resumed / "tensorboard")).Reload()
+    result = run("train.py", "trainer.max_epochs=4", f"ckpt_path={last}", *TINY, log_dir=log_dir)
+    assert run_dirs(log_dir) == [run_dir]  # no new folder
+    assert "Resuming in" in result.stdout + result.stderr
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     steps = [e.step for e in events.Scalars("train/loss_step")]
-    assert min(steps) >= 8  # 2 epochs x 4 batches were done before
-    assert len(events.Scalars("val/map")) == 1  # only the third epoch ran
+    assert len(steps) == len(set(steps)) == 16 and max(steps) == 15  # 8 steps more, in order
+    maps = [e.value for e in events.Scalars("val/map")]
+    assert len(maps) == 4
+    # the best of all four validations, the two before the interruption included
+    (best,) = (run_dir / "checkpoints").glob("epoch*-map*.ckpt")
+    assert best.name == f"epoch{maps.index(max(maps)):03d}-map{max(maps):.4f}.ckpt"
 
 
 def best_checkpoint(run_dir):
@@ -74,8 +82,15 @@ def test_a_two_by_two_eval_sweep_writes_one_summary(trained):
     )
     sweep = next((log_dir / "eval" / "multiruns").iterdir())
     summary = (sweep / "summary.md").read_text().strip().splitlines()
-    assert len(summary) == 2 + 4  # header, rule, one row per run
-    assert "model.roi_heads.nms_thresh=0.3" in summary[2] + summary[3] + summary[4] + summary[5]
+    assert summary[0].startswith("Common to every run: ") and "ckpt_path=" in summary[0]
+    assert summary[2].startswith("| run | status | model.roi_heads.nms_thresh |")
+    assert len(summary) == 2 + 2 + 4  # what all share, blank, header, rule, one row per run
+    assert sorted(row.split(" | ")[2:4] for row in summary[4:]) == [
+        ["0.3", "0.01"],
+        ["0.3", "0.05"],
+        ["0.6", "0.01"],
+        ["0.6", "0.05"],
+    ]
     csv_rows = (sweep / "summary.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 5
     assert "Sweep summary (4 runs" in result.stdout
@@ -151,24 +166,25 @@ def test_a_run_resumed_mid_epoch_continues_that_epochs_stream(tmp_path):
         "+callbacks.ids._target_=tests.app.helpers.RecordImageIds",
         "+callbacks.ids.output_dir=${paths.output_dir}",
     ]
-    run("train.py", "trainer.max_steps=4", "trainer.max_epochs=-1", *data, log_dir=tmp_path / "a")
-    last = run_dirs(tmp_path / "a")[0] / "checkpoints" / "last.ckpt"
+    run("train.py", "trainer.max_steps=4", "trainer.max_epochs=-1", *data, log_dir=tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    first = json.loads((run_dir / "ids_rank0.json").read_text())
+    last = run_dir / "checkpoints" / "last.ckpt"
     run(
         "train.py",
         "trainer.max_steps=6",
         "trainer.max_epochs=-1",
         f"ckpt_path={last}",
         *data,
-        log_dir=tmp_path / "b",
+        log_dir=tmp_path,
     )
-    resumed = json.loads((run_dirs(tmp_path / "b")[0] / "ids_rank0.json").read_text())
+    resumed = json.loads((run_dir / "ids_rank0.json").read_text())
     orders = {}
     for epoch in (0, 1):
         stream = HubCOCO(Transform(96), data_files=[str(files[0])], shuffle_buffer=12, seed=42)
         stream.set_epoch(epoch)
         orders[epoch] = [target["image_id"] for _, target in stream]
     assert orders[0] != orders[1]
-    first = json.loads((run_dirs(tmp_path / "a")[0] / "ids_rank0.json").read_text())
     assert first == orders[0] + orders[1][:4]  # each epoch of the first run in its own order
     assert resumed == orders[1][: len(resumed)] and len(resumed) == 8
 

@@ -4,6 +4,7 @@ in `build`. The libraries they use (the model, data, module, Predictor, figures,
 export) do nothing on import and know nothing of commands."""
 
 from frcnn.app.build import build
+from frcnn.app.command import command
 from frcnn.app.evaluate import evaluate
 from frcnn.app.export import export
 from frcnn.app.predict import find_images, output_names, predict_files
@@ -12,6 +13,7 @@ from frcnn.app.visualize import visualize
 
 __all__ = [
     "build",
+    "command",
     "evaluate",
     "export",
     "find_images",

@@ -1,0 +1,84 @@
+"""What every entry point shares around its task: the run folder and how an error is reported.
+
+`command` wraps each entry point's task function (under `@hydra.main`):
+
+- the run folder: a training run resumed from `<run>/checkpoints/<name>.ckpt` goes on in `<run>`
+  (Lightning's checkpoint callbacks then restore their best-so-far, TensorBoard's curves and the
+  log continue); every other run gets a new folder (the `run_dir` resolver of
+  conf/hydra/default.yaml, registered when an entry point is defined);
+- an error this project raised on purpose (a missing file, an offline hub, a value out of
+  range, a diverged run) is printed as its message alone, and the command exits with status 1;
+  any other error, every error with HYDRA_FULL_ERROR=1, and a failed run of a multirun (which
+  the sweep summary records) keep Python's traceback.
+"""
+
+import functools
+import linecache
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+import frcnn
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(frcnn.__file__).parent
+
+
+def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
+    """Hydra's run folder: `new`, or the folder of the run that `ckpt_path` (a checkpoint in
+    `<run>/checkpoints/`) belongs to when a training run resumes from it."""
+    if task_name == "train" and ckpt_path:
+        run = Path(ckpt_path).expanduser().absolute().parent.parent
+        if (run / ".hydra" / "config.yaml").is_file():
+            return str(run)
+    return new
+
+
+def command(task_function):
+    """Decorator of an entry point's task function (see the module's docstring)."""
+    if not OmegaConf.has_resolver("run_dir"):
+        OmegaConf.register_new_resolver("run_dir", run_dir)
+
+    @functools.wraps(task_function)
+    def run(cfg):
+        try:
+            return task_function(cfg)
+        except Exception as error:
+            reason = deliberate(error)
+            multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+            if reason is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error("%s: %s\n(HYDRA_FULL_ERROR=1 shows the traceback)", cfg.task_name, reason)
+            sys.exit(1)
+
+    return run
+
+
+def deliberate(error: BaseException) -> str | None:
+    """The message of an error this project raised on purpose, found in `error` or what it
+    wraps (Hydra wraps a constructor's error in an InstantiationException); None for anything
+    else (a bug: its traceback is wanted)."""
+    while error is not None:
+        if not isinstance(error, AssertionError) and raised_here(error):
+            return f"{type(error).__name__}: {error}"
+        error = error.__cause__
+    return None
+
+
+def raised_here(error: BaseException) -> bool:
+    """Whether `error` comes from a `raise` statement of this package's code (not from a
+    failing operation, e.g. a tensor op called there)."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    return Path(filename).is_relative_to(PACKAGE_DIR) and line.startswith("raise ")

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -34,6 +35,10 @@ def ground_truth(target: dict) -> dict[str, Tensor]:
     if "area" in target:
         truth["area"] = torch.cat([target["area"], target["crowd_area"]])
     return truth
+
+
+def to_cpu(items: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    return [{k: v.cpu() for k, v in item.items()} for item in items]
 
 
 class DetectorModule(L.LightningModule):
@@ -74,7 +79,12 @@ class DetectorModule(L.LightningModule):
         self.channels_last = channels_last
         # a string names the backend; kept apart from nn.Module.compile, which it would shadow
         self.compile_backend = "inductor" if compile is True else (compile or None)
-        self.val_map = MeanAveragePrecision(backend="faster_coco_eval", class_metrics=per_class_map)
+        # gathered across processes by the module itself (all_gather_object): torchmetrics'
+        # own sync gathers per image and fails when ranks hold different numbers of images
+        self.val_map = MeanAveragePrecision(
+            backend="faster_coco_eval", class_metrics=per_class_map, sync_on_compute=False
+        )
+        self._val_pairs: list[tuple[list, list]] = []  # (detections, ground truth) per batch
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints
         self._last_batch_start: float | None = None
         self._compiled = False
@@ -142,10 +152,19 @@ class DetectorModule(L.LightningModule):
             {**d, "boxes": to_original_pixels(d["boxes"], t["scale_xy"], t["orig_size"])}
             for d, t in zip(detections, targets, strict=True)
         ]
-        self.val_map.update(preds, [ground_truth(t) for t in targets])
+        truths = [ground_truth(t) for t in targets]
+        self._val_pairs.append(tuple(to_cpu(x) for x in (preds, truths)))
         return detections
 
     def on_validation_epoch_end(self) -> None:
+        pairs, self._val_pairs = self._val_pairs, []
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every process evaluates all images: one gather, however many each one holds
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, pairs)
+            pairs = [pair for rank in everyone for pair in rank]
+        for preds, truths in pairs:
+            self.val_map.update(preds, truths)
         result = self.val_map.compute()
         self.val_map.reset()
         for key in MAP_KEYS:

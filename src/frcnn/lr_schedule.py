@@ -1,4 +1,4 @@
-"""Learning-rate schedules: linear warm-up, then multistep or cosine decay, per optimiser step."""
+"""Learning-rate schedule: linear warm-up, then multistep or cosine decay, per optimiser step."""
 
 import logging
 import math
@@ -39,39 +39,43 @@ def check_short_run(total_steps: int, warmup_steps: int, start_factor: float, st
         )
 
 
-def warmup_multistep(
+def warmup_decay(
     optimizer: Optimizer,
     total_steps: int,
     warmup_steps: int = 500,
     warmup_start_factor: float = 0.001,
+    decay: str = "multistep",
     milestones=(0.67, 0.89),
     gamma: float = 0.1,
-) -> LambdaLR:
-    """Warm-up, then the LR times `gamma` at each milestone: a fraction of `total_steps` (at
-    most 1) or a step number (above 1, e.g. the 1x schedule's 60000 and 80000)."""
-    steps = sorted(round(m * total_steps) if m <= 1 else int(m) for m in milestones)
-    check_short_run(total_steps, warmup_steps, warmup_start_factor, steps)
-
-    def factor(step: int) -> float:
-        decays = sum(step >= s for s in steps)
-        return warmup_factor(step, warmup_steps, warmup_start_factor) * gamma**decays
-
-    return LambdaLR(optimizer, factor)
-
-
-def warmup_cosine(
-    optimizer: Optimizer,
-    total_steps: int,
-    warmup_steps: int = 500,
-    warmup_start_factor: float = 0.001,
     final_factor: float = 0.01,
 ) -> LambdaLR:
-    """Warm-up, then half a cosine from the full LR down to `final_factor` of it."""
-    check_short_run(total_steps, warmup_steps, warmup_start_factor)
+    """Linear warm-up over `warmup_steps`, then `decay`:
 
-    def factor(step: int) -> float:
-        progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-        cosine = final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return warmup_factor(step, warmup_steps, warmup_start_factor) * cosine
+    - "multistep": the LR times `gamma` at each of `milestones`, a fraction of `total_steps`
+      (at most 1) or a step number (above 1, e.g. the 1x schedule's 60000 and 80000);
+    - "cosine": half a cosine from the full LR down to `final_factor` of it at the end.
 
-    return LambdaLR(optimizer, factor)
+    One function for both, so that an experiment's settings compose with either decay.
+    """
+    if decay == "multistep":
+        steps = sorted(round(m * total_steps) if m <= 1 else int(m) for m in milestones)
+        check_short_run(total_steps, warmup_steps, warmup_start_factor, steps)
+
+        def decayed(step: int) -> float:
+            return gamma ** sum(step >= s for s in steps)
+
+    elif decay == "cosine":
+        check_short_run(total_steps, warmup_steps, warmup_start_factor)
+
+        def decayed(step: int) -> float:
+            span = max(1, total_steps - warmup_steps)
+            progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+            return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    else:
+        raise ValueError(f"module.scheduler.decay={decay!r}: choose multistep or cosine")
+
+    return LambdaLR(
+        optimizer,
+        lambda step: warmup_factor(step, warmup_steps, warmup_start_factor) * decayed(step),
+    )

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from frcnn.lr_schedule import warmup_cosine, warmup_multistep
+from frcnn.lr_schedule import warmup_decay
 
 
 def lrs(make, steps, **kwargs):
@@ -17,7 +17,7 @@ def lrs(make, steps, **kwargs):
 
 def test_warmup_then_multistep():
     lr = lrs(
-        warmup_multistep,
+        warmup_decay,
         100,
         warmup_steps=10,
         warmup_start_factor=0.1,
@@ -31,7 +31,14 @@ def test_warmup_then_multistep():
 
 
 def test_warmup_then_cosine():
-    lr = lrs(warmup_cosine, 110, warmup_steps=10, warmup_start_factor=0.0, final_factor=0.0)
+    lr = lrs(
+        warmup_decay,
+        110,
+        warmup_steps=10,
+        warmup_start_factor=0.0,
+        decay="cosine",
+        final_factor=0.0,
+    )
     assert lr[0] == 0.0 and lr[10] == pytest.approx(1.0)
     assert lr[60] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
@@ -48,3 +55,19 @@ def test_milestones_may_be_step_numbers_as_in_coco400(tmp_path):
     factor = scheduler.lr_lambdas[0]
     assert factor(59999) == 1.0 and factor(60000) == pytest.approx(0.1)
     assert factor(79999) == pytest.approx(0.1) and factor(80000) == pytest.approx(0.01)
+
+
+def test_an_unknown_decay_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="module.scheduler.decay='linear'"):
+        lrs(warmup_decay, 10, decay="linear")
+
+
+def test_a_run_shorter_than_its_schedule_says_so(caplog):
+    lr = lrs(warmup_decay, 30, warmup_steps=1000, milestones=(60000, 80000))
+    assert lr[-1] == pytest.approx(0.001 + 0.999 * 29 / 1000)  # the schedule is kept
+    assert "warmup_steps=1000 is longer than the run (30 steps)" in caplog.text
+    assert "ends at 3% of module.optimizer.lr" in caplog.text
+    assert "milestones at steps 60000, 80000 lie beyond the run (30 steps)" in caplog.text
+    caplog.clear()
+    lrs(warmup_decay, 300, warmup_steps=10, milestones=(0.5, 0.8))
+    assert not caplog.text

@@ -30,9 +30,14 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fail now, not after the model is built, if the data is not there
     if cfg.get("init_weights"):
-        # torchvision runs its COCO Faster R-CNN weights with FrozenBatchNorm2d eps 0; so does
-        # this model (kept in the saved config, so eval and predict rebuild it the same way)
-        cfg.model.backbone.norm_eps = 0.0
+        backbone = cfg.model.backbone
+        if backbone.get("depth") == 50:  # torchvision's weights hold the whole ResNet-50
+            backbone.weights = None  # no ImageNet download that they would overwrite
+        if backbone.get("norm") == "frozen_bn":
+            # torchvision runs them with FrozenBatchNorm2d eps 0; so does this model (kept in
+            # the saved config, so eval and predict rebuild it the same way). Trainable
+            # BatchNorm keeps its eps: 0 is not allowed in training
+            backbone.norm_eps = 0.0
     model = instantiate(cfg.model)
     if cfg.get("init_weights"):
         left_out = load_torchvision_weights(model, torchvision_state_dict(cfg.init_weights))
@@ -129,6 +134,11 @@ def shown(path) -> str:
     """A path as a user would type it: relative to the working directory when inside it."""
     path = Path(path).absolute()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def given_keys(overrides: list[str]) -> set[str]:
+    """The keys (or groups) that command-line `overrides` set, whatever their prefix (+, ++)."""
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
 
 
 def checkpoint_run_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:

@@ -11,7 +11,7 @@ from frcnn.app import command, evaluate
 
 
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")
-@command
+@command(checkpoint_data=True)
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg)
 

@@ -11,7 +11,7 @@ from frcnn.app import command, visualize
 
 
 @hydra.main(config_path="conf", config_name="visualize", version_base="1.3")
-@command
+@command(checkpoint_data=True)
 def main(cfg: DictConfig) -> None:
     visualize(cfg)
 

@@ -6,6 +6,7 @@
   (Lightning's checkpoint callbacks then restore their best-so-far, TensorBoard's curves and the
   log continue); every other run gets a new folder (the `run_dir` resolver of
   conf/hydra/default.yaml, registered when an entry point is defined);
+- `data.` settings of the commands that take them from a checkpoint (see `command`);
 - an error this project raised on purpose (a missing file, an offline hub, a value out of
   range, a diverged run) is printed as its message alone, and the command exits with status 1;
   any other error, every error with HYDRA_FULL_ERROR=1, and a failed run of a multirun (which
@@ -16,6 +17,7 @@ import functools
 import linecache
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,10 +42,20 @@ def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
     return new
 
 
-def command(task_function):
-    """Decorator of an entry point's task function (see the module's docstring)."""
+def command(task_function=None, *, checkpoint_data: bool = False):
+    """Decorator of an entry point's task function (see the module's docstring).
+
+    `checkpoint_data` (eval.py, visualize.py): the data settings are the checkpoint's, which
+    Hydra cannot see when it composes the config; a `data.<key>=value` of the command line (a
+    key of the checkpoint's data, e.g. `data.val.limit` of the hub source) reaches Hydra as
+    `++data.<key>=value`, so that it is not refused for missing from the default data config.
+    """
+    if task_function is None:
+        return functools.partial(command, checkpoint_data=checkpoint_data)
     if not OmegaConf.has_resolver("run_dir"):
         OmegaConf.register_new_resolver("run_dir", run_dir)
+    if checkpoint_data:
+        sys.argv[1:] = [re.sub(r"^data\.", "++data.", arg) for arg in sys.argv[1:]]
 
     @functools.wraps(task_function)
     def run(cfg):

@@ -5,7 +5,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.app.build import build_trainer, checkpoint_run_config, quiet_libraries
+from frcnn.app.build import build_trainer, checkpoint_run_config, given_keys, quiet_libraries
 from frcnn.app.report import finish
 from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 
@@ -22,7 +22,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     cfg = checkpoint_run_config(cfg, checkpoint["config"], overrides)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    if not any(o.startswith("data.val.limit=") for o in overrides):
+    if "data.val.limit" not in given_keys(overrides):
         datamodule.use_full_validation()  # not the training run's subset
     datamodule.setup("validate")
     model = detector_from_checkpoint(checkpoint, cfg.model)

@@ -1,11 +1,13 @@
 """visualize.py: one picture of what a stage of the detector does."""
 
+import itertools
 import logging
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.utils.data import IterableDataset
 
 from frcnn.app.build import checkpoint_run_config
 from frcnn.boxes import content_sizes
@@ -45,7 +47,7 @@ def visualize(cfg: DictConfig) -> Path:
     else:
         datamodule = instantiate(cfg.data)
         datamodule.setup("validate")
-        image, target = datamodule.val_set[cfg.index]
+        image, target = sample(datamodule.val_set, cfg.index)
         truth = target
         predictor.class_names = predictor.class_names or datamodule.class_names
     size = content_sizes([target])[0]
@@ -58,3 +60,15 @@ def visualize(cfg: DictConfig) -> Path:
     figure.savefig(path, dpi=cfg.dpi)
     log.info("Wrote %s", path)
     return path
+
+
+def sample(source, index: int):
+    """Validation sample `index` of a source: indexed (a COCO folder, synthetic shapes) or
+    streamed (the hub), where it is the index-th readable image of the stream."""
+    if not isinstance(source, IterableDataset):
+        return source[index]
+    readable = (s for s in source if s is not None)
+    found = next(itertools.islice(readable, index, None), None)
+    if found is None:
+        raise ValueError(f"index={index}: the validation stream has fewer readable images")
+    return found

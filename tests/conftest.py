@@ -9,6 +9,16 @@ from frcnn.model import FasterRCNN
 OVERFIT_SIZE = 128
 
 
+@pytest.fixture(autouse=True)
+def no_sleep_after_a_shuffled_pass(monkeypatch):
+    """datasets sleeps 5 s at the end of every shuffled pass (a pyarrow thread-shutdown
+    workaround): harmless once an epoch in training, minutes over the tests. (Runs in a
+    process of their own, DDP's, still sleep.)"""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+
+
 OVERFIT_STEPS = 90
 WARMUP_STEPS = 20
 MAX_GRAD_NORM = 10.0

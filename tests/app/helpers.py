@@ -36,35 +36,45 @@ TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL]
 
 def run(script: str, *overrides: str, log_dir: Path, separate_process: bool = False):
     """Run the entry point `script` (train.py, eval.py, ...) with Hydra overrides, logs under
-    `log_dir`; returns its output (.stdout, .stderr).
+    `log_dir`; returns its output (.stdout, .stderr)."""
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
+    args = [*flags, f"paths.log_dir={log_dir}", *(o for o in overrides if not o.startswith("-"))]
+    return run_script(ROOT / script, args, ROOT, separate_process)
+
+
+def run_script(script: Path, args: list[str], cwd: Path, separate_process: bool = False):
+    """Run an entry point as `python <script> <args>` from the working directory `cwd`;
+    returns its output (.stdout, .stderr); fails with its output if it exits with an error.
 
     In this process by default (the import of torch and Lightning is paid once); in a
     separate process where the run spawns processes itself (DDP).
     """
-    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
-    argv = [str(ROOT / script), *flags, f"paths.log_dir={log_dir}"]
-    argv += [o for o in overrides if not o.startswith("-")]
+    argv = [str(script), *args]
     if separate_process:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # each process would compile torch anew: 6 s
         result = subprocess.run(
-            [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+            [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, (
-            f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+            f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )
         return result
     out, err = io.StringIO(), io.StringIO()
-    saved_argv = sys.argv
+    saved_argv, saved_cwd = sys.argv, Path.cwd()
     sys.argv = argv
+    os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(ROOT / script), run_name="__main__")
+            runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exit_:  # Hydra exits on errors after printing them
         raise AssertionError(
-            f"{script} failed:\n{out.getvalue()[-3000:]}\n{err.getvalue()[-6000:]}"
+            f"{script.name} failed ({exit_.code}):\n{out.getvalue()[-3000:]}\n"
+            f"{err.getvalue()[-6000:]}"
         ) from exit_
     finally:
         sys.argv = saved_argv
+        os.chdir(saved_cwd)
     return SimpleNamespace(stdout=out.getvalue(), stderr=err.getvalue())
 
 

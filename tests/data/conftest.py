@@ -15,15 +15,6 @@ def jpeg_bytes(width, height, colour=(120, 60, 30), mode="RGB"):
     return buffer.getvalue()
 
 
-@pytest.fixture(autouse=True)
-def no_sleep_after_a_shuffled_pass(monkeypatch):
-    """datasets sleeps 5 s at the end of every shuffled pass (a pyarrow thread-shutdown
-    workaround): harmless once an epoch in training, minutes over the tests."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
-
-
 @pytest.fixture
 def coco_folder(tmp_path):
     """4 images: 1 with two objects and a crowd, 2 with one object, 3 with none, 4 corrupt."""

@@ -178,3 +178,26 @@ def test_the_learning_rate_scales_with_the_batch_and_is_printed(tmp_path, caplog
     assert module_of().optimizer_factory.keywords["lr"] == pytest.approx(0.02 * 4 / 16)
     assert "Learning rate 0.005 = 0.02 x batch 4 / 16" in caplog.text
     assert module_of("lr_base_batch=null").optimizer_factory.keywords["lr"] == 0.02
+
+
+@pytest.mark.parametrize("choice", ["debug=fdr", "callbacks=none"])
+def test_coco400_without_its_callbacks_builds_a_trainer(tmp_path, choice):
+    """coco400 sets callbacks.last_checkpoint.every_n_train_steps; a choice without that
+    callback leaves the setting alone, which is no callback to build."""
+    from frcnn.app.build import build_trainer
+
+    cfg = composed(tmp_path, "experiment=coco400", choice, "device=cpu")
+    assert "_target_" not in cfg.callbacks.last_checkpoint
+    trainer = build_trainer(cfg)
+    assert not any(type(c).__name__ == "LastCheckpoint" for c in trainer.callbacks)
+
+
+def test_a_run_shorter_than_its_logging_interval_logs_ten_times(tmp_path, caplog):
+    from frcnn.app.build import build_trainer
+
+    cfg = composed(tmp_path, "experiment=coco400", "device=cpu", "trainer.max_steps=30")
+    trainer = build_trainer(cfg)
+    assert trainer.log_every_n_steps == 3
+    assert "trainer.log_every_n_steps=50 is more than the run's 30 steps" in caplog.text
+    cfg = composed(tmp_path, "experiment=coco400", "device=cpu")
+    assert build_trainer(cfg).log_every_n_steps == 50

@@ -154,3 +154,13 @@ def test_bad_input_is_refused_with_a_message_naming_it(trained, tmp_path, overri
     with pytest.raises(AssertionError, match=message):
         run("export.py", *args, log_dir=log_dir)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_without_the_export_extra_the_message_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from frcnn.app.export import require_export_extra
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"uv sync --extra export.*pip install -e"):
+        require_export_extra()

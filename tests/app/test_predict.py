@@ -149,9 +149,14 @@ def test_inputs_with_the_same_name_keep_their_own_pictures_and_ids(trained, tmp_
 
 def test_coco_results_keep_what_the_pictures_leave_out(trained, tmp_path):
     write_inputs(tmp_path / "in")
-    out, _ = predict(trained, tmp_path, tmp_path / "in", "draw_thresh=0.99")
+    out, printed = predict(trained, tmp_path, tmp_path / "in", "draw_thresh=0.99")
     scores = [d["score"] for d in json.loads((out / "detections.json").read_text())]
-    assert scores and min(scores) >= 0.05 and min(scores) < 0.99
+    assert scores and min(scores) >= 0.05 and max(scores) < 0.99
+    # the summary says that the pictures show nothing, and what would show the best
+    assert "0 detections drawn (scoring >= draw_thresh=0.99)" in printed
+    assert f"No detection scored 0.99 or more (the best {max(scores):.3f})" in printed
+    out, printed = predict(trained, tmp_path, tmp_path / "in", "draw_thresh=0.05")  # all
+    assert f"{len(scores)} detections drawn" in printed and "No detection scored" not in printed
 
 
 def test_a_decompression_bomb_is_skipped_and_named(trained, tmp_path, monkeypatch):

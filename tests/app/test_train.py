@@ -10,11 +10,6 @@ from tests.app.helpers import SMALL, TINY, metrics, run, run_dirs
 from tests.data.conftest import hub_row, write_hub_parquet
 
 
-def test_fast_dev_run_on_cpu(tmp_path):
-    result = run("train.py", "debug=fdr", *TINY, log_dir=tmp_path)
-    assert "train finished" in result.stdout + result.stderr
-
-
 def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
     _, run_dir = trained
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
@@ -68,70 +63,12 @@ def test_eval_reproduces_the_logged_val_map(trained):
     )
 
 
-def test_a_two_by_two_eval_sweep_writes_one_summary(trained):
-    log_dir, run_dir = trained
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    result = run(
-        "eval.py",
-        "-m",
-        f"ckpt_path={ckpt}",
-        "model.roi_heads.nms_thresh=0.3,0.6",
-        "model.roi_heads.score_thresh=0.01,0.05",
-        *TINY,
-        log_dir=log_dir,
-    )
-    sweep = next((log_dir / "eval" / "multiruns").iterdir())
-    summary = (sweep / "summary.md").read_text().strip().splitlines()
-    assert summary[0].startswith("Common to every run: ") and "ckpt_path=" in summary[0]
-    assert summary[2].startswith("| run | status | model.roi_heads.nms_thresh |")
-    assert len(summary) == 2 + 2 + 4  # what all share, blank, header, rule, one row per run
-    assert sorted(row.split(" | ")[2:4] for row in summary[4:]) == [
-        ["0.3", "0.01"],
-        ["0.3", "0.05"],
-        ["0.6", "0.01"],
-        ["0.6", "0.05"],
-    ]
-    csv_rows = (sweep / "summary.csv").read_text().strip().splitlines()
-    assert len(csv_rows) == 5
-    assert "Sweep summary (4 runs" in result.stdout
-
-
 def write_parquet(path, first_id, count):
     rows = [
         hub_row(i, 120, 90, [[10.0, 10.0, 60.0, 50.0]], [i % 3])
         for i in range(first_id, first_id + count)
     ]
     write_hub_parquet(path, rows)
-
-
-def test_ddp_on_cpu_splits_the_stream_and_shares_one_run_dir(tmp_path):
-    shards = [tmp_path / f"train-{i}.parquet" for i in range(2)]
-    for i, shard in enumerate(shards):
-        write_parquet(shard, first_id=i * 8, count=8)
-    files = "[" + ",".join(str(s) for s in shards) + "]"
-    log_dir = tmp_path / "logs"
-    run(
-        "train.py",
-        "data=coco",
-        f"data.train.data_files={files}",
-        f"data.val.data_files={files}",
-        "data.val.limit=4",
-        *SMALL,
-        "device=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.max_epochs=1",
-        "model.backbone.weights=null",
-        "+callbacks.ids._target_=tests.app.helpers.RecordImageIds",
-        "+callbacks.ids.output_dir=${paths.output_dir}",
-        log_dir=log_dir,
-        separate_process=True,
-    )
-    runs = run_dirs(log_dir)
-    assert len(runs) == 1  # both ranks wrote into the one Hydra run directory
-    ids = [json.loads((runs[0] / f"ids_rank{r}.json").read_text()) for r in range(2)]
-    assert ids[0] and ids[1] and set(ids[0]).isdisjoint(ids[1])
-    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_the_summary_names_the_tensorboard_folder_that_was_written(tmp_path):

@@ -1,9 +1,14 @@
 """visualize.py: each picture, with random weights on a synthetic sample."""
 
+import importlib
+
+import numpy as np
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 
 from frcnn.app import visualize
+from frcnn.boxes import content_sizes
 from frcnn.figures import DPI, SIZES, WHAT
 from tests.app.helpers import composed, run
 
@@ -37,3 +42,43 @@ def test_assignments_need_ground_truth(tmp_path):
     )
     with pytest.raises(ValueError, match="ground truth"):
         visualize(cfg)
+
+
+def test_proposals_are_drawn_inside_the_images_content(tmp_path):
+    """A landscape photo letterboxed to a square: no proposal in the padding below it."""
+    from frcnn.figures import make_figure
+    from frcnn.predict import Predictor
+
+    cfg = composed(tmp_path, *SMALL_MODEL, config_name="visualize")
+    model = instantiate({**cfg.model, "backbone": {**cfg.model.backbone, "weights": None}})
+    predictor = Predictor(model, 128, device="cpu")
+    image, target = predictor.prepare(np.full((100, 300, 3), 120, np.uint8))
+    size = content_sizes([target])[0]
+    assert size.tolist() == [43, 128]
+    figure = make_figure("proposals", predictor.model, image, size, top_n=200)
+    for ax in figure.axes:
+        bottoms = [patch.get_y() + patch.get_height() for patch in ax.patches]
+        assert bottoms and max(bottoms) <= 43 + 1e-3
+
+
+def test_a_checkpoints_picture_uses_its_data_settings(trained, tmp_path, monkeypatch):
+    """Without data=, a checkpoint is drawn on its own validation data at its own size."""
+    command = importlib.import_module("frcnn.app.visualize")  # the module, not the function
+
+    _, run_dir = trained
+    seen = {}
+
+    def record(what, model, image, size, target, *args):
+        seen.update(image=image.shape, size=size.tolist(), boxes=len(target["boxes"]))
+        return make_real(what, model, image, size, target, *args)
+
+    make_real = command.make_figure
+    monkeypatch.setattr(command, "make_figure", record)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    run("visualize.py", f"ckpt_path={ckpt}", "what=assignments", f"output={tmp_path}",
+        "device=cpu", log_dir=tmp_path / "logs")  # fmt: skip
+    assert seen["image"] == (3, 96, 96)  # TINY trains at 96 px; the visualize default is 192
+    assert (tmp_path / "assignments.png").is_file()
+    run("visualize.py", f"ckpt_path={ckpt}", "what=detections", "data.image_size=64",
+        f"output={tmp_path}", "device=cpu", log_dir=tmp_path / "logs")  # fmt: skip
+    assert seen["image"] == (3, 64, 64)  # data.<key> on top of the checkpoint's

@@ -1,0 +1,62 @@
+"""What every entry point shares: its run folder and how its errors are reported."""
+
+import torch
+
+from frcnn.app.command import deliberate, run_dir
+from frcnn.checks import check_number
+from tests.app.helpers import TINY, run
+
+
+def test_errors_this_project_raises_are_told_apart_from_bugs():
+    try:
+        check_number("model.rpn.nms_thresh", 2, 0, 1, open_low=True)
+    except ValueError as error:
+        assert deliberate(error) == "ValueError: model.rpn.nms_thresh=2: must lie in (0, 1]"
+    try:
+        torch.zeros(2) + torch.zeros(3)  # a failing operation, not a raise of this project
+    except RuntimeError as error:
+        assert deliberate(error) is None
+    try:
+        try:
+            check_number("data.batch_size", "abc", 1, integer=True)
+        except ValueError as cause:
+            raise RuntimeError("Error in call to target 'frcnn...'") from cause
+    except RuntimeError as error:  # as Hydra wraps a constructor's error
+        assert deliberate(error).startswith("ValueError: data.batch_size='abc'")
+
+
+def test_a_bad_value_is_one_message_without_traceback(tmp_path):
+    try:
+        run("train.py", "model.rpn.nms_thresh=2", *TINY, log_dir=tmp_path)
+    except AssertionError as error:
+        printed = str(error)
+    assert "train.py failed (1)" in printed  # exit status 1
+    assert "model.rpn.nms_thresh=2: must lie in (0, 1]" in printed
+    assert "Traceback" not in printed and "HYDRA_FULL_ERROR=1 shows the traceback" in printed
+
+
+def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):
+    run_folder = tmp_path / "logs" / "train" / "runs" / "2026-01-01_00-00-00"
+    (run_folder / ".hydra").mkdir(parents=True)
+    (run_folder / ".hydra" / "config.yaml").write_text("{}")
+    checkpoint = run_folder / "checkpoints" / "last.ckpt"
+    new = str(tmp_path / "new")
+    assert run_dir(new, "train", str(checkpoint)) == str(run_folder)
+    assert run_dir(new, "eval", str(checkpoint)) == new  # evaluating writes a folder of its own
+    assert run_dir(new, "train", str(tmp_path / "elsewhere" / "x.ckpt")) == new
+    assert run_dir(new, "train", None) == new
+
+
+def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
+    """fg_iou_thresh=0.4 is below bg_iou_thresh=0.5: refused at start-up, in its run only."""
+    try:
+        run("train.py", "-m", "model.roi_heads.fg_iou_thresh=0.4,0.5", *TINY, log_dir=tmp_path)
+    except AssertionError as error:
+        printed = str(error)
+    assert "train.py failed (1)" in printed  # the sweep's status says that a run failed
+    assert "1 of 2 runs failed" in printed
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    table = (sweep / "summary.md").read_text()
+    assert "| 1 | ok | 0.5 |" in table
+    assert "| 0 | failed | 0.4 |" in table and "fg_iou_thresh=0.4 < " in table
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,309 @@
+"""The README's commands as a user types them.
+
+Every `uv run <script>.py ...` line of the README's bash blocks runs here as `python <script>.py
+...` from a temporary copy of the checkout as its working directory, with the default `paths`,
+`hydra` and callback settings. A command gets only
+
+- the size-reducing overrides of SIZE (smaller images, batches, data and model, a few steps,
+  validation every few steps), added to training commands;
+- the README's own offline forms where a command would read the hub or download weights
+  (LOCAL: local parquet copies, weight files, a COCO folder under COCO_ROOT) and `device=cpu`
+  (this machine has no GPU; `device=ddp` gets the README's CPU form instead);
+- this workspace's files in place of the README's placeholders (`<run>`, `<ckpt>`, `...`,
+  `/data/coco`, `/path/`).
+
+So a README edit that breaks a command fails here, and a command added to the README runs too.
+`experiment=coco400` runs end to end: trained, resumed from its `last.ckpt`, then evaluated,
+swept, predicted with, exported and drawn by the README's other commands.
+"""
+
+import csv
+import itertools
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from tests.app.helpers import ROOT, run_script
+from tests.data.conftest import hub_row, jpeg_bytes, write_hub_parquet
+
+SMALL_MODEL = [
+    "model.fpn_channels=32",
+    "model.rpn.pre_nms_top_n_train=200",
+    "model.rpn.post_nms_top_n_train=100",
+    "model.rpn.pre_nms_top_n_test=100",
+    "model.rpn.post_nms_top_n_test=50",
+    "model.roi_heads.representation_size=64",
+    "model.roi_heads.batch_size_per_image=32",
+]
+# the only overrides a README training command gets, by the data it reads
+SIZE = {
+    "synthetic": [
+        "data.train.num_images=2",
+        "data.val.num_images=2",
+        "data.image_size=64",
+        "data.batch_size=2",
+        "trainer.max_steps=1",
+        *SMALL_MODEL,
+    ],
+    "coco": [
+        "data.image_size=64",
+        "data.batch_size=2",
+        "data.num_workers=2",
+        "model.backbone.depth=18",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        *SMALL_MODEL,
+    ],
+}
+# the README's offline forms, in this workspace (`{ws}`)
+LOCAL = {
+    "hub": [
+        "data.train.data_files={ws}/data/coco/data/train-*.parquet",
+        "data.val.data_files={ws}/data/coco/data/val-*.parquet",
+    ],
+    "imagenet": ["model.backbone.weights={ws}/weights/resnet18-f37072fd.pth"],
+}
+TORCHVISION_COCO = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+# the first two steps of the coco400 chain (coco400_run), not run on their own
+TRAIN_COCO = "uv run train.py experiment=coco400"
+RESUME_COCO = "uv run train.py experiment=coco400 ckpt_path="
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(section, line) of every `uv run <script>.py` line of the README's bash blocks, comments
+    dropped; not `uv run pytest` (this suite)."""
+    section, in_block, commands = "", False, []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("```"):
+            in_block = line.strip() == "```bash"
+        elif in_block and re.match(r"uv run \w+\.py\b", line):
+            commands.append((section, line.split("  #")[0].strip()))
+    return commands
+
+
+def in_chain(line: str) -> bool:
+    return line == TRAIN_COCO or line.startswith(RESUME_COCO)
+
+
+def readme_line(start: str) -> str:
+    """The README's command that is `start` or, for a `start` ending in "=", begins with it."""
+    found = [line for _, line in readme_commands() if line == start or line.startswith(start)]
+    found = [line for line in found if start.endswith("=") or line == start]
+    assert len(found) == 1, f"the README should have one command {start!r}...: {found}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A copy of the checkout, with the local data and weights that the README's offline forms
+    name: hub-schema parquet under data/coco/data, a COCO folder at data/coco, photos, weights."""
+    ws = tmp_path_factory.mktemp("checkout")
+    ignore = shutil.ignore_patterns(".git", ".venv", "logs", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, ws, ignore=ignore, dirs_exist_ok=True)
+    hub = ws / "data" / "coco" / "data"
+    hub.mkdir(parents=True)
+    for shard in range(2):
+        write_hub_parquet(hub / f"train-{shard:05d}-of-00002.parquet", objects(8 * shard, 8))
+    write_hub_parquet(hub / "val-00000-of-00001.parquet", objects(100, 6))
+    coco_folder(ws / "data" / "coco")
+    for folder, count in (("photos", 2), ("shots/day1", 1), ("shots/day2", 1)):
+        (ws / folder).mkdir(parents=True)
+        for i in range(count):
+            (ws / folder / f"{i}.jpg").write_bytes(jpeg_bytes(160 + 40 * i, 120))
+    weights = ws / "weights"
+    weights.mkdir()
+    torch.save(torchvision.models.resnet18().state_dict(), weights / "resnet18-f37072fd.pth")
+    detector = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None
+    )
+    torch.save(detector.state_dict(), weights / TORCHVISION_COCO)
+    return ws
+
+
+def objects(first_id: int, count: int) -> list[dict]:
+    """Hub rows of landscape and portrait images, one box each, categories 0..3."""
+    sizes = [(160, 120), (120, 160), (200, 100)]
+    rows = []
+    for i in range(first_id, first_id + count):
+        width, height = sizes[i % 3]
+        x, y = 10 + 7 * (i % 5), 10 + 5 * (i % 4)
+        rows.append(hub_row(i, width, height, [[x, y, x + width / 3, y + height / 3]], [i % 4]))
+    return rows
+
+
+def coco_folder(root: Path) -> None:
+    """The official COCO layout (annotations/instances_{train,val}2017.json, image folders)."""
+    (root / "annotations").mkdir()
+    for split, count in (("train", 4), ("val", 2)):
+        (root / f"{split}2017").mkdir()
+        images, annotations = [], []
+        for i in range(1, count + 1):
+            (root / f"{split}2017" / f"{i:012d}.jpg").write_bytes(jpeg_bytes(128, 96))
+            images.append({"id": i, "file_name": f"{i:012d}.jpg", "width": 128, "height": 96})
+            box = [10 + 5 * i, 10, 40, 30]
+            annotations.append(
+                {"id": i, "image_id": i, "category_id": 1 + i % 3, "bbox": box, "iscrowd": 0}
+            )
+        categories = [{"id": c, "name": f"class{c}"} for c in (1, 2, 3)]
+        coco = {"images": images, "annotations": annotations, "categories": categories}
+        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
+
+
+@pytest.fixture(autouse=True)
+def coco_root(workspace, monkeypatch):
+    """data=coco_files reads $COCO_ROOT, as the README says."""
+    monkeypatch.setenv("COCO_ROOT", str(workspace / "data" / "coco"))
+
+
+def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
+    """A README line -> (script, args) as run here: placeholders filled in, offline forms and,
+    for training, the size overrides added."""
+    words = shlex.split(line)
+    assert words[:2] == ["uv", "run"], line
+    script, args = words[2], [w for w in words[3:] if w != "..."]
+    checkpoint = f"{run.relative_to(ws)}/checkpoints/last.ckpt" if run else None
+    filled = []
+    for arg in args:
+        if arg.startswith("ckpt_path=") and run:
+            arg = f"ckpt_path={checkpoint}"
+        if arg == "init_weights=coco":  # downloads: the README's local file instead
+            arg = "init_weights=/path/" + TORCHVISION_COCO
+        filled.append(
+            arg.replace("/data/coco", f"{ws}/data/coco").replace("/path/", f"{ws}/weights/")
+        )
+    if script != "train.py":
+        return script, filled
+    hub = any(a in ("experiment=coco400", "data=coco") for a in filled)
+    folder = "data=coco_files" in filled
+    extra = list(SIZE["coco" if hub or folder else "synthetic"])
+    if hub:
+        given = {a.split("=")[0] for a in filled}
+        extra += [o.format(ws=ws) for o in LOCAL["hub"] if o.split("=")[0] not in given]
+    if hub or folder:
+        extra += [o.format(ws=ws) for o in LOCAL["imagenet"]]
+    if "device=ddp" in filled:
+        extra += ["trainer.accelerator=cpu", "trainer.devices=2"]  # the README's CPU form
+    elif not any(a.startswith("device=") for a in filled):
+        extra.append("device=cpu")
+    return script, filled + extra
+
+
+def run_line(line: str, ws: Path, run: Path | None = None, *more: str, separate=False):
+    script, args = as_typed(line, ws, run)
+    return run_script(ws / script, [*args, *more], ws, separate)
+
+
+def output(result) -> str:
+    return result.stdout + result.stderr
+
+
+def train_runs(ws: Path) -> list[Path]:
+    return sorted((ws / "logs" / "train" / "runs").iterdir())
+
+
+@pytest.fixture(scope="module")
+def coco400_run(workspace):
+    """`uv run train.py experiment=coco400` for 2 steps (validation at step 2), then the
+    README's resume command on its last.ckpt for 2 more (4, validation at 4): the run folder,
+    and what was seen in between."""
+    first = run_line(readme_line(TRAIN_COCO), workspace, None, "trainer.max_steps=2")
+    (run,) = train_runs(workspace)
+    last = run / "checkpoints" / "last.ckpt"
+    at_first = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    resumed = run_line(readme_line(RESUME_COCO), workspace, run)
+    return run, {"first": output(first), "resumed": output(resumed), "first_step": at_first}
+
+
+def test_coco400_end_to_end_on_cpu(coco400_run, workspace):
+    run, seen = coco400_run
+    # last.ckpt of the validation at step 2, although coco400 saves every 1000 steps
+    assert seen["first_step"] == 2
+    assert "warmup_steps=1000 is longer than the run" in seen["first"]
+    assert "milestones at steps 60000, 80000 lie beyond the run" in seen["first"]
+    # resumed in the same folder, up to step 4
+    assert train_runs(workspace) == [run]
+    assert "Resuming in" in seen["resumed"] and "train finished" in seen["resumed"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4
+    final = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert {"val/map", "subset/val/map"} <= set(final)  # the whole split after the subset
+
+
+COMMANDS = [(s, line) for s, line in readme_commands() if not in_chain(line)]
+# what each script prints when it has done its job
+DONE = {
+    "train.py": "train finished",
+    "eval.py": "eval finished",
+    "predict.py": "detections ->",
+    "export.py": "onnxruntime (CPU) against PyTorch",
+    "visualize.py": "Wrote",
+}
+
+
+# observers added to the DDP command: the image ids each process trained on
+RECORD_IDS = [
+    "+callbacks.ids._target_=tests.app.helpers.RecordImageIds",
+    "+callbacks.ids.output_dir=${paths.output_dir}",
+]
+
+
+@pytest.mark.parametrize("section, line", COMMANDS, ids=[line[7:60] for _, line in COMMANDS])
+def test_readme_command(section, line, workspace, coco400_run):
+    run, _ = coco400_run
+    script = shlex.split(line)[2]
+    if "module.compile=" in line and not torch.cuda.is_available():
+        pytest.skip(
+            "a GPU speed switch: compiling takes minutes on a CPU (the compile path is "
+            "tested with the eager backend in test_checkpoints)"
+        )
+    ddp = "device=ddp" in line  # starts processes of its own
+    before = set((workspace / "logs").glob("*/*/*"))
+    result = run_line(line, workspace, run, *(RECORD_IDS if ddp else ()), separate=ddp)
+    assert DONE[script] in output(result), output(result)[-3000:]
+    made = set((workspace / "logs").glob("*/*/*")) - before  # new run or sweep folders
+    if " -m " in line or "hparams_search=" in line:
+        (sweep,) = made
+        check_sweep(line, sweep, output(result))
+    if ddp:
+        (run,) = made
+        check_ddp(run, output(result))
+
+
+def check_sweep(line: str, sweep: Path, printed: str) -> None:
+    """One summary row per run of the grid, every run finished."""
+    grids = [a.split("=", 1)[1].split(",") for a in shlex.split(line) if "," in a]
+    runs = 12 if "hparams_search=nms_iou" in line else len(list(itertools.product(*grids)))
+    assert f"Sweep summary ({runs} runs" in printed
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == runs and {row["status"] for row in rows} == {"ok"}
+
+
+def check_ddp(run: Path, printed: str) -> None:
+    """Both processes in one run folder, each on its own part of the stream; one summary."""
+    ids = [json.loads((run / f"ids_rank{rank}.json").read_text()) for rank in range(2)]
+    assert ids[0] and ids[1] and set(ids[0]).isdisjoint(ids[1])
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert printed.count("train finished") == 1 and printed.count("Learning rate") == 1
+
+
+def test_every_section_of_the_readme_that_shows_commands_is_run():
+    sections = {section for section, _ in readme_commands()}
+    expected = {
+        "Quickstart",
+        "Training on COCO",
+        "Sweeps",
+        "Evaluating a checkpoint",
+        "Predicting on your images",
+        "Deploying with ONNX",
+        "Look inside",
+        "Configuration",
+    }
+    assert expected <= sections

@@ -37,7 +37,8 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
     """Collect every run's record under `sweep_dir`; write summary.csv and summary.md there.
 
     One column per override that differs between runs; those common to every run are named
-    once, above the Markdown table. Rows are sorted by `sort_by`, best first: smallest first for
+    once, above the Markdown table, which leaves the training figures and the four validation
+    losses to the CSV. Rows are sorted by `sort_by`, best first: smallest first for
     a loss, largest first for anything else (mAP, recall); failed runs and runs without the
     metric last. Returns the rows.
     """
@@ -69,9 +70,16 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     header = "Common to every run: " + " ".join(f"{k}={v}" for k, v in common.items())
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, [c for c in columns if c in keys or shown_in_table(c)])
     (sweep_dir / "summary.md").write_text(f"{header}\n\n{table}" if common else table)
     return rows
+
+
+def shown_in_table(column: str) -> bool:
+    """The Markdown table (and what is printed) keeps the run, its status, settings and
+    validation figures; the training figures and the four validation losses are in the CSV."""
+    name = column.split("/")[-1]
+    return not column.startswith(("train/", "subset/")) and not name.startswith(("rpn_", "roi_"))
 
 
 def int_or_str(path: Path):

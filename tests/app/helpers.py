@@ -16,11 +16,8 @@ from frcnn.app import command
 
 ROOT = Path(__file__).parents[2]
 
-# a run of a few seconds on the CPU: 16 tiny images, a narrow ResNet-18 detector
-SMALL = [
-    "data.image_size=96",
-    "data.batch_size=4",
-    "data.num_workers=0",
+# a narrow detector: fewer FPN channels, proposals, sampled rows and box-head units
+SMALL_MODEL = [
     "model.fpn_channels=32",
     "model.rpn.pre_nms_top_n_train=200",
     "model.rpn.post_nms_top_n_train=100",
@@ -28,6 +25,13 @@ SMALL = [
     "model.rpn.post_nms_top_n_test=50",
     "model.roi_heads.representation_size=64",
     "model.roi_heads.batch_size_per_image=32",
+]
+# a run of a few seconds on the CPU: 16 tiny images, a narrow ResNet-18 detector
+SMALL = [
+    "data.image_size=96",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    *SMALL_MODEL,
     "trainer.log_every_n_steps=1",
     "device=cpu",
 ]

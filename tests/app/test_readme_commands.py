@@ -29,18 +29,9 @@ import pytest
 import torch
 import torchvision
 
-from tests.app.helpers import ROOT, run_script
+from tests.app.helpers import ROOT, SMALL_MODEL, run_script
 from tests.data.conftest import hub_row, jpeg_bytes, write_hub_parquet
 
-SMALL_MODEL = [
-    "model.fpn_channels=32",
-    "model.rpn.pre_nms_top_n_train=200",
-    "model.rpn.post_nms_top_n_train=100",
-    "model.rpn.pre_nms_top_n_test=100",
-    "model.rpn.post_nms_top_n_test=50",
-    "model.roi_heads.representation_size=64",
-    "model.roi_heads.batch_size_per_image=32",
-]
 # the only overrides a README training command gets, by the data it reads
 SIZE = {
     "synthetic": [

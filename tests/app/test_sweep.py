@@ -52,3 +52,16 @@ def test_a_failed_run_is_listed_last_with_its_error(tmp_path):
     lines = (tmp_path / "summary.md").read_text().splitlines()
     assert lines[0].endswith("| val/map | error |")
     assert lines[-1] == "| 2 | failed | 2 |  | ValueError: must lie in (0, 1] \\| x |"
+
+
+def test_the_table_keeps_the_validation_figures_and_the_csv_everything(tmp_path):
+    metrics = {"val/map": 0.3, "val/loss": 1.2, "val/rpn_cls": 0.1, "train/loss": 2.0}
+    for job in range(2):
+        (tmp_path / str(job)).mkdir()
+        write_run_metrics(tmp_path / str(job), [f"seed={job}"], metrics)
+    summarise(tmp_path, "val/map")
+    assert (tmp_path / "summary.md").read_text().splitlines()[0] == (
+        "| run | status | seed | val/map | val/loss |"
+    )
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0]
+    assert header == "run,status,seed,val/map,val/loss,val/rpn_cls,train/loss"

@@ -1,4 +1,4 @@
-"""Lightning callbacks: last.ckpt at every validation and every N steps; detections and
+"""Lightning callbacks: last.ckpt at every validation, every N steps and on SIGTERM; detections and
 inspection figures drawn on fixed validation images, for TensorBoard."""
 
 import lightning as L
@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid
 
 from frcnn.drawing import draw_detections
@@ -34,6 +35,15 @@ class LastCheckpoint(ModelCheckpoint):
         # also after a step-triggered save of this step: the callbacks' states (best score)
         # have changed since
         self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """SIGTERM (what SLURM and Kubernetes send before they preempt a job): Lightning stops
+        after the current step, and last.ckpt is written at that step. (Not under DDP, where
+        the other processes are already being stopped, and not on other errors: a diverged
+        model must not replace the last good checkpoint.)"""
+        stopping = isinstance(exception, SIGTERMException) and trainer.world_size == 1
+        if stopping and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING:
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class DetectionImages(L.Callback):

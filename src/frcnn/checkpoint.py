@@ -1,18 +1,52 @@
-"""Checkpoints of this project: loaded safely, and the detector rebuilt from the config they carry.
+"""Checkpoints of this project: written whole or not at all, loaded safely, and the detector
+rebuilt from the config they carry.
 
 A checkpoint written by `train.py` holds the weights (`state_dict`, keys `model.*`), the resolved
 run config (`config`), the class names and the data set's category ids. That is all `eval.py`,
 `predict.py` and `visualize.py` need: no download, no training data.
 """
 
+import os
 import pickle
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from frcnn.model import FasterRCNN
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: the checkpoint goes to a temporary file in
+    the same folder, is flushed to the disk, then renamed over the old one (a rename within one
+    file system replaces it whole). A write that fails (a full disk, no permission, a kill)
+    leaves the previous checkpoint as it was; the error names the file and stops the run.
+    (Lightning's own writer copies a finished file over the old one, in place, when the folder
+    lies on another file system than the temporary folder.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException as err:
+            temporary.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise OSError(
+                    err.errno,
+                    f"the checkpoint {path} could not be written ({err.strerror or err}); "
+                    "the one before it is kept",
+                ) from err
+            raise
 
 
 def load_checkpoint(path: str | Path) -> dict:

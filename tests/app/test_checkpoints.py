@@ -105,3 +105,47 @@ def test_compiled_training_writes_plain_keys_that_eval_and_predict_load(tmp_path
         log_dir=tmp_path,
     )
     assert (tmp_path / "out" / "detections.json").is_file()
+
+
+def failing_after(monkeypatch, good_writes: int):
+    """torch.save that writes `good_writes` checkpoints, then half of the next one and fails
+    as a full disk does."""
+    import errno
+
+    import frcnn.checkpoint
+
+    real, calls = torch.save, []
+
+    def save(obj, file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) <= good_writes:
+            return real(obj, file, *args, **kwargs)
+        file.write(b"\0" * 1000)  # what got to the disk before it filled
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(frcnn.checkpoint.torch, "save", save)
+    return calls
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from frcnn.checkpoint import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"global_step": 5}, path)
+    failing_after(monkeypatch, good_writes=0)
+    with pytest.raises(OSError, match=r"last.ckpt could not be written \(No space left"):
+        writer.save_checkpoint({"global_step": 7}, path)
+    assert torch.load(path, weights_only=True) == {"global_step": 5}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_full_disk_stops_training_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
+    """Epoch 1's best and last checkpoints are written; epoch 2's first write fails."""
+    calls = failing_after(monkeypatch, good_writes=2)
+    with pytest.raises(AssertionError, match="could not be written .*the one before it is kept"):
+        run("train.py", "trainer.max_epochs=2", *TINY, log_dir=tmp_path)
+    assert len(calls) == 3
+    (run_dir,) = run_dirs(tmp_path)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 and last["epoch"] == 0

@@ -1,12 +1,19 @@
 """The entry points end to end: train, resume, evaluate, sweep, DDP."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from frcnn.data import HubCOCO, Transform
-from tests.app.helpers import SMALL, TINY, metrics, run, run_dirs
+from tests.app.helpers import ROOT, SMALL, TINY, metrics, run, run_dirs
 from tests.data.conftest import hub_row, write_hub_parquet
 
 
@@ -170,3 +177,37 @@ def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):
             log_dir=tmp_path,
         )
     assert "IndexError" not in str(error.value)
+
+
+def test_sigterm_saves_the_step_says_how_to_resume_and_exits_non_zero(tmp_path):
+    """A real train.py process, signalled as a scheduler does before it preempts the job."""
+    log_dir = tmp_path / "logs"
+    command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    process = subprocess.Popen(
+        [*command, "trainer.max_epochs=1000"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(log_dir.glob("train/runs/*/checkpoints/epoch*.ckpt")):  # past epoch 0
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    printed, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, printed[-3000:]
+    (run_dir,) = run_dirs(log_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    step = int(re.search(r"Stopped by SIGTERM at step (\d+)", printed).group(1))
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == step > 4  # the step it stopped at, not epoch 0's end
+    assert "train finished" in printed  # the summary so far
+    resume = re.search(r"Resume with: (.*)", printed).group(1)
+    assert (
+        resume.startswith("uv run train.py") and f"ckpt_path={last.relative_to(tmp_path)}" in resume
+    )
+    epochs = saved["epoch"] + 2
+    run("train.py", f"trainer.max_epochs={epochs}", f"ckpt_path={last}", *TINY, log_dir=log_dir)
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1

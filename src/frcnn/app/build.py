@@ -10,6 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from frcnn.checkpoint import AtomicCheckpointIO
 from frcnn.checks import check_number
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.model.convert import load_torchvision_weights, torchvision_state_dict
@@ -81,7 +82,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in selected(cfg, "callbacks")]
     callbacks.append(StreamEpoch())
     loggers = [instantiate(c) for c in selected(cfg, "logger")]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     check_logging_interval(trainer)
     return trainer
 

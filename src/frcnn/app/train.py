@@ -1,10 +1,15 @@
 """train.py: fit, validate the best checkpoint on the whole validation split, summarise."""
 
 import logging
+import shlex
+import signal
+import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import build, final_metrics, output_dir, shown
@@ -29,8 +34,29 @@ def train(cfg: DictConfig) -> float | None:
             log.info("%s %s from %s", verb, shown(output_dir()), shown(cfg.ckpt_path))
     elif trainer.is_global_zero:
         log.info("Output directory: %s", shown(output_dir()))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:
+        stopped(trainer, cfg)
     return finish(trainer, cfg, validate_best(trainer, module, datamodule))
+
+
+def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """After SIGTERM (a scheduler preempts the job): Lightning stopped after the step and
+    `LastCheckpoint` saved last.ckpt there. Summarise the run so far, say how to resume, and
+    exit with status 143 (128 + SIGTERM) so that the scheduler does not take it for done."""
+    finish(trainer, cfg)
+    last = next((c.best_model_path for c in trainer.checkpoint_callbacks if not c.monitor), "")
+    if trainer.is_global_zero:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+        resume = shlex.join(["uv", "run", "train.py", *overrides, f"ckpt_path={shown(last)}"])
+        log.error(
+            "Stopped by SIGTERM at step %d. %s\nResume with: %s",
+            trainer.global_step,
+            f"{shown(last)} holds this step." if last else "No last.ckpt was written.",
+            resume if last else "(no checkpoint)",
+        )
+    sys.exit(128 + signal.SIGTERM)
 
 
 def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:

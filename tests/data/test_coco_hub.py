@@ -273,3 +273,23 @@ def test_a_row_without_image_bytes_is_skipped_and_counted(tmp_path):
     ds = stream([str(path)], shuffle=False)
     assert [t["image_id"] for _, t in ds] == [2]
     assert ds.skips.counts == {"malformed record skipped": 1}
+
+
+def test_a_stream_of_nothing_usable_stops_naming_the_source_and_the_reason(tmp_path):
+    """A parquet without an `objects` column: every row is skipped; the stream must stop, not
+    run empty epochs."""
+    table = hub_dataset([hub_row(i, 32, 32, [], []) for i in range(12)]).data.table
+    path = tmp_path / "no_objects.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(table.drop_columns(["objects"]), path)
+    ds = stream([str(path)], shuffle=False, max_skips_in_a_row=5)
+    reason = r"gave no sample \(malformed record skipped: 5 in this process\)"
+    with pytest.raises(ValueError, match=rf"5 rows in a row of data_files=.* {reason}"):
+        list(ds)
+    # a few bad rows between good ones are skipped, as before
+    rows = [hub_row(i, 32, 32, [[1.0, 1.0, 9.0, 9.0]], [0]) for i in range(6)]
+    rows[2]["image"] = {"bytes": b"not an image", "path": None}
+    ds = stream([write_hub_parquet(tmp_path / "some_bad.parquet", rows)], shuffle=False,
+                max_skips_in_a_row=2)  # fmt: skip
+    assert [t["image_id"] for _, t in ds] == [0, 1, 3, 4, 5]

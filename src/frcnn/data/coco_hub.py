@@ -7,8 +7,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from frcnn.checks import check_number
 from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
-from frcnn.data.sources import SkipLog, transform_record
+from frcnn.data.sources import MAX_CONSECUTIVE_SKIPS, SkipLog, transform_record
 from frcnn.data.transforms import Record, Transform
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ class HubCOCO(IterableDataset):
     features instead of the hub. A dropped connection is retried by `datasets` in place, up to
     `retries` times `backoff_s` seconds apart: the stream goes on where it stopped, nothing
     repeated or lost; after the last retry the run stops with a message (resume it from its
-    last.ckpt).
+    last.ckpt). Rows that give no sample (unreadable image, malformed record) are skipped and
+    counted; `max_skips_in_a_row` of them in a row stop the run: the data is not what it should
+    be (another schema, a broken copy), and a stream of nothing would run empty epochs forever.
     """
 
     def __init__(
@@ -75,9 +78,11 @@ class HubCOCO(IterableDataset):
         limit: int | None = None,
         retries: int = 20,
         backoff_s: float = 5.0,
+        max_skips_in_a_row: int = MAX_CONSECUTIVE_SKIPS,
     ):
         if limit is not None and limit <= 0:
             raise ValueError(f"data limit={limit}: must be positive or null")
+        check_number("data max_skips_in_a_row", max_skips_in_a_row, 1, integer=True)
         if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig
             data_files = (
                 [data_files] if isinstance(data_files, str) else [str(f) for f in data_files]
@@ -91,6 +96,7 @@ class HubCOCO(IterableDataset):
             limit,
         )
         self.retries, self.backoff_s = retries, backoff_s
+        self.max_skips_in_a_row = max_skips_in_a_row
         self.num_classes = NUM_CLASSES
         self.class_names = COCO_CLASSES
         self.category_ids = COCO_CATEGORY_IDS
@@ -221,11 +227,17 @@ class HubCOCO(IterableDataset):
         worker = get_worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker.id if worker else 0])
         examples = self._stream() if self.limit is None else self._subset(worker)
+        in_a_row = 0
         try:
             for example in examples:  # a plain loop: datasets shards the stream over workers
                 sample = self._sample(example, rng)
                 if sample is not None:
+                    in_a_row = 0
                     yield sample
+                    continue
+                in_a_row += 1
+                if in_a_row == self.max_skips_in_a_row:
+                    raise ValueError(self._nothing_usable())
         except ConnectionError as err:  # what is left after datasets' last retry
             raise ConnectionError(
                 f"Streaming {self.name!r} ({self.split}) failed after {self.retries} retries, "
@@ -235,6 +247,16 @@ class HubCOCO(IterableDataset):
             ) from err
         except (OSError, pa.ArrowInvalid) as err:  # a local file: no retry helps
             raise OSError(f"data_files={self.data_files!r}: {self._unreadable(err)}") from err
+
+    def _nothing_usable(self) -> str:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skips.counts.items())
+        where = f"data_files={self.data_files!r}" if self.data_files else repr(self.name)
+        return (
+            f"{self.skips.source}: {self.max_skips_in_a_row} rows in a row of {where} gave no "
+            f"sample ({reasons} in this process): is it a copy of {HUB_NAME!r} with its "
+            "features (image, objects{bbox, category})? (data max_skips_in_a_row sets the "
+            "number)"
+        )
 
     def _unreadable(self, err: Exception) -> str:
         """The local parquet files that cannot be read, named, or else `err` as it is."""

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from frcnn.boxes import content_sizes, to_original_pixels
 from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
-from frcnn.data.transforms import Record, Transform
+from frcnn.data.transforms import Record, Transform, to_rgb
 
 
 def resolve_device(device: str) -> torch.device:
@@ -135,4 +135,4 @@ class Predictor:
 def open_image(path: Path) -> Image.Image:
     """An RGB image, turned upright as its EXIF orientation says (phone photos)."""
     with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(image))

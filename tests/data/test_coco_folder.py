@@ -120,3 +120,34 @@ def test_a_missing_image_is_named_by_its_id_and_file(coco_folder, caplog):
     ds.substitute = False
     assert ds[1] is None
     assert "unreadable record skipped (image 2 (2.jpg))" in caplog.text
+
+
+def test_null_ids_and_images_listed_twice_are_skipped_and_counted(coco_folder, caplog):
+    def edit(coco):
+        # a null category next to an unknown one (sorting them crashed mid-epoch before)
+        coco["annotations"] += [
+            {"id": 11, "image_id": 2, "category_id": None, "bbox": [1, 1, 5, 5], "iscrowd": 0},
+            {"id": 12, "image_id": 2, "category_id": 5, "bbox": [1, 1, 5, 5], "iscrowd": 0},
+            {"id": 13, "image_id": None, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0},
+        ]
+        coco["images"] += [
+            {"id": 2, "file_name": "2.jpg", "width": 0, "height": 0},  # listed twice
+            {"id": None, "file_name": "3.jpg", "width": 0, "height": 0},
+            {"id": "5", "file_name": "3.jpg", "width": 0, "height": 0},
+        ]
+
+    rewrite(coco_folder, edit)
+    ds = folder(coco_folder)
+    assert [img["id"] for img in ds.images] == [1, 2, 3, 4]
+    assert ds.skips.counts["image entries listed twice skipped"] == 1
+    assert ds.skips.counts["image entries without an integer id skipped"] == 2
+    _, target = ds[1]
+    assert target["labels"].tolist() == [1]  # the person stays; null and unknown are dropped
+    assert "unknown category ids dropped (image 2): [5, None]" in caplog.text
+
+
+def test_an_annotation_file_that_is_not_json_is_named_with_the_position(coco_folder):
+    path = coco_folder / "annotations/instances_val2017.json"
+    path.write_text(path.read_text()[:150])  # a truncated download
+    with pytest.raises(ValueError, match=r"instances_val2017.json' is not valid JSON: .* line 1"):
+        folder(coco_folder)

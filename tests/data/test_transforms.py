@@ -76,6 +76,17 @@ def test_any_image_mode_becomes_rgb(mode):
     assert image.shape == (3, 64, 64)
 
 
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped():
+    """PIL's own convert("RGB") would make 98% of such a photo white."""
+    levels = np.array([[0, 257, 32896, 65535]] * 4, dtype=np.uint16)  # 0, 1, 128, 255 in 8 bits
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode in ("I;16", "I")
+    transform = Transform(4, resize="stretch")
+    image, _ = transform(Record(buffer.getvalue(), np.zeros((0, 4)), np.zeros(0), 1))
+    assert image[:, 0].tolist() == [[0, 1, 128, 255]] * 3
+
+
 def test_encoded_bytes_are_decoded():
     buffer = io.BytesIO()
     Image.new("RGB", (50, 40), (10, 20, 30)).save(buffer, format="JPEG")

@@ -31,7 +31,13 @@ class COCOFolder(MapSource):
             raise FileNotFoundError(f"data annotation_file={str(annotation_file)!r}: no such file")
         if not image_dir.is_dir():
             raise FileNotFoundError(f"data image_dir={str(image_dir)!r}: no such folder")
-        coco = json.loads(annotation_file.read_text())
+        try:
+            coco = json.loads(annotation_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"data annotation_file={str(annotation_file)!r} is not valid JSON: {err.msg} at "
+                f"line {err.lineno}, column {err.colno} (a truncated download?)"
+            ) from None
         category_ids = sorted(c["id"] for c in coco["categories"])
         self.label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
         names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -39,7 +45,8 @@ class COCOFolder(MapSource):
         self.category_ids = category_ids
         super().__init__(transform, len(category_ids), name=f"coco folder {image_dir}")
 
-        per_image = {img["id"]: [] for img in coco["images"]}
+        images = unique_images(coco["images"], self.skips)
+        per_image = {img["id"]: [] for img in images}
         orphans = [ann for ann in coco["annotations"] if ann.get("image_id") not in per_image]
         for ann in coco["annotations"]:
             if ann.get("image_id") in per_image:
@@ -47,13 +54,13 @@ class COCOFolder(MapSource):
         if orphans:
             self.skips(
                 "annotations of images missing from the file dropped",
-                sorted({a.get("image_id") for a in orphans})[:10],
+                sorted({a.get("image_id") for a in orphans}, key=str)[:10],
                 f"{len(orphans)} annotations",
             )
         self.image_dir = image_dir
         self.images = [
             img
-            for img in coco["images"]
+            for img in images
             if keep_empty or any(not a.get("iscrowd", 0) for a in per_image[img["id"]])
         ]
         self.annotations = per_image
@@ -76,7 +83,7 @@ class COCOFolder(MapSource):
         anns = self.annotations[info["id"]]
         unknown = [a for a in anns if a.get("category_id") not in self.label_of]
         if unknown:
-            ids = sorted({a.get("category_id") for a in unknown})
+            ids = sorted({a.get("category_id") for a in unknown}, key=str)
             self.skips("annotations with unknown category ids dropped", info["id"], str(ids))
             anns = [a for a in anns if a.get("category_id") in self.label_of]
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
@@ -87,3 +94,20 @@ class COCOFolder(MapSource):
         # encoded bytes: decoding happens in the transform, where a corrupt file is skipped
         image = (self.image_dir / info["file_name"]).read_bytes()
         return Record(image, boxes, labels, info["id"], iscrowd, area.astype(np.float32))
+
+
+def unique_images(images: list[dict], skips) -> list[dict]:
+    """The image entries with an integer id, each id once: an entry without one (null, a
+    string) or listed again is skipped, counted and logged (else it would train and be
+    evaluated twice)."""
+    kept, seen = [], set()
+    for image in images:
+        image_id = image.get("id")
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            skips("image entries without an integer id skipped", repr(image_id))
+        elif image_id in seen:
+            skips("image entries listed twice skipped", image_id, image.get("file_name", ""))
+        else:
+            seen.add(image_id)
+            kept.append(image)
+    return kept

@@ -71,7 +71,7 @@ class Transform:
         if isinstance(image, bytes):
             image = Image.open(io.BytesIO(image))
         image.load()  # decode now, so that a corrupt file fails here
-        image = image.convert("RGB")
+        image = to_rgb(image)
         width, height = image.size
         if self.resize == "letterbox":
             scale = self.size / max(width, height)
@@ -124,6 +124,21 @@ class Transform:
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+# PIL's modes of more than 8 bits per pixel, and the value that is white in each
+HIGH_BIT_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. A 16-bit greyscale image (PIL's I;16, or I as 16-bit PNGs open) is scaled to
+    8 bits; PIL's own convert would clip it at 255, all but black turning white. A 32-bit
+    float image (F) is taken as 0..1."""
+    if image.mode in HIGH_BIT_DEPTH or image.mode == "F":
+        white = 1.0 if image.mode == "F" else HIGH_BIT_DEPTH[image.mode]
+        values = np.asarray(image, dtype=np.float64) * (255.0 / white)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 def collate(batch):

@@ -56,8 +56,17 @@ def load_checkpoint(path: str | Path) -> dict:
     code when unpickled, is refused with a message that names it.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))
+        hint = f"; it holds {', '.join(inside)}" if inside else ""
+        raise IsADirectoryError(f"ckpt_path={str(path)!r} is a folder: give a .ckpt file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(path)!r}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"ckpt_path={str(path)!r} is empty (0 bytes): a write that did not finish? Use "
+            "another checkpoint of the run"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:

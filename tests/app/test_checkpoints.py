@@ -149,3 +149,11 @@ def test_a_full_disk_stops_training_with_the_last_checkpoint_intact(tmp_path, mo
     (run_dir,) = run_dirs(tmp_path)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 4 and last["epoch"] == 0
+
+
+def test_an_empty_checkpoint_or_a_folder_is_named_for_what_it_is(tmp_path):
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.ckpt' is empty \(0 bytes\)"):
+        load_checkpoint(tmp_path / "empty.ckpt")
+    with pytest.raises(IsADirectoryError, match=r"is a folder: give a .ckpt file; it holds empty"):
+        load_checkpoint(tmp_path)

@@ -201,3 +201,11 @@ def test_a_run_shorter_than_its_logging_interval_logs_ten_times(tmp_path, caplog
     assert "trainer.log_every_n_steps=50 is more than the run's 30 steps" in caplog.text
     cfg = composed(tmp_path, "experiment=coco400", "device=cpu")
     assert build_trainer(cfg).log_every_n_steps == 50
+
+
+def test_a_model_for_another_number_of_classes_than_the_data_is_refused(tmp_path):
+    from frcnn.app import build
+
+    cfg = composed(tmp_path, "model.num_classes=5", "data.num_workers=0", "device=cpu")
+    with pytest.raises(ValueError, match=r"model.num_classes=5, but the data has 6 classes"):
+        build(cfg)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,9 +162,13 @@ def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):
 
 def test_resuming_another_models_checkpoint_names_the_settings_that_differ(trained, tmp_path):
     _, run_dir = trained
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = shutil.copy(run_dir / "checkpoints" / "last.ckpt", tmp_path)  # not in a run folder
     with pytest.raises(AssertionError, match=r"model\.fpn_channels: 32 in the checkpoint, 64 here"):
         run("train.py", f"ckpt_path={last}", *TINY, "model.fpn_channels=64", log_dir=tmp_path)
+    # other anchors of the same tensor shapes: the weights would load, their boxes mean nothing
+    other = r"other anchors.*\n  model.anchors.sizes: .* in the checkpoint, .* here"
+    with pytest.raises(AssertionError, match=other):
+        run("train.py", f"ckpt_path={last}", *TINY, "anchors=fpn", log_dir=tmp_path)
 
 
 def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):

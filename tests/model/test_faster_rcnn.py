@@ -94,6 +94,12 @@ def test_anchor_sets_with_unequal_counts_per_level_are_refused():
         )
 
 
+def test_an_anchor_set_for_another_number_of_levels_is_refused_at_start_up():
+    one_level = dict(sizes=((32,),), aspect_ratios=((0.5, 1.0, 2.0),), strides=(4,))
+    with pytest.raises(ValueError, match=r"model.anchors: 1 levels .* the FPN has 5 \(P2..P6\)"):
+        FasterRCNN(backbone=dict(depth=18), anchors=one_level)
+
+
 def test_a_model_whose_rpn_proposes_nothing_detects_nothing():
     model = FasterRCNN(
         num_classes=3, backbone=dict(depth=18), fpn_channels=32, rpn=dict(min_size=10_000.0)

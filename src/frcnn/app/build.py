@@ -30,6 +30,12 @@ def build(cfg: DictConfig):
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fail now, not after the model is built, if the data is not there
+    if cfg.model.num_classes != datamodule.num_classes:
+        raise ValueError(
+            f"model.num_classes={cfg.model.num_classes}, but the data has "
+            f"{datamodule.num_classes} classes: leave model.num_classes to follow "
+            "data.num_classes (its default)"
+        )
     if cfg.get("init_weights"):
         backbone = cfg.model.backbone
         if backbone.get("depth") == 50:  # torchvision's weights hold the whole ResNet-50

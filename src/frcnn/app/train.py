@@ -62,6 +62,17 @@ def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
 def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:
     """A checkpoint to resume from must hold this config's detector: else name the settings
     that differ (rather than a dump of mismatched tensor shapes)."""
+    saved_anchors = checkpoint["config"]["model"].get("anchors")
+    anchors = OmegaConf.to_container(cfg.model, resolve=True).get("anchors")
+    if saved_anchors != anchors:  # same tensor shapes, other boxes: the regressions mean nothing
+        differ = [
+            f"model.anchors.{key}: {old!r} in the checkpoint, {new!r} here"
+            for key, old, new in config_differences(saved_anchors or {}, anchors or {})
+        ]
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path!r} was trained with other anchors; resume with the "
+            "anchors it was trained with (anchors=...):\n  " + "\n  ".join(differ)
+        )
     try:
         model.load_state_dict(detector_state(checkpoint))
     except RuntimeError as err:

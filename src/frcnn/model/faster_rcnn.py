@@ -52,6 +52,12 @@ class FasterRCNN(nn.Module):
         self.backbone = Backbone(**(backbone or {}))
         self.fpn = FPN(self.backbone.out_channels, fpn_channels)
         self.anchor_generator = AnchorGenerator(**(anchors or {}))
+        if len(self.anchor_generator.strides) != self.fpn.num_levels:
+            raise ValueError(
+                f"model.anchors: {len(self.anchor_generator.strides)} levels of sizes, "
+                f"aspect_ratios and strides, but the FPN has {self.fpn.num_levels} (P2..P6): "
+                "give one entry per level"
+            )
         num_anchors = self.anchor_generator.num_anchors_per_location()
         if len(set(num_anchors)) != 1:
             raise ValueError(

@@ -17,6 +17,7 @@ class FPN(nn.Module):
             nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels
         )
         self.out_channels = out_channels
+        self.num_levels = len(in_channels) + 1  # and P6
         for conv in self.modules():
             if isinstance(conv, nn.Conv2d):
                 nn.init.kaiming_uniform_(conv.weight, a=1)

@@ -84,7 +84,7 @@ class DetectorModule(L.LightningModule):
         self.val_map = MeanAveragePrecision(
             backend="faster_coco_eval", class_metrics=per_class_map, sync_on_compute=False
         )
-        self._val_pairs: list[tuple[list, list]] = []  # (detections, ground truth) per batch
+        self._val_batches: list[dict] = []  # images, losses, detections, ground truth
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints
         self._last_batch_start: float | None = None
         self._compiled = False
@@ -145,26 +145,38 @@ class DetectorModule(L.LightningModule):
         losses, detections = self.model.forward_with_losses(
             self._prepare(batch["images"]), targets, batch["image_sizes"]
         )
-        size = len(targets)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=size, sync_dist=True)
-        self.log("val/loss", sum(losses.values()), batch_size=size, sync_dist=True)
         preds = [
             {**d, "boxes": to_original_pixels(d["boxes"], t["scale_xy"], t["orig_size"])}
             for d, t in zip(detections, targets, strict=True)
         ]
-        truths = [ground_truth(t) for t in targets]
-        self._val_pairs.append(tuple(to_cpu(x) for x in (preds, truths)))
+        self._val_batches.append(
+            {
+                "images": len(targets),
+                "losses": {k: v.detach().cpu() for k, v in losses.items()},
+                "preds": to_cpu(preds),
+                "truths": to_cpu([ground_truth(t) for t in targets]),
+            }
+        )
         return detections
 
     def on_validation_epoch_end(self) -> None:
-        pairs, self._val_pairs = self._val_pairs, []
+        """The figures of all images of all processes: gathered once (every process then
+        evaluates them all), so that processes may hold different numbers of images, none."""
+        batches, self._val_batches = self._val_batches, []
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # every process evaluates all images: one gather, however many each one holds
             everyone = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, pairs)
-            pairs = [pair for rank in everyone for pair in rank]
-        for preds, truths in pairs:
-            self.val_map.update(preds, truths)
+            dist.all_gather_object(everyone, batches)
+            batches = [batch for rank in everyone for batch in rank]
+        images = sum(b["images"] for b in batches)
+        self.log("val/images", float(images))
+        if images:  # the mean loss per image
+            for name in LOSS_NAMES:
+                mean = sum(b["losses"][name] * b["images"] for b in batches) / images
+                self.log(f"val/{name}", mean)
+            total = sum(sum(b["losses"].values()) * b["images"] for b in batches) / images
+            self.log("val/loss", total)
+        for batch in batches:
+            self.val_map.update(batch["preds"], batch["truths"])
         result = self.val_map.compute()
         self.val_map.reset()
         for key in MAP_KEYS:

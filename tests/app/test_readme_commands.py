@@ -101,9 +101,13 @@ def workspace(tmp_path_factory) -> Path:
     shutil.copytree(ROOT, ws, ignore=ignore, dirs_exist_ok=True)
     hub = ws / "data" / "coco" / "data"
     hub.mkdir(parents=True)
-    for shard in range(2):
-        write_hub_parquet(hub / f"train-{shard:05d}-of-00002.parquet", objects(8 * shard, 8))
-    write_hub_parquet(hub / "val-00000-of-00001.parquet", objects(100, 6))
+    # shards of different sizes, as the hub's are, and one unreadable validation image: under
+    # DDP the processes hold different numbers of images
+    write_hub_parquet(hub / "train-00000-of-00002.parquet", objects(0, 7))
+    write_hub_parquet(hub / "train-00001-of-00002.parquet", objects(7, 5))
+    val = objects(100, 7)
+    val[3]["image"] = {"bytes": jpeg_bytes(160, 120)[:300], "path": None}  # truncated
+    write_hub_parquet(hub / "val-00000-of-00001.parquet", val)
     coco_folder(ws / "data" / "coco")
     for folder, count in (("photos", 2), ("shots/day1", 1), ("shots/day2", 1)):
         (ws / folder).mkdir(parents=True)
@@ -265,7 +269,7 @@ def test_readme_command(section, line, workspace, coco400_run):
         check_sweep(line, sweep, output(result))
     if ddp:
         (run,) = made
-        check_ddp(run, output(result))
+        check_ddp(run, output(result), workspace)
 
 
 def check_sweep(line: str, sweep: Path, printed: str) -> None:
@@ -277,12 +281,30 @@ def check_sweep(line: str, sweep: Path, printed: str) -> None:
     assert len(rows) == runs and {row["status"] for row in rows} == {"ok"}
 
 
-def check_ddp(run: Path, printed: str) -> None:
-    """Both processes in one run folder, each on its own part of the stream; one summary."""
+def check_ddp(run: Path, printed: str, ws: Path) -> None:
+    """Both processes in one run folder, each on its own part of the stream (7 and 5 images:
+    the epoch ends for both at the batches both have); one summary; the validation figures
+    cover every readable image once (6 of 7, shared 4 + 2 by the processes) and equal one
+    process's on the same images."""
     ids = [json.loads((run / f"ids_rank{rank}.json").read_text()) for rank in range(2)]
     assert ids[0] and ids[1] and set(ids[0]).isdisjoint(ids[1])
+    # epoch 0 ends after the 3 batches both have (2+2+2 of one's 7 images, 2+2+1 of the
+    # other's 5), then step 4 in epoch 1: the 7th image is not trained on in epoch 0
+    assert sorted(map(len, ids)) == [7, 8]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert printed.count("train finished") == 1 and printed.count("Learning rate") == 1
+    final = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert final["val/images"] == 6
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    run_script(ws / "eval.py", [f"ckpt_path={best}", "device=cpu"], ws)
+    alone = json.loads((latest(ws / "logs" / "eval" / "runs") / "metrics.json").read_text())
+    assert alone["metrics"]["val/images"] == 6
+    for key in ("val/map", "val/map_50", "val/loss"):
+        assert alone["metrics"][key] == pytest.approx(final[key], abs=1e-4), key
+
+
+def latest(folder: Path) -> Path:
+    return max(folder.iterdir(), key=lambda p: p.stat().st_mtime)
 
 
 def test_every_section_of_the_readme_that_shows_commands_is_run():

@@ -5,7 +5,8 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from frcnn.checks import check_number
 from frcnn.data.transforms import Transform, collate
@@ -134,13 +135,18 @@ class DetectionDataModule(L.LightningDataModule):
         hook runs): a run resumed mid-epoch continues that epoch's order, not epoch 0's."""
         self.set_epoch(state_dict.get("epoch", 0))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=not isinstance(self.train_set, IterableDataset))
+    def train_dataloader(self):
+        streamed = isinstance(self.train_set, IterableDataset)
+        loader = self._loader(self.train_set, shuffle=not streamed)
+        # a map-style set gets Lightning's DistributedSampler: as many batches on every process
+        return EvenBatches(loader) if streamed and distributed() else loader
 
     def val_dataloader(self) -> DataLoader:
+        if distributed() and not isinstance(self.val_set, IterableDataset):
+            return self._loader(self.val_set, shuffle=False, sampler=EveryNth(self.val_set))
         return self._loader(self.val_set, shuffle=False)
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset, shuffle: bool, sampler=None) -> DataLoader:
         extra = {}
         if self.num_workers > 0:
             extra = {
@@ -155,5 +161,49 @@ class DetectionDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             collate_fn=collate,
             drop_last=shuffle,
+            sampler=sampler,
             **extra,
         )
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class EvenBatches:
+    """A streamed training set's batches, as many on every process (DDP takes every step on
+    every process together). Each process streams its own part of the data, and the parts hold
+    different numbers of images (shards of different sizes, skipped images): before each batch
+    the processes agree (a MIN all-reduce of "I have one" over a CPU gloo group: no wait on the
+    GPU) and the epoch ends, on all of them, at the count they all reach. The batches beyond it
+    on some processes are not trained on in that epoch (the next epoch has another order)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+        self.group = dist.new_group(backend="gloo")  # every process builds it: a collective
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            batch = next(batches, None)
+            have = torch.tensor([batch is not None], dtype=torch.int32)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN, group=self.group)
+            if not have.item():
+                return
+            yield batch
+
+
+class EveryNth(DistributedSampler):
+    """Validation images rank, rank + N, ... for process rank of N, without the padding of
+    Lightning's DistributedSampler (which repeats images so that every process has as many,
+    and so counts them twice): every image once. Processes may then hold different numbers of
+    images, which validation allows (DetectorModule gathers its figures)."""
+
+    def __init__(self, dataset, **kwargs):
+        super().__init__(dataset, shuffle=False, **kwargs)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))

@@ -30,3 +30,61 @@ def test_a_non_finite_loss_stops_training_naming_step_and_term():
     }
     with pytest.raises(FloatingPointError, match=r"step 0 .*rpn_box"):
         m.on_train_batch_end({"loss": sum(losses.values()), "losses": losses}, None, 3)
+
+
+def image(box, score, loss):
+    """One validated image: its ground truth box (label 1) and one detection of `box`."""
+    truth = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    return {
+        "images": 1,
+        "losses": dict.fromkeys(("rpn_cls", "rpn_box", "roi_cls", "roi_box"), torch.tensor(loss)),
+        "preds": [{"boxes": torch.tensor([box]), "scores": torch.tensor([score]),
+                   "labels": torch.tensor([1])}],
+        "truths": [{"boxes": truth, "labels": torch.tensor([1]), "iscrowd": torch.tensor([0])}],
+    }  # fmt: skip
+
+
+# a hit scored 0.9 and a miss scored 0.95: AP 1 and 0 apart, between them together
+HIT, MISS = image([0.0, 0.0, 10.0, 10.0], 0.9, 1.0), image([50.0, 50.0, 60.0, 60.0], 0.95, 3.0)
+
+
+def figures(batches) -> dict:
+    m = DetectorModule(torch.nn.Identity(), None)
+    logged = {}
+    m.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
+    m._val_batches = batches
+    m.on_validation_epoch_end()
+    return logged
+
+
+def validate_in_process(rank: int, store: str, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        queue.put((rank, figures([[HIT], [MISS]][rank])))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_figures_over_processes_are_those_of_all_their_images(tmp_path):
+    """Two real processes (gloo) of one image each give the figures of both images."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    processes = [
+        context.Process(target=validate_in_process, args=(rank, tmp_path / "s", queue))
+        for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    together = figures([HIT, MISS])
+    assert figures([HIT])["val/map_50"] == 1.0 and figures([MISS])["val/map_50"] == 0.0
+    assert 0.0 < together["val/map_50"] < 1.0 and together["val/images"] == 2
+    assert together["val/rpn_cls"] == 2.0 and together["val/loss"] == 8.0  # mean per image
+    assert results[0] == results[1] == together

@@ -103,8 +103,8 @@ def workspace(tmp_path_factory) -> Path:
     hub.mkdir(parents=True)
     # shards of different sizes, as the hub's are, and one unreadable validation image: under
     # DDP the processes hold different numbers of images
-    write_hub_parquet(hub / "train-00000-of-00002.parquet", objects(0, 7))
-    write_hub_parquet(hub / "train-00001-of-00002.parquet", objects(7, 5))
+    for shard, (first, count) in enumerate([(0, 7), (7, 4), (11, 2)]):
+        write_hub_parquet(hub / f"train-{shard:05d}-of-00003.parquet", objects(first, count))
     val = objects(100, 7)
     val[3]["image"] = {"bytes": jpeg_bytes(160, 120)[:300], "path": None}  # truncated
     write_hub_parquet(hub / "val-00000-of-00001.parquet", val)
@@ -282,15 +282,15 @@ def check_sweep(line: str, sweep: Path, printed: str) -> None:
 
 
 def check_ddp(run: Path, printed: str, ws: Path) -> None:
-    """Both processes in one run folder, each on its own part of the stream (7 and 5 images:
-    the epoch ends for both at the batches both have); one summary; the validation figures
-    cover every readable image once (6 of 7, shared 4 + 2 by the processes) and equal one
-    process's on the same images."""
+    """Both processes in one run folder, each on its own part of the stream (13 images in 3
+    shards: 7 and 6, every other one; the epoch ends for both at the batches both have); one
+    summary; the validation figures cover every readable image once (6 of 7, shared 4 + 2 by
+    the processes) and equal one process's on the same images."""
     ids = [json.loads((run / f"ids_rank{rank}.json").read_text()) for rank in range(2)]
-    assert ids[0] and ids[1] and set(ids[0]).isdisjoint(ids[1])
-    # epoch 0 ends after the 3 batches both have (2+2+2 of one's 7 images, 2+2+1 of the
-    # other's 5), then step 4 in epoch 1: the 7th image is not trained on in epoch 0
-    assert sorted(map(len, ids)) == [7, 8]
+    # epoch 0 ends after the 3 batches both have (2+2+2 of one's 7 images, of the other's 6),
+    # then step 4 in epoch 1: the 7th image is not trained on in epoch 0
+    assert list(map(len, ids)) == [8, 8]
+    assert set(ids[0][:6]).isdisjoint(ids[1][:6])  # epoch 0: each its own part
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert printed.count("train finished") == 1 and printed.count("Learning rate") == 1
     final = json.loads((run / "metrics.json").read_text())["metrics"]
@@ -299,7 +299,7 @@ def check_ddp(run: Path, printed: str, ws: Path) -> None:
     run_script(ws / "eval.py", [f"ckpt_path={best}", "device=cpu"], ws)
     alone = json.loads((latest(ws / "logs" / "eval" / "runs") / "metrics.json").read_text())
     assert alone["metrics"]["val/images"] == 6
-    for key in ("val/map", "val/map_50", "val/loss"):
+    for key in ("val/map", "val/map_50", "val/mar_100"):  # (the losses sample at random)
         assert alone["metrics"][key] == pytest.approx(final[key], abs=1e-4), key
 
 

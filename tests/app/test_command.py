@@ -47,6 +47,19 @@ def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):
     assert run_dir(new, "train", None) == new
 
 
+def test_a_slurm_jobs_tasks_and_its_requeued_self_share_one_folder(tmp_path, monkeypatch):
+    new = str(tmp_path / "logs" / "train" / "runs" / "2026-01-01_00-00-00")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: runs of its own
+    assert run_dir(new, "train", None) == new
+    monkeypatch.setenv("SLURM_JOB_NAME", "frcnn")  # an sbatch job
+    assert run_dir(new, "train", None) == str(tmp_path / "logs/train/runs/slurm-4242")
+    monkeypatch.setenv("SLURM_STEP_ID", "1")  # a second srun of one allocation
+    assert run_dir(new, "train", None) == str(tmp_path / "logs/train/runs/slurm-4242.1")
+    assert run_dir(new, "eval", None) == new
+
+
 def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
     """fg_iou_thresh=0.4 is below bg_iou_thresh=0.5: refused at start-up, in its run only."""
     try:

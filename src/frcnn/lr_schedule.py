@@ -21,10 +21,10 @@ def check_short_run(total_steps: int, warmup_steps: int, start_factor: float, st
     `experiment=coco400 trainer.max_steps=30`): the warm-up never ends, milestones never come.
     The schedule is kept as configured: a short run of a long recipe is usually a smoke test."""
     if warmup_steps > total_steps:
-        reached = warmup_factor(total_steps, warmup_steps, start_factor)
+        reached = warmup_factor(total_steps - 1, warmup_steps, start_factor)  # the last step
         log.warning(
             "module.scheduler.warmup_steps=%d is longer than the run (%d steps): the LR ends at "
-            "%.0f%% of module.optimizer.lr; lower warmup_steps for a short run that learns",
+            "%.2g%% of module.optimizer.lr; lower warmup_steps for a short run that learns",
             warmup_steps,
             total_steps,
             100 * reached,

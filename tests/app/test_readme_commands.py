@@ -137,7 +137,7 @@ def objects(first_id: int, count: int) -> list[dict]:
 def coco_folder(root: Path) -> None:
     """The official COCO layout (annotations/instances_{train,val}2017.json, image folders)."""
     (root / "annotations").mkdir()
-    for split, count in (("train", 4), ("val", 2)):
+    for split, count in (("train", 4), ("val", 3)):  # an odd validation set
         (root / f"{split}2017").mkdir()
         images, annotations = [], []
         for i in range(1, count + 1):
@@ -326,3 +326,27 @@ def test_every_section_of_the_readme_that_shows_commands_is_run():
         "Configuration",
     }
     assert expected <= sections
+
+
+def test_ddp_on_a_coco_folder_evaluates_every_image_once(workspace):
+    """3 validation images over 2 processes: 2 + 1, not 2 + 2 with one image twice (what
+    Lightning's DistributedSampler does to even them out)."""
+    args = [
+        "data=coco_files",
+        "data.num_classes=3",
+        "data.image_size=64",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "model.backbone.depth=18",
+        *(o.format(ws=workspace) for o in LOCAL["imagenet"]),
+        *SMALL_MODEL,
+        "trainer.max_epochs=1",
+        "device=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+    ]
+    before = set((workspace / "logs" / "train" / "runs").glob("*"))
+    run_script(workspace / "train.py", args, workspace, separate_process=True)
+    (run,) = set((workspace / "logs" / "train" / "runs").glob("*")) - before
+    final = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert final["val/images"] == 3

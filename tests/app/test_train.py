@@ -184,21 +184,31 @@ def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):
     assert "IndexError" not in str(error.value)
 
 
-def test_sigterm_saves_the_step_says_how_to_resume_and_exits_non_zero(tmp_path):
-    """A real train.py process, signalled as a scheduler does before it preempts the job."""
-    log_dir = tmp_path / "logs"
+def training_process(tmp_path, log_dir, extra_env=None):
+    """A real train.py process, TINY and long, past its first epoch's checkpoints."""
     command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     process = subprocess.Popen(
         [*command, "trainer.max_epochs=1000"], cwd=tmp_path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(log_dir.glob("train/runs/*/checkpoints/epoch*.ckpt")):  # past epoch 0
+    wait_for(process, lambda: list(log_dir.glob("train/runs/*/checkpoints/epoch*.ckpt")))
+    time.sleep(1.0)  # into the next epoch
+    return process
+
+
+def wait_for(process, found, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while not found():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
-    time.sleep(1.0)
+
+
+def test_sigterm_saves_the_step_says_how_to_resume_and_exits_non_zero(tmp_path):
+    """Signalled as a scheduler does before it preempts the job."""
+    log_dir = tmp_path / "logs"
+    process = training_process(tmp_path, log_dir)
     process.send_signal(signal.SIGTERM)
     printed, _ = process.communicate(timeout=120)
     assert process.returncode == 143, printed[-3000:]
@@ -216,3 +226,33 @@ def test_sigterm_saves_the_step_says_how_to_resume_and_exits_non_zero(tmp_path):
     run("train.py", f"trainer.max_epochs={epochs}", f"ckpt_path={last}", *TINY, log_dir=log_dir)
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1
+
+
+SLURM = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "frcnn", "SLURM_NTASKS": "1",
+         "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+
+
+def test_a_slurm_job_saves_on_sigusr1_and_its_requeued_run_resumes_there(tmp_path, monkeypatch):
+    """SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`): Lightning saves hpc_ckpt_1.ckpt in the job's
+    folder (and asks scontrol, absent here, to requeue); the job's next run (the same command,
+    the same job id) goes on from it in that folder."""
+    log_dir = tmp_path / "logs"
+    process = training_process(tmp_path, log_dir, SLURM)
+    run_dir = log_dir / "train" / "runs" / "slurm-4242"
+    process.send_signal(signal.SIGUSR1)
+    wait_for(process, lambda: (run_dir / "hpc_ckpt_1.ckpt").is_file())
+    process.send_signal(signal.SIGTERM)  # what SLURM does next
+    process.communicate(timeout=120)
+    saved = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] > 4
+    for key, value in SLURM.items():
+        monkeypatch.setenv(key, value)
+    epochs = saved["epoch"] + 3
+    run("train.py", f"trainer.max_epochs={epochs}", *TINY, log_dir=log_dir)
+    assert run_dirs(log_dir) == [run_dir]
+    # the events this process wrote (their names end in .<pid>.<n>) start at the hpc step
+    (mine,) = [p for p in (run_dir / "tensorboard").glob(f"events.*.{os.getpid()}.0")]
+    steps = [e.step for e in EventAccumulator(str(mine)).Reload().Scalars("train/loss_step")]
+    assert min(steps) == saved["global_step"]
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 4 * epochs

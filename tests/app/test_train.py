@@ -250,9 +250,12 @@ def test_a_slurm_job_saves_on_sigusr1_and_its_requeued_run_resumes_there(tmp_pat
     epochs = saved["epoch"] + 3
     run("train.py", f"trainer.max_epochs={epochs}", *TINY, log_dir=log_dir)
     assert run_dirs(log_dir) == [run_dir]
-    # the events this process wrote (their names end in .<pid>.<n>) start at the hpc step
-    (mine,) = [p for p in (run_dir / "tensorboard").glob(f"events.*.{os.getpid()}.0")]
-    steps = [e.step for e in EventAccumulator(str(mine)).Reload().Scalars("train/loss_step")]
-    assert min(steps) == saved["global_step"]
+    # the steps this process logged (its event files end in .<pid>.<n>) start at the hpc step
+    steps = []
+    for path in (run_dir / "tensorboard").glob(f"events.*.{os.getpid()}.*"):
+        events = EventAccumulator(str(path)).Reload()
+        if "train/loss_step" in events.Tags()["scalars"]:
+            steps += [e.step for e in events.Scalars("train/loss_step")]
+    assert steps and min(steps) == saved["global_step"]
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 4 * epochs

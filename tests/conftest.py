@@ -1,5 +1,7 @@
 """Fixtures shared across test folders."""
 
+import multiprocessing
+
 import pytest
 import torch
 
@@ -90,3 +92,29 @@ def mean_ap(model, images, targets) -> float:
         metric.update(model.eval()(images), targets)
     model.train(was_training)
     return float(metric.compute()["map_50"])
+
+
+def in_two_processes(work, tmp_path) -> list:
+    """`work(rank)` run by two real processes joined in a gloo process group (forked: nothing
+    is imported again); their results, by rank."""
+    import torch.distributed as dist
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def main(rank: int) -> None:
+        store = f"file://{tmp_path / 'process_group'}"
+        dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
+        try:
+            queue.put((rank, work(rank)))
+        finally:
+            dist.destroy_process_group()
+
+    processes = [context.Process(target=main, args=(rank,)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return [results[0], results[1]]

@@ -5,6 +5,7 @@ import torch
 
 from frcnn.model import FasterRCNN
 from frcnn.module import DetectorModule
+from tests.conftest import in_two_processes
 
 
 def module():
@@ -57,34 +58,11 @@ def figures(batches) -> dict:
     return logged
 
 
-def validate_in_process(rank: int, store: str, queue) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        queue.put((rank, figures([[HIT], [MISS]][rank])))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_validation_figures_over_processes_are_those_of_all_their_images(tmp_path):
     """Two real processes (gloo) of one image each give the figures of both images."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=validate_in_process, args=(rank, tmp_path / "s", queue))
-        for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    results = dict(queue.get(timeout=60) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = in_two_processes(lambda rank: figures([[HIT], [MISS]][rank]), tmp_path)
     together = figures([HIT, MISS])
     assert figures([HIT])["val/map_50"] == 1.0 and figures([MISS])["val/map_50"] == 0.0
     assert 0.0 < together["val/map_50"] < 1.0 and together["val/images"] == 2
     assert together["val/rpn_cls"] == 2.0 and together["val/loss"] == 8.0  # mean per image
-    assert results[0] == results[1] == together
+    assert results == [together, together]

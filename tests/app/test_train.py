@@ -205,49 +205,41 @@ def wait_for(process, found, timeout_s: float = 120):
         time.sleep(0.1)
 
 
-def test_sigterm_saves_the_step_says_how_to_resume_and_exits_non_zero(tmp_path):
-    """Signalled as a scheduler does before it preempts the job."""
-    log_dir = tmp_path / "logs"
-    process = training_process(tmp_path, log_dir)
-    process.send_signal(signal.SIGTERM)
-    printed, _ = process.communicate(timeout=120)
-    assert process.returncode == 143, printed[-3000:]
-    (run_dir,) = run_dirs(log_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    step = int(re.search(r"Stopped by SIGTERM at step (\d+)", printed).group(1))
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved["global_step"] == step > 4  # the step it stopped at, not epoch 0's end
-    assert "train finished" in printed  # the summary so far
-    resume = re.search(r"Resume with: (.*)", printed).group(1)
-    assert (
-        resume.startswith("uv run train.py") and f"ckpt_path={last.relative_to(tmp_path)}" in resume
-    )
-    epochs = saved["epoch"] + 2
-    run("train.py", f"trainer.max_epochs={epochs}", f"ckpt_path={last}", *TINY, log_dir=log_dir)
-    resumed = torch.load(last, map_location="cpu", weights_only=True)
-    assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1
-
-
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "frcnn", "SLURM_NTASKS": "1",
          "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
 
 
-def test_a_slurm_job_saves_on_sigusr1_and_its_requeued_run_resumes_there(tmp_path, monkeypatch):
-    """SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`): Lightning saves hpc_ckpt_1.ckpt in the job's
-    folder (and asks scontrol, absent here, to requeue); the job's next run (the same command,
-    the same job id) goes on from it in that folder."""
+def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkeypatch):
+    """A real train.py in a SLURM job, signalled as SLURM does before it preempts a job:
+
+    - SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`): Lightning saves hpc_ckpt_1.ckpt in the job's
+      folder (and asks scontrol, absent here, to requeue the job);
+    - SIGTERM: last.ckpt at the step it stopped at, the summary so far, the command that
+      resumes, exit status 143;
+    - the job's next run (the same command and job id) goes on from the hpc checkpoint, in the
+      same folder."""
     log_dir = tmp_path / "logs"
     process = training_process(tmp_path, log_dir, SLURM)
     run_dir = log_dir / "train" / "runs" / "slurm-4242"
     process.send_signal(signal.SIGUSR1)
     wait_for(process, lambda: (run_dir / "hpc_ckpt_1.ckpt").is_file())
-    process.send_signal(signal.SIGTERM)  # what SLURM does next
-    process.communicate(timeout=120)
-    saved = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] > 4
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    printed, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, printed[-3000:]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    step = int(re.search(r"Stopped by SIGTERM at step (\d+)", printed).group(1))
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == step >= hpc["global_step"] > 4  # past epoch 0's end
+    assert "train finished" in printed  # the summary so far
+    resume = re.search(r"Resume with: (.*)", printed).group(1)
+    assert (
+        resume.startswith("uv run train.py") and f"ckpt_path={last.relative_to(tmp_path)}" in resume
+    )
     for key, value in SLURM.items():
         monkeypatch.setenv(key, value)
-    epochs = saved["epoch"] + 3
+    epochs = saved["epoch"] + 2
     run("train.py", f"trainer.max_epochs={epochs}", *TINY, log_dir=log_dir)
     assert run_dirs(log_dir) == [run_dir]
     # the steps this process logged (its event files end in .<pid>.<n>) start at the hpc step
@@ -256,6 +248,6 @@ def test_a_slurm_job_saves_on_sigusr1_and_its_requeued_run_resumes_there(tmp_pat
         events = EventAccumulator(str(path)).Reload()
         if "train/loss_step" in events.Tags()["scalars"]:
             steps += [e.step for e in events.Scalars("train/loss_step")]
-    assert steps and min(steps) == saved["global_step"]
-    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["global_step"] == 4 * epochs
+    assert steps and min(steps) == hpc["global_step"]
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from frcnn.data import DetectionDataModule, SyntheticShapes
 from frcnn.data.datamodule import StreamEpoch
+from tests.conftest import in_two_processes
 
 CONF = Path(__file__).parents[2] / "conf" / "data"
 
@@ -123,32 +124,12 @@ def test_every_validation_image_once_over_processes_of_unequal_shares():
     assert [len(EveryNth(range(5), num_replicas=2, rank=rank)) for rank in range(2)] == [3, 2]
 
 
-def even_batches_process(rank: int, store: str, batches: int, queue) -> None:
-    import torch.distributed as dist
-
-    from frcnn.data.datamodule import EvenBatches
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        queue.put((rank, [list(EvenBatches(list(range(batches)))) for _ in range(2)]))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_processes_streaming_unequal_parts_stop_at_the_batches_all_have(tmp_path):
     """Two real processes over gloo, with 4 and 2 batches: both take 2, every epoch."""
-    import multiprocessing
+    from frcnn.data.datamodule import EvenBatches
 
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=even_batches_process, args=(rank, tmp_path / "s", n, queue))
-        for rank, n in enumerate((4, 2))
-    ]
-    for process in processes:
-        process.start()
-    results = dict(queue.get(timeout=60) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    assert results == {0: [[0, 1], [0, 1]], 1: [[0, 1], [0, 1]]}
+    def epochs(rank: int) -> list:
+        batches = list(range([4, 2][rank]))
+        return [list(EvenBatches(batches)) for _ in range(2)]
+
+    assert in_two_processes(epochs, tmp_path) == [[[0, 1], [0, 1]]] * 2

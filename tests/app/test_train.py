@@ -251,3 +251,22 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
     assert steps and min(steps) == hpc["global_step"]
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1
+
+
+def validation_passes(tmp_path, *overrides) -> list:
+    log_dir = tmp_path / "logs"
+    record = [
+        "+callbacks.val_ids._target_=tests.app.helpers.RecordValidationIds",
+        "+callbacks.val_ids.output_dir=${paths.output_dir}",
+    ]
+    run("train.py", *TINY, *record, *overrides, log_dir=log_dir)
+    return json.loads((run_dirs(log_dir)[-1] / "val_ids.json").read_text())
+
+
+def test_the_best_checkpoint_is_validated_again_only_when_it_is_not_the_last(tmp_path):
+    # one epoch: the best is the last step's, whose validation gave the final figures
+    assert len(validation_passes(tmp_path / "a", "trainer.max_epochs=1")) == 1
+    # a model that does not change (no learning, frozen statistics) ties at every validation:
+    # the best stays epoch 0's, which the end validates again
+    frozen = ["module.optimizer.lr=0", "model.backbone.norm=frozen_bn", "trainer.max_epochs=2"]
+    assert len(validation_passes(tmp_path / "b", *frozen)) == 3

@@ -103,14 +103,23 @@ def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
     """The final figures of a run: its best checkpoint validated on the whole validation split.
 
     Training validates on a fixed subset where the data config sets one (`data.val.limit`);
-    its last figures are kept beside the final ones as `subset/val/...`. Returns the training
-    and final metrics.
+    its last figures are kept beside the final ones as `subset/val/...`. Without a subset, a
+    best checkpoint written at the last step has just been validated: its figures are the last
+    ones, not computed twice. Returns the training and final metrics.
     """
     metrics = final_metrics(trainer)
-    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+    callback = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+    best = callback.best_model_path if callback else ""
     if not best:
         return metrics
     subset = datamodule.use_full_validation()
+    checkpoint = load_checkpoint(best)
+    if (
+        not subset
+        and checkpoint["global_step"] == trainer.global_step
+        and callback.monitor in trainer.callback_metrics
+    ):
+        return metrics  # the best is the last step's, just validated on the same set
     if trainer.is_global_zero:
         log.info(
             "Validating the best checkpoint %s on the %s",
@@ -121,7 +130,7 @@ def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
     loggers, trainer.loggers = trainer.loggers, []
     # the weights alone: validate(ckpt_path=...) would also restore the callbacks' state of
     # that moment (the summary would lose a last.ckpt written after it)
-    module.load_state_dict(load_checkpoint(best)["state_dict"])
+    module.load_state_dict(checkpoint["state_dict"])
     trainer.validate(module, datamodule=datamodule)
     trainer.loggers = loggers
     final = {k: v for k, v in final_metrics(trainer).items() if k.startswith("val/")}

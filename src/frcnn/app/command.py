@@ -43,16 +43,19 @@ def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
       (Lightning then resumes from the `hpc_ckpt_*.ckpt` that it saved there on SIGUSR1)."""
     if task_name != "train":
         return new
-    if ckpt_path:
-        run = Path(ckpt_path).expanduser().absolute().parent.parent
-        if (run / ".hydra" / "config.yaml").is_file():
-            return str(run)
+    if ckpt_path and (run_of(ckpt_path) / ".hydra" / "config.yaml").is_file():
+        return str(run_of(ckpt_path))
     job = os.environ.get("SLURM_JOB_ID")
     if job and not ckpt_path and SLURMEnvironment.detect():  # not an interactive shell
         step = os.environ.get("SLURM_STEP_ID")
         name = f"slurm-{job}" + (f".{step}" if step and step.isdigit() else "")
         return str(Path(new).parent / name)
     return new
+
+
+def run_of(ckpt_path: str) -> Path:
+    """The run folder a checkpoint in `<run>/checkpoints/` belongs to."""
+    return Path(ckpt_path).expanduser().absolute().parent.parent
 
 
 def command(task_function=None, *, checkpoint_data: bool = False):

@@ -5,7 +5,6 @@ import shlex
 import signal
 import sys
 import warnings
-from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import build, final_metrics, output_dir, shown
+from frcnn.app.command import run_of
 from frcnn.app.report import finish
 from frcnn.checkpoint import detector_state, load_checkpoint
 
@@ -24,7 +24,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule, module, trainer = build(cfg)
     if cfg.get("ckpt_path"):
         check_resumable(module.model, load_checkpoint(cfg.ckpt_path), cfg)
-        if Path(cfg.ckpt_path).expanduser().absolute().parent.parent == output_dir():
+        if run_of(cfg.ckpt_path) == output_dir():
             # its run folder (conf/hydra: run_dir): the checkpoints there are this run's own
             warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
             verb = "Resuming in"

@@ -1,15 +1,58 @@
-"""Lightning callbacks: last.ckpt at every validation, every N steps and on SIGTERM; detections and
-inspection figures drawn on fixed validation images, for TensorBoard."""
+"""Lightning callbacks: a SIGTERM stop that every process takes at the same step; last.ckpt at
+every validation, every N steps and on that stop; detections and inspection figures drawn on
+fixed validation images, for TensorBoard."""
+
+import logging
+import signal
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid
 
+from frcnn.data.datamodule import distributed
 from frcnn.drawing import draw_detections
+
+log = logging.getLogger(__name__)
+
+
+class StopOnSIGTERM(L.Callback):
+    """SIGTERM (what SLURM, Kubernetes and torchrun send before they stop a job) stops training
+    after the current step, on every process at the same step, by raising Lightning's
+    `SIGTERMException` there (then `LastCheckpoint` saves that step).
+
+    It replaces Lightning's SIGTERM handler once training starts: under DDP that one runs a
+    collective inside the handler and signals the other processes, which then meet the wrong
+    collective (a checkpoint's barrier, a validation gather) and hang. Here the handler only
+    takes note; after each step the processes agree (MAX all-reduce over a CPU gloo group,
+    no GPU wait) whether any of them got the signal."""
+
+    def __init__(self):
+        self.requested = False
+        self.group = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.requested = False
+        if distributed() and self.group is None:
+            self.group = dist.new_group(backend="gloo")  # every process builds it: a collective
+        signal.signal(signal.SIGTERM, self._note)  # Lightning restores its own at teardown
+
+    def _note(self, signum, frame) -> None:
+        self.requested = True
+        log.warning("SIGTERM: stopping after this step")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self.requested
+        if self.group is not None:
+            flag = torch.tensor([stop], dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            stop = bool(flag.item())
+        if stop:
+            raise SIGTERMException
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -37,11 +80,9 @@ class LastCheckpoint(ModelCheckpoint):
         self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """SIGTERM (what SLURM and Kubernetes send before they preempt a job): Lightning stops
-        after the current step, and last.ckpt is written at that step. (Not under DDP, where
-        the other processes are already being stopped, and not on other errors: a diverged
-        model must not replace the last good checkpoint.)"""
-        stopping = isinstance(exception, SIGTERMException) and trainer.world_size == 1
+        """SIGTERM (`StopOnSIGTERM`): last.ckpt is written at the step every process stopped
+        at. (Not on other errors: a diverged model must not replace the last good checkpoint.)"""
+        stopping = isinstance(exception, SIGTERMException)
         if stopping and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING:
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 

@@ -184,13 +184,13 @@ def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):
     assert "IndexError" not in str(error.value)
 
 
-def training_process(tmp_path, log_dir, extra_env=None):
+def training_process(tmp_path, log_dir, extra_env=None, overrides=()):
     """A real train.py process, TINY and long, past its first epoch's checkpoints."""
     command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     process = subprocess.Popen(
-        [*command, "trainer.max_epochs=1000"], cwd=tmp_path, env=env, text=True,
+        [*command, *overrides, "trainer.max_epochs=1000"], cwd=tmp_path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     wait_for(process, lambda: list(log_dir.glob("train/runs/*/checkpoints/epoch*.ckpt")))
@@ -251,6 +251,25 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
     assert steps and min(steps) == hpc["global_step"]
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1
+
+
+def test_sigterm_under_ddp_stops_both_processes_at_one_step(tmp_path):
+    """SIGTERM to the main process of a 2-process DDP run (as Kubernetes sends it): both stop
+    after the same step, last.ckpt holds it, no process is left behind, exit status 143."""
+    log_dir = tmp_path / "logs"
+    ddp = ["device=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    process = training_process(tmp_path, log_dir, overrides=ddp)
+    process.send_signal(signal.SIGTERM)
+    printed, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, printed[-3000:]
+    step = int(re.search(r"Stopped by SIGTERM at step (\d+)", printed).group(1))
+    (last,) = log_dir.glob("train/runs/*/checkpoints/last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step > 4
+    assert not list(last.parent.glob(".*.tmp"))
+    deadline = time.monotonic() + 10
+    while left := subprocess.run(["pgrep", "-f", str(log_dir)], capture_output=True).stdout:
+        assert time.monotonic() < deadline, left  # rank 1 exits too
+        time.sleep(0.2)
 
 
 def validation_passes(tmp_path, *overrides) -> list:

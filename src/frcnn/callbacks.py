@@ -1,6 +1,6 @@
-"""Lightning callbacks: a SIGTERM stop that every process takes at the same step; last.ckpt at
-every validation, every N steps and on that stop; detections and inspection figures drawn on
-fixed validation images, for TensorBoard."""
+"""Lightning callbacks: SIGTERM and SLURM's requeue signal taken by every process at the same
+step; last.ckpt at every validation, every N steps and on SIGTERM; detections and inspection
+figures drawn on fixed validation images, for TensorBoard."""
 
 import logging
 import signal
@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid
@@ -20,39 +21,49 @@ from frcnn.drawing import draw_detections
 log = logging.getLogger(__name__)
 
 
-class StopOnSIGTERM(L.Callback):
+class Preemption(L.Callback):
     """SIGTERM (what SLURM, Kubernetes and torchrun send before they stop a job) stops training
     after the current step, on every process at the same step, by raising Lightning's
-    `SIGTERMException` there (then `LastCheckpoint` saves that step).
+    `SIGTERMException` there (then `LastCheckpoint` saves that step). SLURM's requeue signal
+    (SIGUSR1 with `#SBATCH --signal=SIGUSR1@90`) makes Lightning's SLURM support save
+    `hpc_ckpt_<n>.ckpt` and requeue the job, also after the step on every process.
 
-    It replaces Lightning's SIGTERM handler once training starts: under DDP that one runs a
-    collective inside the handler and signals the other processes, which then meet the wrong
-    collective (a checkpoint's barrier, a validation gather) and hang. Here the handler only
-    takes note; after each step the processes agree (MAX all-reduce over a CPU gloo group,
-    no GPU wait) whether any of them got the signal."""
+    Once training starts, these replace Lightning's own handlers, which do that work inside the
+    signal handler: under DDP they run collectives there (and signal the other processes), which
+    then meet the wrong collective (a checkpoint's barrier, a validation gather) and hang; in
+    one process they close the TensorBoard writer in the middle of a write. Here a handler only
+    takes note; after each step the processes agree (MAX all-reduce over a CPU gloo group, no
+    GPU wait) whether any of them got a signal."""
 
     def __init__(self):
-        self.requested = False
+        self.received: dict[int, bool] = {}
         self.group = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.requested = False
+        signals = [signal.SIGTERM]
+        environment = trainer._accelerator_connector.cluster_environment
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            signals.append(environment.requeue_signal)
+        self.received = dict.fromkeys(signals, False)
         if distributed() and self.group is None:
             self.group = dist.new_group(backend="gloo")  # every process builds it: a collective
-        signal.signal(signal.SIGTERM, self._note)  # Lightning restores its own at teardown
+        for signum in signals:
+            signal.signal(signum, self._note)  # Lightning restores the original ones at teardown
 
     def _note(self, signum, frame) -> None:
-        self.requested = True
-        log.warning("SIGTERM: stopping after this step")
+        self.received[signum] = True
+        log.warning("%s: taken after this step", signal.Signals(signum).name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stop = self.requested
+        received = torch.tensor(list(self.received.values()), dtype=torch.int32)
         if self.group is not None:
-            flag = torch.tensor([stop], dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-            stop = bool(flag.item())
-        if stop:
-            raise SIGTERMException
+            dist.all_reduce(received, op=dist.ReduceOp.MAX, group=self.group)
+        for signum, got in zip(list(self.received), received.tolist(), strict=True):
+            self.received[signum] = False
+            if got and signum == signal.SIGTERM:
+                raise SIGTERMException
+            if got:  # the requeue signal: Lightning's handler, now on every process together
+                trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -80,7 +91,7 @@ class LastCheckpoint(ModelCheckpoint):
         self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """SIGTERM (`StopOnSIGTERM`): last.ckpt is written at the step every process stopped
+        """SIGTERM (`Preemption`): last.ckpt is written at the step every process stopped
         at. (Not on other errors: a diverged model must not replace the last good checkpoint.)"""
         stopping = isinstance(exception, SIGTERMException)
         if stopping and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING:

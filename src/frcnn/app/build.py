@@ -10,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.callbacks import StopOnSIGTERM
+from frcnn.callbacks import Preemption
 from frcnn.checkpoint import AtomicCheckpointIO
 from frcnn.checks import check_number
 from frcnn.data.datamodule import StreamEpoch
@@ -85,9 +85,9 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning Trainer with the config's callbacks and loggers (and `StreamEpoch`,
-    which streamed data needs, and `StopOnSIGTERM`, whatever the callbacks config says)."""
+    which streamed data needs, and `Preemption`, whatever the callbacks config says)."""
     callbacks = [instantiate(c) for c in selected(cfg, "callbacks")]
-    callbacks += [StreamEpoch(), StopOnSIGTERM()]
+    callbacks += [StreamEpoch(), Preemption()]
     loggers = [instantiate(c) for c in selected(cfg, "logger")]
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]

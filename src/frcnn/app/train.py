@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
-    """After SIGTERM (a scheduler preempts the job): `StopOnSIGTERM` stopped after a step and
+    """After SIGTERM (a scheduler preempts the job): `Preemption` stopped after a step and
     `LastCheckpoint` saved last.ckpt there. Summarise the run so far, say how to resume, and
     exit with status 143 (128 + SIGTERM) so that the scheduler does not take it for done."""
     finish(trainer, cfg)

@@ -15,6 +15,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid
 
+from frcnn.checks import check_number
 from frcnn.data.datamodule import distributed
 from frcnn.drawing import draw_detections
 
@@ -64,6 +65,47 @@ class Preemption(L.Callback):
                 raise SIGTERMException
             if got:  # the requeue signal: Lightning's handler, now on every process together
                 trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)
+
+
+class StopOnDivergence(L.Callback):
+    """Stops a run whose loss explodes but stays finite (a learning rate far too high, held
+    finite by gradient clipping: losses of 1e20 and mAP 0 otherwise), which the non-finite
+    check of the module cannot see.
+
+    Rule: the training loss averaged over each `window` steps (over all processes) must stay
+    within `factor` times the lowest such average of the run; a window above it stops training
+    with an error (a sweep's trial then counts as failed). The loss is summed on the device and
+    read once a window (no host wait per step). Off: `~callbacks.divergence`."""
+
+    def __init__(self, factor: float = 10.0, window: int = 20):
+        check_number("callbacks.divergence.factor", factor, 1.0, open_low=True)
+        check_number("callbacks.divergence.window", window, 1, integer=True)
+        self.factor, self.window = factor, window
+        self.lowest = (float("inf"), 0)  # (mean, first step of its window)
+        self._sum, self._steps = None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"].detach()
+        self._sum = loss if self._sum is None else self._sum + loss
+        self._steps += 1
+        if self._steps == self.window:
+            mean = trainer.strategy.reduce(self._sum / self._steps, reduce_op="mean")
+            self._sum, self._steps = None, 0
+            self.update(float(mean), trainer.global_step - self.window)
+
+    def update(self, mean: float, first_step: int) -> None:
+        """One window's mean loss (from `first_step` on): raises if it exploded."""
+        lowest, at = self.lowest
+        if mean > self.factor * lowest:
+            raise FloatingPointError(
+                f"The training loss exploded: {mean:.3g} on average over steps {first_step}-"
+                f"{first_step + self.window - 1}, more than {self.factor:g} times its lowest "
+                f"average ({lowest:.3g}, steps {at}-{at + self.window - 1}). Training stopped; "
+                "the last good checkpoint is kept. Try a lower learning rate "
+                "(module.optimizer.lr) or more warm-up; ~callbacks.divergence turns this off."
+            )
+        if mean < lowest:
+            self.lowest = (mean, first_step)
 
 
 class LastCheckpoint(ModelCheckpoint):

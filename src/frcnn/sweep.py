@@ -1,4 +1,5 @@
-"""The summary table of a Hydra multirun: every run's overrides and final metrics, or its error.
+"""Hydra multiruns: the summary table of every run's overrides and final metrics (or its error),
+trials in parallel with one GPU each, and the Optuna search's constrained parameters.
 
 Each run stores its overrides and final metrics in `<run>/metrics.json`; a run that raised
 stores its error there instead (the `SweepSummary` callback). The table is rewritten after every
@@ -8,7 +9,9 @@ run, so it is there whatever stops the sweep, and printed when the sweep ends.
 import csv
 import json
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -16,6 +19,15 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 METRICS_FILE = "metrics.json"
+# the sweeper that stops at a failed run (it re-raises its error); Optuna's records the trial as
+# failed (TrialState.FAIL) and goes on
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# the GPUs a sweep's parallel trials share (OneGPUPerTrial)
+TRIAL_GPUS = "FRCNN_TRIAL_GPUS"
+
+# hydra-optuna-sweeper 1.3 builds its search space with the classes optuna 3 deprecated (kept
+# until optuna 6): one warning per parameter and trial otherwise
+warnings.filterwarnings("ignore", r".*Distribution has been deprecated", FutureWarning)
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +77,17 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     if "error" in columns:  # the longest cell, last
         columns.append(columns.pop(columns.index("error")))
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+    # each file whole: trials that end at once (parallel launchers) rewrite them side by side
+    with open(part := sweep_dir / f".summary.csv.{os.getpid()}", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(part, sweep_dir / "summary.csv")
     header = "Common to every run: " + " ".join(f"{k}={v}" for k, v in common.items())
     table = markdown_table(rows, [c for c in columns if c in keys or shown_in_table(c)])
-    (sweep_dir / "summary.md").write_text(f"{header}\n\n{table}" if common else table)
+    part = sweep_dir / f".summary.md.{os.getpid()}"
+    part.write_text(f"{header}\n\n{table}" if common else table)
+    os.replace(part, sweep_dir / "summary.md")
     return rows
 
 
@@ -106,7 +122,13 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 class SweepSummary(Callback):
     """Hydra callback: a failed run of a multirun is recorded in the summary and the sweep goes
     on; the summary is rewritten after every run and printed at the end; a sweep with failed
-    runs exits with status 1 after its summary."""
+    runs exits with status 1 after its summary. (It also makes the folder of an Optuna study's
+    sqlite file, which Optuna opens before any trial.)"""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        storage = config.hydra.sweeper.get("storage")
+        if isinstance(storage, str) and storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
     def on_job_end(self, config, job_return: JobReturn, **kwargs) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -117,8 +139,9 @@ class SweepSummary(Callback):
             message = f"{type(error).__name__}: {error}"
             log.error("Run %s failed: %s", config.hydra.job.num, message, exc_info=error)
             write_run_metrics(output_dir, config.hydra.overrides.task, {}, message)
-            # recorded: the sweeper goes on to the other runs instead of re-raising it
-            job_return.status, job_return.return_value = JobStatus.COMPLETED, None
+            if config.hydra.sweeper._target_ == BASIC_SWEEPER:
+                # recorded: it goes on to the other runs instead of re-raising the error
+                job_return.status, job_return.return_value = JobStatus.COMPLETED, None
         summarise(output_dir.parent, config.get("optimized_metric"))
 
     def on_multirun_end(self, config, **kwargs) -> None:
@@ -133,3 +156,32 @@ class SweepSummary(Callback):
         if failed:
             print(f"{failed} of {len(rows)} runs failed (their errors are in the table)")
             sys.exit(1)
+
+
+class OneGPUPerTrial(Callback):
+    """Hydra callback for trials run side by side on one machine (`hydra/launcher=local_gpus`,
+    submitit's local executor, which would give every trial the same GPUs): trial n gets GPU
+    n mod N of the N the sweep may use (CUDA_VISIBLE_DEVICES when the sweep starts, else all),
+    set as its CUDA_VISIBLE_DEVICES before it starts CUDA."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if TRIAL_GPUS not in os.environ:  # the trials' processes no longer see them
+            import torch
+
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            count = torch.cuda.device_count()
+            os.environ[TRIAL_GPUS] = (
+                visible if visible is not None else ",".join(map(str, range(count)))
+            )
+
+    def on_job_start(self, config, **kwargs) -> None:
+        gpus = [g for g in os.environ.get(TRIAL_GPUS, "").split(",") if g]
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local" and gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[config.hydra.job.num % len(gpus)]
+
+
+def roi_background_iou(config, trial) -> None:
+    """Optuna's `custom_search_space` for the ROI matcher: the background IoU threshold is
+    drawn below the trial's foreground one (the config refuses bg > fg)."""
+    fg = trial.params["model.roi_heads.fg_iou_thresh"]
+    trial.suggest_float("model.roi_heads.bg_iou_thresh", 0.3, fg)

@@ -7,6 +7,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -133,3 +134,18 @@ class RecordValidationIds(L.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         (self.output_dir / "val_ids.json").write_text(json.dumps(self.passes))
+
+
+class RecordTrial(L.Callback):
+    """Writes the GPUs a run may use (CUDA_VISIBLE_DEVICES) and when its training started and
+    ended to `<output_dir>/trial.json`."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir, self.record = Path(output_dir), {}
+
+    def on_fit_start(self, trainer, pl_module):
+        self.record = {"gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": time.time()}
+
+    def on_fit_end(self, trainer, pl_module):
+        self.record["end"] = time.time()
+        (self.output_dir / "trial.json").write_text(json.dumps(self.record))

@@ -61,15 +61,17 @@ def test_a_slurm_jobs_tasks_and_its_requeued_self_share_one_folder(tmp_path, mon
 
 
 def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
-    """fg_iou_thresh=0.4 is below bg_iou_thresh=0.5: refused at start-up, in its run only."""
+    """LR 100 explodes (held finite by gradient clipping, stopped by the divergence rule); LR
+    0.02 trains."""
+    grid = ["-m", "module.optimizer.lr=100,0.02", "callbacks.divergence.window=2"]
     try:
-        run("train.py", "-m", "model.roi_heads.fg_iou_thresh=0.4,0.5", *TINY, log_dir=tmp_path)
+        run("train.py", *grid, "trainer.max_epochs=2", *TINY, log_dir=tmp_path)
     except AssertionError as error:
         printed = str(error)
     assert "train.py failed (1)" in printed  # the sweep's status says that a run failed
     assert "1 of 2 runs failed" in printed
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     table = (sweep / "summary.md").read_text()
-    assert "| 1 | ok | 0.5 |" in table
-    assert "| 0 | failed | 0.4 |" in table and "fg_iou_thresh=0.4 < " in table
+    assert "| 1 | ok | 0.02 |" in table
+    assert "| 0 | failed | 100 |" in table and "The training loss exploded" in table
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()

@@ -1,5 +1,6 @@
 """Every config option composes and instantiates."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,36 @@ def test_a_model_for_another_number_of_classes_than_the_data_is_refused(tmp_path
     cfg = composed(tmp_path, "model.num_classes=5", "data.num_workers=0", "device=cpu")
     with pytest.raises(ValueError, match=r"model.num_classes=5, but the data has 6 classes"):
         build(cfg)
+
+
+def test_the_slurm_launcher_asks_for_one_task_per_gpu_and_a_signal_before_the_limit(
+    tmp_path, monkeypatch
+):
+    """`hydra/launcher=slurm`: the sbatch file that submitit writes for a trial of 4 GPUs
+    (made as hydra-submitit-launcher makes it, without a cluster: an `srun` that is never run
+    only passes submitit's check for one)."""
+    import submitit
+    from omegaconf import OmegaConf
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    cfg = composed(
+        tmp_path, "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+        "hydra.launcher.gpus_per_node=4", "device=ddp", "trainer.devices=4",
+    )  # fmt: skip
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params.pop("_target_").endswith("SlurmLauncher")
+    executor = submitit.AutoExecutor(
+        folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
+    params.pop("submitit_folder")
+    base = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes",
+            "name", "stderr_to_stdout"}  # fmt: skip
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    sbatch = executor._executor._make_submission_file_text("python -m train", "uid")
+    for line in ["--partition=gpu", "--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1",
+                 "--cpus-per-task=8", "--time=1440", "--signal=USR2@120"]:  # fmt: skip
+        assert f"#SBATCH {line}\n" in sbatch, (line, sbatch)
+    assert executor._executor.max_num_timeout == 10

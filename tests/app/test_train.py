@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,8 +217,8 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
       folder (and asks scontrol, absent here, to requeue the job);
     - SIGTERM: last.ckpt at the step it stopped at, the summary so far, the command that
       resumes, exit status 143;
-    - the job's next run (the same command and job id) goes on from the hpc checkpoint, in the
-      same folder."""
+    - the job's next run (the same command and job id) goes on in the same folder from the
+      newer of the two, last.ckpt."""
     log_dir = tmp_path / "logs"
     process = training_process(tmp_path, log_dir, SLURM)
     run_dir = log_dir / "train" / "runs" / "slurm-4242"
@@ -248,7 +249,7 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
         events = EventAccumulator(str(path)).Reload()
         if "train/loss_step" in events.Tags()["scalars"]:
             steps += [e.step for e in events.Scalars("train/loss_step")]
-    assert steps and min(steps) == hpc["global_step"]
+    assert steps and min(steps) == saved["global_step"]
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1
 
@@ -270,6 +271,33 @@ def test_sigterm_under_ddp_stops_both_processes_at_one_step(tmp_path):
     while left := subprocess.run(["pgrep", "-f", str(log_dir)], capture_output=True).stdout:
         assert time.monotonic() < deadline, left  # rank 1 exits too
         time.sleep(0.2)
+
+
+def test_two_nodes_through_torchrun_train_one_run_in_one_folder(tmp_path):
+    """`torchrun --nnodes 2 ... --rdzv-id <job>` on each node (here both on this machine, gloo,
+    started two seconds apart): one run, `runs/torchrun-<job>/`, written by the first node."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    nodes, port = [], 29400 + os.getpid() % 500
+    for node in range(2):
+        launch = ["--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--rdzv-id=job7",
+                  "--master-addr=127.0.0.1", f"--master-port={port}"]  # fmt: skip
+        overrides = [f"paths.log_dir={tmp_path / 'logs'}", *TINY, "trainer.max_epochs=1",
+                     "device=ddp", "trainer.accelerator=cpu", "trainer.devices=1",
+                     "trainer.num_nodes=2"]  # fmt: skip
+        nodes.append(subprocess.Popen(
+            [str(torchrun), *launch, str(ROOT / "train.py"), *overrides], cwd=tmp_path, env=env,
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        time.sleep(2)
+    printed = [node.communicate(timeout=120)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], printed[0][-2000:] + printed[1][-2000:]
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert run_dir.name == "torchrun-job7"
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2  # 16 images, 2 processes of batch 4
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"]["val/images"] == 8
 
 
 def validation_passes(tmp_path, *overrides) -> list:

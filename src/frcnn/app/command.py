@@ -22,10 +22,11 @@ import re
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import OmegaConf
+from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from omegaconf import OmegaConf, read_write
 
 import frcnn
 
@@ -40,16 +41,22 @@ def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
     - resumed from `ckpt_path`, a checkpoint in `<run>/checkpoints/`: that `<run>`;
     - in a SLURM job: `.../runs/slurm-<job id>[.<step id>]`, the same for every task of the job
       (the processes of a multi-node run, started seconds apart) and after SLURM requeues it
-      (Lightning then resumes from the `hpc_ckpt_*.ckpt` that it saved there on SIGUSR1)."""
+      (the run then goes on from the checkpoint it finds there: app.train);
+    - under torchrun with a `--rdzv-id`: `.../runs/torchrun-<id>`, the same on every node."""
     if task_name != "train":
         return new
     if ckpt_path and (run_of(ckpt_path) / ".hydra" / "config.yaml").is_file():
         return str(run_of(ckpt_path))
+    if ckpt_path:
+        return new
     job = os.environ.get("SLURM_JOB_ID")
-    if job and not ckpt_path and SLURMEnvironment.detect():  # not an interactive shell
+    if job and SLURMEnvironment.detect():  # not an interactive shell
         step = os.environ.get("SLURM_STEP_ID")
         name = f"slurm-{job}" + (f".{step}" if step and step.isdigit() else "")
         return str(Path(new).parent / name)
+    torchrun = os.environ.get("TORCHELASTIC_RUN_ID", "none")  # torchrun's --rdzv-id
+    if torchrun != "none" and TorchElasticEnvironment.detect():
+        return str(Path(new).parent / f"torchrun-{torchrun}")
     return new
 
 
@@ -75,17 +82,43 @@ def command(task_function=None, *, checkpoint_data: bool = False):
 
     @functools.wraps(task_function)
     def run(cfg):
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        argv, environ = sys.argv, dict(os.environ)
         try:
+            if multirun:
+                as_single_run()
             return task_function(cfg)
         except Exception as error:
             reason = deliberate(error)
-            multirun = HydraConfig.get().mode == RunMode.MULTIRUN
             if reason is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             log.error("%s: %s\n(HYDRA_FULL_ERROR=1 shows the traceback)", cfg.task_name, reason)
             sys.exit(1)
+        finally:
+            if multirun:  # the next run starts as this one did
+                sys.argv = argv
+                if dist.is_available() and dist.is_initialized():
+                    dist.destroy_process_group()
+                # Lightning's DDP launcher sets LOCAL_RANK, MASTER_PORT, ... in this process
+                os.environ.clear()
+                os.environ.update(environ)
 
     return run
+
+
+def as_single_run() -> None:
+    """One run of a multirun, as the command line and run folder that Lightning gives the other
+    processes of a DDP run (it starts them with this process's `sys.argv` and
+    `hydra.run.dir`): this run's own overrides in RUN mode, in this run's folder. (Else each
+    would start the whole sweep again, in new folders.)"""
+    hydra = HydraConfig.get()
+    config_flags = []
+    for flag, value in zip(sys.argv, sys.argv[1:], strict=False):
+        if flag in ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"):
+            config_flags += [flag, value]
+    sys.argv = [sys.argv[0], *config_flags, *hydra.overrides.task, "hydra.mode=RUN"]
+    with read_write(hydra.run):
+        hydra.run.dir = hydra.runtime.output_dir
 
 
 def deliberate(error: BaseException) -> str | None:

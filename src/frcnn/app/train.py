@@ -5,6 +5,7 @@ import shlex
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -22,9 +23,12 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float | None:
     """Fit the model; return the value of `cfg.optimized_metric` (for sweepers)."""
     datamodule, module, trainer = build(cfg)
+    own = None if cfg.get("ckpt_path") else latest_own_checkpoint(output_dir())
+    if own:
+        cfg.ckpt_path = str(own)  # a requeued job, a trial run again: it goes on
     if cfg.get("ckpt_path"):
         check_resumable(module.model, load_checkpoint(cfg.ckpt_path), cfg)
-        if run_of(cfg.ckpt_path) == output_dir():
+        if own or run_of(cfg.ckpt_path) == output_dir():
             # its run folder (conf/hydra: run_dir): the checkpoints there are this run's own
             warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
             verb = "Resuming in"
@@ -39,6 +43,16 @@ def train(cfg: DictConfig) -> float | None:
     except SIGTERMException:
         stopped(trainer, cfg)
     return finish(trainer, cfg, validate_best(trainer, module, datamodule))
+
+
+def latest_own_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run folder already holds, to go on from: the newer of
+    `checkpoints/last.ckpt` (written at every validation and on SIGTERM) and Lightning's
+    `hpc_ckpt_<n>.ckpt` (SLURM's requeue signal). A run finds one when its folder is not new:
+    a SLURM job requeued into `runs/slurm-<job id>`, a sweep trial run again in its folder."""
+    found = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    found = [path for path in found if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime_ns) if found else None
 
 
 def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:

@@ -29,6 +29,7 @@ import pytest
 import torch
 import torchvision
 
+from frcnn.sweep import TRIAL_GPUS
 from tests.app.helpers import ROOT, SMALL_MODEL, run_script
 from tests.data.conftest import hub_row, jpeg_bytes, write_hub_parquet
 
@@ -51,6 +52,11 @@ SIZE = {
         "trainer.val_check_interval=2",
         *SMALL_MODEL,
     ],
+}
+# fewer runs for a ready-made search (hparams_search=...), and how many that leaves
+SWEEP_SIZE = {
+    "nms_iou": (["model.rpn.nms_thresh=0.7"], 4),  # one value of 3 (the command line's wins)
+    "nms_iou_optuna": (["hydra.sweeper.n_trials=2"], 2),
 }
 # the README's offline forms, in this workspace (`{ws}`)
 LOCAL = {
@@ -184,6 +190,9 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
         extra += [o.format(ws=ws) for o in LOCAL["hub"] if o.split("=")[0] not in given]
     if hub or folder:
         extra += [o.format(ws=ws) for o in LOCAL["imagenet"]]
+    search = next((a.split("=")[1] for a in filled if a.startswith("hparams_search=")), None)
+    if search:
+        extra += SWEEP_SIZE[search][0]
     if "device=ddp" in filled:
         extra += ["trainer.accelerator=cpu", "trainer.devices=2"]  # the README's CPU form
     elif not any(a.startswith("device=") for a in filled):
@@ -254,10 +263,15 @@ RECORD_IDS = [
     "+callbacks.ids._target_=tests.app.helpers.RecordImageIds",
     "+callbacks.ids.output_dir=${paths.output_dir}",
 ]
+# and to trials side by side: the GPUs each may use, when it trained
+RECORD_TRIAL = [
+    "+callbacks.trial._target_=tests.app.helpers.RecordTrial",
+    "+callbacks.trial.output_dir=${paths.output_dir}",
+]
 
 
 @pytest.mark.parametrize("section, line", COMMANDS, ids=[line[7:60] for _, line in COMMANDS])
-def test_readme_command(section, line, workspace, coco400_run):
+def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
     run, _ = coco400_run
     script = shlex.split(line)[2]
     if "module.compile=" in line and not torch.cuda.is_available():
@@ -265,14 +279,27 @@ def test_readme_command(section, line, workspace, coco400_run):
             "a GPU speed switch: compiling takes minutes on a CPU (the compile path is "
             "tested with the eager backend in test_checkpoints)"
         )
+    if "hydra/launcher=slurm" in line:
+        pytest.skip("needs a SLURM cluster (its sbatch file is checked in test_configs)")
     ddp = "device=ddp" in line  # starts processes of its own
-    before = set((workspace / "logs").glob("*/*/*"))
-    result = run_line(line, workspace, run, *(RECORD_IDS if ddp else ()), separate=ddp)
-    assert DONE[script] in output(result), output(result)[-3000:]
-    made = set((workspace / "logs").glob("*/*/*")) - before  # new run or sweep folders
+    side_by_side = "hydra/launcher=local_gpus" in line
+    if side_by_side:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # what the trials share here
+        monkeypatch.delenv(TRIAL_GPUS, raising=False)
+    observers = RECORD_IDS if ddp else RECORD_TRIAL if side_by_side else []
+    before = set((workspace / "logs").glob("*/*runs/*"))
+    result = run_line(line, workspace, run, *observers, separate=ddp)
+    made = set((workspace / "logs").glob("*/*runs/*")) - before  # new run or sweep folders
+    printed = output(result)
+    if side_by_side:  # and what each trial's process printed
+        (sweep,) = made
+        printed += "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
+    assert DONE[script] in printed, printed[-3000:]
     if " -m " in line or "hparams_search=" in line:
         (sweep,) = made
         check_sweep(line, sweep, output(result))
+    if side_by_side:
+        check_side_by_side(sweep)
     if ddp:
         (run,) = made
         check_ddp(run, output(result), workspace)
@@ -281,10 +308,19 @@ def test_readme_command(section, line, workspace, coco400_run):
 def check_sweep(line: str, sweep: Path, printed: str) -> None:
     """One summary row per run of the grid, every run finished."""
     grids = [a.split("=", 1)[1].split(",") for a in shlex.split(line) if "," in a]
-    runs = 12 if "hparams_search=nms_iou" in line else len(list(itertools.product(*grids)))
+    search = re.search(r"hparams_search=(\w+)", line)
+    runs = SWEEP_SIZE[search.group(1)][1] if search else len(list(itertools.product(*grids)))
     assert f"Sweep summary ({runs} runs" in printed
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == runs and {row["status"] for row in rows} == {"ok"}
+
+
+def check_side_by_side(sweep: Path) -> None:
+    """Two trials at once, each in its own process with its own GPU."""
+    trials = [json.loads((sweep / str(n) / "trial.json").read_text()) for n in range(2)]
+    assert [t["gpus"] for t in trials] == ["0", "1"]
+    assert max(t["start"] for t in trials) < min(t["end"] for t in trials)
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
 
 
 def check_ddp(run: Path, printed: str, ws: Path) -> None:

@@ -3,7 +3,7 @@
     uv run python bench/detector.py [--device cpu|cuda] [--sizes 400 416] [--batch-size 2]
         [--precision 32|16-mixed|bf16-mixed] [--channels-last] [--compile] [--reps 5]
     uv run python bench/detector.py --breakdown      # time per stage of our detector
-    uv run python bench/detector.py --syncs          # ops that make the host wait, both
+    uv run python bench/detector.py --counts         # ops, NMS calls, host waits, fp32 bytes
     uv run python bench/detector.py --memory         # peak memory at batch 2/8/16, both
     uv run python bench/detector.py --profile        # top kernels of a train step, both
 
@@ -31,6 +31,7 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from frcnn import boxes as frcnn_boxes
 from frcnn.model import from_torchvision
 
 
@@ -159,13 +160,18 @@ def proposals_per_image(model, images) -> float:
     return counts[0].float().mean().item()
 
 
-class WouldSync(TorchDispatchMode):
-    """Counts the ops of a pass that make a CUDA host wait for the device.
+class StepCounts(TorchDispatchMode):
+    """What a pass costs besides arithmetic, counted op by op below autograd (forward and
+    backward), on any device:
 
-    Those whose output size depends on data (nonzero, boolean-mask indexing, NMS, ...) and
-    reads of a value (`.item()`, `if tensor:`). Works on any device, so the two detectors can
-    be compared on a CPU too; host-device copies are invisible there (`set_sync_debug_mode`
-    on a GPU sees those as well).
+    - `ops`: aten ops dispatched, views left out (they launch no kernel);
+    - `nms`: NMS kernel calls;
+    - `waits`: ops that make a CUDA host wait for the device: those whose output size depends
+      on data (nonzero, boolean-mask indexing, NMS, unique, ...) and reads of a value
+      (`.item()`, `if tensor:`); host-device copies are invisible here (on a GPU,
+      `set_sync_debug_mode` sees those too);
+    - `bytes`: bytes of the floating-point tensors the forward pass makes (the optimiser's
+      too), by dtype: under autocast, how much stays in float32.
     """
 
     SIZE_FROM_DATA = {
@@ -182,38 +188,73 @@ class WouldSync(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.counts = Counter()
+        self.ops, self.nms, self.waits, self.bytes = 0, 0, Counter(), Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         name = func._schema.name.split("::")[-1]
+        self.ops += not func.is_view
+        self.nms += name == "nms"
         # index / index_put_ with a boolean mask run a nonzero inside
         indices = args[1] if name.startswith("index") and len(args) > 1 else ()
         if name in self.SIZE_FROM_DATA:
-            self.counts[name] += 1
+            self.waits[name] += 1
         elif isinstance(indices, list | tuple) and any(
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices
         ):
-            self.counts[f"{name} (bool mask)"] += 1
-        return func(*args, **(kwargs or {}))
+            self.waits[f"{name} (bool mask)"] += 1
+        forward = torch._C._current_graph_task_id() == -1  # not inside backward()
+        if forward and not func.is_view:
+            for tensor in out if isinstance(out, list | tuple) else [out]:
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    self.bytes[tensor.dtype] += tensor.numel() * tensor.element_size()
+        return out
 
 
-def count_syncs(args, size, device):
-    """Ops that would synchronise, in one train step and one inference, for both detectors."""
+@contextlib.contextmanager
+def cuda_branches():
+    """torchvision's `batched_nms` as it runs on CUDA: one `nms` per group above 20,000
+    coordinates (4,000 on a CPU), so that a CPU counts the calls a GPU makes."""
+    from torchvision.ops import boxes as box_ops
+
+    original = box_ops.batched_nms
+
+    def batched_nms(boxes, scores, idxs, iou_threshold):
+        if boxes.numel() > 20_000:
+            return box_ops._batched_nms_vanilla(boxes, scores, idxs, iou_threshold)
+        return box_ops._batched_nms_coordinate_trick(boxes, scores, idxs, iou_threshold)
+
+    box_ops.batched_nms = batched_nms
+    frcnn_boxes.batched_nms, ours = batched_nms, frcnn_boxes.batched_nms
+    try:
+        yield
+    finally:
+        box_ops.batched_nms, frcnn_boxes.batched_nms = original, ours
+
+
+def count_step(args, size, device):
+    """`StepCounts` of one train step (forward + backward) and one inference, both detectors,
+    on the code paths CUDA takes."""
     ours, tv = build_pair(size, device)
     images, targets = synthetic_batch(args.batch_size, size, device)
-    cuda = device.type == "cuda"
-    print(f"\nOps that make the host wait, {size} px, batch {args.batch_size}")
-    print("| detector | pass | ops that wait | which |" + (" CUDA syncs |" if cuda else ""))
-    print("| --- | --- | --- | --- |" + (" --- |" if cuda else ""))
+    low = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(args.precision)
+    print(f"\nCounts, {size} px, batch {args.batch_size}, precision {args.precision}")
+    print("| detector | pass | aten ops | NMS calls | host waits | which | float32 MB | "
+          "low-precision MB |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
         train_step, infer = make_steps(model, is_tv, images, targets, device, args.precision, False)
         for kind, fn in (("train step", train_step), ("inference", infer)):
-            fn()  # warm-up (caches)
-            with WouldSync() as mode:
-                fn()
-            ops = ", ".join(f"{op} {n}" for op, n in mode.counts.most_common())
-            row = f"| {name} | {kind} | {mode.counts.total()} | {ops} |"
-            print(row + (f" {cuda_syncs(fn)} |" if cuda else ""))
+            with cuda_branches():
+                fn()  # warm-up (caches)
+                with StepCounts() as mode:
+                    fn()
+            waits = ", ".join(f"{op} {n}" for op, n in mode.waits.most_common())
+            fp32, half = mode.bytes[torch.float32] / 2**20, mode.bytes[low] / 2**20 if low else 0
+            print(
+                f"| {name} | {kind} | {mode.ops} | {mode.nms} | {mode.waits.total()} | {waits} "
+                f"| {fp32:.0f} | {half:.0f} |"
+            )
 
 
 def profile(args, size, device):
@@ -329,7 +370,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--breakdown", action="store_true")
-    parser.add_argument("--syncs", action="store_true", help="count ops that sync, both models")
+    parser.add_argument(
+        "--counts", action="store_true", help="ops, NMS calls, host waits, activation bytes"
+    )
     parser.add_argument("--memory", action="store_true", help="peak memory per batch size")
     parser.add_argument("--profile", action="store_true", help="top kernels of a train step")
     parser.add_argument("--memory-batch-sizes", type=int, nargs="+", default=[2, 8, 16])
@@ -341,7 +384,7 @@ def main():
     )
     measures = {
         breakdown: args.breakdown,
-        count_syncs: args.syncs,
+        count_step: args.counts,
         peak_memory: args.memory,
         profile: args.profile,
     }

@@ -55,7 +55,8 @@ SIZE = {
 }
 # fewer runs for a ready-made search (hparams_search=...), and how many that leaves
 SWEEP_SIZE = {
-    "nms_iou": (["model.rpn.nms_thresh=0.7"], 4),  # one value of 3 (the command line's wins)
+    # one value of the 3x2x2 grid's first and last (the command line's wins): 1x2x1 runs
+    "nms_iou": (["model.rpn.nms_thresh=0.7", "model.roi_heads.bg_iou_thresh=0.5"], 2),
     "nms_iou_optuna": (["hydra.sweeper.n_trials=2"], 2),
 }
 # the README's offline forms, in this workspace (`{ws}`)
@@ -364,10 +365,16 @@ def test_every_section_of_the_readme_that_shows_commands_is_run():
     assert expected <= sections
 
 
-def test_ddp_on_a_coco_folder_evaluates_every_image_once(workspace):
-    """3 validation images over 2 processes: 2 + 1, not 2 + 2 with one image twice (what
+def test_a_ddp_sweep_on_a_coco_folder_runs_each_run_in_its_folder_on_every_image_once(
+    workspace,
+):
+    """`-m ... device=ddp` over a COCO folder: Lightning starts each run's second process with
+    that run's own overrides in its folder (not the whole sweep again, in new folders), and the
+    3 validation images go 2 + 1 over the processes, not 2 + 2 with one image twice (what
     Lightning's DistributedSampler does to even them out)."""
     args = [
+        "-m",
+        "model.rpn.nms_thresh=0.6,0.7",
         "data=coco_files",
         "data.num_classes=3",
         "data.image_size=64",
@@ -381,8 +388,12 @@ def test_ddp_on_a_coco_folder_evaluates_every_image_once(workspace):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
     ]
-    before = set((workspace / "logs" / "train" / "runs").glob("*"))
+    before = set((workspace / "logs" / "train").glob("*/*"))
     run_script(workspace / "train.py", args, workspace, separate_process=True)
-    (run,) = set((workspace / "logs" / "train" / "runs").glob("*")) - before
-    final = json.loads((run / "metrics.json").read_text())["metrics"]
-    assert final["val/images"] == 3
+    (sweep,) = set((workspace / "logs" / "train").glob("*/*")) - before  # no run folders
+    assert sweep.parent.name == "multiruns"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for run in (sweep / "0", sweep / "1"):
+        assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran here
+        final = json.loads((run / "metrics.json").read_text())["metrics"]
+        assert final["val/images"] == 3

@@ -93,18 +93,3 @@ def test_the_same_optuna_search_again_continues_its_study_and_records_a_failed_t
     )
     states = [trial.state for trial in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
-
-
-def test_a_sweep_of_ddp_runs_gives_each_run_its_folder(tmp_path):
-    """`-m ... device=ddp`: Lightning starts each run's second process with this run's own
-    overrides in its folder (not the whole sweep again, in new folders)."""
-    ddp = ["device=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    grid = ["-m", "model.rpn.nms_thresh=0.6,0.7", *TINY, "trainer.max_epochs=1", *ddp]
-    run("train.py", *grid, log_dir=tmp_path, separate_process=True)
-    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["multiruns"]
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
-    assert [r["status"] for r in summarise(sweep)] == ["ok", "ok"]
-    for n in range(2):
-        assert (sweep / str(n) / "checkpoints" / "last.ckpt").is_file()
-        assert (sweep / str(n) / "train_ddp_process_1.log").is_file()  # rank 1 ran here
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]

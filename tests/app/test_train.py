@@ -243,7 +243,7 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
     epochs = saved["epoch"] + 2
     run("train.py", f"trainer.max_epochs={epochs}", *TINY, log_dir=log_dir)
     assert run_dirs(log_dir) == [run_dir]
-    # the steps this process logged (its event files end in .<pid>.<n>) start at the hpc step
+    # the steps this process logged (its event files end in .<pid>.<n>) start at last.ckpt's
     steps = []
     for path in (run_dir / "tensorboard").glob(f"events.*.{os.getpid()}.*"):
         events = EventAccumulator(str(path)).Reload()

@@ -31,7 +31,6 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn import boxes as frcnn_boxes
 from frcnn.model import from_torchvision
 
 
@@ -214,7 +213,8 @@ class StepCounts(TorchDispatchMode):
 @contextlib.contextmanager
 def cuda_branches():
     """torchvision's `batched_nms` as it runs on CUDA: one `nms` per group above 20,000
-    coordinates (4,000 on a CPU), so that a CPU counts the calls a GPU makes."""
+    coordinates (4,000 on a CPU), so that a CPU counts the calls a GPU makes. (This project's
+    NMS takes no such branch: `model.nms_calls`.)"""
     from torchvision.ops import boxes as box_ops
 
     original = box_ops.batched_nms
@@ -225,11 +225,10 @@ def cuda_branches():
         return box_ops._batched_nms_coordinate_trick(boxes, scores, idxs, iou_threshold)
 
     box_ops.batched_nms = batched_nms
-    frcnn_boxes.batched_nms, ours = batched_nms, frcnn_boxes.batched_nms
     try:
         yield
     finally:
-        box_ops.batched_nms, frcnn_boxes.batched_nms = original, ours
+        box_ops.batched_nms = original
 
 
 def count_step(args, size, device):

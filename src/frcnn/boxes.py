@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 # exp() of a larger log-scale would blow a box past any image: cap it (torchvision's value)
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -127,24 +127,40 @@ class NMSInRows(torch.autograd.Function):
     independent; a negative score marks a box that takes no part (neither kept nor
     suppressing). Returns the kept boxes as (K, 3) int64 rows (row, 0, column).
 
-    In PyTorch this is torchvision's `batched_nms`; exported to ONNX (`symbolic`) it is the
-    `NonMaxSuppression` operator with the rows as its batch, so the graph needs nothing else.
+    In PyTorch: the rows' boxes shifted apart by more than any box (what torchvision's
+    `batched_nms` does below its size threshold) and `calls` torchvision `nms` calls, on
+    `calls` equal groups of consecutive rows (1: the whole batch; the batch size: one per
+    image). Exported to ONNX (`symbolic`) it is the `NonMaxSuppression` operator with the
+    rows as its batch, so the graph needs nothing else.
     """
 
     @staticmethod
-    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thresh: float) -> Tensor:
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thresh: float, calls: int) -> Tensor:
+        rows = scores.shape[0]
         row, column = (scores[:, 0] >= 0).nonzero(as_tuple=True)
-        # float64: batched_nms offsets each row's boxes by row * (max coordinate + 1); in
-        # float32 that rounds coordinates (to 1/16 px at 16 images x 80 classes), so an image's
-        # detections would depend on its place in the batch
-        keep = batched_nms(
-            boxes[row, column].double(), scores[row, 0, column].double(), row, iou_thresh
-        )
+        if row.numel() == 0:  # known on the host after nonzero
+            return torch.zeros(0, 3, dtype=torch.int64, device=scores.device)
+        # float64: rows lie (max coordinate + 1) apart; in float32 that rounds coordinates (to
+        # 1/16 px at 16 images x 80 classes), so an image's detections would depend on its
+        # place in the batch
+        picked = boxes[row, column].double()
+        shifted = picked + (row.double() * (picked.max() + 1))[:, None]
+        picked_scores = scores[row, 0, column].double()
+        if calls == 1:
+            keep = nms(shifted, picked_scores, iou_thresh)
+        else:  # nonzero lists the rows in order: each call's boxes are a contiguous run
+            counts = torch.bincount(row // (rows // calls), minlength=calls).tolist()
+            keep, start = [], 0
+            for count in counts:
+                run = slice(start, start + count)
+                keep.append(nms(shifted[run], picked_scores[run], iou_thresh) + start)
+                start += count
+            keep = torch.cat(keep)
         row, column = row[keep], column[keep]
         return torch.stack([row, torch.zeros_like(row), column], dim=1)
 
     @staticmethod
-    def symbolic(g, boxes, scores, iou_thresh: float):
+    def symbolic(g, boxes, scores, iou_thresh: float, calls: int):
         def constant(value, dtype):
             return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
 
@@ -161,15 +177,28 @@ class NMSInRows(torch.autograd.Function):
         )
 
 
-def nms_in_rows(boxes: Tensor, scores: Tensor, candidate: Tensor, iou_thresh: float) -> Tensor:
+NMS_CALLS = ("image", "batch")
+
+
+def nms_in_rows(
+    boxes: Tensor,
+    scores: Tensor,
+    candidate: Tensor,
+    iou_thresh: float,
+    images: int = 1,
+    calls: str = "image",
+) -> Tensor:
     """Greedy NMS within each row: (R, N, 4) boxes, (R, N) scores in [0, 1], (R, N) bool
     candidates -> (R, N) bool, True where a candidate survives.
 
-    A row is one image and one class (or one FPN level): boxes suppress each other only within
-    their row, and boxes that are no candidates take no part.
+    A row is one image and one class (or one FPN level), the rows of an image consecutive, R =
+    `images` x rows per image: boxes suppress each other only within their row, and boxes that
+    are no candidates take no part. `calls`: one NMS kernel call per image (a host wait each
+    on a GPU, small N^2 masks) or one for the batch (one wait, one (R*N)^2 mask): what is
+    faster depends on the GPU; the kept boxes are the same.
     """
     masked = torch.where(candidate, scores, -1.0)
-    kept = NMSInRows.apply(boxes, masked[:, None], iou_thresh)
+    kept = NMSInRows.apply(boxes, masked[:, None], iou_thresh, images if calls == "image" else 1)
     survivors = torch.zeros_like(candidate)
     return survivors.index_put((kept[:, 0], kept[:, 2]), torch.ones_like(kept[:, 0]).bool())
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from frcnn.boxes import to_original_pixels
+from frcnn.checks import check_number
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 
@@ -56,6 +57,8 @@ class DetectorModule(L.LightningModule):
         compile: `torch.compile` the backbone and FPN (the fixed-shape part of the model), in
             place, so that checkpoints keep the keys of an uncompiled model. True uses the
             default backend (inductor); a string names another (e.g. "cudagraphs").
+        finite_check_every: how often (steps) the host reads whether a training loss has been
+            non-finite, which stops the run; also before every validation and checkpoint.
     """
 
     def __init__(
@@ -68,8 +71,12 @@ class DetectorModule(L.LightningModule):
         per_class_map: bool = False,
         channels_last: bool = False,
         compile: bool | str = False,
+        finite_check_every: int = 50,
     ):
         super().__init__()
+        check_number("module.finite_check_every", finite_check_every, 1, integer=True)
+        self.finite_check_every = finite_check_every
+        self._first_non_finite = None
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -125,16 +132,43 @@ class DetectorModule(L.LightningModule):
 
     def on_validation_start(self) -> None:
         self._last_batch_start = None  # the pause for validation is not a training step
+        self.check_finite()  # not a diverged model's figures
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # one host sync per step: a non-finite loss must stop the run before it is checkpointed
-        if not torch.isfinite(outputs["loss"]):
-            bad = [k for k, v in outputs["losses"].items() if not torch.isfinite(v)]
-            raise FloatingPointError(
-                f"Non-finite loss at step {self.global_step} (epoch {self.current_epoch}, batch "
-                f"{batch_idx}): {', '.join(bad) or 'loss'}. Training stopped; the last good "
-                "checkpoint is kept. Try a lower learning rate, more warm-up or precision=32."
-            )
+        # noted on the device (no host wait per step); read every `finite_check_every` steps,
+        # before each validation and before each checkpoint: none holds a non-finite model
+        losses = outputs["losses"]
+        finite = torch.stack([torch.isfinite(losses[name]) for name in LOSS_NAMES])
+        first = self._first_non_finite
+        new = first[0] < 0
+        step = torch.full_like(first[:1], self.global_step)
+        self._first_non_finite = torch.where(
+            new & ~finite.all(), torch.cat([step, (~finite).long()]), first
+        )
+        if self.global_step % self.finite_check_every == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise if a training loss has been non-finite since training started (one read)."""
+        if self._first_non_finite is None:  # not training
+            return
+        first = self._first_non_finite.tolist()
+        if first[0] < 0:
+            return
+        bad = [name for name, flag in zip(LOSS_NAMES, first[1:], strict=True) if flag]
+        raise FloatingPointError(
+            f"Non-finite loss at step {first[0]} (epoch {self.current_epoch}): "
+            f"{', '.join(bad)}. Training stopped; the last good checkpoint is kept. Try a lower "
+            "learning rate, more warm-up or precision=32."
+        )
+
+    def on_train_start(self) -> None:
+        # (step, one flag per loss) of the first non-finite loss; step -1: none yet
+        self._first_non_finite = torch.full((1 + len(LOSS_NAMES),), -1, device=self.device)
+
+    def on_train_end(self) -> None:
+        self.check_finite()
+        self._first_non_finite = None
 
     # validation
 
@@ -214,6 +248,7 @@ class DetectorModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # never a non-finite model on disk
         # what a Predictor needs to rebuild the model and name its classes without the data
         checkpoint["config"] = self.run_config
         checkpoint["class_names"] = self.class_names

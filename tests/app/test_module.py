@@ -1,4 +1,5 @@
 import functools
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -21,16 +22,29 @@ def test_no_weight_decay_on_biases_and_norms_and_no_frozen_parameters():
     assert all(p.requires_grad for g in optimizer.param_groups for p in g["params"])
 
 
-def test_a_non_finite_loss_stops_training_naming_step_and_term():
+def test_a_non_finite_loss_stops_training_at_the_next_check_naming_its_step_and_term():
+    """Noted on the device at every step; read every `finite_check_every` steps and before a
+    checkpoint (the read at step 7 here), naming the first non-finite step."""
     m = module()
-    losses = {
-        "rpn_cls": torch.tensor(0.5),
-        "rpn_box": torch.tensor(float("nan")),
-        "roi_cls": torch.tensor(1.0),
-        "roi_box": torch.tensor(0.1),
-    }
-    with pytest.raises(FloatingPointError, match=r"step 0 .*rpn_box"):
-        m.on_train_batch_end({"loss": sum(losses.values()), "losses": losses}, None, 3)
+    m.on_train_start()
+
+    def step(number, rpn_box):
+        losses = dict.fromkeys(("rpn_cls", "roi_cls", "roi_box"), torch.tensor(0.5))
+        losses["rpn_box"] = torch.tensor(rpn_box)
+        with patch.object(DetectorModule, "global_step", number):
+            m.on_train_batch_end({"loss": sum(losses.values()), "losses": losses}, None, 0)
+
+    step(1, 0.1)
+    step(3, float("nan"))  # noted, not read
+    step(5, float("inf"))
+    bad = r"step 3 .*: rpn_box\. Training stopped"
+    with (
+        pytest.raises(FloatingPointError, match=bad),
+        patch.object(DetectorModule, "global_step", 7),
+    ):
+        m.on_save_checkpoint({})
+    with pytest.raises(FloatingPointError, match=r"step 3 "):
+        step(50, 0.1)  # the periodic read
 
 
 def image(box, score, loss):

@@ -79,14 +79,16 @@ def test_pairwise_iou_matches_box_iou_per_image():
         torch.testing.assert_close(iou[i], box_iou(a[i], b[i]))
 
 
-def test_nms_in_rows_equals_torchvision_nms_row_by_row():
+@pytest.mark.parametrize("calls", ["image", "batch"])
+def test_nms_in_rows_equals_torchvision_nms_row_by_row(calls):
+    """3 images of 2 rows: one NMS call per image, or one for the batch."""
     g = torch.Generator().manual_seed(4)
     rows, per_row = 6, 200
     boxes = random_boxes(rows * per_row, generator=g).view(rows, per_row, 4)
     scores = torch.rand(rows, per_row, generator=g)
     candidate = torch.rand(rows, per_row, generator=g) < 0.7
     candidate[2] = False  # a row without candidates keeps nothing
-    kept = nms_in_rows(boxes, scores, candidate, 0.5)
+    kept = nms_in_rows(boxes, scores, candidate, 0.5, images=3, calls=calls)
     assert kept.shape == (rows, per_row) and not kept[2].any()
     assert not (kept & ~candidate).any()
     for r in range(rows):
@@ -107,7 +109,8 @@ def test_top_k_per_image_keeps_the_best_kept_entries_and_pads():
     assert idx.shape == valid.shape == (3, 6) and valid.sum(1).tolist() == [3, 1, 0]
 
 
-def test_an_images_detections_do_not_depend_on_its_place_in_the_batch():
+@pytest.mark.parametrize("calls", ["image", "batch"])
+def test_an_images_detections_do_not_depend_on_its_place_in_the_batch(calls):
     """Batch 16 x 80 classes: NMS shifts the last row's boxes by ~1.7e5 pixels, where float32
     keeps 1/64 px. A box pair whose IoU lies that close to the threshold must be decided as
     it is for the first image."""
@@ -132,7 +135,8 @@ def test_an_images_detections_do_not_depend_on_its_place_in_the_batch():
     for row in (0, num_rows - 1):
         candidate = torch.zeros(num_rows, 2, dtype=torch.bool)
         candidate[row] = True
-        kept.append(nms_in_rows(boxes, scores, candidate, thresh)[row].tolist())
+        survivors = nms_in_rows(boxes, scores, candidate, thresh, images=16, calls=calls)
+        kept.append(survivors[row].tolist())
     assert kept[0] == kept[1] == ([True, False] if exact > thresh else [True, True])
 
 

@@ -5,9 +5,11 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from frcnn.callbacks import Preemption
@@ -93,6 +95,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     check_logging_interval(trainer)
+    if isinstance(trainer.accelerator, CUDAAccelerator):
+        torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     return trainer
 
 

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision import ops
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 FROZEN_CHOICES = ("none", *STAGES)
@@ -32,6 +32,18 @@ def download(weights, key: str) -> dict:
             f"Could not download {weights} ({weights.url}): {err}. Offline, download that file "
             f"elsewhere and set {key}=/path/to/the/file.pth"
         ) from err
+
+
+class FrozenBatchNorm2d(ops.FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (the same buffers and state dict), computed in the
+    input's dtype: under autocast a frozen stage's output stays in low precision (torchvision's
+    multiplies by its float32 buffers, so every C2..C5 activation comes out float32 and the
+    next convolution casts it back). In float32 it computes exactly what torchvision's does."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype)[:, None, None] + bias.to(x.dtype)[:, None, None]
 
 
 def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1e-5) -> nn.Module:

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from frcnn.boxes import NMS_CALLS
 from frcnn.checks import check_number
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.backbone import Backbone
@@ -27,6 +28,8 @@ class FasterRCNN(nn.Module):
         anchors: keyword arguments of `AnchorGenerator` (sizes, aspect_ratios, strides, offset).
         rpn: keyword arguments of `RPN` (counts, thresholds, sampler, box-coder weights).
         roi_heads: keyword arguments of `RoIHeads` (pooling, matcher, sampler, post-processing).
+        nms_calls: "image" (one NMS kernel call per image) or "batch" (one for the batch), in
+            the RPN and in post-processing: the same boxes kept, what a GPU runs faster differs.
 
     `forward(images, targets=None, image_sizes=None)`: images are (B, 3, H, W), uint8 in
     0..255 or float in 0..1; the model normalises them with ImageNet statistics. `image_sizes`
@@ -45,8 +48,11 @@ class FasterRCNN(nn.Module):
         anchors: dict | None = None,
         rpn: dict | None = None,
         roi_heads: dict | None = None,
+        nms_calls: str = "image",
     ):
         super().__init__()
+        if nms_calls not in NMS_CALLS:
+            raise ValueError(f"model.nms_calls={nms_calls!r}: one of {', '.join(NMS_CALLS)}")
         check_number("model.num_classes", num_classes, 1, integer=True)
         check_number("model.fpn_channels", fpn_channels, 1, integer=True)
         self.backbone = Backbone(**(backbone or {}))
@@ -66,13 +72,16 @@ class FasterRCNN(nn.Module):
             )
         rpn, roi_heads = dict(rpn or {}), dict(roi_heads or {})
         rpn_sampling = Sampling.take(rpn, "rpn", RPN_SAMPLING)
-        self.rpn = RPN(fpn_channels, num_anchors[0], sampling=rpn_sampling, **rpn)
+        self.rpn = RPN(
+            fpn_channels, num_anchors[0], sampling=rpn_sampling, nms_calls=nms_calls, **rpn
+        )
         roi_strides = self.anchor_generator.strides[:-1]  # P2..P5; P6 serves the RPN only
         roi_sampling = Sampling.take(roi_heads, "roi_heads", ROI_SAMPLING)
         self.roi_heads = RoIHeads(
             num_classes,
             fpn_channels,
             sampling=roi_sampling,
+            nms_calls=nms_calls,
             **{"strides": roi_strides, **roi_heads},
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False)

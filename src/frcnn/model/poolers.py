@@ -72,7 +72,8 @@ def multiscale_roi_align(
     canonical_size: float = 224,
     canonical_level: int = 4,
 ) -> Tensor:
-    """RoIAlign of every box from its own FPN level, as one weighted gather (float32).
+    """RoIAlign of every box from its own FPN level, as one weighted gather, in the features'
+    dtype.
 
     features: [P_l (B, C, H_l, W_l)], boxes: (R, 4) in input pixels, image_index: (R,) int
     -> (R, C, output_size, output_size).
@@ -109,11 +110,12 @@ def multiscale_roi_align(
         row = image_index.view(per_box) * height.view(per_box) + iy
         cells = first.view(per_box) + row * width.view(per_box) + ix
         weights = wy * wx / sampling_ratio**2
+    # in the features' dtype: under autocast no float32 copy of the whole pyramid
     stacked = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features])
     pooled = F.embedding_bag(
         cells.flatten(3).flatten(0, 2),
-        stacked.float(),
-        per_sample_weights=weights.flatten(3).flatten(0, 2).float(),
+        stacked,
+        per_sample_weights=weights.flatten(3).flatten(0, 2).to(stacked.dtype),
         mode="sum",
     )
     return pooled.view(-1, output_size, output_size, channels).permute(0, 3, 1, 2)

@@ -67,6 +67,7 @@ class RoIHeads(nn.Module):
         smooth_l1_beta: float = 1.0 / 9,
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
+        nms_calls: str = "image",
         detections_per_img: int = 100,
         min_size: float = 1e-2,
     ):
@@ -97,7 +98,7 @@ class RoIHeads(nn.Module):
         self.sampling = sampling
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
+        self.nms_thresh, self.nms_calls = nms_thresh, nms_calls
         self.detections_per_img = detections_per_img
         self.min_size = min_size
 
@@ -227,6 +228,8 @@ class RoIHeads(nn.Module):
             scores.reshape(-1, num_proposals),
             candidate.reshape(-1, num_proposals),
             self.nms_thresh,
+            images=len(proposals.valid),
+            calls=self.nms_calls,
         )
         scores, kept = scores.flatten(1), kept.view_as(scores).flatten(1)  # (B, C * P)
         best, valid = top_k_per_image(scores, kept, self.detections_per_img)

@@ -68,6 +68,7 @@ class RPN(nn.Module):
         post_nms_top_n_train: int = 2000,
         post_nms_top_n_test: int = 1000,
         nms_thresh: float = 0.7,
+        nms_calls: str = "image",
         sampling: Sampling = RPN_SAMPLING,
         min_size: float = 1e-3,
         score_thresh: float = 0.0,
@@ -89,7 +90,7 @@ class RPN(nn.Module):
         self.box_coder = BoxCoder(box_coder_weights)
         self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}
         self.post_nms_top_n = {True: post_nms_top_n_train, False: post_nms_top_n_test}
-        self.nms_thresh = nms_thresh
+        self.nms_thresh, self.nms_calls = nms_thresh, nms_calls
         self.sampling = sampling
         self.min_size = min_size
         self.score_thresh = score_thresh
@@ -170,6 +171,8 @@ class RPN(nn.Module):
             scores.reshape(-1, per_level),
             candidate.reshape(-1, per_level),
             self.nms_thresh,
+            images=len(boxes),
+            calls=self.nms_calls,
         ).view_as(candidate)
         keep, valid = top_k_per_image(scores, kept, self.post_nms_top_n[self.training])
         # padding rows (an image, even a whole batch, may legally have no proposal: a

@@ -138,15 +138,13 @@ class NMSInRows(torch.autograd.Function):
     def forward(ctx, boxes: Tensor, scores: Tensor, iou_thresh: float, calls: int) -> Tensor:
         rows = scores.shape[0]
         row, column = (scores[:, 0] >= 0).nonzero(as_tuple=True)
-        if row.numel() == 0:  # known on the host after nonzero
-            return torch.zeros(0, 3, dtype=torch.int64, device=scores.device)
         # float64: rows lie (max coordinate + 1) apart; in float32 that rounds coordinates (to
         # 1/16 px at 16 images x 80 classes), so an image's detections would depend on its
         # place in the batch
         picked = boxes[row, column].double()
-        shifted = picked + (row.double() * (picked.max() + 1))[:, None]
+        shifted = picked + (row.double() * (boxes.max().double() + 1))[:, None]
         picked_scores = scores[row, 0, column].double()
-        if calls == 1:
+        if calls == 1 or torch.onnx.is_in_onnx_export():  # (the export takes `symbolic`)
             keep = nms(shifted, picked_scores, iou_thresh)
         else:  # nonzero lists the rows in order: each call's boxes are a contiguous run
             counts = torch.bincount(row // (rows // calls), minlength=calls).tolist()

@@ -107,3 +107,30 @@ def test_a_model_whose_rpn_proposes_nothing_detects_nothing():
     with torch.no_grad():
         detections = model(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
     assert [len(d["boxes"]) for d in detections] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "switch", [{"nms_calls": "batch"}, {"roi_heads": {"pooler": "torchvision"}}], ids=str
+)
+def test_the_gpu_speed_switches_compute_the_same_losses_and_detections(switch):
+    """`model.nms_calls=batch` and `model.roi_heads.pooler=torchvision` against the defaults,
+    same weights: what only a GPU can decide must not change the results."""
+    torch.manual_seed(0)
+    default = FasterRCNN(**SMALL)
+    other = dict(SMALL, **switch)
+    if "roi_heads" in switch:
+        other["roi_heads"] = {**SMALL["roi_heads"], **switch["roi_heads"]}
+    switched = FasterRCNN(**other)
+    switched.load_state_dict(default.state_dict())
+    images, targets = batch()
+    results = []
+    for model in (default, switched):
+        torch.manual_seed(1)  # the samplers draw the same boxes
+        losses = model.train()(images, targets)
+        results.append((losses, model.eval()(images)))
+    (losses, detections), (other_losses, other_detections) = results
+    for name in losses:
+        torch.testing.assert_close(other_losses[name], losses[name])
+    for mine, theirs in zip(detections, other_detections, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(theirs[key], mine[key])

@@ -111,7 +111,9 @@ def test_roi_align_never_waits_for_the_device():
     assert not [name for name in names if any(w in name for w in waiting)]
 
 
-def test_roi_align_pools_in_float32_and_takes_no_boxes():
+def test_roi_align_pools_in_the_features_dtype_and_takes_no_boxes():
+    """bfloat16 features (autocast) pool in bfloat16, without a float32 copy of the pyramid:
+    within bfloat16's rounding of the float32 pooling (16 weighted taps a bin)."""
     g = torch.Generator().manual_seed(6)
     feats = [f.bfloat16() for f in features(g)]
     boxes = random_boxes(10, 200, g)
@@ -119,8 +121,8 @@ def test_roi_align_pools_in_float32_and_takes_no_boxes():
     expected = multiscale_roi_align(
         [f.float() for f in feats], boxes, torch.zeros(10, dtype=torch.long), STRIDES, 7, 2
     )
-    assert pooled.dtype == torch.float32
-    torch.testing.assert_close(pooled, expected)
+    assert pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled.float(), expected, rtol=2e-2, atol=2e-2)
     empty = multiscale_roi_align(
         feats, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), STRIDES, 7, 2
     )

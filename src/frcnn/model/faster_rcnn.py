@@ -88,14 +88,17 @@ class FasterRCNN(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False)
 
     def normalize(self, images: Tensor, image_sizes: Tensor | None = None) -> Tensor:
-        """uint8 (0..255) or float (0..1) images -> ImageNet-normalised float32.
+        """uint8 (0..255) or float (0..1) images -> ImageNet-normalised float32, or under
+        autocast in its dtype (the first convolution would cast them to it anyway).
 
         With `image_sizes` (B, 2), everything right of and below each image's content is 0 (the
         mean colour), whatever the padding held: as torchvision pads its normalised batches.
         """
+        kind = images.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
         if images.dtype == torch.uint8:
-            images = images.float() / 255
-        x = (images.float() - self.mean) / self.std
+            images = images.to(dtype) / 255
+        x = (images.to(dtype) - self.mean.to(dtype)) / self.std.to(dtype)
         if image_sizes is None:
             return x
         rows = torch.arange(x.shape[-2], device=x.device)[:, None]

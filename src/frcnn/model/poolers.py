@@ -145,6 +145,13 @@ def roi_align_per_level(
     return pooled
 
 
-def pooler():
-    """The multi-scale RoIAlign to run: the per-level one while exporting to ONNX."""
-    return roi_align_per_level if torch.onnx.is_in_onnx_export() else multiscale_roi_align
+POOLERS = ("own", "torchvision")
+
+
+def pooler(choice: str = "own"):
+    """The multi-scale RoIAlign to run: this module's one gather ("own"), or torchvision's
+    `roi_align` level by level ("torchvision": a host wait per level; its CUDA kernels may be
+    faster, which only a GPU can say); the per-level one while exporting to ONNX."""
+    if choice == "torchvision" or torch.onnx.is_in_onnx_export():
+        return roi_align_per_level
+    return multiscale_roi_align

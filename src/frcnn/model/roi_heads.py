@@ -15,7 +15,7 @@ from frcnn.boxes import (
 )
 from frcnn.checks import check_number
 from frcnn.model.matching import IGNORED, ROI_SAMPLING, Sampling, training_labels
-from frcnn.model.poolers import pooler
+from frcnn.model.poolers import POOLERS, pooler
 from frcnn.model.structures import Detections, GroundTruth, Proposals
 
 
@@ -59,6 +59,7 @@ class RoIHeads(nn.Module):
         strides=(4, 8, 16, 32),
         output_size: int = 7,
         sampling_ratio: int = 2,
+        pooler: str = "own",
         canonical_size: float = 224,
         canonical_level: int = 4,
         representation_size: int = 1024,
@@ -89,6 +90,9 @@ class RoIHeads(nn.Module):
         self.num_classes = num_classes
         self.strides = tuple(strides)
         self.output_size = output_size
+        if pooler not in POOLERS:
+            raise ValueError(f"model.roi_heads.pooler={pooler!r}: one of {', '.join(POOLERS)}")
+        self.pooler = pooler
         self.sampling_ratio = sampling_ratio
         self.canonical_size = canonical_size
         self.canonical_level = canonical_level
@@ -107,7 +111,7 @@ class RoIHeads(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """P2..P5, (R, 4) boxes and their (R,) images -> logits (R, C+1), deltas (R, C+1, 4)."""
         with record_function("frcnn.roi.align"):
-            pooled = pooler()(
+            pooled = pooler(self.pooler)(
                 features,
                 boxes,
                 image_index,

@@ -34,9 +34,9 @@ from torchvision.ops import FrozenBatchNorm2d
 from frcnn.model import from_torchvision
 
 
-def build_pair(size: int, device):
+def build_pair(size: int, device, depth: int = 50):
     torch.manual_seed(0)
-    resnet = torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d)
+    resnet = torchvision.models.get_model(f"resnet{depth}", norm_layer=FrozenBatchNorm2d)
     backbone = _resnet_fpn_extractor(resnet, trainable_layers=1)  # stem..layer3 frozen
     tv = TVFasterRCNN(backbone, num_classes=81, min_size=size, max_size=size)
     ours = from_torchvision(tv)
@@ -241,7 +241,10 @@ def count_step(args, size, device):
     print("| detector | pass | aten ops | NMS calls | host waits | which | float32 MB | "
           "low-precision MB |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
+    variants = [(f"ours, nms_calls={calls}", ours, False, calls) for calls in args.nms_calls]
+    for name, model, is_tv, calls in [*variants, ("torchvision", tv, True, None)]:
+        if calls:
+            model.rpn.nms_calls = model.roi_heads.nms_calls = calls
         train_step, infer = make_steps(model, is_tv, images, targets, device, args.precision, False)
         for kind, fn in (("train step", train_step), ("inference", infer)):
             with cuda_branches():
@@ -375,6 +378,9 @@ def main():
     parser.add_argument("--memory", action="store_true", help="peak memory per batch size")
     parser.add_argument("--profile", action="store_true", help="top kernels of a train step")
     parser.add_argument("--memory-batch-sizes", type=int, nargs="+", default=[2, 8, 16])
+    parser.add_argument(
+        "--nms-calls", nargs="+", default=["image"], choices=["image", "batch"], help="--counts"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     print(

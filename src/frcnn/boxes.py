@@ -150,10 +150,11 @@ class NMSInRows(torch.autograd.Function):
             counts = torch.bincount(row // (rows // calls), minlength=calls).tolist()
             keep, start = [], 0
             for count in counts:
-                run = slice(start, start + count)
-                keep.append(nms(shifted[run], picked_scores[run], iou_thresh) + start)
+                if count:  # an image without candidates: no call
+                    run = slice(start, start + count)
+                    keep.append(nms(shifted[run], picked_scores[run], iou_thresh) + start)
                 start += count
-            keep = torch.cat(keep)
+            keep = torch.cat(keep) if keep else row[:0]
         row, column = row[keep], column[keep]
         return torch.stack([row, torch.zeros_like(row), column], dim=1)
 

@@ -1,0 +1,168 @@
+"""The GPU measurement: train throughput of this detector under each speed switch and of
+torchvision's fasterrcnn_resnet50_fpn, host syncs per step, peak memory, and a whole train.py
+loop; one markdown table.
+
+    bench/gpu.sh                                   # on the GPU machine (installs the wheels)
+    python bench/gpu.py --device cuda --out gpu.md [--size 400] [--batch 16] [--steps 30]
+    python bench/gpu.py --device cpu --size 64 --batch 2 --steps 1 --warmup 0 --depth 18 \\
+        --precisions bf16-mixed --loop-steps 2      # the dry run of the suite (tests/test_bench.py)
+
+Rows: this detector with its defaults (`model.nms_calls=image`, `model.roi_heads.pooler=own`),
+then one switch changed at a time (nms_calls=batch, pooler=torchvision, channels-last, and with
+`--compile` the backbone and FPN compiled), and torchvision's detector with the same weights
+and settings (bench/detector.py: ResNet-50-FPN, stem..layer3 frozen, 81 classes), in
+16-mixed and bf16-mixed. A train step is forward + backward + SGD step on the same synthetic
+batch; img/s over `--steps` steps after `--warmup`; syncs: CUDA's sync debug mode over one
+step; memory: the peak allocated over the timed steps. Then `train.py` itself for
+`--loop-steps` steps on synthetic data at the same size, batch and precision: its logged
+train/images_per_s (data loading, Lightning's loop, logging and all) against the detector-only
+figure of the same setting. Not a test.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).parent))
+from detector import build_pair, cuda_syncs, make_steps, synchronize, synthetic_batch  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+
+
+def variants(ours, compile_: bool):
+    """(name, set-up) of this detector's switches, one changed at a time from its defaults."""
+
+    def switch(nms_calls="image", pooler="own"):
+        ours.rpn.nms_calls = ours.roi_heads.nms_calls = nms_calls
+        ours.roi_heads.pooler = pooler
+
+    yield "ours (defaults)", lambda: switch()
+    yield "ours, nms_calls=batch", lambda: switch(nms_calls="batch")
+    yield "ours, pooler=torchvision", lambda: switch(pooler="torchvision")
+    yield "ours, channels-last", lambda: switch()
+    if compile_:
+        yield "ours, compiled backbone+FPN", lambda: switch()
+
+
+def measure(step, args, device) -> tuple[float, int | None, float | None]:
+    """img/s, host syncs in one step (CUDA), peak memory in GB (CUDA)."""
+    for _ in range(args.warmup):
+        step()
+    syncs = cuda_syncs(step) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize(device)
+    rate = args.batch * args.steps / (time.perf_counter() - start)
+    memory = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
+    return rate, syncs, memory
+
+
+def detector_rows(args, device, precision) -> list[tuple]:
+    rows = []
+    images, targets = synthetic_batch(args.batch, args.size, device)
+    ours, tv = build_pair(args.size, device, args.depth)
+    for name, set_up in variants(ours, args.compile):
+        set_up()
+        model = ours
+        channels_last = name.endswith("channels-last")
+        if channels_last:
+            model = ours.to(memory_format=torch.channels_last)
+        if name.startswith("ours, compiled"):
+            model.backbone.compile(), model.fpn.compile()
+        train_step, _ = make_steps(model, False, images, targets, device, precision, channels_last)
+        rows.append((name, precision, *measure(train_step, args, device)))
+        ours.to(memory_format=torch.contiguous_format)
+    train_step, _ = make_steps(tv, True, images, targets, device, precision, False)
+    rows.append(("torchvision", precision, *measure(train_step, args, device)))
+    return rows
+
+
+def train_loop(args, precision, folder: Path) -> float:
+    """train.py for `--loop-steps` steps on synthetic data: its epoch-mean train/images_per_s."""
+    depth = ["model=resnet50_fpn", "frozen=layer3"] if args.depth == 50 else ["model=resnet18_fpn"]
+    overrides = [
+        *depth,
+        "model.backbone.weights=null",
+        f"precision={precision}",
+        f"device={'gpu' if args.device == 'cuda' else 'cpu'}",
+        f"data.image_size={args.size}",
+        f"data.batch_size={args.batch}",
+        f"data.train.num_images={args.batch * args.loop_steps}",
+        "data.val.num_images=2",
+        f"data.num_workers={args.workers}",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "logger=csv",
+        f"paths.log_dir={folder}",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], check=True, env=env)
+    (metrics,) = folder.glob("train/runs/*/metrics.json")
+    return json.loads(metrics.read_text())["metrics"]["train/images_per_s"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=50, choices=[18, 50])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--precisions", nargs="+", default=["16-mixed", "bf16-mixed"])
+    parser.add_argument("--compile", action="store_true", help="also the compiled variant")
+    parser.add_argument("--loop-steps", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("gpu.md"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # as train.py runs (trainer.benchmark)
+    torch.set_float32_matmul_precision("high")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    lines = [
+        f"{name}; torch {torch.__version__}, torchvision {torchvision.__version__}; "
+        f"{args.size} px, batch {args.batch}, ResNet-{args.depth}-FPN; "
+        f"{time.strftime('%Y-%m-%d')}",
+        "",
+        "| detector | precision | train img/s | x torchvision | host syncs / step | "
+        "peak memory (GB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    detector_only = {}
+    for precision in args.precisions:
+        rows = detector_rows(args, device, precision)
+        reference = rows[-1][2]
+        detector_only[precision] = rows[0][2]
+        for detector, _, rate, syncs, memory in rows:
+            memory = "-" if memory is None else f"{memory:.1f}"
+            lines.append(
+                f"| {detector} | {precision} | {rate:.0f} | {rate / reference:.2f} | "
+                f"{'-' if syncs is None else syncs} | {memory} |"
+            )
+        print("\n".join(lines), flush=True)
+    lines += ["", "| train.py loop | precision | img/s | x detector-only (defaults) |",
+              "| --- | --- | --- | --- |"]  # fmt: skip
+    for precision in args.precisions:
+        folder = args.out.parent / f"loop-{precision}"
+        rate = train_loop(args, precision, folder)
+        lines.append(
+            f"| {args.loop_steps} steps, synthetic | {precision} | {rate:.0f} | "
+            f"{rate / detector_only[precision]:.2f} |"
+        )
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,8 +21,7 @@ figure of the same setting. Not a test.
 
 import argparse
 import json
-import os
-import subprocess
+import runpy
 import sys
 import time
 from pathlib import Path
@@ -106,8 +105,14 @@ def train_loop(args, precision, folder: Path) -> float:
         "logger=csv",
         f"paths.log_dir={folder}",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-    subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], check=True, env=env)
+    argv, sys.argv = sys.argv, [str(ROOT / "train.py"), *overrides]
+    try:  # in this process: the measured loop is train.py's own
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    except SystemExit as end:
+        if end.code:
+            raise
+    finally:
+        sys.argv = argv
     (metrics,) = folder.glob("train/runs/*/metrics.json")
     return json.loads(metrics.read_text())["metrics"]["train/images_per_s"]
 
@@ -127,8 +132,9 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("gpu.md"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True  # as train.py runs (trainer.benchmark)
-    torch.set_float32_matmul_precision("high")
+    if device.type == "cuda":  # as train.py runs there (trainer.benchmark, TF32)
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     lines = [
         f"{name}; torch {torch.__version__}, torchvision {torchvision.__version__}; "

@@ -47,6 +47,15 @@ def run(script: str, *overrides: str, log_dir: Path, separate_process: bool = Fa
     return run_script(ROOT / script, args, ROOT, separate_process)
 
 
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment of a process the tests start (a run that starts processes itself)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # each process would compile torch anew: 6 s
+    # the processes of a DDP run share this machine's cores: one thread each, not two each
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
 def run_script(script: Path, args: list[str], cwd: Path, separate_process: bool = False):
     """Run an entry point as `python <script> <args>` from the working directory `cwd`;
     returns its output (.stdout, .stderr); fails with its output if it exits with an error.
@@ -56,11 +65,10 @@ def run_script(script: Path, args: list[str], cwd: Path, separate_process: bool 
     """
     argv = [str(script), *args]
     if separate_process:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # each process would compile torch anew: 6 s
         result = subprocess.run(
-            [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-        )
+            [sys.executable, *argv], cwd=cwd, env=process_env(), capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
         assert result.returncode == 0, (
             f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )

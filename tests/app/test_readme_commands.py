@@ -287,6 +287,7 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
     if side_by_side:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # what the trials share here
         monkeypatch.delenv(TRIAL_GPUS, raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two trials on two cores: a thread each
     observers = RECORD_IDS if ddp else RECORD_TRIAL if side_by_side else []
     before = set((workspace / "logs").glob("*/*runs/*"))
     result = run_line(line, workspace, run, *observers, separate=ddp)

@@ -15,7 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from frcnn.data import HubCOCO, Transform
-from tests.app.helpers import ROOT, SMALL, TINY, metrics, run, run_dirs
+from tests.app.helpers import ROOT, SMALL, TINY, metrics, process_env, run, run_dirs
 from tests.data.conftest import hub_row, write_hub_parquet
 
 
@@ -188,8 +188,7 @@ def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):
 def training_process(tmp_path, log_dir, extra_env=None, overrides=()):
     """A real train.py process, TINY and long, past its first epoch's checkpoints."""
     command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = process_env(**(extra_env or {}))
     process = subprocess.Popen(
         [*command, *overrides, "trainer.max_epochs=1000"], cwd=tmp_path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -260,8 +259,7 @@ def test_two_nodes_through_torchrun_share_one_folder_and_stop_together_on_sigter
     node's torchrun (what a scheduler sends; it passes it to its worker) stops both nodes'
     workers after the same step, last.ckpt holds it, and nothing is left running."""
     torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = process_env()
     log_dir, nodes, port = tmp_path / "logs", [], 29400 + os.getpid() % 500
     for node in range(2):
         launch = ["--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--rdzv-id=job7",

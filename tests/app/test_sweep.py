@@ -77,10 +77,10 @@ def test_the_same_optuna_search_again_continues_its_study_and_records_a_failed_t
     purpose) continues the stored study, where it is a failed trial; the sampled thresholds
     keep background below foreground."""
     search = ["hparams_search=nms_iou_optuna", *TINY, "trainer.max_epochs=1"]
-    run("train.py", *search, "hydra.sweeper.n_trials=2", log_dir=tmp_path)
+    run("train.py", *search, "hydra.sweeper.n_trials=1", log_dir=tmp_path)
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     rows = summarise(sweep, "val/map_50")
-    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["status"] for r in rows] == ["ok"]
     for row in rows:
         fg, bg = (float(row[f"model.roi_heads.{k}_iou_thresh"]) for k in ("fg", "bg"))
         assert 0.3 <= bg <= fg <= 0.7 and 0.005 <= float(row["module.optimizer.lr"]) <= 0.05
@@ -92,4 +92,4 @@ def test_the_same_optuna_search_again_continues_its_study_and_records_a_failed_t
         study_name="nms_iou", storage=f"sqlite:///{tmp_path / 'train' / 'optuna' / 'nms_iou.db'}"
     )
     states = [trial.state for trial in study.trials]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]

@@ -93,3 +93,13 @@ def test_the_same_optuna_search_again_continues_its_study_and_records_a_failed_t
     )
     states = [trial.state for trial in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
+
+
+def test_sampled_settings_are_shown_to_four_digits_in_the_table_and_whole_in_the_csv(tmp_path):
+    for job, nms in enumerate(["0.649816047538945", "0.7"]):
+        (tmp_path / str(job)).mkdir()
+        write_run_metrics(tmp_path / str(job), [f"model.rpn.nms_thresh={nms}"], {"val/map": 0.3})
+    summarise(tmp_path, "val/map")
+    table = (tmp_path / "summary.md").read_text()
+    assert "| 0 | ok | 0.6498 |" in table and "| 1 | ok | 0.7 |" in table
+    assert "0.649816047538945" in (tmp_path / "summary.csv").read_text()

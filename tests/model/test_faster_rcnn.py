@@ -110,27 +110,35 @@ def test_a_model_whose_rpn_proposes_nothing_detects_nothing():
 
 
 @pytest.mark.parametrize(
-    "switch", [{"nms_calls": "batch"}, {"roi_heads": {"pooler": "torchvision"}}], ids=str
+    "switch",
+    [{"nms_calls": "batch"}, {"roi_heads": {"pooler": "torchvision"}}, "channels_last"],
+    ids=str,
 )
 def test_the_gpu_speed_switches_compute_the_same_losses_and_detections(switch):
-    """`model.nms_calls=batch` and `model.roi_heads.pooler=torchvision` against the defaults,
-    same weights: what only a GPU can decide must not change the results."""
+    """`model.nms_calls=batch`, `model.roi_heads.pooler=torchvision` and channels-last memory
+    (`module.channels_last`) against the defaults, same weights: what only a GPU can decide
+    must not change the results (channels-last: other convolution kernels, float rounding)."""
     torch.manual_seed(0)
     default = FasterRCNN(**SMALL)
-    other = dict(SMALL, **switch)
+    other = dict(SMALL, **switch) if isinstance(switch, dict) else SMALL
     if "roi_heads" in switch:
         other["roi_heads"] = {**SMALL["roi_heads"], **switch["roi_heads"]}
     switched = FasterRCNN(**other)
     switched.load_state_dict(default.state_dict())
     images, targets = batch()
+    inputs = [images, images]
+    if switch == "channels_last":
+        switched.to(memory_format=torch.channels_last)
+        inputs[1] = images.contiguous(memory_format=torch.channels_last)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if switch == "channels_last" else {}
     results = []
-    for model in (default, switched):
+    for model, x in zip((default, switched), inputs, strict=True):
         torch.manual_seed(1)  # the samplers draw the same boxes
-        losses = model.train()(images, targets)
-        results.append((losses, model.eval()(images)))
+        losses = model.train()(x, targets)
+        results.append((losses, model.eval()(x)))
     (losses, detections), (other_losses, other_detections) = results
     for name in losses:
-        torch.testing.assert_close(other_losses[name], losses[name])
+        torch.testing.assert_close(other_losses[name], losses[name], **tolerance)
     for mine, theirs in zip(detections, other_detections, strict=True):
         for key in ("boxes", "scores", "labels"):
-            torch.testing.assert_close(theirs[key], mine[key])
+            torch.testing.assert_close(theirs[key], mine[key], **tolerance)

@@ -3,7 +3,7 @@ torchvision's fasterrcnn_resnet50_fpn, host syncs per step, peak memory, and a w
 loop; one markdown table.
 
     bench/gpu.sh                                   # on the GPU machine (installs the wheels)
-    python bench/gpu.py --device cuda --out gpu.md [--size 400] [--batch 16] [--steps 30]
+    python bench/gpu.py --device cuda [--out bench/out/gpu.md] [--size 400] [--batch 16]
     python bench/gpu.py --device cpu --size 64 --batch 2 --steps 1 --warmup 0 --depth 18 \\
         --precisions bf16-mixed --loop-steps 2      # the dry run of the suite (tests/test_bench.py)
 
@@ -129,8 +129,9 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also the compiled variant")
     parser.add_argument("--loop-steps", type=int, default=300)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("gpu.md"))
+    parser.add_argument("--out", type=Path, default=Path("bench/out/gpu.md"))
     args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     if device.type == "cuda":  # as train.py runs there (trainer.benchmark, TF32)
         torch.backends.cudnn.benchmark = True

@@ -55,8 +55,15 @@ SIZE = {
 }
 # fewer runs for a ready-made search (hparams_search=...), and how many that leaves
 SWEEP_SIZE = {
-    # one value of the 3x2x2 grid's first and last (the command line's wins): 1x2x1 runs
-    "nms_iou": (["model.rpn.nms_thresh=0.7", "model.roi_heads.bg_iou_thresh=0.5"], 2),
+    # one value of each of the 3x2x2 grid's settings (the command line's wins): one run
+    "nms_iou": (
+        [
+            "model.rpn.nms_thresh=0.7",
+            "model.roi_heads.fg_iou_thresh=0.5",
+            "model.roi_heads.bg_iou_thresh=0.5",
+        ],
+        1,
+    ),  # fmt: skip
     "nms_iou_optuna": (["hydra.sweeper.n_trials=2"], 2),
 }
 # the README's offline forms, in this workspace (`{ws}`)

@@ -1,6 +1,7 @@
 """The LightningModule: losses and their logging, validation mAP, optimiser and schedule."""
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import lightning as L
@@ -11,6 +12,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from frcnn.boxes import to_original_pixels
 from frcnn.checks import check_number
+from frcnn.evaluation import per_class_table
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 
@@ -88,9 +90,14 @@ class DetectorModule(L.LightningModule):
         self.compile_backend = "inductor" if compile is True else (compile or None)
         # gathered across processes by the module itself (all_gather_object): torchmetrics'
         # own sync gathers per image and fails when ranks hold different numbers of images
+        # extended_summary: COCOeval's precision array, for the per-class table
         self.val_map = MeanAveragePrecision(
-            backend="faster_coco_eval", class_metrics=per_class_map, sync_on_compute=False
+            backend="faster_coco_eval",
+            class_metrics=per_class_map,
+            sync_on_compute=False,
+            extended_summary=True,
         )
+        self.per_class: list[dict] = []  # the last validation's (frcnn.evaluation)
         self._val_batches: list[dict] = []  # images, losses, detections, ground truth
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints
         self._last_batch_start: float | None = None
@@ -209,10 +216,19 @@ class DetectorModule(L.LightningModule):
                 self.log(f"val/{name}", mean)
             total = sum(sum(b["losses"].values()) * b["images"] for b in batches) / images
             self.log("val/loss", total)
+        labels, boxes = set(), Counter()
         for batch in batches:
             self.val_map.update(batch["preds"], batch["truths"])
+            for pred, truth in zip(batch["preds"], batch["truths"], strict=True):
+                labels.update(pred["labels"].tolist(), truth["labels"].tolist())
+                boxes.update(truth["labels"][truth["iscrowd"] == 0].tolist())
         result = self.val_map.compute()
         self.val_map.reset()
+        # COCOeval's classes: every label of the detections and ground truth, sorted
+        if labels:
+            self.per_class = per_class_table(
+                result["precision"], sorted(labels), self.class_names, boxes
+            )
         for key in MAP_KEYS:
             self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
         if self.per_class_map and result["classes"].numel() > 0:

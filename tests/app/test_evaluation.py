@@ -1,6 +1,7 @@
 """val/map is COCO's mAP: equal to the official COCOeval on the same detections and json."""
 
 import json
+from collections import Counter
 
 import lightning as L
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from frcnn.data import COCOFolder, Transform, collate
+from frcnn.evaluation import COLUMNS, per_class_table
 from frcnn.module import MAP_KEYS, DetectorModule
 
 SIZES = [(640, 480), (320, 500), (500, 375), (200, 150), (427, 640), (600, 600)]
@@ -141,3 +143,61 @@ def test_val_map_equals_the_official_cocoeval_with_crowds_and_mask_areas(tmp_pat
     trainer.validate(module, DataLoader(source, batch_size=4, collate_fn=collate), verbose=False)
     for key, value in expected.items():
         assert float(trainer.callback_metrics[f"val/{key}"]) == pytest.approx(value, abs=1e-4), key
+
+
+def test_the_per_class_table_equals_cocoeval_run_on_each_class_alone(tmp_path):
+    """AP, AP50, AP75, APs/m/l of every class, read from the precision array of the one
+    evaluation of all classes, against the official COCOeval restricted to that class
+    (`params.catIds`, its own summary), crowds and mask areas included; boxes counted without
+    crowds; worst first. Then the module's table of the same detections: its AP column is
+    torchmetrics' per-class mAP, class by class."""
+    rng = np.random.default_rng(2)
+    annotation_file = coco_json_with_crowds(tmp_path, rng)
+    annotations = json.loads(annotation_file.read_text())["annotations"]
+    results = detections_for(annotations, rng)
+    truth = COCO(str(annotation_file))
+
+    def cocoeval(category_ids):
+        evaluation = COCOeval_faster(
+            truth, truth.loadRes(results), "bbox", print_function=lambda *a: None
+        )
+        evaluation.params.catIds = category_ids
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        return evaluation
+
+    ids = sorted(c["id"] for c in CATEGORIES)
+    names = {c["id"]: c["name"] for c in CATEGORIES}
+    boxes = Counter(a["category_id"] for a in annotations if not a["iscrowd"])
+    precision = torch.from_numpy(cocoeval(ids).eval["precision"])
+    rows = {r["class"]: r for r in per_class_table(precision, ids, None, boxes)}
+    for category_id in ids:
+        row, alone = rows[str(category_id)], cocoeval([category_id])
+        for key, value in zip(COLUMNS[1:7], alone.stats[:6], strict=True):
+            if value == -1:  # COCO's "no ground truth of that kind"
+                assert np.isnan(row[key]), (names[category_id], key)
+            else:
+                assert row[key] == pytest.approx(value, abs=1e-9), (names[category_id], key)
+        assert row["boxes"] == boxes[category_id]
+    aps = [row["AP"] for row in rows.values()]
+    assert aps == sorted(aps)
+
+    source = COCOFolder(Transform(416), str(annotation_file), str(tmp_path / "images"))
+    module = DetectorModule(
+        FixedDetections(results, source.label_of), torch.optim.SGD, per_class_map=True,
+        class_names=[names[i] for i in ids],
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.validate(module, DataLoader(source, batch_size=4, collate_fn=collate), verbose=False)
+    assert [r["class"] for r in module.per_class] != []
+    for row in module.per_class:
+        logged = float(trainer.callback_metrics[f"val/ap/{row['class']}"])
+        assert row["AP"] == pytest.approx(logged, abs=1e-6), row["class"]
+        assert row["boxes"] == boxes[next(i for i in ids if names[i] == row["class"])]

@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import final_metrics, output_dir, shown
+from frcnn.evaluation import write_per_class
 from frcnn.sweep import write_run_metrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) ->
         lines.append(
             f"  {k:<{width}}  {metrics[k]:7.4f}" + ("" if subset is None else f"  {subset:7.4f}")
         )
+    rows = getattr(trainer.lightning_module, "per_class", None)
+    if rows:  # the final evaluation's (train: the best checkpoint's)
+        table = write_per_class(rows, output_dir())
+        where = shown(output_dir() / "per_class.csv")
+        lines += ["", f"Per class, the worst AP first (also in {where}):", table.rstrip()]
     log.info("\n".join(lines))
 
 

@@ -112,6 +112,19 @@ class FixedDetections(nn.Module):
         return {k: zero for k in ("rpn_cls", "rpn_box", "roi_cls", "roi_box")}, detections
 
 
+def validated(module, source) -> L.Trainer:
+    """`module` validated on `source` by a bare Trainer; the trainer (its callback_metrics)."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.validate(module, DataLoader(source, batch_size=4, collate_fn=collate), verbose=False)
+    return trainer
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_val_map_equals_the_official_cocoeval_with_crowds_and_mask_areas(tmp_path, seed):
     rng = np.random.default_rng(seed)
@@ -133,14 +146,7 @@ def test_val_map_equals_the_official_cocoeval_with_crowds_and_mask_areas(tmp_pat
 
     source = COCOFolder(Transform(416), str(annotation_file), str(tmp_path / "images"))
     module = DetectorModule(FixedDetections(results, source.label_of), torch.optim.SGD)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    trainer.validate(module, DataLoader(source, batch_size=4, collate_fn=collate), verbose=False)
+    trainer = validated(module, source)
     for key, value in expected.items():
         assert float(trainer.callback_metrics[f"val/{key}"]) == pytest.approx(value, abs=1e-4), key
 
@@ -188,14 +194,7 @@ def test_the_per_class_table_equals_cocoeval_run_on_each_class_alone(tmp_path):
         FixedDetections(results, source.label_of), torch.optim.SGD, per_class_map=True,
         class_names=[names[i] for i in ids],
     )  # fmt: skip
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    trainer.validate(module, DataLoader(source, batch_size=4, collate_fn=collate), verbose=False)
+    trainer = validated(module, source)
     assert [r["class"] for r in module.per_class] != []
     for row in module.per_class:
         logged = float(trainer.callback_metrics[f"val/ap/{row['class']}"])

@@ -8,6 +8,9 @@
   (the `run_dir` resolver of conf/hydra/default.yaml, registered when an entry point is
   defined);
 - `data.` settings of the commands that take them from a checkpoint (see `command`);
+- a run of a multirun: the command line and run folder Lightning gives a DDP run's other
+  processes are this run's own (`as_single_run`), and the next run starts with the process
+  group and environment this one found;
 - an error this project raised on purpose (a missing file, an offline hub, a value out of
   range, a diverged run) is printed as its message alone, and the command exits with status 1;
   any other error, every error with HYDRA_FULL_ERROR=1, and a failed run of a multirun (which

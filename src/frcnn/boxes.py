@@ -120,6 +120,15 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / (area1[:, :, None] + area2[:, None, :] - inter)
 
 
+def crowd_overlap(boxes: Tensor, crowds: Tensor) -> Tensor:
+    """COCO's IoU of (N, 4) boxes with (K, 4) crowd regions -> (N, K): the intersection over
+    the box's own area (a box inside a crowd region overlaps it fully)."""
+    lt = torch.maximum(boxes[:, None, :2], crowds[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], crowds[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / box_area(boxes).clamp(min=1e-12)[:, None]
+
+
 class NMSInRows(torch.autograd.Function):
     """Greedy NMS within each row, as ONNX's `NonMaxSuppression` computes it.
 

@@ -1,18 +1,18 @@
 """The LightningModule: losses and their logging, validation mAP, optimiser and schedule."""
 
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from frcnn.boxes import to_original_pixels
 from frcnn.checks import check_number
-from frcnn.evaluation import per_class_table
+from frcnn.evaluation import Evaluation, log_pr_curves
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 
@@ -97,7 +97,7 @@ class DetectorModule(L.LightningModule):
             sync_on_compute=False,
             extended_summary=True,
         )
-        self.per_class: list[dict] = []  # the last validation's (frcnn.evaluation)
+        self.evaluation: Evaluation | None = None  # the last validation's, for the report
         self._val_batches: list[dict] = []  # images, losses, detections, ground truth
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints
         self._last_batch_start: float | None = None
@@ -196,6 +196,9 @@ class DetectorModule(L.LightningModule):
                 "losses": {k: v.detach().cpu() for k, v in losses.items()},
                 "preds": to_cpu(preds),
                 "truths": to_cpu([ground_truth(t) for t in targets]),
+                "input_boxes": [t["boxes"].cpu() for t in targets],
+                "input_labels": [t["labels"].cpu() for t in targets],
+                "image_size": batch["images"].shape[-1],
             }
         )
         return detections
@@ -216,19 +219,29 @@ class DetectorModule(L.LightningModule):
                 self.log(f"val/{name}", mean)
             total = sum(sum(b["losses"].values()) * b["images"] for b in batches) / images
             self.log("val/loss", total)
-        labels, boxes = set(), Counter()
+        labels = set()
         for batch in batches:
             self.val_map.update(batch["preds"], batch["truths"])
             for pred, truth in zip(batch["preds"], batch["truths"], strict=True):
                 labels.update(pred["labels"].tolist(), truth["labels"].tolist())
-                boxes.update(truth["labels"][truth["iscrowd"] == 0].tolist())
         result = self.val_map.compute()
         self.val_map.reset()
-        # COCOeval's classes: every label of the detections and ground truth, sorted
-        if labels:
-            self.per_class = per_class_table(
-                result["precision"], sorted(labels), self.class_names, boxes
-            )
+        self.evaluation = Evaluation(
+            preds=[p for b in batches for p in b["preds"]],
+            truths=[t for b in batches for t in b["truths"]],
+            input_boxes=[x for b in batches for x in b["input_boxes"]],
+            input_labels=[x for b in batches for x in b["input_labels"]],
+            # COCOeval's classes: every label of the detections and ground truth, sorted
+            precision=result["precision"],
+            classes=sorted(labels),
+            image_size=max((b["image_size"] for b in batches), default=0),
+            class_names=self.class_names,
+            metrics={f"val/{k}": float(result[k]) for k in MAP_KEYS},
+        )
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    log_pr_curves(logger.experiment, self.evaluation, self.global_step)
         for key in MAP_KEYS:
             self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
         if self.per_class_map and result["classes"].numel() > 0:

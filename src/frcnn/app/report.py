@@ -1,4 +1,5 @@
-"""The end of a run: its final metrics, stored for sweeps and printed as a summary."""
+"""The end of a run: its final metrics, stored for sweeps and printed as a summary, and the
+report of its final evaluation."""
 
 import logging
 import math
@@ -9,15 +10,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import final_metrics, output_dir, shown
-from frcnn.evaluation import write_per_class
-from frcnn.sweep import write_run_metrics
+from frcnn.eval_report import write_report
+from frcnn.evaluation import COLUMNS, per_class_table
+from frcnn.sweep import markdown_table, write_run_metrics
 
 log = logging.getLogger(__name__)
 
 
-def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """Log hyperparameters with the final metrics, store them for sweeps, print a summary (on
-    the first process only, under DDP)."""
+def summarise(
+    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], report: bool = True
+) -> None:
+    """Log hyperparameters with the final metrics, store them for sweeps, print a summary and
+    (`report` and `cfg.report`) write the final evaluation's report (on the first process
+    only, under DDP)."""
     if not trainer.is_global_zero:
         return
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -50,18 +55,34 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) ->
         lines.append(
             f"  {k:<{width}}  {metrics[k]:7.4f}" + ("" if subset is None else f"  {subset:7.4f}")
         )
-    rows = getattr(trainer.lightning_module, "per_class", None)
-    if rows:  # the final evaluation's (train: the best checkpoint's)
-        table = write_per_class(rows, output_dir())
-        where = shown(output_dir() / "per_class.csv")
-        lines += ["", f"Per class, the worst AP first (also in {where}):", table.rstrip()]
+    evaluation = getattr(trainer.lightning_module, "evaluation", None)
+    if evaluation is not None and evaluation.classes:  # the final one (train: the best's)
+        rows = per_class_table(
+            evaluation.precision,
+            evaluation.classes,
+            evaluation.class_names,
+            evaluation.boxes_per_class(),
+        )
+        lines += ["", "Per class, the worst AP first:", markdown_table(rows, COLUMNS).rstrip()]
+        if report and cfg.get("report", False):
+            evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+            index = write_report(
+                evaluation,
+                output_dir() / "report",
+                trainer.lightning_module.model,
+                cfg.report_score_threshold,
+            )
+            lines += ["", f"Report (tables, PR curves, confusion matrix, errors): {shown(index)}"]
     log.info("\n".join(lines))
 
 
-def finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None) -> float | None:
-    """Summarise the run (its final `metrics`, by default the last logged ones); return the
-    optimised metric, None where there is none."""
+def finish(
+    trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None, report: bool = True
+) -> float | None:
+    """Summarise the run (its final `metrics`, by default the last logged ones) and write its
+    report (`report`: not for a run stopped early); return the optimised metric, None where
+    there is none."""
     metrics = final_metrics(trainer) if metrics is None else metrics
-    summarise(trainer, cfg, metrics)
+    summarise(trainer, cfg, metrics, report)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None or math.isnan(value) else value

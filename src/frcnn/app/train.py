@@ -59,7 +59,7 @@ def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
     """After SIGTERM (a scheduler preempts the job): `Preemption` stopped after a step and
     `LastCheckpoint` saved last.ckpt there. Summarise the run so far, say how to resume, and
     exit with status 143 (128 + SIGTERM) so that the scheduler does not take it for done."""
-    finish(trainer, cfg)
+    finish(trainer, cfg, report=False)  # seconds that a scheduler's grace time needs
     last = next((c.best_model_path for c in trainer.checkpoint_callbacks if not c.monitor), "")
     if trainer.is_global_zero:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]

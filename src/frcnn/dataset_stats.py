@@ -11,30 +11,36 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from frcnn.boxes import box_area
+from frcnn.model.anchors import cell_anchors
 from frcnn.model.poolers import assign_levels
 
 SIDE_BINS = (0, 16, 32, 64, 128, 256, 512, math.inf)  # sqrt(area), input pixels
-CHUNK = 512  # boxes per IoU matrix with all anchors of a level (memory)
 
 
-def level_anchors(model, image_size: int) -> list[Tensor]:
-    """The detector's anchors (N_l, 4) per FPN level for an S x S input: a stride-s level has
-    ceil(S / s) cells a side (the backbone's stride-2 layers pad, rounding up)."""
-    generator = model.anchor_generator
-    shapes = [(math.ceil(image_size / s),) * 2 for s in generator.strides]
-    return generator(shapes, "cpu")
+def best_anchor_iou(boxes: Tensor, generator, image_size: int) -> Tensor:
+    """(N, 4) boxes -> (N, L): each box's highest IoU with an anchor of each level of an S x S
+    input (a stride-s level has ceil(S / s) cells a side: the backbone's stride-2 layers pad).
 
-
-def best_anchor_iou(boxes: Tensor, anchors: list[Tensor]) -> Tensor:
-    """(N, 4) boxes -> (N, L): each box's highest IoU with an anchor of each level."""
-    best = torch.zeros(len(boxes), len(anchors))
-    for level, level_anchors in enumerate(anchors):
-        for start in range(0, len(boxes), CHUNK):
-            chunk = boxes[start : start + CHUNK]
-            best[start : start + CHUNK, level] = box_iou(chunk, level_anchors).amax(1)
+    Of the anchors of one shape, the one centred nearest the box's centre (per axis) overlaps it
+    most, so each box is compared with one anchor per shape and level, not with all of them
+    (tested equal to the brute force).
+    """
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    best = torch.zeros(len(boxes), len(generator.strides))
+    for level, (stride, sizes, ratios) in enumerate(
+        zip(generator.strides, generator.sizes, generator.aspect_ratios, strict=True)
+    ):
+        cells = math.ceil(image_size / stride)
+        index = (centres / stride - generator.offset).round().clamp(0, cells - 1)
+        nearest = ((index + generator.offset) * stride).repeat(1, 2)  # (N, 4)
+        anchors = nearest[:, None, :] + cell_anchors(sizes, ratios)[None]  # (N, A, 4)
+        lt = torch.maximum(boxes[:, None, :2], anchors[..., :2])
+        rb = torch.minimum(boxes[:, None, 2:], anchors[..., 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        union = box_area(boxes)[:, None] + box_area(anchors) - inter
+        best[:, level] = (inter / union).amax(1) if len(boxes) else best[:, level]
     return best
 
 
@@ -66,7 +72,7 @@ def dataset_statistics(boxes: list[Tensor], labels: list[Tensor], model, image_s
         (heads.canonical_size * 2.0 ** (first + k - heads.canonical_level), f"{a}|{b}")
         for k, (a, b) in enumerate(zip(level_names[:-2], level_names[1:-1], strict=True), start=1)
     ]
-    best = best_anchor_iou(all_boxes, level_anchors(model, image_size))
+    best = best_anchor_iou(all_boxes, generator, image_size)
     fg = model.rpn.sampling.fg_iou_thresh
     covered = best >= fg
     table = []

@@ -48,15 +48,21 @@ def pr_figure(evaluation: Evaluation) -> Figure:
             if not per_class[k].isnan().all():
                 name = f"{evaluation.name(label)} ({float(per_class[k].mean()):.3f})"
                 ax.plot(
-                    RECALL,
-                    per_class[k],
+                    RECALL.numpy(),
+                    per_class[k].numpy(),
                     lw=1.2 if named else 0.5,
                     alpha=1 if named else 0.35,
                     color=None if named else "grey",
                     label=name if named else None,
                 )
         mean = mean_curve(per_class)
-        ax.plot(RECALL, mean, lw=3, color="black", label=f"all classes ({float(mean.mean()):.3f})")
+        ax.plot(
+            RECALL.numpy(),
+            mean.numpy(),
+            lw=3,
+            color="black",
+            label=f"all classes ({float(mean.mean()):.3f})",
+        )
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
         ax.set_title(f"IoU {iou}" + (" (mean of the 10 IoUs: COCO's AP)" if ":" in iou else ""))
         ax.grid(alpha=0.3)
@@ -76,7 +82,7 @@ def confusion_figure(matrix: torch.Tensor, names: list[str], share: bool, score:
         if share
         else matplotlib.colors.LogNorm(1, max(float(values.max()), 2))
     )
-    image = ax.imshow(values.masked_fill(values == 0, math.nan), cmap="viridis", norm=norm)
+    image = ax.imshow(values.masked_fill(values == 0, math.nan).numpy(), cmap="viridis", norm=norm)
     ticks = range(num)
     font = _font(num)
     ax.set_xticks(ticks, names, rotation=90, fontsize=font)
@@ -152,7 +158,7 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
     columns = [*stats["level_names"], "any level"]
     rows = [r for r in stats["table"] if r["boxes"]]
     grid = torch.tensor([[r[c] for c in columns] for r in rows]).reshape(len(rows), len(columns))
-    coverage.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    coverage.imshow(grid.numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for (i, j), value in zip(
         torch.cartesian_prod(torch.arange(len(rows)), torch.arange(len(columns))).tolist(),
         grid.flatten().tolist(),

@@ -37,6 +37,27 @@ def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
     assert pictures <= images
     assert len(events.Scalars("val/map")) == 2  # one per epoch
     assert 0.0 <= metrics(run_dir)["val/map"] <= 1.0
+    curves = {"pr/0.5/all", "pr/0.75/all", "pr/0.5:0.95/all"}
+    assert curves <= set(events.Tags()["tensors"])  # the PR curves tab, every validation
+    assert len(events.Tensors("pr/0.5/all")) == 2
+    report = run_dir / "report"
+    index = (report / "index.md").read_text()
+    for name in REPORT_FILES:
+        assert (report / name).stat().st_size > 0, name
+        assert name.endswith(".csv") or f"({name})" in index, name
+
+
+REPORT_FILES = (
+    "per_class.csv",
+    "pr_curves.png",
+    "pr_curves.csv",
+    "confusion_matrix.png",
+    "confusion_matrix_normalised.png",
+    "confusion_matrix.csv",
+    "errors.png",
+    "errors.csv",
+    "dataset.png",
+)
 
 
 def test_resuming_goes_on_in_the_runs_folder_and_keeps_its_best(tmp_path):
@@ -70,6 +91,9 @@ def test_eval_reproduces_the_logged_val_map(trained):
     assert metrics(evaluated)["val/map_50"] == pytest.approx(
         metrics(run_dir)["val/map_50"], abs=1e-6
     )
+    # the same report of the same checkpoint on the same images
+    for name in ("per_class.csv", "confusion_matrix.csv", "errors.csv", "dataset.md"):
+        assert (evaluated / "report" / name).read_text() == (run_dir / "report" / name).read_text()
 
 
 def write_parquet(path, first_id, count):

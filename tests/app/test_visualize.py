@@ -26,6 +26,25 @@ def test_each_picture_is_written_at_its_size(what, tmp_path):
     assert Image.open(png).size == (round(width * DPI), round(height * DPI))
 
 
+def test_what_dataset_counts_the_validation_boxes_against_the_anchors(tmp_path):
+    cfg = composed(
+        tmp_path, "what=dataset", "limit=12", f"output={tmp_path}", *SMALL_MODEL,
+        config_name="visualize",
+    )  # fmt: skip
+    png = visualize(cfg)
+    assert png == tmp_path / "dataset.png" and png.stat().st_size > 10_000
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    targets = [datamodule.val_set[i][1] for i in range(12)]
+    text = (tmp_path / "dataset.md").read_text()
+    boxes = sum(len(t["boxes"]) for t in targets)
+    assert text.startswith(f"12 images, {boxes} boxes")
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    rows = [row for row in rows if row[1].isdigit()]  # the table's body: side range, boxes, ...
+    assert len(rows) == 7
+    assert sum(int(row[1]) for row in rows) == boxes
+
+
 def test_visualize_py_on_an_image_file_without_ground_truth(tmp_path):
     image = tmp_path / "photo.png"
     Image.new("RGB", (300, 200), (90, 120, 150)).save(image)

@@ -1,10 +1,15 @@
 """Data and anchor statistics on boxes whose anchor IoUs and pooled levels are known."""
 
+import math
+
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from torchvision.ops import box_iou
 
-from frcnn.dataset_stats import dataset_statistics
+from frcnn.dataset_stats import best_anchor_iou, dataset_statistics
 from frcnn.model import FasterRCNN
+from tests.app.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +58,20 @@ def test_coverage_follows_the_anchor_config(model):
     )
     assert default["best_iou"].max() == pytest.approx(16**2 / 32**2, rel=0.02)  # < fg
     assert dataset_statistics(box, labels, small, image_size=128)["best_iou"][0, 0] == 1.0
+
+
+@pytest.mark.parametrize("anchors, offset", [("fpn", 0.0), ("dense", 0.0), ("fpn", 0.5)])
+def test_the_best_anchor_iou_equals_the_brute_force_over_every_anchor(anchors, offset):
+    """Random boxes, some beyond the image's edges, against all anchors of every level."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        settings = dict(compose("train", [f"anchors={anchors}"]).model.anchors, offset=offset)
+    generator = FasterRCNN(
+        num_classes=3, backbone=dict(depth=18, frozen="none"), fpn_channels=32, anchors=settings
+    ).anchor_generator
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=g) * 420 - 30
+    boxes = torch.cat([xy, xy + 2 + torch.rand(300, 2, generator=g) ** 2 * 400], 1)
+    shapes = [(math.ceil(400 / s),) * 2 for s in generator.strides]
+    every = generator(shapes, "cpu")
+    expected = torch.stack([box_iou(boxes, level).amax(1) for level in every], 1)
+    assert torch.allclose(best_anchor_iou(boxes, generator, 400), expected, atol=1e-6)

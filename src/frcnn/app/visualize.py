@@ -12,6 +12,8 @@ from torch.utils.data import IterableDataset
 from frcnn.app.build import checkpoint_run_config
 from frcnn.boxes import content_sizes
 from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+from frcnn.dataset_stats import dataset_statistics
+from frcnn.eval_report import dataset_figure, dataset_markdown
 from frcnn.figures import make_figure
 from frcnn.predict import Predictor
 
@@ -20,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def visualize(cfg: DictConfig) -> Path:
     """visualize.py: one PNG of `cfg.what` for a checkpoint (or random weights) and an image
-    (or a validation sample of the data), SIZES[what] inches at `cfg.dpi`. Returns its path.
+    (or a validation sample of the data), SIZES[what] inches at `cfg.dpi`; what=dataset: the
+    statistics of the validation set's boxes and the model's anchors. Returns its path.
 
     With a checkpoint, the detector and the data settings (image size, resize, the validation
     set) are the checkpoint's own, with what the command line sets under `model.` / `data.` (or
@@ -41,6 +44,8 @@ def visualize(cfg: DictConfig) -> Path:
         category_ids,
         device=cfg.trainer.accelerator,
     )
+    if cfg.what == "dataset":
+        return data_statistics(cfg, predictor.model, predictor.class_names)
     if cfg.image:
         image, target = predictor.prepare(cfg.image)
         truth = None  # an image file has no ground truth
@@ -59,6 +64,40 @@ def visualize(cfg: DictConfig) -> Path:
     path = output / f"{cfg.what}.png"
     figure.savefig(path, dpi=cfg.dpi)
     log.info("Wrote %s", path)
+    return path
+
+
+def data_statistics(cfg: DictConfig, model, class_names: list[str] | None) -> Path:
+    """what=dataset: the validation set's boxes (`limit` images, all by default) against the
+    model's anchors and pooler: dataset.png and dataset.md in `output`."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    source = datamodule.val_set
+    samples = (
+        source
+        if isinstance(source, IterableDataset)
+        else map(source.__getitem__, range(len(source)))
+    )
+    readable = itertools.islice((s for s in samples if s is not None), cfg.limit)
+    boxes, labels = [], []
+    for _, target in readable:
+        boxes.append(target["boxes"])
+        labels.append(target["labels"])
+    if not boxes:
+        raise ValueError("what=dataset: the validation set has no readable image")
+    stats = dataset_statistics(boxes, labels, model, cfg.data.image_size)
+    names = (
+        class_names
+        or datamodule.class_names
+        or [str(i) for i in range(1, cfg.data.num_classes + 1)]
+    )
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    text = dataset_markdown(stats)
+    (output / "dataset.md").write_text(text)
+    path = output / "dataset.png"
+    dataset_figure(stats, names).savefig(path, dpi=cfg.dpi)
+    log.info("%s\nWrote %s and %s", text, path, output / "dataset.md")
     return path
 
 

@@ -1,0 +1,117 @@
+"""The cost of the evaluation report against the COCO evaluation it comes with.
+
+    uv run python bench/evaluation_report.py [--images 100 1000 5000] [--classes 80]
+
+For each number of images: synthetic ground truth (7 boxes per image, COCO's mean, sizes from
+10 to 300 px) and 100 detections per image (a jittered hit or two on most boxes, some in
+another class, the rest stray boxes), as a detector returns them. Times, in seconds on this
+machine: torchmetrics' COCO evaluation (what every validation already runs), then each part of
+the report: the confusion matrix, the TIDE error breakdown, the data and anchor statistics (a
+ResNet-50 FPN's anchors at 400 px) and the whole `write_report` (the parts above, the tables
+and every PNG). The last column is the report's time as a share of the evaluation's.
+Not a test.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+
+from frcnn.confusion import confusion_matrix
+from frcnn.dataset_stats import dataset_statistics
+from frcnn.eval_report import write_report
+from frcnn.evaluation import Evaluation
+from frcnn.model import FasterRCNN
+from frcnn.tide import error_breakdown
+
+SIZE = 400
+
+
+def make_images(images: int, classes: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    preds, truths = [], []
+    for _ in range(images):
+        n = 7
+        sides = 10 + torch.rand(n, 2, generator=g) * 290
+        xy = torch.rand(n, 2, generator=g) * (SIZE - sides)
+        gt = torch.cat([xy, xy + sides], 1)
+        labels = torch.randint(1, classes + 1, (n,), generator=g)
+        hits = gt.repeat(2, 1) + torch.randn(2 * n, 4, generator=g) * sides.repeat(2, 2) * 0.1
+        hit_labels = torch.where(
+            torch.rand(2 * n, generator=g) < 0.9,
+            labels.repeat(2),
+            torch.randint(1, classes + 1, (2 * n,), generator=g),
+        )
+        stray_xy = torch.rand(100 - 2 * n, 2, generator=g) * (SIZE - 40)
+        stray = torch.cat(
+            [stray_xy, stray_xy + 10 + torch.rand(100 - 2 * n, 2, generator=g) * 30], 1
+        )
+        boxes = torch.cat([hits, stray]).clamp(0, SIZE)
+        boxes = torch.cat(
+            [boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:]) + 1], 1
+        )
+        scores = torch.cat(
+            [0.3 + 0.7 * torch.rand(2 * n, generator=g), 0.6 * torch.rand(100 - 2 * n, generator=g)]
+        )
+        preds.append(
+            {
+                "boxes": boxes,
+                "scores": scores,
+                "labels": torch.cat(
+                    [hit_labels, torch.randint(1, classes + 1, (100 - 2 * n,), generator=g)]
+                ),
+            }
+        )
+        truths.append({"boxes": gt, "labels": labels, "iscrowd": torch.zeros(n, dtype=torch.long)})  # fmt: skip
+    return preds, truths
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--classes", type=int, default=80)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    model = FasterRCNN(num_classes=args.classes, backbone=dict(depth=50, frozen="none"))
+    print(
+        f"{'images':>7} {'COCOeval':>9} {'confusion':>10} {'TIDE':>7} {'data':>7} {'report':>8} {'share':>6}"
+    )
+    for images in args.images:
+        preds, truths = make_images(images, args.classes)
+        metric = MeanAveragePrecision(backend="faster_coco_eval", extended_summary=True)
+
+        def evaluate():
+            metric.update(preds, truths)
+            return metric.compute()
+
+        result, coco = timed(evaluate)
+        _, confusion = timed(confusion_matrix, preds, truths, args.classes)
+        _, tide = timed(error_breakdown, preds, truths)
+        boxes = [t["boxes"] for t in truths]
+        labels = [t["labels"] for t in truths]
+        _, data = timed(dataset_statistics, boxes, labels, model, SIZE)
+        evaluation = Evaluation(
+            preds, truths, boxes, labels, result["precision"],
+            sorted(set(torch.cat([t["labels"] for t in truths]).tolist())
+                   | set(torch.cat([p["labels"] for p in preds]).tolist())),
+            image_size=SIZE, class_names=[f"class {i}" for i in range(1, args.classes + 1)],
+        )  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            _, report = timed(write_report, evaluation, Path(folder) / "report", model)
+        print(
+            f"{images:>7} {coco:>9.2f} {confusion:>10.2f} {tide:>7.2f} {data:>7.2f} "
+            f"{report:>8.2f} {report / coco:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib.colors
+import matplotlib.ticker
 import torch
 from matplotlib.figure import Figure
 
@@ -136,7 +137,9 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
     per_class.bar(range(len(names)), counts.tolist(), color="tab:blue")
     per_class.set_xticks(range(len(names)), names, rotation=90, fontsize=_font(len(names)))
     per_class.set(ylabel="boxes", title=f"Boxes per class ({int(counts.sum())} in all)")
-    per_image.hist(stats["boxes_per_image"].tolist(), bins=30, color="tab:blue")
+    counts_per_image = stats["boxes_per_image"].tolist()
+    edges = [k - 0.5 for k in range(max(counts_per_image, default=0) + 2)]  # one bar per count
+    per_image.hist(counts_per_image, bins=edges, color="tab:blue", rwidth=0.8)
     per_image.set(xlabel="boxes in the image", ylabel="images", title="Boxes per image")
     finite = stats["sides"][stats["sides"] > 0]
     if len(finite):
@@ -145,6 +148,8 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
         )
         sides.hist(finite.tolist(), bins=bins.tolist(), color="tab:blue")
     sides.set_xscale("log")
+    sides.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    sides.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for edge, name in stats["level_edges"]:
         sides.axvline(edge, color="black", ls="--", lw=1)
         sides.text(

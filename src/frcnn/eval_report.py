@@ -73,11 +73,15 @@ def pr_figure(evaluation: Evaluation) -> Figure:
 
 def confusion_figure(matrix: torch.Tensor, names: list[str], share: bool, score: float) -> Figure:
     """The matrix as a heat map: rows the true class, columns the detected one (background
-    last on both); `share` colours each row's fractions, else the counts (log scale)."""
+    last on both); `share` colours each row's fractions, else the counts (log scale). Classes
+    that neither have a box nor were detected are left out (the CSV has them all)."""
+    values = normalised(matrix) if share else matrix.double()
+    seen = (matrix.sum(0) + matrix.sum(1) > 0).nonzero().squeeze(1).tolist()
+    seen = [i for i in seen if i < len(names) - 1] + [len(names) - 1]  # background last
+    values, names = values[seen][:, seen], [names[i] for i in seen]
     num = len(names)
     side = max(6.0, 0.17 * num + 3)
     fig, (ax,) = _figure(side, side - 0.8)
-    values = normalised(matrix) if share else matrix.double()
     norm = (
         matplotlib.colors.Normalize(0, 1)
         if share
@@ -131,12 +135,23 @@ def errors_figure(breakdown: dict) -> Figure:
 
 def dataset_figure(stats: dict, names: list[str]) -> Figure:
     """Boxes per class and per image, box sides against the pooled levels, anchor coverage."""
-    fig, axes = _figure(max(14, 0.18 * len(names) + 6), 9, ncols=2, nrows=2)
-    per_class, per_image, sides, coverage = axes
     counts = torch.bincount(stats["labels"], minlength=len(names) + 1)[1:]
-    per_class.bar(range(len(names)), counts.tolist(), color="tab:blue")
-    per_class.set_xticks(range(len(names)), names, rotation=90, fontsize=_font(len(names)))
-    per_class.set(ylabel="boxes", title=f"Boxes per class ({int(counts.sum())} in all)")
+    present = counts.nonzero().squeeze(1).tolist()  # classes without boxes: named in the title
+    fig, axes = _figure(max(14, 0.18 * len(present) + 6), 9, ncols=2, nrows=2)
+    per_class, per_image, sides, coverage = axes
+    per_class.bar(range(len(present)), counts[present].tolist(), color="tab:blue")
+    per_class.set_xticks(
+        range(len(present)), [names[i] for i in present], rotation=90, fontsize=_font(len(present))
+    )
+    missing = [names[i] for i in range(len(names)) if i not in present]
+    title = f"Boxes per class ({int(counts.sum())} in all)"
+    if missing:
+        title += (
+            f"; none of {', '.join(missing)}"
+            if len(missing) <= 5
+            else f"; none of {len(missing)} classes"
+        )
+    per_class.set(ylabel="boxes", title=title)
     counts_per_image = stats["boxes_per_image"].tolist()
     edges = [k - 0.5 for k in range(max(counts_per_image, default=0) + 2)]  # one bar per count
     per_image.hist(counts_per_image, bins=edges, color="tab:blue", rwidth=0.8)

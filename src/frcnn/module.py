@@ -238,10 +238,9 @@ class DetectorModule(L.LightningModule):
             class_names=self.class_names,
             metrics={f"val/{k}": float(result[k]) for k in MAP_KEYS},
         )
-        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            for logger in self.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    log_pr_curves(logger.experiment, self.evaluation, self.global_step)
+        for logger in self.loggers:  # (none without a trainer)
+            if isinstance(logger, TensorBoardLogger) and not self.trainer.sanity_checking:
+                log_pr_curves(logger.experiment, self.evaluation, self.global_step)
         for key in MAP_KEYS:
             self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
         if self.per_class_map and result["classes"].numel() > 0:

@@ -56,6 +56,7 @@ def image(box, score, loss):
         "preds": [{"boxes": torch.tensor([box]), "scores": torch.tensor([score]),
                    "labels": torch.tensor([1])}],
         "truths": [{"boxes": truth, "labels": torch.tensor([1]), "iscrowd": torch.tensor([0])}],
+        "input_boxes": [truth], "input_labels": [torch.tensor([1])], "image_size": 64,
     }  # fmt: skip
 
 

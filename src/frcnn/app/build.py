@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -95,9 +96,23 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     check_logging_interval(trainer)
+    report_wanted(cfg)  # a wrong setting fails now, not at the end of the run
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     return trainer
+
+
+def report_wanted(cfg: DictConfig) -> bool:
+    """Whether the run writes report/: `report=true`, or `auto` (the default) and the run is no
+    trial of a sweep (whose summary compares the trials; each report would cost about as much
+    as its COCO evaluation). Raises on other settings."""
+    setting = cfg.get("report", "auto")
+    if setting not in (True, False, "auto"):
+        raise ValueError(f"report={setting!r}: must be true, false or auto")
+    check_number("report_score_threshold", cfg.get("report_score_threshold", 0.5), 0, 1)
+    if setting == "auto":
+        return HydraConfig.get().mode != RunMode.MULTIRUN
+    return setting
 
 
 def selected(cfg: DictConfig, group: str) -> list[DictConfig]:

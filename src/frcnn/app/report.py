@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.app.build import final_metrics, output_dir, shown
+from frcnn.app.build import final_metrics, output_dir, report_wanted, shown
 from frcnn.eval_report import write_report
 from frcnn.evaluation import COLUMNS, per_class_table
 from frcnn.sweep import markdown_table, write_run_metrics
@@ -21,7 +21,7 @@ def summarise(
     trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], report: bool = True
 ) -> None:
     """Log hyperparameters with the final metrics, store them for sweeps, print a summary and
-    (`report` and `cfg.report`) write the final evaluation's report (on the first process
+    (`report` and `report_wanted`) write the final evaluation's report (on the first process
     only, under DDP)."""
     if not trainer.is_global_zero:
         return
@@ -64,7 +64,7 @@ def summarise(
             evaluation.boxes_per_class(),
         )
         lines += ["", "Per class, the worst AP first:", markdown_table(rows, COLUMNS).rstrip()]
-        if report and cfg.get("report", False):
+        if report and report_wanted(cfg):
             evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
             index = write_report(
                 evaluation,

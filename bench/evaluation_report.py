@@ -31,42 +31,44 @@ SIZE = 400
 
 
 def make_images(images: int, classes: int, seed: int = 0):
+    """Per image: 7 boxes of random classes and 100 detections: two jittered hits per box (one
+    in ten in another class), the rest small stray boxes scored lower."""
     g = torch.Generator().manual_seed(seed)
     preds, truths = [], []
+    n, hits, stray = 7, 14, 100 - 14
     for _ in range(images):
-        n = 7
         sides = 10 + torch.rand(n, 2, generator=g) * 290
         xy = torch.rand(n, 2, generator=g) * (SIZE - sides)
         gt = torch.cat([xy, xy + sides], 1)
         labels = torch.randint(1, classes + 1, (n,), generator=g)
-        hits = gt.repeat(2, 1) + torch.randn(2 * n, 4, generator=g) * sides.repeat(2, 2) * 0.1
-        hit_labels = torch.where(
-            torch.rand(2 * n, generator=g) < 0.9,
-            labels.repeat(2),
-            torch.randint(1, classes + 1, (2 * n,), generator=g),
-        )
-        stray_xy = torch.rand(100 - 2 * n, 2, generator=g) * (SIZE - 40)
-        stray = torch.cat(
-            [stray_xy, stray_xy + 10 + torch.rand(100 - 2 * n, 2, generator=g) * 30], 1
-        )
-        boxes = torch.cat([hits, stray]).clamp(0, SIZE)
-        boxes = torch.cat(
-            [boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:]) + 1], 1
-        )
+        jitter = torch.randn(hits, 4, generator=g) * sides.repeat(2, 2) * 0.1
+        wrong = torch.rand(hits, generator=g) > 0.9
+        hit_labels = torch.where(wrong, torch.randint(1, classes + 1, (hits,), generator=g),
+                                 labels.repeat(2))  # fmt: skip
+        stray_xy = torch.rand(stray, 2, generator=g) * (SIZE - 40)
+        stray_wh = 10 + torch.rand(stray, 2, generator=g) * 30
+        boxes = torch.cat([gt.repeat(2, 1) + jitter, torch.cat([stray_xy, stray_xy + stray_wh], 1)])
+        boxes = boxes.clamp(0, SIZE)
+        low, high = boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:])
         scores = torch.cat(
-            [0.3 + 0.7 * torch.rand(2 * n, generator=g), 0.6 * torch.rand(100 - 2 * n, generator=g)]
+            [0.3 + 0.7 * torch.rand(hits, generator=g), 0.6 * torch.rand(stray, generator=g)]
         )
+        stray_labels = torch.randint(1, classes + 1, (stray,), generator=g)
         preds.append(
             {
-                "boxes": boxes,
+                "boxes": torch.cat([low, high + 1], 1),
                 "scores": scores,
-                "labels": torch.cat(
-                    [hit_labels, torch.randint(1, classes + 1, (100 - 2 * n,), generator=g)]
-                ),
+                "labels": torch.cat([hit_labels, stray_labels]),
             }
         )
-        truths.append({"boxes": gt, "labels": labels, "iscrowd": torch.zeros(n, dtype=torch.long)})  # fmt: skip
+        truths.append({"boxes": gt, "labels": labels, "iscrowd": torch.zeros(n, dtype=torch.long)})
     return preds, truths
+
+
+def coco_evaluation(preds, truths):
+    metric = MeanAveragePrecision(backend="faster_coco_eval", extended_summary=True)
+    metric.update(preds, truths)
+    return metric.compute()
 
 
 def timed(function, *args, **kwargs):
@@ -80,20 +82,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--classes", type=int, default=80)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     model = FasterRCNN(num_classes=args.classes, backbone=dict(depth=50, frozen="none"))
-    print(
-        f"{'images':>7} {'COCOeval':>9} {'confusion':>10} {'TIDE':>7} {'data':>7} {'report':>8} {'share':>6}"
-    )
+    columns = ("COCOeval", "confusion", "TIDE", "data", "report", "share")
+    print(f"{'images':>7} " + " ".join(f"{c:>9}" for c in columns))
     for images in args.images:
         preds, truths = make_images(images, args.classes)
-        metric = MeanAveragePrecision(backend="faster_coco_eval", extended_summary=True)
-
-        def evaluate():
-            metric.update(preds, truths)
-            return metric.compute()
-
-        result, coco = timed(evaluate)
+        result, coco = timed(coco_evaluation, preds, truths)
         _, confusion = timed(confusion_matrix, preds, truths, args.classes)
         _, tide = timed(error_breakdown, preds, truths)
         boxes = [t["boxes"] for t in truths]
@@ -107,10 +101,8 @@ def main() -> None:
         )  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:
             _, report = timed(write_report, evaluation, Path(folder) / "report", model)
-        print(
-            f"{images:>7} {coco:>9.2f} {confusion:>10.2f} {tide:>7.2f} {data:>7.2f} "
-            f"{report:>8.2f} {report / coco:>6.2f}"
-        )
+        times = (coco, confusion, tide, data, report, report / coco)
+        print(f"{images:>7} " + " ".join(f"{t:>9.2f}" for t in times))
 
 
 if __name__ == "__main__":

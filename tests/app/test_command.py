@@ -75,3 +75,4 @@ def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
     assert "| 1 | ok | 0.02 |" in table
     assert "| 0 | failed | 100 |" in table and "The training loss exploded" in table
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+    assert not (sweep / "1" / "report").exists()  # report=auto: not for a sweep's trials

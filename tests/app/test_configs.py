@@ -8,6 +8,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from frcnn.app.build import build_trainer
 from frcnn.model import FasterRCNN
 from frcnn.module import DetectorModule
 from tests.app.helpers import composed
@@ -243,3 +244,17 @@ def test_the_slurm_launcher_asks_for_one_task_per_gpu_and_a_signal_before_the_li
                  "--cpus-per-task=8", "--time=1440", "--signal=USR2@120"]:  # fmt: skip
         assert f"#SBATCH {line}\n" in sbatch, (line, sbatch)
     assert executor._executor.max_num_timeout == 10
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("report=yes", r"report='yes': must be true, false or auto"),
+        ("report_score_threshold=5", r"report_score_threshold=5: must lie in \[0, 1\]"),
+    ],
+)
+def test_a_wrong_report_setting_fails_when_the_trainer_is_built(tmp_path, override, message):
+    """Before any training, not when the report is due at the end of the run."""
+    cfg = composed(tmp_path, override, "device=cpu", *OFFLINE)
+    with pytest.raises(ValueError, match=message):
+        build_trainer(cfg)

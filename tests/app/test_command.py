@@ -75,4 +75,5 @@ def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
     assert "| 1 | ok | 0.02 |" in table
     assert "| 0 | failed | 100 |" in table and "The training loss exploded" in table
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
-    assert not (sweep / "1" / "report").exists()  # report=auto: not for a sweep's trials
+    # report=auto: no report for a sweep's trials, their per-class tables only
+    assert {p.name for p in (sweep / "1" / "report").iterdir()} == {"per_class.csv", "per_class.md"}

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import final_metrics, output_dir, report_wanted, shown
 from frcnn.eval_report import write_report
-from frcnn.evaluation import COLUMNS, per_class_table
+from frcnn.evaluation import COLUMNS, per_class_table, write_per_class
 from frcnn.sweep import markdown_table, write_run_metrics
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,18 @@ def summarise(
             evaluation.class_names,
             evaluation.boxes_per_class(),
         )
-        lines += ["", "Per class, the worst AP first:", markdown_table(rows, COLUMNS).rstrip()]
+        folder = output_dir() / "report"
         if report and report_wanted(cfg):
             evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
-            index = write_report(
-                evaluation,
-                output_dir() / "report",
-                trainer.lightning_module.model,
-                cfg.report_score_threshold,
-            )
-            lines += ["", f"Report (tables, PR curves, confusion matrix, errors): {shown(index)}"]
+            model = trainer.lightning_module.model
+            index = write_report(evaluation, folder, model, cfg.report_score_threshold)
+            where = f"report (tables, PR curves, confusion matrix, errors): {shown(index)}"
+        else:  # the table alone, which costs nothing
+            folder.mkdir(parents=True, exist_ok=True)
+            write_per_class(rows, folder)
+            where = shown(folder / "per_class.csv")
+        table = markdown_table(rows, COLUMNS).rstrip()
+        lines += ["", f"Per class, the worst AP first (also in {where}):", table]
     log.info("\n".join(lines))
 
 

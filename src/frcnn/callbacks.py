@@ -1,6 +1,6 @@
 """Lightning callbacks: SIGTERM and SLURM's requeue signal taken by every process at the same
-step; last.ckpt at every validation, every N steps and on SIGTERM; detections and inspection
-figures drawn on fixed validation images, for TensorBoard."""
+step; last.ckpt at every validation, every N steps and on SIGTERM; the weights' moving
+average; detections and inspection figures drawn on fixed validation images, for TensorBoard."""
 
 import logging
 import signal
@@ -8,11 +8,12 @@ import signal
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
 from torchvision.utils import make_grid
 
 from frcnn.checks import check_number
@@ -138,6 +139,60 @@ class LastCheckpoint(ModelCheckpoint):
         stopping = isinstance(exception, SIGTERMException)
         if stopping and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING:
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def ema_update(decay: float, warmup_steps: float):
+    """A `multi_avg_fn` for `AveragedModel`: average <- lerp(average, weights, 1 - d) with the
+    decay d = decay * (1 - exp(-n / warmup_steps)) after n updates (0 steps: d = decay), so
+    that the first steps' random weights fade fast. One foreach kernel per dtype, the decay
+    computed on the device: no host wait."""
+
+    def update(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
+        if not averaged[0].is_floating_point():  # counters (BatchNorm's batches tracked)
+            torch._foreach_copy_(averaged, current)
+            return
+        n = updates.to(averaged[0].dtype)
+        ramp = 1 - torch.exp(-n / warmup_steps) if warmup_steps > 0 else torch.ones_like(n)
+        torch._foreach_lerp_(averaged, current, 1 - decay * ramp)
+
+    return update
+
+
+class WeightEMA(WeightAveraging):
+    """An exponential moving average of the weights (and buffers), updated after every
+    optimiser step (`ema_update`), on Lightning's `WeightAveraging`: validation during training
+    runs on the average, checkpoints hold it as their `state_dict` (the raw weights as
+    `current_model_state`, `"weights": "ema"` says so) and a resumed run goes on with the same
+    average; at the end of training the model takes the average's weights.
+
+    The average lives on the model's device (moved there when training starts) and its update
+    count on the CPU, so that no update waits on the device.
+    """
+
+    def __init__(self, decay: float = 0.9998, warmup_steps: float = 2000):
+        check_number("ema.decay", decay, 0, 1)
+        check_number("ema.warmup_steps", warmup_steps, 0)
+        super().__init__(use_buffers=True, multi_avg_fn=ema_update(decay, warmup_steps))
+        self.decay, self.warmup_steps = decay, warmup_steps
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None  # every optimiser step, never at an epoch's end
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # set up before the strategy moved the model to its device: follow it there
+        self._average_model.to(pl_module.device)
+        self._average_model.n_averaged = self._average_model.n_averaged.cpu()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if "current_model_state" in checkpoint:
+            checkpoint["weights"] = "ema"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # the model takes the average's weights
+        # training is over: a later validation (train.py's of the best checkpoint) validates
+        # the weights it is given, not the average swapped in for them
+        self._average_model = None
 
 
 class DetectionImages(L.Callback):

@@ -3,9 +3,12 @@ rebuilt from the config they carry.
 
 A checkpoint written by `train.py` holds the weights (`state_dict`, keys `model.*`), the resolved
 run config (`config`), the class names and the data set's category ids. That is all `eval.py`,
-`predict.py` and `visualize.py` need: no download, no training data.
+`predict.py` and `visualize.py` need: no download, no training data. Trained with `ema=on`, its
+`state_dict` is the weights' moving average (`"weights": "ema"`; the raw weights are in
+`current_model_state`), which they all use.
 """
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -16,6 +19,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from frcnn.model import FasterRCNN
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -119,4 +124,6 @@ def detector_from_checkpoint(checkpoint: dict, overrides: dict | None = None) ->
             "command line's model options: override post-processing settings only "
             f"(score_thresh, nms_thresh, detections_per_img, ...).\n{err}"
         ) from err
+    if checkpoint.get("weights") == "ema":
+        log.info("The checkpoint's weights: their moving average (it was trained with ema=on)")
     return model

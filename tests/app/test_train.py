@@ -83,8 +83,11 @@ def best_checkpoint(run_dir):
 
 
 def test_eval_reproduces_the_logged_val_map(trained):
-    """The run's final figures are its best checkpoint's: eval.py gives them again."""
+    """The run's final figures are its best checkpoint's: eval.py gives them again (from the
+    weights' moving average, which the run validated)."""
     log_dir, run_dir = trained
+    checkpoint = torch.load(best_checkpoint(run_dir), weights_only=True)
+    assert checkpoint["weights"] == "ema" and "current_model_state" in checkpoint
     run("eval.py", f"ckpt_path={best_checkpoint(run_dir)}", *TINY, log_dir=log_dir)
     evaluated = run_dirs(log_dir, "eval")[0]
     assert metrics(evaluated)["val/map"] == pytest.approx(metrics(run_dir)["val/map"], abs=1e-6)

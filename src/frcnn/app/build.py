@@ -53,7 +53,7 @@ def build(cfg: DictConfig):
     if cfg.get("init_weights"):
         left_out = load_torchvision_weights(model, torchvision_state_dict(cfg.init_weights))
         log.info("Weights from %s; left as initialised: %s", cfg.init_weights, left_out or "none")
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, [instantiate(cfg.ema)] if cfg.get("ema") else [])
     scale_learning_rate(cfg, trainer)
     module = instantiate(cfg.module)(
         model=model, class_names=datamodule.class_names, category_ids=datamodule.category_ids
@@ -86,11 +86,12 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
     )
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.Trainer:
     """The Lightning Trainer with the config's callbacks and loggers (and `StreamEpoch`,
-    which streamed data needs, and `Preemption`, whatever the callbacks config says)."""
+    which streamed data needs, and `Preemption`, whatever the callbacks config says), and
+    `training_callbacks` (train.py's: the weight EMA)."""
     callbacks = [instantiate(c) for c in selected(cfg, "callbacks")]
-    callbacks += [StreamEpoch(), Preemption()]
+    callbacks += [StreamEpoch(), Preemption(), *(training_callbacks or [])]
     loggers = [instantiate(c) for c in selected(cfg, "logger")]
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]

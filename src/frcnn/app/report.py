@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import final_metrics, output_dir, report_wanted, shown
+from frcnn.callbacks import WeightEMA
 from frcnn.eval_report import write_report
 from frcnn.evaluation import COLUMNS, per_class_table, write_per_class
 from frcnn.sweep import markdown_table, write_run_metrics
@@ -43,6 +44,12 @@ def summarise(
             )
         elif checkpoint.best_model_path:
             lines.append(f"  last checkpoint: {shown(checkpoint.best_model_path)}")
+    ema = next((c for c in trainer.callbacks if isinstance(c, WeightEMA)), None)
+    if ema:
+        lines.append(
+            f"  weights:         the moving average (ema.decay={ema.decay}, "
+            f"warmup_steps={ema.warmup_steps}): validated, in the checkpoints' state_dict"
+        )
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # the folder its events were written to
             lines.append(f"  TensorBoard:     tensorboard --logdir {shown(logger.log_dir)}")

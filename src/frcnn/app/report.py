@@ -71,17 +71,24 @@ def summarise(
             evaluation.boxes_per_class(),
         )
         folder = output_dir() / "report"
+        table = markdown_table(rows, COLUMNS).rstrip()
         if report and report_wanted(cfg):
             evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
             model = trainer.lightning_module.model
             index = write_report(evaluation, folder, model, cfg.report_score_threshold)
-            where = f"report (tables, PR curves, confusion matrix, errors): {shown(index)}"
+            what = "PR curves, confusion matrix, errors, data and anchors"
+            lines += [
+                "",
+                "Per class, the worst AP first:",
+                table,
+                "",
+                f"Report ({what}): {shown(index)}",
+            ]
         else:  # the table alone, which costs nothing
             folder.mkdir(parents=True, exist_ok=True)
             write_per_class(rows, folder)
             where = shown(folder / "per_class.csv")
-        table = markdown_table(rows, COLUMNS).rstrip()
-        lines += ["", f"Per class, the worst AP first (also in {where}):", table]
+            lines += ["", f"Per class, the worst AP first (also in {where}):", table]
     log.info("\n".join(lines))
 
 

@@ -50,8 +50,10 @@ class Predictor:
         score_thresh: float | None = None,
         nms_thresh: float | None = None,
         max_detections: int | None = None,
+        tta: str | None = None,
     ) -> "Predictor":
-        """Rebuild the model from the config saved in a training checkpoint."""
+        """Rebuild the model from the config saved in a training checkpoint; post-processing
+        and `tta` ("none" | "flip") as given, else the checkpoint's."""
         checkpoint = load_checkpoint(path)
         post = {
             "score_thresh": score_thresh,
@@ -59,7 +61,8 @@ class Predictor:
             "detections_per_img": max_detections,
         }
         post = {k: v for k, v in post.items() if v is not None}
-        model = detector_from_checkpoint(checkpoint, {"roi_heads": post})
+        overrides = {"roi_heads": post} | ({"tta": tta} if tta is not None else {})
+        model = detector_from_checkpoint(checkpoint, overrides)
         data = checkpoint["config"]["data"]
         return cls(
             model,

@@ -21,8 +21,10 @@ def export(cfg) -> Path:
 
     opset = onnx_export.check_opset(cfg.opset)
     output = writable_file(cfg.output)
+    # the graph is the detector's fixed-shape `detect`: no test-time augmentation in it, nor
+    # in the PyTorch detections it is checked against
     predictor = Predictor.from_checkpoint(
-        cfg.ckpt_path, "cpu", cfg.score_thresh, cfg.nms_thresh, cfg.max_detections
+        cfg.ckpt_path, "cpu", cfg.score_thresh, cfg.nms_thresh, cfg.max_detections, tta="none"
     )
     size, resize = predictor.transform.size, predictor.transform.resize
     info = onnx_export.metadata(size, resize, predictor.class_names, predictor.category_ids)

@@ -81,7 +81,12 @@ def predict_files(cfg) -> dict:
             "overwrite: choose another output folder"
         )
     predictor = Predictor.from_checkpoint(
-        cfg.ckpt_path, cfg.trainer.accelerator, cfg.score_thresh, cfg.nms_thresh, cfg.max_detections
+        cfg.ckpt_path,
+        cfg.trainer.accelerator,
+        cfg.score_thresh,
+        cfg.nms_thresh,
+        cfg.max_detections,
+        cfg.tta,
     )
     output.mkdir(parents=True, exist_ok=True)
     results, corrupt, drawn_count = [], [], 0

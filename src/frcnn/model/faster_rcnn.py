@@ -13,6 +13,7 @@ from frcnn.model.matching import ROI_SAMPLING, RPN_SAMPLING, Sampling
 from frcnn.model.roi_heads import RoIHeads
 from frcnn.model.rpn import RPN
 from frcnn.model.structures import Detections, pad_targets
+from frcnn.model.tta import TTA, merge, mirror, unmirror
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,6 +31,10 @@ class FasterRCNN(nn.Module):
         roi_heads: keyword arguments of `RoIHeads` (pooling, matcher, sampler, post-processing).
         nms_calls: "image" (one NMS kernel call per image) or "batch" (one for the batch), in
             the RPN and in post-processing: the same boxes kept, what a GPU runs faster differs.
+        tta: test-time augmentation of the eval-mode detections (`forward`,
+            `forward_with_losses`): "none", or "flip": each image and its mirror image, merged
+            by the ROI heads' NMS per class and top-K (frcnn.model.tta). `detect` (the ONNX
+            export's graph) never uses it.
 
     `forward(images, targets=None, image_sizes=None)`: images are (B, 3, H, W), uint8 in
     0..255 or float in 0..1; the model normalises them with ImageNet statistics. `image_sizes`
@@ -49,10 +54,14 @@ class FasterRCNN(nn.Module):
         rpn: dict | None = None,
         roi_heads: dict | None = None,
         nms_calls: str = "image",
+        tta: str = "none",
     ):
         super().__init__()
         if nms_calls not in NMS_CALLS:
             raise ValueError(f"model.nms_calls={nms_calls!r}: one of {', '.join(NMS_CALLS)}")
+        if tta not in TTA:
+            raise ValueError(f"model.tta={tta!r}: one of {', '.join(TTA)}")
+        self.num_classes, self.tta, self.nms_calls = num_classes, tta, nms_calls
         check_number("model.num_classes", num_classes, 1, integer=True)
         check_number("model.fpn_channels", fpn_channels, 1, integer=True)
         self.backbone = Backbone(**(backbone or {}))
@@ -117,7 +126,7 @@ class FasterRCNN(nn.Module):
             if targets is None:
                 raise ValueError("FasterRCNN in training mode needs targets")
             return self._run(images, targets, image_sizes, detect=False)[0]
-        return self.detect(images, image_sizes).per_image()
+        return self._augmented(images, image_sizes, self.detect(images, image_sizes)).per_image()
 
     def detect(self, images: Tensor, image_sizes: Tensor | None = None) -> Detections:
         """Inference with fixed-shape outputs: Detections (B, K), padded (what ONNX exports)."""
@@ -132,7 +141,18 @@ class FasterRCNN(nn.Module):
         them as in training (with fresh random samples).
         """
         losses, detections = self._run(images, targets, image_sizes, detect=True)
-        return losses, detections.per_image()
+        return losses, self._augmented(images, image_sizes, detections).per_image()
+
+    def _augmented(self, images: Tensor, image_sizes: Tensor | None, detections: Detections):
+        """`detections` of `images`, merged with those of their mirror images under tta=flip."""
+        if self.tta == "none":
+            return detections
+        sizes = full_sizes(images) if image_sizes is None else image_sizes.to(images.device)
+        mirrored = self.detect(mirror(images, sizes), sizes)
+        valid = mirrored.valid[..., None]
+        mirrored = mirrored._replace(boxes=torch.where(valid, unmirror(mirrored.boxes, sizes), 0.0))
+        heads = self.roi_heads
+        return merge(detections, mirrored, self.num_classes, heads.nms_thresh, self.nms_calls)
 
     def features(self, images: Tensor, image_sizes: Tensor | None = None) -> list[Tensor]:
         """(B, 3, S, S) images (padding beyond `image_sizes` zeroed) -> [P2..P6]."""

@@ -121,3 +121,73 @@ def test_batches_say_where_each_images_content_ends(width, height):
     image = batch["images"][0]
     assert (image[:, :h, :w] == 255).all()  # content up to there, padding beyond
     assert (image[:, h:] == 0).all() and (image[:, :, w:] == 0).all()
+
+
+def scene():
+    """A 300 x 200 photo with three white objects (one near each of two corners, one in the
+    middle), a crowd region over the middle one and mask areas of half each box."""
+    image = Image.new("RGB", (300, 200))
+    boxes = [(5.0, 5.0, 65.0, 45.0), (120.0, 70.0, 180.0, 130.0), (240.0, 150.0, 295.0, 195.0)]
+    for x0, y0, x1, y1 in boxes:
+        image.paste((255, 255, 255), (int(x0), int(y0), int(x1), int(y1)))
+    boxes.append((100.0, 60.0, 200.0, 140.0))
+    area = np.array([(x1 - x0) * (y1 - y0) / 2 for x0, y0, x1, y1 in boxes], dtype=np.float32)
+    return Record(image, np.array(boxes, dtype=np.float32), np.array([1, 2, 3, 2]), 9,
+                  iscrowd=np.array([False, False, False, True]), area=area)  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_scale_jitter_boxes_land_on_their_objects_and_stay_inside_the_content(seed):
+    transform = Transform(128, "letterbox", flip_prob=0.5, scale_jitter=(0.3, 2.0))
+    image, target = transform(scene(), np.random.default_rng(seed))
+    height, width = collate([(image, target)])["image_sizes"][0].tolist()
+    assert 0 < height <= 128 and 0 < width <= 128
+    assert image[:, height:].eq(0).all() and image[:, :, width:].eq(0).all()  # padding
+    white = image[0] > 127
+    for x0, y0, x1, y1 in target["boxes"].tolist():
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        inside = white[round(y0) : round(y1), round(x0) : round(x1)]
+        assert inside.float().mean() > 0.85  # the box covers its object's pixels...
+        ring = white[max(0, round(y0) - 2) : round(y1) + 2, max(0, round(x0) - 2) : round(x1) + 2]
+        assert ring.sum() - inside.sum() <= 2 * (ring.shape[0] + ring.shape[1])  # ...tightly
+    # at most the scene's objects and its crowd region
+    assert len(target["boxes"]) <= 3 and len(target["crowd_boxes"]) <= 1
+
+
+def test_scale_jitter_drops_boxes_mostly_cropped_and_scales_their_areas():
+    """A factor of 2 on a 400 px letterbox of a 300 x 200 photo is 800 x 533: a 400 x 400 crop
+    of it keeps a quarter of the width; the draws decide where."""
+    seen = set()
+    for seed in range(40):
+        _, target = Transform(400, scale_jitter=(2.0, 2.0), min_visible=0.5)(
+            scene(), np.random.default_rng(seed)
+        )
+        assert target["scale_xy"].tolist() == pytest.approx([800 / 300, 533 / 200], abs=1e-6)
+        full = (scene().boxes[:, 2:] - scene().boxes[:, :2]).prod(1) * (800 / 300) * (533 / 200)
+        for boxes, areas, indices in (
+            (target["boxes"], target["area"], [int(c) - 1 for c in target["labels"]]),
+            (target["crowd_boxes"], target["crowd_area"], [3] * len(target["crowd_boxes"])),
+        ):
+            kept = (boxes[:, 2:] - boxes[:, :2]).prod(1)
+            for box_area, area, index in zip(kept.tolist(), areas.tolist(), indices, strict=True):
+                share = box_area / full[index]
+                assert share >= 0.5 - 1e-6  # min_visible
+                # the mask area (half the box) shrinks with the share of the box that stays
+                assert area == pytest.approx(scene().area[index] * share, rel=1e-3)
+        seen.add(len(target["boxes"]))
+    assert len(seen) > 1  # some crops keep more objects than others
+
+
+def test_scale_jitter_is_the_same_for_the_same_draws():
+    transform = Transform(128, flip_prob=0.5, scale_jitter=(0.5, 1.5))
+    first = transform(scene(), np.random.default_rng(3))
+    again = transform(scene(), np.random.default_rng(3))
+    other = transform(scene(), np.random.default_rng(4))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1]["boxes"], again[1]["boxes"])
+    assert not torch.equal(first[0], other[0])
+
+
+@pytest.mark.parametrize("jitter", [(0.0, 1.0), (1.5, 0.5), (1.0,)])
+def test_impossible_scale_jitter_fails_naming_the_key(jitter):
+    with pytest.raises(ValueError, match=r"data.scale_jitter="):
+        Transform(128, scale_jitter=jitter)

@@ -32,7 +32,8 @@ class DetectionDataModule(L.LightningDataModule):
     "image_sizes": (B, 2)} (see `collate`).
 
     `train` and `val` build a source from a Transform (Hydra partials of SyntheticShapes,
-    COCOFolder or HubCOCO); the data module supplies the transform: flips for training only.
+    COCOFolder or HubCOCO); the data module supplies the transform: flips and scale jitter
+    (`scale_jitter`, `min_visible`: see `Transform`) for training only.
     """
 
     def __init__(
@@ -48,12 +49,20 @@ class DetectionDataModule(L.LightningDataModule):
         image_size: int = 400,
         resize: str = "letterbox",
         flip_prob: float = 0.5,
+        scale_jitter: list[float] | None = None,
+        min_visible: float = 0.5,
     ):
         super().__init__()
         check_number("data.batch_size", batch_size, 1, integer=True)
         check_number("data.num_workers", num_workers, 0, integer=True)
         check_number("data.prefetch_factor", prefetch_factor, 1, integer=True)
-        self.train_transform = Transform(image_size, resize, flip_prob)
+        self.train_transform = Transform(
+            image_size,
+            resize,
+            flip_prob,
+            tuple(scale_jitter) if scale_jitter else None,
+            min_visible,
+        )
         self.val_transform = Transform(image_size, resize, 0.0)
         self.make_train, self.make_val = train, val
         self.expected_num_classes = num_classes

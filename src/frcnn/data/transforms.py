@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from frcnn.boxes import content_sizes
+from frcnn.checks import check_number
 
 RESIZE_MODES = ("letterbox", "stretch")
 
@@ -47,11 +48,21 @@ class Transform:
 
     letterbox keeps the aspect ratio and pads right and bottom with zeros; stretch scales the
     two axes independently. `flip_prob` mirrors the image content horizontally (training).
+
+    `scale_jitter` (lo, hi), training's large-scale jitter: the resize scale is multiplied by
+    a factor drawn uniformly from [lo, hi], and an image larger than S x S is cropped to it at
+    a random place (a smaller one is padded, as always): the content stays top-left and its
+    size is what `image_sizes` reports. Boxes follow, are clipped to the content, and those
+    left with less than `min_visible` of their area are dropped (crowd regions alike); the
+    annotations' areas shrink with the share of the box that stays. The crop offset is not
+    kept: `scale_xy` maps sizes, not positions, back to the original image (training only).
     """
 
     size: int = 400
     resize: str = "letterbox"
     flip_prob: float = 0.0
+    scale_jitter: tuple[float, float] | None = None
+    min_visible: float = 0.5
 
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size <= 0:
@@ -60,6 +71,14 @@ class Transform:
             raise ValueError(f"data.resize={self.resize!r}: choose one of {RESIZE_MODES}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"data.flip_prob={self.flip_prob!r}: must lie in [0, 1]")
+        if self.scale_jitter is not None:
+            jitter = tuple(self.scale_jitter)
+            if len(jitter) != 2 or not 0 < jitter[0] <= jitter[1]:
+                raise ValueError(
+                    f"data.scale_jitter={list(jitter)!r}: must be [low, high] with 0 < low <= high"
+                )
+            self.scale_jitter = (float(jitter[0]), float(jitter[1]))
+        check_number("data.min_visible", self.min_visible, 0, 1)
 
     def __call__(self, record: Record, rng: np.random.Generator | None = None, report=None):
         """Record -> (uint8 (3, S, S) image, target dict of the batch contract).
@@ -73,12 +92,15 @@ class Transform:
         image.load()  # decode now, so that a corrupt file fails here
         image = to_rgb(image)
         width, height = image.size
+        rng = rng or np.random.default_rng()
+        factor = rng.uniform(*self.scale_jitter) if self.scale_jitter else 1.0
         if self.resize == "letterbox":
-            scale = self.size / max(width, height)
-            new_w = max(1, min(self.size, round(width * scale)))
-            new_h = max(1, min(self.size, round(height * scale)))
+            scale = self.size / max(width, height) * factor
+            new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         else:
-            new_w = new_h = self.size
+            new_w = new_h = max(1, round(self.size * factor))
+        if not self.scale_jitter:  # rounding never leaves the canvas
+            new_w, new_h = min(new_w, self.size), min(new_h, self.size)
         scale_xy = np.array([new_w / width, new_h / height], dtype=np.float32)
 
         boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
@@ -89,21 +111,30 @@ class Transform:
             outside = int((clipped != boxes).any(axis=1).sum())
             report("boxes outside the image clipped", record.image_id, f"{outside} of {len(boxes)}")
         boxes = clipped * np.tile(scale_xy, 2)
-        content = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
-        rng = rng or np.random.default_rng()
-        if self.flip_prob > 0 and rng.random() < self.flip_prob:
-            content = content[:, ::-1]
-            boxes = np.stack(
-                [new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], 1
-            )
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if report and not keep.all():
             report(
                 "degenerate boxes dropped", record.image_id, f"{int((~keep).sum())} of {len(keep)}"
             )
+        content = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+        visible = np.ones(len(boxes), dtype=np.float32)
+        if self.scale_jitter:  # a random S x S window of a larger image; boxes follow
+            x0 = int(rng.integers(0, new_w - self.size + 1)) if new_w > self.size else 0
+            y0 = int(rng.integers(0, new_h - self.size + 1)) if new_h > self.size else 0
+            content = content[y0 : y0 + self.size, x0 : x0 + self.size]
+            full = box_areas(boxes)
+            boxes = np.clip(boxes - [x0, y0, x0, y0], 0, np.tile(content.shape[1::-1], 2))
+            visible = box_areas(boxes) / np.maximum(full, 1e-12)
+            keep &= visible >= max(self.min_visible, 1e-6)  # crops: no report, no bad input
+        content_w = content.shape[1]
+        if self.flip_prob > 0 and rng.random() < self.flip_prob:
+            content = content[:, ::-1]
+            boxes = np.stack(
+                [content_w - boxes[:, 2], boxes[:, 1], content_w - boxes[:, 0], boxes[:, 3]], 1
+            )
 
         canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
-        canvas[:new_h, :new_w] = content
+        canvas[: content.shape[0], : content.shape[1]] = content
         crowd = np.zeros(len(boxes), bool) if record.iscrowd is None else record.iscrowd
         objects, crowds = keep & ~crowd, keep & crowd
         target = {
@@ -117,9 +148,14 @@ class Transform:
             target["crowd_boxes"] = as_tensor(boxes[crowds]).reshape(-1, 4)
             target["crowd_labels"] = torch.from_numpy(labels[crowds])
         if record.area is not None:
-            target["area"] = as_tensor(record.area[objects])
-            target["crowd_area"] = as_tensor(record.area[crowds])
+            area = np.asarray(record.area, dtype=np.float32) * visible  # the part that stays
+            target["area"] = as_tensor(area[objects])
+            target["crowd_area"] = as_tensor(area[crowds])
         return torch.from_numpy(canvas).permute(2, 0, 1).contiguous(), target
+
+
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -153,8 +189,10 @@ def collate(batch):
         return None
     images, targets = zip(*batch, strict=True)
     targets = list(targets)
+    images = torch.stack(images)
     return {
-        "images": torch.stack(images),
+        "images": images,
         "targets": targets,
-        "image_sizes": content_sizes(targets),
+        # scale-jittered images larger than the canvas were cropped to it
+        "image_sizes": content_sizes(targets).clamp(max=images.shape[-1]),
     }

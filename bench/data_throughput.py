@@ -1,6 +1,7 @@
 """Images per second of decode + transform + collate, per source and worker count.
 
     uv run python bench/data_throughput.py [--images 256] [--workers 0 1 2] [--size 400]
+        [--scale-jitter 0.1 2.0]
 
 Writes a temporary COCO-like data set (640x480 JPEGs, as in COCO) as hub-schema parquet and as
 a COCO folder, then times a full pass of a DataLoader over each source. Not a test.
@@ -105,9 +106,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--scale-jitter", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+        help="training's large-scale jitter (data.scale_jitter), e.g. 0.1 2.0",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    transform = Transform(args.size, "letterbox", flip_prob=0.5)
+    transform = Transform(args.size, "letterbox", flip_prob=0.5, scale_jitter=args.scale_jitter)
     with tempfile.TemporaryDirectory() as tmp:
         files, annotation_file, image_dir = write_data(
             Path(tmp), args.images, max(args.workers + [1])
@@ -119,8 +124,10 @@ def main() -> None:
             ),
             "coco folder": lambda: COCOFolder(transform, str(annotation_file), str(image_dir)),
         }
+        jitter = f", scale jitter {args.scale_jitter}" if args.scale_jitter else ""
         print(
-            f"{args.images} images -> {args.size} px letterbox, batch {args.batch_size}; images/s"
+            f"{args.images} images -> {args.size} px letterbox{jitter}, batch {args.batch_size}; "
+            "images/s"
         )
         header = "| source | " + " | ".join(f"{w} workers" for w in args.workers) + " |"
         print(header)

@@ -185,3 +185,17 @@ def test_output_names_stay_distinct_whatever_the_inputs_are_called():
 
     files = [Path("a/7.png"), Path("b/7.png"), Path("c/7_1.png"), Path("d/..jpg")]
     assert output_names(files) == ["7.jpg", "7_1.jpg", "7_1_1.jpg", "image3.jpg"]
+
+
+def test_predictor_from_a_checkpoint_takes_tta_or_keeps_the_checkpoints(trained):
+    _, run_dir = trained
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert Predictor.from_checkpoint(checkpoint, "cpu").model.tta == "none"  # the checkpoint's
+    flipped = Predictor.from_checkpoint(checkpoint, "cpu", tta="flip")
+    assert flipped.model.tta == "flip"
+    record = draw_sample(0, 0, 6, max_objects=4)
+    detection = flipped(record.image)
+    width, height = record.image.size
+    assert (
+        (detection["boxes"] >= 0) & (detection["boxes"] <= torch.tensor([width, height] * 2))
+    ).all()

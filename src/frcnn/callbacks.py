@@ -2,6 +2,7 @@
 step; last.ckpt at every validation, every N steps and on SIGTERM; the weights' moving
 average; detections and inspection figures drawn on fixed validation images, for TensorBoard."""
 
+import functools
 import logging
 import signal
 
@@ -141,21 +142,23 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def ema_update(decay: float, warmup_steps: float):
-    """A `multi_avg_fn` for `AveragedModel`: average <- lerp(average, weights, 1 - d) with the
-    decay d = decay * (1 - exp(-n / warmup_steps)) after n updates (0 steps: d = decay), so
-    that the first steps' random weights fade fast. One foreach kernel per dtype, the decay
-    computed on the device: no host wait."""
-
-    def update(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
-        if not averaged[0].is_floating_point():  # counters (BatchNorm's batches tracked)
-            torch._foreach_copy_(averaged, current)
-            return
-        n = updates.to(averaged[0].dtype)
-        ramp = 1 - torch.exp(-n / warmup_steps) if warmup_steps > 0 else torch.ones_like(n)
-        torch._foreach_lerp_(averaged, current, 1 - decay * ramp)
-
-    return update
+def ema_update(
+    averaged: list[Tensor],
+    current: list[Tensor],
+    updates: Tensor,
+    decay: float,
+    warmup_steps: float,
+) -> None:
+    """`AveragedModel`'s `multi_avg_fn` (with `decay` and `warmup_steps` bound): average <-
+    lerp(average, weights, 1 - d), the decay d = decay * (1 - exp(-n / warmup_steps)) after n
+    updates (0 steps: d = decay), so that the first steps' random weights fade fast. One foreach
+    kernel per dtype, the decay computed on the device: no host wait."""
+    if not averaged[0].is_floating_point():  # counters (BatchNorm's batches tracked)
+        torch._foreach_copy_(averaged, current)
+        return
+    n = updates.to(averaged[0].dtype)
+    ramp = 1 - torch.exp(-n / warmup_steps) if warmup_steps > 0 else torch.ones_like(n)
+    torch._foreach_lerp_(averaged, current, 1 - decay * ramp)
 
 
 class WeightEMA(WeightAveraging):
@@ -172,7 +175,8 @@ class WeightEMA(WeightAveraging):
     def __init__(self, decay: float = 0.9998, warmup_steps: float = 2000):
         check_number("ema.decay", decay, 0, 1)
         check_number("ema.warmup_steps", warmup_steps, 0)
-        super().__init__(use_buffers=True, multi_avg_fn=ema_update(decay, warmup_steps))
+        update = functools.partial(ema_update, decay=decay, warmup_steps=warmup_steps)
+        super().__init__(use_buffers=True, multi_avg_fn=update)  # a partial: DDP spawn pickles it
         self.decay, self.warmup_steps = decay, warmup_steps
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:

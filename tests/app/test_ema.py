@@ -108,3 +108,32 @@ def test_impossible_settings_fail_naming_the_key():
         WeightEMA(decay=1.5)
     with pytest.raises(ValueError, match=r"ema.warmup_steps=-1: must lie in \[0, inf\)"):
         WeightEMA(warmup_steps=-1)
+
+
+class SameOnEveryRank(L.Callback):
+    """At the end of training, every process's average must equal rank 0's (all-gathered)."""
+
+    def on_train_end(self, trainer, pl_module):
+        ema = next(c for c in trainer.callbacks if isinstance(c, WeightEMA))
+        flat = torch.cat([p.detach().flatten() for p in ema._average_model.parameters()])
+        everyone = pl_module.all_gather(flat)  # (world, N)
+        assert everyone.shape[0] == 2 and torch.equal(everyone[0], everyone[1])
+        assert int(ema._average_model.n_averaged) == trainer.global_step
+
+
+class Sharded(Small):
+    """Each process gets other inputs (DDP's sampler): only the all-reduce keeps them equal."""
+
+    def train_dataloader(self):
+        return data()
+
+
+def test_under_ddp_every_process_keeps_the_same_average(tmp_path):
+    """Two processes (Lightning's DDP on the CPU, gloo): the weights stay equal through the
+    gradient all-reduce, so do the averages, updated at the same steps."""
+    # the check before the EMA: at train end the EMA hands its average to the model, then drops it
+    run = trainer(
+        tmp_path, SameOnEveryRank(), WeightEMA(DECAY, WARMUP), max_steps=3, devices=2,
+        strategy="ddp_spawn",
+    )  # fmt: skip
+    run.fit(Sharded())

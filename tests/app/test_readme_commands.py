@@ -190,7 +190,8 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
         )
     if script != "train.py":
         return script, filled
-    hub = any(a in ("experiment=coco400", "data=coco") for a in filled)
+    # experiment=coco400 and those built on it (coco400_lsj) stream the hub
+    hub = any(a.startswith("experiment=coco400") or a == "data=coco" for a in filled)
     folder = "data=coco_files" in filled
     extra = list(SIZE["coco" if hub or folder else "synthetic"])
     if hub:

@@ -197,17 +197,13 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
 
 def dataset_markdown(stats: dict) -> str:
     columns = ["side (px)", "boxes", "pooled from", *stats["level_names"], "any level"]
-    rows = [
-        {
-            k: (
-                f"{v:.0%}"
-                if isinstance(v, float) and not math.isnan(v)
-                else ("-" if isinstance(v, float) else v)
-            )
-            for k, v in r.items()
-        }
-        for r in stats["table"]
-    ]
+
+    def cell(value):  # shares as percentages, "-" where a size range has no box
+        if not isinstance(value, float):
+            return value
+        return "-" if math.isnan(value) else f"{value:.0%}"
+
+    rows = [{k: cell(v) for k, v in row.items()} for row in stats["table"]]
     per_image = stats["boxes_per_image"].float()
     head = (
         f"{len(per_image)} images, {len(stats['labels'])} boxes (crowds left out), "

@@ -130,6 +130,12 @@ def log_pr_curves(writer, evaluation: Evaluation, step: int) -> None:
             fp = torch.where(precision > 0, tp * (1 - precision) / precision, 0)
             writer.add_pr_curve_raw(
                 f"pr/{iou}/{name}",
-                tp, fp, torch.zeros_like(tp), num_boxes - tp, precision, recall,
-                global_step=step, num_thresholds=len(RECALL),
-            )  # fmt: skip
+                tp,
+                fp,
+                torch.zeros_like(tp),
+                num_boxes - tp,
+                precision,
+                recall,
+                global_step=step,
+                num_thresholds=len(RECALL),
+            )

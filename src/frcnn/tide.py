@@ -106,8 +106,15 @@ def _image(pred, truth, fg, bg, max_detections):
         targeted[j] = True
         best = np.flatnonzero(target == j)[0]  # the highest-scoring of those aiming at j
         fixed_tp[best], fixed_labels[best] = True, int(gt_labels[j])
-    detections = (labels.numpy(), scores.double().numpy(), tp, error, fixed_labels, fixed_tp,
-                  ~ignored)  # fmt: skip
+    detections = (
+        labels.numpy(),
+        scores.double().numpy(),
+        tp,
+        error,
+        fixed_labels,
+        fixed_tp,
+        ~ignored,
+    )
     return detections, (gt_labels.numpy(), ~used & ~targeted)
 
 

@@ -135,7 +135,7 @@ def test_the_ap50_before_fixes_is_cocoevals(seed):
         preds.append(
             {"boxes": boxes, "labels": det_labels, "scores": torch.rand(len(boxes), generator=g)}
         )
-        truths.append({"boxes": gt, "labels": labels, "iscrowd": crowd})  # fmt: skip
+        truths.append({"boxes": gt, "labels": labels, "iscrowd": crowd})
     metric = MeanAveragePrecision(backend="faster_coco_eval", iou_thresholds=[0.5])
     metric.update(preds, truths)
     expected = float(metric.compute()["map_50"])

@@ -2,6 +2,7 @@
 shared by every command."""
 
 import logging
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -101,6 +102,22 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     return trainer
+
+
+def wait_for_other_processes(trainer: L.Trainer, timeout_s: float = 120) -> None:
+    """Wait until the DDP processes that Lightning started from this one (the other GPUs of
+    this machine) have exited. Lightning does not: in a sweep the next run would start its
+    processes while the last run's were still shutting down. One that has not exited after
+    `timeout_s` is killed, named in the log."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    for process in getattr(launcher, "procs", None) or []:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "DDP process %d still running %g s after the run: killed", process.pid, timeout_s
+            )
+            process.kill()
 
 
 def report_wanted(cfg: DictConfig) -> bool:

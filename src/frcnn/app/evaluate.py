@@ -5,7 +5,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.app.build import build_trainer, checkpoint_run_config, given_keys, quiet_libraries
+from frcnn.app.build import (
+    build_trainer,
+    checkpoint_run_config,
+    given_keys,
+    quiet_libraries,
+    wait_for_other_processes,
+)
 from frcnn.app.report import finish
 from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 
@@ -34,4 +40,6 @@ def evaluate(cfg: DictConfig) -> float | None:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg)
     trainer.validate(module, datamodule=datamodule)
-    return finish(trainer, cfg)
+    value = finish(trainer, cfg)
+    wait_for_other_processes(trainer)
+    return value

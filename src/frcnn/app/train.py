@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.app.build import build, final_metrics, output_dir, shown
+from frcnn.app.build import build, final_metrics, output_dir, shown, wait_for_other_processes
 from frcnn.app.command import run_of
 from frcnn.app.report import finish
 from frcnn.checkpoint import detector_state, load_checkpoint
@@ -42,7 +42,9 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException:
         stopped(trainer, cfg)
-    return finish(trainer, cfg, validate_best(trainer, module, datamodule))
+    value = finish(trainer, cfg, validate_best(trainer, module, datamodule))
+    wait_for_other_processes(trainer)
+    return value
 
 
 def latest_own_checkpoint(run_dir: Path) -> Path | None:

@@ -1,6 +1,7 @@
 """The weight EMA: the hand-computed average of every step, in the checkpoint, resumed."""
 
 import math
+import os
 
 import lightning as L
 import pytest
@@ -136,4 +137,12 @@ def test_under_ddp_every_process_keeps_the_same_average(tmp_path):
         tmp_path, SameOnEveryRank(), WeightEMA(DECAY, WARMUP), max_steps=3, devices=2,
         strategy="ddp_spawn",
     )  # fmt: skip
-    run.fit(Sharded())
+    # Lightning sets MASTER_PORT, WORLD_SIZE, ... in this process: restored after the test, or
+    # every later DDP run the tests start would inherit one fixed port (a sweep's second run
+    # then meets its first run's rendezvous)
+    environ = dict(os.environ)
+    try:
+        run.fit(Sharded())
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)

@@ -43,7 +43,8 @@ class Evaluation:
         return self.class_names[label - 1] if self.class_names else str(label)
 
     def boxes_per_class(self) -> dict[int, int]:
-        counts = torch.bincount(torch.cat([t["labels"][t["iscrowd"] == 0] for t in self.truths]))
+        labels = [t["labels"][t["iscrowd"] == 0] for t in self.truths]
+        counts = torch.bincount(torch.cat(labels)) if labels else torch.zeros(0)
         return {label: int(n) for label, n in enumerate(counts.tolist()) if n}
 
 

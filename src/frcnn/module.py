@@ -239,7 +239,9 @@ class DetectorModule(L.LightningModule):
             metrics={f"val/{k}": float(result[k]) for k in MAP_KEYS},
         )
         for logger in self.loggers:  # (none without a trainer)
-            if isinstance(logger, TensorBoardLogger) and not self.trainer.sanity_checking:
+            # no curves of the sanity check, nor of a validation without a label
+            curves = self.evaluation.classes and not self.trainer.sanity_checking
+            if isinstance(logger, TensorBoardLogger) and curves:
                 log_pr_curves(logger.experiment, self.evaluation, self.global_step)
         for key in MAP_KEYS:
             self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")

@@ -13,7 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from frcnn.data import COCOFolder, Transform
 from frcnn.eval_report import pr_figure
-from frcnn.evaluation import CURVE_IOUS, log_pr_curves
+from frcnn.evaluation import CURVE_IOUS, Evaluation, log_pr_curves, pr_curves
 from frcnn.module import DetectorModule
 from tests.app.test_evaluation import (
     CATEGORIES,
@@ -89,3 +89,9 @@ def test_tensorboard_gets_every_curve(evaluated, tmp_path):
         precision, recall = make_ndarray(event.tensor_proto)[4:]
         assert recall[0] == 1 and recall[-1] == 0
         assert float(precision.astype(np.float64).mean()) == pytest.approx(stats[1], abs=1e-6)
+
+
+def test_a_validation_without_images_has_no_boxes_and_no_curves(tmp_path):
+    empty = Evaluation([], [], [], [], torch.zeros(10, 101, 0, 4, 3), [])
+    assert empty.boxes_per_class() == {}
+    assert all(curves.shape == (0, 101) for curves in pr_curves(empty.precision).values())

@@ -19,6 +19,11 @@ CURVE_IOUS = {"0.5": 0, "0.75": 5, "0.5:0.95": None}
 RECALL = torch.linspace(0, 1, 101, dtype=torch.float64)  # COCO's recall points
 
 
+def class_name(label: int, class_names: list[str] | None) -> str:
+    """The name of label 1..C, or the label itself where the data has no names."""
+    return class_names[label - 1] if class_names else str(label)
+
+
 @dataclass
 class Evaluation:
     """One validation, all images: what the report is made of.
@@ -40,7 +45,7 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def name(self, label: int) -> str:
-        return self.class_names[label - 1] if self.class_names else str(label)
+        return class_name(label, self.class_names)
 
     def boxes_per_class(self) -> dict[int, int]:
         labels = [t["labels"][t["iscrowd"] == 0] for t in self.truths]
@@ -68,7 +73,7 @@ def per_class_table(
         at = precision[:, :, k, :, -1]  # (T, R, A) at 100 detections
         rows.append(
             {
-                "class": class_names[label - 1] if class_names else str(label),
+                "class": class_name(label, class_names),
                 "AP": ap(at[..., 0]),
                 "AP50": ap(at[0, :, 0]),
                 "AP75": ap(at[5, :, 0]),

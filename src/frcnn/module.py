@@ -12,7 +12,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from frcnn.boxes import to_original_pixels
 from frcnn.checks import check_number
-from frcnn.evaluation import Evaluation, log_pr_curves
+from frcnn.evaluation import Evaluation, class_name, log_pr_curves
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 
@@ -249,8 +249,7 @@ class DetectorModule(L.LightningModule):
             for label, ap in zip(
                 result["classes"].tolist(), result["map_per_class"].tolist(), strict=True
             ):
-                name = self.class_names[label - 1] if self.class_names else str(label)
-                self.log(f"val/ap/{name}", ap)
+                self.log(f"val/ap/{class_name(label, self.class_names)}", ap)
 
     # optimisation
 

@@ -305,7 +305,14 @@ def test_two_nodes_through_torchrun_share_one_folder_and_stop_together_on_sigter
     nodes[0].send_signal(signal.SIGTERM)
     printed = [node.communicate(timeout=120)[0] for node in nodes]
     assert [p.name for p in run_dir.parent.iterdir()] == [run_dir.name]
-    step = int(re.search(r"Stopped by SIGTERM at step (\d+)", printed[0]).group(1))
+    stop = re.search(r"Stopped by SIGTERM at step (\d+)", printed[0])
+    # a failure shows what each node printed, and how its torchrun exited
+    shown = "\n\n".join(
+        f"node {i}, exit {node.returncode}:\n{out[-3000:]}"
+        for i, (node, out) in enumerate(zip(nodes, printed, strict=True))
+    )
+    assert stop, shown
+    step = int(stop.group(1))
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == step > 2  # past the first epoch (2 steps: 16 images, 2 x 4)
     assert "Resume with: uv run train.py" in printed[0]

@@ -7,8 +7,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from frcnn.data.synthetic import draw_sample
+from frcnn.data.transforms import resize
 from frcnn.export import check, compare, export_onnx, metadata
 from frcnn.predict import Predictor
 from tests.app.helpers import ROOT, run
@@ -86,14 +88,25 @@ def readme_example() -> str:
     return section[start : section.index("```\n", start)]
 
 
-def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path):
+def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path, monkeypatch):
+    """The example's letterbox, feed and box mapping give predict.py's detections, given the
+    same pixels: its PIL resize takes the transform's here (the two resizes agree within one
+    grey level, tests/data/test_transforms.py; a random model's crowd of near-equal low
+    scores would reorder on that)."""
     checkpoint, path, _ = exported
     namespace = {}
     exec(readme_example().replace('"model.onnx"', repr(str(path))), namespace)
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
-    for index, (width, height) in enumerate([(640, 300), (280, 500)]):
-        file = tmp_path / f"{index}.jpg"
-        draw_sample(4, index, 6, 240, 640).image.resize((width, height)).save(file)
+    files = [tmp_path / f"{index}.jpg" for index in range(2)]
+    for index, (file, size) in enumerate(zip(files, [(640, 300), (280, 500)], strict=True)):
+        draw_sample(4, index, 6, 240, 640).image.resize(size).save(file)
+
+    def transform_resize(image, size, resample):
+        assert resample == Image.BILINEAR
+        return Image.fromarray(resize(image, size[1], size[0]).permute(1, 2, 0).numpy())
+
+    monkeypatch.setattr(Image.Image, "resize", transform_resize)
+    for file in files:
         boxes, scores, names = namespace["detect"](file)
         expected = predictor(str(file))
         assert boxes.max() > 96  # in the photo's pixels, not the 96-px input's

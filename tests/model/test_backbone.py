@@ -1,6 +1,10 @@
+from collections import Counter
+
 import pytest
 import torch
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.model.backbone import Backbone
@@ -36,6 +40,70 @@ def test_frozen_batch_norm_is_used_by_default():
     backbone = Backbone(depth=18)
     assert isinstance(backbone.stem[1], FrozenBatchNorm2d)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+
+
+def random_statistics(module, generator):
+    for m in module.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            for name in ("weight", "bias", "running_mean"):
+                getattr(m, name).copy_(torch.randn(m.weight.shape, generator=generator) * 0.3)
+            m.running_var.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
+
+
+def test_frozen_norms_compute_torchvisions_frozen_batch_norm_from_this_passs_buffers():
+    """The constants computed for all layers at once give torchvision's own FrozenBatchNorm2d
+    outputs; a pass after the buffers changed in place uses the new ones; nothing is kept."""
+    g = torch.Generator().manual_seed(0)
+    ours = Backbone(depth=50, frozen="layer3").eval()
+    reference = torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d).eval()
+    x = torch.randn(1, 3, 64, 64, generator=g)
+    for _ in range(2):  # new statistics in place, between passes
+        with torch.no_grad():
+            random_statistics(ours, g)
+            names = {"stem.0.": "conv1.", "stem.1.": "bn1."}
+            state = {names.get(k[:7], k[:7]) + k[7:]: v for k, v in ours.state_dict().items()}
+            loaded = reference.load_state_dict(state, strict=False)
+            assert {k.split(".")[0] for k in loaded.missing_keys} == {"fc"}  # all but that
+            c2_to_c5 = create_feature_extractor(
+                reference, ["layer1", "layer2", "layer3", "layer4"]
+            )(x)
+            for got, expected in zip(ours(x), c2_to_c5.values(), strict=True):
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert all(m.constants is None for m in ours.modules() if isinstance(m, FrozenBatchNorm2d))
+    alone = ours.layer2[0].bn1  # called on its own: computes its constants itself
+    features = torch.randn(1, alone.weight.numel(), 4, 4, generator=g)
+    torch.testing.assert_close(alone(features), FrozenBatchNorm2d.forward(alone, features))
+
+
+def test_frozen_norms_cost_a_few_ops_for_all_layers():
+    """A ResNet-50 pass computes the 53 frozen norms' constants in one go: one rsqrt, and one
+    op per layer to apply them (torchvision's: 9 per layer)."""
+    backbone = Backbone(depth=50, frozen="layer3").eval()
+    with torch.no_grad(), OpNames() as ops:
+        backbone(torch.randn(1, 3, 32, 32))
+    assert ops.names["rsqrt"] == 1 and ops.names["addcmul"] == 53 + 1  # + the shift's
+
+
+def test_frozen_norms_keep_bfloat16_under_autocast():
+    backbone = Backbone(depth=18, frozen="layer2").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = backbone(torch.randn(2, 3, 64, 64))
+    assert all(f.dtype == torch.bfloat16 for f in features)
+    sum(f.float().sum() for f in features).backward()
+    assert backbone.layer4[0].conv1.weight.grad is not None
+
+
+class OpNames(TorchDispatchMode):
+    """The aten ops dispatched inside the context, by name (views left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.names[func._schema.name.split("::")[-1]] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def test_checkpointing_gives_the_same_outputs_and_gradients():

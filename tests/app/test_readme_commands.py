@@ -117,8 +117,8 @@ def workspace(tmp_path_factory) -> Path:
     hub.mkdir(parents=True)
     # shards of different sizes, as the hub's are, and one unreadable validation image: under
     # DDP the processes hold different numbers of images
-    for shard, (first, count) in enumerate([(0, 3), (3, 1), (4, 1)]):
-        write_hub_parquet(hub / f"train-{shard:05d}-of-00003.parquet", objects(first, count))
+    for shard, (first, count) in enumerate([(0, 2), (2, 2), (4, 2), (6, 1)]):
+        write_hub_parquet(hub / f"train-{shard:05d}-of-00004.parquet", objects(first, count))
     val = objects(100, 7)
     val[3]["image"] = {"bytes": jpeg_bytes(160, 120)[:300], "path": None}  # truncated
     write_hub_parquet(hub / "val-00000-of-00001.parquet", val)
@@ -334,13 +334,14 @@ def check_side_by_side(sweep: Path) -> None:
 
 
 def check_ddp(run: Path, printed: str, ws: Path) -> None:
-    """Both processes in one run folder, each on its own part of the stream (5 images in 3
-    shards: 3 and 2, every other one; the epoch ends for both at the batches both have); one
+    """Both processes in one run folder, each on its own part of the stream (7 images in 4
+    shards of 2, 2, 2 and 1: two shards each, a shard per DataLoader worker, so 2 full batches
+    on one process and 1 on the other; the epoch ends for both at the batches both have); one
     summary; the validation figures cover every readable image once (6 of 7, shared 4 + 2 by
     the processes) and equal one process's on the same images."""
     ids = [json.loads((run / f"ids_rank{rank}.json").read_text()) for rank in range(2)]
-    # epoch 0 ends after the one batch both have (2+1 of one's 3 images, 2 of the other's),
-    # then step 2 in epoch 1: the 3rd image is not trained on in epoch 0
+    # epoch 0 ends after the one batch both have (the other's single image makes no full
+    # batch), then step 2 in epoch 1: one process's second batch is not trained on in epoch 0
     assert list(map(len, ids)) == [4, 4]
     assert set(ids[0][:2]).isdisjoint(ids[1][:2])  # epoch 0: each its own part
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -6,6 +6,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
 from frcnn.data import DetectionDataModule, SyntheticShapes
 from frcnn.data.datamodule import StreamEpoch
@@ -125,11 +126,36 @@ def test_every_validation_image_once_over_processes_of_unequal_shares():
 
 
 def test_processes_streaming_unequal_parts_stop_at_the_batches_all_have(tmp_path):
-    """Two real processes over gloo, with 4 and 2 batches: both take 2, every epoch."""
-    from frcnn.data.datamodule import EvenBatches
+    """Two real processes over gloo, with 4 and 2 batches: both take 2, every epoch; with 3 and
+    none: both stop at once, with the error (not one waiting for the other)."""
+    from frcnn.data.datamodule import StreamedBatches
 
     def epochs(rank: int) -> list:
-        batches = list(range([4, 2][rank]))
-        return [list(EvenBatches(batches)) for _ in range(2)]
+        loaders = [DataLoader(range([4, 2][rank])), DataLoader(range([3, 0][rank]))]
+        taken = [[int(b) for b in StreamedBatches(loaders[0])] for _ in range(2)]
+        with pytest.raises(ValueError, match="no full batch of data.batch_size=1") as error:
+            list(StreamedBatches(loaders[1]))
+        return taken, "on one of the processes" in str(error.value)
 
-    assert in_two_processes(epochs, tmp_path) == [[[0, 1], [0, 1]]] * 2
+    assert in_two_processes(epochs, tmp_path) == [([[0, 1], [0, 1]], True)] * 2
+
+
+def test_a_streamed_epoch_has_full_batches_only_and_at_least_one(hub_parquet):
+    """Two workers, a shard of 6 images each: batches of 4 take 4 of each shard (the short
+    batch of the other 2 is dropped); batches of 8 leave none, which fails, saying why."""
+    local = {"train": {"data_files": hub_parquet}, "val": {"data_files": hub_parquet, "limit": 1}}
+    dm = load("coco", num_workers=2, batch_size=4, **local)
+    dm.setup("fit")
+    sizes = [len(batch["targets"]) for batch in dm.train_dataloader()]
+    assert sizes == [4, 4]
+    dm = load("coco", num_workers=2, batch_size=8, **local)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="no full batch of data.batch_size=8 .* 2 DataLoader"):
+        list(dm.train_dataloader())
+
+
+def test_a_training_set_smaller_than_a_batch_fails_at_start_up():
+    dm = load("synthetic", num_workers=0, batch_size=4, train={"num_images": 3})
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="data.batch_size=4, but the training set has 3 images"):
+        dm.train_dataloader()

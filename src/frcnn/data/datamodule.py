@@ -145,17 +145,26 @@ class DetectionDataModule(L.LightningDataModule):
         self.set_epoch(state_dict.get("epoch", 0))
 
     def train_dataloader(self):
-        streamed = isinstance(self.train_set, IterableDataset)
-        loader = self._loader(self.train_set, shuffle=not streamed)
-        # a map-style set gets Lightning's DistributedSampler: as many batches on every process
-        return EvenBatches(loader) if streamed and distributed() else loader
+        """Full batches only (`drop_last`): the short last one would be a new input shape and
+        a step of a few images at the full learning rate."""
+        if isinstance(self.train_set, IterableDataset):
+            return StreamedBatches(self._loader(self.train_set, shuffle=False, drop_last=True))
+        # Lightning gives it a DistributedSampler: as many batches on every process
+        ranks = dist.get_world_size() if distributed() else 1
+        if -(-len(self.train_set) // ranks) < self.batch_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size}, but the training set has "
+                f"{len(self.train_set)} images{f' over {ranks} processes' if ranks > 1 else ''}: "
+                "not one full batch. Use a smaller data.batch_size or more data."
+            )
+        return self._loader(self.train_set, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         if distributed() and not isinstance(self.val_set, IterableDataset):
             return self._loader(self.val_set, shuffle=False, sampler=EveryNth(self.val_set))
         return self._loader(self.val_set, shuffle=False)
 
-    def _loader(self, dataset, shuffle: bool, sampler=None) -> DataLoader:
+    def _loader(self, dataset, shuffle: bool, sampler=None, drop_last=False) -> DataLoader:
         extra = {}
         if self.num_workers > 0:
             extra = {
@@ -169,7 +178,7 @@ class DetectionDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             collate_fn=collate,
-            drop_last=shuffle,
+            drop_last=drop_last,
             sampler=sampler,
             **extra,
         )
@@ -179,27 +188,49 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class EvenBatches:
-    """A streamed training set's batches, as many on every process (DDP takes every step on
-    every process together). Each process streams its own part of the data, and the parts hold
-    different numbers of images (shards of different sizes, skipped images): before each batch
-    the processes agree (a MIN all-reduce of "I have one" over a CPU gloo group: no wait on the
-    GPU) and the epoch ends, on all of them, at the count they all reach. The batches beyond it
-    on some processes are not trained on in that epoch (the next epoch has another order)."""
+class StreamedBatches:
+    """A streamed training set's batches, each epoch: only full ones (every DataLoader worker
+    drops its last, short batch: a 1-15 image step at the full LR, and a new input shape for
+    cuDNN's autotuner or a compiled graph), as many on every process, and at least one.
+
+    Under DDP every step runs on every process together, but each process streams its own part
+    of the data, and the parts hold different numbers of images (shards of different sizes,
+    skipped images): before each batch the processes agree (a MIN all-reduce of "I have one"
+    over a CPU gloo group: no wait on the GPU) and the epoch ends, on all of them, at the count
+    they all reach. The batches beyond it on some processes are not trained on in that epoch
+    (the next epoch has another order). An epoch that ends before its first batch raises: the
+    run would otherwise go through its epochs without a step."""
 
     def __init__(self, loader: DataLoader):
         self.loader = loader
-        self.group = dist.new_group(backend="gloo")  # every process builds it: a collective
+        # every process builds it: a collective
+        self.group = dist.new_group(backend="gloo") if distributed() else None
 
     def __iter__(self):
-        batches = iter(self.loader)
+        batches, count = iter(self.loader), 0
         while True:
             batch = next(batches, None)
-            have = torch.tensor([batch is not None], dtype=torch.int32)
-            dist.all_reduce(have, op=dist.ReduceOp.MIN, group=self.group)
-            if not have.item():
-                return
+            have = batch is not None
+            if self.group is not None:
+                agreed = torch.tensor([have], dtype=torch.int32)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=self.group)
+                have = bool(agreed.item())
+            if not have:
+                break
+            count += 1
             yield batch
+        if count == 0:
+            raise ValueError(self._no_batch())
+
+    def _no_batch(self) -> str:
+        workers = max(1, self.loader.num_workers)
+        where = " on one of the processes" if self.group is not None else ""
+        return (
+            f"The training stream gave no full batch of data.batch_size={self.loader.batch_size} "
+            f"in this epoch{where}: each of its {workers} DataLoader worker(s) per process "
+            "streams its own shards and drops its last, short batch. Use more data, a smaller "
+            "data.batch_size or fewer data.num_workers."
+        )
 
 
 class EveryNth(DistributedSampler):

@@ -9,11 +9,12 @@ loop; one markdown table.
 
 Rows: this detector with its defaults (`model.nms_calls=image`, `model.roi_heads.pooler=own`),
 then one switch changed at a time (nms_calls=batch, pooler=torchvision, channels-last, and with
-`--compile` the backbone and FPN compiled), and torchvision's detector with the same weights
-and settings (bench/detector.py: ResNet-50-FPN, stem..layer3 frozen, 81 classes), in
-16-mixed and bf16-mixed. A train step is forward + backward + SGD step on the same synthetic
-batch; img/s over `--steps` steps after `--warmup`; syncs: CUDA's sync debug mode over one
-step; memory: the peak allocated over the timed steps. Then `train.py` itself for
+`--compile` each `module.compile_scope`: the backbone and FPN, then every fixed-shape part),
+and torchvision's detector with the same weights and settings (bench/detector.py:
+ResNet-50-FPN, stem..layer3 frozen, 81 classes), in 16-mixed and bf16-mixed. A train step
+is forward + backward + SGD step on the same synthetic batch; img/s over `--steps` steps
+after `--warmup`; syncs: CUDA's sync debug mode over one step; memory: the peak allocated
+over the timed steps. Then `train.py` itself for
 `--loop-steps` steps on synthetic data at the same size, batch and precision: its logged
 train/images_per_s (data loading, Lightning's loop, logging and all) against the detector-only
 figure of the same setting. Not a test.
@@ -32,6 +33,8 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).parent))
 from detector import build_pair, cuda_syncs, make_steps, synchronize, synthetic_batch  # noqa: E402
 
+from frcnn.module import COMPILE_SCOPES, compile_parts  # noqa: E402
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -46,8 +49,9 @@ def variants(ours, compile_: bool):
     yield "ours, nms_calls=batch", lambda: switch(nms_calls="batch")
     yield "ours, pooler=torchvision", lambda: switch(pooler="torchvision")
     yield "ours, channels-last", lambda: switch()
-    if compile_:
-        yield "ours, compiled backbone+FPN", lambda: switch()
+    if compile_:  # compiled in place: the last rows
+        for scope in COMPILE_SCOPES:
+            yield f"ours, compile_scope={scope}", lambda: switch()
 
 
 def measure(step, args, device) -> tuple[float, int | None, float | None]:
@@ -77,8 +81,8 @@ def detector_rows(args, device, precision) -> list[tuple]:
         channels_last = name.endswith("channels-last")
         if channels_last:
             model = ours.to(memory_format=torch.channels_last)
-        if name.startswith("ours, compiled"):
-            model.backbone.compile(), model.fpn.compile()
+        if name.startswith("ours, compile_scope="):
+            compile_parts(model, "inductor", name.split("=")[1])
         train_step, _ = make_steps(model, False, images, targets, device, precision, channels_last)
         rows.append((name, precision, *measure(train_step, args, device)))
         ours.to(memory_format=torch.contiguous_format)

@@ -15,6 +15,18 @@ from frcnn.checks import check_number
 from frcnn.evaluation import Evaluation, class_name, log_pr_curves
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
+# the detector's parts that `module.compile_scope` compiles
+COMPILE_SCOPES = {
+    "backbone": ("backbone", "fpn"),
+    "fixed_shapes": ("backbone", "fpn", "rpn.head", "roi_heads.box_head", "roi_heads.predictor"),
+}
+
+
+def compile_parts(model: nn.Module, backend: str, scope: str) -> None:
+    """`torch.compile` the parts of `model` that COMPILE_SCOPES[scope] names, each in place."""
+    for name in COMPILE_SCOPES[scope]:
+        model.get_submodule(name).compile(backend=backend)
+
 
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
@@ -56,9 +68,12 @@ class DetectorModule(L.LightningModule):
         category_ids: the data set's category id of labels 1..C (for COCO-format results).
         per_class_map: also log the AP of every class (slower to compute).
         channels_last: convolutions in channels-last memory format (faster on recent GPUs).
-        compile: `torch.compile` the backbone and FPN (the fixed-shape part of the model), in
-            place, so that checkpoints keep the keys of an uncompiled model. True uses the
-            default backend (inductor); a string names another (e.g. "cudagraphs").
+        compile: `torch.compile` the parts of the model that `compile_scope` names, in place,
+            so that checkpoints keep the keys of an uncompiled model. True uses the default
+            backend (inductor); a string names another (e.g. "cudagraphs").
+        compile_scope: "backbone" (backbone and FPN) or "fixed_shapes" (also the RPN head, the
+            box head and the box predictor: every part whose input shapes are fixed; anchor
+            matching, sampling and NMS, whose shapes are data, stay eager). See COMPILE_SCOPES.
         finite_check_every: how often (steps) the host reads whether a training loss has been
             non-finite, which stops the run; also before every validation and checkpoint.
     """
@@ -73,9 +88,14 @@ class DetectorModule(L.LightningModule):
         per_class_map: bool = False,
         channels_last: bool = False,
         compile: bool | str = False,
+        compile_scope: str = "backbone",
         finite_check_every: int = 50,
     ):
         super().__init__()
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(
+                f"module.compile_scope={compile_scope!r}: choose one of {list(COMPILE_SCOPES)}"
+            )
         check_number("module.finite_check_every", finite_check_every, 1, integer=True)
         self.finite_check_every = finite_check_every
         self._first_non_finite = None
@@ -88,6 +108,7 @@ class DetectorModule(L.LightningModule):
         self.channels_last = channels_last
         # a string names the backend; kept apart from nn.Module.compile, which it would shadow
         self.compile_backend = "inductor" if compile is True else (compile or None)
+        self.compile_scope = compile_scope
         # gathered across processes by the module itself (all_gather_object): torchmetrics'
         # own sync gathers per image and fails when ranks hold different numbers of images
         # extended_summary: COCOeval's precision array, for the per-class table
@@ -107,8 +128,7 @@ class DetectorModule(L.LightningModule):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.compile_backend and not self._compiled:  # setup runs per stage: compile once
-            self.model.backbone.compile(backend=self.compile_backend)
-            self.model.fpn.compile(backend=self.compile_backend)
+            compile_parts(self.model, self.compile_backend, self.compile_scope)
             self._compiled = True
 
     def forward(self, images: Tensor, targets=None, image_sizes: Tensor | None = None):

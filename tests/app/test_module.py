@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from frcnn.model import FasterRCNN
-from frcnn.module import DetectorModule
+from frcnn.module import COMPILE_SCOPES, DetectorModule
 from tests.conftest import in_two_processes
 
 
@@ -81,3 +81,31 @@ def test_validation_figures_over_processes_are_those_of_all_their_images(tmp_pat
     assert 0.0 < together["val/map_50"] < 1.0 and together["val/images"] == 2
     assert together["val/rpn_cls"] == 2.0 and together["val/loss"] == 8.0  # mean per image
     assert results == [together, together]
+
+
+def test_each_compile_scope_compiles_its_parts_in_place_and_trains_the_same():
+    """The "eager" backend wraps the parts as inductor would (tests/model/test_roi_heads.py
+    compiles with inductor itself): the scope's parts and no other; the same losses."""
+    torch.manual_seed(0)
+    plain = module()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
+    for scope, parts in COMPILE_SCOPES.items():
+        compiled = module()
+        compiled.load_state_dict(plain.state_dict())
+        compiled.compile_backend, compiled.compile_scope = "eager", scope
+        compiled.setup("fit")
+        wrapped = {n for n, m in compiled.model.named_modules() if m._compiled_call_impl}
+        assert wrapped == set(parts)
+        assert set(compiled.state_dict()) == set(plain.state_dict())  # keys as before
+        losses = []
+        for m in (plain, compiled):
+            torch.manual_seed(1)  # the same samples of anchors and proposals
+            losses.append(m(images, targets))
+        torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+
+
+def test_an_unknown_compile_scope_fails_at_start_up():
+    model = FasterRCNN(num_classes=2, backbone=dict(depth=18), fpn_channels=16)
+    with pytest.raises(ValueError, match="module.compile_scope='all': choose one of"):
+        DetectorModule(model, torch.optim.SGD, compile_scope="all")

@@ -68,6 +68,38 @@ def test_losses_match_torchvision_when_every_proposal_is_sampled():
     torch.testing.assert_close(losses["roi_box"], tv_losses["loss_box_reg"])
 
 
+def test_the_fixed_shape_heads_compiled_by_inductor_give_eagers_losses_and_gradients():
+    """`module.compile_scope=fixed_shapes` on a CPU, for the box head and predictor (inductor's
+    C++ code: about 20 s here; the backbone's would take minutes): the same losses and
+    gradients as without compiling, within float32 reassociation."""
+    eager, _ = build_pair(batch_size_per_image=64)
+    compiled, _ = build_pair(batch_size_per_image=64)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.box_head.compile(backend="inductor")
+    compiled.predictor.compile(backend="inductor")
+    g = torch.Generator().manual_seed(2)
+    feats = features(g)
+    gt_boxes = [random_boxes(3, 150, g), random_boxes(2, 150, g)]
+    targets = pad_targets(
+        [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.long)} for b in gt_boxes], "cpu"
+    )
+    proposals = torch.stack([torch.cat([b, random_boxes(60, 200, g)]).clamp(0, SIDE)[:60]
+                             for b in gt_boxes])  # fmt: skip
+    results = []
+    for heads in (eager, compiled):
+        torch.manual_seed(3)  # the same sample of proposals
+        losses = heads.losses(
+            feats, Proposals(proposals, torch.ones(2, 60, dtype=torch.bool)), targets
+        )
+        sum(losses.values()).backward()
+        results.append(
+            (losses, heads.box_head.fc6.weight.grad, heads.predictor.bbox_pred.weight.grad)
+        )
+    (losses, *grads), (compiled_losses, *compiled_grads) = results
+    torch.testing.assert_close(compiled_losses, losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_grads, grads, rtol=1e-4, atol=1e-6)
+
+
 def test_sampling_keeps_a_fixed_number_of_rows_and_the_fractions():
     sampling = Sampling(0.5, 0.5, 64, 0.25)
     heads = RoIHeads(CLASSES, CHANNELS, representation_size=HIDDEN, sampling=sampling)

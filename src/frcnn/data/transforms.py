@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import functional
 
 from frcnn.boxes import content_sizes
 from frcnn.checks import check_number
+from frcnn.model.structures import Targets
 
 RESIZE_MODES = ("letterbox", "stretch")
 
@@ -188,7 +189,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def collate(batch):
-    """List of (image, target) -> {"images": uint8 (B, 3, S, S), "targets": list of B dicts,
+    """List of (image, target) -> {"images": uint8 (B, 3, S, S), "targets": list of B dicts
+    (`Targets`: the batch travels as a handful of tensors),
     "image_sizes": int64 (B, 2) height and width of each image's content (the rest is padding)}.
 
     Samples that are None (unreadable, in validation) are left out; a batch of nothing but
@@ -198,7 +200,7 @@ def collate(batch):
     if not batch:
         return None
     images, targets = zip(*batch, strict=True)
-    targets = list(targets)
+    targets = Targets(targets)
     images = torch.stack(images)
     return {
         "images": images,

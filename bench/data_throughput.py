@@ -2,9 +2,12 @@
 
     uv run python bench/data_throughput.py [--images 256] [--workers 0 1 2] [--size 400]
         [--scale-jitter 0.1 2.0]
+    uv run python bench/data_throughput.py --transport [--batch-size 16]
 
 Writes a temporary COCO-like data set (640x480 JPEGs, as in COCO) as hub-schema parquet and as
-a COCO folder, then times a full pass of a DataLoader over each source. Not a test.
+a COCO folder, then times a full pass of a DataLoader over each source. `--transport` times
+only what a batch costs to leave a worker (prepared samples, no decoding): the targets as
+`Targets` against plain per-image tensors. Not a test.
 """
 
 import argparse
@@ -16,12 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from frcnn.coco import COCO_CLASSES
 from frcnn.data import COCOFolder, HubCOCO, SyntheticShapes, Transform, collate
 from frcnn.data.coco_hub import hub_features
+from frcnn.model.structures import Targets
 
 
 def photo_like_jpeg(rng, width=640, height=480) -> bytes:
@@ -100,6 +105,46 @@ def images_per_second(dataset, workers: int, batch_size: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def plain_collate(samples):
+    """`collate`, with each image's targets as tensors of their own (a plain list)."""
+    batch = collate(samples)
+    batch["targets"] = [
+        {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        for t in batch["targets"]
+    ]
+    return batch
+
+
+def tensors_in(batch) -> int:
+    """Tensors that a worker sends (and the pin thread pins, and Lightning copies) per batch."""
+    targets = batch["targets"]
+    packed = len(targets.padded) if isinstance(targets, Targets) else 0
+    rest = targets.unpacked() if isinstance(targets, Targets) else targets
+    return 2 + packed + sum(isinstance(v, torch.Tensor) for t in rest for v in t.values())
+
+
+def transport(batch_size: int, size: int, reps: int = 3) -> None:
+    """Batches/s that one worker delivers of prepared samples, plain targets against Targets."""
+    data = SyntheticShapes(Transform(size, "letterbox"), batch_size, num_classes=6)
+    samples = [data[i] for i in range(batch_size)] * 64
+    print(f"one worker, prepared samples ({size} px, batch {batch_size}); batches/s")
+    print("| targets | tensors per batch | batches/s |")
+    print("| --- | --- | --- |")
+    for name, fn in [("plain list of dicts", plain_collate), ("Targets", collate)]:
+        loader = DataLoader(samples, batch_size, num_workers=1, collate_fn=fn, prefetch_factor=4)
+        rates = []
+        for _ in range(reps):
+            start, count = None, 0
+            for _batch in loader:
+                if start is None:  # worker start-up and the first batch are not throughput
+                    start = time.perf_counter()
+                    continue
+                count += 1
+            rates.append(count / (time.perf_counter() - start))
+        tensors = tensors_in(fn(samples[:batch_size]))
+        print(f"| {name} | {tensors} | {min(rates):.0f}-{max(rates):.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
@@ -110,7 +155,10 @@ def main() -> None:
         "--scale-jitter", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
         help="training's large-scale jitter (data.scale_jitter), e.g. 0.1 2.0",
     )  # fmt: skip
+    parser.add_argument("--transport", action="store_true", help=transport.__doc__)
     args = parser.parse_args()
+    if args.transport:
+        return transport(args.batch_size, args.size)
 
     transform = Transform(args.size, "letterbox", flip_prob=0.5, scale_jitter=args.scale_jitter)
     with tempfile.TemporaryDirectory() as tmp:

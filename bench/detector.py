@@ -32,6 +32,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.model import from_torchvision
+from frcnn.model.structures import Targets
 from frcnn.module import compile_parts
 
 
@@ -54,8 +55,8 @@ def synthetic_batch(batch_size: int, size: int, device, seed: int = 0):
         wh = torch.rand(n, 2, generator=g) * size * 0.3 + 8
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
         labels = torch.randint(1, 81, (n,), generator=g)
-        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
-    return images.to(device), targets
+        targets.append({"boxes": boxes, "labels": labels})
+    return images.to(device), Targets(targets).to(device)  # as `collate` makes them
 
 
 def synchronize(device):

@@ -169,3 +169,20 @@ def test_dataloader_workers_send_the_padded_tensors(num_workers):
     for b in loader:
         assert isinstance(b["targets"], Targets)
         assert len(storages(b["targets"])) <= len(b["targets"].padded)
+
+
+@pytest.mark.parametrize(("device", "non_blocking"), [("meta", True), ("cpu", False)])
+def test_copies_to_an_accelerator_are_non_blocking_and_to_the_host_are_not(
+    monkeypatch, device, non_blocking
+):
+    calls, to = [], torch.Tensor.to
+
+    def recording_to(tensor, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking"))
+        return to(tensor, *args, **kwargs)
+
+    targets = Targets(plain_targets())
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    targets.to(device)
+    # a host copy read before it arrives would hold garbage: only accelerators get non_blocking
+    assert calls and set(calls) == {non_blocking}

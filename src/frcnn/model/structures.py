@@ -122,8 +122,12 @@ class Targets(list):
             {k: fn(v) for k, v in packed.padded.items()}, packed.lengths, rest
         )
 
-    def to(self, device, non_blocking: bool = True) -> "Targets":
-        """On `device` (Lightning moves a batch's values with their `to`)."""
+    def to(self, device, non_blocking: bool | None = None) -> "Targets":
+        """On `device` (Lightning moves a batch's values with their `to`). Copies to an
+        accelerator are non-blocking unless told; copies to the host never are unless told (their
+        values could be read before they arrive)."""
+        if non_blocking is None:
+            non_blocking = torch.device(device).type not in ("cpu", "mps")
         return self._apply(lambda v: v.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Targets":

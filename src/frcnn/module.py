@@ -13,6 +13,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from frcnn.boxes import to_original_pixels
 from frcnn.checks import check_number
 from frcnn.evaluation import Evaluation, class_name, log_pr_curves
+from frcnn.model.structures import Targets
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 # the detector's parts that `module.compile_scope` compiles
@@ -210,14 +211,17 @@ class DetectorModule(L.LightningModule):
             {**d, "boxes": to_original_pixels(d["boxes"], t["scale_xy"], t["orig_size"])}
             for d, t in zip(detections, targets, strict=True)
         ]
+        # on the host in one copy per key, not per image and key
+        host = targets.to("cpu") if isinstance(targets, Targets) else targets
         self._val_batches.append(
             {
                 "images": len(targets),
                 "losses": {k: v.detach().cpu() for k, v in losses.items()},
                 "preds": to_cpu(preds),
-                "truths": to_cpu([ground_truth(t) for t in targets]),
-                "input_boxes": [t["boxes"].cpu() for t in targets],
-                "input_labels": [t["labels"].cpu() for t in targets],
+                "truths": to_cpu([ground_truth(t) for t in host]),
+                # clones: a view would carry the batch's whole padded tensor when gathered
+                "input_boxes": [t["boxes"].cpu().clone() for t in host],
+                "input_labels": [t["labels"].cpu().clone() for t in host],
                 "image_size": batch["images"].shape[-1],
             }
         )

@@ -59,8 +59,9 @@ class Targets(list):
     """A batch's per-image target dicts (the batch contract's list) whose tensors are views of
     one padded tensor per key: `padded[key]` (B, max(1, longest), ...), zero beyond each image's
     `lengths[key]`. It is pinned, moved to a device and sent between processes as those few
-    tensors: per image and key, as plain lists do, they were ~50 pinned copies, host-to-device
-    copies and shared-memory files per batch (a DataLoader worker delivered 1/3 of the batches).
+    tensors. Per image and key, as a plain list has them, they were ~50 pinned copies,
+    host-to-device copies and shared-memory files per batch at batch 16, and one DataLoader
+    worker delivered a third as many batches (bench/README.md, "Data pipeline throughput").
 
     A key that some images lack, or a tensor replaced in a dict, travels on its own.
     """

@@ -102,6 +102,13 @@ def test_padded_ground_truth_is_the_padded_list_and_copies_nothing():
         got = pad_targets(targets, "cpu")
     for key, value in want._asdict().items():
         assert torch.equal(getattr(got, key), value), key
+    # and both are each image's boxes and labels, then zero rows marked invalid
+    assert got.boxes.shape == (4, 7, 4) and got.labels.shape == (4, 7)
+    for i, t in enumerate(expected):
+        k = len(t["labels"])
+        assert torch.equal(got.boxes[i, :k], t["boxes"]) and (got.boxes[i, k:] == 0).all()
+        assert torch.equal(got.labels[i, :k], t["labels"]) and (got.labels[i, k:] == 0).all()
+        assert got.valid[i, :k].all() and not got.valid[i, k:].any()
     copies = {"copy_", "cat", "stack", "constant_pad_nd", "_to_copy", "new_zeros", "zeros"}
     assert copies & {name for name, _ in from_list.ops}  # the list is padded image by image
     assert not copies & {name for name, _ in from_targets.ops}  # Targets are padded already

@@ -147,19 +147,19 @@ class Targets(list):
 
 def pad_targets(targets: list[dict[str, Tensor]], device) -> GroundTruth:
     """List of per-image {"boxes" (K, 4), "labels" (K,)} -> GroundTruth; K may be 0. `Targets`
-    are padded already: no copy is made."""
+    from `collate` are padded already: their boxes and labels are taken as they are."""
     padded = targets._packed().padded if isinstance(targets, Targets) else {}
-    if {"boxes", "labels"} <= padded.keys():
-        boxes = padded["boxes"].to(device, torch.float32)
-        labels = padded["labels"].to(device, torch.int64)
-        return GroundTruth(boxes, labels, nondegenerate(boxes) & (labels > 0))
-    boxes = [t["boxes"].to(device, torch.float32).reshape(-1, 4) for t in targets]
-    labels = [t["labels"].to(device, torch.int64).reshape(-1) for t in targets]
-    # one padding row always, so that max() over ground truth works on images without boxes
-    boxes.append(torch.zeros(1, 4, device=device))
-    labels.append(torch.zeros(1, dtype=torch.int64, device=device))
-    boxes = pad_sequence(boxes, batch_first=True)[:-1]
-    labels = pad_sequence(labels, batch_first=True)[:-1]
+    if not {"boxes", "labels"} <= padded.keys():
+        per_image = [
+            {
+                "boxes": t["boxes"].to(device, torch.float32).reshape(-1, 4),
+                "labels": t["labels"].to(device, torch.int64).reshape(-1),
+            }
+            for t in targets
+        ]
+        padded = Targets(per_image).padded
+    boxes = padded["boxes"].to(device, torch.float32)
+    labels = padded["labels"].to(device, torch.int64)
     return GroundTruth(boxes, labels, nondegenerate(boxes) & (labels > 0))
 
 

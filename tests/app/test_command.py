@@ -1,5 +1,8 @@
 """What every entry point shares: its run folder and how its errors are reported."""
 
+from datetime import datetime, timedelta
+from pathlib import Path
+
 import torch
 
 from frcnn.app.command import deliberate, run_dir
@@ -43,8 +46,10 @@ def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):
     new = str(tmp_path / "new")
     assert run_dir(new, "train", str(checkpoint)) == str(run_folder)
     assert run_dir(new, "eval", str(checkpoint)) == new  # evaluating writes a folder of its own
-    assert run_dir(new, "train", str(tmp_path / "elsewhere" / "x.ckpt")) == new
-    assert run_dir(new, "train", None) == new
+    # runs that start in the same second (one `new` name): a folder each, created at once
+    assert run_dir(new, "train", str(tmp_path / "elsewhere" / "x.ckpt")) == f"{new}_1"
+    assert run_dir(new, "train", None) == f"{new}_2"
+    assert all(Path(f"{new}{suffix}").is_dir() for suffix in ("", "_1", "_2"))
 
 
 def test_a_slurm_jobs_tasks_and_its_requeued_self_share_one_folder(tmp_path, monkeypatch):
@@ -53,11 +58,33 @@ def test_a_slurm_jobs_tasks_and_its_requeued_self_share_one_folder(tmp_path, mon
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: runs of its own
     assert run_dir(new, "train", None) == new
-    monkeypatch.setenv("SLURM_JOB_NAME", "frcnn")  # an sbatch job
+    monkeypatch.setenv("SLURM_JOB_NAME", "frcnn")  # an sbatch job: no folder made for it here
     assert run_dir(new, "train", None) == str(tmp_path / "logs/train/runs/slurm-4242")
     monkeypatch.setenv("SLURM_STEP_ID", "1")  # a second srun of one allocation
     assert run_dir(new, "train", None) == str(tmp_path / "logs/train/runs/slurm-4242.1")
-    assert run_dir(new, "eval", None) == new
+    assert run_dir(new, "eval", None) == f"{new}_1"  # a folder of its own, not the first's
+
+
+def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
+    """A job array's runs start together: the folder that this run's time names already exists
+    (every second of the next two minutes is taken here), so it gets one with a suffix, and
+    the other run's folder is left as it was."""
+    runs = tmp_path / "train" / "runs"
+    start = datetime.now()
+    taken = [
+        runs / (start + timedelta(seconds=s)).strftime("%Y-%m-%d_%H-%M-%S") for s in range(120)
+    ]
+    for folder in taken:
+        folder.mkdir(parents=True)
+        (folder / "other_run.txt").write_text("")
+    run("train.py", "trainer.max_epochs=1", *TINY, log_dir=tmp_path)
+    (mine,) = [path for path in runs.iterdir() if path not in taken]
+    assert mine.name.endswith("_1") and Path(mine.name.removesuffix("_1")) in {
+        Path(t.name) for t in taken
+    }
+    assert (mine / ".hydra" / "config.yaml").is_file() and (mine / "metrics.json").is_file()
+    assert (mine / "checkpoints" / "last.ckpt").is_file()
+    assert all([p.name for p in folder.iterdir()] == ["other_run.txt"] for folder in taken)
 
 
 def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):

@@ -18,6 +18,7 @@
 """
 
 import functools
+import itertools
 import linecache
 import logging
 import os
@@ -39,7 +40,8 @@ PACKAGE_DIR = Path(frcnn.__file__).parent
 
 
 def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
-    """Hydra's run folder: `new` (`.../runs/<time>`), or for a training run
+    """Hydra's run folder: a new one (`new`, `.../runs/<time>`, created here: `new_folder`), or
+    for a training run
 
     - resumed from `ckpt_path`, a checkpoint in `<run>/checkpoints/`: that `<run>`;
     - in a SLURM job: `.../runs/slurm-<job id>[.<step id>]`, the same for every task of the job
@@ -47,11 +49,11 @@ def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
       (the run then goes on from the checkpoint it finds there: app.train);
     - under torchrun with a `--rdzv-id`: `.../runs/torchrun-<id>`, the same on every node."""
     if task_name != "train":
-        return new
+        return new_folder(new)
     if ckpt_path and (run_of(ckpt_path) / ".hydra" / "config.yaml").is_file():
         return str(run_of(ckpt_path))
     if ckpt_path:
-        return new
+        return new_folder(new)
     job = os.environ.get("SLURM_JOB_ID")
     if job and SLURMEnvironment.detect():  # not an interactive shell
         step = os.environ.get("SLURM_STEP_ID")
@@ -60,7 +62,23 @@ def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
     torchrun = os.environ.get("TORCHELASTIC_RUN_ID", "none")  # torchrun's --rdzv-id
     if torchrun != "none" and TorchElasticEnvironment.detect():
         return str(Path(new).parent / f"torchrun-{torchrun}")
-    return new
+    return new_folder(new)
+
+
+def new_folder(path: str) -> str:
+    """`path`, or else `path_1`, `path_2`, ...: the first that did not exist, created now.
+    `mkdir` fails where the folder exists, so two runs started in the same second (a job
+    array, a shell loop) never share one. A process that an outside launcher started as rank
+    > 0 of a run (each rank resolves its folder) takes `path` as it is: rank 0 creates it."""
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) > 0:
+        return path
+    for number in itertools.count():
+        candidate = f"{path}_{number}" if number else path
+        try:
+            Path(candidate).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return candidate
 
 
 def run_of(ckpt_path: str) -> Path:
@@ -79,7 +97,8 @@ def command(task_function=None, *, checkpoint_data: bool = False):
     if task_function is None:
         return functools.partial(command, checkpoint_data=checkpoint_data)
     if not OmegaConf.has_resolver("run_dir"):
-        OmegaConf.register_new_resolver("run_dir", run_dir)
+        # cached: the folder is made once per run, however often Hydra resolves the key
+        OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
     if checkpoint_data:
         sys.argv[1:] = [re.sub(r"^data\.", "++data.", arg) for arg in sys.argv[1:]]
 

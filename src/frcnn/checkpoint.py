@@ -6,21 +6,48 @@ run config (`config`), the class names and the data set's category ids. That is 
 `predict.py` and `visualize.py` need: no download, no training data. Trained with `ema=on`, its
 `state_dict` is the weights' moving average (`"weights": "ema"`; the raw weights are in
 `current_model_state`), which they all use.
+
+A checkpoint is data, never code: it is read with `weights_only=True`, and its saved config is
+never handed to Hydra's `instantiate` as it is (which calls whatever a `_target_` names: a file
+write, a pickle loader). The detector is built from `FasterRCNN` and plain values
+(`build_detector`); a saved data config may name only this project's data module and sources
+(`refuse_code`); anything else is refused with the key that names it.
 """
 
 import logging
 import os
 import pickle
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
+from frcnn.data import SOURCES, DetectionDataModule
 from frcnn.model import FasterRCNN
+from frcnn.model.convert import (
+    from_torchvision_keys,
+    is_torchvision_state_dict,
+    torchvision_class_names,
+    torchvision_coco_weights,
+)
 
 log = logging.getLogger(__name__)
+
+
+def target_names(cls: type, package: str) -> set[str]:
+    """The `_target_` strings that name `cls`: its module's path and its package's export."""
+    return {f"{cls.__module__}.{cls.__qualname__}", f"{package}.{cls.__name__}"}
+
+
+# the only callables a checkpoint's saved config may name (compared as strings: resolving a
+# name imports its module, which is running code already)
+DETECTOR_TARGETS = frozenset(target_names(FasterRCNN, "frcnn.model"))
+DATA_TARGETS = frozenset().union(
+    *(target_names(cls, "frcnn.data") for cls in (DetectionDataModule, *SOURCES))
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -54,42 +81,97 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint of this project with `weights_only=True` (tensors and plain data only).
-
-    A file that is not a checkpoint of this project, or one carrying objects that would run
-    code when unpickled, is refused with a message that names it.
-    """
+def read_file(path: str | Path, key: str = "ckpt_path"):
+    """What a file of tensors and plain data holds, read with `weights_only=True`; a folder, a
+    missing or empty file, or one carrying objects that would run code when unpickled is
+    refused with a message that names it (as the setting `key`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.ckpt"))
         hint = f"; it holds {', '.join(inside)}" if inside else ""
-        raise IsADirectoryError(f"ckpt_path={str(path)!r} is a folder: give a .ckpt file{hint}")
+        raise IsADirectoryError(f"{key}={str(path)!r} is a folder: give a .ckpt file{hint}")
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r}: no such file")
+        raise FileNotFoundError(f"{key}={str(path)!r}: no such file")
     if path.stat().st_size == 0:
         raise ValueError(
-            f"ckpt_path={str(path)!r} is empty (0 bytes): a write that did not finish? Use "
+            f"{key}={str(path)!r} is empty (0 bytes): a write that did not finish? Use "
             "another checkpoint of the run"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"ckpt_path={str(path)!r} was not loaded: it is not a checkpoint of this project, "
+            f"{key}={str(path)!r} was not loaded: it is not a checkpoint of this project, "
             f"or it holds objects that could run code when opened ({reason})"
         ) from err
+
+
+def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """Read a checkpoint of this project (`read_file`). A file that is not one, or whose saved
+    config holds interpolations, is refused with a message that names it."""
+    return checked(read_file(path, key), f"{key}={str(Path(path).expanduser())!r}")
+
+
+def checked(checkpoint, named: str) -> dict:
+    """`checkpoint` if it is one of this project's (weights and a plain saved config)."""
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(
-            f"ckpt_path={str(path)!r} is not a checkpoint of this project: it has no state_dict"
-        )
+        raise ValueError(f"{named} is not a checkpoint of this project: it has no state_dict")
     if not checkpoint.get("config"):
+        raise ValueError(f"{named} holds no run config: was it written by this project's train.py?")
+    saved = {section: checkpoint["config"].get(section) for section in ("model", "data")}
+    found = next(interpolations(saved), None)
+    if found:
         raise ValueError(
-            f"ckpt_path={str(path)!r} holds no run config: was it written by this project's "
-            "train.py?"
+            f"{named} was not loaded: its config's {found[0]}={found[1]!r} is an "
+            "interpolation; a checkpoint's saved config holds resolved, plain values only"
         )
     return checkpoint
+
+
+def entries(config, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted key, value) of every leaf of nested dicts and lists (`_target_`s included)."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            yield from entries(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(config, list | tuple):
+        for index, value in enumerate(config):
+            yield from entries(value, f"{prefix}.{index}")
+    else:
+        yield prefix, config
+
+
+def interpolations(config) -> Iterator[tuple[str, str]]:
+    """(dotted key, value) of every string that OmegaConf would resolve (`${...}`)."""
+    return ((k, v) for k, v in entries(config) if isinstance(v, str) and "${" in v)
+
+
+def refuse_code(
+    config: dict,
+    prefix: str,
+    allowed: Iterable[str] = (),
+    trusted: Iterable[str] = (),
+    source: str = "the checkpoint's ",
+) -> None:
+    """Raise if the settings `config` (under the key `prefix`, read from `source`) name a
+    `_target_` outside `allowed`, except at keys under one of `trusted` (those the command line
+    sets: the user's own choice of code)."""
+    allowed, trusted = set(allowed), tuple(trusted)
+    for key, value in entries(config, prefix):
+        if not key.endswith("._target_") or value in allowed:
+            continue
+        if any(key == t or key.startswith(f"{t}.") for t in trusted):
+            continue
+        rule = (
+            f"may name only this project's own classes ({', '.join(sorted(allowed))}); if you "
+            f"trust that code, give it on the command line: {key}={value}"
+            if allowed
+            else "holds plain values here"
+        )
+        raise ValueError(
+            f"{source}{key}={value!r} was refused: a checkpoint's config is data, never code, "
+            f"and {rule}"
+        )
 
 
 def model_config(checkpoint: dict, overrides: dict | None = None) -> dict:
@@ -100,7 +182,8 @@ def model_config(checkpoint: dict, overrides: dict | None = None) -> dict:
     config = OmegaConf.create(checkpoint["config"]["model"])
     if overrides:
         config = OmegaConf.merge(config, overrides)
-    config.backbone.weights = None
+    if "backbone" in config:  # (without one: the default backbone, which has no weights)
+        config.backbone.weights = None
     return OmegaConf.to_container(config, resolve=True)
 
 
@@ -113,9 +196,25 @@ def detector_state(checkpoint: dict) -> dict:
     }
 
 
+def build_detector(config: dict, source: str = "the checkpoint's ") -> FasterRCNN:
+    """`FasterRCNN(**config)` for the plain settings of a `model` config (a run's, or one saved
+    in a checkpoint): its `_target_` may only name `FasterRCNN`, and nothing inside it may
+    name code (refused with the key)."""
+    config = dict(config)
+    target = config.pop("_target_", None)
+    config.pop("_convert_", None)
+    if target is not None and target not in DETECTOR_TARGETS:
+        raise ValueError(
+            f"{source}model._target_={target!r} was refused: the detector is this project's "
+            f"FasterRCNN ({', '.join(sorted(DETECTOR_TARGETS))})"
+        )
+    refuse_code(config, "model", source=source)
+    return FasterRCNN(**config)
+
+
 def detector_from_checkpoint(checkpoint: dict, overrides: dict | None = None) -> FasterRCNN:
     """Rebuild the trained detector (weights loaded strictly); `overrides` as in `model_config`."""
-    model = instantiate(model_config(checkpoint, overrides))
+    model = build_detector(model_config(checkpoint, overrides))
     try:
         model.load_state_dict(detector_state(checkpoint))
     except RuntimeError as err:
@@ -127,3 +226,47 @@ def detector_from_checkpoint(checkpoint: dict, overrides: dict | None = None) ->
     if checkpoint.get("weights") == "ema":
         log.info("The checkpoint's weights: their moving average (it was trained with ema=on)")
     return model
+
+
+class InitialWeights(NamedTuple):
+    """Weights to start training from (`init_weights`): `state` in this project's keys, the
+    class of each predictor row (`source_names`, row 0 the background; None where the file does
+    not say), the ResNet `depth` they hold, the FrozenBatchNorm epsilon they were trained with
+    (None: the config's), what they are, in words, and whether they are torchvision's."""
+
+    state: dict
+    source_names: list[str] | tuple[str, ...] | None
+    depth: int
+    norm_eps: float | None
+    what: str
+    torchvision: bool
+
+
+def initial_weights(source: str) -> InitialWeights:
+    """`init_weights`: "coco" (torchvision's COCO weights, downloaded), a checkpoint of this
+    project (its weights, or their moving average where it was trained with `ema=on`; its
+    saved config is read as data, never run) or a torchvision Faster R-CNN state dict file."""
+    state = torchvision_coco_weights() if source == "coco" else read_file(source, "init_weights")
+    if is_torchvision_state_dict(state):
+        state = from_torchvision_keys(state)
+        what = "torchvision's Faster R-CNN" + (" COCO weights" if source == "coco" else "")
+        # torchvision runs its COCO weights with FrozenBatchNorm2d eps 0
+        return InitialWeights(state, torchvision_class_names(state), 50, 0.0, what, True)
+    if isinstance(state, dict) and "state_dict" in state:
+        checkpoint = checked(state, f"init_weights={source!r}")
+        backbone = checkpoint["config"]["model"].get("backbone") or {}
+        names = checkpoint.get("class_names")
+        ema = " (their moving average)" if checkpoint.get("weights") == "ema" else ""
+        return InitialWeights(
+            detector_state(checkpoint),
+            ["__background__", *names] if names else None,
+            backbone.get("depth", 50),
+            backbone.get("norm_eps") if backbone.get("norm") == "frozen_bn" else None,
+            f"a checkpoint of this project, step {checkpoint.get('global_step', '?')}{ema}",
+            torchvision=False,
+        )
+    raise ValueError(
+        f"init_weights={source!r} is neither a checkpoint of this project (a .ckpt written by "
+        "train.py) nor a torchvision Faster R-CNN state dict: init_weights takes those, or "
+        "'coco' (torchvision's COCO weights). To go on with a run instead, use ckpt_path="
+    )

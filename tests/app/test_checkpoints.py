@@ -1,13 +1,15 @@
 """Checkpoints: self-sufficient for eval / predict / visualize, safe to open, compile-proof."""
 
+import copy
 import os
 
 import pytest
 import torch
 from PIL import Image
 
-from frcnn.checkpoint import load_checkpoint
-from tests.app.helpers import TINY, metrics, run, run_dirs
+from frcnn.app.build import checkpoint_run_config
+from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+from tests.app.helpers import TINY, composed, metrics, run, run_dirs
 
 
 class Payload:
@@ -38,6 +40,115 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(trained, tmp_pat
         with pytest.raises(AssertionError, match="could run code"):
             run(script, f"ckpt_path={evil}", "device=cpu", *extra, log_dir=tmp_path / "logs")
     assert not marker.exists()
+
+
+def copying(source, marker) -> dict:
+    """A config entry that Hydra's `instantiate` would call: `shutil.copy(source, marker)`
+    writes a file (Hydra's blocklist stops os.system and subprocess, not file writes)."""
+    return {"_target_": "shutil.copy", "_args_": [str(source), str(marker)]}
+
+
+def sections(config, prefix):
+    """(dotted key, dict) of every mapping in a nested config, itself included."""
+    yield prefix, config
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from sections(value, f"{prefix}.{key}")
+
+
+def with_payload(config: dict, key: str, payload: dict) -> dict:
+    """A deep copy of a saved {"model", "data"} config with the mapping at dotted `key`
+    replaced by `payload`."""
+    config = copy.deepcopy(config)
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[last] = payload
+    return config
+
+
+def test_no_key_of_a_saved_config_can_name_code(trained, tmp_path):
+    """A payload in place of each mapping of the saved model and data configs is refused,
+    naming the key, and never runs."""
+    _, run_dir = trained
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    saved = {k: checkpoint["config"][k] for k in ("model", "data")}
+    cfg = composed(tmp_path, "ckpt_path=x", "device=cpu", config_name="eval")
+    source, marker = run_dir / ".hydra" / "config.yaml", tmp_path / "pwned"
+    keys = [key for section in saved for key, _ in sections(saved[section], section)]
+    assert {"model", "model.backbone", "model.rpn", "model.roi_heads", "model.anchors"} <= {*keys}
+    assert {"data", "data.train", "data.val"} <= {*keys}
+    for key in keys:
+        config = with_payload(saved, key, copying(source, marker))
+        with pytest.raises(ValueError, match=rf"{key}\._target_='shutil.copy' was refused"):
+            run_config = checkpoint_run_config(cfg, config, [])
+            detector_from_checkpoint({**checkpoint, "config": config}, run_config.model)
+        assert not marker.exists(), key
+
+
+def test_a_checkpoint_whose_config_names_code_runs_none_of_it(trained, tmp_path):
+    """The probe's attack: a checkpoint that passes the safe loader, whose config names file
+    writes. Every command that reads a checkpoint refuses it with the key, and writes nothing;
+    resuming from it never reads its config as code."""
+    _, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    source, marker = run_dir / ".hydra" / "config.yaml", tmp_path / "pwned"
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48)).save(image)
+    out = f"output={tmp_path / 'out'}"
+    commands = {
+        "model.rpn": [
+            ("eval.py", ["device=cpu"]),
+            ("predict.py", ["device=cpu", f"input={image}", out]),
+            ("export.py", [f"output={tmp_path / 'model.onnx'}"]),
+            ("visualize.py", ["device=cpu", f"image={image}", out]),
+        ],
+        "data.val": [("eval.py", ["device=cpu"]), ("visualize.py", ["device=cpu", out])],
+    }
+    for key, scripts in commands.items():
+        evil = tmp_path / f"{key}.ckpt"
+        config = with_payload(checkpoint["config"], key, copying(source, marker))
+        torch.save({**checkpoint, "config": config}, evil)
+        assert load_checkpoint(evil)  # no pickle trick: the safe loader takes it
+        for script, extra in scripts:
+            with pytest.raises(AssertionError, match=rf"{key}\._target_='shutil.copy' was refused"):
+                run(script, f"ckpt_path={evil}", *extra, log_dir=tmp_path / "logs")
+            assert not marker.exists(), script
+    # resuming: the run had ended (max_epochs=2), so the resumed run trains no step
+    resume = ["trainer.max_epochs=2", "callbacks=inspection", "ema=on", *TINY]
+    run("train.py", f"ckpt_path={tmp_path / 'model.rpn.ckpt'}", *resume, log_dir=tmp_path)
+    assert not marker.exists()
+
+
+def test_code_the_user_names_on_the_command_line_is_theirs_to_run(trained, tmp_path):
+    """A saved source outside this project's is refused with the override that allows it;
+    given on the command line, the key is the user's own choice."""
+    _, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["config"]["data"]["val"]["_target_"] = "my_package.MySource"
+    path = tmp_path / "own_source.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(AssertionError, match="give it on the command line: data.val._target_="):
+        run("eval.py", f"ckpt_path={path}", "device=cpu", log_dir=tmp_path / "refused")
+    run(
+        "eval.py",
+        f"ckpt_path={path}",
+        "device=cpu",
+        "data.val._target_=frcnn.data.SyntheticShapes",
+        log_dir=tmp_path,
+    )
+    assert 0.0 <= metrics(run_dirs(tmp_path, "eval")[0])["val/map"] <= 1.0
+
+
+def test_an_interpolation_in_a_saved_config_is_refused(trained, tmp_path):
+    _, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["config"]["model"]["rpn"]["nms_thresh"] = "${oc.env:HOME}"
+    path = tmp_path / "interpolated.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"model.rpn.nms_thresh='\$\{oc.env:HOME\}' is an interp"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04broken zip"])

@@ -21,7 +21,10 @@ def options(group: str) -> list[str]:
 
 
 def build_all(cfg):
-    """Instantiate the data module (without loading data), model, module, callbacks, loggers."""
+    """Instantiate the data module (without loading data), model, module, callbacks, loggers.
+    Where the class count comes from the data's files (data.num_classes null), 3 stands in."""
+    if cfg.data.num_classes is None:
+        cfg.data.num_classes = 3
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     module = instantiate(cfg.module)(model=model)
@@ -51,7 +54,8 @@ OFFLINE = ["model.backbone.weights=null"]  # no ImageNet download in the tests
     ],
 )
 def test_every_group_option_instantiates(tmp_path, group, option):
-    cfg = composed(tmp_path, f"{group}={option}", *OFFLINE)
+    folder = ["data.root=/data/mine"] if option in ("yolo", "voc") else []  # a folder of one's own
+    cfg = composed(tmp_path, f"{group}={option}", *folder, *OFFLINE)
     datamodule, model, module, _, _ = build_all(cfg)
     assert isinstance(model, FasterRCNN) and isinstance(module, DetectorModule)
     if group not in ("precision", "device"):  # the trainer itself: checked below on this CPU

@@ -123,6 +123,7 @@ def workspace(tmp_path_factory) -> Path:
     val[3]["image"] = {"bytes": jpeg_bytes(160, 120)[:300], "path": None}  # truncated
     write_hub_parquet(hub / "val-00000-of-00001.parquet", val)
     coco_folder(ws / "data" / "coco")
+    own_formats(ws / "data")
     for folder, count in (("photos", 2), ("shots/day1", 1), ("shots/day2", 1)):
         (ws / folder).mkdir(parents=True)
         for i in range(count):
@@ -161,9 +162,56 @@ def coco_folder(root: Path) -> None:
             annotations.append(
                 {"id": i, "image_id": i, "category_id": 1 + i % 3, "bbox": box, "iscrowd": 0}
             )
-        categories = [{"id": c, "name": f"class{c}"} for c in (1, 2, 3)]
+        # a user's classes: two that COCO has (init_weights carries their rows over), one not
+        names = {1: "person", 2: "car", 3: "widget"}
+        categories = [{"id": c, "name": name} for c, name in names.items()]
         coco = {"images": images, "annotations": annotations, "categories": categories}
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
+
+
+OWN_CLASSES = ("person", "car", "widget")  # two classes COCO has, one it has not
+
+
+def own_formats(data: Path) -> None:
+    """A user's data in each format of the README's "Training on your own data": a COCO json in
+    folders of its own, a YOLO folder (Ultralytics' layout) and a VOC2007 folder."""
+    mine = data / "mine"
+    for folder in ("images", "annotations"):
+        (mine / folder).mkdir(parents=True)
+    categories = [{"id": 5 + 12 * c, "name": name} for c, name in enumerate(OWN_CLASSES)]
+    yolo, voc = data / "yolo", data / "VOCdevkit" / "VOC2007"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / folder).mkdir(parents=True)
+    for split, ids in (("train", range(1, 5)), ("val", range(5, 8))):  # an odd validation set
+        images, annotations = [], []
+        for folder in ("images", "labels"):
+            (yolo / folder / split).mkdir(parents=True)
+        for i in ids:
+            name, image = f"{split}_{i}.jpg", jpeg_bytes(128, 96)
+            x, c = 10 + 5 * i, i % 3
+            (mine / "images" / name).write_bytes(image)
+            images.append({"id": i, "file_name": name, "width": 128, "height": 96})
+            box = {"bbox": [x, 10, 40, 30], "iscrowd": 0, "area": 1200}
+            annotations.append({"id": i, "image_id": i, "category_id": 5 + 12 * c, **box})
+            (yolo / "images" / split / name).write_bytes(image)
+            centre = f"{(x + 20) / 128:.4f} {25 / 96:.4f} {40 / 128:.4f} {30 / 96:.4f}"
+            (yolo / "labels" / split / f"{split}_{i}.txt").write_text(f"{c} {centre}\n")
+            (voc / "JPEGImages" / name).write_bytes(image)
+            obj = (
+                f"<object><name>{('person', 'car', 'dog')[c]}</name><difficult>0</difficult>"
+                f"<bndbox><xmin>{x + 1}</xmin><ymin>11</ymin><xmax>{x + 40}</xmax>"
+                "<ymax>40</ymax></bndbox></object>"
+            )
+            xml = f"<annotation><filename>{name}</filename>{obj}</annotation>"
+            (voc / "Annotations" / f"{split}_{i}.xml").write_text(xml)
+        coco = {"images": images, "annotations": annotations, "categories": categories}
+        (mine / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+        ids_file = voc / "ImageSets" / "Main" / f"{split}.txt"
+        ids_file.write_text("".join(f"{split}_{i}\n" for i in ids))
+    names = "".join(f"  {c}: {name}\n" for c, name in enumerate(OWN_CLASSES))
+    (yolo / "data.yaml").write_text(
+        f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -183,16 +231,16 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
     for arg in args:
         if arg.startswith("ckpt_path=") and run:
             arg = f"ckpt_path={checkpoint}"
+        if arg.startswith("init_weights=") and arg.endswith(".ckpt") and run:
+            arg = f"init_weights={checkpoint}"
         if arg == "init_weights=coco":  # downloads: the README's local file instead
             arg = "init_weights=/path/" + TORCHVISION_COCO
-        filled.append(
-            arg.replace("/data/coco", f"{ws}/data/coco").replace("/path/", f"{ws}/weights/")
-        )
+        filled.append(arg.replace("=/data/", f"={ws}/data/").replace("/path/", f"{ws}/weights/"))
     if script != "train.py":
         return script, filled
     # experiment=coco400 and those built on it (coco400_lsj) stream the hub
     hub = any(a.startswith("experiment=coco400") or a == "data=coco" for a in filled)
-    folder = "data=coco_files" in filled
+    folder = any(a in filled for a in ("data=coco_files", "data=yolo", "data=voc"))
     extra = list(SIZE["coco" if hub or folder else "synthetic"])
     if hub:
         given = {a.split("=")[0] for a in filled}
@@ -305,6 +353,9 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
         (sweep,) = made
         printed += "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert DONE[script] in printed, printed[-3000:]
+    if "init_weights=" in line and "experiment=coco400" not in line:  # a user's classes:
+        # those COCO has (person, car) keep their rows
+        assert "carried over by class name: background, person, car; new classes" in printed
     if " -m " in line or "hparams_search=" in line:
         (sweep,) = made
         check_sweep(line, sweep, output(result))

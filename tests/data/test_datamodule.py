@@ -72,10 +72,26 @@ def test_coco_config_streams_local_parquet(hub_parquet):
     assert sum(len(b["targets"]) for b in dm.val_dataloader()) == 4
 
 
-def test_a_class_count_that_does_not_match_the_data_fails_at_start_up(coco_folder, monkeypatch):
-    dm = coco_files(coco_folder, monkeypatch)
+def test_the_class_count_comes_from_the_data_and_a_given_one_is_checked(coco_folder, monkeypatch):
+    dm = coco_files(coco_folder, monkeypatch)  # num_classes null: the annotation file's
+    dm.setup("fit")
+    assert dm.num_classes == 3 and dm.class_names == ["person", "dog", "toothbrush"]
+    dm = coco_files(coco_folder, monkeypatch, num_classes=80)
     with pytest.raises(ValueError, match="data.num_classes=80, but the train source has 3"):
         dm.setup("fit")
+
+
+def test_root_and_class_names_are_given_to_both_sources():
+    given = []
+    dm = DetectionDataModule(
+        lambda transform, **shared: given.append(shared) or SyntheticShapes(transform, 4),
+        lambda transform, **shared: given.append(shared) or SyntheticShapes(transform, 4),
+        root="/data/voc",
+        class_names=["a", "b"],
+        num_workers=0,
+    )
+    dm.setup()
+    assert given == [{"root": "/data/voc", "class_names": ["a", "b"]}] * 2
 
 
 def test_validation_images_are_not_flipped_and_training_ones_may_be():

@@ -10,10 +10,16 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.boxes import content_sizes
-from frcnn.coco import COCO_CATEGORY_IDS
+from frcnn.checkpoint import initial_weights
+from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.transforms import Record, Transform
-from frcnn.model import FasterRCNN, from_torchvision, load_torchvision_weights
-from frcnn.model.convert import convert_key, torchvision_state_dict
+from frcnn.model import FasterRCNN, from_torchvision, load_weights
+from frcnn.model.convert import (
+    TORCHVISION_COCO_NAMES,
+    convert_key,
+    from_torchvision_keys,
+    torchvision_class_names,
+)
 from tests.model.helpers import sorted_rows
 
 
@@ -87,8 +93,11 @@ def test_coco_weights_keep_the_80_used_categories(tmp_path):
     tv = torchvision_default(448)
     path = tmp_path / "coco.pth"
     torch.save(tv.state_dict(), path)
+    start = initial_weights(str(path))
+    assert start.source_names == TORCHVISION_COCO_NAMES and start.norm_eps == 0.0
     model = FasterRCNN(num_classes=80)
-    assert load_torchvision_weights(model, torchvision_state_dict(str(path))) == []
+    loaded = load_weights(model, start.state, start.source_names, list(COCO_CLASSES))
+    assert loaded.left_out == [] and loaded.carried == list(COCO_CLASSES)
     ours, theirs = model.roi_heads.predictor, tv.roi_heads.box_predictor
     for label, tv_id in [(1, 1), (12, 13), (80, 90)]:
         assert COCO_CATEGORY_IDS[label - 1] == tv_id
@@ -103,11 +112,35 @@ def test_coco_weights_keep_the_80_used_categories(tmp_path):
     )
 
 
-def test_other_classes_keep_their_own_predictor(tmp_path):
+def test_classes_coco_has_start_from_its_rows_the_others_as_initialised():
+    """A user's classes: "Person" and "car" are COCO's (torchvision rows 1 and 3), "widget" is
+    not; the background row is carried too."""
+    tv = torchvision_default(448)
+    model = FasterRCNN(num_classes=3)
+    own = model.roi_heads.predictor.cls_score.weight.clone()
+    own_box = model.roi_heads.predictor.bbox_pred.bias.clone()
+    state = from_torchvision_keys(tv.state_dict())
+    loaded = load_weights(model, state, torchvision_class_names(state), ["Person", "widget", "car"])
+    assert loaded.carried == ["Person", "car"]
+    assert not [k for k in loaded.left_out if "predictor" in k]
+    ours, theirs = model.roi_heads.predictor, tv.roi_heads.box_predictor
+    for label, tv_row in [(0, 0), (1, 1), (3, 3)]:
+        assert torch.equal(ours.cls_score.weight[label], theirs.cls_score.weight[tv_row])
+        assert torch.equal(
+            ours.bbox_pred.bias[4 * label : 4 * label + 4],
+            theirs.bbox_pred.bias[4 * tv_row : 4 * tv_row + 4],
+        )
+    assert torch.equal(ours.cls_score.weight[2], own[2])  # widget: as initialised
+    assert torch.equal(ours.bbox_pred.bias[8:12], own_box[8:12])
+
+
+def test_a_file_that_names_no_classes_loads_its_predictor_only_where_it_fits():
     model = FasterRCNN(num_classes=3)
     before = model.roi_heads.predictor.cls_score.weight.clone()
-    left_out = load_torchvision_weights(model, torchvision_default(448).state_dict())
-    assert left_out == sorted(
+    state = from_torchvision_keys(torchvision_frozen(384).state_dict())  # 6 rows, unnamed
+    assert torchvision_class_names(state) is None
+    loaded = load_weights(model, state, None, ["a", "b", "c"])
+    assert loaded.left_out == sorted(
         f"roi_heads.predictor.{n}.{k}"
         for n in ("bbox_pred", "cls_score")
         for k in ("bias", "weight")
@@ -115,9 +148,35 @@ def test_other_classes_keep_their_own_predictor(tmp_path):
     assert torch.equal(model.roi_heads.predictor.cls_score.weight, before)
 
 
-def test_missing_init_weights_file_names_the_key():
-    with pytest.raises(FileNotFoundError, match="init_weights"):
-        torchvision_state_dict("/no/such.pth")
+def test_rows_are_carried_between_two_class_lists_by_name():
+    torch.manual_seed(0)
+    source = FasterRCNN(num_classes=3, backbone=dict(depth=18), fpn_channels=32)
+    target = FasterRCNN(num_classes=4, backbone=dict(depth=18), fpn_channels=32)
+    before = target.roi_heads.predictor.bbox_pred.weight.clone()
+    names = ["__background__", "cat", "dog", "bird"]
+    loaded = load_weights(target, source.state_dict(), names, ["dog", "fish", "cat", "  CAT "])
+    assert loaded.carried == ["dog", "cat", "  CAT "]
+    src, tgt = source.roi_heads.predictor, target.roi_heads.predictor
+    for label, row in [(0, 0), (1, 2), (3, 1), (4, 1)]:
+        assert torch.equal(tgt.cls_score.weight[label], src.cls_score.weight[row])
+        assert torch.equal(tgt.cls_score.bias[label], src.cls_score.bias[row])
+        assert torch.equal(
+            tgt.bbox_pred.weight[4 * label : 4 * label + 4],
+            src.bbox_pred.weight[4 * row : 4 * row + 4],
+        )
+    assert torch.equal(tgt.bbox_pred.weight[8:12], before[8:12])  # fish: as initialised
+    assert torch.equal(target.fpn.output[0].weight, source.fpn.output[0].weight)
+
+
+def test_init_weights_names_what_it_takes(tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_weights='/no/such.pth': no such file"):
+        initial_weights("/no/such.pth")
+    path = tmp_path / "other.pth"
+    torch.save({"epoch": 3, "weights": torch.zeros(2)}, path)
+    with pytest.raises(
+        ValueError, match="neither a checkpoint of this project .* nor a torchvision"
+    ):
+        initial_weights(str(path))
 
 
 def test_letterboxed_real_size_image_matches_torchvision_with_its_coco_eps():

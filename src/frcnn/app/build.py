@@ -15,10 +15,17 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from frcnn.callbacks import Preemption
-from frcnn.checkpoint import AtomicCheckpointIO
+from frcnn.checkpoint import (
+    DATA_TARGETS,
+    AtomicCheckpointIO,
+    InitialWeights,
+    build_detector,
+    initial_weights,
+    refuse_code,
+)
 from frcnn.checks import check_number
 from frcnn.data.datamodule import StreamEpoch
-from frcnn.model.convert import load_torchvision_weights, torchvision_state_dict
+from frcnn.model.convert import Loaded, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +42,20 @@ def build(cfg: DictConfig):
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fail now, not after the model is built, if the data is not there
+    classes_from_data(cfg, datamodule)
     if cfg.model.num_classes != datamodule.num_classes:
         raise ValueError(
             f"model.num_classes={cfg.model.num_classes}, but the data has "
             f"{datamodule.num_classes} classes: leave model.num_classes to follow "
             "data.num_classes (its default)"
         )
-    if cfg.get("init_weights"):
-        backbone = cfg.model.backbone
-        if backbone.get("depth") == 50:  # torchvision's weights hold the whole ResNet-50
-            backbone.weights = None  # no ImageNet download that they would overwrite
-        if backbone.get("norm") == "frozen_bn":
-            # torchvision runs them with FrozenBatchNorm2d eps 0; so does this model (kept in
-            # the saved config, so eval and predict rebuild it the same way). Trainable
-            # BatchNorm keeps its eps: 0 is not allowed in training
-            backbone.norm_eps = 0.0
-    model = instantiate(cfg.model)
-    if cfg.get("init_weights"):
-        left_out = load_torchvision_weights(model, torchvision_state_dict(cfg.init_weights))
-        log.info("Weights from %s; left as initialised: %s", cfg.init_weights, left_out or "none")
+    start = initial_weights(cfg.init_weights) if cfg.get("init_weights") else None
+    if start:
+        fit_backbone(cfg, start)
+    model = build_detector(OmegaConf.to_container(cfg.model, resolve=True), source="")
+    if start:
+        loaded = load_weights(model, start.state, start.source_names, datamodule.class_names)
+        log_initial_weights(cfg.init_weights, start, loaded)
     trainer = build_trainer(cfg, [instantiate(cfg.ema)] if cfg.get("ema") else [])
     scale_learning_rate(cfg, trainer)
     module = instantiate(cfg.module)(
@@ -61,6 +63,52 @@ def build(cfg: DictConfig):
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return datamodule, module, trainer
+
+
+def classes_from_data(cfg: DictConfig, datamodule) -> None:
+    """`data.num_classes: null` (the data configs whose files name their classes): the data's
+    own count, for the model (`model.num_classes` follows it) and the saved config."""
+    if cfg.data.get("num_classes") is None:
+        cfg.data.num_classes = datamodule.num_classes
+
+
+def fit_backbone(cfg: DictConfig, start: InitialWeights) -> None:
+    """The backbone settings that `init_weights` needs: no ImageNet download that they would
+    overwrite, and the FrozenBatchNorm epsilon they were trained with (torchvision's COCO
+    weights: 0; kept in the saved config, so eval and predict rebuild it the same way).
+    Trainable BatchNorm keeps its own (0 is not allowed in training)."""
+    backbone = cfg.model.backbone
+    if backbone.get("depth") != start.depth:
+        if not start.torchvision:  # nothing of it would fit
+            raise ValueError(
+                f"init_weights={cfg.init_weights!r} holds a ResNet-{start.depth} detector; this "
+                f"config builds model.backbone.depth={backbone.get('depth')}: choose the model "
+                "it was trained with (model=..., as in its run's .hydra/config.yaml)"
+            )
+        return  # torchvision's ResNet-50 weights: the heads of the same shape load
+    backbone.weights = None
+    if backbone.get("norm") == "frozen_bn" and start.norm_eps is not None:
+        backbone.norm_eps = start.norm_eps
+
+
+def log_initial_weights(source: str, start: InitialWeights, loaded: Loaded) -> None:
+    """Start-up lines: what `init_weights` loaded, carried over by class name, left out."""
+    if start.source_names is None:
+        rows = "the file names no classes: its predictor is loaded only where its shape fits"
+    else:
+        rows = (
+            "predictor rows carried over by class name: "
+            + ", ".join(["background", *loaded.carried])
+            + f"; new classes (rows as initialised): {', '.join(loaded.new) or 'none'}"
+        )
+    log.info(
+        "init_weights=%s: %s. Loaded %d tensors; %s; tensors left as initialised: %s",
+        source,
+        start.what,
+        len(loaded.loaded),
+        rows,
+        ", ".join(loaded.left_out) or "none",
+    )
 
 
 def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
@@ -190,14 +238,19 @@ def given_keys(overrides: list[str]) -> set[str]:
 
 def checkpoint_run_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:
     """`cfg` with `data` and `model` replaced by the checkpoint's own `saved` settings, except
-    what the command line (`overrides`) sets under `data.` / `model.` or as `data=<option>`."""
+    what the command line (`overrides`) sets under `data.` / `model.` or as `data=<option>`.
+
+    The saved data config may name only this project's data module and sources as `_target_`
+    (a checkpoint is data, never code), unless the command line sets that key; the model's is
+    checked where the detector is built (`build_detector`)."""
     given = OverridesParser.create().parse_overrides(overrides)
-    data = OmegaConf.create(saved["data"])
+    keys = [override.key_or_group for override in given]
+    if any(o.key_or_group == "data" and not o.is_delete() for o in given):
+        data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))  # the command's
+    else:
+        refuse_code(saved["data"], "data", DATA_TARGETS, trusted=keys)
+        data = OmegaConf.create(saved["data"])
     model = OmegaConf.create(saved["model"])
-    for override in given:
-        key = override.key_or_group
-        if key == "data" and not override.is_delete():  # another data config altogether
-            data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     for override in given:
         key = override.key_or_group
         root, _, rest = key.partition(".")

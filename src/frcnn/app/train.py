@@ -39,7 +39,10 @@ def train(cfg: DictConfig) -> float | None:
     elif trainer.is_global_zero:
         log.info("Output directory: %s", shown(output_dir()))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only: a checkpoint holds tensors and plain data (load_checkpoint checked it)
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+        )
     except SIGTERMException:
         stopped(trainer, cfg)
     value = finish(trainer, cfg, validate_best(trainer, module, datamodule))

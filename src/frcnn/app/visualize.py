@@ -6,12 +6,12 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import IterableDataset
 
-from frcnn.app.build import checkpoint_run_config
+from frcnn.app.build import checkpoint_run_config, classes_from_data
 from frcnn.boxes import content_sizes
-from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+from frcnn.checkpoint import build_detector, detector_from_checkpoint, load_checkpoint
 from frcnn.dataset_stats import dataset_statistics
 from frcnn.eval_report import dataset_figure, dataset_markdown
 from frcnn.figures import make_figure
@@ -35,7 +35,12 @@ def visualize(cfg: DictConfig) -> Path:
         model = detector_from_checkpoint(checkpoint, cfg.model)
         class_names, category_ids = checkpoint.get("class_names"), checkpoint.get("category_ids")
     else:
-        model = instantiate({**cfg.model, "backbone": {**cfg.model.backbone, "weights": None}})
+        if cfg.data.get("num_classes") is None:  # the data's own count (build.classes_from_data)
+            datamodule = instantiate(cfg.data)
+            datamodule.setup("validate")
+            classes_from_data(cfg, datamodule)
+        config = OmegaConf.to_container(cfg.model, resolve=True)
+        model = build_detector({**config, "backbone": {**config["backbone"], "weights": None}}, "")
     predictor = Predictor(
         model,
         cfg.data.image_size,

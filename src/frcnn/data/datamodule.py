@@ -31,9 +31,11 @@ class DetectionDataModule(L.LightningDataModule):
     """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...],
     "image_sizes": (B, 2)} (see `collate`).
 
-    `train` and `val` build a source from a Transform (Hydra partials of SyntheticShapes,
-    COCOFolder or HubCOCO); the data module supplies the transform: flips and scale jitter
-    (`scale_jitter`, `min_visible`: see `Transform`) for training only.
+    `train` and `val` build a source from a Transform (Hydra partials of the sources in
+    `frcnn.data.SOURCES`); the data module supplies the transform: flips and scale jitter
+    (`scale_jitter`, `min_visible`: see `Transform`) for training only. `root` and
+    `class_names`, where set, are given to both sources (a data set's folder and class list,
+    said once: `data.root=DIR`). `num_classes` None: the sources' own count.
     """
 
     def __init__(
@@ -51,6 +53,8 @@ class DetectionDataModule(L.LightningDataModule):
         flip_prob: float = 0.5,
         scale_jitter: list[float] | None = None,
         min_visible: float = 0.5,
+        root: str | None = None,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         check_number("data.batch_size", batch_size, 1, integer=True)
@@ -65,6 +69,8 @@ class DetectionDataModule(L.LightningDataModule):
         )
         self.val_transform = Transform(image_size, resize, 0.0)
         self.make_train, self.make_val = train, val
+        shared = {"root": root, "class_names": list(class_names) if class_names else None}
+        self.shared = {key: value for key, value in shared.items() if value is not None}
         self.expected_num_classes = num_classes
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
@@ -86,7 +92,7 @@ class DetectionDataModule(L.LightningDataModule):
                     ds.set_rank(trainer.global_rank, trainer.world_size)
 
     def _source(self, split: str, make: Callable, transform: Transform):
-        source = make(transform=transform)
+        source = make(transform=transform, **self.shared)
         if split == "val" and hasattr(source, "substitute"):
             source.substitute = False  # validation skips unreadable images, never repeats one
         if hasattr(source, "__len__") and len(source) == 0:

@@ -1,6 +1,6 @@
 """The detector as plain torch.nn modules."""
 
-from frcnn.model.convert import from_torchvision, load_torchvision_weights
+from frcnn.model.convert import from_torchvision, load_weights
 from frcnn.model.faster_rcnn import FasterRCNN
 
-__all__ = ["FasterRCNN", "from_torchvision", "load_torchvision_weights"]
+__all__ = ["FasterRCNN", "from_torchvision", "load_weights"]

@@ -1,7 +1,7 @@
 """Build this project's detector from a torchvision Faster R-CNN, weights included."""
 
 import re
-from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -9,7 +9,6 @@ from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn.coco import COCO_CATEGORY_IDS
 from frcnn.model.backbone import FROZEN_CHOICES, download
 from frcnn.model.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, FasterRCNN
 
@@ -61,40 +60,102 @@ def _backbone_settings(body: nn.Module) -> dict:
     }
 
 
-def torchvision_state_dict(source: str) -> dict:
-    """ "coco" (torchvision's COCO-trained fasterrcnn_resnet50_fpn, downloaded) or a file path."""
-    if source == "coco":
-        return download(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, "init_weights")
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"init_weights={source!r}: no such file (or use 'coco')")
-    return torch.load(path, map_location="cpu", weights_only=True)
+# the class of each row of torchvision's COCO predictor (91: background, 80 classes, 10 "N/A")
+TORCHVISION_COCO_NAMES = tuple(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+UNNAMED = ("__background__", "N/A")
 
 
-def load_torchvision_weights(model: FasterRCNN, state_dict: dict) -> list[str]:
-    """Load a torchvision Faster R-CNN state dict into `model`, e.g. to fine-tune from COCO.
+def torchvision_coco_weights() -> dict:
+    """torchvision's COCO-trained fasterrcnn_resnet50_fpn state dict (37.0 box AP, downloaded)."""
+    return download(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, "init_weights")
 
-    A 91-way COCO predictor loaded into an 80-class model keeps the rows of the 80 used
-    categories (COCO_CATEGORY_IDS), so the model detects COCO from the start. Other tensors
-    whose shape differs (a predictor for other classes) are left as initialised. Returns the
-    names of the parameters left out.
-    """
+
+def is_torchvision_state_dict(state) -> bool:
+    """Whether `state` is a torchvision Faster R-CNN state dict (its keys, tensor values)."""
+    return (
+        isinstance(state, dict)
+        and any(str(k).startswith("backbone.body.") for k in state)
+        and all(isinstance(v, torch.Tensor) for v in state.values())
+    )
+
+
+def from_torchvision_keys(state: dict) -> dict:
+    """A torchvision Faster R-CNN state dict with this project's keys."""
+    return {convert_key(k): v for k, v in state.items()}
+
+
+def torchvision_class_names(state: dict) -> tuple[str, ...] | None:
+    """The class of each predictor row of a torchvision state dict (its own keys or this
+    project's): COCO's 91 rows; None where the file does not say (another row count)."""
+    rows = [v.shape[0] for k, v in state.items() if k.endswith("cls_score.weight")]
+    return TORCHVISION_COCO_NAMES if rows == [len(TORCHVISION_COCO_NAMES)] else None
+
+
+class Loaded(NamedTuple):
+    """What `load_weights` did: the tensors it loaded (names), the classes whose predictor
+    rows it carried over by name and those whose rows it left as initialised (new classes),
+    and this model's tensors it left as initialised."""
+
+    loaded: list[str]
+    carried: list[str]
+    new: list[str]
+    left_out: list[str]
+
+
+def load_weights(
+    model: FasterRCNN,
+    state: dict,
+    source_names: list[str] | tuple[str, ...] | None = None,
+    class_names: list[str] | None = None,
+) -> Loaded:
+    """Load `state` (this project's keys) into `model`: every tensor whose name and shape match,
+    except the box predictor's, which is carried over class by class where both sides name their
+    classes: `source_names[r]` is the class of the state's row r (row 0 the background),
+    `class_names[i]` that of the model's label i + 1. The background row and the rows of the
+    classes named in both (e.g. "person", "car"; case and spaces aside) go to their new labels;
+    the other rows stay as initialised. Where either side names no classes, the predictor loads
+    only where its shape matches (the same classes assumed, as a plain state dict is used)."""
     own = model.state_dict()
-    converted = {convert_key(k): v for k, v in state_dict.items()}
-    if (
-        model.roi_heads.num_classes == 80
-        and converted[PREDICTOR_KEYS[0] + ".weight"].shape[0] == 91
-    ):
-        rows = torch.tensor([0, *COCO_CATEGORY_IDS])
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    carried, new = [], []
+    if source_names is not None and class_names is not None:
+        pairs = class_rows(source_names, class_names)
+        carried = [class_names[label - 1] for _, label in pairs[1:]]
+        new = [name for name in class_names if name not in carried]
         for key in PREDICTOR_KEYS:
             for kind in ("weight", "bias"):
-                value = converted[f"{key}.{kind}"]
-                per_class = value.view(91, -1, *value.shape[1:])  # (classes, 1 or 4, ...)
-                converted[f"{key}.{kind}"] = per_class[rows].reshape(-1, *value.shape[1:])
-    loadable = {k: v for k, v in converted.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(loadable))
+                name = f"{key}.{kind}"
+                loadable.pop(name, None)
+                rows = carry_rows(state.get(name), own[name], pairs, len(source_names))
+                if rows is not None:
+                    loadable[name] = rows
     model.load_state_dict(loadable, strict=False)
-    return skipped
+    return Loaded(sorted(loadable), carried, new, sorted(set(own) - set(loadable)))
+
+
+def class_rows(source_names, class_names) -> list[tuple[int, int]]:
+    """(source row, label) pairs: the background (0, 0), then each of `class_names` (labels
+    1..C) found among `source_names` (rows 1.., the unnamed "N/A" rows left out)."""
+    rows = {name_key(n): r for r, n in enumerate(source_names) if r > 0 and n not in UNNAMED}
+    named = [(rows.get(name_key(name)), label) for label, name in enumerate(class_names, 1)]
+    return [(0, 0), *((row, label) for row, label in named if row is not None)]
+
+
+def name_key(name) -> str:
+    """A class name as names are compared: "Traffic  Light" is "traffic light"."""
+    return " ".join(str(name).lower().split())
+
+
+def carry_rows(value, own, pairs, num_rows: int):
+    """`own` (a predictor tensor: rows of 1 or 4 per class) with `value`'s rows of each
+    (source row, label) pair copied in; None where they do not fit (another width)."""
+    if value is None or value.shape[1:] != own.shape[1:] or value.shape[0] % num_rows:
+        return None
+    source = value.reshape(num_rows, -1, *value.shape[1:])
+    target = own.reshape(-1, source.shape[1], *own.shape[1:]).clone()
+    rows, labels = zip(*pairs, strict=True)
+    target[list(labels)] = source[list(rows)]
+    return target.reshape(own.shape)
 
 
 def from_torchvision(tv_model: nn.Module) -> FasterRCNN:

@@ -1,0 +1,94 @@
+"""Pascal VOC in its own layout: Annotations/*.xml, JPEGImages/, ImageSets/Main/<split>.txt."""
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from frcnn.data.sources import MapSource
+from frcnn.data.transforms import Record, Transform
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+
+def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]]]:
+    """A VOC xml -> (image file name, [(class name, [x0, y0, x1, y1], difficult), ...]).
+
+    VOC's boxes are 1-based pixel indices, `xmax`/`ymax` inclusive: as torchvision and
+    Detectron2 read them, xmin and ymin move by -1 to give pixel edges."""
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{path} is not valid XML ({err})") from None
+    objects = []
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError(f"{path}: an object without a bndbox")
+        x0, y0, x1, y1 = (float(box.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        objects.append(((obj.findtext("name") or "").strip(), [x0 - 1, y0 - 1, x1, y1], difficult))
+    return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects
+
+
+class VOCFolder(MapSource):
+    """One split (`ImageSets/Main/<split>.txt`: train, val, trainval, test) of a VOC2007 /
+    VOC2012-style folder `root`.
+
+    Labels 1..C follow `class_names` (by default VOC's 20); an object whose name is not among
+    them stops the run at start-up, naming it. `difficult` objects are what COCO's crowd
+    regions are: not trained on, and ignored by the evaluation (neither a hit nor a miss), as
+    VOC's own protocol does. `keep_empty` False leaves out images without objects."""
+
+    def __init__(
+        self,
+        transform: Transform,
+        root: str,
+        split: str = "train",
+        class_names: list[str] | None = None,
+        keep_empty: bool = True,
+    ):
+        root = Path(root).expanduser()
+        ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
+        if not ids_file.is_file():
+            found = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))[:8]
+            hint = f" (it has {', '.join(found)})" if found else ""
+            raise FileNotFoundError(f"data.root={str(root)!r}: no {ids_file}{hint}")
+        self.class_names = list(class_names or VOC_CLASSES)
+        self.category_ids = list(range(1, len(self.class_names) + 1))
+        super().__init__(transform, len(self.class_names), name=f"voc {split} of {root}")
+        self.image_dir = root / "JPEGImages"
+        label_of = {name: i + 1 for i, name in enumerate(self.class_names)}
+        self.samples = []
+        for image_id in ids_file.read_text().split():
+            file_name, objects = read_annotation(root / "Annotations" / f"{image_id}.xml")
+            unknown = sorted({name for name, _, _ in objects if name not in label_of})
+            if unknown:
+                raise ValueError(
+                    f"data.root={str(root)!r}: {image_id}.xml has objects named {unknown}, "
+                    f"which data.class_names does not list ({len(label_of)} classes: "
+                    f"{', '.join(list(label_of)[:6])}, ...): add them to data.class_names"
+                )
+            if objects or keep_empty:
+                self.samples.append((file_name, objects))
+        if not self.samples:
+            raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
+        self.label_of = label_of
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def describe(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def record(self, index: int) -> Record:
+        file_name, objects = self.samples[index]
+        boxes = np.array([box for _, box, _ in objects], np.float32).reshape(-1, 4)
+        labels = np.array([self.label_of[name] for name, _, _ in objects], np.int64)
+        difficult = np.array([hard for _, _, hard in objects], bool)
+        image = (self.image_dir / file_name).read_bytes()
+        return Record(image, boxes, labels, index, difficult)

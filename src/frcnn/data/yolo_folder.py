@@ -1,0 +1,190 @@
+"""A data set in the Ultralytics YOLO layout: data.yaml, images/<split>, labels/<split>/*.txt.
+
+Read as Ultralytics reads it (`ultralytics.data.utils`): `data.yaml` names the split folders
+(`train`, `val`: a folder of images, a text file listing images, or a list of those), relative
+to its `path` (by default the folder `data.yaml` is in; Roboflow's `../train/images` resolves
+inside it too) and the classes (`names`: a list, or a dict of class id -> name). Each image's
+label file is found by replacing the last `images` folder of its path with `labels` and its
+suffix with `.txt`. One line per object: `class cx cy w h`, normalised to 0..1, class ids from
+0; a line of more values is a polygon (segmentation labels), whose bounding box is taken.
+"""
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from frcnn.data.sources import MapSource
+from frcnn.data.transforms import Record, Transform
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo"}
+
+
+def read_data_yaml(root: str | Path) -> tuple[Path, dict]:
+    """`root` (a folder holding data.yaml, or the yaml file) -> (the yaml's path, its content)."""
+    root = Path(root).expanduser()
+    file = root / "data.yaml" if root.is_dir() else root
+    if not file.is_file():
+        inside = sorted(p.name for p in root.glob("*.yaml")) if root.is_dir() else []
+        hint = f" (it holds {', '.join(inside)}: give the file as data.root)" if inside else ""
+        raise FileNotFoundError(f"data.root={str(root)!r}: no data.yaml{hint}")
+    try:
+        content = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"data.root: {file} is not valid YAML ({err})") from None
+    if not isinstance(content, dict) or "names" not in content:
+        raise ValueError(f"data.root: {file} has no `names` (the class names) key")
+    return file, content
+
+
+def class_names(content: dict, file: Path) -> list[str]:
+    """`names` as a list, or a dict of contiguous class ids 0..C-1 -> name."""
+    names = content["names"]
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise ValueError(f"{file}: `names` must have the class ids 0..{len(names) - 1}")
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{file}: `names` must be a list or a dict of class names")
+    return [str(name) for name in names]
+
+
+def base_folder(content: dict, file: Path) -> Path:
+    """The folder the splits are relative to: `path` (relative to data.yaml's folder), else
+    data.yaml's folder."""
+    path = content.get("path")
+    if not path:
+        return file.parent
+    base = Path(path).expanduser()
+    base = base if base.is_absolute() else file.parent / base
+    if not base.is_dir():
+        log.warning(
+            "%s: path=%r is no folder here; the splits are read relative to %s", file, path,
+            file.parent,
+        )  # fmt: skip
+        return file.parent
+    return base
+
+
+def split_images(content: dict, split: str, file: Path) -> list[Path]:
+    """The image files of a split (`train`, `val`, `test`) as data.yaml names them."""
+    if not content.get(split):
+        raise ValueError(f"{file} names no `{split}` split (data.{split}.split selects another)")
+    base = base_folder(content, file)
+    entries = content[split] if isinstance(content[split], list) else [content[split]]
+    images = []
+    for entry in entries:
+        path = Path(str(entry)).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.exists() and str(entry).startswith("../"):  # Roboflow's export
+            path = base / str(entry)[3:]
+        if path.is_dir():
+            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():  # a list of images, one a line, relative to the list's folder
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if line:
+                    listed = Path(line.removeprefix("./"))
+                    images.append(listed if listed.is_absolute() else path.parent / listed)
+        else:
+            raise FileNotFoundError(f"{file}: {split}={entry!r}: no such folder or file ({path})")
+    return images
+
+
+def label_file(image: Path) -> Path:
+    """Ultralytics' rule: the last `images` folder of the path becomes `labels`, suffix .txt."""
+    parts = list(image.parts)
+    if "images" in parts[:-1]:
+        index = len(parts) - 2 - parts[-2::-1].index("images")
+        parts[index] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def parse_labels(text: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """A label file's text -> (class ids (K,), normalised cxcywh boxes (K, 4), malformed lines).
+
+    A line of more than 6 values is a polygon (class x1 y1 x2 y2 ...): its bounding box."""
+    classes, boxes, bad = [], [], 0
+    for line in text.splitlines():
+        values = line.split()
+        if not values:
+            continue
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            bad += 1
+            continue
+        cls, coords = numbers[0], numbers[1:]
+        if len(coords) > 5 and len(coords) % 2 == 0:
+            xy = np.array(coords).reshape(-1, 2)
+            (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+            coords = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+        if len(coords) != 4 or cls != int(cls):
+            bad += 1
+            continue
+        classes.append(int(cls))
+        boxes.append(coords)
+    return np.array(classes, np.int64), np.array(boxes, np.float32).reshape(-1, 4), bad
+
+
+def has_objects(image: Path) -> bool:
+    """Whether an image's label file holds at least one well-formed line."""
+    labels = label_file(image)
+    return labels.is_file() and parse_labels(labels.read_text())[0].size > 0
+
+
+class YOLOFolder(MapSource):
+    """One split of a YOLO data set (`root`: the folder holding data.yaml, or the yaml file).
+
+    Labels are 1 + the YOLO class id; an image without a label file has no objects; a malformed
+    line, a class id out of range or a box outside 0..1 is dropped, counted and logged.
+    `keep_empty` False leaves out the images without objects (read once, at start-up)."""
+
+    def __init__(
+        self, transform: Transform, root: str, split: str = "train", keep_empty: bool = True
+    ):
+        file, content = read_data_yaml(root)
+        self.class_names = class_names(content, file)
+        self.category_ids = list(range(len(self.class_names)))  # YOLO's own class ids
+        super().__init__(transform, len(self.class_names), name=f"yolo {split} of {file}")
+        self.images = split_images(content, split, file)
+        if not keep_empty:
+            self.images = [path for path in self.images if has_objects(path)]
+        if not self.images:
+            raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def describe(self, index: int) -> str:
+        return str(self.images[index])
+
+    def record(self, index: int) -> Record:
+        path = self.images[index]
+        data = path.read_bytes()
+        labels_path = label_file(path)
+        text = labels_path.read_text() if labels_path.is_file() else ""
+        classes, cxcywh, bad = parse_labels(text)
+        if bad:
+            self.skips("malformed label lines dropped", index, f"{bad} in {labels_path}")
+        half = cxcywh[:, 2:] / 2
+        outside = ((cxcywh[:, :2] - half) < -1e-3).any(1) | ((cxcywh[:, :2] + half) > 1 + 1e-3).any(
+            1
+        )
+        if outside.any():
+            self.skips(
+                "boxes outside 0..1 dropped (YOLO labels are normalised)", index,
+                f"{int(outside.sum())} in {labels_path}",
+            )  # fmt: skip
+        with Image.open(io.BytesIO(data)) as image:  # the header only: its size
+            width, height = image.size
+        scale = np.array([width, height, width, height], np.float32)
+        half = cxcywh[:, 2:] / 2
+        boxes = np.concatenate([cxcywh[:, :2] - half, cxcywh[:, :2] + half], 1) * scale
+        # a class id out of range is a label outside 1..C: dropped and counted downstream
+        return Record(data, boxes[~outside], (classes + 1)[~outside], index)

@@ -1,0 +1,74 @@
+"""Pascal VOC's layout read by the real parser: 1-based boxes, difficult objects, names."""
+
+import pytest
+import torch
+
+from frcnn.data.transforms import Transform
+from frcnn.data.voc_folder import VOC_CLASSES, VOCFolder
+from tests.data.conftest import jpeg_bytes
+
+
+def annotation(file_name, objects):
+    """VOC xml for (name, (xmin, ymin, xmax, ymax), difficult) objects."""
+    body = "".join(
+        f"<object><name>{name}</name><difficult>{int(hard)}</difficult><bndbox>"
+        f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for name, (x0, y0, x1, y1), hard in objects
+    )
+    return f"<annotation><filename>{file_name}</filename>{body}</annotation>"
+
+
+def voc_folder(root, samples, splits):
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    for image_id, objects in samples.items():
+        (root / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg_bytes(120, 80))
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            annotation(f"{image_id}.jpg", objects)
+        )
+    for split, ids in splits.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.fixture
+def voc(tmp_path):
+    samples = {
+        "000001": [("dog", (11, 21, 60, 70), False), ("person", (1, 1, 30, 40), True)],
+        "000002": [("car", (51, 11, 100, 50), False)],
+        "000003": [],
+    }
+    return voc_folder(
+        tmp_path / "VOC2007", samples, {"train": ["000001", "000003"], "val": ["000002"]}
+    )
+
+
+def test_boxes_move_to_pixel_edges_and_difficult_objects_are_ignored_regions(voc):
+    source = VOCFolder(Transform(120), str(voc), "train")
+    assert source.class_names == list(VOC_CLASSES) and source.num_classes == 20
+    record = source.record(0)
+    assert record.boxes.tolist() == [[10, 20, 60, 70], [0, 0, 30, 40]]
+    assert record.labels.tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("person") + 1]
+    assert record.iscrowd.tolist() == [False, True]
+    _, target = source[0]  # 120 px: no resize
+    assert target["labels"].tolist() == [VOC_CLASSES.index("dog") + 1]
+    torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 20.0, 60.0, 70.0]]))
+    torch.testing.assert_close(target["crowd_boxes"], torch.tensor([[0.0, 0.0, 30.0, 40.0]]))
+    assert (
+        len(source) == 2
+        and len(VOCFolder(Transform(120), str(voc), "train", keep_empty=False)) == 1
+    )
+
+
+def test_a_class_list_of_ones_own_and_a_name_outside_it(voc):
+    source = VOCFolder(Transform(120), str(voc), "val", class_names=["car", "bus"])
+    assert source.record(0).labels.tolist() == [1]
+    with pytest.raises(
+        ValueError, match=r"000001.xml has objects named \['dog', 'person'\].*data.class_names"
+    ):
+        VOCFolder(Transform(120), str(voc), "train", class_names=["car", "bus"])
+
+
+def test_a_missing_split_names_the_ones_there(voc):
+    with pytest.raises(FileNotFoundError, match="trainval.txt.*it has train, val"):
+        VOCFolder(Transform(120), str(voc), "trainval")

@@ -1,0 +1,101 @@
+"""The YOLO layout, as Ultralytics and Roboflow's export write it, read by the real parser."""
+
+import pytest
+import torch
+import yaml
+
+from frcnn.boxes import to_original_pixels
+from frcnn.data.transforms import Transform
+from frcnn.data.yolo_folder import YOLOFolder, label_file
+from tests.data.conftest import jpeg_bytes
+
+# a 200 x 100 image: (class, cx, cy, w, h) normalised -> xyxy in pixels
+PERSON = "0 0.5 0.5 0.2 0.4"  # x 80..120, y 30..70
+CAR = "1 0.25 0.25 0.1 0.1"  # x 40..60, y 20..30
+POLYGON = "1 0.1 0.1 0.3 0.1 0.3 0.5 0.1 0.5"  # its box: x 20..60, y 10..50
+
+
+def write(root, images: dict[str, str | None], data: dict):
+    """`images`: relative image path -> label file text (None: no label file)."""
+    for relative, labels in images.items():
+        image = root / relative
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(jpeg_bytes(200, 100))
+        if labels is not None:
+            label_file(image).parent.mkdir(parents=True, exist_ok=True)
+            label_file(image).write_text(labels)
+    (root / "data.yaml").write_text(yaml.safe_dump(data))
+    return root
+
+
+@pytest.fixture
+def ultralytics(tmp_path):
+    labels = "\n".join([PERSON, CAR, POLYGON, "not a line", "7 0.5 0.5 0.1 0.1", "0 1.2 0.5 .2 .2"])
+    images = {"images/train/a.jpg": labels, "images/train/b.jpg": None, "images/val/c.jpg": CAR}
+    data = {
+        "path": ".",
+        "train": "images/train",
+        "val": "images/val",
+        "names": {0: "person", 1: "car"},
+    }
+    return write(tmp_path / "yolo", images, data)
+
+
+def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics):
+    source = YOLOFolder(Transform(200), str(ultralytics), "train")
+    assert source.class_names == ["person", "car"] and source.num_classes == 2
+    assert [p.name for p in source.images] == ["a.jpg", "b.jpg"]
+    record = source.record(0)
+    # the malformed line and the box outside 0..1 are dropped here, the class id 7 downstream
+    assert record.labels.tolist() == [1, 2, 2, 8]
+    expected = [[80, 30, 120, 70], [40, 20, 60, 30], [20, 10, 60, 50], [90, 45, 110, 55]]
+    torch.testing.assert_close(
+        torch.tensor(record.boxes), torch.tensor(expected, dtype=torch.float32)
+    )
+    assert source.skips.counts == {
+        "malformed label lines dropped": 1,
+        "boxes outside 0..1 dropped (YOLO labels are normalised)": 1,
+    }
+    _, target = source[0]
+    assert target["labels"].tolist() == [1, 2, 2]  # class id 7: no such class, dropped
+    original = to_original_pixels(target["boxes"], target["scale_xy"], target["orig_size"])
+    torch.testing.assert_close(
+        original, torch.tensor(expected[:3], dtype=torch.float32), atol=1, rtol=0
+    )
+    _, empty = source[1]  # no label file: an image without objects
+    assert empty["boxes"].shape == (0, 4)
+
+
+def test_images_without_objects_can_be_left_out(ultralytics):
+    assert len(YOLOFolder(Transform(200), str(ultralytics), "train", keep_empty=False)) == 1
+
+
+def test_roboflow_export_and_list_files(tmp_path):
+    images = {"train/images/x.jpg": PERSON, "valid/images/y.jpg": CAR}
+    root = write(
+        tmp_path / "rf",
+        images,
+        {
+            "train": "../train/images",
+            "val": "../valid/images",
+            "nc": 2,
+            "names": ["helmet", "head"],
+        },
+    )
+    source = YOLOFolder(Transform(200), str(root / "data.yaml"), "val")
+    assert source.class_names == ["helmet", "head"]
+    assert source.record(0).labels.tolist() == [2]
+    (root / "val.txt").write_text("./valid/images/y.jpg\n./train/images/x.jpg\n")
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"val": "val.txt", "train": ["train/images"], "names": ["helmet", "head"]})
+    )
+    listed = YOLOFolder(Transform(200), str(root), "val")
+    assert [p.name for p in listed.images] == ["y.jpg", "x.jpg"]
+    assert len(YOLOFolder(Transform(200), str(root), "train")) == 1
+
+
+def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
+    with pytest.raises(FileNotFoundError, match="no data.yaml"):
+        YOLOFolder(Transform(200), str(tmp_path), "train")
+    with pytest.raises(ValueError, match="names no `test` split"):
+        YOLOFolder(Transform(200), str(ultralytics), "test")

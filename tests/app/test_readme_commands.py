@@ -31,7 +31,7 @@ import torchvision
 
 from frcnn.sweep import TRIAL_GPUS
 from tests.app.helpers import ROOT, SMALL_MODEL, run_script
-from tests.data.conftest import hub_row, jpeg_bytes, write_hub_parquet
+from tests.data.conftest import cppe5_parquet, hub_row, jpeg_bytes, write_hub_parquet
 
 # the only overrides a README training command gets, by the data it reads
 SIZE = {
@@ -208,6 +208,13 @@ def own_formats(data: Path) -> None:
         (mine / "annotations" / f"{split}.json").write_text(json.dumps(coco))
         ids_file = voc / "ImageSets" / "Main" / f"{split}.txt"
         ids_file.write_text("".join(f"{split}_{i}\n" for i in ids))
+    # a hub set in cppe-5's schema (xywh pixel boxes), its format to be read from the rows:
+    # as xyxy, the first box of each image is inverted
+    hub = data / "hub"
+    hub.mkdir()
+    telling = [(120, 10, 50, 40, 4), (10, 20, 30, 30, 2)]
+    cppe5_parquet(hub / "train-00000-of-00001.parquet", [telling] * 4)
+    cppe5_parquet(hub / "val-00000-of-00001.parquet", [telling] * 3)
     names = "".join(f"  {c}: {name}\n" for c, name in enumerate(OWN_CLASSES))
     (yolo / "data.yaml").write_text(
         f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}"
@@ -240,7 +247,7 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
         return script, filled
     # experiment=coco400 and those built on it (coco400_lsj) stream the hub
     hub = any(a.startswith("experiment=coco400") or a == "data=coco" for a in filled)
-    folder = any(a in filled for a in ("data=coco_files", "data=yolo", "data=voc"))
+    folder = any(a in filled for a in ("data=coco_files", "data=yolo", "data=voc", "data=hub"))
     extra = list(SIZE["coco" if hub or folder else "synthetic"])
     if hub:
         given = {a.split("=")[0] for a in filled}

@@ -99,3 +99,40 @@ def bad_parquet(tmp_path):
         hub_row(4, 64, 64, [[2.0, 2.0, 40.0, 40.0]], [5], image=jpeg_bytes(64, 64, mode="L")),
     ]
     return [write_hub_parquet(tmp_path / "bad.parquet", rows)]
+
+
+CPPE5 = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
+
+
+def cppe5_features():
+    """cppe-5's (and the RF100 `Francesco/*` sets') features: objects{id, area, bbox, category}
+    with xywh pixel boxes."""
+    from datasets import ClassLabel, Features, Image, List, Value
+
+    objects = {
+        "id": Value("int64"),
+        "area": Value("int64"),
+        "bbox": List(Value("float32"), length=4),
+        "category": ClassLabel(names=CPPE5),
+    }
+    columns = {"image_id": Value("int64"), "image": Image(), "width": Value("int32")}
+    return Features({**columns, "height": Value("int32"), "objects": List(objects)})
+
+
+def cppe5_parquet(path, boxes_per_image, width=200, height=100) -> str:
+    """One image per entry of `boxes_per_image` [(x, y, w, h, class), ...]."""
+    from datasets import Dataset
+
+    rows = {"image_id": [], "image": [], "width": [], "height": [], "objects": []}
+    for image_id, boxes in enumerate(boxes_per_image):
+        rows["image_id"].append(image_id)
+        rows["image"].append({"bytes": jpeg_bytes(width, height), "path": None})
+        rows["width"].append(width)
+        rows["height"].append(height)
+        objects = [
+            {"id": i, "area": int(w * h), "bbox": [x, y, w, h], "category": c}
+            for i, (x, y, w, h, c) in enumerate(boxes)
+        ]
+        rows["objects"].append(objects)
+    Dataset.from_dict(rows, features=cppe5_features()).to_parquet(str(path))
+    return str(path)

@@ -1,7 +1,7 @@
 """Data: sources (synthetic, COCO, YOLO, VOC folders; the hub) -> transforms -> DataModule."""
 
 from frcnn.data.coco_folder import COCOFolder
-from frcnn.data.coco_hub import HubCOCO
+from frcnn.data.coco_hub import HubCOCO, HubDetection
 from frcnn.data.datamodule import DetectionDataModule
 from frcnn.data.synthetic import SyntheticShapes
 from frcnn.data.transforms import Record, Transform, collate
@@ -9,12 +9,13 @@ from frcnn.data.voc_folder import VOCFolder
 from frcnn.data.yolo_folder import YOLOFolder
 
 # the sources a data config names (`data.train._target_`, `data.val._target_`)
-SOURCES = (COCOFolder, HubCOCO, SyntheticShapes, YOLOFolder, VOCFolder)
+SOURCES = (COCOFolder, HubCOCO, HubDetection, SyntheticShapes, YOLOFolder, VOCFolder)
 
 __all__ = [
     "COCOFolder",
     "DetectionDataModule",
     "HubCOCO",
+    "HubDetection",
     "Record",
     "SOURCES",
     "SyntheticShapes",

@@ -1,4 +1,6 @@
-"""COCO streamed from the Hugging Face hub (or a local parquet copy with the same features)."""
+"""Detection data sets streamed from the Hugging Face hub (or local parquet copies with their
+features): any such set (`HubDetection`, its columns and box format read from the data:
+`hub_schema`), and COCO (`HubCOCO`, whose schema and xyxy boxes are known)."""
 
 import logging
 
@@ -9,13 +11,20 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from frcnn.checks import check_number
 from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+from frcnn.data.hub_schema import (
+    Schema,
+    decide_box_format,
+    image_size,
+    read_schema,
+    row_objects,
+    to_xyxy,
+)
 from frcnn.data.sources import MAX_CONSECUTIVE_SKIPS, SkipLog, transform_record
 from frcnn.data.transforms import Record, Transform
 
 log = logging.getLogger(__name__)
 
 HUB_NAME = "detection-datasets/coco"
-NUM_CLASSES = len(COCO_CLASSES)
 
 
 def hub_features():
@@ -39,19 +48,21 @@ def hub_features():
     )
 
 
-def hub_record(example: dict) -> Record:
-    """A `detection-datasets/coco` row -> Record. Its bbox is already xyxy; category is 0..79."""
-    objects = example["objects"]
-    boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1) + 1
-    image = example["image"]
-    if not image or image.get("bytes") is None:
-        raise ValueError("the row has no image bytes")
-    return Record(image["bytes"], boxes, labels, int(example["image_id"]))
+# detection-datasets/coco: its columns and box format are known (DESIGN.md's checked facts)
+COCO_SCHEMA = Schema(
+    "image", "image_id", "objects", "bbox", "category", list(COCO_CLASSES), "width", "height"
+)
 
 
-class HubCOCO(IterableDataset):
-    """One split of COCO as a stream, sharded over DataLoader workers and distributed ranks.
+class HubDetection(IterableDataset):
+    """One split of a hub detection data set as a stream, sharded over DataLoader workers and
+    distributed ranks.
+
+    The image, id, box and category columns and the class names (the category's ClassLabel)
+    are read from the data set's features (`hub_schema.read_schema`); the boxes' format is
+    `box_format` (xyxy, xywh, cxcywh) and `normalized`, or, where not given, read from the first
+    `rows_to_check` rows when only one reading fits them all, and logged; else the run stops at
+    start-up naming `data.box_format`. Labels are the ClassLabel's index + 1.
 
     Training streams reshuffle every epoch (`set_epoch`) through a seeded buffer. A `limit`
     reads exactly the first `limit` images of the split, the same ones for any number of
@@ -69,7 +80,10 @@ class HubCOCO(IterableDataset):
         self,
         transform: Transform,
         split: str = "train",
-        name: str = HUB_NAME,
+        name: str | None = None,
+        box_format: str | None = None,
+        normalized: bool | None = None,
+        rows_to_check: int = 32,
         revision: str | None = None,
         data_files: list[str] | str | None = None,
         shuffle: bool = True,
@@ -97,15 +111,54 @@ class HubCOCO(IterableDataset):
         )
         self.retries, self.backoff_s = retries, backoff_s
         self.max_skips_in_a_row = max_skips_in_a_row
-        self.num_classes = NUM_CLASSES
-        self.class_names = COCO_CLASSES
-        self.category_ids = COCO_CATEGORY_IDS
         # in shared memory: persistent DataLoader workers keep their copy of this object, and
         # must still see the epoch that the main process sets
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.rank, self.world_size = 0, 1
-        self.skips = SkipLog(f"hub coco {split}")
+        if not name and not data_files:
+            raise ValueError("data.name: name the hub data set, or give its local data_files")
+        self.skips = SkipLog(f"hub {name or 'parquet'} {split}")
         self._dataset = self._load()
+        self.schema = self._schema()
+        self.class_names = self.schema.class_names
+        self.num_classes = len(self.class_names)
+        self.category_ids = list(range(self.num_classes))  # the ClassLabel's own ids
+        self.box_format, self.normalized = box_format, normalized
+        if box_format is None or normalized is None:
+            rows = [self._raw_boxes(example) for example in self._dataset.take(rows_to_check)]
+            self.box_format, self.normalized, how = decide_box_format(
+                rows, box_format, normalized, self._where()
+            )
+            log.info(
+                "%s: boxes are %s in %s (%s)", self._where(), self.box_format,
+                "normalised coordinates" if self.normalized else "pixels", how,
+            )  # fmt: skip
+
+    def _where(self) -> str:
+        return f"data_files={self.data_files!r}" if self.data_files else repr(self.name)
+
+    def _schema(self) -> Schema:
+        features = self._dataset.features
+        if features is None:
+            raise ValueError(
+                f"{self._where()} has no datasets features (written without them?): its "
+                "columns and class names cannot be read"
+            )
+        return read_schema(features, self._where())
+
+    def _raw_boxes(self, example: dict) -> tuple[np.ndarray, tuple[int, int]]:
+        boxes, _ = row_objects(example, self.schema)
+        return boxes, image_size(example, self.schema)
+
+    def _record(self, example: dict) -> Record:
+        """A row -> Record: boxes xyxy in pixels, labels 1..C."""
+        image = example[self.schema.image]
+        if not image or image.get("bytes") is None:
+            raise ValueError("the row has no image bytes")
+        boxes, classes = row_objects(example, self.schema)
+        size = image_size(example, self.schema) if self.normalized else None
+        boxes = to_xyxy(boxes, self.box_format, self.normalized, size)
+        return Record(image["bytes"], boxes, classes + 1, int(example[self.schema.image_id]))
 
     def _load(self):
         import datasets
@@ -131,7 +184,8 @@ class HubCOCO(IterableDataset):
                 raise OSError(f"data_files={self.data_files!r}: {err}") from err
             raise self._offline_error(err) from err
         # decode in our transform, where a corrupt image is skipped rather than retried
-        return ds.cast_column("image", datasets.Image(decode=False))
+        images = [c for c, f in (ds.features or {}).items() if isinstance(f, datasets.Image)]
+        return ds.cast_column(images[0] if images else "image", datasets.Image(decode=False))
 
     def _check_local_files(self) -> None:
         """A local path or glob in `data_files` that matches no file fails here, named."""
@@ -206,7 +260,7 @@ class HubCOCO(IterableDataset):
         reader = self.rank * num_workers + (worker.id if worker else 0)
         index = 0
         for batch in self._dataset.take(self.limit).iter(batch_size=16):
-            for row in range(len(batch["image_id"])):
+            for row in range(len(batch[self.schema.image_id])):
                 if index % readers == reader:
                     yield {key: values[row] for key, values in batch.items()}
                 index += 1
@@ -250,12 +304,11 @@ class HubCOCO(IterableDataset):
 
     def _nothing_usable(self) -> str:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skips.counts.items())
-        where = f"data_files={self.data_files!r}" if self.data_files else repr(self.name)
         return (
-            f"{self.skips.source}: {self.max_skips_in_a_row} rows in a row of {where} gave no "
-            f"sample ({reasons} in this process): is it a copy of {HUB_NAME!r} with its "
-            "features (image, objects{bbox, category})? (data max_skips_in_a_row sets the "
-            "number)"
+            f"{self.skips.source}: {self.max_skips_in_a_row} rows in a row of {self._where()} "
+            f"gave no sample ({reasons} in this process): are its boxes {self.box_format} in "
+            f"{'normalised coordinates' if self.normalized else 'pixels'} (data.box_format, "
+            "data.normalized), its images intact? (data max_skips_in_a_row sets the number)"
         )
 
     def _unreadable(self, err: Exception) -> str:
@@ -275,8 +328,20 @@ class HubCOCO(IterableDataset):
 
     def _sample(self, example: dict, rng):
         try:
-            record = hub_record(example)
-        except (KeyError, TypeError, ValueError) as err:
-            self.skips("malformed record skipped", example.get("image_id"), str(err))
+            record = self._record(example)
+        except (KeyError, TypeError, ValueError, OSError) as err:
+            self.skips("malformed record skipped", example.get(self.schema.image_id), str(err))
             return None
         return transform_record(record, self.transform, self.num_classes, self.skips, rng)
+
+
+class HubCOCO(HubDetection):
+    """COCO 2017 from `detection-datasets/coco` (or a local copy): its columns and its boxes
+    (xyxy, pixels) are known; labels 1..80 in COCO's order, COCO's category ids."""
+
+    def __init__(self, transform: Transform, split: str = "train", name: str = HUB_NAME, **kw):
+        super().__init__(transform, split, name, box_format="xyxy", normalized=False, **kw)
+        self.category_ids = list(COCO_CATEGORY_IDS)
+
+    def _schema(self) -> Schema:
+        return COCO_SCHEMA

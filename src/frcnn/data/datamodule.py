@@ -33,9 +33,10 @@ class DetectionDataModule(L.LightningDataModule):
 
     `train` and `val` build a source from a Transform (Hydra partials of the sources in
     `frcnn.data.SOURCES`); the data module supplies the transform: flips and scale jitter
-    (`scale_jitter`, `min_visible`: see `Transform`) for training only. `root` and
-    `class_names`, where set, are given to both sources (a data set's folder and class list,
-    said once: `data.root=DIR`). `num_classes` None: the sources' own count.
+    (`scale_jitter`, `min_visible`: see `Transform`) for training only. Any other setting
+    (`shared`: a data set's `root`, `name`, `class_names`, `box_format`, ...) is given to both
+    sources where it is set (not None): said once, `data.root=DIR`. `num_classes` None: the
+    sources' own count.
     """
 
     def __init__(
@@ -53,8 +54,7 @@ class DetectionDataModule(L.LightningDataModule):
         flip_prob: float = 0.5,
         scale_jitter: list[float] | None = None,
         min_visible: float = 0.5,
-        root: str | None = None,
-        class_names: list[str] | None = None,
+        **shared,
     ):
         super().__init__()
         check_number("data.batch_size", batch_size, 1, integer=True)
@@ -69,7 +69,6 @@ class DetectionDataModule(L.LightningDataModule):
         )
         self.val_transform = Transform(image_size, resize, 0.0)
         self.make_train, self.make_val = train, val
-        shared = {"root": root, "class_names": list(class_names) if class_names else None}
         self.shared = {key: value for key, value in shared.items() if value is not None}
         self.expected_num_classes = num_classes
         self.batch_size, self.num_workers = batch_size, num_workers

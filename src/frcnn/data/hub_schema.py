@@ -1,0 +1,182 @@
+"""Where a Hugging Face detection data set keeps its boxes and classes, and in which format.
+
+Hub data sets spell the same things differently: `objects{bbox, category}` (detection-datasets,
+cppe-5 and the RF100 `Francesco/*` sets), top-level `bboxes` / `categories`, `category_id` or
+`label`; and their boxes are xyxy (detection-datasets/coco, fashionpedia), xywh (cppe-5, RF100)
+or cxcywh, in pixels or normalised. `read_schema` finds the columns from the data set's
+`Features`; `decide_box_format` reads the format from the first rows where only one reading
+fits them all, and otherwise refuses: a wrong guess would drop most boxes as malformed and
+train the rest on the wrong geometry, silently.
+"""
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+OBJECT_COLUMNS = ("objects", "annotations", "annotation")
+BOX_FIELDS = ("bbox", "bboxes", "boxes", "box")
+CATEGORY_FIELDS = ("category", "category_id", "categories", "label", "labels", "class", "classes")
+ID_COLUMNS = ("image_id", "id")
+# a box may reach this far (pixels, or this share of a side when normalised) outside its image
+TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The columns of a detection data set: `image` (an Image feature), `image_id`, the
+    `objects` column holding `bbox` and `category` (None: they are top-level columns), the
+    class names (the category's ClassLabel) and the `width` / `height` columns if any."""
+
+    image: str
+    image_id: str
+    objects: str | None
+    bbox: str
+    category: str
+    class_names: list[str]
+    width: str | None = None
+    height: str | None = None
+
+
+def inner(feature):
+    """The feature of a list's items (datasets' `List` / `Sequence`), or the feature itself."""
+    return getattr(feature, "feature", feature)
+
+
+def read_schema(features, name: str) -> Schema:
+    """The schema of a data set with `features` (a `datasets.Features`); `name` says which set
+    in the errors."""
+    from datasets import ClassLabel
+    from datasets import Image as ImageFeature
+
+    columns = dict(features)
+    image = next((c for c, f in columns.items() if isinstance(f, ImageFeature)), None)
+    if image is None:
+        raise ValueError(f"{name}: no image column (a datasets Image feature) in {list(columns)}")
+    image_id = next((c for c in ID_COLUMNS if c in columns), None)
+    if image_id is None:
+        raise ValueError(f"{name}: no image id column ({' or '.join(ID_COLUMNS)})")
+    objects, fields = None, columns
+    for column in OBJECT_COLUMNS:
+        feature = inner(columns.get(column))
+        if isinstance(feature, dict):
+            objects, fields = column, {k: inner(v) for k, v in feature.items()}
+            break
+    bbox = next((f for f in BOX_FIELDS if f in fields), None)
+    category = next((f for f in CATEGORY_FIELDS if f in fields), None)
+    where = f"{objects}." if objects else ""
+    if bbox is None or category is None:
+        raise ValueError(
+            f"{name}: found no boxes and categories ({where or 'top-level '}fields "
+            f"{sorted(fields)}; looked for {'/'.join(BOX_FIELDS)} and "
+            f"{'/'.join(CATEGORY_FIELDS)}): is it a detection data set?"
+        )
+    label = inner(fields[category])
+    if not isinstance(label, ClassLabel):
+        raise ValueError(
+            f"{name}: {where}{category} is {label}, not a ClassLabel: the data set does not name "
+            "its classes"
+        )
+    return Schema(
+        image, image_id, objects, bbox, category, list(label.names),
+        "width" if "width" in columns else None, "height" if "height" in columns else None,
+    )  # fmt: skip
+
+
+def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    """A row's raw boxes (K, 4), as stored, and class indices (K,) of the ClassLabel."""
+    objects = example[schema.objects] if schema.objects else example
+    if isinstance(objects, list):  # a list of per-object dicts (datasets' List of a dict)
+        boxes = [o[schema.bbox] for o in objects]
+        classes = [o[schema.category] for o in objects]
+    else:  # a dict of per-field lists (datasets' Sequence of a dict)
+        boxes, classes = objects[schema.bbox], objects[schema.category]
+    return (
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(classes, dtype=np.int64).reshape(-1),
+    )
+
+
+def image_size(example: dict, schema: Schema) -> tuple[int, int]:
+    """(width, height) of a row's image: its columns, else the encoded image's header."""
+    if schema.width and schema.height and example.get(schema.width):
+        return int(example[schema.width]), int(example[schema.height])
+    image = example[schema.image]
+    with Image.open(io.BytesIO(image["bytes"])) as opened:
+        return opened.size
+
+
+def to_xyxy(boxes: np.ndarray, box_format: str, normalized: bool, size) -> np.ndarray:
+    """Raw boxes (K, 4) in `box_format` -> xyxy in pixels of an image of `size` (w, h)."""
+    if box_format == "xywh":
+        boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1)
+    elif box_format == "cxcywh":
+        half = boxes[:, 2:] / 2
+        boxes = np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], 1)
+    if normalized:
+        width, height = size
+        boxes = boxes * np.array([width, height, width, height], np.float32)
+    return boxes
+
+
+def fits(boxes: np.ndarray, size) -> np.ndarray:
+    """(K,) whether each xyxy pixel box has a positive size and lies within its image."""
+    width, height = size
+    positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    inside = (boxes[:, :2] >= -TOLERANCE).all(1)
+    inside &= (boxes[:, 2] <= width + TOLERANCE) & (boxes[:, 3] <= height + TOLERANCE)
+    return positive & inside
+
+
+def decide_box_format(
+    rows: list[tuple[np.ndarray, tuple[int, int]]],
+    box_format: str | None,
+    normalized: bool | None,
+    name: str,
+) -> tuple[str, bool, str]:
+    """(box format, normalised, how it was decided) for the data set whose first rows give
+    `rows` [(raw boxes (K, 4), image size (w, h))]: the settings where given, else the only
+    reading under which every box fits its image. None or several: an error naming the
+    settings (`data.box_format`, `data.normalized`)."""
+    if box_format is not None and box_format not in BOX_FORMATS:
+        raise ValueError(f"data.box_format={box_format!r}: one of {', '.join(BOX_FORMATS)}")
+    boxes = [b for b, _ in rows if len(b)]
+    if not boxes:
+        if box_format is None or normalized is None:
+            raise ValueError(
+                f"{name}: its first {len(rows)} rows hold no boxes to read the format from: "
+                "set data.box_format (xyxy, xywh or cxcywh) and data.normalized (true, false)"
+            )
+        return box_format, normalized, "as set"
+    if normalized is None:  # pixel boxes of at most 1 px are no boxes: 0..1 is normalised
+        normalized = bool(max(float(b.max()) for b in boxes) <= 1.0)
+    count = sum(len(b) for b in boxes)
+    misfits = {
+        f: sum(int((~fits(to_xyxy(b, f, normalized, size), size)).sum()) for b, size in rows)
+        for f in BOX_FORMATS
+    }
+    fitting = [f for f, n in misfits.items() if n == 0]
+    unit = "normalised" if normalized else "pixels"
+    if box_format and misfits[box_format] > count / 2:  # a wrong setting: most boxes dropped
+        raise ValueError(
+            f"{name}: data.box_format={box_format} ({unit}) leaves {misfits[box_format]} of "
+            f"the {count} boxes of its first {len(rows)} rows inverted or outside their image "
+            f"(e.g. {boxes[0][0].tolist()}); "
+            + (f"as {' or '.join(fitting)} all fit" if fitting else "no format fits them all")
+            + ": set data.box_format (and data.normalized) to what the data holds"
+        )
+    if box_format:
+        return box_format, normalized, f"data.box_format={box_format}, {unit}"
+    if len(fitting) == 1:
+        others = ", ".join(f"{f}: {misfits[f]} of {count} boxes would not fit" for f in misfits)
+        return fitting[0], normalized, f"read from its first {len(rows)} rows ({others})"
+    found = ", ".join(f"{f}: {n} of {count}" for f, n in misfits.items())
+    why = "every reading" if fitting == [] else f"{' and '.join(fitting)} both"
+    raise ValueError(
+        f"{name}: the box format cannot be told from its first {len(rows)} rows ({unit}; boxes "
+        f"that would not fit their image as {found}: {why} fit). Set data.box_format "
+        "(xyxy: x_min, y_min, x_max, y_max; xywh: x_min, y_min, width, height; cxcywh: centre, "
+        "width, height) and, if need be, data.normalized"
+    )

@@ -113,7 +113,8 @@ class Predictor:
         return results[0] if single else results
 
     def coco_results(self, detection: dict, image_id: int, file_name: str) -> list[dict]:
-        """Detections of one image in COCO results format (bbox xywh, category ids)."""
+        """Detections of one image in COCO results format (bbox xywh, the data set's category
+        ids), each with its class name (`category_name`)."""
         out = []
         for box, score, label in zip(
             detection["boxes"].tolist(),
@@ -128,6 +129,7 @@ class Predictor:
                     "image_id": image_id,
                     "file_name": file_name,
                     "category_id": int(category),
+                    "category_name": self.name(label),
                     "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                     "score": round(score, 5),
                 }

@@ -177,3 +177,26 @@ def test_without_the_export_extra_the_message_says_how_to_install_it(monkeypatch
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ModuleNotFoundError, match=r"uv sync --extra export.*pip install -e"):
         require_export_extra()
+
+
+def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
+    """A corrupt check image stops the export before it starts, a failed check after it: no
+    unchecked .onnx either way, and the file an earlier export wrote stays as it was."""
+    import frcnn.export
+
+    log_dir, run_dir = trained
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"an earlier, checked export")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "photos" / "b.jpg").write_bytes(b"\xff\xd8 truncated")
+    args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"output={path}"]
+    with pytest.raises(AssertionError, match=r"check_images: .*b.jpg cannot be read"):
+        run("export.py", *args, f"check_images={tmp_path / 'photos'}", log_dir=log_dir)
+    failed = [{"ok": False, "batch": 1, "image": 0, "count": 1, "expected": 2, "box_diff": 1.0,
+               "score_diff": 0.0}]  # fmt: skip
+    monkeypatch.setattr(frcnn.export, "check", lambda *args: failed)
+    with pytest.raises(AssertionError, match=r"differ from PyTorch's .*m.onnx was not written"):
+        run("export.py", *args, log_dir=log_dir)
+    assert path.read_bytes() == b"an earlier, checked export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "photos"]  # no temporary

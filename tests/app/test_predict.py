@@ -1,6 +1,11 @@
 """predict.py and the Predictor."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +17,7 @@ from torchvision.ops import box_iou
 from frcnn.app import find_images
 from frcnn.data.synthetic import draw_sample
 from frcnn.predict import Predictor
-from tests.app.helpers import run, run_dirs
+from tests.app.helpers import ROOT, process_env, run, run_dirs
 from tests.conftest import OVERFIT_SIZE
 
 
@@ -73,12 +78,15 @@ def test_predict_py_writes_images_and_coco_results_and_reports_corrupt_files(tra
     for i, (width, height) in sizes.items():
         assert Image.open(out / f"{i}.jpg").size == (width, height)
     detections = json.loads((out / "detections.json").read_text())
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    names = dict(zip(checkpoint["category_ids"], checkpoint["class_names"], strict=True))
     assert {d["file_name"] for d in detections} <= {"0.png", "1.png"}
     for d in detections:
         x, y, w, h = d["bbox"]
         width, height = sizes[d["image_id"]]
         assert x >= 0 and y >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01
         assert 1 <= d["category_id"] <= 6 and d["score"] >= 0.01
+        assert d["category_name"] == names[d["category_id"]]
     truth = COCO()
     truth.dataset = {
         "images": [{"id": i, "width": w, "height": h} for i, (w, h) in sizes.items()],
@@ -96,6 +104,10 @@ def test_inputs_may_be_a_file_a_folder_or_a_glob(tmp_path):
     assert [p.name for p in find_images(str(folder))] == ["0.png", "1.png", "broken.jpg"]
     assert [p.name for p in find_images(str(folder / "1.png"))] == ["1.png"]
     assert [p.name for p in find_images(str(folder / "*.png"))] == ["0.png", "1.png"]
+    os.mkfifo(folder / "pipe.jpg")  # a named pipe: reading it would wait forever
+    (folder / "sub.png").mkdir()
+    assert [p.name for p in find_images(str(folder))] == ["0.png", "1.png", "broken.jpg"]
+    assert [p.name for p in find_images(str(folder / "*"))] == ["0.png", "1.png", "broken.jpg"]
 
 
 def predict(trained, tmp_path, inputs, *extra):
@@ -199,3 +211,32 @@ def test_predictor_from_a_checkpoint_takes_tta_or_keeps_the_checkpoints(trained)
     assert (
         (detection["boxes"] >= 0) & (detection["boxes"] <= torch.tensor([width, height] * 2))
     ).all()
+
+
+def test_sigterm_stops_predict_with_the_detections_so_far(trained, tmp_path):
+    """A real process stopped by SIGTERM while it works through 300 images: exit 143, and a
+    detections.json of the images it did (their pictures were written)."""
+    _, run_dir = trained
+    (tmp_path / "in").mkdir()
+    for i in range(300):
+        Image.new("RGB", (64, 48), (i % 256, 90, 30)).save(tmp_path / "in" / f"{i}.png")
+    out = tmp_path / "out"
+    args = [
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"input={tmp_path / 'in'}",
+        f"output={out}", "device=cpu", "batch_size=1", "score_thresh=0.0",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "predict.py"), *args], cwd=ROOT, env=process_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.jpg"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    printed, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, printed[-3000:]
+    assert "predict stopped by SIGTERM" in printed
+    detections = json.loads((out / "detections.json").read_text())
+    done = {int(p.stem) for p in out.glob("*.jpg")}
+    assert 5 <= len(done) < 300 and {d["image_id"] for d in detections} <= done

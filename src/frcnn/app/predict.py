@@ -4,6 +4,8 @@ import glob
 import json
 import logging
 import re
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,11 @@ def find_images(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(path.iterdir())
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    # regular image files only: a named pipe (is_file is False) would block the read
+    files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise FileNotFoundError(f"input={spec!r}: no image file, folder of images or glob match")
     return files
@@ -65,6 +68,21 @@ def output_names(files: list[Path]) -> list[str]:
     return names
 
 
+@contextmanager
+def stop_on_sigterm():
+    """SIGTERM (a scheduler, `kill`) stops the command as Ctrl-C does, with an exception, so
+    that what it keeps in `finally` is written; it exits with status 143 (128 + SIGTERM)."""
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def predict_files(cfg) -> dict:
     """predict.py: annotated images and detections.json for every readable input image.
 
@@ -93,7 +111,7 @@ def predict_files(cfg) -> dict:
     ids, names = image_ids(files), output_names(files)
     json_path = output / "detections.json"
     try:
-        with tqdm(total=len(files), unit="image", desc="predict") as progress:
+        with stop_on_sigterm(), tqdm(total=len(files), unit="image", desc="predict") as progress:
             for start in range(0, len(files), cfg.batch_size):
                 batch = []
                 for index in range(start, min(start + cfg.batch_size, len(files))):
@@ -116,6 +134,9 @@ def predict_files(cfg) -> dict:
                     results += predictor.coco_results(detection, ids[index], files[index].name)
                     drawn_count += int((detection["scores"] >= cfg.draw_thresh).sum())
                 progress.update(min(cfg.batch_size, len(files) - start))
+    except SystemExit:
+        log.error("predict stopped by SIGTERM: %s holds the images done so far", json_path)
+        raise
     finally:  # what was found so far is kept, whatever stopped the run
         json_path.write_text(json.dumps(results))
     lines = [

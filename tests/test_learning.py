@@ -20,10 +20,12 @@ def test_learning_never_trips_the_divergence_stop(overfit_detector):
     history = overfit_detector[2]
     for window in (20, 5):
         guard = StopOnDivergence(factor=10.0, window=window)
+        guard.update(history[0], "step 0")  # the first step's loss, the callback's reference
         for start in range(0, len(history) - window + 1, window):
-            guard.update(sum(history[start : start + window]) / window, start)
+            mean = sum(history[start : start + window]) / window
+            guard.update(mean, f"steps {start}-{start + window - 1}")
     exploded = history[:5] + [h * 1e3 for h in history[5:10]]  # a run that does explode
     guard = StopOnDivergence(factor=10.0, window=5)
-    guard.update(sum(exploded[:5]) / 5, 0)
-    with pytest.raises(FloatingPointError, match="loss exploded: .* over steps 5-9"):
-        guard.update(sum(exploded[5:]) / 5, 5)
+    guard.update(exploded[0], "step 0")
+    with pytest.raises(FloatingPointError, match=r"loss exploded: .* over steps 5-9.*\(.*step 0\)"):
+        guard.update(sum(exploded[5:]) / 5, "steps 5-9")

@@ -75,39 +75,55 @@ class StopOnDivergence(L.Callback):
     check of the module cannot see.
 
     Rule: the training loss averaged over each `window` steps (over all processes) must stay
-    within `factor` times the lowest such average of the run; a window above it stops training
-    with an error (a sweep's trial then counts as failed). The loss is summed on the device and
-    read once a window (no host wait per step). Off: `~callbacks.divergence`."""
+    within `factor` times the lowest such average of the run, or of the first step's loss (so
+    that a run shorter than a window is covered too: the steps since the last full window are
+    checked before every validation); a loss above it stops training with an error (a sweep's
+    trial then counts as failed). The loss is summed on the device and read once a window, at
+    the first step and before a validation (no host wait per step). Off:
+    `~callbacks.divergence`."""
 
     def __init__(self, factor: float = 10.0, window: int = 20):
         check_number("callbacks.divergence.factor", factor, 1.0, open_low=True)
         check_number("callbacks.divergence.window", window, 1, integer=True)
         self.factor, self.window = factor, window
-        self.lowest = (float("inf"), 0)  # (mean, first step of its window)
+        self.lowest = (float("inf"), "")  # (mean loss, the steps it was averaged over)
         self._sum, self._steps = None, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"].detach()
+        if not self.lowest[1]:  # the first step: the reference of a run shorter than a window
+            first = float(trainer.strategy.reduce(loss, reduce_op="mean"))
+            self.lowest = (first, f"step {trainer.global_step - 1}")
         self._sum = loss if self._sum is None else self._sum + loss
         self._steps += 1
         if self._steps == self.window:
-            mean = trainer.strategy.reduce(self._sum / self._steps, reduce_op="mean")
-            self._sum, self._steps = None, 0
-            self.update(float(mean), trainer.global_step - self.window)
+            self.check(trainer, reset=True)
 
-    def update(self, mean: float, first_step: int) -> None:
-        """One window's mean loss (from `first_step` on): raises if it exploded."""
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._steps and not trainer.sanity_checking:  # the steps since the last window
+            self.check(trainer, reset=False)
+
+    def check(self, trainer, reset: bool) -> None:
+        """The mean loss of the steps summed so far: raises if it exploded."""
+        mean = float(trainer.strategy.reduce(self._sum / self._steps, reduce_op="mean"))
+        last = trainer.global_step - 1
+        steps = f"steps {last - self._steps + 1}-{last}"
+        if reset:
+            self._sum, self._steps = None, 0
+        self.update(mean, steps)
+
+    def update(self, mean: float, steps: str) -> None:
+        """One mean loss (over `steps`): raises if it exploded."""
         lowest, at = self.lowest
         if mean > self.factor * lowest:
             raise FloatingPointError(
-                f"The training loss exploded: {mean:.3g} on average over steps {first_step}-"
-                f"{first_step + self.window - 1}, more than {self.factor:g} times its lowest "
-                f"average ({lowest:.3g}, steps {at}-{at + self.window - 1}). Training stopped; "
+                f"The training loss exploded: {mean:.3g} on average over {steps}, more than "
+                f"{self.factor:g} times its lowest ({lowest:.3g}, {at}). Training stopped; "
                 "the last good checkpoint is kept. Try a lower learning rate "
                 "(module.optimizer.lr) or more warm-up; ~callbacks.divergence turns this off."
             )
         if mean < lowest:
-            self.lowest = (mean, first_step)
+            self.lowest = (mean, steps)
 
 
 class LastCheckpoint(ModelCheckpoint):

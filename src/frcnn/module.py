@@ -236,6 +236,11 @@ class DetectorModule(L.LightningModule):
             dist.all_gather_object(everyone, batches)
             batches = [batch for rank in everyone for batch in rank]
         images = sum(b["images"] for b in batches)
+        if not images:  # (on every process: they all hold the gathered batches)
+            raise ValueError(
+                "no validation image could be read (each was skipped: see the warnings above): "
+                "is the validation data there and intact (data.val)?"
+            )
         self.log("val/images", float(images))
         if images:  # the mean loss per image
             for name in LOSS_NAMES:

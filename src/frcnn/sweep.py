@@ -156,6 +156,12 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not any(sweep_dir.glob(f"*/{METRICS_FILE}")):  # e.g. -m 'seed=range(0,0)'
+            print(
+                "\nThe sweep ran no run: its values give an empty grid (a range or a list "
+                "with no value?); nothing to summarise"
+            )
+            sys.exit(1)
         rows = summarise(sweep_dir, config.get("optimized_metric"))
         metric = config.get("optimized_metric")
         order = "lowest" if metric and lower_is_better(metric) else "highest"

@@ -103,3 +103,8 @@ def test_sampled_settings_are_shown_to_four_digits_in_the_table_and_whole_in_the
     table = (tmp_path / "summary.md").read_text()
     assert "| 0 | ok | 0.6498 |" in table and "| 1 | ok | 0.7 |" in table
     assert "0.649816047538945" in (tmp_path / "summary.csv").read_text()
+
+
+def test_a_sweep_of_no_run_says_so_and_fails(tmp_path):
+    with pytest.raises(AssertionError, match=r"failed \(1\)(.|\n)*The sweep ran no run"):
+        run("train.py", "-m", "seed=range(0,0)", *TINY, log_dir=tmp_path)

@@ -15,8 +15,17 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from frcnn.data import HubCOCO, Transform
-from tests.app.helpers import ROOT, SMALL, TINY, metrics, process_env, run, run_dirs
-from tests.data.conftest import hub_row, write_hub_parquet
+from tests.app.helpers import (
+    ROOT,
+    SMALL,
+    SMALL_MODEL,
+    TINY,
+    metrics,
+    process_env,
+    run,
+    run_dirs,
+)
+from tests.data.conftest import hub_row, jpeg_bytes, write_hub_parquet
 
 
 def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
@@ -336,3 +345,37 @@ def test_the_best_checkpoint_is_validated_again_only_when_it_is_not_the_last(tmp
     # the best stays epoch 0's, which the end validates again
     frozen = ["module.optimizer.lr=0", "model.backbone.norm=frozen_bn", "trainer.max_epochs=2"]
     assert len(validation_passes(tmp_path / "b", *frozen)) == 3
+
+
+def test_a_validation_without_one_readable_image_says_so(tmp_path):
+    """A user's COCO json whose validation images are all broken: one line naming the cause
+    (rather than a KeyError from the metric)."""
+    (tmp_path / "images").mkdir()
+    for split, count in (("train", 4), ("val", 2)):
+        images, annotations = [], []
+        for i in range(1, count + 1):
+            name = f"{split}{i}.jpg"
+            good = jpeg_bytes(96, 64) if split == "train" else b"\xff\xd8 not a jpeg"
+            (tmp_path / "images" / name).write_bytes(good)
+            images.append({"id": i, "file_name": name, "width": 96, "height": 64})
+            annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 40, 30]})
+        classes = [{"id": 1, "name": "a"}]
+        coco = {"images": images, "annotations": annotations, "categories": classes}
+        (tmp_path / f"{split}.json").write_text(json.dumps(coco))
+    data = [f"data.{s}.{k}={tmp_path / v}" for s in ("train", "val")
+            for k, v in (("annotation_file", f"{s}.json"), ("image_dir", "images"))]  # fmt: skip
+    size = ["data.image_size=64", "data.batch_size=2", "data.num_workers=0", "trainer.max_steps=2"]
+    with pytest.raises(AssertionError, match="no validation image could be read"):
+        run("train.py", "data=coco_files", *data, *size, *SMALL_MODEL, "device=cpu",
+            log_dir=tmp_path / "logs")  # fmt: skip
+
+
+def test_an_explosion_shorter_than_a_window_stops_the_run(tmp_path):
+    """LR 1e6 for 12 steps (the rule's windows are 20): the steps before the validation are
+    compared with the first step's loss."""
+    with pytest.raises(AssertionError, match="The training loss exploded: .* over steps 0-11"):
+        run(
+            "train.py", "module.optimizer.lr=1e6", "trainer.max_steps=12",
+            "trainer.max_epochs=-1", "data.train.num_images=48", "data.val.num_images=8", *SMALL,
+            log_dir=tmp_path,
+        )  # fmt: skip

@@ -101,3 +101,9 @@ def test_a_checkpoints_picture_uses_its_data_settings(trained, tmp_path, monkeyp
     run("visualize.py", f"ckpt_path={ckpt}", "what=detections", "data.image_size=64",
         f"output={tmp_path}", "device=cpu", log_dir=tmp_path / "logs")  # fmt: skip
     assert seen["image"] == (3, 64, 64)  # data.<key> on top of the checkpoint's
+
+
+def test_an_index_beyond_the_validation_set_is_refused(tmp_path):
+    with pytest.raises(AssertionError, match="index=100: the validation set has 8 images"):
+        run("visualize.py", "index=100", "data.val.num_images=8", *SMALL_MODEL,
+            f"output={tmp_path}", log_dir=tmp_path)  # fmt: skip

@@ -110,6 +110,8 @@ def sample(source, index: int):
     """Validation sample `index` of a source: indexed (a COCO folder, synthetic shapes) or
     streamed (the hub), where it is the index-th readable image of the stream."""
     if not isinstance(source, IterableDataset):
+        if not 0 <= index < len(source):
+            raise ValueError(f"index={index}: the validation set has {len(source)} images")
         return source[index]
     readable = (s for s in source if s is not None)
     found = next(itertools.islice(readable, index, None), None)

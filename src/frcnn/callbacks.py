@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class Preemption(L.Callback):
-    """SIGTERM (what SLURM, Kubernetes and torchrun send before they stop a job) stops training
-    after the current step, on every process at the same step, by raising Lightning's
-    `SIGTERMException` there (then `LastCheckpoint` saves that step). SLURM's requeue signal
+    """SIGTERM (what SLURM, Kubernetes and torchrun send before they stop a job) and SIGINT
+    (Ctrl-C) stop training after the current step, on every process at the same step, by
+    raising Lightning's `SIGTERMException` there (then `LastCheckpoint` saves that step;
+    `stopped_by` says which signal). A second Ctrl-C interrupts at once, without a checkpoint
+    (Lightning's own Ctrl-C handling exits with none at all). SLURM's requeue signal
     (SIGUSR1 with `#SBATCH --signal=SIGUSR1@90`) makes Lightning's SLURM support save
     `hpc_ckpt_<n>.ckpt` and requeue the job, also after the step on every process.
 
@@ -41,9 +43,10 @@ class Preemption(L.Callback):
     def __init__(self):
         self.received: dict[int, bool] = {}
         self.group = None
+        self.stopped_by: signal.Signals | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        signals = [signal.SIGTERM]
+        signals = [signal.SIGTERM, signal.SIGINT]
         environment = trainer._accelerator_connector.cluster_environment
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
             signals.append(environment.requeue_signal)
@@ -55,7 +58,14 @@ class Preemption(L.Callback):
 
     def _note(self, signum, frame) -> None:
         self.received[signum] = True
-        log.warning("%s: taken after this step", signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: at once
+            log.warning(
+                "SIGINT (Ctrl-C): training stops after the current step, with a checkpoint "
+                "(Ctrl-C again stops at once, without one)"
+            )
+        else:
+            log.warning("%s: taken after this step", signal.Signals(signum).name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         received = torch.tensor(list(self.received.values()), dtype=torch.int32)
@@ -63,7 +73,8 @@ class Preemption(L.Callback):
             dist.all_reduce(received, op=dist.ReduceOp.MAX, group=self.group)
         for signum, got in zip(list(self.received), received.tolist(), strict=True):
             self.received[signum] = False
-            if got and signum == signal.SIGTERM:
+            if got and signum in (signal.SIGTERM, signal.SIGINT):
+                self.stopped_by = signal.Signals(signum)
                 raise SIGTERMException
             if got:  # the requeue signal: Lightning's handler, now on every process together
                 trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)

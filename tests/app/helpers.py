@@ -145,13 +145,13 @@ class RecordValidationIds(L.Callback):
 
 
 class RecordTrial(L.Callback):
-    """Writes the GPUs a run may use (CUDA_VISIBLE_DEVICES) and when its training started and
-    ended to `<output_dir>/trial.json`."""
+    """Writes the GPUs a run may use (CUDA_VISIBLE_DEVICES), when the run was built (this
+    callback made: its trainer, model and data follow) and when its training ended to
+    `<output_dir>/trial.json`. (From the build, not the fit: a 1-step fit lasts a second, less
+    than two processes' start-ups may differ by on a busy 2-core machine.)"""
 
     def __init__(self, output_dir: str):
-        self.output_dir, self.record = Path(output_dir), {}
-
-    def on_fit_start(self, trainer, pl_module):
+        self.output_dir = Path(output_dir)
         self.record = {"gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": time.time()}
 
     def on_fit_end(self, trainer, pl_module):

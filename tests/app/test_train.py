@@ -221,13 +221,14 @@ def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):
     assert "IndexError" not in str(error.value)
 
 
-def training_process(tmp_path, log_dir, extra_env=None, overrides=()):
-    """A real train.py process, TINY and long, past its first epoch's checkpoints."""
+def training_process(tmp_path, log_dir, extra_env=None, overrides=(), new_session=False):
+    """A real train.py process, TINY and long, past its first epoch's checkpoints (in a process
+    group of its own with `new_session`, as a terminal starts a command)."""
     command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY]
     env = process_env(**(extra_env or {}))
     process = subprocess.Popen(
         [*command, *overrides, "trainer.max_epochs=1000"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=new_session,
     )  # fmt: skip
     wait_for(process, lambda: list(log_dir.glob("train/runs/*/checkpoints/epoch*.ckpt")))
     time.sleep(1.0)  # into the next epoch
@@ -287,6 +288,25 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
     assert steps and min(steps) == saved["global_step"]
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 4 * epochs and resumed["epoch"] == epochs - 1
+
+
+def test_ctrl_c_during_validation_keeps_the_step_as_sigterm_does(tmp_path):
+    """Ctrl-C as a terminal sends it (SIGINT to the command's every process, its DataLoader
+    worker too) while a long validation runs: it ends, training stops after the next step,
+    last.ckpt holds that step, the summary and the resume command are printed, exit 130
+    (Lightning's own handling exits 1 with no checkpoint)."""
+    log_dir = tmp_path / "logs"
+    overrides = ["data.val.num_images=400", "data.num_workers=1"]
+    process = training_process(tmp_path, log_dir, overrides=overrides, new_session=True)
+    time.sleep(2.0)  # epoch 1's 4 steps, into its validation of 400 images
+    os.killpg(process.pid, signal.SIGINT)
+    printed, _ = process.communicate(timeout=180)
+    assert process.returncode == 130, printed[-3000:]
+    step = int(re.search(r"Stopped by SIGINT at step (\d+)", printed).group(1))
+    (run_dir,) = run_dirs(log_dir)
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == step > 4
+    assert "Resume with: uv run train.py" in printed
 
 
 def test_two_nodes_through_torchrun_share_one_folder_and_stop_together_on_sigterm(tmp_path):

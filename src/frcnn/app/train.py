@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from frcnn.app.build import build, final_metrics, output_dir, shown, wait_for_other_processes
 from frcnn.app.command import run_of
 from frcnn.app.report import finish
+from frcnn.callbacks import Preemption
 from frcnn.checkpoint import detector_state, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -61,21 +62,25 @@ def latest_own_checkpoint(run_dir: Path) -> Path | None:
 
 
 def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
-    """After SIGTERM (a scheduler preempts the job): `Preemption` stopped after a step and
-    `LastCheckpoint` saved last.ckpt there. Summarise the run so far, say how to resume, and
-    exit with status 143 (128 + SIGTERM) so that the scheduler does not take it for done."""
+    """After SIGTERM (a scheduler preempts the job) or SIGINT (Ctrl-C): `Preemption` stopped
+    after a step and `LastCheckpoint` saved last.ckpt there. Summarise the run so far, say how
+    to resume, and exit with status 128 + the signal (143, 130) so that a scheduler does not
+    take it for done."""
     finish(trainer, cfg, report=False)  # seconds that a scheduler's grace time needs
     last = next((c.best_model_path for c in trainer.checkpoint_callbacks if not c.monitor), "")
+    preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
+    signum = preemption.stopped_by or signal.SIGTERM
     if trainer.is_global_zero:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
         resume = shlex.join(["uv", "run", "train.py", *overrides, f"ckpt_path={shown(last)}"])
         log.error(
-            "Stopped by SIGTERM at step %d. %s\nResume with: %s",
+            "Stopped by %s at step %d. %s\nResume with: %s",
+            signum.name,
             trainer.global_step,
             f"{shown(last)} holds this step." if last else "No last.ckpt was written.",
             resume if last else "(no checkpoint)",
         )
-    sys.exit(128 + signal.SIGTERM)
+    sys.exit(128 + signum)
 
 
 def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:

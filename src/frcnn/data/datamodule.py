@@ -1,11 +1,14 @@
 """The LightningDataModule: per-split sources -> transforms -> batches."""
 
 import functools
+import os
+import signal
 from collections.abc import Callable
 
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from frcnn.checks import check_number
@@ -175,6 +178,7 @@ class DetectionDataModule(L.LightningDataModule):
             extra = {
                 "prefetch_factor": self.prefetch_factor,
                 "persistent_workers": self.persistent_workers,
+                "worker_init_fn": worker_init,
             }
         return DataLoader(
             dataset,
@@ -187,6 +191,16 @@ class DetectionDataModule(L.LightningDataModule):
             sampler=sampler,
             **extra,
         )
+
+
+def worker_init(worker_id: int) -> None:
+    """Each DataLoader worker leaves Ctrl-C to the main process, which stops training after a
+    step with a checkpoint (`Preemption`): a terminal sends SIGINT to every process of the
+    command, and a worker it ended would end the run without one. It is seeded as Lightning
+    seeds the workers of a loader without a `worker_init_fn` (`seed_everything(workers=True)`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
 
 
 def distributed() -> bool:

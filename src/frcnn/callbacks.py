@@ -5,6 +5,7 @@ average; detections and inspection figures drawn on fixed validation images, for
 import functools
 import logging
 import signal
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -137,7 +138,31 @@ class StopOnDivergence(L.Callback):
             self.lowest = (mean, steps)
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, for a run folder that may have been moved or copied since
+    its checkpoint was written: resumed from `<run>/checkpoints/<name>.ckpt` (which resumes in
+    `<run>`), the checkpoints it remembers are taken from `dirpath` where they are now, not
+    from the paths they had (Lightning would keep the old paths: a `last-v1.ckpt` beside the
+    stale `last.ckpt`, and the best checkpoint looked for where it no longer is)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("dirpath")
+        paths = [state_dict.get(k) for k in ("best_model_path", "kth_best_model_path")]
+        paths += [state_dict.get("last_model_path"), *state_dict.get("best_k_models", {})]
+        named = [Path(p).name for p in paths if p]
+        here = Path(self.dirpath) if self.dirpath else None
+        if saved and here and saved != str(here) and all((here / n).is_file() for n in named):
+            state_dict = {**state_dict, "dirpath": str(here)}  # the same run, moved
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if state_dict.get(key):
+                    state_dict[key] = str(here / Path(state_dict[key]).name)
+            state_dict["best_k_models"] = {
+                str(here / Path(p).name): v for p, v in state_dict.get("best_k_models", {}).items()
+            }
+        super().load_state_dict(state_dict)
+
+
+class LastCheckpoint(RunCheckpoint):
     """`<dirpath>/last.ckpt`, written over at the end of every validation (improved or not) and,
     with `every_n_train_steps`, every N training steps as well: a run can be resumed from its
     latest validation whatever N is. (Lightning's ModelCheckpoint saves on one trigger only: with

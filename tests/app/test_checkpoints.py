@@ -2,6 +2,7 @@
 
 import copy
 import os
+import shutil
 
 import pytest
 import torch
@@ -268,3 +269,34 @@ def test_an_empty_checkpoint_or_a_folder_is_named_for_what_it_is(tmp_path):
         load_checkpoint(tmp_path / "empty.ckpt")
     with pytest.raises(IsADirectoryError, match=r"is a folder: give a .ckpt file; it holds empty"):
         load_checkpoint(tmp_path)
+
+
+def test_a_moved_run_folder_resumes_where_it_is_now(trained, tmp_path):
+    """A run folder copied elsewhere, resumed from its own last.ckpt: the run goes on in the
+    copy, writes over its last.ckpt (no last-v1.ckpt beside a stale one), finds its best
+    checkpoint there, and leaves the original folder as it was."""
+    _, run_dir = trained
+    moved = tmp_path / "elsewhere" / run_dir.name
+    shutil.copytree(run_dir, moved)
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    ema = ["ema=on", "ema.decay=0.8", "ema.warmup_steps=0"]
+    result = run(
+        "train.py", f"ckpt_path={moved / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=3",
+        "callbacks=inspection", *ema, *TINY, log_dir=tmp_path / "logs",
+    )  # fmt: skip
+    assert "train finished" in result.stdout + result.stderr
+    names = sorted(p.name for p in (moved / "checkpoints").iterdir())
+    assert "last-v1.ckpt" not in names and len(names) == len(before)
+    resumed = load_checkpoint(moved / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 12
+    remembered = [
+        state[key]
+        for name, state in resumed["callbacks"].items()
+        if "Checkpoint" in name
+        for key in ("dirpath", "best_model_path", "last_model_path")
+        if state.get(key)
+    ]
+    assert remembered and all(p.startswith(str(moved)) for p in remembered), remembered
+    assert "val/map" in metrics(moved)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8

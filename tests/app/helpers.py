@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+from PIL import Image
 
 from frcnn.app import command
 
@@ -104,6 +105,38 @@ def composed(tmp_path: Path, *overrides: str, config_name: str = "train"):
     HydraConfig.instance().set_config(cfg)
     cfg.paths.output_dir = str(tmp_path / "out")
     return cfg
+
+
+def coco_json_folder(root: Path, names: list[str], broken_val: bool = False) -> list[str]:
+    """A user's COCO json in folders of its own: `root`/{train,val}.json (4 and 2 images, one
+    box each, classes `names`) and `root`/images (broken validation images with `broken_val`).
+    Returns the data=coco_files overrides that point at it."""
+    (root / "images").mkdir(parents=True)
+    categories = [{"id": 3 + 2 * c, "name": name} for c, name in enumerate(names)]
+    for split, count in (("train", 4), ("val", 2)):
+        images, annotations = [], []
+        for i in range(1, count + 1):
+            name = f"{split}{i}.jpg"
+            broken = broken_val and split == "val"
+            (root / "images" / name).write_bytes(b"\xff\xd8 not a jpeg" if broken else jpeg(96, 64))
+            images.append({"id": i, "file_name": name, "width": 96, "height": 64})
+            category = categories[i % len(categories)]["id"]
+            box = {"bbox": [5, 5, 40, 30], "area": 1200, "iscrowd": 0}
+            annotations.append({"id": i, "image_id": i, "category_id": category, **box})
+        coco = {"images": images, "annotations": annotations, "categories": categories}
+        (root / f"{split}.json").write_text(json.dumps(coco))
+    files = (("annotation_file", "{split}.json"), ("image_dir", "images"))
+    return [
+        f"data.{split}.{key}={root / value.format(split=split)}"
+        for split in ("train", "val")
+        for key, value in files
+    ]
+
+
+def jpeg(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 60, 30)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 def run_dirs(log_dir: Path, task: str = "train") -> list[Path]:

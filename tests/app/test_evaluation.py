@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from frcnn.data import COCOFolder, Transform, collate
 from frcnn.evaluation import COLUMNS, per_class_table
 from frcnn.module import MAP_KEYS, DetectorModule
+from tests.app.helpers import coco_json_folder, run
 
 SIZES = [(640, 480), (320, 500), (500, 375), (200, 150), (427, 640), (600, 600)]
 CATEGORIES = [
@@ -202,3 +203,18 @@ def test_the_per_class_table_equals_cocoeval_run_on_each_class_alone(tmp_path):
         logged = float(trainer.callback_metrics[f"val/ap/{row['class']}"])
         assert row["AP"] == pytest.approx(logged, abs=1e-6), row["class"]
         assert row["boxes"] == boxes[next(i for i in ids if names[i] == row["class"])]
+
+
+def test_eval_on_data_of_other_classes_is_refused_naming_them(trained, tmp_path):
+    """The probe's case: a 6-class checkpoint on a 4-class COCO json (person and car scored
+    as the checkpoint's shapes, rc 0)."""
+    _, run_dir = trained
+    data = coco_json_folder(tmp_path / "mine", ["person", "car", "blue triangle", "dog"])
+    message = (
+        r"the data's 4 classes are not the checkpoint's 6.*1: 'red rectangle' / 'person'; "
+        r"2: 'green ellipse' / 'car'; 4: "
+    )
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(AssertionError, match=message):
+        run("eval.py", f"ckpt_path={checkpoint}", "data=coco_files", *data, "device=cpu",
+            log_dir=tmp_path / "logs")  # fmt: skip

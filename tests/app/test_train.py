@@ -20,12 +20,13 @@ from tests.app.helpers import (
     SMALL,
     SMALL_MODEL,
     TINY,
+    coco_json_folder,
     metrics,
     process_env,
     run,
     run_dirs,
 )
-from tests.data.conftest import hub_row, jpeg_bytes, write_hub_parquet
+from tests.data.conftest import hub_row, write_hub_parquet
 
 
 def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
@@ -370,20 +371,7 @@ def test_the_best_checkpoint_is_validated_again_only_when_it_is_not_the_last(tmp
 def test_a_validation_without_one_readable_image_says_so(tmp_path):
     """A user's COCO json whose validation images are all broken: one line naming the cause
     (rather than a KeyError from the metric)."""
-    (tmp_path / "images").mkdir()
-    for split, count in (("train", 4), ("val", 2)):
-        images, annotations = [], []
-        for i in range(1, count + 1):
-            name = f"{split}{i}.jpg"
-            good = jpeg_bytes(96, 64) if split == "train" else b"\xff\xd8 not a jpeg"
-            (tmp_path / "images" / name).write_bytes(good)
-            images.append({"id": i, "file_name": name, "width": 96, "height": 64})
-            annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 40, 30]})
-        classes = [{"id": 1, "name": "a"}]
-        coco = {"images": images, "annotations": annotations, "categories": classes}
-        (tmp_path / f"{split}.json").write_text(json.dumps(coco))
-    data = [f"data.{s}.{k}={tmp_path / v}" for s in ("train", "val")
-            for k, v in (("annotation_file", f"{s}.json"), ("image_dir", "images"))]  # fmt: skip
+    data = coco_json_folder(tmp_path / "mine", ["a"], broken_val=True)
     size = ["data.image_size=64", "data.batch_size=2", "data.num_workers=0", "trainer.max_steps=2"]
     with pytest.raises(AssertionError, match="no validation image could be read"):
         run("train.py", "data=coco_files", *data, *size, *SMALL_MODEL, "device=cpu",

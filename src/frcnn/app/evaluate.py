@@ -1,5 +1,7 @@
 """eval.py: a checkpoint validated under the config's (e.g. post-processing) settings."""
 
+import itertools
+
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -31,6 +33,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if "data.val.limit" not in given_keys(overrides):
         datamodule.use_full_validation()  # not the training run's subset
     datamodule.setup("validate")
+    same_classes(checkpoint.get("class_names"), datamodule.class_names)
     model = detector_from_checkpoint(checkpoint, cfg.model)
     module = instantiate(cfg.module)(
         model=model,
@@ -43,3 +46,19 @@ def evaluate(cfg: DictConfig) -> float | None:
     value = finish(trainer, cfg)
     wait_for_other_processes(trainer)
     return value
+
+
+def same_classes(trained: list[str] | None, data: list[str]) -> None:
+    """The validation data's classes must be the checkpoint's, label for label: else each of
+    the data's labels is scored as the checkpoint's class of that number (a person as a
+    "green ellipse"). Raises naming the labels that differ."""
+    if not trained or list(trained) == list(data):
+        return
+    pairs = itertools.zip_longest(trained, data, fillvalue="(none)")
+    differ = [f"{i}: {a!r} / {b!r}" for i, (a, b) in enumerate(pairs, 1) if a != b]
+    raise ValueError(
+        f"the data's {len(data)} classes are not the checkpoint's {len(trained)}: its labels "
+        f"would be scored as other classes. Label: checkpoint / data: {'; '.join(differ[:6])}"
+        f"{'; ...' if len(differ) > 6 else ''}. Evaluate on data of the classes the checkpoint "
+        "was trained on, in its order"
+    )

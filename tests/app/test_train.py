@@ -387,3 +387,23 @@ def test_an_explosion_shorter_than_a_window_stops_the_run(tmp_path):
             "trainer.max_epochs=-1", "data.train.num_images=48", "data.val.num_images=8", *SMALL,
             log_dir=tmp_path,
         )  # fmt: skip
+
+
+def test_a_run_that_trains_or_validates_nothing_says_which_setting_decides(tmp_path):
+    """2 steps of a 4-step epoch: no validation, said; resumed with more max_steps but the
+    same max_epochs: no step trained, said with the limit that stopped it."""
+    first = run("train.py", "trainer.max_steps=2", *TINY, log_dir=tmp_path)
+    assert "No validation ran: the run's 2 steps ended before the first one" in (
+        first.stdout + first.stderr
+    )
+    done = run("train.py", "trainer.max_epochs=1", *TINY, log_dir=tmp_path / "one")
+    last = run_dirs(tmp_path / "one")[0] / "checkpoints" / "last.ckpt"
+    resumed = run(
+        "train.py", f"ckpt_path={last}", "trainer.max_steps=8", "trainer.max_epochs=1", *TINY,
+        log_dir=tmp_path / "one",
+    )  # fmt: skip
+    assert "train finished" in done.stdout + done.stderr
+    assert (
+        "No step was trained: the run is at step 4, after 1 epochs, which trainer.max_epochs=1 has "
+        "reached" in resumed.stdout + resumed.stderr
+    )

@@ -27,8 +27,11 @@ def train(cfg: DictConfig) -> float | None:
     own = None if cfg.get("ckpt_path") else latest_own_checkpoint(output_dir())
     if own:
         cfg.ckpt_path = str(own)  # a requeued job, a trial run again: it goes on
+    first_step = 0
     if cfg.get("ckpt_path"):
-        check_resumable(module.model, load_checkpoint(cfg.ckpt_path), cfg)
+        resumed = load_checkpoint(cfg.ckpt_path)
+        check_resumable(module.model, resumed, cfg)
+        first_step = resumed.get("global_step", 0)
         if own or run_of(cfg.ckpt_path) == output_dir():
             # its run folder (conf/hydra: run_dir): the checkpoints there are this run's own
             warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
@@ -46,9 +49,37 @@ def train(cfg: DictConfig) -> float | None:
         )
     except SIGTERMException:
         stopped(trainer, cfg)
+    say_what_was_left_undone(trainer, first_step)
     value = finish(trainer, cfg, validate_best(trainer, module, datamodule))
     wait_for_other_processes(trainer)
     return value
+
+
+def say_what_was_left_undone(trainer: L.Trainer, first_step: int) -> None:
+    """A run that trained no step (resumed past a limit), or validated never (shorter than one
+    validation interval), says so, with the setting that decides it."""
+    if not trainer.is_global_zero:
+        return
+    if trainer.global_step == first_step:
+        steps, epochs = trainer.max_steps, trainer.max_epochs
+        limit = (
+            f"trainer.max_steps={steps}"
+            if 0 <= steps <= first_step
+            else f"trainer.max_epochs={epochs}"
+        )
+        log.warning(
+            "No step was trained: the run is at step %d, after %d epochs, which %s has reached; "
+            "set it higher (trainer.max_epochs=-1 counts steps only) to train on",
+            first_step, trainer.current_epoch, limit,
+        )  # fmt: skip
+    elif not any(name.startswith("val/") for name in trainer.callback_metrics):
+        log.warning(
+            "No validation ran: the run's %d steps ended before the first one "
+            "(trainer.check_val_every_n_epoch=%s, trainer.val_check_interval=%s), so it has no "
+            "validation figures and no best checkpoint; validate its last.ckpt with eval.py",
+            trainer.global_step - first_step, trainer.check_val_every_n_epoch,
+            trainer.val_check_interval,
+        )  # fmt: skip
 
 
 def latest_own_checkpoint(run_dir: Path) -> Path | None:

@@ -20,7 +20,7 @@ from torchvision.utils import make_grid
 
 from frcnn.checks import check_number
 from frcnn.data.datamodule import distributed
-from frcnn.drawing import draw_detections
+from frcnn.drawing import draw_detections, label_grid
 
 log = logging.getLogger(__name__)
 
@@ -253,12 +253,26 @@ class WeightEMA(WeightAveraging):
 
 class DetectionImages(L.Callback):
     """Every validation epoch, logs a grid of the first `num_images` validation images with
-    ground truth (green) and detections scoring at least `min_score`."""
+    ground truth (green) and detections scoring at least `min_score`; at the start of
+    training, the first training batch with its labels (`train/labels`): a wrong box format or
+    class list is seen in the first minute."""
 
     def __init__(self, num_images: int = 8, min_score: float = 0.3):
         self.num_images = num_images
         self.min_score = min_score
         self._drawn: list[torch.Tensor] = []
+        self._labels_drawn = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._labels_drawn or not trainer.is_global_zero:
+            return
+        self._labels_drawn = True  # one picture a run: a single copy to the host
+        count = min(self.num_images, len(batch["images"]))
+        samples = zip(batch["images"][:count], batch["targets"][:count], strict=True)
+        grid = label_grid(samples, getattr(pl_module, "class_names", None))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("train/labels", grid, trainer.global_step)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._drawn = []

@@ -1,6 +1,9 @@
 """Boxes drawn on images: ground truth, detections, one legible colour per class."""
 
-from torchvision.utils import draw_bounding_boxes
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from frcnn.evaluation import class_name
 
 GROUND_TRUTH = (0, 255, 0)
 
@@ -13,15 +16,16 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h6) % 6]
 
 
+def line_width(image: Tensor) -> int:
+    """Box lines thicken with the image size: 2 px up to 640 px."""
+    return max(2, round(max(image.shape[1:]) / 320))
+
+
 def draw_detections(image, detection, target=None, class_names=None, min_score: float = 0.3):
     """uint8 (3, H, W) image with detections (class colours, names and scores) and, if given,
-    ground truth (thin green). Lines thicken with the image size."""
-
-    def name(label: int) -> str:
-        return class_names[label - 1] if class_names else str(label)
-
+    ground truth (thin green)."""
     image = image.cpu()
-    width = max(2, round(max(image.shape[1:]) / 320))
+    width = line_width(image)
     if target is not None and len(target["boxes"]):
         gt_boxes = target["boxes"].cpu()
         image = draw_bounding_boxes(
@@ -30,7 +34,27 @@ def draw_detections(image, detection, target=None, class_names=None, min_score: 
     keep = detection["scores"] >= min_score
     boxes, scores, labels = (detection[k][keep].cpu() for k in ("boxes", "scores", "labels"))
     if len(boxes):
-        texts = [f"{name(int(c))} {s:.2f}" for c, s in zip(labels, scores.tolist(), strict=True)]
+        texts = [
+            f"{class_name(int(c), class_names)} {s:.2f}"
+            for c, s in zip(labels, scores.tolist(), strict=True)
+        ]
         colours = [class_colour(int(c)) for c in labels]
         image = draw_bounding_boxes(image, boxes, labels=texts, colors=colours, width=width)
     return image
+
+
+def draw_labels(image: Tensor, target: dict, class_names=None) -> Tensor:
+    """uint8 (3, H, W) image with its ground-truth boxes in class colours, named: a sample as
+    training sees it (after the transform), to check a data set's boxes and classes."""
+    image, boxes, labels = image.cpu(), target["boxes"].cpu(), target["labels"].cpu()
+    if not len(boxes):
+        return image
+    texts = [class_name(int(c), class_names) for c in labels]
+    colours = [class_colour(int(c)) for c in labels]
+    return draw_bounding_boxes(image, boxes, labels=texts, colors=colours, width=line_width(image))
+
+
+def label_grid(samples, class_names=None) -> Tensor:
+    """(image, target) samples -> one uint8 (3, H, W) picture of them with their labels, four
+    to a row (Ultralytics' train_batch0.jpg)."""
+    return make_grid([draw_labels(i, t, class_names) for i, t in samples], nrow=4, padding=4)

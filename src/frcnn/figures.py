@@ -198,7 +198,7 @@ def make_figure(
     """Dispatch by name: one of WHAT. `size`: the content's (height, width); None: the whole
     image."""
     if what not in WHAT:
-        raise ValueError(f"what={what!r}: choose one of {', '.join(WHAT)} or dataset")
+        raise ValueError(f"what={what!r}: choose one of {', '.join(WHAT)}, dataset or labels")
     if what == "assignments" and target is None:
         raise ValueError(
             "what=assignments needs ground truth: use a data set sample, not image=..."

@@ -44,7 +44,8 @@ def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
     assert any(tag.startswith("lr-") for tag in scalars)
     images = set(events.Tags()["images"])
     pictures = {"val/detections", "inspect/objectness", "inspect/proposals", "inspect/assignments"}
-    assert pictures <= images
+    assert pictures | {"train/labels"} <= images
+    assert len(events.Images("train/labels")) == 1  # the first training batch, once
     assert len(events.Scalars("val/map")) == 2  # one per epoch
     assert 0.0 <= metrics(run_dir)["val/map"] <= 1.0
     curves = {"pr/0.5/all", "pr/0.75/all", "pr/0.5:0.95/all"}

@@ -7,17 +7,22 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.utils.data import IterableDataset
 
 from frcnn.app.build import checkpoint_run_config, classes_from_data
 from frcnn.boxes import content_sizes
 from frcnn.checkpoint import build_detector, detector_from_checkpoint, load_checkpoint
+from frcnn.data.sources import first_samples
 from frcnn.dataset_stats import dataset_statistics
+from frcnn.drawing import label_grid
 from frcnn.eval_report import dataset_figure, dataset_markdown
 from frcnn.figures import make_figure
 from frcnn.predict import Predictor
 
 log = logging.getLogger(__name__)
+
+LABEL_SAMPLES = 16  # what=labels: a 4 x 4 grid
 
 
 def visualize(cfg: DictConfig) -> Path:
@@ -28,6 +33,8 @@ def visualize(cfg: DictConfig) -> Path:
     With a checkpoint, the detector and the data settings (image size, resize, the validation
     set) are the checkpoint's own, with what the command line sets under `model.` / `data.` (or
     `data=...`) on top, as in eval.py."""
+    if cfg.what == "labels":
+        return labels_picture(cfg)
     class_names = category_ids = None
     if cfg.ckpt_path:
         checkpoint = load_checkpoint(cfg.ckpt_path)
@@ -69,6 +76,25 @@ def visualize(cfg: DictConfig) -> Path:
     path = output / f"{cfg.what}.png"
     figure.savefig(path, dpi=cfg.dpi)
     log.info("Wrote %s", path)
+    return path
+
+
+def labels_picture(cfg: DictConfig) -> Path:
+    """what=labels: the first LABEL_SAMPLES training samples of the data config, as training
+    sees them (after the transform: resized, flipped), with their boxes and class names:
+    labels.png in `output`. A wrong box format or class list shows at a glance."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    samples = first_samples(datamodule.train_set, LABEL_SAMPLES)
+    if not samples:
+        raise ValueError("what=labels: the training set has no readable image")
+    grid = label_grid(samples, datamodule.class_names)
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "labels.png"
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    boxes = sum(len(target["boxes"]) for _, target in samples)
+    log.info("Wrote %s: %d training images, %d boxes", path, len(samples), boxes)
     return path
 
 

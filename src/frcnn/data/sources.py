@@ -1,11 +1,12 @@
 """What every source shares: decode + transform with bad samples skipped, counted, logged."""
 
+import itertools
 import logging
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from frcnn.data.transforms import Record, Transform
 
@@ -113,3 +114,12 @@ class MapSource(Dataset):
             f"{self.skips.source}: {MAX_CONSECUTIVE_SKIPS} consecutive samples from index "
             f"{index} could not be read; is the data set intact?"
         )
+
+
+def first_samples(source, count: int) -> list:
+    """The first `count` readable (image, target) samples of a source, indexed or streamed."""
+    if isinstance(source, IterableDataset):
+        samples = iter(source)
+    else:
+        samples = (source[i] for i in range(len(source)))
+    return list(itertools.islice((s for s in samples if s is not None), count))

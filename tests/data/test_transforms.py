@@ -212,3 +212,44 @@ def test_scale_jitter_is_the_same_for_the_same_draws():
 def test_impossible_scale_jitter_fails_naming_the_key(jitter):
     with pytest.raises(ValueError, match=r"data.scale_jitter="):
         Transform(128, scale_jitter=jitter)
+
+
+def phone_photo(orientation: int = 6) -> bytes:
+    """A JPEG stored 80 x 40 (width x height) with a red block at x 0..20, y 0..10 of the
+    stored pixels and EXIF orientation 6: a viewer turns it 90 degrees clockwise, to 40 x 80,
+    the block then at x 30..40, y 0..20."""
+
+    stored = Image.new("RGB", (80, 40), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 10))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def red(image, x, y) -> bool:
+    r, g, b = (int(v) for v in image[:, y, x])
+    return r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize("recorded", [None, (40, 80)])
+def test_a_phone_photo_is_read_upright_as_predict_reads_it(recorded):
+    """No size recorded, or the upright one: the pixels (and so the boxes) are upright."""
+    record = Record(
+        phone_photo(), np.array([[30.0, 0.0, 40.0, 20.0]]), np.array([1]), 7, size=recorded
+    )
+    image, target = Transform(80)(record)
+    assert target["orig_size"] == (80, 40)
+    assert red(image, 37, 3) and not red(image, 3, 3)  # the block, upright, and not where stored
+
+
+def test_annotations_of_the_stored_pixels_keep_them_and_are_counted():
+    """The annotation file records the stored 80 x 40: its boxes were drawn on those pixels."""
+    reports = []
+    record = Record(
+        phone_photo(), np.array([[0.0, 0.0, 20.0, 10.0]]), np.array([1]), 7, size=(80, 40)
+    )
+    image, target = Transform(80)(record, report=lambda *args: reports.append(args))
+    assert target["orig_size"] == (40, 80) and red(image, 3, 3)
+    assert reports == [("EXIF orientation left out (the annotation's size is the stored one)", 7)]

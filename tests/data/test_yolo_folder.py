@@ -8,6 +8,7 @@ from frcnn.boxes import to_original_pixels
 from frcnn.data.transforms import Transform
 from frcnn.data.yolo_folder import YOLOFolder, label_file
 from tests.data.conftest import jpeg_bytes
+from tests.data.test_transforms import phone_photo, red
 
 # a 200 x 100 image: (class, cx, cy, w, h) normalised -> xyxy in pixels
 PERSON = "0 0.5 0.5 0.2 0.4"  # x 80..120, y 30..70
@@ -99,3 +100,17 @@ def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
         YOLOFolder(Transform(200), str(tmp_path), "train")
     with pytest.raises(ValueError, match="names no `test` split"):
         YOLOFolder(Transform(200), str(ultralytics), "test")
+
+
+def test_labels_of_a_phone_photo_are_read_against_its_upright_size(tmp_path):
+    """Ultralytics normalises a label by the upright image (stored 80 x 40, EXIF-turned 40 x 80)."""
+    root = write(
+        tmp_path / "yolo",
+        {"images/train/p.jpg": "0 0.875 0.125 0.25 0.25"},
+        {"train": "images/train", "names": ["block"]},
+    )
+    (root / "images" / "train" / "p.jpg").write_bytes(phone_photo())
+    source = YOLOFolder(Transform(80), str(root), "train")
+    assert source.record(0).boxes.tolist() == [[30.0, 0.0, 40.0, 20.0]]
+    image, target = source[0]
+    assert target["orig_size"] == (80, 40) and red(image, 37, 3)

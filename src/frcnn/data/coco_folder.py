@@ -93,7 +93,8 @@ class COCOFolder(MapSource):
         area = np.array([a.get("area", w * h) for a, (w, h) in zip(anns, xywh[:, 2:], strict=True)])
         # encoded bytes: decoding happens in the transform, where a corrupt file is skipped
         image = (self.image_dir / info["file_name"]).read_bytes()
-        return Record(image, boxes, labels, info["id"], iscrowd, area.astype(np.float32))
+        size = (info["width"], info["height"]) if "width" in info and "height" in info else None
+        return Record(image, boxes, labels, info["id"], iscrowd, area.astype(np.float32), size)
 
 
 def unique_images(images: list[dict], skips) -> list[dict]:

@@ -16,6 +16,7 @@ from frcnn.data.hub_schema import (
     decide_box_format,
     image_size,
     read_schema,
+    recorded_size,
     row_objects,
     to_xyxy,
 )
@@ -158,7 +159,9 @@ class HubDetection(IterableDataset):
         boxes, classes = row_objects(example, self.schema)
         size = image_size(example, self.schema) if self.normalized else None
         boxes = to_xyxy(boxes, self.box_format, self.normalized, size)
-        return Record(image["bytes"], boxes, classes + 1, int(example[self.schema.image_id]))
+        recorded = recorded_size(example, self.schema)
+        image_id = int(example[self.schema.image_id])
+        return Record(image["bytes"], boxes, classes + 1, image_id, size=recorded)
 
     def _load(self):
         import datasets

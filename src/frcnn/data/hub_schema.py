@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from frcnn.data.transforms import upright_size
+
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 OBJECT_COLUMNS = ("objects", "annotations", "annotation")
 BOX_FIELDS = ("bbox", "bboxes", "boxes", "box")
@@ -99,13 +101,21 @@ def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def image_size(example: dict, schema: Schema) -> tuple[int, int]:
-    """(width, height) of a row's image: its columns, else the encoded image's header."""
+def recorded_size(example: dict, schema: Schema) -> tuple[int, int] | None:
+    """(width, height) a row's columns record for its image, if it has them."""
     if schema.width and schema.height and example.get(schema.width):
         return int(example[schema.width]), int(example[schema.height])
+    return None
+
+
+def image_size(example: dict, schema: Schema) -> tuple[int, int]:
+    """(width, height) of a row's image: its columns, else the upright image's header."""
+    recorded = recorded_size(example, schema)
+    if recorded:
+        return recorded
     image = example[schema.image]
     with Image.open(io.BytesIO(image["bytes"])) as opened:
-        return opened.size
+        return upright_size(opened)
 
 
 def to_xyxy(boxes: np.ndarray, box_format: str, normalized: bool, size) -> np.ndarray:

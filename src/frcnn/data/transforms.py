@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional
 
 from frcnn.boxes import content_sizes
@@ -19,10 +19,12 @@ RESIZE_MODES = ("letterbox", "stretch")
 class Record:
     """One raw sample from a source, before any transform.
 
-    image: a PIL image or encoded bytes; boxes: (K, 4) xyxy in original pixels; labels: (K,)
-    in 1..num_classes. Where the source knows them: iscrowd (K,) bool, crowd regions that
+    image: a PIL image or encoded bytes; boxes: (K, 4) xyxy in original pixels (of the image
+    turned upright as its EXIF orientation says, see `upright`); labels: (K,) in
+    1..num_classes. Where the source knows them: iscrowd (K,) bool, crowd regions that
     evaluation ignores and training never sees; area (K,) the annotation's area in original
-    pixels (COCO's, from the mask), which sets its small / medium / large range.
+    pixels (COCO's, from the mask), which sets its small / medium / large range; size, the
+    (width, height) the annotation file records for the image.
     """
 
     image: Image.Image | bytes
@@ -31,6 +33,7 @@ class Record:
     image_id: int
     iscrowd: np.ndarray | None = None
     area: np.ndarray | None = None
+    size: tuple[int, int] | None = None
 
     def subset(self, keep: np.ndarray) -> "Record":
         """The record with only the annotations where `keep` (K,) is True."""
@@ -41,6 +44,7 @@ class Record:
             self.image_id,
             None if self.iscrowd is None else np.asarray(self.iscrowd, dtype=bool)[keep],
             None if self.area is None else np.asarray(self.area, dtype=np.float32)[keep],
+            self.size,
         )
 
 
@@ -91,6 +95,7 @@ class Transform:
         image = record.image
         if isinstance(image, bytes):
             image = Image.open(io.BytesIO(image))
+        image = upright(image, record.size, report, record.image_id)
         image.load()  # decode now, so that a corrupt file fails here
         image = to_rgb(image)
         width, height = image.size
@@ -155,6 +160,31 @@ class Transform:
             target["area"] = as_tensor(area[objects])
             target["crowd_area"] = as_tensor(area[crowds])
         return canvas, target
+
+
+EXIF_ORIENTATION = 0x0112
+SWAPS_SIDES = {5, 6, 7, 8}  # the EXIF orientations that turn an image by 90 or 270 degrees
+
+
+def upright(image: Image.Image, size=None, report=None, image_id=None) -> Image.Image:
+    """`image` turned as its EXIF orientation says (a phone photo held upright), as Detectron2's
+    `read_image`, Ultralytics and predict.py read images: training and inference see the same
+    pixels. Except where the annotation file's `size` (width, height) is the stored pixels' and
+    not the turned ones': its boxes were drawn on the stored pixels (reported, counted)."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation not in range(2, 9):
+        return image
+    if size is not None and orientation in SWAPS_SIDES and tuple(size) == image.size:
+        if report:
+            report("EXIF orientation left out (the annotation's size is the stored one)", image_id)
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of `image` once turned upright (`upright`), from its header alone."""
+    turned = image.getexif().get(EXIF_ORIENTATION, 1) in SWAPS_SIDES
+    return image.size[::-1] if turned else image.size
 
 
 def resize(image: Image.Image, height: int, width: int) -> torch.Tensor:

@@ -15,8 +15,9 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]]]:
-    """A VOC xml -> (image file name, [(class name, [x0, y0, x1, y1], difficult), ...]).
+def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]], tuple | None]:
+    """A VOC xml -> (image file name, [(class name, [x0, y0, x1, y1], difficult), ...], the
+    (width, height) it records or None).
 
     VOC's boxes are 1-based pixel indices, `xmax`/`ymax` inclusive: as torchvision and
     Detectron2 read them, xmin and ymin move by -1 to give pixel edges."""
@@ -32,7 +33,9 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
         x0, y0, x1, y1 = (float(box.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
         difficult = (obj.findtext("difficult") or "0").strip() == "1"
         objects.append(((obj.findtext("name") or "").strip(), [x0 - 1, y0 - 1, x1, y1], difficult))
-    return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects
+    width, height = root.findtext("size/width"), root.findtext("size/height")
+    size = (int(width), int(height)) if width and height else None
+    return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects, size
 
 
 class VOCFolder(MapSource):
@@ -65,7 +68,7 @@ class VOCFolder(MapSource):
         label_of = {name: i + 1 for i, name in enumerate(self.class_names)}
         self.samples = []
         for image_id in ids_file.read_text().split():
-            file_name, objects = read_annotation(root / "Annotations" / f"{image_id}.xml")
+            file_name, objects, size = read_annotation(root / "Annotations" / f"{image_id}.xml")
             unknown = sorted({name for name, _, _ in objects if name not in label_of})
             if unknown:
                 raise ValueError(
@@ -74,7 +77,7 @@ class VOCFolder(MapSource):
                     f"{', '.join(list(label_of)[:6])}, ...): add them to data.class_names"
                 )
             if objects or keep_empty:
-                self.samples.append((file_name, objects))
+                self.samples.append((file_name, objects, size))
         if not self.samples:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
         self.label_of = label_of
@@ -86,9 +89,9 @@ class VOCFolder(MapSource):
         return self.samples[index][0]
 
     def record(self, index: int) -> Record:
-        file_name, objects = self.samples[index]
+        file_name, objects, size = self.samples[index]
         boxes = np.array([box for _, box, _ in objects], np.float32).reshape(-1, 4)
         labels = np.array([self.label_of[name] for name, _, _ in objects], np.int64)
         difficult = np.array([hard for _, _, hard in objects], bool)
         image = (self.image_dir / file_name).read_bytes()
-        return Record(image, boxes, labels, index, difficult)
+        return Record(image, boxes, labels, index, difficult, size=size)

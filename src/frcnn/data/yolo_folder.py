@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from frcnn.data.sources import MapSource
-from frcnn.data.transforms import Record, Transform
+from frcnn.data.transforms import Record, Transform, upright_size
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,8 @@ class YOLOFolder(MapSource):
                 "boxes outside 0..1 dropped (YOLO labels are normalised)", index,
                 f"{int(outside.sum())} in {labels_path}",
             )  # fmt: skip
-        with Image.open(io.BytesIO(data)) as image:  # the header only: its size
-            width, height = image.size
+        with Image.open(io.BytesIO(data)) as image:  # the header only: its upright size
+            width, height = upright_size(image)
         scale = np.array([width, height, width, height], np.float32)
         half = cxcywh[:, 2:] / 2
         boxes = np.concatenate([cxcywh[:, :2] - half, cxcywh[:, :2] + half], 1) * scale

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -151,3 +152,52 @@ def test_an_annotation_file_that_is_not_json_is_named_with_the_position(coco_fol
     path.write_text(path.read_text()[:150])  # a truncated download
     with pytest.raises(ValueError, match=r"instances_val2017.json' is not valid JSON: .* line 1"):
         folder(coco_folder)
+
+
+def annotation_file(tmp_path, categories, images=None, annotations=(), text=None):
+    """A COCO json (or raw `text`) in tmp_path, its image folder tmp_path/images."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    images = images or [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}]
+    coco = {"images": images, "annotations": list(annotations), "categories": categories}
+    path = tmp_path / "annotations.json"
+    path.write_text(text if text is not None else json.dumps(coco))
+    return str(path), str(tmp_path / "images")
+
+
+@pytest.mark.parametrize(
+    ("categories", "message"),
+    [
+        ([{"id": 1, "name": "a"}, {"id": 1, "name": "a"}], r"category ids listed twice: \[1\]"),
+        ([{"id": 1, "name": "a"}, {"id": "2", "name": "b"}], r"must be integers, not \['2'\]"),
+    ],
+)
+def test_category_ids_that_would_make_wrong_classes_are_refused(tmp_path, categories, message):
+    with pytest.raises(ValueError, match=message):
+        COCOFolder(Transform(64), *annotation_file(tmp_path, categories))
+
+
+@pytest.mark.parametrize("file_name", ["../secret.jpg", "/etc/passwd", "sub/../../x.jpg"])
+def test_a_file_name_outside_the_image_folder_is_refused(tmp_path, file_name):
+    images = [{"id": 5, "file_name": file_name, "width": 64, "height": 48}]
+    with pytest.raises(
+        ValueError, match=f"image 5's file_name '{re.escape(file_name)}' lies outside"
+    ):
+        COCOFolder(Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], images))
+
+
+def test_deeply_nested_json_is_named(tmp_path):
+    text = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ValueError, match="annotations.json' nests its JSON too deep"):
+        COCOFolder(Transform(64), *annotation_file(tmp_path, [], text=text))
+
+
+def test_annotations_beyond_the_cap_are_dropped_and_counted(tmp_path, monkeypatch):
+    import frcnn.data.coco_folder
+
+    monkeypatch.setattr(frcnn.data.coco_folder, "MAX_ANNOTATIONS_PER_IMAGE", 3)
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in range(7)]
+    source = COCOFolder(
+        Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], annotations=anns)
+    )
+    assert len(source.annotations[1]) == 3
+    assert source.skips.counts == {"annotations beyond 3 per image dropped": 1}

@@ -1,12 +1,15 @@
 """COCO in its official layout: annotations/instances_*.json and an image folder."""
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from frcnn.data.sources import MapSource
 from frcnn.data.transforms import Record, Transform
+
+# far more than a real image holds: the rest are dropped, counted (a file's runaway copy)
+MAX_ANNOTATIONS_PER_IMAGE = 10_000
 
 
 class COCOFolder(MapSource):
@@ -31,14 +34,17 @@ class COCOFolder(MapSource):
             raise FileNotFoundError(f"data annotation_file={str(annotation_file)!r}: no such file")
         if not image_dir.is_dir():
             raise FileNotFoundError(f"data image_dir={str(image_dir)!r}: no such folder")
+        named = f"data annotation_file={str(annotation_file)!r}"
         try:
             coco = json.loads(annotation_file.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(
-                f"data annotation_file={str(annotation_file)!r} is not valid JSON: {err.msg} at "
-                f"line {err.lineno}, column {err.colno} (a truncated download?)"
+                f"{named} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
+                "(a truncated download?)"
             ) from None
-        category_ids = sorted(c["id"] for c in coco["categories"])
+        except RecursionError:
+            raise ValueError(f"{named} nests its JSON too deep to read") from None
+        category_ids = checked_category_ids(coco.get("categories") or [], named)
         self.label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
         names = {c["id"]: c["name"] for c in coco["categories"]}
         self.class_names = [names[cid] for cid in category_ids]
@@ -56,6 +62,20 @@ class COCOFolder(MapSource):
                 "annotations of images missing from the file dropped",
                 sorted({a.get("image_id") for a in orphans}, key=str)[:10],
                 f"{len(orphans)} annotations",
+            )
+        cap = MAX_ANNOTATIONS_PER_IMAGE
+        for image_id in [i for i, anns in per_image.items() if len(anns) > cap]:
+            count = len(per_image[image_id])
+            self.skips(
+                f"annotations beyond {cap} per image dropped", image_id, f"{count - cap} of {count}"
+            )
+            per_image[image_id] = per_image[image_id][:cap]
+        outside = next((img for img in images if leaves_folder(img.get("file_name", ""))), None)
+        if outside:
+            raise ValueError(
+                f"{named}: image {outside['id']}'s file_name {outside.get('file_name')!r} lies "
+                f"outside image_dir {str(image_dir)!r} (an absolute path or ../): point "
+                "image_dir at a folder that holds every image, with file names relative to it"
             )
         self.image_dir = image_dir
         self.images = [
@@ -95,6 +115,25 @@ class COCOFolder(MapSource):
         image = (self.image_dir / info["file_name"]).read_bytes()
         size = (info["width"], info["height"]) if "width" in info and "height" in info else None
         return Record(image, boxes, labels, info["id"], iscrowd, area.astype(np.float32), size)
+
+
+def checked_category_ids(categories: list[dict], named: str) -> list[int]:
+    """The sorted category ids; an id that is not an integer or is listed twice is refused
+    (it would make two classes of one name, or fail to sort)."""
+    ids = [c.get("id") for c in categories]
+    wrong = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
+    if wrong:
+        raise ValueError(f"{named}: category ids must be integers, not {wrong[:5]}")
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"{named}: category ids listed twice: {twice[:10]}")
+    return sorted(ids)
+
+
+def leaves_folder(file_name: str) -> bool:
+    """Whether a file name reaches outside the image folder (absolute, or up through ..)."""
+    path = PurePosixPath(str(file_name).replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts
 
 
 def unique_images(images: list[dict], skips) -> list[dict]:

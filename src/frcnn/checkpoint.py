@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
+from packaging.version import InvalidVersion, Version
 
 from frcnn.data import SOURCES, DetectionDataModule
 from frcnn.model import FasterRCNN
@@ -119,6 +120,14 @@ def checked(checkpoint, named: str) -> dict:
         raise ValueError(f"{named} is not a checkpoint of this project: it has no state_dict")
     if not checkpoint.get("config"):
         raise ValueError(f"{named} holds no run config: was it written by this project's train.py?")
+    version = checkpoint.get("pytorch-lightning_version")
+    try:
+        Version(str(version))
+    except InvalidVersion:
+        raise ValueError(
+            f"{named} names no Lightning version it was written with "
+            f"(pytorch-lightning_version={version!r}): was it written by this project's train.py?"
+        ) from None
     saved = {section: checkpoint["config"].get(section) for section in ("model", "data")}
     found = next(interpolations(saved), None)
     if found:

@@ -300,3 +300,19 @@ def test_a_moved_run_folder_resumes_where_it_is_now(trained, tmp_path):
     assert "val/map" in metrics(moved)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
+@pytest.mark.parametrize("version", [None, "not a version"])
+def test_a_checkpoint_without_a_lightning_version_is_named(trained, tmp_path, version):
+    """Lightning's migration would fail on it with a bare KeyError (resuming)."""
+    _, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint.pop("pytorch-lightning_version")
+    if version:
+        checkpoint["pytorch-lightning_version"] = version
+    path = tmp_path / "odd.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="names no Lightning version it was written with"):
+        load_checkpoint(path)
+    with pytest.raises(AssertionError, match="names no Lightning version"):
+        run("train.py", f"ckpt_path={path}", *TINY, log_dir=tmp_path / "logs")

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -408,3 +409,29 @@ def test_a_run_that_trains_or_validates_nothing_says_which_setting_decides(tmp_p
         "No step was trained: the run is at step 4, after 1 epochs, which trainer.max_epochs=1 has "
         "reached" in resumed.stdout + resumed.stderr
     )
+
+
+def test_a_ddp_run_whose_port_is_taken_names_it_and_leaves_no_process(tmp_path):
+    """MASTER_PORT held by another program: the first process fails to start its store, says
+    which port, and the process Lightning started beside it (which would wait for it for half
+    an hour) is stopped too: nothing of the run is left in its session."""
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        size = [o for o in TINY if o != "device=cpu"]
+        command = [
+            sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}",
+            "device=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *size,
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=process_env(MASTER_PORT=str(port)), text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        printed, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, printed[-3000:]
+    assert f"MASTER_PORT={port}: the port is taken" in printed
+    assert "Traceback" not in printed
+    time.sleep(1.0)
+    left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True)
+    assert left.stdout.split() == [], left.stdout

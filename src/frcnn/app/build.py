@@ -2,7 +2,9 @@
 shared by every command."""
 
 import logging
+import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from frcnn.callbacks import Preemption
@@ -166,6 +169,28 @@ def wait_for_other_processes(trainer: L.Trainer, timeout_s: float = 120) -> None
                 "DDP process %d still running %g s after the run: killed", process.pid, timeout_s
             )
             process.kill()
+            process.wait()  # reaped: no zombie outlives the command
+
+
+@contextmanager
+def stops_other_processes_on_error(trainer: L.Trainer, grace_s: float = 5.0):
+    """A run that fails in this process stops the DDP processes that Lightning started from it,
+    which would otherwise wait for it at a collective for half an hour (those still running
+    `grace_s` seconds later are killed); a `MASTER_PORT` that another program holds is named.
+    (A SIGTERM or Ctrl-C stop is not a failure: the caller summarises it.)"""
+    try:
+        yield
+    except SIGTERMException:
+        raise
+    except BaseException as error:
+        wait_for_other_processes(trainer, grace_s)
+        if "EADDRINUSE" in str(error):
+            port = os.environ.get("MASTER_PORT")
+            raise OSError(
+                f"MASTER_PORT={port}: the port is taken (another run or program listens on it): "
+                "set MASTER_PORT to a free port, or leave it unset for Lightning to choose one"
+            ) from error
+        raise
 
 
 def report_wanted(cfg: DictConfig) -> bool:

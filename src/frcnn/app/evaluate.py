@@ -12,6 +12,7 @@ from frcnn.app.build import (
     checkpoint_run_config,
     given_keys,
     quiet_libraries,
+    stops_other_processes_on_error,
     wait_for_other_processes,
 )
 from frcnn.app.report import finish
@@ -42,7 +43,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg)
-    trainer.validate(module, datamodule=datamodule)
+    with stops_other_processes_on_error(trainer):
+        trainer.validate(module, datamodule=datamodule)
     value = finish(trainer, cfg)
     wait_for_other_processes(trainer)
     return value

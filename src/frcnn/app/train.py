@@ -12,7 +12,14 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.app.build import build, final_metrics, output_dir, shown, wait_for_other_processes
+from frcnn.app.build import (
+    build,
+    final_metrics,
+    output_dir,
+    shown,
+    stops_other_processes_on_error,
+    wait_for_other_processes,
+)
 from frcnn.app.command import run_of
 from frcnn.app.report import finish
 from frcnn.callbacks import Preemption
@@ -44,9 +51,10 @@ def train(cfg: DictConfig) -> float | None:
         log.info("Output directory: %s", shown(output_dir()))
     try:
         # weights_only: a checkpoint holds tensors and plain data (load_checkpoint checked it)
-        trainer.fit(
-            module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
-        )
+        with stops_other_processes_on_error(trainer):
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+            )
     except SIGTERMException:
         stopped(trainer, cfg)
     say_what_was_left_undone(trainer, first_step)

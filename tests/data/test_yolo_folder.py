@@ -114,3 +114,19 @@ def test_labels_of_a_phone_photo_are_read_against_its_upright_size(tmp_path):
     assert source.record(0).boxes.tolist() == [[30.0, 0.0, 40.0, 20.0]]
     image, target = source[0]
     assert target["orig_size"] == (80, 40) and red(image, 37, 3)
+
+
+@pytest.mark.parametrize(
+    ("labels", "names"),
+    [
+        ("0 100 50 40 20\n1 30 30 10 10", ["a", "b"]),
+        ("4 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1", ["a"]),
+    ],
+    ids=["pixel boxes", "another class list"],
+)
+def test_labels_in_another_format_or_class_list_stop_at_start_up(tmp_path, labels, names):
+    root = write(
+        tmp_path / "yolo", {"images/train/a.jpg": labels}, {"train": "images/train", "names": names}
+    )
+    with pytest.raises(ValueError, match=r"2 of the 2 label lines .* are not `class cx cy w h`"):
+        YOLOFolder(Transform(200), str(root), "train")

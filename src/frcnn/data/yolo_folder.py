@@ -132,6 +132,35 @@ def parse_labels(text: str) -> tuple[np.ndarray, np.ndarray, int]:
     return np.array(classes, np.int64), np.array(boxes, np.float32).reshape(-1, 4), bad
 
 
+LABELS_CHECKED = 32  # label files read at start-up to catch a wrong format or class list
+
+
+def check_labels(images: list[Path], num_classes: int, name: str) -> None:
+    """Stop at start-up where most lines of the first label files are not YOLO's: malformed,
+    not normalised to 0..1 (pixel boxes) or of a class id beyond `names` (another class
+    list); a few such lines are dropped and counted as the run goes."""
+    lines = bad = 0
+    example = ""
+    for image in images:
+        labels = label_file(image)
+        if not labels.is_file():
+            continue
+        text = labels.read_text()
+        classes, boxes, malformed = parse_labels(text)
+        wrong = (classes >= num_classes) | (classes < 0) | (boxes > 1 + 1e-3).any(1)
+        wrong |= (boxes < -1e-3).any(1)
+        lines, bad = lines + len(classes) + malformed, bad + int(wrong.sum()) + malformed
+        if (wrong.any() or malformed) and not example:
+            example = f"{labels}: {text.strip().splitlines()[0]!r}"
+    if lines and bad > lines / 2:
+        raise ValueError(
+            f"{name}: {bad} of the {lines} label lines of its first {len(images)} images are not "
+            f"`class cx cy w h` with a class id below {num_classes} (data.yaml's names) and "
+            f"coordinates normalised to 0..1 (e.g. {example}): are the labels in pixels, or "
+            "for another class list?"
+        )
+
+
 def has_objects(image: Path) -> bool:
     """Whether an image's label file holds at least one well-formed line."""
     labels = label_file(image)
@@ -157,6 +186,7 @@ class YOLOFolder(MapSource):
             self.images = [path for path in self.images if has_objects(path)]
         if not self.images:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
+        check_labels(self.images[:LABELS_CHECKED], self.num_classes, f"{file} ({split})")
 
     def __len__(self) -> int:
         return len(self.images)

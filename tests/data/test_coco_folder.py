@@ -201,3 +201,13 @@ def test_annotations_beyond_the_cap_are_dropped_and_counted(tmp_path, monkeypatc
     )
     assert len(source.annotations[1]) == 3
     assert source.skips.counts == {"annotations beyond 3 per image dropped": 1}
+
+
+def test_boxes_in_another_format_stop_at_start_up(tmp_path):
+    """xyxy boxes in a COCO json (x_max read as a width): most reach past the image."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in range(1, 5)]
+    xyxy = [[40, 10, 60, 40], [30, 20, 50, 45], [8, 8, 20, 30], [35, 5, 62, 20]]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": b} for i, b in enumerate(xyxy, 1)]
+    files = annotation_file(tmp_path, [{"id": 1, "name": "a"}], images, anns)
+    with pytest.raises(ValueError, match=r"3 of the first 4 boxes are no \[x, y, width, height\]"):
+        COCOFolder(Transform(64), *files)

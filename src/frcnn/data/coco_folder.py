@@ -77,6 +77,7 @@ class COCOFolder(MapSource):
                 f"outside image_dir {str(image_dir)!r} (an absolute path or ../): point "
                 "image_dir at a folder that holds every image, with file names relative to it"
             )
+        check_boxes(images, per_image, named)
         self.image_dir = image_dir
         self.images = [
             img
@@ -115,6 +116,38 @@ class COCOFolder(MapSource):
         image = (self.image_dir / info["file_name"]).read_bytes()
         size = (info["width"], info["height"]) if "width" in info and "height" in info else None
         return Record(image, boxes, labels, info["id"], iscrowd, area.astype(np.float32), size)
+
+
+BOXES_CHECKED = 1000  # annotations read at start-up to catch a wrong box format
+
+
+def check_boxes(images: list[dict], per_image: dict, named: str) -> None:
+    """Stop at start-up where more than a fifth of the first annotations of images whose size
+    the file records are no `[x, y, width, height]` box within their image: a file of another
+    box format (xyxy) would otherwise train on the wrong geometry, silently."""
+    rows = []
+    for image in images:
+        size = (image.get("width") or 0, image.get("height") or 0)
+        if all(isinstance(v, int | float) for v in size) and min(size) > 0:  # a size recorded
+            rows += [(a.get("bbox"), size) for a in per_image[image["id"]] if not a.get("iscrowd")]
+        if len(rows) >= BOXES_CHECKED:
+            break
+    wrong = [
+        (box, size)
+        for box, size in rows
+        if not (isinstance(box, list) and len(box) == 4)
+        or box[2] <= 0
+        or box[3] <= 0
+        or box[0] + box[2] > size[0] + 1
+        or box[1] + box[3] > size[1] + 1
+    ]
+    if rows and len(wrong) > len(rows) / 5:
+        box, (width, height) = wrong[0]
+        raise ValueError(
+            f"{named}: {len(wrong)} of the first {len(rows)} boxes are no [x, y, width, height] "
+            f"within their image (e.g. {box} in a {width} x {height} image): COCO's bbox is "
+            "x_min, y_min, width, height in pixels; is the file in another box format (xyxy)?"
+        )
 
 
 def checked_category_ids(categories: list[dict], named: str) -> list[int]:

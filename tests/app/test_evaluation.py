@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from frcnn.data import COCOFolder, Transform, collate
+from frcnn.data.synthetic import draw_sample
 from frcnn.evaluation import COLUMNS, per_class_table
 from frcnn.module import MAP_KEYS, DetectorModule
-from tests.app.helpers import coco_json_folder, run
+from tests.app.helpers import coco_json_folder, metrics, run, run_dirs
 
 SIZES = [(640, 480), (320, 500), (500, 375), (200, 150), (427, 640), (600, 600)]
 CATEGORIES = [
@@ -205,14 +206,65 @@ def test_the_per_class_table_equals_cocoeval_run_on_each_class_alone(tmp_path):
         assert row["boxes"] == boxes[next(i for i in ids if names[i] == row["class"])]
 
 
+def synthetic_as_coco_json(root, names: list[str], all_names: list[str], count: int) -> list:
+    """The synthetic validation images (seed 1) as a user's COCO json of the classes `names`
+    (some of `all_names`, in their own order: their objects only), lossless PNGs. Returns the
+    data=coco_files overrides that point at it."""
+    (root / "images").mkdir(parents=True)
+    category = {name: 10 * (i + 1) for i, name in enumerate(names)}  # labels: this order
+    images, annotations = [], []
+    for i in range(count):
+        record = draw_sample(1, i, len(all_names))
+        record.image.save(root / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": record.image.width,
+                       "height": record.image.height})  # fmt: skip
+        for (x0, y0, x1, y1), label in zip(record.boxes.tolist(), record.labels, strict=True):
+            if all_names[label - 1] in category:
+                box = [x0, y0, x1 - x0, y1 - y0]
+                annotations.append({"id": len(annotations) + 1, "image_id": i, "bbox": box,
+                                    "area": box[2] * box[3], "iscrowd": 0,
+                                    "category_id": category[all_names[label - 1]]})  # fmt: skip
+    categories = [{"id": cid, "name": name} for name, cid in category.items()]
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "val.json").write_text(json.dumps(coco))
+    return [f"data.val.annotation_file={root}/val.json", f"data.val.image_dir={root}/images"]
+
+
+def test_eval_scores_the_data_s_classes_by_name(trained, tmp_path):
+    """A checkpoint evaluated on data of some of its classes, in another order: each class
+    scores as it does on the checkpoint's own data (COCO's AP of a class is the class's alone),
+    the mAP is their mean, and the report counts their boxes under their names."""
+    _, run_dir = trained
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    all_names = torch.load(checkpoint, weights_only=True)["class_names"]
+    names = [all_names[4], all_names[1], all_names[5], all_names[2]]
+    per_class = ["module.per_class_map=true", "device=cpu"]
+    run("eval.py", f"ckpt_path={checkpoint}", *per_class, log_dir=tmp_path / "own")
+    own = metrics(run_dirs(tmp_path / "own", "eval")[0])
+    data = synthetic_as_coco_json(tmp_path / "mine", names, all_names, count=8)
+    small = ["data.image_size=96", "data.batch_size=4", "data.num_workers=0"]
+    out = run("eval.py", f"ckpt_path={checkpoint}", "data=coco_files", *data, *small,
+              *per_class, log_dir=tmp_path / "mine_logs")  # fmt: skip
+    assert f"{names[0]!r} 1 -> 5" in out.stderr + out.stdout
+    evaluated = run_dirs(tmp_path / "mine_logs", "eval")[0]
+    scored = metrics(evaluated)
+    aps = [own[f"val/ap/{name}"] for name in names]
+    for name, ap in zip(names, aps, strict=True):
+        assert scored[f"val/ap/{name}"] == pytest.approx(ap, abs=1e-6), name
+    assert scored["val/map"] == pytest.approx(np.mean(aps), abs=1e-6)
+    table = (evaluated / "report" / "per_class.csv").read_text().splitlines()[1:]
+    boxes = {row.split(",")[0]: int(row.split(",")[-1]) for row in table}
+    assert {name for name, count in boxes.items() if count} == set(names)
+
+
 def test_eval_on_data_of_other_classes_is_refused_naming_them(trained, tmp_path):
     """The probe's case: a 6-class checkpoint on a 4-class COCO json (person and car scored
     as the checkpoint's shapes, rc 0)."""
     _, run_dir = trained
     data = coco_json_folder(tmp_path / "mine", ["person", "car", "blue triangle", "dog"])
     message = (
-        r"the data's 4 classes are not the checkpoint's 6.*1: 'red rectangle' / 'person'; "
-        r"2: 'green ellipse' / 'car'; 4: "
+        r"the data's classes 'person', 'car', 'dog' are not among the checkpoint's 6 classes "
+        r"\('red rectangle', 'green ellipse', "
     )
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     with pytest.raises(AssertionError, match=message):

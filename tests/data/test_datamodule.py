@@ -94,6 +94,30 @@ def test_root_and_class_names_are_given_to_both_sources():
     assert given == [{"root": "/data/voc", "class_names": ["a", "b"]}] * 2
 
 
+def test_batches_number_the_data_s_classes_as_another_list_names_them():
+    """number_as (eval.py on data of some of a checkpoint's classes): labels by name, in the
+    batches of worker processes too; a name the list lacks is refused, naming it."""
+    dm = DetectionDataModule(
+        lambda transform: SyntheticShapes(transform, 8),
+        lambda transform: SyntheticShapes(transform, 8, num_classes=3, seed=1),
+        num_workers=1,
+        batch_size=8,
+        persistent_workers=False,
+    )
+    dm.setup("validate")
+    data = dm.class_names
+    own = torch.cat([t["labels"] for t in next(iter(dm.val_dataloader()))["targets"]])
+    names = ["x", data[2], "y", data[0], data[1]]
+    assert dm.number_as(names, [7, 8, 9, 10, 11]) == {1: 4, 2: 5, 3: 2}
+    assert (dm.class_names, dm.category_ids, dm.num_classes) == (names, [7, 8, 9, 10, 11], 5)
+    numbered = torch.cat([t["labels"] for t in next(iter(dm.val_dataloader()))["targets"]])
+    assert numbered.tolist() == [[0, 4, 5, 2][label] for label in own.tolist()]
+    first = dm.val_set[0][1]
+    assert dm.relabel(first)["labels"].tolist() == numbered[: len(first["labels"])].tolist()
+    with pytest.raises(ValueError, match=rf"the data's classes {data[1]!r} are not among"):
+        dm.number_as(["x", data[0], data[2]])
+
+
 def test_validation_images_are_not_flipped_and_training_ones_may_be():
     dm = DetectionDataModule(
         lambda transform: SyntheticShapes(transform, 4),

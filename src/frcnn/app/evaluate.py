@@ -1,6 +1,6 @@
 """eval.py: a checkpoint validated under the config's (e.g. post-processing) settings."""
 
-import itertools
+import logging
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +18,8 @@ from frcnn.app.build import (
 from frcnn.app.report import finish
 from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 
+log = logging.getLogger(__name__)
+
 
 def evaluate(cfg: DictConfig) -> float | None:
     """Validate a checkpoint under the config's (e.g. post-processing) settings.
@@ -34,7 +36,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if "data.val.limit" not in given_keys(overrides):
         datamodule.use_full_validation()  # not the training run's subset
     datamodule.setup("validate")
-    same_classes(checkpoint.get("class_names"), datamodule.class_names)
+    by_name(datamodule, checkpoint)
     model = detector_from_checkpoint(checkpoint, cfg.model)
     module = instantiate(cfg.module)(
         model=model,
@@ -50,17 +52,18 @@ def evaluate(cfg: DictConfig) -> float | None:
     return value
 
 
-def same_classes(trained: list[str] | None, data: list[str]) -> None:
-    """The validation data's classes must be the checkpoint's, label for label: else each of
-    the data's labels is scored as the checkpoint's class of that number (a person as a
-    "green ellipse"). Raises naming the labels that differ."""
-    if not trained or list(trained) == list(data):
+def by_name(datamodule, checkpoint: dict) -> None:
+    """The data's classes scored as the checkpoint's classes of the same names (a data set of
+    some of them, or in another order): else a label would be scored as the checkpoint's
+    class of that number (a person as a "green ellipse"). Raises naming the data's classes
+    that the checkpoint lacks."""
+    names = checkpoint.get("class_names")
+    if not names:  # a checkpoint saved before class names were
         return
-    pairs = itertools.zip_longest(trained, data, fillvalue="(none)")
-    differ = [f"{i}: {a!r} / {b!r}" for i, (a, b) in enumerate(pairs, 1) if a != b]
-    raise ValueError(
-        f"the data's {len(data)} classes are not the checkpoint's {len(trained)}: its labels "
-        f"would be scored as other classes. Label: checkpoint / data: {'; '.join(differ[:6])}"
-        f"{'; ...' if len(differ) > 6 else ''}. Evaluate on data of the classes the checkpoint "
-        "was trained on, in its order"
-    )
+    data_names = datamodule.class_names
+    moved = datamodule.number_as(names, checkpoint.get("category_ids"))
+    if moved:
+        log.info(
+            "The data's classes scored as the checkpoint's of the same names: %s",
+            ", ".join(f"{data_names[i - 1]!r} {i} -> {label}" for i, label in moved.items()),
+        )

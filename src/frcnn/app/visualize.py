@@ -57,15 +57,17 @@ def visualize(cfg: DictConfig) -> Path:
         device=cfg.trainer.accelerator,
     )
     if cfg.what == "dataset":
-        return data_statistics(cfg, predictor.model, predictor.class_names)
+        return data_statistics(cfg, predictor.model)
     if cfg.image:
         image, target = predictor.prepare(cfg.image)
         truth = None  # an image file has no ground truth
     else:
         datamodule = instantiate(cfg.data)
         datamodule.setup("validate")
+        if class_names:  # the boxes named as the checkpoint names its classes (as in eval.py)
+            datamodule.number_as(class_names, category_ids)
         image, target = sample(datamodule.val_set, cfg.index)
-        truth = target
+        truth = target = datamodule.relabel(target)
         predictor.class_names = predictor.class_names or datamodule.class_names
     size = content_sizes([target])[0]
     figure = make_figure(
@@ -98,7 +100,7 @@ def labels_picture(cfg: DictConfig) -> Path:
     return path
 
 
-def data_statistics(cfg: DictConfig, model, class_names: list[str] | None) -> Path:
+def data_statistics(cfg: DictConfig, model) -> Path:
     """what=dataset: the validation set's boxes (`limit` images, all by default) against the
     model's anchors and pooler: dataset.png and dataset.md in `output`."""
     datamodule = instantiate(cfg.data)
@@ -117,11 +119,7 @@ def data_statistics(cfg: DictConfig, model, class_names: list[str] | None) -> Pa
     if not boxes:
         raise ValueError("what=dataset: the validation set has no readable image")
     stats = dataset_statistics(boxes, labels, model, cfg.data.image_size)
-    names = (
-        class_names
-        or datamodule.class_names
-        or [str(i) for i in range(1, cfg.data.num_classes + 1)]
-    )
+    names = datamodule.class_names or [str(i) for i in range(1, cfg.data.num_classes + 1)]
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     text = dataset_markdown(stats)

@@ -12,7 +12,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from frcnn.checks import check_number
-from frcnn.data.transforms import Transform, collate
+from frcnn.data.transforms import Transform, collate, relabel
 
 
 def has_limit(make: Callable) -> bool:
@@ -79,6 +79,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.train_set = self.val_set = None
         self.epoch = 0
+        self.numbering = self.label_map = None  # see number_as
 
     def setup(self, stage: str | None = None) -> None:
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""
@@ -115,17 +116,47 @@ class DetectionDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return self._built.num_classes
+        return len(self.class_names)
 
     @property
     def class_names(self) -> list[str]:
         """Names of labels 1..num_classes."""
-        return list(self._built.class_names)
+        return list(self.numbering[0] if self.numbering else self._built.class_names)
 
     @property
     def category_ids(self) -> list[int]:
         """The data set's own category id of labels 1..num_classes (COCO's ids for COCO)."""
-        return list(self._built.category_ids)
+        return list(self.numbering[1] if self.numbering else self._built.category_ids)
+
+    def number_as(self, class_names: list[str], category_ids: list[int] | None = None) -> dict:
+        """From now on, batches number the data's classes as `class_names` (a checkpoint's)
+        numbers the classes of those names: a checkpoint validated on data of some of its
+        classes, or of its classes in another order. Returns {data's label: label} for those
+        that change. Raises naming the data's classes that `class_names` lacks."""
+        data = list(self._built.class_names)
+        label_of = {}
+        for i, name in enumerate(class_names, 1):
+            label_of.setdefault(name, i)
+        missing = [name for name in data if name not in label_of]
+        if missing:
+            shown = ", ".join(map(repr, class_names[:8])) + ("..." if len(class_names) > 8 else "")
+            raise ValueError(
+                f"the data's classes {', '.join(map(repr, missing[:6]))}"
+                f"{', ...' if len(missing) > 6 else ''} are not among the checkpoint's "
+                f"{len(class_names)} classes ({shown}): their boxes would be scored as other "
+                "classes. Use data of the checkpoint's classes (by name, in any order, or some "
+                "of them)"
+            )
+        labels = [label_of[name] for name in data]
+        self.numbering = (list(class_names), list(category_ids or range(1, len(class_names) + 1)))
+        if labels == list(range(1, len(data) + 1)):
+            return {}
+        self.label_map = torch.tensor([0, *labels])
+        return {i: label for i, label in enumerate(labels, 1) if i != label}
+
+    def relabel(self, target: dict) -> dict:
+        """A target of the data's sources numbered as the batches number it (`number_as`)."""
+        return relabel(target, self.label_map)
 
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of every training epoch: streamed sources reshuffle."""
@@ -186,7 +217,7 @@ class DetectionDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            collate_fn=collate,
+            collate_fn=functools.partial(collate, label_map=self.label_map),
             drop_last=drop_last,
             sampler=sampler,
             **extra,

@@ -218,19 +218,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def collate(batch):
+def relabel(target: dict, label_map: torch.Tensor | None) -> dict:
+    """The target with its labels renumbered: label i becomes `label_map[i]` (int64 (C + 1,));
+    None: as it is."""
+    if label_map is None:
+        return target
+    return {**target, "labels": label_map[target["labels"]]}
+
+
+def collate(batch, label_map: torch.Tensor | None = None):
     """List of (image, target) -> {"images": uint8 (B, 3, S, S), "targets": list of B dicts
     (`Targets`: the batch travels as a handful of tensors),
     "image_sizes": int64 (B, 2) height and width of each image's content (the rest is padding)}.
 
     Samples that are None (unreadable, in validation) are left out; a batch of nothing but
-    those is None, which the module skips.
+    those is None, which the module skips. `label_map`: labels renumbered (`relabel`).
     """
     batch = [sample for sample in batch if sample is not None]  # unreadable, in validation
     if not batch:
         return None
     images, targets = zip(*batch, strict=True)
-    targets = Targets(targets)
+    targets = Targets(relabel(target, label_map) for target in targets)
     images = torch.stack(images)
     return {
         "images": images,

@@ -55,6 +55,8 @@ OFFLINE = ["model.backbone.weights=null"]  # no ImageNet download in the tests
 )
 def test_every_group_option_instantiates(tmp_path, group, option):
     folder = ["data.root=/data/mine"] if option in ("yolo", "voc") else []  # a folder of one's own
+    if option == "base":  # sources of one's own, on the command line
+        folder = [f"data.{split}._target_=frcnn.data.SyntheticShapes" for split in ("train", "val")]
     cfg = composed(tmp_path, f"{group}={option}", *folder, *OFFLINE)
     datamodule, model, module, _, _ = build_all(cfg)
     assert isinstance(model, FasterRCNN) and isinstance(module, DetectorModule)

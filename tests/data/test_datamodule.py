@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -12,13 +13,16 @@ from frcnn.data import DetectionDataModule, SyntheticShapes
 from frcnn.data.datamodule import StreamEpoch
 from tests.conftest import in_two_processes
 
-CONF = Path(__file__).parents[2] / "conf" / "data"
+CONF = Path(__file__).parents[2] / "conf"
 
 
 def load(name, **overrides):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    cfg.merge_with(OmegaConf.create(overrides))
-    return instantiate(OmegaConf.create({"seed": 0, "data": cfg}).data)  # the run's seed
+    """conf/data/<name>.yaml as train.py composes it (on base.yaml), `overrides` on top."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", [f"data={name}", "seed=0"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.merge_with(OmegaConf.create(overrides))
+    return instantiate(cfg.data)
 
 
 def check_batch(batch, batch_size, size):

@@ -39,11 +39,13 @@ def quiet_libraries() -> None:
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 
-def build(cfg: DictConfig):
-    """-> (datamodule, module, trainer), all from the config."""
+def build(cfg: DictConfig, datamodule=None):
+    """-> (datamodule, module, trainer), all from the config (the data module from `cfg.data`
+    unless one is given)."""
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    if datamodule is None:
+        datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fail now, not after the model is built, if the data is not there
     classes_from_data(cfg, datamodule)
     if cfg.model.num_classes != datamodule.num_classes:

@@ -28,9 +28,10 @@ from frcnn.checkpoint import detector_state, load_checkpoint
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit the model; return the value of `cfg.optimized_metric` (for sweepers)."""
-    datamodule, module, trainer = build(cfg)
+def train(cfg: DictConfig, datamodule=None) -> float | None:
+    """Fit the model; return the value of `cfg.optimized_metric` (for sweepers). `datamodule`:
+    one made in Python (`frcnn.fit`) in place of `cfg.data`'s."""
+    datamodule, module, trainer = build(cfg, datamodule)
     own = None if cfg.get("ckpt_path") else latest_own_checkpoint(output_dir())
     if own:
         cfg.ckpt_path = str(own)  # a requeued job, a trial run again: it goes on
@@ -110,8 +111,13 @@ def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
     signum = preemption.stopped_by or signal.SIGTERM
     if trainer.is_global_zero:
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-        resume = shlex.join(["uv", "run", "train.py", *overrides, f"ckpt_path={shown(last)}"])
+        hydra = HydraConfig.get()
+        # a script of frcnn.fit (data=python) gives its data's overrides itself
+        fit = hydra.runtime.choices.get("data") == "python"
+        own = ("ckpt_path=", "data=python", "++data.") if fit else ("ckpt_path=",)
+        overrides = [o for o in hydra.overrides.task if not o.startswith(own)]
+        script = Path(sys.argv[0]).name
+        resume = shlex.join(["uv", "run", script, *overrides, f"ckpt_path={shown(last)}"])
         log.error(
             "Stopped by %s at step %d. %s\nResume with: %s",
             signum.name,

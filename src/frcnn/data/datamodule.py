@@ -1,6 +1,7 @@
 """The LightningDataModule: per-split sources -> transforms -> batches."""
 
 import functools
+import inspect
 import os
 import signal
 from collections.abc import Callable
@@ -9,9 +10,10 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from frcnn.checks import check_number
+from frcnn.data.torch_dataset import DatasetSource
 from frcnn.data.transforms import Transform, collate, relabel
 
 
@@ -60,6 +62,7 @@ class DetectionDataModule(L.LightningDataModule):
         **shared,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=["train", "val"])  # a fit() run's config: `settings`
         check_number("data.batch_size", batch_size, 1, integer=True)
         check_number("data.num_workers", num_workers, 0, integer=True)
         check_number("data.prefetch_factor", prefetch_factor, 1, integer=True)
@@ -80,6 +83,30 @@ class DetectionDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
         self.epoch = 0
         self.numbering = self.label_map = None  # see number_as
+
+    @classmethod
+    def from_datasets(
+        cls, train: Dataset, val: Dataset, class_names: list[str], **settings
+    ) -> "DetectionDataModule":
+        """A data module of two torch Datasets in torchvision's detection convention
+        (`DatasetSource`: `(image, {"boxes": xyxy pixels, "labels": 1..C})`), whose labels
+        1..C are `class_names`; `settings`: the data module's own (batch_size, image_size,
+        ...). Train on it as train.py trains: `frcnn.fit(datamodule, *overrides)`."""
+        own = [p for p in inspect.signature(cls).parameters if p not in ("train", "val", "shared")]
+        unknown = sorted(set(settings) - set(own))
+        if unknown:
+            raise TypeError(f"from_datasets: no setting {unknown} (the data module's: {own})")
+        names = list(class_names)
+        return cls(
+            functools.partial(DatasetSource, dataset=train, class_names=names),
+            functools.partial(DatasetSource, dataset=val, class_names=names),
+            **settings,
+        )
+
+    @property
+    def settings(self) -> dict:
+        """The data module's settings (all but its sources), as a data config has them."""
+        return dict(self.hparams)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""

@@ -1,0 +1,62 @@
+"""The Python door: train on a data module made in Python as train.py trains on a config."""
+
+import sys
+from collections.abc import Sequence
+
+import hydra
+from omegaconf import DictConfig
+
+from frcnn.app.command import PACKAGE_DIR, command
+from frcnn.app.train import train
+from frcnn.data import DetectionDataModule
+
+CONFIG_DIR = PACKAGE_DIR.parents[1] / "conf"  # train.py's
+
+
+def fit(datamodule: DetectionDataModule, *overrides: str) -> float | None:
+    """Train on `datamodule` (e.g. `DetectionDataModule.from_datasets(...)`) as `uv run
+    train.py *overrides` trains on a data config: the same config tree, run folder, progress,
+    checkpoints, summary and report. The data settings are the data module's, recorded in the
+    run's config (`data=python`). The script's own command-line arguments are overrides too,
+    after these (`uv run my_script.py trainer.max_epochs=5`, `... ckpt_path=<last.ckpt>` to
+    resume). Returns the value of `optimized_metric`."""
+    data = ["data=python", "hydra.job.name=train"]  # its log: train.log, as train.py's
+    data += [f"++data.{key}={override_value(value)}" for key, value in datamodule.settings.items()]
+    argv = sys.argv
+    given = [o for o in (*overrides, *argv[1:]) if o not in data and group(o) == "data"]
+    own = [o for o in (*overrides, *data) if o not in argv[1:]]  # a DDP process has them already
+    result = []
+
+    def task(cfg: DictConfig) -> float | None:
+        if given:
+            raise ValueError(
+                f"{given[0]!r}: the data's settings are the data module's own (e.g. "
+                "DetectionDataModule.from_datasets(..., batch_size=4))"
+            )
+        result.append(train(cfg, datamodule))
+        return result[-1]
+
+    sys.argv = [argv[0], *own, *argv[1:]]
+    try:
+        hydra.main(str(CONFIG_DIR), "train", version_base="1.3")(command(task))()
+    finally:
+        sys.argv = argv
+    return result[-1] if result else None
+
+
+def override_value(value) -> str:
+    """A setting's value as a Hydra override writes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, Sequence):
+        return "[" + ",".join(map(override_value, value)) + "]"
+    return repr(value)
+
+
+def group(override: str) -> str:
+    """The top-level key an override sets: "data" for data=..., data.x=..., ++data.x=..."""
+    return override.lstrip("+~").split("=")[0].split(".")[0]

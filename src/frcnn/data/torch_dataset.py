@@ -1,0 +1,117 @@
+"""A torch Dataset in torchvision's detection convention, as a source (the Python door)."""
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+
+from frcnn.data.sources import MapSource
+from frcnn.data.transforms import Record, Transform
+
+# PIL modes whose pixel array is the image (fromarray gives the same mode back)
+ARRAY_MODES = ("1", "L", "LA", "I", "I;16", "F", "RGB", "RGBA")
+# the items read at start-up to check that the data set is in the convention
+CHECKED_ITEMS = 50
+
+
+class DatasetSource(MapSource):
+    """`dataset[i]` -> (image, target) as torchvision's detection tutorial has it: the image a
+    PIL image or a uint8 (C, H, W) tensor; target["boxes"] float (K, 4) xyxy in the image's
+    pixels (a `tv_tensors.BoundingBoxes` in another format is converted), target["labels"]
+    int64 (K,) in 1..len(class_names); optional "image_id" (else i), "iscrowd", "area".
+
+    The image's pixels are taken as they are (its boxes were drawn on them), with no EXIF
+    turn. The first items are checked at start-up: a data set whose boxes mostly lie outside
+    their images or are inverted (xywh, normalised) stops the run, with an example."""
+
+    def __init__(self, transform: Transform, dataset, class_names: list[str]):
+        if isinstance(dataset, str):  # a saved config names the data set it cannot hold
+            raise ValueError(
+                f"data: the run trained on a torch Dataset given in Python ({dataset}); a "
+                "config cannot rebuild it: give the data (data=... or "
+                "DetectionDataModule.from_datasets)"
+            )
+        self.dataset = dataset
+        self.class_names = list(class_names)
+        self.category_ids = list(range(1, len(self.class_names) + 1))
+        super().__init__(transform, len(self.class_names), name=type(dataset).__name__)
+        check_items(self, min(len(self), CHECKED_ITEMS))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def describe(self, index: int) -> str:
+        return f"item {index} of {self.skips.source}"
+
+    def record(self, index: int) -> Record:
+        item = self.dataset[index]
+        if not (isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[1], dict)):
+            raise TypeError(
+                f"{self.describe(index)} is a {type(item).__name__}, not (image, target) with "
+                "target a dict of 'boxes' and 'labels' (torchvision's detection convention)"
+            )
+        image, target = item
+        missing = {"boxes", "labels"} - set(target)
+        if missing:
+            raise TypeError(f"{self.describe(index)}: its target has no {sorted(missing)}")
+        boxes = xyxy(target["boxes"])
+        optional = {
+            key: np.asarray(target[key], dtype=dtype).reshape(-1)
+            for key, dtype in (("iscrowd", bool), ("area", np.float32))
+            if key in target
+        }
+        image_id = target.get("image_id", index)
+        return Record(
+            pil_image(image, self.describe(index)),
+            boxes,
+            np.asarray(target["labels"], dtype=np.int64).reshape(-1),
+            int(image_id.item() if isinstance(image_id, torch.Tensor) else image_id),
+            **optional,
+        )
+
+
+def xyxy(boxes) -> np.ndarray:
+    """(K, 4) boxes -> float32 xyxy; a `tv_tensors.BoundingBoxes` says its own format."""
+    if isinstance(boxes, tv_tensors.BoundingBoxes):
+        boxes = box_convert(boxes.as_subclass(torch.Tensor), boxes.format.name.lower(), "xyxy")
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def pil_image(image, where: str) -> Image.Image:
+    """A PIL image (without its EXIF orientation: the boxes go with the pixels as they are) or
+    a uint8 (C, H, W) tensor of 1 or 3 channels -> a PIL image."""
+    if isinstance(image, Image.Image):
+        if image.mode not in ARRAY_MODES:  # palette, CMYK, ...: their values are not colours
+            image = image.convert("RGB")
+        return Image.fromarray(np.asarray(image))  # a new image: no EXIF
+    tensor = isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3
+    if tensor and image.shape[0] in (1, 3):
+        return Image.fromarray(image.permute(1, 2, 0).squeeze(2).numpy())
+    raise TypeError(
+        f"{where}: its image is a {type(image).__name__}"
+        f"{f' {image.dtype} {tuple(image.shape)}' if isinstance(image, torch.Tensor) else ''}; "
+        "give a PIL image or a uint8 (C, H, W) tensor of 1 or 3 channels"
+    )
+
+
+def check_items(source: DatasetSource, count: int) -> None:
+    """Stop at start-up where most boxes of the first `count` items are inverted or lie outside
+    their image (xywh or normalised boxes taken for xyxy pixels)."""
+    total = bad = 0
+    example = ""
+    for index in range(count):
+        record = source.record(index)
+        width, height = record.image.size
+        b = np.asarray(record.boxes)
+        wrong = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]) | (b < -1).any(1)
+        wrong |= (b[:, 2] > width + 1) | (b[:, 3] > height + 1)
+        total, bad = total + len(b), bad + int(wrong.sum())
+        if wrong.any() and not example:
+            example = f"{source.describe(index)} ({width} x {height}): {b[wrong][0].tolist()}"
+    if total and bad > total / 2:
+        raise ValueError(
+            f"{source.skips.source}: {bad} of the {total} boxes of its first {count} items are "
+            f"inverted or outside their image (e.g. {example}): target['boxes'] must be x0, y0, "
+            "x1, y1 in the image's pixels (or a tv_tensors.BoundingBoxes that says its format)"
+        )

@@ -70,3 +70,13 @@ def test_a_box_format_that_drops_most_boxes_stops_at_start_up(tmp_path):
             cppe5_parquet(tmp_path / "a.parquet", TELLING),
             box_format="xyxy",
         )
+
+
+def test_images_without_objects_are_negatives_unless_left_out(tmp_path):
+    """keep_empty (default true) trains them; false leaves them out of the stream, uncounted
+    as bad rows."""
+    path = cppe5_parquet(tmp_path / "a.parquet", [TELLING[0], [], TELLING[1], []])
+    kept = [t["image_id"] for _, t in stream(path, box_format="xywh")]
+    left = stream(path, box_format="xywh", keep_empty=False)
+    assert kept == [0, 1, 2, 3] and [t["image_id"] for _, t in left] == [0, 2]
+    assert not left.skips.counts

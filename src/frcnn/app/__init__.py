@@ -1,7 +1,7 @@
 """What every command does (train.py, eval.py, predict.py, visualize.py, export.py; `fit`, a
 training run from Python): build everything from the Hydra config, run, summarise; one module
-per command, the shared building in `build`. The libraries they use (the model, data, module, Predictor, figures, callbacks,
-export) do nothing on import and know nothing of commands."""
+per command, the shared building in `build`. The libraries they use (the model, data, module,
+Predictor, figures, callbacks, export) do nothing on import and know nothing of commands."""
 
 from frcnn.app.build import build
 from frcnn.app.command import command

@@ -75,6 +75,7 @@ class HubDetection(IterableDataset):
     last.ckpt). Rows that give no sample (unreadable image, malformed record) are skipped and
     counted; `max_skips_in_a_row` of them in a row stop the run: the data is not what it should
     be (another schema, a broken copy), and a stream of nothing would run empty epochs forever.
+    `keep_empty` False leaves out the rows without objects (negatives), as they stream.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class HubDetection(IterableDataset):
         retries: int = 20,
         backoff_s: float = 5.0,
         max_skips_in_a_row: int = MAX_CONSECUTIVE_SKIPS,
+        keep_empty: bool = True,
     ):
         if limit is not None and limit <= 0:
             raise ValueError(f"data limit={limit}: must be positive or null")
@@ -111,7 +113,7 @@ class HubDetection(IterableDataset):
             limit,
         )
         self.retries, self.backoff_s = retries, backoff_s
-        self.max_skips_in_a_row = max_skips_in_a_row
+        self.max_skips_in_a_row, self.keep_empty = max_skips_in_a_row, keep_empty
         # in shared memory: persistent DataLoader workers keep their copy of this object, and
         # must still see the epoch that the main process sets
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -287,6 +289,8 @@ class HubDetection(IterableDataset):
         in_a_row = 0
         try:
             for example in examples:  # a plain loop: datasets shards the stream over workers
+                if not self.keep_empty and self._without_objects(example):
+                    continue  # as asked
                 sample = self._sample(example, rng)
                 if sample is not None:
                     in_a_row = 0
@@ -328,6 +332,13 @@ class HubDetection(IterableDataset):
                 broken.append(f"{path} ({type(file_err).__name__}: {file_err})")
         detail = f"{type(err).__name__}: {err}"
         return f"cannot read {'; '.join(broken)}" if broken else detail
+
+    def _without_objects(self, example: dict) -> bool:
+        """Whether a row holds no objects (a malformed one is `_sample`'s to count)."""
+        try:
+            return len(row_objects(example, self.schema)[1]) == 0
+        except (KeyError, TypeError, ValueError):
+            return False
 
     def _sample(self, example: dict, rng):
         try:

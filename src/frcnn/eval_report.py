@@ -223,10 +223,16 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def write_report(
-    evaluation: Evaluation, folder: Path, model=None, score_threshold: float = 0.5
+    evaluation: Evaluation,
+    folder: Path,
+    model=None,
+    score_threshold: float = 0.5,
+    sampling: list | None = None,
 ) -> Path:
     """Every table and picture of `evaluation` into `folder` (made), the data and anchor
-    statistics too where the `model` is given; returns `folder / "index.md"`."""
+    statistics too where the `model` is given, and the training set's classes before and after
+    repeat-factor sampling where `sampling` (`repeat_factors.class_table`) is given; returns
+    `folder / "index.md"`."""
     folder.mkdir(parents=True, exist_ok=True)
     names = [evaluation.name(label) for label in range(1, _num_classes(evaluation) + 1)]
     sections = ["# Evaluation report", ""]
@@ -336,6 +342,23 @@ def write_report(
             f"The evaluated images' boxes at the {evaluation.image_size} px input. " + text,
             "![data and anchors](dataset.png)",
             "",
+        ]
+    if sampling:
+        rows = [
+            {"class": name, "training images": images, "share before": 100 * before,
+             "share after": 100 * after}
+            for name, images, before, after in sampling
+        ]  # fmt: skip
+        _write_csv(folder / "sampling.csv", list(rows[0]), ([*r.values()] for r in rows))
+        sections += [
+            "## Training images per class, repeat-factor sampling",
+            "",
+            "The training images that have each class, and their share (%) of an epoch's "
+            "images before and after repeat-factor sampling (data.train."
+            "repeat_factor_threshold): rare classes are seen more often. "
+            "[sampling.csv](sampling.csv)",
+            "",
+            markdown_table(rows, list(rows[0])),
         ]
     index = folder / "index.md"
     index.write_text("\n".join(sections))

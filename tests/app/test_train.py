@@ -435,3 +435,19 @@ def test_a_ddp_run_whose_port_is_taken_names_it_and_leaves_no_process(tmp_path):
     time.sleep(1.0)
     left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True)
     assert left.stdout.split() == [], left.stdout
+
+
+def test_repeat_factor_sampling_repeats_the_rare_classes_images_and_reports_it(tmp_path):
+    """A user's COCO json of 4 training images: person and widget in one each (f = 1/4), car
+    in two; threshold 0.5: r = sqrt(2) for the first two, 1 for the cars; an epoch of 5."""
+    data = coco_json_folder(tmp_path / "mine", ["person", "car", "widget"])
+    size = ["data.image_size=64", "data.batch_size=1", "data.num_workers=0", "device=cpu"]
+    out = run("train.py", "data=coco_files", *data, *size, *SMALL_MODEL, "trainer.max_epochs=1",
+              "data.train.repeat_factor_threshold=0.5", log_dir=tmp_path / "logs")  # fmt: skip
+    assert "an epoch of 5 images in place of 4" in out.stdout + out.stderr
+    (run_dir,) = run_dirs(tmp_path / "logs")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    rows = (run_dir / "report" / "sampling.csv").read_text().splitlines()
+    share = {row.split(",")[0]: [float(v) for v in row.split(",")[2:]] for row in rows[1:]}
+    assert share["person"] == pytest.approx([25, 100 * 2**0.5 / (2 * 2**0.5 + 2)])
+    assert "repeat-factor sampling" in (run_dir / "report" / "index.md").read_text()

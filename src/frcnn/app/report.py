@@ -75,7 +75,8 @@ def summarise(
         if report and report_wanted(cfg):
             evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
             model = trainer.lightning_module.model
-            index = write_report(evaluation, folder, model, cfg.report_score_threshold)
+            sampling = getattr(trainer.datamodule, "sampling", None)
+            index = write_report(evaluation, folder, model, cfg.report_score_threshold, sampling)
             what = "PR curves, confusion matrix, errors, data and anchors"
             lines += [
                 "",

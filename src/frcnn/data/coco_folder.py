@@ -99,6 +99,11 @@ class COCOFolder(MapSource):
         info = self.images[index]
         return f"{info['id']} ({info['file_name']})"
 
+    def labels(self, index: int) -> np.ndarray:
+        anns = self.annotations[self.images[index]["id"]]
+        trained = [a.get("category_id") for a in anns if not a.get("iscrowd", 0)]
+        return np.array([self.label_of[c] for c in trained if c in self.label_of], np.int64)
+
     def record(self, index: int) -> Record:
         info = self.images[index]
         anns = self.annotations[info["id"]]

@@ -2,6 +2,7 @@
 
 import functools
 import inspect
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -13,8 +14,11 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from frcnn.checks import check_number
+from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
 from frcnn.data.torch_dataset import DatasetSource
 from frcnn.data.transforms import Transform, collate, relabel
+
+log = logging.getLogger(__name__)
 
 
 def has_limit(make: Callable) -> bool:
@@ -74,6 +78,15 @@ class DetectionDataModule(L.LightningDataModule):
             min_visible,
         )
         self.val_transform = Transform(image_size, resize, 0.0)
+        # a setting of the training split that the data module, not the source, applies
+        if "repeat_factor_threshold" in (getattr(train, "keywords", None) or {}):
+            train = functools.partial(train.func, *train.args, **train.keywords)  # a copy
+            self.repeat_factor_threshold = train.keywords.pop("repeat_factor_threshold")
+        else:
+            self.repeat_factor_threshold = None
+        if self.repeat_factor_threshold is not None:
+            check_number("data.train.repeat_factor_threshold", self.repeat_factor_threshold, 0)
+        self.repeat_factors = self.sampling = None
         self.make_train, self.make_val = train, val
         self.shared = {key: value for key, value in shared.items() if value is not None}
         self.expected_num_classes = num_classes
@@ -86,33 +99,44 @@ class DetectionDataModule(L.LightningDataModule):
 
     @classmethod
     def from_datasets(
-        cls, train: Dataset, val: Dataset, class_names: list[str], **settings
+        cls,
+        train: Dataset,
+        val: Dataset,
+        class_names: list[str],
+        repeat_factor_threshold: float | None = None,
+        **settings,
     ) -> "DetectionDataModule":
         """A data module of two torch Datasets in torchvision's detection convention
         (`DatasetSource`: `(image, {"boxes": xyxy pixels, "labels": 1..C})`), whose labels
-        1..C are `class_names`; `settings`: the data module's own (batch_size, image_size,
-        ...). Train on it as train.py trains: `frcnn.fit(datamodule, *overrides)`."""
+        1..C are `class_names`; `repeat_factor_threshold`: as data.train's; `settings`: the
+        data module's own (batch_size, image_size, ...). Train on it as train.py trains:
+        `frcnn.fit(datamodule, *overrides)`."""
         own = [p for p in inspect.signature(cls).parameters if p not in ("train", "val", "shared")]
         unknown = sorted(set(settings) - set(own))
         if unknown:
             raise TypeError(f"from_datasets: no setting {unknown} (the data module's: {own})")
         names = list(class_names)
+        repeat = {"repeat_factor_threshold": repeat_factor_threshold}
         return cls(
-            functools.partial(DatasetSource, dataset=train, class_names=names),
+            functools.partial(DatasetSource, dataset=train, class_names=names, **repeat),
             functools.partial(DatasetSource, dataset=val, class_names=names),
             **settings,
         )
 
     @property
     def settings(self) -> dict:
-        """The data module's settings (all but its sources), as a data config has them."""
-        return dict(self.hparams)
+        """The data module's settings, as a data config has them: all but its sources (and
+        those of the sources that it applies: train.repeat_factor_threshold)."""
+        repeat = {"train.repeat_factor_threshold": self.repeat_factor_threshold}
+        return dict(self.hparams) | repeat
 
     def setup(self, stage: str | None = None) -> None:
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = self._source("train", self.make_train, self.train_transform)
             self.set_epoch(self.epoch)  # a restored epoch may come before the source
+            if self.repeat_factor_threshold is not None:
+                self._repeat_rare_classes()
         if self.val_set is None:
             self.val_set = self._source("val", self.make_val, self.val_transform)
         trainer = getattr(self, "trainer", None)
@@ -120,6 +144,31 @@ class DetectionDataModule(L.LightningDataModule):
             for ds in (self.train_set, self.val_set):
                 if hasattr(ds, "set_rank"):
                     ds.set_rank(trainer.global_rank, trainer.world_size)
+
+    def _repeat_rare_classes(self) -> None:
+        """Repeat factors of the training images (`repeat_factors`; every image's labels read
+        once, without its pixels where the source knows them), and the per-class table of
+        `sampling`, logged."""
+        threshold, source = self.repeat_factor_threshold, self.train_set
+        if isinstance(source, IterableDataset):
+            raise ValueError(
+                f"data.train.repeat_factor_threshold={threshold}: repeating images needs a data "
+                "set whose images can be counted (a COCO json, YOLO or VOC folder, a torch "
+                "Dataset); a streamed one cannot: leave it null"
+            )
+        labels = [source.labels(i) for i in range(len(source))]
+        self.repeat_factors = repeat_factors(labels, source.num_classes, threshold)
+        self.sampling = class_table(labels, self.repeat_factors, list(source.class_names))
+        rows = "\n".join(
+            f"  {name:<24} {images:>7} {before:>8.1%} -> {after:.1%}"
+            for name, images, before, after in self.sampling
+        )
+        log.info(
+            "Repeat-factor sampling (data.train.repeat_factor_threshold=%s): an epoch of %d "
+            "images in place of %d. Per class: images with it, their share of an epoch "
+            "before -> after\n%s",
+            threshold, round(self.repeat_factors.sum()), len(labels), rows,
+        )  # fmt: skip
 
     def _source(self, split: str, make: Callable, transform: Transform):
         source = make(transform=transform, **self.shared)
@@ -223,6 +272,13 @@ class DetectionDataModule(L.LightningDataModule):
                 f"{len(self.train_set)} images{f' over {ranks} processes' if ranks > 1 else ''}: "
                 "not one full batch. Use a smaller data.batch_size or more data."
             )
+        if self.repeat_factors is not None:
+            rank = dist.get_rank() if distributed() else 0
+            # the run's seed (seed_everything), the same on every process
+            sampler = RepeatFactorSampler(
+                self.train_set, self.repeat_factors, torch.initial_seed(), ranks, rank
+            )
+            return self._loader(self.train_set, shuffle=False, sampler=sampler, drop_last=True)
         return self._loader(self.train_set, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

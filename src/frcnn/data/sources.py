@@ -89,6 +89,13 @@ class MapSource(Dataset):
         """How a log names sample `index` (its image id, its file)."""
         return str(index)
 
+    def labels(self, index: int) -> np.ndarray:
+        """The labels that sample `index` trains on (crowds and difficult objects left out),
+        for repeat-factor sampling; sources that know them without reading the image say so."""
+        record = self.record(index)
+        crowd = np.zeros(len(record.labels), bool) if record.iscrowd is None else record.iscrowd
+        return np.asarray(record.labels)[~np.asarray(crowd, bool)]
+
     def __getitem__(self, index: int):
         if self._rng is None:  # one generator per process, for flips: seeded by the run's seed
             # (torch's seed in the main process, the worker's own seed, derived from it, in a

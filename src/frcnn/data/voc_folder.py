@@ -88,6 +88,10 @@ class VOCFolder(MapSource):
     def describe(self, index: int) -> str:
         return self.samples[index][0]
 
+    def labels(self, index: int) -> np.ndarray:
+        objects = self.samples[index][1]
+        return np.array([self.label_of[name] for name, _, hard in objects if not hard], np.int64)
+
     def record(self, index: int) -> Record:
         file_name, objects, size = self.samples[index]
         boxes = np.array([box for _, box, _ in objects], np.float32).reshape(-1, 4)

@@ -194,6 +194,11 @@ class YOLOFolder(MapSource):
     def describe(self, index: int) -> str:
         return str(self.images[index])
 
+    def labels(self, index: int) -> np.ndarray:
+        labels_path = label_file(self.images[index])
+        classes = parse_labels(labels_path.read_text())[0] if labels_path.is_file() else []
+        return np.array([c + 1 for c in classes if 0 <= c < self.num_classes], np.int64)
+
     def record(self, index: int) -> Record:
         path = self.images[index]
         data = path.read_bytes()

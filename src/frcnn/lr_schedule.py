@@ -42,14 +42,15 @@ def check_short_run(total_steps: int, warmup_steps: int, start_factor: float, st
 def warmup_decay(
     optimizer: Optimizer,
     total_steps: int,
-    warmup_steps: int = 500,
+    warmup_steps: float = 500,
     warmup_start_factor: float = 0.001,
     decay: str = "multistep",
     milestones=(0.67, 0.89),
     gamma: float = 0.1,
     final_factor: float = 0.01,
 ) -> LambdaLR:
-    """Linear warm-up over `warmup_steps`, then `decay`:
+    """Linear warm-up over `warmup_steps` (steps, or a fraction below 1 of `total_steps`: a
+    recipe that counts epochs of data sets of any length), then `decay`:
 
     - "multistep": the LR times `gamma` at each of `milestones`, a fraction of `total_steps`
       (at most 1) or a step number (above 1, e.g. the 1x schedule's 60000 and 80000);
@@ -57,6 +58,8 @@ def warmup_decay(
 
     One function for both, so that an experiment's settings compose with either decay.
     """
+    if 0 < warmup_steps < 1:
+        warmup_steps = max(1, round(warmup_steps * total_steps))
     if decay == "multistep":
         steps = sorted(round(m * total_steps) if m <= 1 else int(m) for m in milestones)
         check_short_run(total_steps, warmup_steps, warmup_start_factor, steps)

@@ -264,3 +264,16 @@ def test_a_wrong_report_setting_fails_when_the_trainer_is_built(tmp_path, overri
     cfg = composed(tmp_path, override, "device=cpu", *OFFLINE)
     with pytest.raises(ValueError, match=message):
         build_trainer(cfg)
+
+
+@pytest.mark.parametrize("data", [o for o in options("data") if o not in ("base", "python")])
+def test_finetune_composes_with_every_data_config(tmp_path, data):
+    """experiment=finetune sets the recipe and leaves the data what `data=` chose."""
+    folder = ["data.root=/data/mine"] if data in ("yolo", "voc") else []
+    alone = composed(tmp_path, f"data={data}", *folder)
+    cfg = composed(tmp_path, "experiment=finetune", f"data={data}", *folder)
+    assert cfg.data == alone.data and cfg.init_weights == "coco"
+    assert (cfg.model.backbone.depth, cfg.model.backbone.frozen, cfg.trainer.max_epochs) == (
+        50, "layer1", 24,
+    )  # fmt: skip
+    assert cfg.trainer.check_val_every_n_epoch == 1 and cfg.module.scheduler.warmup_steps < 1

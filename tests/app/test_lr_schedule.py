@@ -30,6 +30,13 @@ def test_warmup_then_multistep():
     assert lr[50] == pytest.approx(0.1) and lr[80] == pytest.approx(0.01)
 
 
+def test_a_warm_up_below_one_is_a_fraction_of_the_run():
+    """experiment=finetune counts epochs: its warm-up follows the data set's length."""
+    for steps in (40, 400):
+        lr = lrs(warmup_decay, steps, warmup_steps=0.1, warmup_start_factor=0.0, milestones=())
+        assert lr[steps // 20] == pytest.approx(0.5) and lr[steps // 10] == 1.0
+
+
 def test_warmup_then_cosine():
     lr = lrs(
         warmup_decay,

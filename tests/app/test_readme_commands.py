@@ -262,10 +262,14 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
     hub = any(a.startswith("experiment=coco400") or a == "data=coco" for a in filled)
     folder = any(a in filled for a in ("data=coco_files", "data=yolo", "data=voc", "data=hub"))
     extra = list(SIZE["coco" if hub or folder else "synthetic"])
+    if "experiment=finetune" in filled:  # the recipe's own model, whose heads COCO's fit
+        extra = [o for o in extra if o not in SMALL_MODEL and not o.startswith("model.")]
+        if not any(a.startswith("init_weights=") for a in filled):  # its default downloads
+            extra.append(f"init_weights={ws}/weights/{TORCHVISION_COCO}")
     if hub:
         given = {a.split("=")[0] for a in filled}
         extra += [o.format(ws=ws) for o in LOCAL["hub"] if o.split("=")[0] not in given]
-    if hub or folder:
+    if (hub or folder) and "experiment=finetune" not in filled:
         extra += [o.format(ws=ws) for o in LOCAL["imagenet"]]
     search = next((a.split("=")[1] for a in filled if a.startswith("hparams_search=")), None)
     if search:
@@ -373,8 +377,8 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
         (sweep,) = made
         printed += "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert DONE.get(script, DONE["train.py"]) in printed, printed[-3000:]
-    if "init_weights=" in line and "experiment=coco400" not in line:  # a user's classes:
-        # those COCO has (person, car) keep their rows
+    if ("init_weights=" in line or "experiment=finetune" in line) and "coco400" not in line:
+        # a user's classes: those COCO has (person, car) keep their rows
         assert "carried over by class name: background, person, car; new classes" in printed
     if " -m " in line or "hparams_search=" in line:
         (sweep,) = made

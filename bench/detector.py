@@ -358,9 +358,8 @@ def breakdown(args, size, device):
         print("| --- | --- | --- |")
         for key, value in sorted(times.items(), key=lambda kv: -kv[1]):
             print(f"| {key.removeprefix('frcnn.')} | {value:.4f} | {100 * value / whole:.0f}% |")
-        print(
-            f"| (the rest: backward, optimiser, ...) | {whole - times.get('features', 0):.4f} | |"
-        )
+        rest = whole - sum(times.values())  # the labelled stages do not overlap
+        print(f"| (the rest: backward, optimiser, ...) | {rest:.4f} | {100 * rest / whole:.0f}% |")
 
 
 def main():

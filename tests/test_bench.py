@@ -3,6 +3,8 @@
 import runpy
 import sys
 
+import pytest
+
 from tests.app.helpers import ROOT
 
 
@@ -17,3 +19,20 @@ def test_the_gpu_measurement_runs_end_to_end_at_tiny_sizes_on_a_cpu(tmp_path, mo
     for row in ("ours (defaults)", "ours, nms_calls=batch", "ours, pooler=torchvision",
                 "ours, channels-last", "torchvision", "2 steps, synthetic"):  # fmt: skip
         assert f"| {row} | bf16-mixed |" in table, table
+
+
+def test_the_stage_breakdown_s_rest_is_what_the_stages_leave(capsys, monkeypatch):
+    """bench/detector.py --breakdown: the "(the rest)" row is the step less its stages."""
+    tiny = ["--breakdown", "--device", "cpu", "--sizes", "64", "--batch-size", "1", "--reps", "1",
+            "--warmup", "0"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["detector.py", *tiny])
+    runpy.run_path(str(ROOT / "bench" / "detector.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    for phase in ("train step", "inference"):
+        block = printed.split(f"\n{phase}: ")[1].split("\n\n")[0]
+        whole = float(block.split(" s")[0])
+        rows = [line.split(" | ") for line in block.splitlines() if line.startswith("| ")][2:]
+        stages = sum(float(row[1]) for row in rows[:-1])
+        assert rows[-1][0] == "| (the rest: backward, optimiser, ...)", block
+        assert float(rows[-1][1]) == pytest.approx(whole - stages, abs=2e-4), block
+        assert 0 <= float(rows[-1][1]) < whole

@@ -130,7 +130,7 @@ def test_the_summary_names_the_tensorboard_folder_that_was_written(tmp_path):
         log_dir=tmp_path / "logs",
     )
     output = result.stdout + result.stderr
-    assert f"tensorboard --logdir {elsewhere / 'tensorboard'}" in output
+    assert f"uv run tensorboard --logdir {elsewhere / 'tensorboard'}" in output
     assert list((elsewhere / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -272,7 +272,7 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
     step = int(re.search(r"Stopped by SIGTERM at step (\d+)", printed).group(1))
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == step >= hpc["global_step"] > 4  # past epoch 0's end
-    assert "train finished" in printed  # the summary so far
+    assert "train stopped" in printed and "train finished" not in printed  # the summary so far
     resume = re.search(r"Resume with: (.*)", printed).group(1)
     assert (
         resume.startswith("uv run train.py") and f"ckpt_path={last.relative_to(tmp_path)}" in resume
@@ -451,3 +451,12 @@ def test_repeat_factor_sampling_repeats_the_rare_classes_images_and_reports_it(t
     share = {row.split(",")[0]: [float(v) for v in row.split(",")[2:]] for row in rows[1:]}
     assert share["person"] == pytest.approx([25, 100 * 2**0.5 / (2 * 2**0.5 + 2)])
     assert "repeat-factor sampling" in (run_dir / "report" / "index.md").read_text()
+
+
+def test_freezing_random_stages_is_warned(tmp_path):
+    """The demo's backbone has no pretrained weights: frozen=stem would keep a random stem."""
+    warning = "model.backbone.frozen=stem keeps the backbone's stages up to stem as they are"
+    out = run("train.py", "frozen=stem", "trainer.max_steps=1", *TINY, log_dir=tmp_path / "a")
+    assert warning in out.stdout + out.stderr and "frozen=none" in out.stdout + out.stderr
+    out = run("train.py", "trainer.max_steps=1", *TINY, log_dir=tmp_path / "b")
+    assert "keeps the backbone's stages" not in out.stdout + out.stderr

@@ -57,6 +57,8 @@ def build(cfg: DictConfig, datamodule=None):
     start = initial_weights(cfg.init_weights) if cfg.get("init_weights") else None
     if start:
         fit_backbone(cfg, start)
+    elif not cfg.get("ckpt_path"):
+        warn_frozen_random(cfg.model.backbone)
     model = build_detector(OmegaConf.to_container(cfg.model, resolve=True), source="")
     if start:
         loaded = load_weights(model, start.state, start.source_names, datamodule.class_names)
@@ -75,6 +77,19 @@ def classes_from_data(cfg: DictConfig, datamodule) -> None:
     own count, for the model (`model.num_classes` follows it) and the saved config."""
     if cfg.data.get("num_classes") is None:
         cfg.data.num_classes = datamodule.num_classes
+
+
+def warn_frozen_random(backbone: DictConfig) -> None:
+    """Frozen stages that hold random weights (no pretrained backbone, no init_weights) never
+    learn: a run that freezes them is warned (e.g. coco400 offline, `weights=null`)."""
+    frozen = backbone.get("frozen") or "none"
+    if frozen != "none" and not backbone.get("weights"):
+        log.warning(
+            "model.backbone.frozen=%s keeps the backbone's stages up to %s as they are, and "
+            "they are random (model.backbone.weights=null, no init_weights): they will never "
+            "learn. Give pretrained weights, or train every stage (frozen=none)",
+            frozen, frozen,
+        )  # fmt: skip
 
 
 def fit_backbone(cfg: DictConfig, start: InitialWeights) -> None:

@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def summarise(
-    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], report: bool = True
+    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], stopped: bool = False
 ) -> None:
     """Log hyperparameters with the final metrics, store them for sweeps, print a summary and
-    (`report` and `report_wanted`) write the final evaluation's report (on the first process
-    only, under DDP)."""
+    (unless `stopped` early, where `report_wanted`) write the final evaluation's report (on
+    the first process only, under DDP)."""
     if not trainer.is_global_zero:
         return
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -33,7 +33,8 @@ def summarise(
             logger.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
     write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
 
-    lines = ["", f"{cfg.task_name} finished. Outputs: {shown(output_dir())}"]
+    ended = "stopped" if stopped else "finished"
+    lines = ["", f"{cfg.task_name} {ended}. Outputs: {shown(output_dir())}"]
     for checkpoint in trainer.checkpoint_callbacks:
         if checkpoint.monitor and checkpoint.best_model_path:
             best = checkpoint.best_model_score  # None when resumed from another run's folder
@@ -52,7 +53,7 @@ def summarise(
         )
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # the folder its events were written to
-            lines.append(f"  TensorBoard:     tensorboard --logdir {shown(logger.log_dir)}")
+            lines.append(f"  TensorBoard:     uv run tensorboard --logdir {shown(logger.log_dir)}")
     names = [k for k in metrics if k.startswith("val/") and "/ap/" not in k]
     width = max((len(k) for k in names), default=0)
     if any(k.startswith("subset/") for k in metrics):
@@ -72,7 +73,7 @@ def summarise(
         )
         folder = output_dir() / "report"
         table = markdown_table(rows, COLUMNS).rstrip()
-        if report and report_wanted(cfg):
+        if not stopped and report_wanted(cfg):
             evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
             model = trainer.lightning_module.model
             sampling = getattr(trainer.datamodule, "sampling", None)
@@ -94,12 +95,12 @@ def summarise(
 
 
 def finish(
-    trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None, report: bool = True
+    trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None, stopped: bool = False
 ) -> float | None:
     """Summarise the run (its final `metrics`, by default the last logged ones) and write its
-    report (`report`: not for a run stopped early); return the optimised metric, None where
-    there is none."""
+    report (not for a run `stopped` early); return the optimised metric, None where there is
+    none."""
     metrics = final_metrics(trainer) if metrics is None else metrics
-    summarise(trainer, cfg, metrics, report)
+    summarise(trainer, cfg, metrics, stopped)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None or math.isnan(value) else value

@@ -106,7 +106,7 @@ def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
     after a step and `LastCheckpoint` saved last.ckpt there. Summarise the run so far, say how
     to resume, and exit with status 128 + the signal (143, 130) so that a scheduler does not
     take it for done."""
-    finish(trainer, cfg, report=False)  # seconds that a scheduler's grace time needs
+    finish(trainer, cfg, stopped=True)  # no report: seconds that a scheduler's grace time needs
     last = next((c.best_model_path for c in trainer.checkpoint_callbacks if not c.monitor), "")
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
     signum = preemption.stopped_by or signal.SIGTERM

@@ -156,7 +156,10 @@ def test_inputs_with_the_same_name_keep_their_own_pictures_and_ids(trained, tmp_
     out, _ = predict(trained, tmp_path, f"{tmp_path / 'in'}/**/*.png", "score_thresh=0.0")
     assert sorted(p.name for p in out.glob("*.jpg")) == ["7.jpg", "7_1.jpg"]
     detections = json.loads((out / "detections.json").read_text())
-    assert {d["image_id"] for d in detections} == {7, 8}
+    assert {(d["image_id"], d["file_name"], d["picture"]) for d in detections} == {
+        (7, "a/7.png", "7.jpg"),
+        (8, "b/7.png", "7_1.jpg"),
+    }
 
 
 def test_coco_results_keep_what_the_pictures_leave_out(trained, tmp_path):

@@ -1,8 +1,10 @@
 """predict.py: annotated copies and COCO-format detections of a folder of images."""
 
 import glob
+import itertools
 import json
 import logging
+import os
 import re
 import signal
 from contextlib import contextmanager
@@ -36,6 +38,22 @@ def find_images(spec: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"input={spec!r}: no image file, folder of images or glob match")
     return files
+
+
+def input_names(spec: str, files: list[Path]) -> list[str]:
+    """Each input's path as detections.json names it: relative to the folder given, or to a
+    glob's folder before its first wildcard (inputs of one name in two subfolders stay apart);
+    a single file, its name."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path.name]
+    root = path if path.is_dir() else Path(*itertools.takewhile(literal, path.parts))
+    return [os.path.relpath(file, root) for file in files]
+
+
+def literal(part: str) -> bool:
+    """Whether a path part has no glob wildcard."""
+    return re.search(r"[*?[]", part) is None
 
 
 def image_ids(files: list[Path]) -> list[int]:
@@ -108,7 +126,7 @@ def predict_files(cfg) -> dict:
     )
     output.mkdir(parents=True, exist_ok=True)
     results, corrupt, drawn_count = [], [], 0
-    ids, names = image_ids(files), output_names(files)
+    ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
     json_path = output / "detections.json"
     try:
         with stop_on_sigterm(), tqdm(total=len(files), unit="image", desc="predict") as progress:
@@ -131,7 +149,8 @@ def predict_files(cfg) -> dict:
                     Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(
                         output / names[index], format="JPEG", quality=92
                     )
-                    results += predictor.coco_results(detection, ids[index], files[index].name)
+                    found = predictor.coco_results(detection, ids[index], inputs[index])
+                    results += [{**r, "picture": names[index]} for r in found]
                     drawn_count += int((detection["scores"] >= cfg.draw_thresh).sum())
                 progress.update(min(cfg.batch_size, len(files) - start))
     except SystemExit:

@@ -201,3 +201,26 @@ def roi_background_iou(config, trial) -> None:
     drawn below the trial's foreground one (the config refuses bg > fg)."""
     fg = trial.params["model.roi_heads.fg_iou_thresh"]
     trial.suggest_float("model.roi_heads.bg_iou_thresh", 0.3, fg)
+
+
+def study_seed(seed: int, storage: str, study_name: str) -> int:
+    """The Optuna sampler's seed (hparams_search=nms_iou_optuna): the run's `seed` for a new
+    study; for one that `storage` already holds, `seed` and its number of trials, so that the
+    same command again draws new points (seeded afresh, the sampler's random start-up trials
+    would repeat the stored ones)."""
+    trials = stored_trials(storage, study_name)
+    return seed if trials == 0 else seed * 1_000_003 + trials
+
+
+def stored_trials(storage: str, study_name: str) -> int:
+    """The number of trials of `study_name` in `storage` (an Optuna storage URL); 0 where there
+    is no such study (a sqlite file is not created to find out)."""
+    prefix = "sqlite:///"
+    if storage.startswith(prefix) and not Path(storage[len(prefix) :]).is_file():
+        return 0
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # optuna's "no such study"
+        return 0

@@ -93,6 +93,9 @@ def test_the_same_optuna_search_again_continues_its_study_and_records_a_failed_t
     )
     states = [trial.state for trial in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    # the second call drew a new point (seeded afresh, it would repeat the first one's)
+    first, second = (trial.params["model.rpn.nms_thresh"] for trial in study.trials)
+    assert first != second
 
 
 def test_sampled_settings_are_shown_to_four_digits_in_the_table_and_whole_in_the_csv(tmp_path):

@@ -33,6 +33,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from omegaconf import OmegaConf, read_write
 
 import frcnn
+from frcnn.sweep import study_seed
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def command(task_function=None, *, checkpoint_data: bool = False):
     if not OmegaConf.has_resolver("run_dir"):
         # cached: the folder is made once per run, however often Hydra resolves the key
         OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
+        OmegaConf.register_new_resolver("study_seed", study_seed)
     if checkpoint_data:
         sys.argv[1:] = [re.sub(r"^data\.", "++data.", arg) for arg in sys.argv[1:]]
 

@@ -2,6 +2,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from frcnn.app.report import printed_rows
 from frcnn.sweep import summarise, write_run_metrics
 from tests.app.helpers import TINY, run
 
@@ -111,3 +112,16 @@ def test_sampled_settings_are_shown_to_four_digits_in_the_table_and_whole_in_the
 def test_a_sweep_of_no_run_says_so_and_fails(tmp_path):
     with pytest.raises(AssertionError, match=r"failed \(1\)(.|\n)*The sweep ran no run"):
         run("train.py", "-m", "seed=range(0,0)", *TINY, log_dir=tmp_path)
+
+
+def test_a_summary_prints_the_worst_and_best_of_many_classes():
+    """80 classes (COCO's; a sweep prints one table per trial): 5 worst, a count, 5 best; a
+    few classes: all of them."""
+    rows = [{"class": f"c{i}", "AP": i / 100} for i in range(78)]
+    rows += [{"class": "none", "AP": float("nan")}] * 2  # no ground truth: last
+    printed = printed_rows(rows)
+    assert [r["class"] for r in printed] == [
+        "c0", "c1", "c2", "c3", "c4", "... 70 more (per_class.csv)",
+        "c73", "c74", "c75", "c76", "c77",
+    ]  # fmt: skip
+    assert printed_rows(rows[:11]) == rows[:11]

@@ -72,7 +72,7 @@ def summarise(
             evaluation.boxes_per_class(),
         )
         folder = output_dir() / "report"
-        table = markdown_table(rows, COLUMNS).rstrip()
+        table = markdown_table(printed_rows(rows), COLUMNS).rstrip()
         if not stopped and report_wanted(cfg):
             evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
             model = trainer.lightning_module.model
@@ -92,6 +92,17 @@ def summarise(
             where = shown(folder / "per_class.csv")
             lines += ["", f"Per class, the worst AP first (also in {where}):", table]
     log.info("\n".join(lines))
+
+
+def printed_rows(rows: list[dict], shown: int = 5) -> list[dict]:
+    """The per-class rows a summary prints: all of a few classes; of many (COCO's 80), the
+    `shown` worst and best scored, and a row that counts the rest (the files have them all)."""
+    if len(rows) <= 2 * shown + 1:
+        return rows
+    scored = [row for row in rows if row["AP"] == row["AP"]]  # nan (no ground truth): last
+    kept = scored[:shown] + scored[-shown:] if len(scored) > 2 * shown else scored
+    left = len(rows) - len(kept)
+    return [*kept[:shown], {"class": f"... {left} more (per_class.csv)"}, *kept[shown:]]
 
 
 def finish(

@@ -421,6 +421,7 @@ def check_ddp(run: Path, printed: str, ws: Path) -> None:
     assert set(ids[0][:2]).isdisjoint(ids[1][:2])  # epoch 0: each its own part
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert printed.count("train finished") == 1 and printed.count("Learning rate") == 1
+    assert "sync_dist=True" not in printed  # the validation figures are gathered already
     final = json.loads((run / "metrics.json").read_text())["metrics"]
     assert final["val/images"] == 6
     (best,) = (run / "checkpoints").glob("epoch*.ckpt")

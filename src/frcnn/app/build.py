@@ -4,6 +4,7 @@ shared by every command."""
 import logging
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,8 +36,11 @@ log = logging.getLogger(__name__)
 
 def quiet_libraries() -> None:
     """faster-coco-eval prints its whole summary table at INFO level on every validation: the
-    commands keep it to warnings (set here, when a command runs, not at import)."""
+    commands keep it to warnings; Lightning advises `sync_dist=True` for each validation figure
+    under DDP (19 warnings), which DetectorModule gathers itself, the same on every process.
+    (Set here, when a command runs, not at import.)"""
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('val/")
 
 
 def build(cfg: DictConfig, datamodule=None):

@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 
 def quiet_libraries() -> None:
     """faster-coco-eval prints its whole summary table at INFO level on every validation: the
-    commands keep it to warnings; Lightning advises `sync_dist=True` for each validation figure
-    under DDP (19 warnings), which DetectorModule gathers itself, the same on every process.
-    (Set here, when a command runs, not at import.)"""
+    commands keep it to warnings. Under DDP, Lightning advises `sync_dist=True` for every
+    figure logged per epoch (19 warnings): DetectorModule gathers the validation figures itself,
+    the same on every process, and the training losses' epoch means are the first process's
+    (syncing them would reduce at every step). (Set when a command runs, not at import.)"""
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('val/")
+    warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('(val|train)/")
 
 
 def build(cfg: DictConfig, datamodule=None):

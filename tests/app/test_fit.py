@@ -104,6 +104,6 @@ def test_a_data_yaml_of_one_s_own_names_only_its_sources(tmp_path):
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     data = last["config"]["data"]
     assert data["train"] == {"_target_": "tests.app.test_fit.OwnSource", "_partial_": True,
-                             "split": "train"}  # fmt: skip
+                             "split": "train", "repeat_factor_threshold": None}  # fmt: skip
     assert (data["batch_size"], data["root"], data["num_classes"]) == (2, "/data/mine", 3)
     assert last["global_step"] == 2

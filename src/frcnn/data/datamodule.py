@@ -36,6 +36,10 @@ class StreamEpoch(L.Callback):
             trainer.datamodule.set_epoch(trainer.current_epoch)
 
 
+# DetectionDataModule's arguments that are not settings of a data config
+NOT_SETTINGS = ("self", "train", "val", "shared", "__class__")
+
+
 class DetectionDataModule(L.LightningDataModule):
     """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...],
     "image_sizes": (B, 2)} (see `collate`).
@@ -65,8 +69,11 @@ class DetectionDataModule(L.LightningDataModule):
         min_visible: float = 0.5,
         **shared,
     ):
+        # the settings as given, for `settings` (Lightning's save_hyperparameters would also
+        # log them at the start of every run)
+        given = {k: v for k, v in locals().items() if k not in NOT_SETTINGS} | shared
         super().__init__()
-        self.save_hyperparameters(ignore=["train", "val"])  # a fit() run's config: `settings`
+        self.given = given
         check_number("data.batch_size", batch_size, 1, integer=True)
         check_number("data.num_workers", num_workers, 0, integer=True)
         check_number("data.prefetch_factor", prefetch_factor, 1, integer=True)
@@ -111,7 +118,7 @@ class DetectionDataModule(L.LightningDataModule):
         1..C are `class_names`; `repeat_factor_threshold`: as data.train's; `settings`: the
         data module's own (batch_size, image_size, ...). Train on it as train.py trains:
         `frcnn.fit(datamodule, *overrides)`."""
-        own = [p for p in inspect.signature(cls).parameters if p not in ("train", "val", "shared")]
+        own = [p for p in inspect.signature(cls).parameters if p not in NOT_SETTINGS]
         unknown = sorted(set(settings) - set(own))
         if unknown:
             raise TypeError(f"from_datasets: no setting {unknown} (the data module's: {own})")
@@ -128,7 +135,7 @@ class DetectionDataModule(L.LightningDataModule):
         """The data module's settings, as a data config has them: all but its sources (and
         those of the sources that it applies: train.repeat_factor_threshold)."""
         repeat = {"train.repeat_factor_threshold": self.repeat_factor_threshold}
-        return dict(self.hparams) | repeat
+        return self.given | repeat
 
     def setup(self, stage: str | None = None) -> None:
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""

@@ -2,7 +2,7 @@
 
 import torch
 
-from frcnn.drawing import class_colour, draw_labels, label_grid
+from frcnn.drawing import GROUND_TRUTH, class_colour, draw_labels, label_grid
 
 
 def test_labels_are_drawn_in_their_class_colour_with_the_image_kept_elsewhere():
@@ -25,3 +25,11 @@ def test_a_grid_has_four_samples_a_row():
     ] * 6
     grid = label_grid(samples)
     assert grid.shape == (3, 2 * (32 + 4) + 4, 4 * (32 + 4) + 4)
+
+
+def test_ground_truth_has_a_colour_no_class_comes_near():
+    """Every class colour has a channel at 0: white is a full 255 away from each (green was
+    within a few levels of some classes')."""
+    for label in range(1, 1001):
+        distance = max(abs(a - b) for a, b in zip(class_colour(label), GROUND_TRUTH, strict=True))
+        assert distance == 255, label

@@ -253,7 +253,7 @@ class WeightEMA(WeightAveraging):
 
 class DetectionImages(L.Callback):
     """Every validation epoch, logs a grid of the first `num_images` validation images with
-    ground truth (green) and detections scoring at least `min_score`; at the start of
+    ground truth (white) and detections scoring at least `min_score`; at the start of
     training, the first training batch with its labels (`train/labels`): a wrong box format or
     class list is seen in the first minute."""
 

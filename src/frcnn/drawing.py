@@ -5,7 +5,8 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 
 from frcnn.evaluation import class_name
 
-GROUND_TRUTH = (0, 255, 0)
+# white: every class colour has a channel at 0 (`class_colour`), so no class is drawn so
+GROUND_TRUTH = (255, 255, 255)
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -23,7 +24,7 @@ def line_width(image: Tensor) -> int:
 
 def draw_detections(image, detection, target=None, class_names=None, min_score: float = 0.3):
     """uint8 (3, H, W) image with detections (class colours, names and scores) and, if given,
-    ground truth (thin green)."""
+    ground truth (thin, white)."""
     image = image.cpu()
     width = line_width(image)
     if target is not None and len(target["boxes"]):

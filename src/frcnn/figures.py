@@ -179,7 +179,7 @@ def assignments_figure(model, image, size, target, num_negatives: int = 40):
 
 @torch.no_grad()
 def detections_figure(model, image, size, target=None, class_names=None, min_score: float = 0.3):
-    """Final detections (class colours, scores) against the ground truth (green)."""
+    """Final detections (class colours, scores) against the ground truth (white)."""
     fig, (ax,) = _figure("detections")
     device = next(model.parameters()).device
     detection = model(image[None].to(device), image_sizes=size[None].to(device))[0]

@@ -11,6 +11,7 @@ import torch
 from frcnn.data import DetectionDataModule, HubCOCO, SyntheticShapes
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
 from frcnn.data.transforms import Record
+from tests.conftest import in_two_processes
 
 # 4 images: class 1 in three of them, class 2 in one (with class 1), none in the last
 LABELS = [np.array([1, 1]), np.array([1]), np.array([1, 2]), np.array([], dtype=np.int64)]
@@ -97,3 +98,31 @@ def test_a_stream_cannot_repeat_images(hub_parquet):
     )
     with pytest.raises(ValueError, match="repeat_factor_threshold=0.1: .* a streamed one cannot"):
         dm.setup("fit")
+
+
+def test_two_real_processes_share_out_each_epoch(tmp_path):
+    """Under a real process group (gloo), each process's loader takes its own part of the
+    epoch, which the other's completes; the parts are the same whatever process asks."""
+
+    def epoch_ids(rank: int) -> list:
+        torch.set_num_threads(1)  # a forked child: the parent's OpenMP threads are not its own
+        torch.manual_seed(42)  # seed_everything: the same seed on every process
+        rare = functools.partial(OneClassRare, num_images=16, num_classes=2)
+        dm = DetectionDataModule(
+            functools.partial(rare, repeat_factor_threshold=0.5),
+            functools.partial(SyntheticShapes, num_images=2, num_classes=2),
+            batch_size=1,
+            num_workers=0,
+            image_size=64,
+        )
+        dm.setup("fit")
+        sampler = dm.train_dataloader().sampler
+        sampler.set_epoch(1)  # as Lightning does at each epoch
+        return list(sampler)
+
+    parts = in_two_processes(epoch_ids, tmp_path)
+    whole = RepeatFactorSampler(range(16), [2.0 if i % 8 == 0 else 1.0 for i in range(16)], 42, 2)
+    whole.set_epoch(1)
+    assert len(parts[0]) == len(parts[1]) == 9
+    assert sorted(parts[0] + parts[1]) == sorted(whole.epoch_indices().tolist())
+    assert parts[0] == whole.epoch_indices()[0::2].tolist()

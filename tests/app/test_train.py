@@ -460,3 +460,18 @@ def test_freezing_random_stages_is_warned(tmp_path):
     assert warning in out.stdout + out.stderr and "frozen=none" in out.stdout + out.stderr
     out = run("train.py", "trainer.max_steps=1", *TINY, log_dir=tmp_path / "b")
     assert "keeps the backbone's stages" not in out.stdout + out.stderr
+
+
+def test_a_run_resumed_mid_epoch_says_what_becomes_of_the_epoch(tmp_path):
+    """last.ckpt at step 2 of a 4-step epoch; resumed, the epoch ends after its 2 remaining
+    steps, as the message says (Lightning's own warning is not shown)."""
+    every_2 = "callbacks.last_checkpoint.every_n_train_steps=2"
+    run("train.py", "trainer.max_steps=2", every_2, *TINY, log_dir=tmp_path)
+    last = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    resumed = run("train.py", f"ckpt_path={last}", "trainer.max_epochs=1", every_2, *TINY,
+                  log_dir=tmp_path)  # fmt: skip
+    printed = resumed.stdout + resumed.stderr
+    assert "Resumed after 2 of the 4 batches of epoch 0: its last 2 steps take" in printed
+    assert "not resumable" not in printed
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # epoch 0 ended at step 4

@@ -42,6 +42,8 @@ def quiet_libraries() -> None:
     (syncing them would reduce at every step). (Set when a command runs, not at import.)"""
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('(val|train)/")
+    # a run resumed mid-epoch says itself what becomes of the epoch (data.datamodule.StreamEpoch)
+    warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")
 
 
 def build(cfg: DictConfig, datamodule=None):

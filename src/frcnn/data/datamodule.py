@@ -29,11 +29,33 @@ def has_limit(make: Callable) -> bool:
 class StreamEpoch(L.Callback):
     """Tells a `DetectionDataModule` each training epoch as it starts: Lightning sets the epoch
     on samplers only, and a streamed source reshuffles itself. (A run resumed mid-epoch gets
-    its epoch from the data module's checkpointed state, before the stream opens.)"""
+    its epoch from the data module's checkpointed state, before the stream opens.) A run
+    resumed mid-epoch says what becomes of that epoch (Lightning warns only that the loader is
+    "not resumable": filtered in `app.build.quiet_libraries`)."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if isinstance(trainer.datamodule, DetectionDataModule):
             trainer.datamodule.set_epoch(trainer.current_epoch)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        progress = trainer.fit_loop.epoch_loop.batch_progress  # as the checkpoint left it
+        done, total = progress.current.ready, trainer.num_training_batches
+        epoch = trainer.current_epoch
+        if not done or done >= total or progress.is_last_batch or not trainer.is_global_zero:
+            return  # a new run, or one resumed at the end of an epoch
+        if total == float("inf"):  # a stream: as long as it lasts
+            log.info(
+                "Resumed after %d batches of epoch %d: the stream starts that epoch again, in "
+                "its order (its epoch is in the checkpoint), so those batches are trained on "
+                "twice", done, epoch,
+            )  # fmt: skip
+        else:
+            log.info(
+                "Resumed after %d of the %d batches of epoch %d: its last %d steps take the "
+                "first batches of a new pass over the data (a loader cannot start where it "
+                "stopped), so some of its images come twice in the epoch and some not at all",
+                done, total, epoch, total - done,
+            )  # fmt: skip
 
 
 # DetectionDataModule's arguments that are not settings of a data config

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from frcnn.app.build import build
+from frcnn.app.build import build, listed
 from frcnn.checkpoint import detector_state, load_checkpoint
 from tests.app.helpers import TINY, composed, run
 
@@ -65,3 +65,10 @@ def test_init_weights_from_a_run_trains_through_the_users_door(trained, tmp_path
     )  # fmt: skip
     printed = result.stdout + result.stderr
     assert "carried over by class name: background, red rectangle, green ellipse, blue" in printed
+
+
+def test_long_lists_of_names_are_cut_in_the_start_up_line():
+    """COCO's 80 classes carried over made a line of 1,700 characters."""
+    names = [f"class {i}" for i in range(80)]
+    assert listed(names) == ", ".join(names[:12]) + ", ... (80 in all)"
+    assert listed(names[:12]) == ", ".join(names[:12]) and listed([]) == "none"

@@ -124,9 +124,8 @@ def log_initial_weights(source: str, start: InitialWeights, loaded: Loaded) -> N
         rows = "the file names no classes: its predictor is loaded only where its shape fits"
     else:
         rows = (
-            "predictor rows carried over by class name: "
-            + ", ".join(["background", *loaded.carried])
-            + f"; new classes (rows as initialised): {', '.join(loaded.new) or 'none'}"
+            f"predictor rows carried over by class name: {listed(['background', *loaded.carried])}"
+            f"; new classes (rows as initialised): {listed(loaded.new)}"
         )
     log.info(
         "init_weights=%s: %s. Loaded %d tensors; %s; tensors left as initialised: %s",
@@ -134,8 +133,17 @@ def log_initial_weights(source: str, start: InitialWeights, loaded: Loaded) -> N
         start.what,
         len(loaded.loaded),
         rows,
-        ", ".join(loaded.left_out) or "none",
+        listed(loaded.left_out),
     )
+
+
+def listed(names: list[str], most: int = 12) -> str:
+    """Names for a log line: the first `most`, and how many in all beyond that (COCO's 80
+    classes made a line of 1,700 characters)."""
+    if not names:
+        return "none"
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
 
 
 def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:

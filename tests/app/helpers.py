@@ -180,11 +180,18 @@ class RecordValidationIds(L.Callback):
 class RecordTrial(L.Callback):
     """Writes the GPUs a run may use (CUDA_VISIBLE_DEVICES), when the run was built (this
     callback made: its trainer, model and data follow) and when its training ended to
-    `<output_dir>/trial.json`. (From the build, not the fit: a 1-step fit lasts a second, less
-    than two processes' start-ups may differ by on a busy 2-core machine.)"""
+    `<output_dir>/trial.json`. A trial waits (up to 2 minutes) until `together` trials of its
+    sweep have been built: a 1-step trial lasts a second, less than two processes' start-ups
+    may differ by on a busy 2-core machine, so trials that do run side by side are seen to
+    overlap, and trials run one after the other are not (the first waits in vain)."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, together: int = 2):
         self.output_dir = Path(output_dir)
+        sweep = self.output_dir.parent
+        (sweep / f".built_{self.output_dir.name}").touch()
+        deadline = time.time() + 120
+        while len(list(sweep.glob(".built_*"))) < together and time.time() < deadline:
+            time.sleep(0.1)
         self.record = {"gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": time.time()}
 
     def on_fit_end(self, trainer, pl_module):

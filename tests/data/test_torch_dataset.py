@@ -98,6 +98,15 @@ def test_boxes_of_another_format_stop_at_start_up_with_an_example():
         DatasetSource(Transform(64), Items(items), ["a"])
 
 
+@pytest.mark.parametrize(("labels", "names"), [([0, 1], ["a", "b"]), ([1, 3], ["a", "b"])])
+def test_labels_outside_the_class_list_stop_at_start_up(labels, names):
+    """0-based labels, or more classes than names: never trained on as something else."""
+    boxes = torch.tensor([[10.0, 20, 50, 60], [60, 10, 90, 40]])
+    items = Items([(Image.fromarray(pixels()), target(boxes, labels))])
+    with pytest.raises(ValueError, match=r"item 0 of Items has labels \[[03]\] outside 1..2"):
+        DatasetSource(Transform(64), items, names)
+
+
 def test_from_datasets_trains_in_batches_of_the_contract_and_names_unknown_settings():
     image = Image.fromarray(pixels())
     items = Items([(image, target(torch.tensor([[10.0, 20, 50, 60]]), [1]))] * 4)

@@ -96,12 +96,21 @@ def pil_image(image, where: str) -> Image.Image:
 
 
 def check_items(source: DatasetSource, count: int) -> None:
-    """Stop at start-up where most boxes of the first `count` items are inverted or lie outside
-    their image (xywh or normalised boxes taken for xyxy pixels)."""
+    """Stop at start-up where the first `count` items hold a label outside 1..C (0-based
+    labels, or a class list of other length: a Dataset's labels are code, not noisy files),
+    or where most of their boxes are inverted or lie outside their image (xywh or normalised
+    boxes taken for xyxy pixels)."""
     total = bad = 0
     example = ""
     for index in range(count):
         record = source.record(index)
+        outside = [int(label) for label in record.labels if not 1 <= label <= source.num_classes]
+        if outside:
+            raise ValueError(
+                f"{source.describe(index)} has labels {sorted(set(outside))[:5]} outside 1.."
+                f"{source.num_classes}: target['labels'] count from 1 (0 is the background) "
+                f"over class_names ({len(source.class_names)} given)"
+            )
         width, height = record.image.size
         b = np.asarray(record.boxes)
         wrong = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]) | (b < -1).any(1)

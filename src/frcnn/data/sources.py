@@ -93,8 +93,10 @@ class MapSource(Dataset):
         """The labels that sample `index` trains on (crowds and difficult objects left out),
         for repeat-factor sampling; sources that know them without reading the image say so."""
         record = self.record(index)
-        crowd = np.zeros(len(record.labels), bool) if record.iscrowd is None else record.iscrowd
-        return np.asarray(record.labels)[~np.asarray(crowd, bool)]
+        labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
+        crowd = np.zeros(len(labels), bool) if record.iscrowd is None else record.iscrowd
+        trained = ~np.asarray(crowd, bool) & (labels >= 1) & (labels <= self.num_classes)
+        return labels[trained]  # (a label out of range is dropped in training too)
 
     def __getitem__(self, index: int):
         if self._rng is None:  # one generator per process, for flips: seeded by the run's seed

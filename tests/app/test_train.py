@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from frcnn.data import HubCOCO, Transform
 from tests.app.helpers import (
@@ -57,6 +59,32 @@ def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
     for name in REPORT_FILES:
         assert (report / name).stat().st_size > 0, name
         assert name.endswith(".csv") or f"({name})" in index, name
+
+
+def test_hparams_show_the_runs_settings_and_final_metrics_without_cards_of_their_own(trained):
+    """TensorBoard's HParams tab: the run's seed, group choices and command-line settings, then
+    the final metrics, read from a run of their own (`final/`) under the curves' names, so the
+    Scalars tab gets no single-point `hp/*` cards; `hparams.yaml` keeps the whole config."""
+    _, run_dir = trained
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert not [t for t in events.Tags()["scalars"] if t.startswith("hp")]
+    final = EventAccumulator(str(run_dir / "tensorboard" / "final")).Reload()
+    hparams = final.PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    shown = [info.name for info in experiment.hparam_infos]
+    assert shown[:3] == ["seed", "data", "model"]
+    assert {"ema", "callbacks", "trainer.max_epochs", "data.image_size"} <= set(shown)
+    assert len(shown) < 40  # not the hundred-odd keys of the whole config
+    session = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["trainer.max_epochs"].number_value == 2
+    assert session.session_start_info.hparams["ema"].string_value == "on"
+    names = [info.name.tag for info in experiment.metric_infos]
+    assert "val/map" in names and not [n for n in names if not n.startswith("val/")]
+    for name in names:  # each metric's value is where the HParams tab looks for it
+        (point,) = final.Scalars(name)
+        assert point.value == pytest.approx(metrics(run_dir)[name], nan_ok=True)
+    saved = yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
+    assert saved["module"]["optimizer"]["lr"] and saved["data"]["train"]["num_images"] == 16
 
 
 REPORT_FILES = (

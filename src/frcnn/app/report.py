@@ -3,13 +3,14 @@ report of its final evaluation."""
 
 import logging
 import math
+from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.app.build import final_metrics, output_dir, report_wanted, shown
+from frcnn.app.build import final_metrics, given_keys, output_dir, report_wanted, shown
 from frcnn.callbacks import WeightEMA
 from frcnn.eval_report import write_report
 from frcnn.evaluation import COLUMNS, per_class_table, write_per_class
@@ -26,11 +27,9 @@ def summarise(
     the first process only, under DDP)."""
     if not trainer.is_global_zero:
         return
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams.pop("hydra", None)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
+            log_hparams(logger, cfg, metrics, trainer.global_step)
     write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
 
     ended = "stopped" if stopped else "finished"
@@ -92,6 +91,44 @@ def summarise(
             where = shown(folder / "per_class.csv")
             lines += ["", f"Per class, the worst AP first (also in {where}):", table]
     log.info("\n".join(lines))
+
+
+def log_hparams(
+    logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, float], step: int
+) -> None:
+    """Give TensorBoard's HParams tab the run's settings that tell runs apart (`compared`) and
+    its final validation metrics, and `hparams.yaml` the whole resolved config.
+
+    The metrics go to a run of their own, `final/`, under their curves' names: in the Scalars
+    tab they are a point at `step` beside the curves (the best checkpoint's figures, maybe on
+    another validation set), not single-point `hp/*` cards before them."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    # Lightning writes hparams.yaml once, at the start, with the module's (none)
+    OmegaConf.save(config, Path(logger.log_dir) / "hparams.yaml")
+    final = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    logger.experiment.add_hparams(compared(cfg), final, run_name="final", global_step=step)
+
+
+def compared(cfg: DictConfig) -> dict[str, str | int | float | bool]:
+    """What tells a run apart from others, in the order a user reads it: the seed, the config
+    groups' choices and the settings the command line gave (a sweep's parameters).
+
+    Not the whole config: its hundred-odd keys would come before the metrics in the HParams
+    table (TensorBoard lists hyperparameters first)."""
+    hydra = HydraConfig.get()
+    values = {"seed": cfg.seed}
+    values |= {
+        group: choice
+        # Hydra lists the defaults last to first: data, model, anchors, ... read first
+        for group, choice in reversed(hydra.runtime.choices.items())
+        if choice is not None and not group.startswith("hydra")
+    }
+    for key in sorted(given_keys(hydra.overrides.task) - set(values)):
+        value = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(value, DictConfig):  # a group's choice is listed above
+            values[key] = value if isinstance(value, int | float | str | bool) else str(value)
+    return values
 
 
 def printed_rows(rows: list[dict], shown: int = 5) -> list[dict]:

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from frcnn.coco import COCO_CLASSES
 from frcnn.data import COCOFolder, HubCOCO, SyntheticShapes, Transform, collate
+from frcnn.data.coco_classes import COCO_CLASSES
 from frcnn.data.coco_hub import hub_features
-from frcnn.model.structures import Targets
+from frcnn.structures import Targets
 
 
 def photo_like_jpeg(rng, width=640, height=480) -> bytes:

@@ -32,8 +32,8 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.model import from_torchvision
-from frcnn.model.structures import Targets
-from frcnn.module import compile_parts
+from frcnn.structures import Targets
+from frcnn.training.module import compile_parts
 
 
 def build_pair(size: int, device, depth: int = 50):

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from frcnn.confusion import confusion_matrix
-from frcnn.dataset_stats import dataset_statistics
-from frcnn.eval_report import write_report
-from frcnn.evaluation import Evaluation
+from frcnn.evaluation.confusion import confusion_matrix
+from frcnn.evaluation.dataset_stats import dataset_statistics
+from frcnn.evaluation.report import write_report
+from frcnn.evaluation.results import Evaluation
+from frcnn.evaluation.tide import error_breakdown
 from frcnn.model import FasterRCNN
-from frcnn.tide import error_breakdown
 
 SIZE = 400
 

@@ -33,7 +33,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).parent))
 from detector import build_pair, cuda_syncs, make_steps, synchronize, synthetic_batch  # noqa: E402
 
-from frcnn.module import COMPILE_SCOPES, compile_parts  # noqa: E402
+from frcnn.training.module import COMPILE_SCOPES, compile_parts  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 

@@ -20,9 +20,9 @@ import onnxruntime
 import torch
 
 from frcnn.data.synthetic import draw_sample
-from frcnn.export import check, export_onnx, metadata, run_onnx
+from frcnn.inference.onnx_graph import check, export_onnx, metadata, run_onnx
+from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
-from frcnn.predict import Predictor
 
 
 def median_ms(fn, reps: int) -> float:

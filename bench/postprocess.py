@@ -24,7 +24,7 @@ from torchvision.ops import nms
 
 from frcnn.boxes import clip_boxes, is_large_enough
 from frcnn.model.roi_heads import RoIHeads
-from frcnn.model.structures import Proposals
+from frcnn.structures import Proposals
 
 
 def make_inputs(images: int, proposals: int, classes: int, size: int, seed: int = 0):

@@ -3,7 +3,7 @@ demo's and coco400's detectors, and flip TTA (`model.tta=flip`) against none per
 
     uv run python bench/recipe_cost.py --ckpt logs/train/runs/<demo run>/checkpoints/<best>.ckpt
 
-EMA: the median of 20 calls of `frcnn.callbacks.ema_update` over the model's weights and
+EMA: the median of 20 calls of `frcnn.training.callbacks.ema_update` over the model's weights and
 floating-point buffers (what `WeightEMA` averages). TTA: the checkpoint's detector on 8
 synthetic images (one batch), median of 5 after a warm-up, per image. Not a test; the figures
 are in bench/README.md ("Training recipe").
@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from frcnn.callbacks import ema_update
 from frcnn.data.synthetic import draw_sample
+from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
-from frcnn.predict import Predictor
+from frcnn.training.callbacks import ema_update
 
 DETECTORS = {
     "demo ResNet-18": dict(num_classes=6, backbone=dict(depth=18, norm="bn"), fpn_channels=128),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from frcnn.callbacks import StopOnDivergence
 from frcnn.data import collate
+from frcnn.training.callbacks import StopOnDivergence
 from tests.conftest import mean_ap
 
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 from PIL import Image
 
-from frcnn.app import command
+from frcnn.app.command import register_resolvers
 
 ROOT = Path(__file__).parents[2]
 
@@ -97,7 +97,7 @@ def composed(tmp_path: Path, *overrides: str, config_name: str = "train"):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    command(None)  # the resolvers of the entry points
+    register_resolvers()  # the entry points' (run_dir, study_seed)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             config_name, [f"paths.log_dir={tmp_path}/logs", *overrides], return_hydra_config=True

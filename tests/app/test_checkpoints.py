@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from frcnn.app.build import checkpoint_run_config
-from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 from tests.app.helpers import TINY, composed, metrics, run, run_dirs
 
 
@@ -162,8 +162,9 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
 
 def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_path):
     """A checkpoint whose config names ImageNet weights, init_weights and a training set that
-    are all unreachable: eval.py, given nothing but the checkpoint, rebuilds its detector and
-    its validation data from the checkpoint and reproduces the logged val/map."""
+    are all unreachable, and the modules of the flat layout before the packages
+    (`frcnn.module`, `frcnn.callbacks`): eval.py, given nothing but the checkpoint, rebuilds its
+    detector and its validation data from the checkpoint and reproduces the logged val/map."""
     _, run_dir = trained
     best = next((run_dir / "checkpoints").glob("epoch*-map*.ckpt"))  # the run's final figures
     checkpoint = torch.load(best, weights_only=True)
@@ -176,6 +177,11 @@ def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_pat
         "annotation_file": "/nowhere/instances_train2017.json",
         "image_dir": "/nowhere/train2017",
     }
+    config["module"]["_target_"] = "frcnn.module.DetectorModule"
+    config["module"]["scheduler"]["_target_"] = "frcnn.lr_schedule.warmup_decay"
+    for callback in config["callbacks"].values():  # frcnn.training.callbacks.X -> frcnn.callbacks.X
+        if callback:
+            callback["_target_"] = callback["_target_"].replace("frcnn.training.", "frcnn.")
     path = tmp_path / "offline.ckpt"
     torch.save(checkpoint, path)
     run("eval.py", f"ckpt_path={path}", "device=cpu", log_dir=tmp_path)
@@ -224,7 +230,7 @@ def failing_after(monkeypatch, good_writes: int):
     as a full disk does."""
     import errno
 
-    import frcnn.checkpoint
+    import frcnn.training.checkpoint
 
     real, calls = torch.save, []
 
@@ -235,12 +241,12 @@ def failing_after(monkeypatch, good_writes: int):
         file.write(b"\0" * 1000)  # what got to the disk before it filled
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(frcnn.checkpoint.torch, "save", save)
+    monkeypatch.setattr(frcnn.training.checkpoint.torch, "save", save)
     return calls
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from frcnn.checkpoint import AtomicCheckpointIO
+    from frcnn.training.checkpoint import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
     writer = AtomicCheckpointIO()

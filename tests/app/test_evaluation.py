@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from frcnn.data import COCOFolder, Transform, collate
 from frcnn.data.synthetic import draw_sample
-from frcnn.evaluation import COLUMNS, per_class_table
-from frcnn.module import MAP_KEYS, DetectorModule
+from frcnn.evaluation.results import COLUMNS, per_class_table
+from frcnn.training.module import MAP_KEYS, DetectorModule
 from tests.app.helpers import coco_json_folder, metrics, run, run_dirs
 
 SIZES = [(640, 480), (320, 500), (500, 375), (200, 150), (427, 640), (600, 600)]

@@ -11,8 +11,8 @@ from PIL import Image
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.data.transforms import resize
-from frcnn.export import check, compare, export_onnx, metadata
-from frcnn.predict import Predictor
+from frcnn.inference.onnx_graph import check, compare, export_onnx, metadata
+from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, run
 from tests.conftest import OVERFIT_SIZE
 
@@ -182,7 +182,7 @@ def test_without_the_export_extra_the_message_says_how_to_install_it(monkeypatch
 def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
     """A corrupt check image stops the export before it starts, a failed check after it: no
     unchecked .onnx either way, and the file an earlier export wrote stays as it was."""
-    import frcnn.export
+    import frcnn.inference.onnx_graph
 
     log_dir, run_dir = trained
     path = tmp_path / "m.onnx"
@@ -195,7 +195,7 @@ def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
         run("export.py", *args, f"check_images={tmp_path / 'photos'}", log_dir=log_dir)
     failed = [{"ok": False, "batch": 1, "image": 0, "count": 1, "expected": 2, "box_diff": 1.0,
                "score_diff": 0.0}]  # fmt: skip
-    monkeypatch.setattr(frcnn.export, "check", lambda *args: failed)
+    monkeypatch.setattr(frcnn.inference.onnx_graph, "check", lambda *args: failed)
     with pytest.raises(AssertionError, match=r"differ from PyTorch's .*m.onnx was not written"):
         run("export.py", *args, log_dir=log_dir)
     assert path.read_bytes() == b"an earlier, checked export"

@@ -7,7 +7,7 @@ import torch
 from omegaconf import open_dict
 
 from frcnn.app.build import build, listed
-from frcnn.checkpoint import detector_state, load_checkpoint
+from frcnn.training.checkpoint import detector_state, load_checkpoint
 from tests.app.helpers import TINY, composed, run
 
 

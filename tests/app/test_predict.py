@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 
 from frcnn.app import find_images
 from frcnn.data.synthetic import draw_sample
-from frcnn.predict import Predictor
+from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, process_env, run, run_dirs
 from tests.conftest import OVERFIT_SIZE
 
@@ -185,7 +185,7 @@ def test_a_decompression_bomb_is_skipped_and_named(trained, tmp_path, monkeypatc
 
 
 def test_phone_photos_are_turned_upright_before_detection(tmp_path):
-    from frcnn.predict import open_image
+    from frcnn.inference.predictor import open_image
 
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees to view

@@ -29,7 +29,7 @@ import pytest
 import torch
 import torchvision
 
-from frcnn.sweep import TRIAL_GPUS
+from frcnn.training.sweep import TRIAL_GPUS
 from tests.app.helpers import ROOT, SMALL_MODEL, run_script
 from tests.data.conftest import cppe5_parquet, hub_row, jpeg_bytes, write_hub_parquet
 

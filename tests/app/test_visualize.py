@@ -9,7 +9,7 @@ from PIL import Image
 
 from frcnn.app import visualize
 from frcnn.boxes import content_sizes
-from frcnn.figures import DPI, SIZES, WHAT
+from frcnn.visualization.inspection import DPI, SIZES, WHAT
 from tests.app.helpers import composed, run
 
 SMALL_MODEL = ["model.fpn_channels=32", "data.image_size=128", "data.num_workers=0", "device=cpu"]
@@ -65,8 +65,8 @@ def test_assignments_need_ground_truth(tmp_path):
 
 def test_proposals_are_drawn_inside_the_images_content(tmp_path):
     """A landscape photo letterboxed to a square: no proposal in the padding below it."""
-    from frcnn.figures import make_figure
-    from frcnn.predict import Predictor
+    from frcnn.inference.predictor import Predictor
+    from frcnn.visualization.inspection import make_figure
 
     cfg = composed(tmp_path, *SMALL_MODEL, config_name="visualize")
     model = instantiate({**cfg.model, "backbone": {**cfg.model.backbone, "weights": None}})

@@ -2,7 +2,7 @@
 
 import torch
 
-from frcnn.confusion import confusion_matrix, normalised
+from frcnn.evaluation.confusion import confusion_matrix, normalised
 
 BG = 3  # row / column of the background with 3 classes
 

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torchvision.ops import box_iou
 
-from frcnn.dataset_stats import best_anchor_iou, dataset_statistics
+from frcnn.evaluation.dataset_stats import best_anchor_iou, dataset_statistics
 from frcnn.model import FasterRCNN
 from tests.app.helpers import ROOT
 

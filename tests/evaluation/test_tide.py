@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from frcnn.tide import TYPES, coco_ap, error_breakdown
+from frcnn.evaluation.tide import TYPES, coco_ap, error_breakdown
 
 A = [0.0, 0.0, 10.0, 10.0]  # a class-1 object
 B = [20.0, 20.0, 30.0, 30.0]  # a class-2 object

@@ -10,8 +10,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.boxes import content_sizes
-from frcnn.checkpoint import initial_weights
-from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.transforms import Record, Transform
 from frcnn.model import FasterRCNN, from_torchvision, load_weights
 from frcnn.model.convert import (
@@ -20,6 +19,7 @@ from frcnn.model.convert import (
     from_torchvision_keys,
     torchvision_class_names,
 )
+from frcnn.training.checkpoint import initial_weights
 from tests.model.helpers import sorted_rows
 
 

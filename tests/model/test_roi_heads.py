@@ -7,7 +7,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from frcnn.model.matching import ROI_SAMPLING, Sampling
 from frcnn.model.roi_heads import RoIHeads
-from frcnn.model.structures import Proposals, pad_targets
+from frcnn.structures import Proposals, pad_targets
 from tests.model.helpers import CHANNELS, SIDE, features, random_boxes, sorted_rows
 
 HIDDEN, CLASSES = 32, 4

@@ -6,7 +6,7 @@ from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.matching import RPN_SAMPLING, Sampling
 from frcnn.model.rpn import RPN
-from frcnn.model.structures import pad_targets
+from frcnn.structures import pad_targets
 from tests.model.helpers import random_boxes, sorted_rows
 
 SHAPES = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]  # a 128-pixel image

@@ -5,8 +5,8 @@ import torch
 from torchvision.ops import batched_nms
 
 from frcnn.data import collate
-from frcnn.model.structures import Detections
 from frcnn.model.tta import merge, mirror, unmirror
+from frcnn.structures import Detections
 
 
 def test_mirror_flips_each_content_alone_and_unmirror_brings_its_boxes_back():

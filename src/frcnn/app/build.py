@@ -18,8 +18,11 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.callbacks import Preemption
-from frcnn.checkpoint import (
+from frcnn.checks import check_number
+from frcnn.data.datamodule import StreamEpoch
+from frcnn.model.convert import Loaded, load_weights
+from frcnn.training.callbacks import Preemption
+from frcnn.training.checkpoint import (
     DATA_TARGETS,
     AtomicCheckpointIO,
     InitialWeights,
@@ -27,9 +30,6 @@ from frcnn.checkpoint import (
     initial_weights,
     refuse_code,
 )
-from frcnn.checks import check_number
-from frcnn.data.datamodule import StreamEpoch
-from frcnn.model.convert import Loaded, load_weights
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from omegaconf import OmegaConf, read_write
 
 import frcnn
-from frcnn.sweep import study_seed
+from frcnn.training.sweep import study_seed
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,14 @@ def run_of(ckpt_path: str) -> Path:
     return Path(ckpt_path).expanduser().absolute().parent.parent
 
 
+def register_resolvers() -> None:
+    """The config's own resolvers: `run_dir` (the run folder) and `study_seed` (Optuna's)."""
+    if not OmegaConf.has_resolver("run_dir"):
+        # cached: the folder is made once per run, however often Hydra resolves the key
+        OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
+        OmegaConf.register_new_resolver("study_seed", study_seed)
+
+
 def command(task_function=None, *, checkpoint_data: bool = False):
     """Decorator of an entry point's task function (see the module's docstring).
 
@@ -97,10 +105,7 @@ def command(task_function=None, *, checkpoint_data: bool = False):
     """
     if task_function is None:
         return functools.partial(command, checkpoint_data=checkpoint_data)
-    if not OmegaConf.has_resolver("run_dir"):
-        # cached: the folder is made once per run, however often Hydra resolves the key
-        OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
-        OmegaConf.register_new_resolver("study_seed", study_seed)
+    register_resolvers()
     if checkpoint_data:
         sys.argv[1:] = [re.sub(r"^data\.", "++data.", arg) for arg in sys.argv[1:]]
 

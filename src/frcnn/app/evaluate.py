@@ -15,8 +15,8 @@ from frcnn.app.build import (
     stops_other_processes_on_error,
     wait_for_other_processes,
 )
-from frcnn.app.report import finish
-from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
+from frcnn.app.summary import finish
+from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 

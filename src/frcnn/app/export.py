@@ -7,7 +7,7 @@ from pathlib import Path
 from frcnn.app.predict import find_images
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.data.synthetic import draw_sample
-from frcnn.predict import Predictor, open_image
+from frcnn.inference.predictor import Predictor, open_image
 
 log = logging.getLogger(__name__)
 

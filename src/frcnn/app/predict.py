@@ -16,8 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn.data.sources import UNREADABLE_IMAGE
-from frcnn.drawing import draw_detections
-from frcnn.predict import Predictor, open_image
+from frcnn.inference.predictor import Predictor, open_image
+from frcnn.visualization.drawing import draw_detections
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from frcnn.app.build import (
     wait_for_other_processes,
 )
 from frcnn.app.command import run_of
-from frcnn.app.report import finish
-from frcnn.callbacks import Preemption
-from frcnn.checkpoint import detector_state, load_checkpoint
+from frcnn.app.summary import finish
+from frcnn.training.callbacks import Preemption
+from frcnn.training.checkpoint import detector_state, load_checkpoint
 
 log = logging.getLogger(__name__)
 

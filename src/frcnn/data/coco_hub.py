@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from frcnn.checks import check_number
-from frcnn.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
     decide_box_format,

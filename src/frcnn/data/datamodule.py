@@ -17,6 +17,7 @@ from frcnn.checks import check_number
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
 from frcnn.data.torch_dataset import DatasetSource
 from frcnn.data.transforms import Transform, collate, relabel
+from frcnn.distributed import distributed
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +345,6 @@ def worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id)
-
-
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class StreamedBatches:

@@ -10,7 +10,7 @@ from torchvision.transforms.v2 import functional
 
 from frcnn.boxes import content_sizes
 from frcnn.checks import check_number
-from frcnn.model.structures import Targets
+from frcnn.structures import Targets
 
 RESIZE_MODES = ("letterbox", "stretch")
 

@@ -12,8 +12,8 @@ from frcnn.model.fpn import FPN
 from frcnn.model.matching import ROI_SAMPLING, RPN_SAMPLING, Sampling
 from frcnn.model.roi_heads import RoIHeads
 from frcnn.model.rpn import RPN
-from frcnn.model.structures import Detections, pad_targets
 from frcnn.model.tta import TTA, merge, mirror, unmirror
+from frcnn.structures import Detections, pad_targets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -16,7 +16,7 @@ from frcnn.boxes import (
 from frcnn.checks import check_number
 from frcnn.model.matching import IGNORED, ROI_SAMPLING, Sampling, training_labels
 from frcnn.model.poolers import POOLERS, pooler
-from frcnn.model.structures import Detections, GroundTruth, Proposals
+from frcnn.structures import Detections, GroundTruth, Proposals
 
 
 class TwoMLPHead(nn.Module):

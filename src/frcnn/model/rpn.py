@@ -15,7 +15,7 @@ from frcnn.boxes import (
 )
 from frcnn.checks import check_number
 from frcnn.model.matching import RPN_SAMPLING, Sampling, training_labels
-from frcnn.model.structures import GroundTruth, Proposals
+from frcnn.structures import GroundTruth, Proposals
 
 # Where an image has fewer proposals than the fixed count, the rest are this harmless box
 # (finite deltas and IoUs) and are masked out by the `valid` mask that goes with them.

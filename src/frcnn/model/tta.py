@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from frcnn.boxes import nms_in_rows, top_k_per_image
-from frcnn.model.structures import Detections
+from frcnn.structures import Detections
 
 TTA = ("none", "flip")
 

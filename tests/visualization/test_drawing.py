@@ -2,7 +2,7 @@
 
 import torch
 
-from frcnn.drawing import GROUND_TRUTH, class_colour, draw_labels, label_grid
+from frcnn.visualization.drawing import GROUND_TRUTH, class_colour, draw_labels, label_grid
 
 
 def test_labels_are_drawn_in_their_class_colour_with_the_image_kept_elsewhere():

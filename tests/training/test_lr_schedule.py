@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from frcnn.lr_schedule import warmup_decay
+from frcnn.training.lr_schedule import warmup_decay
 
 
 def lrs(make, steps, **kwargs):

@@ -11,10 +11,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import final_metrics, given_keys, output_dir, report_wanted, shown
-from frcnn.callbacks import WeightEMA
-from frcnn.eval_report import write_report
-from frcnn.evaluation import COLUMNS, per_class_table, write_per_class
-from frcnn.sweep import markdown_table, write_run_metrics
+from frcnn.evaluation.report import write_report
+from frcnn.evaluation.results import COLUMNS, per_class_table, write_per_class
+from frcnn.evaluation.tables import markdown_table
+from frcnn.training.callbacks import WeightEMA
+from frcnn.training.sweep import write_run_metrics
 
 log = logging.getLogger(__name__)
 

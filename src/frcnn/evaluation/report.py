@@ -10,9 +10,9 @@ import matplotlib.ticker
 import torch
 from matplotlib.figure import Figure
 
-from frcnn.confusion import confusion_matrix, normalised
-from frcnn.dataset_stats import dataset_statistics
-from frcnn.evaluation import (
+from frcnn.evaluation.confusion import confusion_matrix, normalised
+from frcnn.evaluation.dataset_stats import dataset_statistics
+from frcnn.evaluation.results import (
     CURVE_IOUS,
     RECALL,
     Evaluation,
@@ -21,8 +21,8 @@ from frcnn.evaluation import (
     pr_curves,
     write_per_class,
 )
-from frcnn.sweep import markdown_table
-from frcnn.tide import TYPES, error_breakdown
+from frcnn.evaluation.tables import markdown_table
+from frcnn.evaluation.tide import TYPES, error_breakdown
 
 DPI = 100
 LEGEND_CLASSES = 10  # more classes: thin unnamed curves (each is in pr_curves.csv)
@@ -322,7 +322,7 @@ def write_report(
         "",
         f"AP50 {100 * breakdown['AP50']:.2f} (COCO's). Every false positive and miss sorted "
         "into TIDE's error types; each row is the AP50 (points) gained by fixing that type "
-        "alone (frcnn.tide says how each is fixed).",
+        "alone (frcnn.evaluation.tide says how each is fixed).",
         "",
         markdown_table(rows, list(rows[0])),
         "![errors](errors.png)",

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from frcnn.callbacks import WeightEMA
+from frcnn.training.callbacks import WeightEMA
 
 DECAY, WARMUP = 0.5, 4.0
 

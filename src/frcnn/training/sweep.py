@@ -18,6 +18,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from frcnn.evaluation.tables import markdown_table
+
 METRICS_FILE = "metrics.json"
 # the sweeper that stops at a failed run (it re-raises its error); Optuna's records the trial as
 # failed (TrialState.FAIL) and goes on
@@ -107,26 +109,6 @@ def int_or_str(path: Path):
 def lower_is_better(metric: str) -> bool:
     """Losses (e.g. val/loss, val/roi_cls) are minimised; every other metric is maximised."""
     return "loss" in metric or metric.split("/")[-1].startswith(("rpn_", "roi_"))
-
-
-def is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    def cell(value) -> str:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        if isinstance(value, str) and len(text) > 8 and is_number(text):
-            text = f"{float(text):.4g}"  # a sampled setting (Optuna): 0.649816047538945
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 class SweepSummary(Callback):

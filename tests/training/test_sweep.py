@@ -2,8 +2,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from frcnn.app.report import printed_rows
-from frcnn.sweep import summarise, write_run_metrics
+from frcnn.app.summary import printed_rows
+from frcnn.training.sweep import summarise, write_run_metrics
 from tests.app.helpers import TINY, run
 
 

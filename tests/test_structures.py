@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from frcnn.data import collate
-from frcnn.model.structures import Targets, pad_targets
+from frcnn.structures import Targets, pad_targets
 
 
 def target(num_boxes: int, seed: int, crowd: bool = True) -> dict:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from frcnn.model import FasterRCNN
-from frcnn.module import COMPILE_SCOPES, DetectorModule
+from frcnn.training.module import COMPILE_SCOPES, DetectorModule
 from tests.conftest import in_two_processes
 
 

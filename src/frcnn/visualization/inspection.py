@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from frcnn.boxes import clip_boxes, pairwise_iou
-from frcnn.drawing import draw_detections
 from frcnn.model.matching import IGNORED, NEGATIVE, training_labels
-from frcnn.model.structures import pad_targets
+from frcnn.structures import pad_targets
+from frcnn.visualization.drawing import draw_detections
 
 DPI = 100
 SIZES = {  # inches at DPI

@@ -8,8 +8,8 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from frcnn.boxes import content_sizes, to_original_pixels
-from frcnn.checkpoint import detector_from_checkpoint, load_checkpoint
 from frcnn.data.transforms import Record, Transform, to_rgb
+from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,6 +1,7 @@
-"""Lightning callbacks: SIGTERM and SLURM's requeue signal taken by every process at the same
-step; last.ckpt at every validation, every N steps and on SIGTERM; the weights' moving
-average; detections and inspection figures drawn on fixed validation images, for TensorBoard."""
+"""Lightning callbacks of training: SIGTERM and SLURM's requeue signal taken by every process
+at the same step; a stop when the loss explodes; last.ckpt at every validation, every N steps
+and on SIGTERM; the weights' moving average. (The TensorBoard pictures are
+`frcnn.visualization.tensorboard`'s.)"""
 
 import functools
 import logging
@@ -11,16 +12,13 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from frcnn.checks import check_number
-from frcnn.data.datamodule import distributed
-from frcnn.drawing import draw_detections, label_grid
+from frcnn.distributed import distributed
 
 log = logging.getLogger(__name__)
 
@@ -249,78 +247,3 @@ class WeightEMA(WeightAveraging):
         # training is over: a later validation (train.py's of the best checkpoint) validates
         # the weights it is given, not the average swapped in for them
         self._average_model = None
-
-
-class DetectionImages(L.Callback):
-    """Every validation epoch, logs a grid of the first `num_images` validation images with
-    ground truth (white) and detections scoring at least `min_score`; at the start of
-    training, the first training batch with its labels (`train/labels`): a wrong box format or
-    class list is seen in the first minute."""
-
-    def __init__(self, num_images: int = 8, min_score: float = 0.3):
-        self.num_images = num_images
-        self.min_score = min_score
-        self._drawn: list[torch.Tensor] = []
-        self._labels_drawn = False
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._labels_drawn or not trainer.is_global_zero:
-            return
-        self._labels_drawn = True  # one picture a run: a single copy to the host
-        count = min(self.num_images, len(batch["images"]))
-        samples = zip(batch["images"][:count], batch["targets"][:count], strict=True)
-        grid = label_grid(samples, getattr(pl_module, "class_names", None))
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("train/labels", grid, trainer.global_step)
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._drawn = []
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ):
-        if batch is None or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        for image, target, detection in zip(
-            batch["images"], batch["targets"], outputs, strict=True
-        ):
-            if len(self._drawn) >= self.num_images:
-                return
-            names = getattr(pl_module, "class_names", None)
-            self._drawn.append(draw_detections(image, detection, target, names, self.min_score))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not self._drawn:
-            return
-        grid = make_grid(self._drawn, nrow=4, padding=4)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/detections", grid, trainer.global_step)
-
-
-class InspectionFigures(L.Callback):
-    """Every `every_n_epochs` validations, logs the figures named in `what` (see
-    frcnn.figures.WHAT) for the first validation image to TensorBoard."""
-
-    def __init__(self, what=("objectness", "proposals", "assignments"), every_n_epochs: int = 1):
-        self.what = tuple(what)
-        self.every_n_epochs = every_n_epochs
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ):
-        if batch is None or batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if trainer.current_epoch % self.every_n_epochs:
-            return
-        from frcnn.figures import make_figure  # matplotlib only when the callback is used
-
-        image, size, target = batch["images"][0], batch["image_sizes"][0], batch["targets"][0]
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for what in self.what:
-                    figure = make_figure(
-                        what, pl_module.model, image, size, target, pl_module.class_names
-                    )
-                    logger.experiment.add_figure(f"inspect/{what}", figure, trainer.global_step)

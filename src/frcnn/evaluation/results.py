@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from frcnn.sweep import markdown_table
+from frcnn.evaluation.tables import markdown_table
 
 COLUMNS = ("class", "AP", "AP50", "AP75", "APs", "APm", "APl", "boxes")
 # the curves drawn: index into COCOeval's IoU thresholds 0.5:0.05:0.95; None = their mean (AP's)

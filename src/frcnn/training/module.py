@@ -12,8 +12,9 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from frcnn.boxes import to_original_pixels
 from frcnn.checks import check_number
-from frcnn.evaluation import Evaluation, class_name, log_pr_curves
-from frcnn.model.structures import Targets
+from frcnn.distributed import distributed
+from frcnn.evaluation.results import Evaluation, class_name, log_pr_curves
+from frcnn.structures import Targets
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 # the detector's parts that `module.compile_scope` compiles
@@ -231,7 +232,7 @@ class DetectorModule(L.LightningModule):
         """The figures of all images of all processes: gathered once (every process then
         evaluates them all), so that processes may hold different numbers of images, none."""
         batches, self._val_batches = self._val_batches, []
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if distributed():
             everyone = [None] * dist.get_world_size()
             dist.all_gather_object(everyone, batches)
             batches = [batch for rank in everyone for batch in rank]

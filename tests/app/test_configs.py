@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from frcnn.app.build import build_trainer
 from frcnn.model import FasterRCNN
-from frcnn.module import DetectorModule
+from frcnn.training.module import DetectorModule
 from tests.app.helpers import composed
 
 CONF = Path(__file__).parents[2] / "conf"
@@ -36,10 +36,13 @@ def build_all(cfg):
 OFFLINE = ["model.backbone.weights=null"]  # no ImageNet download in the tests
 
 
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.parametrize(
     ("group", "option"),
     [
-        (g, o)
+        pytest.param(g, o, marks=GPU) if (g, o) == ("device", "gpu") else (g, o)
         for g in (
             "data",
             "model",
@@ -60,7 +63,20 @@ def test_every_group_option_instantiates(tmp_path, group, option):
     cfg = composed(tmp_path, f"{group}={option}", *folder, *OFFLINE)
     datamodule, model, module, _, _ = build_all(cfg)
     assert isinstance(model, FasterRCNN) and isinstance(module, DetectorModule)
-    if group not in ("precision", "device"):  # the trainer itself: checked below on this CPU
+    if group in ("precision", "device"):  # the trainer, as the run builds it
+        from frcnn.app.build import build_trainer
+
+        trainer = build_trainer(cfg)
+        if group == "precision":  # a CPU has no float16 autocast: Lightning takes bfloat16
+            on_cpu = {"16-mixed": "bf16-mixed"} if not torch.cuda.is_available() else {}
+            assert trainer.precision == on_cpu.get(option, option)
+        else:
+            strategy = type(trainer.strategy).__name__
+            assert (strategy == "DDPStrategy") == (option == "ddp"), strategy
+            assert (trainer.accelerator.__class__.__name__ == "CUDAAccelerator") == (
+                option == "gpu" or (option in ("auto", "ddp") and torch.cuda.is_available())
+            )
+    else:
         instantiate(cfg.trainer, accelerator="cpu", devices=1, strategy="auto")
 
 
@@ -95,12 +111,14 @@ def test_coco400_fails_fast_and_checkpoints_often(tmp_path):
     assert cfg.data.train.seed == cfg.seed  # the run's seed drives the shuffle
 
 
-def test_sixteen_bit_mixed_precision_builds(tmp_path):
-    cfg = composed(tmp_path, "precision=16-mixed", *OFFLINE)
-    assert cfg.trainer.precision == "16-mixed"
-    build_all(cfg)
-    if torch.cuda.is_available():
-        assert instantiate(cfg.trainer).precision == "16-mixed"
+@GPU
+def test_the_coco400_recipe_builds_its_trainer_on_a_gpu(tmp_path):
+    from frcnn.app.build import build_trainer
+
+    cfg = composed(tmp_path, "experiment=coco400", *OFFLINE)
+    trainer = build_trainer(cfg)
+    assert trainer.precision == "16-mixed"
+    assert type(trainer.accelerator).__name__ == "CUDAAccelerator"
 
 
 def test_every_threshold_is_a_config_value(tmp_path):
@@ -277,3 +295,9 @@ def test_finetune_composes_with_every_data_config(tmp_path, data):
         50, "layer1", 24,
     )  # fmt: skip
     assert cfg.trainer.check_val_every_n_epoch == 1 and cfg.module.scheduler.warmup_steps < 1
+
+
+@pytest.mark.parametrize("choice", ["debug=fdr", "debug=overfit", "debug=profiler"])
+def test_debug_runs_have_a_folder_of_their_own(tmp_path, choice):
+    assert composed(tmp_path, choice).task_name == "debug"
+    assert composed(tmp_path).task_name == "train"

@@ -105,28 +105,26 @@ def is_large_enough(boxes: Tensor, min_size: float) -> Tensor:
     )
 
 
+def pairwise_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Intersection areas of (..., N, 4) with (..., M, 4) boxes -> (..., N, M), the leading
+    (batch) dimensions broadcast: what IoU and IoA share."""
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    return (rb - lt).clamp(min=0).prod(-1)
+
+
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of (B, N, 4) with (B, M, 4) boxes, image by image -> (B, N, M).
-
-    The batched form of `torchvision.ops.box_iou` (which compares every box with every box);
-    tested against it.
-    """
-    area1 = box_area(boxes1)
-    area2 = box_area(boxes2)
-    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
-    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[:, :, None] + area2[:, None, :] - inter)
+    """IoU of (..., N, 4) with (..., M, 4) boxes -> (..., N, M): `torchvision.ops.box_iou`
+    (every box with every box) image by image when given (B, N, 4) and (B, M, 4); tested
+    against it."""
+    inter = pairwise_intersection(boxes1, boxes2)
+    return inter / (box_area(boxes1)[..., :, None] + box_area(boxes2)[..., None, :] - inter)
 
 
-def crowd_overlap(boxes: Tensor, crowds: Tensor) -> Tensor:
-    """COCO's IoU of (N, 4) boxes with (K, 4) crowd regions -> (N, K): the intersection over
-    the box's own area (a box inside a crowd region overlaps it fully)."""
-    lt = torch.maximum(boxes[:, None, :2], crowds[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], crowds[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / box_area(boxes).clamp(min=1e-12)[:, None]
+def pairwise_ioa(boxes: Tensor, regions: Tensor) -> Tensor:
+    """COCO's IoU of (..., N, 4) boxes with (..., K, 4) crowd regions -> (..., N, K): the
+    intersection over the box's own area (a box inside a crowd region overlaps it fully)."""
+    return pairwise_intersection(boxes, regions) / box_area(boxes).clamp(min=1e-12)[..., :, None]
 
 
 class NMSInRows(torch.autograd.Function):

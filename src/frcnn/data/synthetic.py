@@ -5,8 +5,10 @@ detector must use both form and colour to tell the classes apart.
 """
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
+from frcnn.boxes import pairwise_iou
 from frcnn.data.sources import MapSource
 from frcnn.data.transforms import Record, Transform
 
@@ -63,7 +65,8 @@ def draw_sample(
         w, h = max(6, int(side * np.sqrt(aspect))), max(6, int(side / np.sqrt(aspect)))
         x0, y0 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
         box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float32)
-        if boxes and _iou(box, np.stack(boxes)).max() > max_overlap:
+        placed = torch.from_numpy(np.stack(boxes)) if boxes else torch.zeros(0, 4)
+        if pairwise_iou(torch.from_numpy(box[None]), placed).gt(max_overlap).any():
             continue
         label = int(rng.integers(1, num_classes + 1))
         shape, colour = class_style(label)
@@ -80,14 +83,6 @@ def draw_sample(
         boxes.append(box)
         labels.append(label)
     return Record(image, np.stack(boxes), np.array(labels, dtype=np.int64), index)
-
-
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    lt = np.maximum(box[:2], others[:, :2])
-    rb = np.minimum(box[2:], others[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / (area(box) + area(others) - inter)
 
 
 class SyntheticShapes(MapSource):

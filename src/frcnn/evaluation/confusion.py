@@ -8,9 +8,8 @@ lies on a crowd region (half its area or more) is not counted, as COCOeval ignor
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
-from frcnn.boxes import crowd_overlap
+from frcnn.boxes import pairwise_ioa, pairwise_iou
 
 
 def confusion_matrix(
@@ -30,7 +29,7 @@ def confusion_matrix(
             pred["boxes"][confident][order].double(),
             pred["labels"][confident][order] - 1,
         )
-        overlap = box_iou(boxes, gt_boxes)
+        overlap = pairwise_iou(boxes, gt_boxes)
         taken = torch.zeros(len(gt_labels), dtype=torch.bool)
         unmatched = torch.ones(len(labels), dtype=torch.bool)
         for i in range(len(labels) if len(gt_labels) else 0):
@@ -40,7 +39,7 @@ def confusion_matrix(
                 taken[j], unmatched[i] = True, False
                 matrix[gt_labels[j], labels[i]] += 1
         if crowd.any() and len(labels):
-            unmatched &= ~(crowd_overlap(boxes, truth["boxes"][crowd].double()) >= iou).any(1)
+            unmatched &= ~(pairwise_ioa(boxes, truth["boxes"][crowd].double()) >= iou).any(1)
         matrix[background].index_add_(0, labels[unmatched], torch.ones_like(labels[unmatched]))
         missed = gt_labels[~taken]
         matrix[:, background].index_add_(0, missed, torch.ones_like(missed))

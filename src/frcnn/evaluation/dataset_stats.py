@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from frcnn.boxes import box_area
+from frcnn.boxes import box_area, pairwise_iou
 from frcnn.model.anchors import cell_anchors
 from frcnn.model.poolers import assign_levels
 
@@ -36,11 +36,8 @@ def best_anchor_iou(boxes: Tensor, generator, image_size: int) -> Tensor:
         index = (centres / stride - generator.offset).round().clamp(0, cells - 1)
         nearest = ((index + generator.offset) * stride).repeat(1, 2)  # (N, 4)
         anchors = nearest[:, None, :] + cell_anchors(sizes, ratios)[None]  # (N, A, 4)
-        lt = torch.maximum(boxes[:, None, :2], anchors[..., :2])
-        rb = torch.minimum(boxes[:, None, 2:], anchors[..., 2:])
-        inter = (rb - lt).clamp(min=0).prod(-1)
-        union = box_area(boxes)[:, None] + box_area(anchors) - inter
-        best[:, level] = (inter / union).amax(1) if len(boxes) else best[:, level]
+        iou = pairwise_iou(boxes[:, None], anchors)[:, 0]  # each box with its own anchors
+        best[:, level] = iou.amax(1) if len(boxes) else best[:, level]
     return best
 
 

@@ -21,9 +21,8 @@ ignored, as COCOeval does.
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
-from frcnn.boxes import crowd_overlap
+from frcnn.boxes import pairwise_ioa, pairwise_iou
 
 TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
 CLS, LOC, BOTH, DUPE, BKG, MISS = range(len(TYPES))
@@ -64,7 +63,7 @@ def _image(pred, truth, fg, bg, max_detections):
     keep = rank < max_detections
     labels, boxes, scores = labels[keep], boxes[keep], pred["scores"][order][keep]
     d, g = len(labels), len(gt_labels)
-    iou = box_iou(boxes, gt_boxes).numpy() if d and g else np.zeros((d, g))
+    iou = pairwise_iou(boxes, gt_boxes).numpy() if d and g else np.zeros((d, g))
     same = (labels[:, None] == gt_labels[None, :]).numpy()
     cls_iou, noncls_iou = iou * same, iou * ~same
 
@@ -78,7 +77,7 @@ def _image(pred, truth, fg, bg, max_detections):
             available[:, j] = 0
     ignored = np.zeros(d, bool)
     if len(crowd_boxes) and d:
-        on_crowd = (crowd_overlap(boxes, crowd_boxes) >= fg) & (
+        on_crowd = (pairwise_ioa(boxes, crowd_boxes) >= fg) & (
             labels[:, None] == crowd_labels[None, :]
         )
         ignored = ~tp & on_crowd.any(1).numpy()

@@ -2,6 +2,8 @@
 names import the same classes and functions."""
 
 import importlib
+import re
+from pathlib import Path
 
 import pytest
 from hydra.utils import get_class, get_method, instantiate
@@ -37,3 +39,21 @@ def test_old_targets_of_a_config_instantiate():
         "frcnn.training.lr_schedule.warmup_decay"
     )
     assert get_class("frcnn.sweep.SweepSummary").__module__ == "frcnn.training.sweep"
+
+
+def test_the_project_itself_names_only_the_new_modules():
+    """The old names are for configs and scripts of others: an old name imports a copy of its
+    module's namespace, which a test's monkeypatch of the new module would not reach."""
+    root = Path(__file__).parents[1]
+    old = "|".join(re.escape(name) for name in MOVED)
+    parts = "|".join(re.escape(name.rpartition(".")[2]) for name in MOVED)
+    pattern = re.compile(rf"(?<![\w.])({old})(?![\w])|from frcnn(\.model)? import ({parts})\b")
+    files = [*root.glob("src/**/*.py"), *root.glob("tests/**/*.py"), *root.glob("bench/*.py")]
+    files += [*root.glob("conf/**/*.yaml"), root / "README.md"]
+    mentions = [
+        f"{path.relative_to(root)}: {match.group(0)}"
+        for path in files
+        if path not in (Path(__file__), root / "src" / "frcnn" / "__init__.py")
+        for match in pattern.finditer(path.read_text())
+    ]
+    assert not mentions

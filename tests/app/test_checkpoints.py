@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from frcnn import MOVED
 from frcnn.app.build import checkpoint_run_config
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 from tests.app.helpers import TINY, composed, metrics, run, run_dirs
@@ -162,8 +163,8 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
 
 def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_path):
     """A checkpoint whose config names ImageNet weights, init_weights and a training set that
-    are all unreachable, and the modules of the flat layout before the packages
-    (`frcnn.module`, `frcnn.callbacks`): eval.py, given nothing but the checkpoint, rebuilds its
+    are all unreachable, and the module names of the flat layout before the packages
+    (`frcnn.MOVED`): eval.py, given nothing but the checkpoint, rebuilds its
     detector and its validation data from the checkpoint and reproduces the logged val/map."""
     _, run_dir = trained
     best = next((run_dir / "checkpoints").glob("epoch*-map*.ckpt"))  # the run's final figures
@@ -177,11 +178,12 @@ def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_pat
         "annotation_file": "/nowhere/instances_train2017.json",
         "image_dir": "/nowhere/train2017",
     }
-    config["module"]["_target_"] = "frcnn.module.DetectorModule"
-    config["module"]["scheduler"]["_target_"] = "frcnn.lr_schedule.warmup_decay"
-    for callback in config["callbacks"].values():  # frcnn.training.callbacks.X -> frcnn.callbacks.X
-        if callback:
-            callback["_target_"] = callback["_target_"].replace("frcnn.training.", "frcnn.")
+    old_name = {new: old for old, new in MOVED.items()}
+    for section in (config["module"], config["module"]["scheduler"], *config["callbacks"].values()):
+        if section:  # e.g. WeightEMA in training.callbacks -> in callbacks
+            module, _, name = section["_target_"].rpartition(".")
+            section["_target_"] = f"{old_name.get(module, module)}.{name}"
+    assert config["module"]["_target_"] == "frcnn." + "module.DetectorModule"
     path = tmp_path / "offline.ckpt"
     torch.save(checkpoint, path)
     run("eval.py", f"ckpt_path={path}", "device=cpu", log_dir=tmp_path)

@@ -21,7 +21,7 @@ def export(cfg) -> Path:
     The graph is written to a temporary file beside `cfg.output` and renamed to it only once
     checked: a failed check or export leaves no unchecked file, and an older file stays."""
     require_export_extra()
-    from frcnn import export as onnx_export
+    from frcnn.inference import onnx_graph as onnx_export
 
     opset = onnx_export.check_opset(cfg.opset)
     output = writable_file(cfg.output)

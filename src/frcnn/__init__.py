@@ -33,6 +33,7 @@ MOVED_NAMES = {
     ("frcnn.callbacks", "DetectionImages"): "frcnn.visualization.tensorboard",
     ("frcnn.callbacks", "InspectionFigures"): "frcnn.visualization.tensorboard",
     ("frcnn.sweep", "markdown_table"): "frcnn.evaluation.tables",
+    ("frcnn.figures", "DPI"): "frcnn.visualization.canvas",
 }
 
 

@@ -20,6 +20,11 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 
+def class_name(label: int, class_names: list[str] | None) -> str:
+    """The name of label 1..C, or the label itself where the data has no names."""
+    return class_names[label - 1] if class_names else str(label)
+
+
 class GroundTruth(NamedTuple):
     """The targets of a batch padded to G boxes per image (G >= 1)."""
 

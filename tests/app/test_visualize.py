@@ -9,7 +9,8 @@ from PIL import Image
 
 from frcnn.app import visualize
 from frcnn.boxes import content_sizes
-from frcnn.visualization.inspection import DPI, SIZES, WHAT
+from frcnn.visualization.canvas import DPI
+from frcnn.visualization.inspection import SIZES, WHAT
 from tests.app.helpers import composed, run
 
 SMALL_MODEL = ["model.fpn_channels=32", "data.image_size=128", "data.num_workers=0", "device=cpu"]

@@ -12,9 +12,9 @@ from tensorboard.util.tensor_util import make_ndarray
 from torch.utils.tensorboard import SummaryWriter
 
 from frcnn.data import COCOFolder, Transform
-from frcnn.evaluation.report import pr_figure
 from frcnn.evaluation.results import CURVE_IOUS, Evaluation, log_pr_curves, pr_curves
 from frcnn.training.module import DetectorModule
+from frcnn.visualization.report_figures import pr_figure
 from tests.app.test_evaluation import (
     CATEGORIES,
     FixedDetections,

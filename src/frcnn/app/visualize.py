@@ -14,11 +14,12 @@ from frcnn.app.build import checkpoint_run_config, classes_from_data
 from frcnn.boxes import content_sizes
 from frcnn.data.sources import first_samples
 from frcnn.evaluation.dataset_stats import dataset_statistics
-from frcnn.evaluation.report import dataset_figure, dataset_markdown
+from frcnn.evaluation.report import dataset_markdown
 from frcnn.inference.predictor import Predictor
 from frcnn.training.checkpoint import build_detector, detector_from_checkpoint, load_checkpoint
 from frcnn.visualization.drawing import label_grid
 from frcnn.visualization.inspection import make_figure
+from frcnn.visualization.report_figures import dataset_figure
 
 log = logging.getLogger(__name__)
 

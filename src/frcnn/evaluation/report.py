@@ -5,194 +5,23 @@ import csv
 import math
 from pathlib import Path
 
-import matplotlib.colors
-import matplotlib.ticker
-import torch
-from matplotlib.figure import Figure
-
 from frcnn.evaluation.confusion import confusion_matrix, normalised
 from frcnn.evaluation.dataset_stats import dataset_statistics
 from frcnn.evaluation.results import (
-    CURVE_IOUS,
     RECALL,
     Evaluation,
-    mean_curve,
     per_class_table,
     pr_curves,
     write_per_class,
 )
 from frcnn.evaluation.tables import markdown_table
 from frcnn.evaluation.tide import TYPES, error_breakdown
-
-DPI = 100
-LEGEND_CLASSES = 10  # more classes: thin unnamed curves (each is in pr_curves.csv)
-ANNOTATED_CLASSES = 20  # fewer classes: counts written in the confusion matrix's cells
-
-
-def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1):
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False).flat
-
-
-def _font(num_classes: int) -> float:
-    return 9 if num_classes <= 30 else 7
-
-
-def pr_figure(evaluation: Evaluation) -> Figure:
-    """One panel per IoU of CURVE_IOUS: every class's curve and their mean (bold, its area the
-    mAP), recall on x."""
-    fig, axes = _figure(15, 5, ncols=len(CURVE_IOUS))
-    curves = pr_curves(evaluation.precision)
-    named = len(evaluation.classes) <= LEGEND_CLASSES
-    for ax, (iou, per_class) in zip(axes, curves.items(), strict=True):
-        for k, label in enumerate(evaluation.classes):
-            if not per_class[k].isnan().all():
-                name = f"{evaluation.name(label)} ({float(per_class[k].mean()):.3f})"
-                ax.plot(
-                    RECALL.numpy(),
-                    per_class[k].numpy(),
-                    lw=1.2 if named else 0.5,
-                    alpha=1 if named else 0.35,
-                    color=None if named else "grey",
-                    label=name if named else None,
-                )
-        mean = mean_curve(per_class)
-        ax.plot(
-            RECALL.numpy(),
-            mean.numpy(),
-            lw=3,
-            color="black",
-            label=f"all classes ({float(mean.mean()):.3f})",
-        )
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
-        ax.set_title(f"IoU {iou}" + (" (mean of the 10 IoUs: COCO's AP)" if ":" in iou else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
-    return fig
-
-
-def confusion_figure(matrix: torch.Tensor, names: list[str], share: bool, score: float) -> Figure:
-    """The matrix as a heat map: rows the true class, columns the detected one (background
-    last on both); `share` colours each row's fractions, else the counts (log scale). Classes
-    that neither have a box nor were detected are left out (the CSV has them all)."""
-    values = normalised(matrix) if share else matrix.double()
-    seen = (matrix.sum(0) + matrix.sum(1) > 0).nonzero().squeeze(1).tolist()
-    seen = [i for i in seen if i < len(names) - 1] + [len(names) - 1]  # background last
-    values, names = values[seen][:, seen], [names[i] for i in seen]
-    num = len(names)
-    side = max(6.0, 0.17 * num + 3)
-    fig, (ax,) = _figure(side, side - 0.8)
-    norm = (
-        matplotlib.colors.Normalize(0, 1)
-        if share
-        else matplotlib.colors.LogNorm(1, max(float(values.max()), 2))
-    )
-    image = ax.imshow(values.masked_fill(values == 0, math.nan).numpy(), cmap="viridis", norm=norm)
-    ticks = range(num)
-    font = _font(num)
-    ax.set_xticks(ticks, names, rotation=90, fontsize=font)
-    ax.set_yticks(ticks, names, fontsize=font)
-    ax.set(xlabel="detected as", ylabel="true class")
-    what = "share of each row" if share else "boxes"
-    ax.set_title(f"Confusion matrix, IoU 0.5, score >= {score}\n({what})")
-    if num <= ANNOTATED_CLASSES:
-        for (row, col), value in zip(
-            torch.cartesian_prod(torch.arange(num), torch.arange(num)).tolist(),
-            values.flatten().tolist(),
-            strict=True,
-        ):
-            if value:
-                ax.text(
-                    col,
-                    row,
-                    f"{value:.2f}" if share else f"{int(value)}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white",
-                )
-    fig.colorbar(image, ax=ax, shrink=0.6)
-    return fig
-
-
-def errors_figure(breakdown: dict) -> Figure:
-    """The AP50 gained by fixing each error type alone, as bars (with the errors' counts)."""
-    fig, (ax,) = _figure(8, 4)
-    gains = [100 * breakdown["dAP"][t] for t in TYPES]
-    bars = ax.barh(TYPES, gains, color="tab:red")
-    ax.bar_label(
-        bars,
-        [f"{g:.1f} ({breakdown['count'][t]})" for g, t in zip(gains, TYPES, strict=True)],
-        padding=3,
-        fontsize=9,
-    )
-    ax.invert_yaxis()
-    ax.set_xlabel("AP50 points gained by fixing this error type alone (errors)")
-    ax.set_title(f"Where the AP50 goes (AP50 = {100 * breakdown['AP50']:.1f}; TIDE's error types)")
-    ax.set_xlim(0, max(gains + [1]) * 1.25)
-    return fig
-
-
-def dataset_figure(stats: dict, names: list[str]) -> Figure:
-    """Boxes per class and per image, box sides against the pooled levels, anchor coverage."""
-    counts = torch.bincount(stats["labels"], minlength=len(names) + 1)[1:]
-    present = counts.nonzero().squeeze(1).tolist()  # classes without boxes: named in the title
-    fig, axes = _figure(max(14, 0.18 * len(present) + 6), 9, ncols=2, nrows=2)
-    per_class, per_image, sides, coverage = axes
-    per_class.bar(range(len(present)), counts[present].tolist(), color="tab:blue")
-    per_class.set_xticks(
-        range(len(present)), [names[i] for i in present], rotation=90, fontsize=_font(len(present))
-    )
-    missing = [names[i] for i in range(len(names)) if i not in present]
-    title = f"Boxes per class ({int(counts.sum())} in all)"
-    if missing:
-        title += (
-            f"; none of {', '.join(missing)}"
-            if len(missing) <= 5
-            else f"; none of {len(missing)} classes"
-        )
-    per_class.set(ylabel="boxes", title=title)
-    counts_per_image = stats["boxes_per_image"].tolist()
-    edges = [k - 0.5 for k in range(max(counts_per_image, default=0) + 2)]  # one bar per count
-    per_image.hist(counts_per_image, bins=edges, color="tab:blue", rwidth=0.8)
-    per_image.set(xlabel="boxes in the image", ylabel="images", title="Boxes per image")
-    finite = stats["sides"][stats["sides"] > 0]
-    if len(finite):
-        bins = torch.logspace(
-            math.log10(max(float(finite.min()), 1)), math.log10(float(finite.max()) + 1), 40
-        )
-        sides.hist(finite.tolist(), bins=bins.tolist(), color="tab:blue")
-    sides.set_xscale("log")
-    sides.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    sides.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    for edge, name in stats["level_edges"]:
-        sides.axvline(edge, color="black", ls="--", lw=1)
-        sides.text(
-            edge, 1.0, f" {name}", transform=sides.get_xaxis_transform(), va="top", fontsize=8
-        )
-    sides.set(
-        xlabel="box side sqrt(area), input pixels",
-        ylabel="boxes",
-        title="Box sizes and the FPN level that pools them (dashed: level changes)",
-    )
-    columns = [*stats["level_names"], "any level"]
-    rows = [r for r in stats["table"] if r["boxes"]]
-    grid = torch.tensor([[r[c] for c in columns] for r in rows]).reshape(len(rows), len(columns))
-    coverage.imshow(grid.numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    for (i, j), value in zip(
-        torch.cartesian_prod(torch.arange(len(rows)), torch.arange(len(columns))).tolist(),
-        grid.flatten().tolist(),
-        strict=True,
-    ):
-        coverage.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=8)
-    coverage.set_xticks(range(len(columns)), columns)
-    coverage.set_yticks(range(len(rows)), [f"{r['side (px)']} ({r['boxes']})" for r in rows])
-    coverage.set(
-        xlabel="anchors of",
-        ylabel="box side, px (boxes)",
-        title=f"Boxes with an anchor of IoU >= {stats['fg_iou']} (RPN foreground)",
-    )
-    return fig
+from frcnn.visualization.report_figures import (
+    confusion_figure,
+    dataset_figure,
+    errors_figure,
+    pr_figure,
+)
 
 
 def dataset_markdown(stats: dict) -> str:
@@ -232,27 +61,45 @@ def write_report(
     """Every table and picture of `evaluation` into `folder` (made), the data and anchor
     statistics too where the `model` is given, and the training set's classes before and after
     repeat-factor sampling where `sampling` (`repeat_factors.class_table`) is given; returns
-    `folder / "index.md"`."""
+    `folder / "index.md"`, which shows them all, section by section."""
     folder.mkdir(parents=True, exist_ok=True)
     names = [evaluation.name(label) for label in range(1, _num_classes(evaluation) + 1)]
-    sections = ["# Evaluation report", ""]
-    if evaluation.metrics:
-        rows = [{"metric": k, "value": v} for k, v in evaluation.metrics.items()]
-        sections += [markdown_table(rows, ["metric", "value"])]
-
-    boxes = evaluation.boxes_per_class()
-    table = write_per_class(
-        per_class_table(evaluation.precision, evaluation.classes, evaluation.class_names, boxes),
-        folder,
-    )
-    sections += [
-        "## Per class (the worst AP first)",
-        "",
-        "[per_class.csv](per_class.csv)",
-        "",
-        table,
+    sections = [
+        ["# Evaluation report", ""],
+        metrics_section(evaluation),
+        per_class_section(evaluation, folder),
+        pr_section(evaluation, folder),
+        confusion_section(evaluation, folder, names, score_threshold),
+        errors_section(evaluation, folder),
     ]
+    if model is not None and evaluation.image_size:
+        sections.append(dataset_section(evaluation, folder, names, model))
+    if sampling:
+        sections.append(sampling_section(sampling, folder))
+    index = folder / "index.md"
+    index.write_text("\n".join(line for section in sections for line in section))
+    return index
 
+
+def metrics_section(evaluation: Evaluation) -> list[str]:
+    rows = [{"metric": k, "value": v} for k, v in evaluation.metrics.items()]
+    return [markdown_table(rows, ["metric", "value"])] if rows else []
+
+
+def per_class_section(evaluation: Evaluation, folder: Path) -> list[str]:
+    """per_class.csv and .md: the precision array's per-class APs, the worst first."""
+    rows = per_class_table(
+        evaluation.precision,
+        evaluation.classes,
+        evaluation.class_names,
+        evaluation.boxes_per_class(),
+    )
+    table = write_per_class(rows, folder)
+    return ["## Per class (the worst AP first)", "", "[per_class.csv](per_class.csv)", "", table]
+
+
+def pr_section(evaluation: Evaluation, folder: Path) -> list[str]:
+    """pr_curves.csv (every point) and .png."""
     curves = pr_curves(evaluation.precision)
     _write_csv(
         folder / "pr_curves.csv",
@@ -266,7 +113,7 @@ def write_report(
         ),
     )
     pr_figure(evaluation).savefig(folder / "pr_curves.png")
-    sections += [
+    return [
         "## Precision-recall curves",
         "",
         "COCOeval's own curves (all areas, 100 detections per image): the area under each is "
@@ -277,6 +124,11 @@ def write_report(
         "",
     ]
 
+
+def confusion_section(
+    evaluation: Evaluation, folder: Path, names: list[str], score_threshold: float
+) -> list[str]:
+    """confusion_matrix(_normalised).csv and .png: counts and row shares."""
     matrix = confusion_matrix(
         evaluation.preds, evaluation.truths, len(names), score=score_threshold
     )
@@ -291,7 +143,7 @@ def write_report(
         confusion_figure(matrix, axis, share, score_threshold).savefig(
             folder / f"confusion_matrix{suffix}.png"
         )
-    sections += [
+    return [
         "## Confusion matrix",
         "",
         f"Each ground-truth box counted in its row by the class of the detection (score >= "
@@ -306,6 +158,9 @@ def write_report(
         "",
     ]
 
+
+def errors_section(evaluation: Evaluation, folder: Path) -> list[str]:
+    """errors.csv and .png: TIDE's error types and the AP50 fixing each would gain."""
     breakdown = error_breakdown(evaluation.preds, evaluation.truths)
     rows = [
         {
@@ -317,7 +172,7 @@ def write_report(
     ]
     _write_csv(folder / "errors.csv", list(rows[0]), ([*r.values()] for r in rows))
     errors_figure(breakdown).savefig(folder / "errors.png")
-    sections += [
+    return [
         "## Where the AP goes",
         "",
         f"AP50 {100 * breakdown['AP50']:.2f} (COCO's). Every false positive and miss sorted "
@@ -329,40 +184,42 @@ def write_report(
         "",
     ]
 
-    if model is not None and evaluation.image_size:
-        stats = dataset_statistics(
-            evaluation.input_boxes, evaluation.input_labels, model, evaluation.image_size
-        )
-        text = dataset_markdown(stats)
-        (folder / "dataset.md").write_text(text)
-        dataset_figure(stats, names).savefig(folder / "dataset.png")
-        sections += [
-            "## The data and the anchors",
-            "",
-            f"The evaluated images' boxes at the {evaluation.image_size} px input. " + text,
-            "![data and anchors](dataset.png)",
-            "",
-        ]
-    if sampling:
-        rows = [
-            {"class": name, "training images": images, "share before": 100 * before,
-             "share after": 100 * after}
-            for name, images, before, after in sampling
-        ]  # fmt: skip
-        _write_csv(folder / "sampling.csv", list(rows[0]), ([*r.values()] for r in rows))
-        sections += [
-            "## Training images per class, repeat-factor sampling",
-            "",
-            "The training images that have each class, and their share (%) of an epoch's "
-            "images before and after repeat-factor sampling (data.train."
-            "repeat_factor_threshold): rare classes are seen more often. "
-            "[sampling.csv](sampling.csv)",
-            "",
-            markdown_table(rows, list(rows[0])),
-        ]
-    index = folder / "index.md"
-    index.write_text("\n".join(sections))
-    return index
+
+def dataset_section(evaluation: Evaluation, folder: Path, names: list[str], model) -> list[str]:
+    """dataset.md and .png: the evaluated boxes against the model's anchors and pooler."""
+    stats = dataset_statistics(
+        evaluation.input_boxes, evaluation.input_labels, model, evaluation.image_size
+    )
+    text = dataset_markdown(stats)
+    (folder / "dataset.md").write_text(text)
+    dataset_figure(stats, names).savefig(folder / "dataset.png")
+    return [
+        "## The data and the anchors",
+        "",
+        f"The evaluated images' boxes at the {evaluation.image_size} px input. " + text,
+        "![data and anchors](dataset.png)",
+        "",
+    ]
+
+
+def sampling_section(sampling: list, folder: Path) -> list[str]:
+    """sampling.csv: each class's training images and share before and after repeat factors."""
+    rows = [
+        {"class": name, "training images": images, "share before": 100 * before,
+         "share after": 100 * after}
+        for name, images, before, after in sampling
+    ]  # fmt: skip
+    _write_csv(folder / "sampling.csv", list(rows[0]), ([*r.values()] for r in rows))
+    return [
+        "## Training images per class, repeat-factor sampling",
+        "",
+        "The training images that have each class, and their share (%) of an epoch's "
+        "images before and after repeat-factor sampling (data.train."
+        "repeat_factor_threshold): rare classes are seen more often. "
+        "[sampling.csv](sampling.csv)",
+        "",
+        markdown_table(rows, list(rows[0])),
+    ]
 
 
 def _num_classes(evaluation: Evaluation) -> int:

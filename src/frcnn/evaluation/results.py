@@ -12,16 +12,12 @@ import torch
 from torch import Tensor
 
 from frcnn.evaluation.tables import markdown_table
+from frcnn.structures import class_name
 
 COLUMNS = ("class", "AP", "AP50", "AP75", "APs", "APm", "APl", "boxes")
 # the curves drawn: index into COCOeval's IoU thresholds 0.5:0.05:0.95; None = their mean (AP's)
 CURVE_IOUS = {"0.5": 0, "0.75": 5, "0.5:0.95": None}
 RECALL = torch.linspace(0, 1, 101, dtype=torch.float64)  # COCO's recall points
-
-
-def class_name(label: int, class_names: list[str] | None) -> str:
-    """The name of label 1..C, or the label itself where the data has no names."""
-    return class_names[label - 1] if class_names else str(label)
 
 
 @dataclass

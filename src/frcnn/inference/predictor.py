@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from frcnn.boxes import content_sizes, to_original_pixels
 from frcnn.data.transforms import Record, Transform, to_rgb
+from frcnn.structures import class_name
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 
 
@@ -74,7 +75,7 @@ class Predictor:
         )
 
     def name(self, label: int) -> str:
-        return self.class_names[label - 1] if self.class_names else str(label)
+        return class_name(label, self.class_names)
 
     def prepare(self, image) -> tuple[Tensor, dict]:
         """One image -> uint8 (3, S, S) input and its target dict (scale_xy, orig_size)."""

@@ -13,8 +13,8 @@ from torchmetrics.detection import MeanAveragePrecision
 from frcnn.boxes import to_original_pixels
 from frcnn.checks import check_number
 from frcnn.distributed import distributed
-from frcnn.evaluation.results import Evaluation, class_name, log_pr_curves
-from frcnn.structures import Targets
+from frcnn.evaluation.results import Evaluation, log_pr_curves
+from frcnn.structures import Targets, class_name
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 # the detector's parts that `module.compile_scope` compiles

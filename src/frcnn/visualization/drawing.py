@@ -3,7 +3,7 @@
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from frcnn.evaluation.results import class_name
+from frcnn.structures import class_name
 
 # white: every class colour has a channel at 0 (`class_colour`), so no class is drawn so
 GROUND_TRUTH = (255, 255, 255)

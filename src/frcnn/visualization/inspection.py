@@ -8,16 +8,15 @@ matplotlib Figure of a fixed size.
 
 import matplotlib
 import torch
-from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from frcnn.boxes import clip_boxes, pairwise_iou
 from frcnn.model.matching import IGNORED, NEGATIVE, training_labels
 from frcnn.structures import pad_targets
+from frcnn.visualization.canvas import figure
 from frcnn.visualization.drawing import draw_detections
 
-DPI = 100
-SIZES = {  # inches at DPI
+SIZES = {  # inches at canvas.DPI
     "anchors": (7, 7),
     "objectness": (16, 3.6),
     "proposals": (12, 6.4),
@@ -28,12 +27,7 @@ WHAT = tuple(SIZES)
 
 
 def _figure(what: str, ncols: int = 1, nrows: int = 1):
-    # matplotlib's object API, not pyplot: no backend, no window, no global state
-    fig = Figure(figsize=SIZES[what], dpi=DPI, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    return fig, axes.flat
+    return figure(*SIZES[what], ncols=ncols, nrows=nrows, axes=False)
 
 
 def _show(ax, image, title: str):

@@ -19,6 +19,8 @@ Unlike TIDE's own code, which treats them as false positives, detections on crow
 ignored, as COCOeval does.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -47,44 +49,58 @@ def coco_ap(true_positive: np.ndarray, num_truth: int) -> float:
     return float(at_points.mean())
 
 
-def _image(pred, truth, fg, bg, max_detections):
-    """One image -> (labels, scores, tp, error, fixed label, fixed tp, kept) per kept detection
-    in score order, and (labels, missed) per non-crowd ground truth box."""
-    crowd = truth["iscrowd"].bool()
-    gt_boxes, gt_labels = truth["boxes"][~crowd].double(), truth["labels"][~crowd]
-    crowd_boxes, crowd_labels = truth["boxes"][crowd].double(), truth["labels"][crowd]
+class ImageDetections(NamedTuple):
+    """One image's kept detections, in score order (arrays of D)."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    tp: np.ndarray  # matched a box of its class at the foreground IoU (COCO's true positive)
+    error: np.ndarray  # the error type (CLS..BKG), -1 for a true positive or ignored one
+    fixed_labels: np.ndarray  # its label once its error is fixed
+    fixed_tp: np.ndarray  # a true positive once its error is fixed
+    kept: np.ndarray  # not ignored (on a crowd region)
+
+
+class ImageTruth(NamedTuple):
+    """One image's non-crowd ground truth (arrays of G)."""
+
+    labels: np.ndarray
+    missed: np.ndarray  # no detection matched or aimed at it
+
+
+def _best_per_class(pred: dict, max_detections: int):
+    """The detections by score (stable), COCO's best `max_detections` per image and class ->
+    labels, boxes (float64), scores."""
     order = torch.sort(pred["scores"], descending=True, stable=True).indices
     labels, boxes = pred["labels"][order], pred["boxes"][order].double()
-    # COCO keeps the best `max_detections` per image and class
     rank = torch.zeros_like(labels)
     for label in labels.unique():
         mine = labels == label
         rank[mine] = torch.arange(int(mine.sum()))
     keep = rank < max_detections
-    labels, boxes, scores = labels[keep], boxes[keep], pred["scores"][order][keep]
-    d, g = len(labels), len(gt_labels)
-    iou = pairwise_iou(boxes, gt_boxes).numpy() if d and g else np.zeros((d, g))
-    same = (labels[:, None] == gt_labels[None, :]).numpy()
-    cls_iou, noncls_iou = iou * same, iou * ~same
+    return labels[keep], boxes[keep], pred["scores"][order][keep]
 
-    tp = np.zeros(d, bool)
-    used = np.zeros(g, bool)
+
+def _match(cls_iou: np.ndarray, fg: float) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval's greedy matching, detections in score order, each box once -> (tp per
+    detection, used per box)."""
+    d, g = cls_iou.shape
+    tp, used = np.zeros(d, bool), np.zeros(g, bool)
     available = cls_iou.copy()
     for i in range(d if g else 0):
         j = int(available[i].argmax())
         if available[i, j] >= fg:
             tp[i], used[j] = True, True
             available[:, j] = 0
-    ignored = np.zeros(d, bool)
-    if len(crowd_boxes) and d:
-        on_crowd = (pairwise_ioa(boxes, crowd_boxes) >= fg) & (
-            labels[:, None] == crowd_labels[None, :]
-        )
-        ignored = ~tp & on_crowd.any(1).numpy()
+    return tp, used
 
-    error = np.full(d, -1)
-    target = np.full(d, -1)  # the box a localisation / classification error aims at
-    for i in np.flatnonzero(~tp & ~ignored):
+
+def _error_types(iou, cls_iou, noncls_iou, used, unmatched, fg, bg):
+    """Each unmatched detection's error type, and the box a localisation or classification
+    error aims at (-1: none)."""
+    d, g = iou.shape
+    error, target = np.full(d, -1), np.full(d, -1)
+    for i in np.flatnonzero(unmatched):
         if g == 0:
             error[i] = BKG
         elif bg <= cls_iou[i].max() <= fg:
@@ -97,24 +113,47 @@ def _image(pred, truth, fg, bg, max_detections):
             error[i] = BKG
         else:
             error[i] = BOTH
-    fixed_labels, fixed_tp = labels.numpy().copy(), np.zeros(d, bool)
-    targeted = np.zeros(g, bool)
+    return error, target
+
+
+def _fixes(labels: np.ndarray, target: np.ndarray, used: np.ndarray, gt_labels: np.ndarray):
+    """Fixing the errors that aim at a box: the highest-scoring of those aiming at each box
+    not already taken becomes its true positive (with its label) -> (fixed labels, fixed tp,
+    targeted boxes)."""
+    fixed_labels, fixed_tp = labels.copy(), np.zeros(len(labels), bool)
+    targeted = np.zeros(len(gt_labels), bool)
     for j in np.unique(target[target >= 0]):
         if used[j]:
             continue  # taken by a true positive: fixing these makes duplicates, dropped
         targeted[j] = True
-        best = np.flatnonzero(target == j)[0]  # the highest-scoring of those aiming at j
+        best = np.flatnonzero(target == j)[0]
         fixed_tp[best], fixed_labels[best] = True, int(gt_labels[j])
-    detections = (
-        labels.numpy(),
-        scores.double().numpy(),
-        tp,
-        error,
-        fixed_labels,
-        fixed_tp,
-        ~ignored,
+    return fixed_labels, fixed_tp, targeted
+
+
+def _image(pred, truth, fg, bg, max_detections) -> tuple[ImageDetections, ImageTruth]:
+    """One image's detections and ground truth, matched, typed and fixed."""
+    crowd = truth["iscrowd"].bool()
+    gt_boxes, gt_labels = truth["boxes"][~crowd].double(), truth["labels"][~crowd]
+    crowd_boxes, crowd_labels = truth["boxes"][crowd].double(), truth["labels"][crowd]
+    labels, boxes, scores = _best_per_class(pred, max_detections)
+    d, g = len(labels), len(gt_labels)
+    iou = pairwise_iou(boxes, gt_boxes).numpy() if d and g else np.zeros((d, g))
+    same = (labels[:, None] == gt_labels[None, :]).numpy()
+    cls_iou, noncls_iou = iou * same, iou * ~same
+    tp, used = _match(cls_iou, fg)
+    ignored = np.zeros(d, bool)
+    if len(crowd_boxes) and d:
+        on_crowd = (pairwise_ioa(boxes, crowd_boxes) >= fg) & (
+            labels[:, None] == crowd_labels[None, :]
+        )
+        ignored = ~tp & on_crowd.any(1).numpy()
+    error, target = _error_types(iou, cls_iou, noncls_iou, used, ~tp & ~ignored, fg, bg)
+    fixed_labels, fixed_tp, targeted = _fixes(labels.numpy(), target, used, gt_labels.numpy())
+    detections = ImageDetections(
+        labels.numpy(), scores.double().numpy(), tp, error, fixed_labels, fixed_tp, ~ignored
     )
-    return detections, (gt_labels.numpy(), ~used & ~targeted)
+    return detections, ImageTruth(gt_labels.numpy(), ~used & ~targeted)
 
 
 def error_breakdown(
@@ -131,15 +170,17 @@ def error_breakdown(
     alone}, "count": {type: number of such errors}} (APs in 0..1, the mean over classes with
     ground truth, as COCO).
     """
-    parts, truth_parts = [], []
-    for image, (pred, truth) in enumerate(zip(preds, truths, strict=True)):
-        dets, gts = _image(pred, truth, foreground_iou, background_iou, max_detections)
-        parts.append((*dets, np.full(len(dets[0]), image), np.arange(len(dets[0]))))
-        truth_parts.append(gts)
-    labels, scores, tp, error, fixed_labels, fixed_tp, kept, image, rank = (
-        np.concatenate(column) for column in zip(*parts, strict=True)
-    )
-    gt_labels, missed = (np.concatenate(column) for column in zip(*truth_parts, strict=True))
+    images = [
+        _image(pred, truth, foreground_iou, background_iou, max_detections)
+        for pred, truth in zip(preds, truths, strict=True)
+    ]
+    dets = ImageDetections(*(np.concatenate(c) for c in zip(*(d for d, _ in images), strict=True)))
+    gts = ImageTruth(*(np.concatenate(c) for c in zip(*(t for _, t in images), strict=True)))
+    labels, scores, tp, error, fixed_labels, fixed_tp, kept = dets
+    gt_labels, missed = gts
+    # each detection's image and its place in the image's score order
+    image = np.concatenate([np.full(len(d.labels), k) for k, (d, _) in enumerate(images)])
+    rank = np.concatenate([np.arange(len(d.labels)) for d, _ in images])
     # COCO's ranking: by score, ties in image order, then in the image's order
     ranked = np.lexsort((rank, image, -scores))
     classes = np.unique(gt_labels)

@@ -89,17 +89,31 @@ class Transform:
     def __call__(self, record: Record, rng: np.random.Generator | None = None, report=None):
         """Record -> (uint8 (3, S, S) image, target dict of the batch contract).
 
+        The steps, in the order they draw from `rng`: decode, the resize (with its jitter
+        factor), the boxes cleaned and scaled, the crop (jitter), the flip, the target.
         `report(reason, image_id, detail)`, if given, hears of boxes clipped to the image and
         of boxes dropped because they have no area left.
         """
-        image = record.image
-        if isinstance(image, bytes):
-            image = Image.open(io.BytesIO(image))
-        image = upright(image, record.size, report, record.image_id)
-        image.load()  # decode now, so that a corrupt file fails here
-        image = to_rgb(image)
+        image = decoded(record, report)
         width, height = image.size
         rng = rng or np.random.default_rng()
+        new_w, new_h = self.resized_size(width, height, rng)
+        scale_xy = np.array([new_w / width, new_h / height], dtype=np.float32)
+        boxes, labels, keep = scaled_boxes(record, width, height, scale_xy, report)
+        content = resize(image, new_h, new_w)
+        visible = np.ones(len(boxes), dtype=np.float32)
+        if self.scale_jitter:
+            content, boxes, visible = self.crop(content, boxes, rng)
+            keep &= visible >= max(self.min_visible, 1e-6)  # crops: no report, no bad input
+        if self.flip_prob > 0 and rng.random() < self.flip_prob:
+            content, boxes = flipped(content, boxes)
+        canvas = torch.zeros((3, self.size, self.size), dtype=torch.uint8)
+        canvas[:, : content.shape[1], : content.shape[2]] = content
+        return canvas, make_target(record, boxes, labels, keep, visible, (height, width), scale_xy)
+
+    def resized_size(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int]:
+        """The content's (width, height) in the S x S input: letterboxed or stretched, times a
+        jitter factor drawn from `rng` where `scale_jitter` is set."""
         factor = rng.uniform(*self.scale_jitter) if self.scale_jitter else 1.0
         if self.resize == "letterbox":
             scale = self.size / max(width, height) * factor
@@ -108,58 +122,76 @@ class Transform:
             new_w = new_h = max(1, round(self.size * factor))
         if not self.scale_jitter:  # rounding never leaves the canvas
             new_w, new_h = min(new_w, self.size), min(new_h, self.size)
-        scale_xy = np.array([new_w / width, new_h / height], dtype=np.float32)
+        return new_w, new_h
 
-        boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
-        labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
-        limits = np.array([width, height, width, height], dtype=np.float32)
-        clipped = np.clip(boxes, 0, limits)
-        if report and (clipped != boxes).any():
-            outside = int((clipped != boxes).any(axis=1).sum())
-            report("boxes outside the image clipped", record.image_id, f"{outside} of {len(boxes)}")
-        boxes = clipped * np.tile(scale_xy, 2)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        if report and not keep.all():
-            report(
-                "degenerate boxes dropped", record.image_id, f"{int((~keep).sum())} of {len(keep)}"
-            )
-        content = resize(image, new_h, new_w)
-        visible = np.ones(len(boxes), dtype=np.float32)
-        if self.scale_jitter:  # a random S x S window of a larger image; boxes follow
-            x0 = int(rng.integers(0, new_w - self.size + 1)) if new_w > self.size else 0
-            y0 = int(rng.integers(0, new_h - self.size + 1)) if new_h > self.size else 0
-            content = content[:, y0 : y0 + self.size, x0 : x0 + self.size]
-            full = box_areas(boxes)
-            kept_h, kept_w = content.shape[1:]
-            boxes = np.clip(boxes - [x0, y0, x0, y0], 0, [kept_w, kept_h, kept_w, kept_h])
-            visible = box_areas(boxes) / np.maximum(full, 1e-12)
-            keep &= visible >= max(self.min_visible, 1e-6)  # crops: no report, no bad input
-        content_w = content.shape[2]
-        if self.flip_prob > 0 and rng.random() < self.flip_prob:
-            content = content.flip(2)
-            boxes = np.stack(
-                [content_w - boxes[:, 2], boxes[:, 1], content_w - boxes[:, 0], boxes[:, 3]], 1
-            )
+    def crop(self, content: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator):
+        """A random S x S window of a larger (jittered) image; boxes follow, clipped to it ->
+        (content, boxes, the share of each box's area that stays)."""
+        _, new_h, new_w = content.shape
+        x0 = int(rng.integers(0, new_w - self.size + 1)) if new_w > self.size else 0
+        y0 = int(rng.integers(0, new_h - self.size + 1)) if new_h > self.size else 0
+        content = content[:, y0 : y0 + self.size, x0 : x0 + self.size]
+        full = box_areas(boxes)
+        kept_h, kept_w = content.shape[1:]
+        boxes = np.clip(boxes - [x0, y0, x0, y0], 0, [kept_w, kept_h, kept_w, kept_h])
+        return content, boxes, box_areas(boxes) / np.maximum(full, 1e-12)
 
-        canvas = torch.zeros((3, self.size, self.size), dtype=torch.uint8)
-        canvas[:, : content.shape[1], : content.shape[2]] = content
-        crowd = np.zeros(len(boxes), bool) if record.iscrowd is None else record.iscrowd
-        objects, crowds = keep & ~crowd, keep & crowd
-        target = {
-            "boxes": as_tensor(boxes[objects]).reshape(-1, 4),
-            "labels": torch.from_numpy(labels[objects]),
-            "image_id": int(record.image_id),
-            "orig_size": (height, width),
-            "scale_xy": torch.from_numpy(scale_xy),
-        }
-        if record.iscrowd is not None:
-            target["crowd_boxes"] = as_tensor(boxes[crowds]).reshape(-1, 4)
-            target["crowd_labels"] = torch.from_numpy(labels[crowds])
-        if record.area is not None:
-            area = np.asarray(record.area, dtype=np.float32) * visible  # the part that stays
-            target["area"] = as_tensor(area[objects])
-            target["crowd_area"] = as_tensor(area[crowds])
-        return canvas, target
+
+def decoded(record: Record, report=None) -> Image.Image:
+    """The record's image decoded (a corrupt file fails here), upright (EXIF), RGB."""
+    image = record.image
+    if isinstance(image, bytes):
+        image = Image.open(io.BytesIO(image))
+    image = upright(image, record.size, report, record.image_id)
+    image.load()
+    return to_rgb(image)
+
+
+def scaled_boxes(record: Record, width: int, height: int, scale_xy: np.ndarray, report=None):
+    """The record's boxes clipped to its `width` x `height` image and scaled by `scale_xy` ->
+    (boxes (N, 4) float32, labels (N,), keep: those with an area left); clipped and dropped
+    boxes are reported."""
+    boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
+    limits = np.array([width, height, width, height], dtype=np.float32)
+    clipped = np.clip(boxes, 0, limits)
+    if report and (clipped != boxes).any():
+        outside = int((clipped != boxes).any(axis=1).sum())
+        report("boxes outside the image clipped", record.image_id, f"{outside} of {len(boxes)}")
+    boxes = clipped * np.tile(scale_xy, 2)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if report and not keep.all():
+        report("degenerate boxes dropped", record.image_id, f"{int((~keep).sum())} of {len(keep)}")
+    return boxes, labels, keep
+
+
+def flipped(content: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The content mirrored left-right, and its boxes."""
+    width = content.shape[2]
+    boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+    return content.flip(2), boxes
+
+
+def make_target(record, boxes, labels, keep, visible, orig_size, scale_xy) -> dict:
+    """The target dict of the batch contract: the kept objects, and (where the record has
+    them) its crowd regions and annotation areas (shrunk to the `visible` share)."""
+    crowd = np.zeros(len(boxes), bool) if record.iscrowd is None else record.iscrowd
+    objects, crowds = keep & ~crowd, keep & crowd
+    result = {
+        "boxes": as_tensor(boxes[objects]).reshape(-1, 4),
+        "labels": torch.from_numpy(labels[objects]),
+        "image_id": int(record.image_id),
+        "orig_size": orig_size,
+        "scale_xy": torch.from_numpy(scale_xy),
+    }
+    if record.iscrowd is not None:
+        result["crowd_boxes"] = as_tensor(boxes[crowds]).reshape(-1, 4)
+        result["crowd_labels"] = torch.from_numpy(labels[crowds])
+    if record.area is not None:
+        area = np.asarray(record.area, dtype=np.float32) * visible  # the part that stays
+        result["area"] = as_tensor(area[objects])
+        result["crowd_area"] = as_tensor(area[crowds])
+    return result
 
 
 EXIF_ORIENTATION = 0x0112

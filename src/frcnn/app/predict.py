@@ -131,35 +131,57 @@ def predict_files(cfg) -> dict:
     try:
         with stop_on_sigterm(), tqdm(total=len(files), unit="image", desc="predict") as progress:
             for start in range(0, len(files), cfg.batch_size):
-                batch = []
-                for index in range(start, min(start + cfg.batch_size, len(files))):
-                    try:
-                        batch.append((index, open_image(files[index])))
-                    except UNREADABLE_IMAGE as err:
-                        corrupt.append(f"{files[index]}: {type(err).__name__}: {err}")
+                batch = read_batch(files, range(start, min(start + cfg.batch_size, len(files))))
+                corrupt += [problem for _, _, problem in batch if problem]
+                batch = [(index, image) for index, image, problem in batch if not problem]
                 detections = predictor([image for _, image in batch]) if batch else []
                 for (index, image), detection in zip(batch, detections, strict=True):
-                    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-                    drawn = draw_detections(
-                        pixels,
-                        detection,
-                        class_names=predictor.class_names,
-                        min_score=cfg.draw_thresh,
-                    )
-                    Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(
-                        output / names[index], format="JPEG", quality=92
+                    drawn_count += save_picture(
+                        image, detection, predictor, cfg.draw_thresh, output / names[index]
                     )
                     found = predictor.coco_results(detection, ids[index], inputs[index])
                     results += [{**r, "picture": names[index]} for r in found]
-                    drawn_count += int((detection["scores"] >= cfg.draw_thresh).sum())
                 progress.update(min(cfg.batch_size, len(files) - start))
     except SystemExit:
         log.error("predict stopped by SIGTERM: %s holds the images done so far", json_path)
         raise
     finally:  # what was found so far is kept, whatever stopped the run
         json_path.write_text(json.dumps(results))
+    log.info("\n".join(summary_lines(cfg, len(files), results, drawn_count, corrupt, json_path)))
+    return {
+        "images": len(files) - len(corrupt),
+        "detections": len(results),
+        "drawn": drawn_count,
+        "corrupt": corrupt,
+    }
+
+
+def read_batch(files: list[Path], indices) -> list[tuple[int, object, str | None]]:
+    """(index, image, None) for each readable file of `indices`, (index, None, problem) for
+    the others."""
+    batch = []
+    for index in indices:
+        try:
+            batch.append((index, open_image(files[index]), None))
+        except UNREADABLE_IMAGE as err:
+            batch.append((index, None, f"{files[index]}: {type(err).__name__}: {err}"))
+    return batch
+
+
+def save_picture(image, detection: dict, predictor, draw_thresh: float, path: Path) -> int:
+    """The image with its detections scoring at least `draw_thresh`, as a JPEG at `path`;
+    returns how many were drawn."""
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    drawn = draw_detections(
+        pixels, detection, class_names=predictor.class_names, min_score=draw_thresh
+    )
+    Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path, format="JPEG", quality=92)
+    return int((detection["scores"] >= draw_thresh).sum())
+
+
+def summary_lines(cfg, num_files, results, drawn_count, corrupt, json_path) -> list[str]:
     lines = [
-        f"{len(files) - len(corrupt)} images, {len(results)} detections -> {output}",
+        f"{num_files - len(corrupt)} images, {len(results)} detections -> {json_path.parent}",
         f"  pictures: {drawn_count} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
         f"  COCO results: {json_path} (all {len(results)})",
     ]
@@ -172,10 +194,4 @@ def predict_files(cfg) -> dict:
     if corrupt:
         lines.append(f"  {len(corrupt)} files could not be read and were skipped:")
         lines += [f"    {c}" for c in corrupt]
-    log.info("\n".join(lines))
-    return {
-        "images": len(files) - len(corrupt),
-        "detections": len(results),
-        "drawn": drawn_count,
-        "corrupt": corrupt,
-    }
+    return lines

@@ -32,9 +32,19 @@ def summarise(
         if isinstance(logger, TensorBoardLogger):
             log_hparams(logger, cfg, metrics, trainer.global_step)
     write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
-
     ended = "stopped" if stopped else "finished"
     lines = ["", f"{cfg.task_name} {ended}. Outputs: {shown(output_dir())}"]
+    lines += output_lines(trainer) + metric_lines(metrics)
+    evaluation = getattr(trainer.lightning_module, "evaluation", None)
+    if evaluation is not None and evaluation.classes:  # the final one (train: the best's)
+        report = not stopped and report_wanted(cfg)
+        lines += per_class_lines(trainer, cfg, evaluation, metrics, report)
+    log.info("\n".join(lines))
+
+
+def output_lines(trainer: L.Trainer) -> list[str]:
+    """Where the run's checkpoints and TensorBoard events are (and the weights they hold)."""
+    lines = []
     for checkpoint in trainer.checkpoint_callbacks:
         if checkpoint.monitor and checkpoint.best_model_path:
             best = checkpoint.best_model_score  # None when resumed from another run's folder
@@ -54,8 +64,14 @@ def summarise(
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # the folder its events were written to
             lines.append(f"  TensorBoard:     uv run tensorboard --logdir {shown(logger.log_dir)}")
+    return lines
+
+
+def metric_lines(metrics: dict[str, float]) -> list[str]:
+    """The final val/ metrics (not per class), with the training subset's beside them."""
     names = [k for k in metrics if k.startswith("val/") and "/ap/" not in k]
     width = max((len(k) for k in names), default=0)
+    lines = []
     if any(k.startswith("subset/") for k in metrics):
         lines.append(f"  {'':<{width}}  {'whole':>7}  {'subset':>7}  (validation split)")
     for k in names:
@@ -63,35 +79,31 @@ def summarise(
         lines.append(
             f"  {k:<{width}}  {metrics[k]:7.4f}" + ("" if subset is None else f"  {subset:7.4f}")
         )
-    evaluation = getattr(trainer.lightning_module, "evaluation", None)
-    if evaluation is not None and evaluation.classes:  # the final one (train: the best's)
-        rows = per_class_table(
-            evaluation.precision,
-            evaluation.classes,
-            evaluation.class_names,
-            evaluation.boxes_per_class(),
-        )
-        folder = output_dir() / "report"
-        table = markdown_table(printed_rows(rows), COLUMNS).rstrip()
-        if not stopped and report_wanted(cfg):
-            evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
-            model = trainer.lightning_module.model
-            sampling = getattr(trainer.datamodule, "sampling", None)
-            index = write_report(evaluation, folder, model, cfg.report_score_threshold, sampling)
-            what = "PR curves, confusion matrix, errors, data and anchors"
-            lines += [
-                "",
-                "Per class, the worst AP first:",
-                table,
-                "",
-                f"Report ({what}): {shown(index)}",
-            ]
-        else:  # the table alone, which costs nothing
-            folder.mkdir(parents=True, exist_ok=True)
-            write_per_class(rows, folder)
-            where = shown(folder / "per_class.csv")
-            lines += ["", f"Per class, the worst AP first (also in {where}):", table]
-    log.info("\n".join(lines))
+    return lines
+
+
+def per_class_lines(trainer, cfg: DictConfig, evaluation, metrics: dict, report: bool) -> list:
+    """The per-class table (its worst and best rows where there are many), written to
+    report/ with the whole `report` or alone."""
+    rows = per_class_table(
+        evaluation.precision,
+        evaluation.classes,
+        evaluation.class_names,
+        evaluation.boxes_per_class(),
+    )
+    folder = output_dir() / "report"
+    table = markdown_table(printed_rows(rows), COLUMNS).rstrip()
+    if not report:  # the table alone, which costs nothing
+        folder.mkdir(parents=True, exist_ok=True)
+        write_per_class(rows, folder)
+        where = shown(folder / "per_class.csv")
+        return ["", f"Per class, the worst AP first (also in {where}):", table]
+    evaluation.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    model = trainer.lightning_module.model
+    sampling = getattr(trainer.datamodule, "sampling", None)
+    index = write_report(evaluation, folder, model, cfg.report_score_threshold, sampling)
+    what = "PR curves, confusion matrix, errors, data and anchors"
+    return ["", "Per class, the worst AP first:", table, "", f"Report ({what}): {shown(index)}"]
 
 
 def log_hparams(

@@ -231,11 +231,7 @@ class DetectorModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """The figures of all images of all processes: gathered once (every process then
         evaluates them all), so that processes may hold different numbers of images, none."""
-        batches, self._val_batches = self._val_batches, []
-        if distributed():
-            everyone = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, batches)
-            batches = [batch for rank in everyone for batch in rank]
+        batches = self.gathered_batches()
         images = sum(b["images"] for b in batches)
         if not images:  # (on every process: they all hold the gathered batches)
             raise ValueError(
@@ -243,12 +239,35 @@ class DetectorModule(L.LightningModule):
                 "is the validation data there and intact (data.val)?"
             )
         self.log("val/images", float(images))
-        if images:  # the mean loss per image
-            for name in LOSS_NAMES:
-                mean = sum(b["losses"][name] * b["images"] for b in batches) / images
-                self.log(f"val/{name}", mean)
-            total = sum(sum(b["losses"].values()) * b["images"] for b in batches) / images
-            self.log("val/loss", total)
+        for name in LOSS_NAMES:  # the mean loss per image
+            self.log(f"val/{name}", sum(b["losses"][name] * b["images"] for b in batches) / images)
+        self.log("val/loss", sum(sum(b["losses"].values()) * b["images"] for b in batches) / images)
+        result = self.evaluate(batches)
+        for logger in self.loggers:  # (none without a trainer)
+            # no curves of the sanity check, nor of a validation without a label
+            curves = self.evaluation.classes and not self.trainer.sanity_checking
+            if isinstance(logger, TensorBoardLogger) and curves:
+                log_pr_curves(logger.experiment, self.evaluation, self.global_step)
+        for key in MAP_KEYS:
+            self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
+        if self.per_class_map and result["classes"].numel() > 0:
+            for label, ap in zip(
+                result["classes"].tolist(), result["map_per_class"].tolist(), strict=True
+            ):
+                self.log(f"val/ap/{class_name(label, self.class_names)}", ap)
+
+    def gathered_batches(self) -> list[dict]:
+        """This validation's batches (host copies), of every process under DDP."""
+        batches, self._val_batches = self._val_batches, []
+        if distributed():
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, batches)
+            batches = [batch for rank in everyone for batch in rank]
+        return batches
+
+    def evaluate(self, batches: list[dict]) -> dict:
+        """COCO's metrics of the batches' detections (torchmetrics' result), and
+        `self.evaluation`: what the report and the summary read (precision array, classes)."""
         labels = set()
         for batch in batches:
             self.val_map.update(batch["preds"], batch["truths"])
@@ -268,18 +287,7 @@ class DetectorModule(L.LightningModule):
             class_names=self.class_names,
             metrics={f"val/{k}": float(result[k]) for k in MAP_KEYS},
         )
-        for logger in self.loggers:  # (none without a trainer)
-            # no curves of the sanity check, nor of a validation without a label
-            curves = self.evaluation.classes and not self.trainer.sanity_checking
-            if isinstance(logger, TensorBoardLogger) and curves:
-                log_pr_curves(logger.experiment, self.evaluation, self.global_step)
-        for key in MAP_KEYS:
-            self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
-        if self.per_class_map and result["classes"].numel() > 0:
-            for label, ap in zip(
-                result["classes"].tolist(), result["map_per_class"].tolist(), strict=True
-            ):
-                self.log(f"val/ap/{class_name(label, self.class_names)}", ap)
+        return result
 
     # optimisation
 

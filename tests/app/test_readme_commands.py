@@ -376,7 +376,10 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
     if side_by_side:  # and what each trial's process printed
         (sweep,) = made
         printed += "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
-    assert DONE.get(script, DONE["train.py"]) in printed, printed[-3000:]
+    done = "debug finished" if "debug=" in line else DONE.get(script, DONE["train.py"])
+    assert done in printed, printed[-3000:]
+    if "debug=" in line:  # a folder apart from the real runs
+        assert made and all(path.parts[-3] == "debug" for path in made), made
     if ("init_weights=" in line or "experiment=finetune" in line) and "coco400" not in line:
         # a user's classes: those COCO has (person, car) keep their rows
         assert "carried over by class name: background, person, car; new classes" in printed

@@ -1,12 +1,16 @@
 """Fixtures shared across test folders."""
 
 import multiprocessing
+import tempfile
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from omegaconf import open_dict
 
-from frcnn.data import SyntheticShapes, Transform, collate
-from frcnn.model import FasterRCNN
+from frcnn.app.build import build
+from frcnn.data import collate
 
 OVERFIT_SIZE = 128
 
@@ -23,58 +27,80 @@ def no_sleep_after_a_shuffled_pass(monkeypatch):
 
 
 OVERFIT_STEPS = 90
-WARMUP_STEPS = 20
-MAX_GRAD_NORM = 10.0
+# train.py's own recipe (conf/module/default.yaml, train.yaml) at a test's size: its SGD with
+# the weight-decay split, warm-up and multistep decay, its LR scaled to the batch, gradient
+# clipping; 8 images of 3 classes at 128 px, a small model, no validation or outputs
+OVERFIT_RUN = [
+    "data.image_size=128",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.num_classes=3",
+    "data.flip_prob=0.0",  # the test scores the training images as they are
+    "data.train.num_images=8",
+    "++data.train.max_objects=4",
+    "data.val.num_images=8",
+    "model.fpn_channels=64",
+    "model.rpn.pre_nms_top_n_train=500",
+    "model.rpn.post_nms_top_n_train=200",
+    "model.rpn.pre_nms_top_n_test=300",
+    "model.rpn.post_nms_top_n_test=100",
+    "model.roi_heads.batch_size_per_image=64",
+    "model.roi_heads.representation_size=256",
+    "module.optimizer.lr=0.08",  # 0.02 at this batch of 4 (lr_base_batch=16)
+    "module.scheduler.warmup_steps=20",
+    "module.scheduler.milestones=[0.89]",
+    f"trainer.max_steps={OVERFIT_STEPS}",
+    "trainer.max_epochs=-1",
+    "trainer.limit_val_batches=0",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "callbacks=none",
+    "~logger",
+    "device=cpu",
+]
+
+
+class LossHistory(L.Callback):
+    """The total training loss of every step (a host read per step: a test's, not train.py's)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
 
 
 def overfit(seed: int = 0):
-    """A small detector trained for 90 steps on 8 synthetic images (about 20 s on a CPU).
+    """A small detector trained for 90 steps on 8 synthetic images as train.py trains it
+    (`app.build`: the config's module, its `configure_optimizers` and `warmup_decay`, the LR
+    scaled to the batch, the Trainer's gradient clipping), 40-70 s on a 2-core CPU.
 
-    The recipe has margin, not luck: LR 0.02 (momentum 0.9) reached after a 20-step linear
-    warm-up, gradients clipped to norm 10. Without warm-up and clipping, trainable BatchNorm
-    made the loss climb from 11 to 46 on AVX-512 kernels for seed 0. Checked once on the grid
-    ATEN_CPU_CAPABILITY = default, avx2, avx512 x torch seeds 0..4 (15 runs, each
-    `overfit(seed)` then `mean_ap` on its 8 images): mean loss of the last 10 steps 0.53-0.68
-    against 1.55-1.74 over the first 10 (the test needs < 0.8x), mAP@0.5 0.94-1.0 (needs 0.8);
-    again after inference moved to fixed shapes (tie order in the proposals' top-k changed):
-    0.54-0.70 against 1.55-1.79, mAP@0.5 0.93-1.0.
+    The recipe has margin, not luck: LR 0.02 at this batch of 4 (momentum 0.9) reached after a
+    20-step linear warm-up and divided by 10 for the last 10 steps, gradients clipped to norm
+    10 (without warm-up and clipping, trainable BatchNorm made the loss climb from 11 to 46 on
+    AVX-512 kernels). Checked on the grid ATEN_CPU_CAPABILITY = default, avx2, avx512 x seeds
+    0..4 (15 runs, each `overfit(seed)` then `mean_ap` on its 8 images, 2026-12-03): mean loss
+    of the last 10 steps 0.26-0.34x that of the first 10 (the test needs < 0.8x), mAP@0.5
+    0.87-1.0 (needs 0.8). With the config's own milestones (0.67, 0.89) the LR fell too early:
+    mAP@0.5 down to 0.84.
 
     Returns (model, data, history, untrained): the model in eval mode, the SyntheticShapes
     source it learned (data seed 0), the total loss of every step and the mAP@0.5 before.
     """
-    torch.manual_seed(seed)
-    data = SyntheticShapes(Transform(OVERFIT_SIZE), num_images=8, num_classes=3, max_objects=4)
-    batch = collate([data[i] for i in range(8)])
-    images, targets = batch["images"], batch["targets"]
-    model = FasterRCNN(
-        num_classes=3,
-        backbone=dict(depth=18, norm="bn", frozen="none"),
-        fpn_channels=64,
-        anchors=dict(sizes=((16,), (32,), (64,), (128,), (256,))),
-        rpn=dict(
-            pre_nms_top_n_train=500,
-            post_nms_top_n_train=200,
-            pre_nms_top_n_test=300,
-            post_nms_top_n_test=100,
-        ),
-        roi_heads=dict(batch_size_per_image=64, representation_size=256),
-    )
-    untrained = mean_ap(model, images, targets)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, total_iters=WARMUP_STEPS)
-    model.train()
-    history = []
-    for _ in range(OVERFIT_STEPS):
-        pick = torch.randperm(8)[:4]
-        losses = model(images[pick], [targets[i] for i in pick])
-        loss = sum(losses.values())
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        warmup.step()
-        history.append(loss.item())
-    return model.eval(), data, history, untrained
+    from tests.app.helpers import composed
+
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = composed(Path(folder), *OVERFIT_RUN, f"seed={seed}")
+        with open_dict(cfg):
+            del cfg["hydra"]  # as a task function gets it (HydraConfig holds it)
+        datamodule, module, trainer = build(cfg)
+        data = datamodule.train_set
+        batch = collate([data[i] for i in range(len(data))])
+        untrained = mean_ap(module.model, batch["images"], batch["targets"])
+        history = LossHistory()
+        trainer.callbacks.append(history)
+        trainer.fit(module, datamodule=datamodule)
+    return module.model.eval(), data, history.losses, untrained
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing  # noqa: F401  (registers its tensor reducers with ForkingPickler)
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from packaging.version import Version
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.pin_memory import pin_memory
@@ -153,6 +154,12 @@ def test_lightning_moves_a_batch_in_one_copy_per_padded_tensor():
     assert sum(bool(kwargs.get("non_blocking")) for kwargs in copies) >= len(b["targets"].padded)
 
 
+# torch before 2.11 asks a list (Targets is one) for its own pin_memory only after pinning its
+# items one by one: the values arrive the same (Targets repacks them), in 18 pinned copies, not 6
+@pytest.mark.skipif(
+    Version(torch.__version__).release < (2, 11),
+    reason="torch < 2.11 pins a list's items one by one, not through its pin_memory",
+)
 def test_the_pin_thread_pins_one_tensor_per_padded_key(monkeypatch):
     pinned = []
 

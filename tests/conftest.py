@@ -1,6 +1,7 @@
 """Fixtures shared across test folders."""
 
 import multiprocessing
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,25 @@ from frcnn.app.build import build
 from frcnn.data import collate
 
 OVERFIT_SIZE = 128
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each test process takes its share of the cores for torch's threads
+    (not all of them each: 4 threads fighting over 2 cores made the suite slower)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0))
+    if workers:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+# session fixtures that train (tens of seconds): their tests go to one process, which trains once
+TRAINING_FIXTURES = ("overfit_detector",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in TRAINING_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture(autouse=True)

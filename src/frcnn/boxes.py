@@ -127,43 +127,47 @@ def pairwise_ioa(boxes: Tensor, regions: Tensor) -> Tensor:
     return pairwise_intersection(boxes, regions) / box_area(boxes).clamp(min=1e-12)[..., :, None]
 
 
-class NMSInRows(torch.autograd.Function):
+def nms_rows(boxes: Tensor, scores: Tensor, iou_thresh: float, calls: int) -> Tensor:
     """Greedy NMS within each row, as ONNX's `NonMaxSuppression` computes it.
 
     boxes (R, N, 4), scores (R, 1, N): every row (one image and class, or image and level) is
     independent; a negative score marks a box that takes no part (neither kept nor
     suppressing). Returns the kept boxes as (K, 3) int64 rows (row, 0, column).
 
-    In PyTorch: the rows' boxes shifted apart by more than any box (what torchvision's
-    `batched_nms` does below its size threshold) and `calls` torchvision `nms` calls, on
-    `calls` equal groups of consecutive rows (1: the whole batch; the batch size: one per
-    image). Exported to ONNX (`symbolic`) it is the `NonMaxSuppression` operator with the
-    rows as its batch, so the graph needs nothing else.
+    The rows' boxes are shifted apart by more than any box (what torchvision's `batched_nms`
+    does below its size threshold) and go to `calls` torchvision `nms` calls, on `calls` equal
+    groups of consecutive rows (1: the whole batch; the batch size: one per image).
     """
+    rows = scores.shape[0]
+    row, column = (scores[:, 0] >= 0).nonzero(as_tuple=True)
+    # float64: rows lie (max coordinate + 1) apart; in float32 that rounds coordinates (to
+    # 1/16 px at 16 images x 80 classes), so an image's detections would depend on its
+    # place in the batch
+    picked = boxes[row, column].double()
+    shifted = picked + (row.double() * (boxes.max().double() + 1))[:, None]
+    picked_scores = scores[row, 0, column].double()
+    if calls == 1:
+        keep = nms(shifted, picked_scores, iou_thresh)
+    else:  # nonzero lists the rows in order: each call's boxes are a contiguous run
+        counts = torch.bincount(row // (rows // calls), minlength=calls).tolist()
+        keep, start = [], 0
+        for count in counts:
+            if count:  # an image without candidates: no call
+                run = slice(start, start + count)
+                keep.append(nms(shifted[run], picked_scores[run], iou_thresh) + start)
+            start += count
+        keep = torch.cat(keep) if keep else row[:0]
+    row, column = row[keep], column[keep]
+    return torch.stack([row, torch.zeros_like(row), column], dim=1)
+
+
+class NMSInRows(torch.autograd.Function):
+    """`nms_rows` as the ONNX exporter sees it: the `NonMaxSuppression` operator with the rows
+    as its batch (`symbolic`), so the graph needs nothing else."""
 
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, iou_thresh: float, calls: int) -> Tensor:
-        rows = scores.shape[0]
-        row, column = (scores[:, 0] >= 0).nonzero(as_tuple=True)
-        # float64: rows lie (max coordinate + 1) apart; in float32 that rounds coordinates (to
-        # 1/16 px at 16 images x 80 classes), so an image's detections would depend on its
-        # place in the batch
-        picked = boxes[row, column].double()
-        shifted = picked + (row.double() * (boxes.max().double() + 1))[:, None]
-        picked_scores = scores[row, 0, column].double()
-        if calls == 1 or torch.onnx.is_in_onnx_export():  # (the export takes `symbolic`)
-            keep = nms(shifted, picked_scores, iou_thresh)
-        else:  # nonzero lists the rows in order: each call's boxes are a contiguous run
-            counts = torch.bincount(row // (rows // calls), minlength=calls).tolist()
-            keep, start = [], 0
-            for count in counts:
-                if count:  # an image without candidates: no call
-                    run = slice(start, start + count)
-                    keep.append(nms(shifted[run], picked_scores[run], iou_thresh) + start)
-                start += count
-            keep = torch.cat(keep) if keep else row[:0]
-        row, column = row[keep], column[keep]
-        return torch.stack([row, torch.zeros_like(row), column], dim=1)
+        return nms_rows(boxes, scores, iou_thresh, 1)  # (what the graph holds is `symbolic`)
 
     @staticmethod
     def symbolic(g, boxes, scores, iou_thresh: float, calls: int):
@@ -203,8 +207,12 @@ def nms_in_rows(
     on a GPU, small N^2 masks) or one for the batch (one wait, one (R*N)^2 mask): what is
     faster depends on the GPU; the kept boxes are the same.
     """
-    masked = torch.where(candidate, scores, -1.0)
-    kept = NMSInRows.apply(boxes, masked[:, None], iou_thresh, images if calls == "image" else 1)
+    masked = torch.where(candidate, scores, -1.0)[:, None]
+    if torch.onnx.is_in_onnx_export():
+        kept = NMSInRows.apply(boxes, masked, iou_thresh, 1)
+    else:  # a call per image needs their count: torch.export, tracing a symbolic batch, makes one
+        per_image = calls == "image" and isinstance(images, int)
+        kept = nms_rows(boxes, masked, iou_thresh, images if per_image else 1)
     survivors = torch.zeros_like(candidate)
     return survivors.index_put((kept[:, 0], kept[:, 2]), torch.ones_like(kept[:, 0]).bool())
 

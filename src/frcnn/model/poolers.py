@@ -50,15 +50,17 @@ def bilinear_taps(coords: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @functools.lru_cache(maxsize=16)
-def level_table(shapes: tuple, strides: tuple, num_images: int, device) -> Tensor:
-    """(L, 4) int64: stride, height, width and first row of each level in the stacked pyramid.
+def level_table(shapes: tuple, strides: tuple, device) -> Tensor:
+    """(L, 4) int64: stride, height, width and the cells of one image on the levels before
+    each (times the batch size: the level's first row in the stacked pyramid).
 
-    Cached: the input shape is fixed, and building it anew would cost a host-device copy.
+    Cached: the input shape is fixed, and building it anew would cost a host-device copy. (Not
+    keyed by the batch size, which an exported graph keeps symbolic.)
     """
-    rows, first = [], 0
+    rows, before = [], 0
     for (height, width), stride in zip(shapes, strides, strict=True):
-        rows.append([stride, height, width, first])
-        first += num_images * height * width
+        rows.append([stride, height, width, before])
+        before += height * width
     return torch.tensor(rows, device=device)
 
 
@@ -89,8 +91,9 @@ def multiscale_roi_align(
     with torch.no_grad():  # geometry, not learned: no gradient to the boxes (as torchvision)
         levels = assign_levels(boxes, strides, canonical_size, canonical_level)
         shapes = tuple(tuple(f.shape[-2:]) for f in features)
-        table = level_table(shapes, tuple(strides), num_images, boxes.device)
-        stride, height, width, first = table[levels].unbind(1)
+        table = level_table(shapes, tuple(strides), boxes.device)
+        stride, height, width, before = table[levels].unbind(1)
+        first = before * num_images
         box = boxes / stride[:, None]
         # sample centres: bin p, sample k within it (torchvision's arithmetic, to the last bit)
         k = torch.arange(n, device=boxes.device)

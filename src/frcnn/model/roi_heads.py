@@ -232,7 +232,7 @@ class RoIHeads(nn.Module):
             scores.reshape(-1, num_proposals),
             candidate.reshape(-1, num_proposals),
             self.nms_thresh,
-            images=len(proposals.valid),
+            images=proposals.valid.shape[0],
             calls=self.nms_calls,
         )
         scores, kept = scores.flatten(1), kept.view_as(scores).flatten(1)  # (B, C * P)

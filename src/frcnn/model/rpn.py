@@ -171,7 +171,7 @@ class RPN(nn.Module):
             scores.reshape(-1, per_level),
             candidate.reshape(-1, per_level),
             self.nms_thresh,
-            images=len(boxes),
+            images=boxes.shape[0],
             calls=self.nms_calls,
         ).view_as(candidate)
         keep, valid = top_k_per_image(scores, kept, self.post_nms_top_n[self.training])

@@ -1,7 +1,10 @@
-"""export.py: the detector as one ONNX graph, run by onnxruntime with the same detections."""
+"""export.py: the detector as one ONNX graph or AOTInductor package, run by its runtime with the
+same detections."""
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -11,7 +14,9 @@ from PIL import Image
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.data.transforms import resize
-from frcnn.inference.onnx_graph import check, compare, export_onnx, metadata
+from frcnn.inference import onnx_graph
+from frcnn.inference.detector_graph import OUTPUTS, check, compare, metadata
+from frcnn.inference.onnx_graph import export_onnx
 from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, run
 from tests.conftest import OVERFIT_SIZE
@@ -61,7 +66,7 @@ def test_the_graph_takes_any_batch_size(exported):
     checkpoint, path, _ = exported
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     images, sizes = real_size_batch(predictor, 3, 6, seed=7)  # 3: neither batch of the check
-    reports = check(path, predictor.model, images, sizes)
+    reports = check(onnx_graph.runner(path), predictor.model, images, sizes)
     assert [r["batch"] for r in reports] == [1, 3, 3, 3]
     assert all(r["ok"] for r in reports), reports
 
@@ -72,7 +77,7 @@ def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detect
     info = metadata(OVERFIT_SIZE, "letterbox", data.class_names, data.category_ids)
     export_onnx(model, path, OVERFIT_SIZE, 17, info)
     images, sizes = real_size_batch(Predictor(model, OVERFIT_SIZE, device="cpu"), 4, 3)
-    reports = check(path, model, images, sizes)
+    reports = check(onnx_graph.runner(path), model, images, sizes)
     assert all(r["ok"] for r in reports), reports
     with torch.no_grad():
         detections = model.eval()(images, image_sizes=sizes)
@@ -83,7 +88,7 @@ def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detect
 def readme_example() -> str:
     """The numpy pre/post-processing example of the README's deploy section."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Deploying with ONNX") :]
+    section = readme[readme.index("### ONNX", readme.index("## Deploying")) :]
     start = section.index("```python\n") + len("```python\n")
     return section[start : section.index("```\n", start)]
 
@@ -155,6 +160,8 @@ def test_compare_pairs_detections_by_label_and_box():
         ("opset=21", r"opset=21: the graph needs ONNX opset 11\.\.20"),
         ("output={tmp}/notes.txt/model.onnx", "cannot be created"),
         ("output={tmp}", "is a folder"),
+        ("format=pt3", r"format='pt3': one of onnx, pt2"),
+        ("format=pt2 output={tmp}/model.onnx", r"a pt2 package's file name ends in \.pt2"),
         ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),
     ],
 )
@@ -162,16 +169,15 @@ def test_bad_input_is_refused_with_a_message_naming_it(trained, tmp_path, overri
     log_dir, run_dir = trained
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"output={tmp_path}/m.onnx"]
-    key = override.split("=")[0]
-    args = [a for a in args if not a.startswith(key + "=")] + [override.format(tmp=tmp_path)]
+    given = override.format(tmp=tmp_path).split()
+    keys = tuple(f"{o.split('=')[0]}=" for o in given)
+    args = [a for a in args if not a.startswith(keys)] + given
     with pytest.raises(AssertionError, match=message):
         run("export.py", *args, log_dir=log_dir)
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_without_the_export_extra_the_message_says_how_to_install_it(monkeypatch):
-    import sys
-
     from frcnn.app.export import require_export_extra
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
@@ -182,7 +188,7 @@ def test_without_the_export_extra_the_message_says_how_to_install_it(monkeypatch
 def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
     """A corrupt check image stops the export before it starts, a failed check after it: no
     unchecked .onnx either way, and the file an earlier export wrote stays as it was."""
-    import frcnn.inference.onnx_graph
+    import frcnn.inference.detector_graph
 
     log_dir, run_dir = trained
     path = tmp_path / "m.onnx"
@@ -195,8 +201,56 @@ def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
         run("export.py", *args, f"check_images={tmp_path / 'photos'}", log_dir=log_dir)
     failed = [{"ok": False, "batch": 1, "image": 0, "count": 1, "expected": 2, "box_diff": 1.0,
                "score_diff": 0.0}]  # fmt: skip
-    monkeypatch.setattr(frcnn.inference.onnx_graph, "check", lambda *args: failed)
+    monkeypatch.setattr(frcnn.inference.detector_graph, "check", lambda *args: failed)
     with pytest.raises(AssertionError, match=r"differ from PyTorch's .*m.onnx was not written"):
         run("export.py", *args, log_dir=log_dir)
     assert path.read_bytes() == b"an earlier, checked export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "photos"]  # no temporary
+
+
+# what a deployment runs: torch and torchvision, in an isolated Python (no project on its path,
+# no user site), from a folder of its own
+STANDALONE = """
+import json, sys
+import torch, torchvision
+package = torch._inductor.aoti_load_package(sys.argv[1])
+images, sizes = torch.load(sys.argv[2])
+outputs = package(images, sizes)
+torch.save([o.clone() for o in outputs], sys.argv[3])
+print(json.dumps(package.get_metadata()))
+"""
+
+
+def test_a_pt2_package_runs_without_the_project_with_the_same_detections(trained, tmp_path):
+    """export.py format=pt2: checked like the ONNX file (batch 1 and 4), then loaded by
+    `aoti_load_package` in a Python with torch and torchvision only, on a batch of 3 (neither
+    of the check's): PyTorch's detections, and the checkpoint's settings in its metadata."""
+    log_dir, run_dir = trained
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    result = run("export.py", f"ckpt_path={checkpoint}", "format=pt2", log_dir=log_dir)
+    printed = result.stdout + result.stderr
+    verdicts = re.findall(r"batch (\d), image (\d): .*: (\w+)", printed)
+    assert sorted(verdicts) == [("1", "0", "same")] + [("4", str(i), "same") for i in range(4)]
+    assert "AOTInductor (CPU) against PyTorch on 4 images" in printed
+    (package,) = (log_dir / "export" / "runs").glob("*/model.pt2")  # the default output
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    images, sizes = real_size_batch(predictor, 3, 6, seed=7)
+    torch.save((images, sizes), tmp_path / "inputs.pt")
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    ran = subprocess.run(
+        [sys.executable, "-I", "-c", STANDALONE, str(package), "../inputs.pt", "../outputs.pt"],
+        cwd=folder, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    meta = json.loads(ran.stdout.strip().splitlines()[-1])
+    saved = torch.load(checkpoint, weights_only=True)
+    assert json.loads(meta["class_names"]) == saved["class_names"]
+    assert int(meta["image_size"]) == saved["config"]["data"]["image_size"]
+    outputs = dict(zip(OUTPUTS, torch.load(tmp_path / "outputs.pt"), strict=True))
+    with torch.no_grad():
+        expected = predictor.model(images, image_sizes=sizes)
+    assert sum(len(e["scores"]) for e in expected) > 0
+    for i, detections in enumerate(expected):
+        report = compare(detections, {k: v[i].numpy() for k, v in outputs.items()})
+        assert report["ok"], report

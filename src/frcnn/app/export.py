@@ -1,4 +1,5 @@
-"""export.py: the checkpoint's detector as one ONNX graph, checked with onnxruntime."""
+"""export.py: the checkpoint's detector as one graph (an ONNX file or an AOTInductor package),
+checked against PyTorch by its runtime."""
 
 import logging
 import os
@@ -7,24 +8,29 @@ from pathlib import Path
 from frcnn.app.predict import find_images
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.data.synthetic import draw_sample
+from frcnn.inference import detector_graph
 from frcnn.inference.predictor import Predictor, open_image
 
 log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 4
+# each format: what runs it in the check
+RUNTIMES = {"onnx": "onnxruntime (CPU)", "pt2": "AOTInductor (CPU)"}
 
 
 def export(cfg) -> Path:
-    """export.py: the checkpoint's detector as an ONNX file, then the onnxruntime check (the
-    same detections as PyTorch on `cfg.check_images`, batch 1 and 4). Returns the file.
+    """export.py: the checkpoint's detector as an ONNX file (`format=onnx`) or an AOTInductor
+    package (`format=pt2`), then the check by its runtime (the same detections as PyTorch on
+    `cfg.check_images`, batch 1 and 4). Returns the file.
 
-    The graph is written to a temporary file beside `cfg.output` and renamed to it only once
+    The file is written to a temporary one beside `cfg.output` and renamed to it only once
     checked: a failed check or export leaves no unchecked file, and an older file stays."""
-    require_export_extra()
-    from frcnn.inference import onnx_graph as onnx_export
-
-    opset = onnx_export.check_opset(cfg.opset)
+    if cfg.format not in RUNTIMES:
+        raise ValueError(f"format={cfg.format!r}: one of {', '.join(RUNTIMES)}")
+    write, runner = exporter(cfg)
     output = writable_file(cfg.output)
+    if cfg.format == "pt2" and output.suffix != ".pt2":  # (torch's loader goes by it)
+        raise ValueError(f"output={cfg.output!r}: a pt2 package's file name ends in .pt2")
     # the graph is the detector's fixed-shape `detect`: no test-time augmentation in it, nor
     # in the PyTorch detections it is checked against
     predictor = Predictor.from_checkpoint(
@@ -32,19 +38,18 @@ def export(cfg) -> Path:
     )
     images = check_images(cfg.check_images, predictor)  # a bad one fails before the export
     size, resize = predictor.transform.size, predictor.transform.resize
-    info = onnx_export.metadata(size, resize, predictor.class_names, predictor.category_ids)
-    log.info("Exporting to ONNX (opset %d, %d px input)...", opset, size)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    info = detector_graph.metadata(size, resize, predictor.class_names, predictor.category_ids)
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp{output.suffix}")
     try:
-        onnx_export.export_onnx(predictor.model, temporary, size, opset, info)
+        write(predictor.model, temporary, size, info)
         batch, sizes, _ = predictor.batch(images)
-        reports = onnx_export.check(temporary, predictor.model, batch, sizes)
-        log.info("\n".join(check_lines(reports, len(images))))
+        reports = detector_graph.check(runner(temporary), predictor.model, batch, sizes)
+        log.info("\n".join(check_lines(reports, len(images), RUNTIMES[cfg.format])))
         if not all(r["ok"] for r in reports):
             raise RuntimeError(
-                f"onnxruntime's detections differ from PyTorch's beyond "
-                f"{onnx_export.BOX_TOLERANCE_PX} px / {onnx_export.SCORE_TOLERANCE} (see above): "
-                f"{output} was not written"
+                f"{RUNTIMES[cfg.format]}'s detections differ from PyTorch's beyond "
+                f"{detector_graph.BOX_TOLERANCE_PX} px / {detector_graph.SCORE_TOLERANCE} (see "
+                f"above): {output} was not written"
             )
         megabytes = temporary.stat().st_size / 2**20
         try:
@@ -62,6 +67,29 @@ def export(cfg) -> Path:
     return output
 
 
+def exporter(cfg):
+    """The format's (write(model, path, image_size, metadata), runner(path)); a missing
+    dependency or a bad setting is named before anything is loaded."""
+    if cfg.format == "pt2":
+        from frcnn.inference import pt2_package
+
+        def write(model, path, size, info):
+            log.info("Exporting with torch.export, compiling with AOTInductor (minutes)...")
+            pt2_package.export_pt2(model, path, size, info)
+
+        return write, pt2_package.runner
+    require_export_extra()
+    from frcnn.inference import onnx_graph
+
+    opset = onnx_graph.check_opset(cfg.opset)
+
+    def write(model, path, size, info):
+        log.info("Exporting to ONNX (opset %d, %d px input)...", opset, size)
+        onnx_graph.export_onnx(model, path, size, opset, info)
+
+    return write, onnx_graph.runner
+
+
 def check_images(spec: str | None, predictor: Predictor) -> list:
     """The images the export is checked on: up to 4 of `spec` (a file, folder or glob), or 4
     synthetic ones of 240-640 px; an unreadable one is refused, named."""
@@ -77,9 +105,9 @@ def check_images(spec: str | None, predictor: Predictor) -> list:
     return images
 
 
-def check_lines(reports: list[dict], count: int) -> list[str]:
-    """The onnxruntime check's report, a line per image and batch size."""
-    lines = [f"onnxruntime (CPU) against PyTorch on {count} images:"]
+def check_lines(reports: list[dict], count: int, runtime: str) -> list[str]:
+    """The check's report, a line per image and batch size."""
+    lines = [f"{runtime} against PyTorch on {count} images:"]
     for r in reports:
         verdict = "same" if r["ok"] else "DIFFERENT"
         lines.append(
@@ -98,8 +126,8 @@ def require_export_extra() -> None:
         import onnxruntime  # noqa: F401
     except ImportError as err:
         raise ModuleNotFoundError(
-            f"export.py needs onnx and onnxruntime ({err}): the `export` extra. In a checkout: "
-            "`uv sync --extra export` (`uv run` installs it with the dev tools) or "
+            f"export.py format=onnx needs onnx and onnxruntime ({err}): the `export` extra. In "
+            "a checkout: `uv sync --extra export` (`uv run` installs it with the dev tools) or "
             "`pip install -e '.[export]'`"
         ) from None
 

@@ -1,0 +1,113 @@
+"""The computation every exported format holds, and the check that an exported file computes it.
+
+One graph for every runtime (ONNX, AOTInductor): the detector's own fixed-shape inference code
+(`FasterRCNN.detect`) from uint8 images to padded detections. `check` runs an exported file on
+images and compares its detections with the PyTorch model's, whatever runs the file.
+"""
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+INPUTS = ("images", "image_sizes")
+OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+# what the check accepts: the same detections, up to float rounding of two runtimes
+BOX_TOLERANCE_PX, SCORE_TOLERANCE = 1e-2, 1e-4
+
+# an exported file run on a batch: (images, image_sizes) -> {output name: array}
+Runner = Callable[[Tensor, Tensor], dict[str, np.ndarray]]
+
+
+class DetectorGraph(nn.Module):
+    """The computation an exported file holds.
+
+    images: uint8 (B, 3, S, S), letterboxed (content top-left, padding right and bottom);
+    image_sizes: int64 (B, 2) (height, width) of each image's content in input pixels.
+    Returns boxes (B, K, 4) float32 xyxy in input pixels, scores (B, K) float32, labels (B, K)
+    int64 in 1..C and num_detections (B,) int64: each image's detections are its first
+    num_detections rows, best first; the rows after them are zeros (label 0).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, image_sizes: Tensor):
+        detections = self.model.detect(images, image_sizes)
+        return (
+            detections.boxes,
+            detections.scores,
+            detections.labels,
+            detections.valid.sum(1),
+        )
+
+
+def example_inputs(image_size: int) -> tuple[Tensor, Tensor]:
+    """A batch of 2 blank images (not 1: the exporters would take a batch of 1 for a constant)."""
+    images = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
+    return images, torch.full((2, 2), image_size, dtype=torch.int64)
+
+
+def metadata(image_size: int, resize: str, class_names, category_ids) -> dict[str, str]:
+    """What a deployment needs besides the graph, as strings (ONNX metadata_props, the .pt2
+    package's metadata)."""
+    return {
+        "image_size": str(image_size),
+        "resize": resize,
+        "class_names": json.dumps(list(class_names or [])),
+        "category_ids": json.dumps(list(category_ids or [])),
+        "outputs": "boxes (B,K,4) xyxy input pixels; scores (B,K); labels (B,K) 1..C, 0 on "
+        "padding; num_detections (B,): the first num_detections rows of each image are valid",
+    }
+
+
+def compare(expected: dict[str, Tensor], actual: dict[str, np.ndarray]) -> dict:
+    """PyTorch's detections of one image {"boxes", "scores", "labels"} against the exported
+    file's rows of that image -> {"count" (the file's), "expected" (PyTorch), "same_count",
+    "box_diff" (px), "score_diff", "ok"}.
+
+    Rows are paired by label and nearest box (two runtimes may order near-equal scores
+    differently); the differences are the largest over the pairs.
+    """
+    count = int(actual["num_detections"])
+    boxes = torch.from_numpy(actual["boxes"][:count]).double()
+    scores = torch.from_numpy(actual["scores"][:count]).double()
+    labels = torch.from_numpy(actual["labels"][:count])
+    report = {"count": count, "expected": len(expected["scores"])}
+    report.update(same_count=count == report["expected"], box_diff=0.0, score_diff=0.0)
+    if report["same_count"] and count:
+        diff = (boxes[:, None] - expected["boxes"].double()[None]).abs().amax(-1)
+        diff[labels[:, None] != expected["labels"][None]] = torch.inf
+        unused = torch.ones(count, dtype=torch.bool)
+        for row in range(count):
+            pair = torch.where(unused, diff[row], torch.inf).argmin()
+            unused[pair] = False
+            report["box_diff"] = max(report["box_diff"], float(diff[row, pair]))
+            score_diff = abs(float(scores[row] - expected["scores"][pair]))
+            report["score_diff"] = max(report["score_diff"], score_diff)
+    report["ok"] = (
+        report["same_count"]
+        and report["box_diff"] <= BOX_TOLERANCE_PX
+        and report["score_diff"] <= SCORE_TOLERANCE
+    )
+    return report
+
+
+def check(run: Runner, model: nn.Module, images: Tensor, image_sizes: Tensor) -> list[dict]:
+    """Run an exported file (`run`) on a batch of all `images` and on the first alone; compare
+    each image's detections with the PyTorch model's. -> one report per image and batch size
+    (`compare`'s keys plus "batch" and "image")."""
+    model = model.eval().cpu()
+    reports = []
+    for count in sorted({1, len(images)}):
+        batch, sizes = images[:count], image_sizes[:count]
+        with torch.no_grad():
+            expected = model(batch, image_sizes=sizes)
+        actual = run(batch, sizes)
+        for i, detections in enumerate(expected):
+            image = {name: values[i] for name, values in actual.items()}
+            reports.append({"batch": count, "image": i, **compare(detections, image)})
+    return reports

@@ -1,0 +1,84 @@
+"""A trained detector as a PyTorch-native package: `torch.export`, compiled by AOTInductor.
+
+The graph is `detector_graph.DetectorGraph`, the ONNX file's: uint8 images and image sizes in,
+padded detections and counts out, the batch dynamic. `torch.export` traces the detector's own
+code (torchvision's `nms` stays an operator of the graph); AOTInductor compiles it to a shared
+library for this CPU, packaged with the weights and `metadata` into one `.pt2` file. To run it,
+a Python needs torch and torchvision (whose import registers the NMS kernel), not this project:
+
+    import torch, torchvision
+    model = torch._inductor.aoti_load_package("model.pt2")
+    boxes, scores, labels, num_detections = model(images, image_sizes)
+    model.get_metadata()["class_names"]
+
+Compiling needs a C++ compiler (g++ or clang), as torch.compile on a CPU does.
+"""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from frcnn.inference.detector_graph import INPUTS, OUTPUTS, DetectorGraph, Runner, example_inputs
+from frcnn.model.poolers import level_table
+
+MAX_BATCH = 1024  # the batch sizes the package takes: 1..MAX_BATCH
+TORCH_NEEDED = (2, 15)  # the first torch this export was checked on
+
+
+def export_pt2(model: nn.Module, path: Path, image_size: int, metadata: dict[str, str]) -> None:
+    """Export `model` (in eval mode, on the CPU) with a dynamic batch and compile it into an
+    AOTInductor package at `path`, `metadata` inside (its `get_metadata()`)."""
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < TORCH_NEEDED:
+        raise RuntimeError(
+            f"format=pt2 needs torch {'.'.join(map(str, TORCH_NEEDED))} or newer (the first its "
+            f"export was checked on), not {torch.__version__}"
+        )
+    model = model.eval().cpu()
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    forget_traced_shapes(model)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(
+                DetectorGraph(model),
+                example_inputs(image_size),
+                dynamic_shapes={name: {0: batch} for name in INPUTS},
+                strict=False,
+            )
+    finally:
+        forget_traced_shapes(model)
+    torch._inductor.aoti_compile_and_package(
+        program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata}
+    )
+
+
+@torch.library.register_fake("torchvision::nms")
+def nms_shape(boxes, scores, iou_threshold):
+    """The shape of `torchvision.ops.nms`'s output for the tracer: 0 to N kept indices.
+
+    Replaces torchvision's (0.29), which declares at least 2 (the default of the deprecated
+    `create_unbacked_symint`): an exported graph then asserts it at run time and fails on any
+    image or batch with fewer than 2 candidates left, as a barely trained model's has."""
+    torch._check(boxes.dim() == 2 and boxes.size(1) == 4 and scores.dim() == 1)
+    torch._check(boxes.size(0) == scores.size(0))
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty(kept, dtype=torch.long)
+
+
+def forget_traced_shapes(model: nn.Module) -> None:
+    """Empty the caches of shape-derived tensors (anchors, the pooler's level table): built
+    while tracing, they would hold the tracer's placeholder tensors, not values."""
+    model.anchor_generator._cache.clear()
+    level_table.cache_clear()
+
+
+def runner(path: Path) -> Runner:
+    """The package loaded (CPU): (images, image_sizes) -> outputs."""
+    package = torch._inductor.aoti_load_package(str(path))
+
+    def run(images, image_sizes):
+        with torch.no_grad():
+            outputs = package(images, image_sizes)
+        return {name: value.numpy() for name, value in zip(OUTPUTS, outputs, strict=True)}
+
+    return run

@@ -4,11 +4,15 @@ the eager graph on any batch size, also where nothing is detected; the eager mod
 import pytest
 import torch
 
-from frcnn.inference.detector_graph import DetectorGraph, example_inputs
-from frcnn.inference.pt2_package import INPUTS, forget_traced_shapes
+from frcnn.inference.detector_graph import DetectorGraph
+from frcnn.inference.pt2_package import TORCH_NEEDED, exported_program
 from frcnn.model import FasterRCNN
 
 SIZE = 64
+pytestmark = pytest.mark.skipif(
+    tuple(int(part) for part in torch.__version__.split(".")[:2]) < TORCH_NEEDED,
+    reason=f"format=pt2 needs torch {TORCH_NEEDED} or newer",
+)
 
 
 def small_detector(score_thresh: float) -> FasterRCNN:
@@ -20,21 +24,6 @@ def small_detector(score_thresh: float) -> FasterRCNN:
         rpn={"pre_nms_top_n_test": 100, "post_nms_top_n_test": 50},
         roi_heads={"representation_size": 64, "score_thresh": score_thresh},
     ).eval()
-
-
-def exported(model):
-    batch = torch.export.Dim("batch", min=1, max=64)
-    forget_traced_shapes(model)
-    try:
-        with torch.no_grad():
-            return torch.export.export(
-                DetectorGraph(model),
-                example_inputs(SIZE),
-                dynamic_shapes={name: {0: batch} for name in INPUTS},
-                strict=False,
-            ).module()
-    finally:
-        forget_traced_shapes(model)
 
 
 def batch(count: int):
@@ -52,7 +41,7 @@ def test_the_exported_graph_gives_the_eager_graphs_outputs_on_any_batch(score_th
     inputs = {count: batch(count) for count in (1, 3)}
     with torch.no_grad():
         before = {count: DetectorGraph(model)(*x) for count, x in inputs.items()}
-    program = exported(model)
+    program = exported_program(model, SIZE).module()
     for count, x in inputs.items():
         with torch.no_grad():
             traced, eager = program(*x), DetectorGraph(model)(*x)

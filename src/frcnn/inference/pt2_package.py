@@ -14,6 +14,7 @@ a Python needs torch and torchvision (whose import registers the NMS kernel), no
 Compiling needs a C++ compiler (g++ or clang), as torch.compile on a CPU does.
 """
 
+import functools
 from pathlib import Path
 
 import torch
@@ -27,19 +28,30 @@ TORCH_NEEDED = (2, 15)  # the first torch this export was checked on
 
 
 def export_pt2(model: nn.Module, path: Path, image_size: int, metadata: dict[str, str]) -> None:
-    """Export `model` (in eval mode, on the CPU) with a dynamic batch and compile it into an
-    AOTInductor package at `path`, `metadata` inside (its `get_metadata()`)."""
+    """Export `model` and compile it into an AOTInductor package at `path`, `metadata` inside
+    (its `get_metadata()`)."""
+    torch._inductor.aoti_compile_and_package(
+        exported_program(model, image_size),
+        package_path=str(path),
+        inductor_configs={"aot_inductor.metadata": metadata},
+    )
+
+
+def exported_program(model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
+    """`DetectorGraph(model)` (in eval mode, on the CPU) through `torch.export`, the batch
+    dynamic (1..MAX_BATCH)."""
     if tuple(int(part) for part in torch.__version__.split(".")[:2]) < TORCH_NEEDED:
         raise RuntimeError(
             f"format=pt2 needs torch {'.'.join(map(str, TORCH_NEEDED))} or newer (the first its "
             f"export was checked on), not {torch.__version__}"
         )
+    register_nms_shape()
     model = model.eval().cpu()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     forget_traced_shapes(model)
     try:
         with torch.no_grad():
-            program = torch.export.export(
+            return torch.export.export(
                 DetectorGraph(model),
                 example_inputs(image_size),
                 dynamic_shapes={name: {0: batch} for name in INPUTS},
@@ -47,22 +59,22 @@ def export_pt2(model: nn.Module, path: Path, image_size: int, metadata: dict[str
             )
     finally:
         forget_traced_shapes(model)
-    torch._inductor.aoti_compile_and_package(
-        program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata}
-    )
 
 
-@torch.library.register_fake("torchvision::nms")
-def nms_shape(boxes, scores, iou_threshold):
-    """The shape of `torchvision.ops.nms`'s output for the tracer: 0 to N kept indices.
+@functools.cache
+def register_nms_shape() -> None:
+    """Give the tracer the shape of `torchvision.ops.nms`'s output: 0 to N kept indices.
 
     Replaces torchvision's (0.29), which declares at least 2 (the default of the deprecated
     `create_unbacked_symint`): an exported graph then asserts it at run time and fails on any
     image or batch with fewer than 2 candidates left, as a barely trained model's has."""
-    torch._check(boxes.dim() == 2 and boxes.size(1) == 4 and scores.dim() == 1)
-    torch._check(boxes.size(0) == scores.size(0))
-    kept = torch.library.get_ctx().new_dynamic_size()
-    return boxes.new_empty(kept, dtype=torch.long)
+
+    @torch.library.register_fake("torchvision::nms")
+    def nms_shape(boxes, scores, iou_threshold):
+        torch._check(boxes.dim() == 2 and boxes.size(1) == 4 and scores.dim() == 1)
+        torch._check(boxes.size(0) == scores.size(0))
+        kept = torch.library.get_ctx().new_dynamic_size()
+        return boxes.new_empty(kept, dtype=torch.long)
 
 
 def forget_traced_shapes(model: nn.Module) -> None:

@@ -66,7 +66,7 @@ def test_the_graph_takes_any_batch_size(exported):
     checkpoint, path, _ = exported
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     images, sizes = real_size_batch(predictor, 3, 6, seed=7)  # 3: neither batch of the check
-    reports = check(onnx_graph.runner(path), predictor.model, images, sizes)
+    reports = check(onnx_graph.load(path)[0], predictor.model, images, sizes)
     assert [r["batch"] for r in reports] == [1, 3, 3, 3]
     assert all(r["ok"] for r in reports), reports
 
@@ -77,7 +77,7 @@ def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detect
     info = metadata(OVERFIT_SIZE, "letterbox", data.class_names, data.category_ids)
     export_onnx(model, path, OVERFIT_SIZE, 17, info)
     images, sizes = real_size_batch(Predictor(model, OVERFIT_SIZE, device="cpu"), 4, 3)
-    reports = check(onnx_graph.runner(path), model, images, sizes)
+    reports = check(onnx_graph.load(path)[0], model, images, sizes)
     assert all(r["ok"] for r in reports), reports
     with torch.no_grad():
         detections = model.eval()(images, image_sizes=sizes)
@@ -221,18 +221,25 @@ print(json.dumps(package.get_metadata()))
 """
 
 
-def test_a_pt2_package_runs_without_the_project_with_the_same_detections(trained, tmp_path):
+@pytest.fixture(scope="module")
+def packaged(exported, trained):
+    """export.py format=pt2 run on the ONNX file's checkpoint, to its default output ->
+    (checkpoint, package, output)."""
+    log_dir, _ = trained
+    checkpoint = exported[0]
+    result = run("export.py", f"ckpt_path={checkpoint}", "format=pt2", log_dir=log_dir)
+    (package,) = (log_dir / "export" / "runs").glob("*/model.pt2")
+    return checkpoint, package, result.stdout + result.stderr
+
+
+def test_a_pt2_package_runs_without_the_project_with_the_same_detections(packaged, tmp_path):
     """export.py format=pt2: checked like the ONNX file (batch 1 and 4), then loaded by
     `aoti_load_package` in a Python with torch and torchvision only, on a batch of 3 (neither
     of the check's): PyTorch's detections, and the checkpoint's settings in its metadata."""
-    log_dir, run_dir = trained
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    result = run("export.py", f"ckpt_path={checkpoint}", "format=pt2", log_dir=log_dir)
-    printed = result.stdout + result.stderr
+    checkpoint, package, printed = packaged
     verdicts = re.findall(r"batch (\d), image (\d): .*: (\w+)", printed)
     assert sorted(verdicts) == [("1", "0", "same")] + [("4", str(i), "same") for i in range(4)]
     assert "AOTInductor (CPU) against PyTorch on 4 images" in printed
-    (package,) = (log_dir / "export" / "runs").glob("*/model.pt2")  # the default output
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     images, sizes = real_size_batch(predictor, 3, 6, seed=7)
     torch.save((images, sizes), tmp_path / "inputs.pt")
@@ -254,3 +261,62 @@ def test_a_pt2_package_runs_without_the_project_with_the_same_detections(trained
     for i, detections in enumerate(expected):
         report = compare(detections, {k: v[i].numpy() for k, v in outputs.items()})
         assert report["ok"], report
+
+
+def test_predict_py_gives_the_same_detections_from_every_backend(
+    exported, packaged, trained, tmp_path
+):
+    """predict.py on the checkpoint (backend=torch), its ONNX file and its pt2 package: the
+    same pictures and the same detections.json (up to its rounding: 0.01 px, 1e-5)."""
+    log_dir, _ = trained
+    checkpoint, onnx_file, _ = exported
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index, size in enumerate([(640, 300), (280, 500), (400, 400)]):
+        draw_sample(5, index, 6, 240, 640).image.resize(size).save(inputs / f"{index}.jpg")
+    sources = {
+        "torch": [f"ckpt_path={checkpoint}"],
+        "onnxruntime": ["backend=onnxruntime", f"model_file={onnx_file}"],
+        "pt2": ["backend=pt2", f"model_file={packaged[1]}"],
+    }
+    found = {}
+    for backend, args in sources.items():
+        out = tmp_path / backend
+        run("predict.py", *args, f"input={inputs}", f"output={out}", "device=cpu", log_dir=log_dir)
+        assert sorted(p.name for p in out.glob("*.jpg")) == ["0.jpg", "1.jpg", "2.jpg"]
+        found[backend] = json.loads((out / "detections.json").read_text())
+    assert found["torch"]
+    for backend in ("onnxruntime", "pt2"):
+        assert len(found[backend]) == len(found["torch"]), backend
+        for wanted in found["torch"]:
+            same = [
+                r for r in found[backend]
+                if (r["image_id"], r["category_id"], r["file_name"], r["picture"])
+                == (wanted["image_id"], wanted["category_id"], wanted["file_name"],
+                    wanted["picture"])
+            ]  # fmt: skip
+            nearest = min(same, key=lambda r: box_diff(r["bbox"], wanted["bbox"]))
+            assert box_diff(nearest["bbox"], wanted["bbox"]) <= 0.021, (backend, wanted)
+            assert abs(nearest["score"] - wanted["score"]) <= 2e-5 + 1e-4, (backend, wanted)
+
+
+def box_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("backend=pt2", r"backend=pt2 runs an exported file: give model_file="),
+        ("model_file={tmp}/m.onnx", r"is an exported file: backend=onnxruntime or pt2"),
+        ("backend=tflite model_file={tmp}/m.onnx", r"backend='tflite': one of torch, onnxruntime"),
+        ("backend=onnxruntime model_file={tmp}/m.onnx nms_thresh=0.5", r"nms_thresh: .* baked in"),
+        ("backend=onnxruntime model_file={tmp}/missing.onnx", r"missing.onnx'?: no such file"),
+    ],
+)
+def test_predict_py_refuses_what_an_exported_file_cannot_do(tmp_path, override, message):
+    (tmp_path / "m.onnx").write_bytes(b"never read")
+    (tmp_path / "in.png").write_bytes(b"")
+    args = ["input=" + str(tmp_path / "in.png"), *override.format(tmp=tmp_path).split()]
+    with pytest.raises(AssertionError, match=message):
+        run("predict.py", *args, "device=cpu", log_dir=tmp_path / "logs")

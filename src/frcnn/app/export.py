@@ -27,7 +27,7 @@ def export(cfg) -> Path:
     checked: a failed check or export leaves no unchecked file, and an older file stays."""
     if cfg.format not in RUNTIMES:
         raise ValueError(f"format={cfg.format!r}: one of {', '.join(RUNTIMES)}")
-    write, runner = exporter(cfg)
+    write, load = exporter(cfg)
     output = writable_file(cfg.output)
     if cfg.format == "pt2" and output.suffix != ".pt2":  # (torch's loader goes by it)
         raise ValueError(f"output={cfg.output!r}: a pt2 package's file name ends in .pt2")
@@ -43,7 +43,8 @@ def export(cfg) -> Path:
     try:
         write(predictor.model, temporary, size, info)
         batch, sizes, _ = predictor.batch(images)
-        reports = detector_graph.check(runner(temporary), predictor.model, batch, sizes)
+        run, _ = load(temporary)
+        reports = detector_graph.check(run, predictor.model, batch, sizes)
         log.info("\n".join(check_lines(reports, len(images), RUNTIMES[cfg.format])))
         if not all(r["ok"] for r in reports):
             raise RuntimeError(
@@ -68,8 +69,8 @@ def export(cfg) -> Path:
 
 
 def exporter(cfg):
-    """The format's (write(model, path, image_size, metadata), runner(path)); a missing
-    dependency or a bad setting is named before anything is loaded."""
+    """The format's (write(model, path, image_size, metadata), load(path) -> (runner,
+    metadata)); a missing dependency or a bad setting is named before anything is loaded."""
     if cfg.format == "pt2":
         from frcnn.inference import pt2_package
 
@@ -77,7 +78,7 @@ def exporter(cfg):
             log.info("Exporting with torch.export, compiling with AOTInductor (minutes)...")
             pt2_package.export_pt2(model, path, size, info)
 
-        return write, pt2_package.runner
+        return write, pt2_package.load
     require_export_extra()
     from frcnn.inference import onnx_graph
 
@@ -87,7 +88,7 @@ def exporter(cfg):
         log.info("Exporting to ONNX (opset %d, %d px input)...", opset, size)
         onnx_graph.export_onnx(model, path, size, opset, info)
 
-    return write, onnx_graph.runner
+    return write, onnx_graph.load
 
 
 def check_images(spec: str | None, predictor: Predictor) -> list:
@@ -118,7 +119,7 @@ def check_lines(reports: list[dict], count: int, runtime: str) -> list[str]:
     return lines
 
 
-def require_export_extra() -> None:
+def require_export_extra(what: str = "export.py format=onnx") -> None:
     """onnx and onnxruntime are the `export` extra, which training does not need: name it and
     how to install it rather than fail on the first import."""
     try:
@@ -126,7 +127,7 @@ def require_export_extra() -> None:
         import onnxruntime  # noqa: F401
     except ImportError as err:
         raise ModuleNotFoundError(
-            f"export.py format=onnx needs onnx and onnxruntime ({err}): the `export` extra. In "
+            f"{what} needs onnx and onnxruntime ({err}): the `export` extra. In "
             "a checkout: `uv sync --extra export` (`uv run` installs it with the dev tools) or "
             "`pip install -e '.[export]'`"
         ) from None

@@ -116,14 +116,7 @@ def predict_files(cfg) -> dict:
             f"output={cfg.output!r} holds input images, which the annotated copies would "
             "overwrite: choose another output folder"
         )
-    predictor = Predictor.from_checkpoint(
-        cfg.ckpt_path,
-        cfg.trainer.accelerator,
-        cfg.score_thresh,
-        cfg.nms_thresh,
-        cfg.max_detections,
-        cfg.tta,
-    )
+    predictor = load_predictor(cfg)
     output.mkdir(parents=True, exist_ok=True)
     results, corrupt, drawn_count = [], [], 0
     ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
@@ -154,6 +147,46 @@ def predict_files(cfg) -> dict:
         "drawn": drawn_count,
         "corrupt": corrupt,
     }
+
+
+def load_predictor(cfg) -> Predictor:
+    """The checkpoint (`backend=torch`, `ckpt_path=`) or an exported file (`backend=onnxruntime`
+    or `pt2`, `model_file=`); settings that an exported file has baked in are refused, named."""
+    backend, exported = cfg.get("backend", "torch"), cfg.get("model_file")
+    if backend == "torch":
+        if exported:
+            raise ValueError(
+                f"model_file={exported!r} is an exported file: backend=onnxruntime or pt2 "
+                "runs it (backend=torch reads ckpt_path=)"
+            )
+        if not cfg.ckpt_path:
+            raise ValueError("ckpt_path=<a training checkpoint> is needed (backend=torch)")
+        return Predictor.from_checkpoint(
+            cfg.ckpt_path,
+            cfg.trainer.accelerator,
+            cfg.score_thresh,
+            cfg.nms_thresh,
+            cfg.max_detections,
+            cfg.tta,
+        )
+    if backend not in ("onnxruntime", "pt2"):
+        raise ValueError(f"backend={backend!r}: one of torch, onnxruntime, pt2")
+    if not exported:
+        raise ValueError(f"backend={backend} runs an exported file: give model_file=<the file>")
+    baked = [key for key in ("score_thresh", "nms_thresh", "tta") if cfg[key] is not None]
+    if baked or cfg.ckpt_path:
+        given = baked + (["ckpt_path"] if cfg.ckpt_path else [])
+        raise ValueError(
+            f"{', '.join(given)}: {exported} has its post-processing and weights baked in; "
+            "export.py sets them (score_thresh=, nms_thresh=; no test-time augmentation)"
+        )
+    if cfg.trainer.accelerator == "gpu":
+        raise ValueError(f"backend={backend} runs on the CPU: device=cpu or device=auto")
+    if backend == "onnxruntime":
+        from frcnn.app.export import require_export_extra  # (export imports this module)
+
+        require_export_extra("predict.py backend=onnxruntime")
+    return Predictor.from_exported(exported, backend, cfg.max_detections)
 
 
 def read_batch(files: list[Path], indices) -> list[tuple[int, object, str | None]]:

@@ -3,8 +3,8 @@
 The graph is `detector_graph.DetectorGraph` (the detector's own fixed-shape inference code),
 traced with two exportable stand-ins that compute the same values: NMS as ONNX
 `NonMaxSuppression` (`boxes.NMSInRows`) and RoIAlign as one ONNX `RoiAlign` per FPN level
-(`poolers.roi_align_per_level`). A runtime needs nothing else. `runner` runs the file with
-onnxruntime, for `detector_graph.check`.
+(`poolers.roi_align_per_level`). A runtime needs nothing else. `load` runs the file with
+onnxruntime (the export's check, predict.py backend=onnxruntime).
 
 Needs the `export` extra (`onnx`, `onnxruntime`); training does not.
 """
@@ -68,12 +68,14 @@ def export_onnx(
     onnx.save(proto, str(path))
 
 
-def runner(path: Path) -> Runner:
-    """The ONNX file in an onnxruntime session (CPU): (images, image_sizes) -> outputs."""
+def load(path: Path) -> tuple[Runner, dict[str, str]]:
+    """The ONNX file in an onnxruntime session (CPU) -> (its runner: (images, image_sizes) ->
+    outputs, the file's metadata)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda images, image_sizes: run_onnx(session, images, image_sizes)
+    run = lambda images, image_sizes: run_onnx(session, images, image_sizes)  # noqa: E731
+    return run, session.get_modelmeta().custom_metadata_map
 
 
 def run_onnx(session, images: Tensor, image_sizes: Tensor) -> dict[str, np.ndarray]:

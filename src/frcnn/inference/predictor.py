@@ -1,5 +1,6 @@
 """Run a trained detector on images of any size: boxes come back in the images' own pixels."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ class Predictor:
         device: str = "auto",
     ):
         self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
+        # an exported file's runner (`from_exported`) is called as the model is
+        self.model = model.eval().to(self.device) if isinstance(model, nn.Module) else model
         self.transform = Transform(image_size, resize, 0.0)
         self.class_names = class_names
         self.category_ids = category_ids
@@ -72,6 +74,31 @@ class Predictor:
             checkpoint.get("class_names"),
             checkpoint.get("category_ids"),
             device,
+        )
+
+    @classmethod
+    def from_exported(cls, path: str | Path, backend: str, max_detections: int | None = None):
+        """An exported file (export.py), on the CPU: an ONNX file run by onnxruntime (`backend`
+        "onnxruntime") or an AOTInductor package ("pt2"). Its post-processing is the one baked
+        in at export (`max_detections` keeps at most that many of each image's, best first);
+        its input size, resize and class names come from its metadata."""
+        if backend == "onnxruntime":
+            from frcnn.inference.onnx_graph import load
+        elif backend == "pt2":
+            from frcnn.inference.pt2_package import load
+        else:
+            raise ValueError(f"backend={backend!r}: an exported file runs on onnxruntime or pt2")
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model_file={str(path)!r}: no such file (export.py writes it)")
+        run, meta = load(path)
+        return cls(
+            per_image(run, max_detections),
+            int(meta["image_size"]),
+            meta["resize"],
+            json.loads(meta["class_names"]) or None,
+            json.loads(meta["category_ids"]) or None,
+            "cpu",
         )
 
     def name(self, label: int) -> str:
@@ -136,6 +163,23 @@ class Predictor:
                 }
             )
         return out
+
+
+def per_image(run, max_detections: int | None = None):
+    """An exported file's runner as the model is called: (images, image_sizes=...) -> one dict
+    per image of its valid rows {"boxes", "scores", "labels"} (at most `max_detections`)."""
+
+    def detect(images: Tensor, image_sizes: Tensor) -> list[dict[str, Tensor]]:
+        outputs = {k: torch.from_numpy(v) for k, v in run(images, image_sizes).items()}
+        counts = outputs["num_detections"].tolist()
+        if max_detections is not None:
+            counts = [min(count, max_detections) for count in counts]
+        return [
+            {k: outputs[k][i, :count] for k in ("boxes", "scores", "labels")}
+            for i, count in enumerate(counts)
+        ]
+
+    return detect
 
 
 def open_image(path: Path) -> Image.Image:

@@ -84,8 +84,9 @@ def forget_traced_shapes(model: nn.Module) -> None:
     level_table.cache_clear()
 
 
-def runner(path: Path) -> Runner:
-    """The package loaded (CPU): (images, image_sizes) -> outputs."""
+def load(path: Path) -> tuple[Runner, dict[str, str]]:
+    """The package loaded (CPU) -> (its runner: (images, image_sizes) -> outputs, its
+    metadata)."""
     package = torch._inductor.aoti_load_package(str(path))
 
     def run(images, image_sizes):
@@ -93,4 +94,4 @@ def runner(path: Path) -> Runner:
             outputs = package(images, image_sizes)
         return {name: value.numpy() for name, value in zip(OUTPUTS, outputs, strict=True)}
 
-    return run
+    return run, package.get_metadata()

@@ -21,7 +21,7 @@ import torch
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.detector_graph import check, metadata
-from frcnn.inference.onnx_graph import export_onnx, run_onnx, runner
+from frcnn.inference.onnx_graph import export_onnx, load, run_onnx
 from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
 
@@ -63,7 +63,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         export_onnx(model, path, size, 17, metadata(size, "letterbox", None, None))
-        reports = check(runner(path), model, images, sizes)
+        reports = check(load(path)[0], model, images, sizes)
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         print(
             f"{name}, {size} px; torch {torch.__version__} ({torch.get_num_threads()} threads), "

@@ -1,4 +1,5 @@
-"""The benchmarks that must not rot: bench/gpu.py (run on a GPU machine) dry-run on the CPU."""
+"""The benchmarks that must not rot: bench/gpu.py (run on a GPU machine), the stage breakdown and
+the ONNX latency, dry-run on the CPU at tiny sizes."""
 
 import runpy
 import sys
@@ -36,3 +37,13 @@ def test_the_stage_breakdown_s_rest_is_what_the_stages_leave(capsys, monkeypatch
         assert rows[-1][0] == "| (the rest: backward, optimiser, ...)", block
         assert float(rows[-1][1]) == pytest.approx(whole - stages, abs=2e-4), block
         assert 0 <= float(rows[-1][1]) < whole
+
+
+def test_the_onnx_latency_bench_checks_and_times_both_runtimes(capsys, monkeypatch):
+    tiny = ["--depth", "18", "--size", "64", "--classes", "3", "--reps", "1"]
+    monkeypatch.setattr(sys, "argv", ["onnx_latency.py", *tiny])
+    runpy.run_path(str(ROOT / "bench" / "onnx_latency.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "same detections: yes" in printed
+    rows = [line for line in printed.splitlines() if line.startswith(("| 1 |", "| 4 |"))]
+    assert len(rows) == 2, printed

@@ -166,11 +166,11 @@ class NMSInRows(torch.autograd.Function):
     as its batch (`symbolic`), so the graph needs nothing else."""
 
     @staticmethod
-    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thresh: float, calls: int) -> Tensor:
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thresh: float) -> Tensor:
         return nms_rows(boxes, scores, iou_thresh, 1)  # (what the graph holds is `symbolic`)
 
     @staticmethod
-    def symbolic(g, boxes, scores, iou_thresh: float, calls: int):
+    def symbolic(g, boxes, scores, iou_thresh: float):
         def constant(value, dtype):
             return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
 
@@ -209,7 +209,7 @@ def nms_in_rows(
     """
     masked = torch.where(candidate, scores, -1.0)[:, None]
     if torch.onnx.is_in_onnx_export():
-        kept = NMSInRows.apply(boxes, masked, iou_thresh, 1)
+        kept = NMSInRows.apply(boxes, masked, iou_thresh)
     else:  # a call per image needs their count: torch.export, tracing a symbolic batch, makes one
         per_image = calls == "image" and isinstance(images, int)
         kept = nms_rows(boxes, masked, iou_thresh, images if per_image else 1)

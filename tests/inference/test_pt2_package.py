@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from frcnn.inference.detector_graph import DetectorGraph
-from frcnn.inference.pt2_package import TORCH_NEEDED, exported_program
+from frcnn.inference.pt2_package import TORCH_NEEDED, exported_program, torch_supported
 from frcnn.model import FasterRCNN
 
 SIZE = 64
 pytestmark = pytest.mark.skipif(
-    tuple(int(part) for part in torch.__version__.split(".")[:2]) < TORCH_NEEDED,
-    reason=f"format=pt2 needs torch {TORCH_NEEDED} or newer",
+    not torch_supported(), reason=f"format=pt2 needs torch {TORCH_NEEDED} or newer"
 )
 
 

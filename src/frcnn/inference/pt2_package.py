@@ -18,6 +18,7 @@ import functools
 from pathlib import Path
 
 import torch
+from packaging.version import Version
 from torch import nn
 
 from frcnn.inference.detector_graph import INPUTS, OUTPUTS, DetectorGraph, Runner, example_inputs
@@ -40,7 +41,7 @@ def export_pt2(model: nn.Module, path: Path, image_size: int, metadata: dict[str
 def exported_program(model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
     """`DetectorGraph(model)` (in eval mode, on the CPU) through `torch.export`, the batch
     dynamic (1..MAX_BATCH)."""
-    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < TORCH_NEEDED:
+    if not torch_supported():
         raise RuntimeError(
             f"format=pt2 needs torch {'.'.join(map(str, TORCH_NEEDED))} or newer (the first its "
             f"export was checked on), not {torch.__version__}"
@@ -59,6 +60,10 @@ def exported_program(model: nn.Module, image_size: int) -> torch.export.Exported
             )
     finally:
         forget_traced_shapes(model)
+
+
+def torch_supported() -> bool:
+    return Version(torch.__version__).release >= TORCH_NEEDED
 
 
 @functools.cache

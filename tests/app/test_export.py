@@ -85,10 +85,11 @@ def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detect
     assert min(confident) >= 1  # real detections, not just low-score noise
 
 
-def readme_example() -> str:
-    """The numpy pre/post-processing example of the README's deploy section."""
+def readme_example(heading: str = "### ONNX") -> str:
+    """The python example under `heading` in the README's deploy section (### ONNX: the numpy
+    pre/post-processing)."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### ONNX", readme.index("## Deploying")) :]
+    section = readme[readme.index(heading, readme.index("## Deploying")) :]
     start = section.index("```python\n") + len("```python\n")
     return section[start : section.index("```\n", start)]
 
@@ -160,8 +161,9 @@ def test_compare_pairs_detections_by_label_and_box():
         ("opset=21", r"opset=21: the graph needs ONNX opset 11\.\.20"),
         ("output={tmp}/notes.txt/model.onnx", "cannot be created"),
         ("output={tmp}", "is a folder"),
-        ("format=pt3", r"format='pt3': one of onnx, pt2"),
-        ("format=pt2 output={tmp}/model.onnx", r"a pt2 package's file name ends in \.pt2"),
+        ("format=pt3", r"format='pt3': one of onnx, openvino, pt2"),
+        ("format=pt2 output={tmp}/model.onnx", r"a pt2 file's name ends in \.pt2"),
+        ("format=openvino output={tmp}/model.onnx", r"an? openvino file's name ends in \.xml"),
         ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),
     ],
 )
@@ -222,6 +224,44 @@ print(json.dumps(package.get_metadata()))
 
 
 @pytest.fixture(scope="module")
+def openvino_ir(exported, trained):
+    """export.py format=openvino run on the ONNX file's checkpoint, to its default output ->
+    (checkpoint, model.xml, output)."""
+    log_dir, _ = trained
+    checkpoint = exported[0]
+    result = run("export.py", f"ckpt_path={checkpoint}", "format=openvino", log_dir=log_dir)
+    (graph,) = (log_dir / "export" / "runs").glob("*/model.xml")
+    return checkpoint, graph, result.stdout + result.stderr
+
+
+def test_openvino_ir_is_checked_and_holds_the_metadata(openvino_ir, tmp_path, monkeypatch):
+    """export.py format=openvino: model.xml and model.bin, no temporary left, checked like the
+    ONNX file (batch 1 and 4); the README's OpenVINO example reads the checkpoint's settings
+    from it and runs it on a batch of 3 (neither of the check's) with PyTorch's detections."""
+    checkpoint, graph, printed = openvino_ir
+    verdicts = re.findall(r"batch (\d), image (\d): .*: (\w+)", printed)
+    assert sorted(verdicts) == [("1", "0", "same")] + [("4", str(i), "same") for i in range(4)]
+    assert "OpenVINO (CPU) against PyTorch on 4 images" in printed
+    assert sorted(p.name for p in graph.parent.glob("model*")) == ["model.bin", "model.xml"]
+    assert not list(graph.parent.glob(".*tmp*"))
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    images, sizes = real_size_batch(predictor, 3, 6, seed=7)
+    monkeypatch.chdir(graph.parent)
+    namespace = {"images": images.numpy(), "image_sizes": sizes.numpy()}
+    exec(readme_example("### OpenVINO"), namespace)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert namespace["names"] == saved["class_names"]
+    assert namespace["size"] == saved["config"]["data"]["image_size"]
+    outputs = namespace["outputs"]
+    with torch.no_grad():
+        expected = predictor.model(images, image_sizes=sizes)
+    assert sum(len(e["scores"]) for e in expected) > 0
+    for i, detections in enumerate(expected):
+        report = compare(detections, {name: outputs[name][i] for name in OUTPUTS})
+        assert report["ok"], report
+
+
+@pytest.fixture(scope="module")
 def packaged(exported, trained):
     """export.py format=pt2 run on the ONNX file's checkpoint, to its default output ->
     (checkpoint, package, output)."""
@@ -264,10 +304,11 @@ def test_a_pt2_package_runs_without_the_project_with_the_same_detections(package
 
 
 def test_predict_py_gives_the_same_detections_from_every_backend(
-    exported, packaged, trained, tmp_path
+    exported, openvino_ir, packaged, trained, tmp_path
 ):
-    """predict.py on the checkpoint (backend=torch), its ONNX file and its pt2 package: the
-    same pictures and the same detections.json (up to its rounding: 0.01 px, 1e-5)."""
+    """predict.py on the checkpoint (backend=torch), its ONNX file, OpenVINO IR and pt2
+    package: the same pictures and the same detections.json (up to its rounding: 0.01 px,
+    1e-5)."""
     log_dir, _ = trained
     checkpoint, onnx_file, _ = exported
     inputs = tmp_path / "in"
@@ -277,6 +318,7 @@ def test_predict_py_gives_the_same_detections_from_every_backend(
     sources = {
         "torch": [f"ckpt_path={checkpoint}"],
         "onnxruntime": ["backend=onnxruntime", f"model_file={onnx_file}"],
+        "openvino": ["backend=openvino", f"model_file={openvino_ir[1]}"],
         "pt2": ["backend=pt2", f"model_file={packaged[1]}"],
     }
     found = {}
@@ -286,7 +328,7 @@ def test_predict_py_gives_the_same_detections_from_every_backend(
         assert sorted(p.name for p in out.glob("*.jpg")) == ["0.jpg", "1.jpg", "2.jpg"]
         found[backend] = json.loads((out / "detections.json").read_text())
     assert found["torch"]
-    for backend in ("onnxruntime", "pt2"):
+    for backend in ("onnxruntime", "openvino", "pt2"):
         assert len(found[backend]) == len(found["torch"]), backend
         for wanted in found["torch"]:
             same = [
@@ -308,7 +350,7 @@ def box_diff(a: list[float], b: list[float]) -> float:
     ("override", "message"),
     [
         ("backend=pt2", r"backend=pt2 runs an exported file: give model_file="),
-        ("model_file={tmp}/m.onnx", r"is an exported file: backend=onnxruntime or pt2"),
+        ("model_file={tmp}/m.onnx", r"is an exported file: backend=onnxruntime or openvino or pt2"),
         ("backend=tflite model_file={tmp}/m.onnx", r"backend='tflite': one of torch, onnxruntime"),
         ("backend=onnxruntime model_file={tmp}/m.onnx nms_thresh=0.5", r"nms_thresh: .* baked in"),
         ("backend=onnxruntime model_file={tmp}/missing.onnx", r"missing.onnx'?: no such file"),

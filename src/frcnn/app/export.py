@@ -1,6 +1,7 @@
-"""export.py: the checkpoint's detector as one graph (an ONNX file or an AOTInductor package),
-checked against PyTorch by its runtime."""
+"""export.py: the checkpoint's detector as one graph (an ONNX file, OpenVINO IR or an
+AOTInductor package), checked against PyTorch by its runtime."""
 
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -14,23 +15,28 @@ from frcnn.inference.predictor import Predictor, open_image
 log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 4
-# each format: what runs it in the check
-RUNTIMES = {"onnx": "onnxruntime (CPU)", "pt2": "AOTInductor (CPU)"}
+# each format: its file's suffix, what runs it in the check
+FORMATS = {
+    "onnx": (".onnx", "onnxruntime (CPU)"),
+    "openvino": (".xml", "OpenVINO (CPU)"),
+    "pt2": (".pt2", "AOTInductor (CPU)"),
+}
 
 
 def export(cfg) -> Path:
-    """export.py: the checkpoint's detector as an ONNX file (`format=onnx`) or an AOTInductor
-    package (`format=pt2`), then the check by its runtime (the same detections as PyTorch on
-    `cfg.check_images`, batch 1 and 4). Returns the file.
+    """export.py: the checkpoint's detector as an ONNX file (`format=onnx`), OpenVINO IR
+    (`openvino`) or an AOTInductor package (`pt2`), then the check by its runtime (the same
+    detections as PyTorch on `cfg.check_images`, batch 1 and 4). Returns the file.
 
-    The file is written to a temporary one beside `cfg.output` and renamed to it only once
-    checked: a failed check or export leaves no unchecked file, and an older file stays."""
-    if cfg.format not in RUNTIMES:
-        raise ValueError(f"format={cfg.format!r}: one of {', '.join(RUNTIMES)}")
+    The files are written under temporary names beside `cfg.output` and renamed to it only
+    once checked: a failed check or export leaves no unchecked file, and an older file stays."""
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format={cfg.format!r}: one of {', '.join(FORMATS)}")
+    suffix, runtime = FORMATS[cfg.format]
     write, load = exporter(cfg)
-    output = writable_file(cfg.output)
-    if cfg.format == "pt2" and output.suffix != ".pt2":  # (torch's loader goes by it)
-        raise ValueError(f"output={cfg.output!r}: a pt2 package's file name ends in .pt2")
+    output = writable_file(cfg.output or f"{cfg.paths.output_dir}/model{suffix}")
+    if cfg.format != "onnx" and output.suffix != suffix:  # (their loaders go by it)
+        raise ValueError(f"output={cfg.output!r}: a {cfg.format} file's name ends in {suffix}")
     # the graph is the detector's fixed-shape `detect`: no test-time augmentation in it, nor
     # in the PyTorch detections it is checked against
     predictor = Predictor.from_checkpoint(
@@ -45,27 +51,36 @@ def export(cfg) -> Path:
         batch, sizes, _ = predictor.batch(images)
         run, _ = load(temporary)
         reports = detector_graph.check(run, predictor.model, batch, sizes)
-        log.info("\n".join(check_lines(reports, len(images), RUNTIMES[cfg.format])))
+        log.info("\n".join(check_lines(reports, len(images), runtime)))
         if not all(r["ok"] for r in reports):
             raise RuntimeError(
-                f"{RUNTIMES[cfg.format]}'s detections differ from PyTorch's beyond "
+                f"{runtime}'s detections differ from PyTorch's beyond "
                 f"{detector_graph.BOX_TOLERANCE_PX} px / {detector_graph.SCORE_TOLERANCE} (see "
                 f"above): {output} was not written"
             )
-        megabytes = temporary.stat().st_size / 2**20
+        megabytes = sum(f.stat().st_size for f in written(temporary, cfg.format)) / 2**20
+        pairs = zip(written(temporary, cfg.format), written(output, cfg.format), strict=True)
         try:
-            os.replace(temporary, output)
+            for made, final in reversed(list(pairs)):  # the graph last, once its weights are in
+                os.replace(made, final)
         except OSError as err:
             raise OSError(f"output={cfg.output!r} could not be written: {err}") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        for made in written(temporary, cfg.format):
+            made.unlink(missing_ok=True)
     log.info(
         "Wrote %s (%.1f MB)\n  inputs:  images uint8 (B, 3, %d, %d) %sed, image_sizes int64 "
         "(B, 2)\n  outputs: boxes (B, K, 4), scores (B, K), labels (B, K), num_detections (B,); "
         "K = %d",
-        output, megabytes, size, size, resize, predictor.model.roi_heads.detections_per_img,
+        " + ".join(map(str, written(output, cfg.format))), megabytes, size, size, resize,
+        predictor.model.roi_heads.detections_per_img,
     )  # fmt: skip
     return output
+
+
+def written(path: Path, format: str) -> list[Path]:
+    """The files of an export to `path`: the graph, and OpenVINO's weights beside it."""
+    return [path, path.with_suffix(".bin")] if format == "openvino" else [path]
 
 
 def exporter(cfg):
@@ -79,10 +94,18 @@ def exporter(cfg):
             pt2_package.export_pt2(model, path, size, info)
 
         return write, pt2_package.load
-    require_export_extra()
-    from frcnn.inference import onnx_graph
+    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[cfg.format]
+    require_export_extra(f"export.py format={cfg.format}", needs)
+    from frcnn.inference import onnx_graph, openvino_ir
 
     opset = onnx_graph.check_opset(cfg.opset)
+    if cfg.format == "openvino":
+
+        def write(model, path, size, info):
+            log.info("Exporting to ONNX (opset %d), converting to OpenVINO IR...", opset)
+            openvino_ir.export_openvino(model, path, size, opset, info)
+
+        return write, openvino_ir.load
 
     def write(model, path, size, info):
         log.info("Exporting to ONNX (opset %d, %d px input)...", opset, size)
@@ -119,16 +142,18 @@ def check_lines(reports: list[dict], count: int, runtime: str) -> list[str]:
     return lines
 
 
-def require_export_extra(what: str = "export.py format=onnx") -> None:
-    """onnx and onnxruntime are the `export` extra, which training does not need: name it and
-    how to install it rather than fail on the first import."""
+def require_export_extra(
+    what: str = "export.py format=onnx", modules: tuple[str, ...] = ("onnx", "onnxruntime")
+) -> None:
+    """onnx, onnxruntime and openvino are the `export` extra, which training does not need: name
+    it and how to install it rather than fail on the first import."""
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError as err:
         raise ModuleNotFoundError(
-            f"{what} needs onnx and onnxruntime ({err}): the `export` extra. In "
-            "a checkout: `uv sync --extra export` (`uv run` installs it with the dev tools) or "
+            f"{what} needs {' and '.join(modules)} ({err}): the `export` extra. In a checkout: "
+            "`uv sync --extra export` (`uv run` installs it with the dev tools) or "
             "`pip install -e '.[export]'`"
         ) from None
 

@@ -1,5 +1,6 @@
 """Run a trained detector on images of any size: boxes come back in the images' own pixels."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from frcnn.boxes import content_sizes, to_original_pixels
 from frcnn.data.transforms import Record, Transform, to_rgb
 from frcnn.structures import class_name
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
+
+# predict.py's backends for an exported file: the module that loads it
+EXPORTED_BACKENDS = {
+    "onnxruntime": "frcnn.inference.onnx_graph",
+    "openvino": "frcnn.inference.openvino_ir",
+    "pt2": "frcnn.inference.pt2_package",
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -79,18 +87,18 @@ class Predictor:
     @classmethod
     def from_exported(cls, path: str | Path, backend: str, max_detections: int | None = None):
         """An exported file (export.py), on the CPU: an ONNX file run by onnxruntime (`backend`
-        "onnxruntime") or an AOTInductor package ("pt2"). Its post-processing is the one baked
-        in at export (`max_detections` keeps at most that many of each image's, best first);
-        its input size, resize and class names come from its metadata."""
-        if backend == "onnxruntime":
-            from frcnn.inference.onnx_graph import load
-        elif backend == "pt2":
-            from frcnn.inference.pt2_package import load
-        else:
-            raise ValueError(f"backend={backend!r}: an exported file runs on onnxruntime or pt2")
+        "onnxruntime"), OpenVINO IR ("openvino", its .xml) or an AOTInductor package ("pt2").
+        Its post-processing is the one baked in at export (`max_detections` keeps at most that
+        many of each image's, best first); its input size, resize and class names come from
+        its metadata."""
+        if backend not in EXPORTED_BACKENDS:
+            raise ValueError(
+                f"backend={backend!r}: an exported file runs on {', '.join(EXPORTED_BACKENDS)}"
+            )
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"model_file={str(path)!r}: no such file (export.py writes it)")
+        load = importlib.import_module(EXPORTED_BACKENDS[backend]).load
         run, meta = load(path)
         return cls(
             per_image(run, max_detections),

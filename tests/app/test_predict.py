@@ -243,3 +243,33 @@ def test_sigterm_stops_predict_with_the_detections_so_far(trained, tmp_path):
     detections = json.loads((out / "detections.json").read_text())
     done = {int(p.stem) for p in out.glob("*.jpg")}
     assert 5 <= len(done) < 300 and {d["image_id"] for d in detections} <= done
+
+
+def test_predict_py_on_tiles_gives_the_tiled_detections_in_the_whole_images_pixels(
+    trained, tmp_path
+):
+    """tile=400 tile_overlap=0.25 on a 1600 x 800 image: detections.json holds what
+    `detect_tiled` finds (tests/inference/test_tiles.py measures its recall), in the image's
+    pixels; a tile too small to detect on is refused before anything runs."""
+    from frcnn.inference.tiles import detect_tiled
+    from tests.inference.test_tiles import large_canvas
+
+    _, run_dir = trained
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    image, _, _ = large_canvas()
+    (tmp_path / "in").mkdir()
+    image.save(tmp_path / "in" / "big.png")
+    args = [f"ckpt_path={checkpoint}", f"input={tmp_path / 'in'}", "device=cpu"]
+    out = tmp_path / "out"
+    run("predict.py", *args, f"output={out}", "tile=400", "tile_overlap=0.25",
+        log_dir=tmp_path / "logs")  # fmt: skip
+    found = json.loads((out / "detections.json").read_text())
+    expected = detect_tiled(Predictor.from_checkpoint(checkpoint, "cpu"), image, 400, 0.25, 4, 100)
+    assert len(found) == len(expected["scores"]) > 0
+    for result, box, score in zip(found, expected["boxes"], expected["scores"], strict=True):
+        x0, y0, x1, y1 = box.tolist()
+        assert result["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=0.006)
+        assert result["score"] == pytest.approx(float(score), abs=1e-5)
+    assert max(r["bbox"][0] for r in found) > 400  # beyond the first tile
+    with pytest.raises(AssertionError, match=r"tile=8: a tile's side in pixels, at least 32"):
+        run("predict.py", *args, f"output={out}", "tile=8", log_dir=tmp_path / "logs")

@@ -31,6 +31,7 @@ import torchvision
 
 from frcnn.training.sweep import TRIAL_GPUS
 from tests.app.helpers import ROOT, SMALL_MODEL, run_script
+from tests.app.test_predict_video import write_clip
 from tests.data.conftest import cppe5_parquet, hub_row, jpeg_bytes, write_hub_parquet
 
 # the only overrides a README training command gets, by the data it reads
@@ -138,6 +139,7 @@ def workspace(tmp_path_factory) -> Path:
         (ws / folder).mkdir(parents=True)
         for i in range(count):
             (ws / folder / f"{i}.jpg").write_bytes(jpeg_bytes(160 + 40 * i, 120))
+    write_clip(ws / "clip.mp4")
     weights = ws / "weights"
     weights.mkdir()
     torch.save(torchvision.models.resnet18().state_dict(), weights / "resnet18-f37072fd.pth")
@@ -329,10 +331,20 @@ def test_coco400_end_to_end_on_cpu(coco400_run, workspace):
 
 
 COMMANDS = [(s, line) for s, line in readme_commands() if not in_chain(line)]
-# the README command that writes the model.onnx that a command with model_file=model.onnx runs
-EXPORT_ONNX = (
-    "uv run export.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt output=model.onnx"
-)
+
+
+def export_line(name: str) -> str:
+    """The README's export command of a training run that writes `name` (model.onnx, ...), which
+    a command with model_file=<name> runs."""
+    found = [
+        line
+        for _, line in readme_commands()
+        if line.startswith("uv run export.py ckpt_path=logs/") and line.endswith(f"output={name}")
+    ]
+    assert len(found) == 1, f"the README should have one command that exports {name}: {found}"
+    return found[0]
+
+
 # what each script prints when it has done its job
 DONE = {
     "train.py": "train finished",
@@ -373,9 +385,10 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
         monkeypatch.delenv(TRIAL_GPUS, raising=False)
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two trials on two cores: a thread each
     observers = RECORD_IDS if ddp else RECORD_TRIAL if side_by_side else []
-    if "model_file=model.onnx" in line and not (workspace / "model.onnx").exists():
+    exported = re.search(r"model_file=(\S+)", line)
+    if exported and not (workspace / exported.group(1)).exists():
         # the README's export command writes it first
-        run_line(readme_line(EXPORT_ONNX), workspace, run)
+        run_line(export_line(exported.group(1)), workspace, run)
     before = set((workspace / "logs").glob("*/*runs/*"))
     result = run_line(line, workspace, run, *observers, separate=ddp)
     made = set((workspace / "logs").glob("*/*runs/*")) - before  # new run or sweep folders

@@ -7,7 +7,7 @@ from frcnn.app.build import build
 from frcnn.app.command import command
 from frcnn.app.evaluate import evaluate
 from frcnn.app.export import export
-from frcnn.app.predict import find_images, output_names, predict_files
+from frcnn.app.predict import find_images, output_names, predict_files, predict_video
 from frcnn.app.train import train
 from frcnn.app.visualize import visualize
 
@@ -19,6 +19,7 @@ __all__ = [
     "find_images",
     "output_names",
     "predict_files",
+    "predict_video",
     "train",
     "visualize",
 ]

@@ -16,7 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn.data.sources import UNREADABLE_IMAGE
-from frcnn.inference.predictor import Predictor, open_image
+from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
+from frcnn.inference.tiles import detect_tiled
 from frcnn.visualization.drawing import draw_detections
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def predict_files(cfg) -> dict:
             "overwrite: choose another output folder"
         )
     predictor = load_predictor(cfg)
+    detect = detector(cfg, predictor)
     output.mkdir(parents=True, exist_ok=True)
     results, corrupt, drawn_count = [], [], 0
     ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
@@ -127,7 +129,7 @@ def predict_files(cfg) -> dict:
                 batch = read_batch(files, range(start, min(start + cfg.batch_size, len(files))))
                 corrupt += [problem for _, _, problem in batch if problem]
                 batch = [(index, image) for index, image, problem in batch if not problem]
-                detections = predictor([image for _, image in batch]) if batch else []
+                detections = detect([image for _, image in batch]) if batch else []
                 for (index, image), detection in zip(batch, detections, strict=True):
                     drawn_count += save_picture(
                         image, detection, predictor, cfg.draw_thresh, output / names[index]
@@ -150,14 +152,15 @@ def predict_files(cfg) -> dict:
 
 
 def load_predictor(cfg) -> Predictor:
-    """The checkpoint (`backend=torch`, `ckpt_path=`) or an exported file (`backend=onnxruntime`
-    or `pt2`, `model_file=`); settings that an exported file has baked in are refused, named."""
+    """The checkpoint (`backend=torch`, `ckpt_path=`) or an exported file (`backend=onnxruntime`,
+    `openvino` or `pt2`, `model_file=`); settings that an exported file has baked in are
+    refused, named."""
     backend, exported = cfg.get("backend", "torch"), cfg.get("model_file")
     if backend == "torch":
         if exported:
             raise ValueError(
-                f"model_file={exported!r} is an exported file: backend=onnxruntime or pt2 "
-                "runs it (backend=torch reads ckpt_path=)"
+                f"model_file={exported!r} is an exported file: backend="
+                f"{' or '.join(EXPORTED_BACKENDS)} runs it (backend=torch reads ckpt_path=)"
             )
         if not cfg.ckpt_path:
             raise ValueError("ckpt_path=<a training checkpoint> is needed (backend=torch)")
@@ -169,8 +172,8 @@ def load_predictor(cfg) -> Predictor:
             cfg.max_detections,
             cfg.tta,
         )
-    if backend not in ("onnxruntime", "pt2"):
-        raise ValueError(f"backend={backend!r}: one of torch, onnxruntime, pt2")
+    if backend not in EXPORTED_BACKENDS:
+        raise ValueError(f"backend={backend!r}: one of torch, {', '.join(EXPORTED_BACKENDS)}")
     if not exported:
         raise ValueError(f"backend={backend} runs an exported file: give model_file=<the file>")
     baked = [key for key in ("score_thresh", "nms_thresh", "tta") if cfg[key] is not None]
@@ -182,11 +185,31 @@ def load_predictor(cfg) -> Predictor:
         )
     if cfg.trainer.accelerator == "gpu":
         raise ValueError(f"backend={backend} runs on the CPU: device=cpu or device=auto")
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         from frcnn.app.export import require_export_extra  # (export imports this module)
 
-        require_export_extra("predict.py backend=onnxruntime")
+        require_export_extra(f"predict.py backend={backend}", (backend,))
     return Predictor.from_exported(exported, backend, cfg.max_detections)
+
+
+def detector(cfg, predictor: Predictor):
+    """images (PIL) -> their detections: the predictor's, or with `tile=` those on overlapping
+    tiles of `tile` pixels merged with the whole image's (`inference.tiles`)."""
+    tile, overlap = cfg.get("tile"), cfg.get("tile_overlap", 0.2)
+    if tile is None:
+        return predictor
+    if not isinstance(tile, int) or tile < 32:
+        raise ValueError(f"tile={tile!r}: a tile's side in pixels, at least 32 (null: no tiles)")
+    if not isinstance(overlap, (int, float)) or not 0 <= overlap <= 0.75:
+        raise ValueError(f"tile_overlap={overlap!r}: the share of a tile neighbours share, 0..0.75")
+    most = cfg.max_detections if cfg.max_detections is not None else 100
+
+    def detect(images: list) -> list[dict]:
+        return [
+            detect_tiled(predictor, image, tile, overlap, cfg.batch_size, most) for image in images
+        ]
+
+    return detect
 
 
 def read_batch(files: list[Path], indices) -> list[tuple[int, object, str | None]]:
@@ -204,12 +227,94 @@ def read_batch(files: list[Path], indices) -> list[tuple[int, object, str | None
 def save_picture(image, detection: dict, predictor, draw_thresh: float, path: Path) -> int:
     """The image with its detections scoring at least `draw_thresh`, as a JPEG at `path`;
     returns how many were drawn."""
+    drawn, count = annotated(image, detection, predictor, draw_thresh)
+    Image.fromarray(drawn).save(path, format="JPEG", quality=92)
+    return count
+
+
+def annotated(image, detection: dict, predictor, draw_thresh: float) -> tuple[np.ndarray, int]:
+    """The image (PIL) with its detections scoring at least `draw_thresh` drawn -> uint8
+    (H, W, 3) array, how many were drawn."""
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     drawn = draw_detections(
         pixels, detection, class_names=predictor.class_names, min_score=draw_thresh
     )
-    Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path, format="JPEG", quality=92)
-    return int((detection["scores"] >= draw_thresh).sum())
+    return drawn.permute(1, 2, 0).numpy(), int((detection["scores"] >= draw_thresh).sum())
+
+
+def predict_video(cfg) -> dict:
+    """predict.py input=<a video file>: an annotated video and detections.jsonl, one line per
+    frame detected ({"frame", "time_s", "detections": COCO-style dicts}), every `stride`-th
+    frame (the video keeps their timing: fps / stride). Frames FFmpeg cannot decode are
+    skipped and listed at the end; the lines and the video so far are kept whatever stops the
+    run. Returns a small report."""
+    require_video_extra()
+    from frcnn.inference import video
+
+    source = Path(cfg.input).expanduser()
+    stride = cfg.get("stride", 1)
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride={stride!r}: a whole number >= 1 (every stride-th frame)")
+    info = video.probe(source)
+    output = Path(cfg.output).expanduser().resolve()
+    movie = output / f"{output_names([source])[0].removesuffix('.jpg')}.mp4"
+    if movie == source.resolve():
+        raise ValueError(f"output={cfg.output!r}: the annotated video would overwrite the input")
+    predictor = load_predictor(cfg)
+    detect = detector(cfg, predictor)
+    output.mkdir(parents=True, exist_ok=True)
+    lines_path = output / "detections.jsonl"
+    undecodable, frames, detections_count, drawn_count = [], 0, 0, 0
+    total = -(-info.frames // stride) if info.frames else None
+    frames_in = video.read_frames(source, stride, undecodable)
+    with (
+        stop_on_sigterm(),
+        lines_path.open("w") as lines,
+        video.video_writer(movie, info.fps / stride, info.width, info.height) as write,
+        tqdm(total=total, unit="frame", desc="predict") as progress,
+    ):
+        try:
+            # (itertools.batched from Python 3.12)
+            for batch in iter(lambda: list(itertools.islice(frames_in, cfg.batch_size)), []):
+                found = detect([frame.image for frame in batch])
+                for frame, detection in zip(batch, found, strict=True):
+                    picture, drawn = annotated(frame.image, detection, predictor, cfg.draw_thresh)
+                    write(picture)
+                    results = predictor.coco_results(detection, frame.index, source.name)
+                    for result in results:
+                        del result["image_id"], result["file_name"]
+                    line = {"frame": frame.index, "time_s": round(frame.time_s, 4)}
+                    lines.write(json.dumps({**line, "detections": results}) + "\n")
+                    frames, detections_count = frames + 1, detections_count + len(results)
+                    drawn_count += drawn
+                progress.update(len(batch))
+        except SystemExit:
+            log.error("predict stopped by SIGTERM: %s holds the frames done so far", lines_path)
+            raise
+    log.info(
+        "\n".join(
+            [
+                f"{frames} frames (every {stride}), {detections_count} detections -> {output}",
+                f"  video: {movie} ({drawn_count} detections drawn, scoring >= "
+                f"draw_thresh={cfg.draw_thresh})",
+                f"  detections: {lines_path} (a JSON line per frame)",
+            ]
+            + [f"  skipped, undecodable: {problem}" for problem in undecodable]
+        )
+    )
+    return {"frames": frames, "detections": detections_count, "undecodable": undecodable}
+
+
+def require_video_extra() -> None:
+    """PyAV is the `video` extra: name it rather than fail on the import."""
+    try:
+        import av  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"a video input needs PyAV ({err}): the `video` extra. In a checkout: "
+            "`uv sync --extra video` (`uv run` installs it with the dev tools) or "
+            "`pip install -e '.[video]'`"
+        ) from None
 
 
 def summary_lines(cfg, num_files, results, drawn_count, corrupt, json_path) -> list[str]:

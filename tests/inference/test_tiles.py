@@ -1,0 +1,109 @@
+"""Tiled detection: windows that cover the image, the greedy merge, and recall on a large image
+of small objects with and without tiles."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+from frcnn.data.synthetic import draw_sample
+from frcnn.inference.predictor import Predictor
+from frcnn.inference.tiles import cut_at_border, detect_tiled, intersections, merge, tile_windows
+from tests.conftest import OVERFIT_SIZE
+
+
+@pytest.mark.parametrize(("width", "height"), [(1000, 700), (641, 2000), (4000, 3000)])
+@pytest.mark.parametrize("overlap", [0.0, 0.2, 0.5])
+def test_windows_cover_the_image_and_overlap_as_asked(width, height, overlap):
+    tile = 640
+    windows = tile_windows(width, height, tile, overlap)
+    covered = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in windows:
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        assert x1 - x0 == min(tile, width) and y1 - y0 == min(tile, height)
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    xs = sorted({w[0] for w in windows})
+    gaps = np.diff(xs)
+    assert (tile - gaps >= overlap * tile - 1).all()  # neighbours share at least the overlap
+    assert max(w[2] for w in windows) == width and max(w[3] for w in windows) == height
+
+
+def test_an_image_that_fits_in_one_tile_has_no_tiles():
+    assert tile_windows(640, 480, 640, 0.2) == []
+
+
+def test_intersections_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5.0, 0, 25, 10], [2.0, 2, 4, 4], [1.0, 1, 1, 5]])
+    inter, area = intersections(boxes)
+    torch.testing.assert_close(area, torch.tensor([100.0, 200, 4, 0]))
+    torch.testing.assert_close(inter[0], torch.tensor([100.0, 50, 4, 0]))
+    assert torch.equal(inter, inter.T)
+
+
+def test_merge_joins_cut_parts_and_removes_duplicates_as_nms_does():
+    boxes = torch.tensor(
+        [
+            [450.0, 100, 640, 160],  # an object cut at a tile's right side ...
+            [512.0, 100, 700, 160],  # ... and its other part, from the next tile
+            [0.0, 0, 50, 50],  # an object ...
+            [1.0, 1, 49, 50],  # ... its duplicate from an overlapping tile
+            [0.0, 0, 30, 50],  # ... and a part of it, cut at a tile's side
+            [10.0, 10, 20, 20],  # a small object of the same class on it: kept, as NMS keeps it
+            [0.0, 0, 50, 50],  # another class in the same place
+        ]
+    )
+    scores = torch.tensor([0.9, 0.6, 0.8, 0.7, 0.75, 0.5, 0.3])
+    labels = torch.tensor([1, 1, 2, 2, 2, 2, 3])
+    cut = torch.tensor([True, True, False, False, True, False, False])
+    merged, best, classes = merge(boxes, scores, labels, cut)
+    expected = [[450.0, 100, 700, 160], [0.0, 0, 50, 50], [10.0, 10, 20, 20], [0.0, 0, 50, 50]]
+    torch.testing.assert_close(merged, torch.tensor(expected))
+    torch.testing.assert_close(best, torch.tensor([0.9, 0.8, 0.5, 0.3]))
+    assert classes.tolist() == [1, 2, 2, 3]
+    empty = merge(boxes[:0], scores[:0], labels[:0], cut[:0])
+    assert [len(x) for x in empty] == [0, 0, 0]
+
+
+def test_a_box_is_cut_where_it_touches_a_tile_side_inside_the_image():
+    window, size = (100, 0, 300, 200), (400, 200)  # left and right sides inside, the rest not
+    boxes = torch.tensor(
+        [[100.0, 50, 150, 80], [250.0, 50, 300, 80], [150.0, 0, 200, 200], [120.0, 20, 280, 180]]
+    )
+    assert cut_at_border(boxes, window, size).tolist() == [True, True, False, False]
+
+
+def large_canvas(columns: int = 4, rows: int = 2, cell: int = 400):
+    """The overfit detector's 8 training scenes (240-400 px) on one canvas of cells x cells ->
+    (image, boxes (N, 4) xyxy, labels (N,))."""
+    canvas = Image.new("RGB", (columns * cell, rows * cell), (100, 100, 100))
+    boxes, labels = [], []
+    for index in range(columns * rows):
+        record = draw_sample(0, index, 3, max_objects=4)
+        x, y = cell * (index % columns), cell * (index // columns)
+        canvas.paste(record.image, (x, y))
+        boxes.append(torch.from_numpy(record.boxes) + torch.tensor([x, y, x, y]))
+        labels.append(torch.from_numpy(record.labels))
+    return canvas, torch.cat(boxes), torch.cat(labels)
+
+
+def recall(detection: dict, boxes, labels, min_score: float = 0.3) -> float:
+    confident = detection["scores"] >= min_score
+    iou = box_iou(boxes.float(), detection["boxes"][confident])
+    same = labels[:, None] == detection["labels"][confident][None]
+    return float(((iou >= 0.5) & same).any(1).float().mean())
+
+
+def test_tiles_find_the_small_objects_that_the_whole_image_loses(overfit_detector):
+    """A 1600 x 800 canvas of 8 scenes, letterboxed whole to the detector's 128 px, shrinks each
+    scene 12x; tiles of 400 px with 25% overlap (not aligned with the scenes) keep them at
+    about the scale of training."""
+    model, data, _, _ = overfit_detector
+    predictor = Predictor(model, OVERFIT_SIZE, class_names=data.class_names, device="cpu")
+    image, boxes, labels = large_canvas()
+    whole = predictor(image)
+    tiled = detect_tiled(predictor, image, 400, 0.25, batch_size=8, max_detections=300)
+    assert tiled["names"] == [data.class_names[c - 1] for c in tiled["labels"]]
+    assert recall(whole, boxes, labels) < 0.3
+    assert recall(tiled, boxes, labels) >= 0.8

@@ -1,0 +1,43 @@
+"""Video decoding and encoding (PyAV) for predict.py: frames, their times, odd sizes."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from frcnn.inference.video import probe, read_frames, video_writer
+
+
+def test_written_frames_come_back_in_order_with_their_times_every_stride(tmp_path):
+    """An odd-sized video (the encoder pads it to even sides with black), 7 frames at 5 fps,
+    read back every 3rd: frames 0, 3, 6 at 0, 0.6, 1.2 s, each the grey level it was written
+    with (within the codec's loss)."""
+    path = tmp_path / "grey.mp4"
+    with video_writer(path, Fraction(5), 33, 21) as write:
+        for index in range(7):
+            write(np.full((21, 33, 3), 30 * index, np.uint8))
+    info = probe(path)
+    assert (info.fps, info.width, info.height) == (5, 34, 22)
+    undecodable = []
+    frames = list(read_frames(path, 3, undecodable))
+    assert [f.index for f in frames] == [0, 3, 6] and not undecodable
+    assert [f.time_s for f in frames] == [pytest.approx(t) for t in (0.0, 0.6, 1.2)]
+    for frame in frames:
+        pixels = np.asarray(frame.image).astype(int)
+        assert abs(pixels[:21, :33].mean() - 30 * frame.index) < 3
+        assert pixels[21:, :].mean() < 20 and pixels[:, 33:].mean() < 20  # the padding
+
+
+def test_a_file_without_a_video_stream_is_refused(tmp_path):
+    path = tmp_path / "sound.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 800), np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(ValueError, match="has no video stream"):
+        probe(path)

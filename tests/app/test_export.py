@@ -164,6 +164,9 @@ def test_compare_pairs_detections_by_label_and_box():
         ("format=pt3", r"format='pt3': one of onnx, openvino, pt2"),
         ("format=pt2 output={tmp}/model.onnx", r"a pt2 file's name ends in \.pt2"),
         ("format=openvino output={tmp}/model.onnx", r"an? openvino file's name ends in \.xml"),
+        ("format=pt2 quantize=int8 output={tmp}/m.pt2", r"quantize=int8: format=onnx or openvino"),
+        ("quantize=int4", r"quantize='int4': null \(float32\) or int8"),
+        ("quantize=int8 max_map_drop=5", r"max_map_drop=5: the mAP int8 may cost, 0..1"),
         ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),
     ],
 )
@@ -208,6 +211,46 @@ def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
         run("export.py", *args, log_dir=log_dir)
     assert path.read_bytes() == b"an earlier, checked export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "photos"]  # no temporary
+
+
+def test_int8_is_measured_on_the_validation_data_and_refused_past_max_map_drop(
+    trained, tmp_path, monkeypatch
+):
+    """export.py quantize=int8 (format=onnx, then openvino): the float graph checked against
+    PyTorch, the int8 one measured against it on the checkpoint's validation images (the
+    demo's 4), written as model.int8.onnx / model.int8.xml + .bin to the run's folder; a
+    drop past max_map_drop is refused with its figures, and nothing is written."""
+    from frcnn.inference import quantize
+
+    log_dir, run_dir = trained
+    args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "quantize=int8"]
+    result = run("export.py", *args, "calibration_images=4", log_dir=log_dir)
+    printed = result.stdout + result.stderr
+    assert "onnxruntime (CPU) against PyTorch on 4 images" in printed
+    measured = re.search(
+        r"validation data \((\d+) images\).*int8 costs (-?[\d.]+) mAP", printed, re.S
+    )
+    assert measured and int(measured.group(1)) > 0, printed[-2000:]
+    (written,) = (log_dir / "export" / "runs").glob("*/model.int8.onnx")
+    ops = {node.op_type for node in onnx.load(str(written)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "NonMaxSuppression"} <= ops
+    run("export.py", *args, "format=openvino", "calibration_images=2", log_dir=log_dir)
+    assert len(list((log_dir / "export" / "runs").glob("*/model.int8.[xb]*"))) == 2
+
+    real = quantize.mean_ap
+
+    def costly(runs, batches):  # as if int8 lost 0.02 mAP
+        found = real(runs, batches)
+        found["int8"]["map"] = found["float32"]["map"] - 0.02
+        return found
+
+    monkeypatch.setattr(quantize, "mean_ap", costly)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(
+        AssertionError, match=r"int8 costs 0.0200 mAP .*max_map_drop=0.01: .*m.onnx"
+    ):
+        run("export.py", *args, f"output={path}", log_dir=log_dir)
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary
 
 
 # what a deployment runs: torch and torchvision, in an isolated Python (no project on its path,

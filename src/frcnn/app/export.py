@@ -6,11 +6,17 @@ import logging
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from frcnn.app.build import checkpoint_run_config
+from frcnn.app.evaluate import by_name
 from frcnn.app.predict import find_images
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import detector_graph
 from frcnn.inference.predictor import Predictor, open_image
+from frcnn.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +32,19 @@ FORMATS = {
 def export(cfg) -> Path:
     """export.py: the checkpoint's detector as an ONNX file (`format=onnx`), OpenVINO IR
     (`openvino`) or an AOTInductor package (`pt2`), then the check by its runtime (the same
-    detections as PyTorch on `cfg.check_images`, batch 1 and 4). Returns the file.
+    detections as PyTorch on `cfg.check_images`, batch 1 and 4). With `quantize=int8` (onnx,
+    openvino) the checked float graph is quantized and the mAP that costs measured on the
+    checkpoint's validation data, refused above `max_map_drop`. Returns the file.
 
     The files are written under temporary names beside `cfg.output` and renamed to it only
     once checked: a failed check or export leaves no unchecked file, and an older file stays."""
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r}: one of {', '.join(FORMATS)}")
+    check_quantize(cfg)
     suffix, runtime = FORMATS[cfg.format]
-    write, load = exporter(cfg)
-    output = writable_file(cfg.output or f"{cfg.paths.output_dir}/model{suffix}")
+    write, load = exporter(cfg.format if not cfg.quantize else "onnx", cfg.opset)
+    name = f"model{'.int8' if cfg.quantize else ''}{suffix}"
+    output = writable_file(cfg.output or f"{cfg.paths.output_dir}/{name}")
     if cfg.format != "onnx" and output.suffix != suffix:  # (their loaders go by it)
         raise ValueError(f"output={cfg.output!r}: a {cfg.format} file's name ends in {suffix}")
     # the graph is the detector's fixed-shape `detect`: no test-time augmentation in it, nor
@@ -43,39 +53,118 @@ def export(cfg) -> Path:
         cfg.ckpt_path, "cpu", cfg.score_thresh, cfg.nms_thresh, cfg.max_detections, tta="none"
     )
     images = check_images(cfg.check_images, predictor)  # a bad one fails before the export
+    data = checkpoint_data(cfg) if cfg.quantize else None  # and bad data settings
     size, resize = predictor.transform.size, predictor.transform.resize
     info = detector_graph.metadata(size, resize, predictor.class_names, predictor.category_ids)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp{output.suffix}")
+    # int8: the float graph (checked against PyTorch) and the quantized ONNX graph go first
+    float_graph = temporary.with_suffix(".float.onnx") if cfg.quantize else temporary
+    int8_graph = temporary.with_suffix(".int8.onnx") if cfg.format == "openvino" else temporary
+    made = {float_graph, int8_graph, *written(temporary, cfg.format)} - {None}
     try:
-        write(predictor.model, temporary, size, info)
+        write(predictor.model, float_graph, size, info)
         batch, sizes, _ = predictor.batch(images)
-        run, _ = load(temporary)
+        run, _ = load(float_graph)
         reports = detector_graph.check(run, predictor.model, batch, sizes)
-        log.info("\n".join(check_lines(reports, len(images), runtime)))
+        checked_by = runtime if not cfg.quantize else FORMATS["onnx"][1]
+        log.info("\n".join(check_lines(reports, len(images), checked_by)))
         if not all(r["ok"] for r in reports):
             raise RuntimeError(
-                f"{runtime}'s detections differ from PyTorch's beyond "
+                f"{checked_by}'s detections differ from PyTorch's beyond "
                 f"{detector_graph.BOX_TOLERANCE_PX} px / {detector_graph.SCORE_TOLERANCE} (see "
                 f"above): {output} was not written"
             )
+        if cfg.quantize:
+            quantize_graph(cfg, data, float_graph, int8_graph, temporary, info, output)
         megabytes = sum(f.stat().st_size for f in written(temporary, cfg.format)) / 2**20
         pairs = zip(written(temporary, cfg.format), written(output, cfg.format), strict=True)
         try:
-            for made, final in reversed(list(pairs)):  # the graph last, once its weights are in
-                os.replace(made, final)
+            for made_file, final in reversed(list(pairs)):  # the graph last, its weights in
+                os.replace(made_file, final)
         except OSError as err:
             raise OSError(f"output={cfg.output!r} could not be written: {err}") from None
     finally:
-        for made in written(temporary, cfg.format):
-            made.unlink(missing_ok=True)
+        for made_file in made:
+            made_file.unlink(missing_ok=True)
     log.info(
-        "Wrote %s (%.1f MB)\n  inputs:  images uint8 (B, 3, %d, %d) %sed, image_sizes int64 "
+        "Wrote %s (%.1f MB%s)\n  inputs:  images uint8 (B, 3, %d, %d) %sed, image_sizes int64 "
         "(B, 2)\n  outputs: boxes (B, K, 4), scores (B, K), labels (B, K), num_detections (B,); "
         "K = %d",
-        " + ".join(map(str, written(output, cfg.format))), megabytes, size, size, resize,
+        " + ".join(map(str, written(output, cfg.format))), megabytes,
+        ", int8" if cfg.quantize else "", size, size, resize,
         predictor.model.roi_heads.detections_per_img,
     )  # fmt: skip
     return output
+
+
+def check_quantize(cfg) -> None:
+    """quantize= null or int8, on a format whose runtime runs int8 QDQ graphs, with a number
+    of calibration images and a largest mAP drop that make sense."""
+    if cfg.quantize is None:
+        return
+    if cfg.quantize != "int8":
+        raise ValueError(f"quantize={cfg.quantize!r}: null (float32) or int8")
+    if cfg.format == "pt2":
+        raise ValueError("quantize=int8: format=onnx or openvino (onnxruntime's quantization)")
+    if not isinstance(cfg.calibration_images, int) or cfg.calibration_images < 1:
+        raise ValueError(f"calibration_images={cfg.calibration_images!r}: a whole number >= 1")
+    drop = cfg.max_map_drop
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
+        raise ValueError(f"max_map_drop={drop!r}: the mAP int8 may cost, 0..1 (0.01: a point)")
+
+
+def checkpoint_data(cfg):
+    """The checkpoint's data module (its saved data config, with what the command line sets
+    under `data.`), both splits built: training images calibrate, validation ones measure."""
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    run = checkpoint_run_config(cfg, checkpoint["config"], HydraConfig.get().overrides.task)
+    datamodule = instantiate(run.data)
+    datamodule.setup("fit")
+    by_name(datamodule, checkpoint)
+    return datamodule
+
+
+def calibration_batches(datamodule, count: int):
+    """(images, image_sizes) of the first `count` training images (as training loads them)."""
+    taken = 0
+    for batch in datamodule.train_dataloader():
+        keep = min(count - taken, len(batch["images"]))
+        yield batch["images"][:keep], batch["image_sizes"][:keep]
+        taken += keep
+        if taken >= count:
+            return
+
+
+def quantize_graph(cfg, data, float_graph, int8_graph, path, info, output) -> None:
+    """The checked float graph quantized to int8 (`int8_graph`; for openvino then converted to
+    IR at `path`), its mAP on the validation data against the float graph's; refused above
+    `cfg.max_map_drop`."""
+    from frcnn.inference import onnx_graph, openvino_ir, quantize
+
+    log.info("Quantizing to int8, calibrated on %d training images...", cfg.calibration_images)
+    quantize.quantize_int8(
+        float_graph, int8_graph, calibration_batches(data, cfg.calibration_images)
+    )
+    if cfg.format == "openvino":
+        openvino_ir.convert(int8_graph, path, info)
+    _, load = exporter(cfg.format, cfg.opset)
+    runs = {"float32": onnx_graph.load(float_graph)[0], "int8": load(path)[0]}
+    log.info("Measuring float32 and int8 on the validation images...")
+    found = quantize.mean_ap(runs, data.val_dataloader())
+    drop = found["float32"]["map"] - found["int8"]["map"]
+    count = found["int8"]["images"]
+    lines = [f"mAP on the checkpoint's validation data ({count} images):"]
+    lines += [
+        f"  {name:<8} mAP {v['map']:.4f}  mAP@0.5 {v['map_50']:.4f}" for name, v in found.items()
+    ]
+    lines.append(f"  int8 costs {drop:.4f} mAP (max_map_drop={cfg.max_map_drop})")
+    log.info("\n".join(lines))
+    if drop > cfg.max_map_drop:
+        raise RuntimeError(
+            f"int8 costs {drop:.4f} mAP (float32 {found['float32']['map']:.4f}, int8 "
+            f"{found['int8']['map']:.4f}), more than max_map_drop={cfg.max_map_drop}: {output} "
+            "was not written (more calibration_images=, or keep float32)"
+        )
 
 
 def written(path: Path, format: str) -> list[Path]:
@@ -83,10 +172,10 @@ def written(path: Path, format: str) -> list[Path]:
     return [path, path.with_suffix(".bin")] if format == "openvino" else [path]
 
 
-def exporter(cfg):
+def exporter(format: str, opset: int):
     """The format's (write(model, path, image_size, metadata), load(path) -> (runner,
     metadata)); a missing dependency or a bad setting is named before anything is loaded."""
-    if cfg.format == "pt2":
+    if format == "pt2":
         from frcnn.inference import pt2_package
 
         def write(model, path, size, info):
@@ -94,12 +183,12 @@ def exporter(cfg):
             pt2_package.export_pt2(model, path, size, info)
 
         return write, pt2_package.load
-    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[cfg.format]
-    require_export_extra(f"export.py format={cfg.format}", needs)
+    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[format]
+    require_export_extra(f"export.py format={format}", needs)
     from frcnn.inference import onnx_graph, openvino_ir
 
-    opset = onnx_graph.check_opset(cfg.opset)
-    if cfg.format == "openvino":
+    opset = onnx_graph.check_opset(opset)
+    if format == "openvino":
 
         def write(model, path, size, info):
             log.info("Exporting to ONNX (opset %d), converting to OpenVINO IR...", opset)

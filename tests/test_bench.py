@@ -41,11 +41,18 @@ def test_the_stage_breakdown_s_rest_is_what_the_stages_leave(capsys, monkeypatch
         assert 0 <= float(rows[-1][1]) < whole
 
 
-def test_the_onnx_latency_bench_checks_and_times_both_runtimes(capsys, monkeypatch):
-    tiny = ["--depth", "18", "--size", "64", "--classes", "3", "--reps", "1"]
-    monkeypatch.setattr(sys, "argv", ["onnx_latency.py", *tiny])
-    runpy.run_path(str(ROOT / "bench" / "onnx_latency.py"), run_name="__main__")
+def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypatch):
+    """bench/cpu_inference.py on a small stand-in (pt2 left out: compiling takes minutes): the
+    float backends checked equal to PyTorch, a row per batch size with every backend's time
+    and its ratio to torchvision's."""
+    backends = ["torchvision", "torch", "onnxruntime", "openvino", "int8 onnxruntime"]
+    tiny = ["--depth", "18", "--sizes", "64", "--batch-sizes", "1", "2", "--reps", "1"]
+    monkeypatch.setattr(sys, "argv", ["cpu_inference.py", *tiny, "--backends", *backends])
+    runpy.run_path(str(ROOT / "bench" / "cpu_inference.py"), run_name="__main__")
     printed = capsys.readouterr().out
-    assert "same detections: yes" in printed
-    rows = [line for line in printed.splitlines() if line.startswith(("| 1 |", "| 4 |"))]
+    for backend in ("onnxruntime", "openvino"):
+        assert f"64 px, {backend}: the same detections as PyTorch: True" in printed
+    rows = [line for line in printed.splitlines() if line.startswith(("| 64 | 1 |", "| 64 | 2 |"))]
     assert len(rows) == 2, printed
+    for row in rows:
+        assert row.count("x)") == len(backends) and "(1.00x)" in row.split(" | ")[2], row

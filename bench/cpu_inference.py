@@ -1,0 +1,140 @@
+"""CPU inference latency of every backend against torchvision's eager Faster R-CNN, same weights.
+
+    uv run python bench/cpu_inference.py                         # ResNet-50-FPN, 400 and 800 px
+    uv run python bench/cpu_inference.py --sizes 400 --reps 10 --backends torch onnxruntime
+
+One torchvision `fasterrcnn_resnet50_fpn` (random weights, seed 0, 91 classes, resized to the
+input size: `min_size = max_size = S`) and this project's detector built from it
+(`from_torchvision`: the same weights and post-processing) detect the same letterboxed batches
+(synthetic images of 240-640 px), batch 1 and 4, through: torchvision eager, this detector
+eager, the exported graph in onnxruntime, in OpenVINO (float32), as an AOTInductor package
+(pt2), and quantized to int8 (`quantize=int8`, calibrated on 8 other synthetic images) in
+onnxruntime and OpenVINO. Every float backend is checked first (the export check: PyTorch's
+detections); int8 is not the same computation. Medians of `--reps` runs after one warm-up, ms
+per image, and the ratio to torchvision eager. Random weights time the work as trained ones
+do (every image keeps the full proposal and detection counts). Not a test.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from frcnn.data.synthetic import draw_sample
+from frcnn.inference import onnx_graph, openvino_ir, pt2_package, quantize
+from frcnn.inference.detector_graph import check, metadata
+from frcnn.inference.predictor import Predictor
+from frcnn.model.convert import from_torchvision
+
+BACKENDS = ["torchvision", "torch", "onnxruntime", "openvino", "pt2", "int8 onnxruntime",
+            "int8 openvino"]  # fmt: skip
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def runners(model, tv_model, size: int, folder: Path, backends: list[str], calibration) -> dict:
+    """{backend: run(images uint8 (B, 3, S, S), image_sizes (B, 2))}, each float export checked."""
+    info = metadata(size, "letterbox", None, None)
+    runs = {}
+    if "torchvision" in backends:
+        runs["torchvision"] = lambda x, s: tv_model(list(x.float() / 255))
+    if "torch" in backends:
+        runs["torch"] = lambda x, s: model(x, image_sizes=s)
+    float_onnx = folder / f"{size}.onnx"
+    onnx_graph.export_onnx(model, float_onnx, size, 17, info)
+    if "onnxruntime" in backends:
+        runs["onnxruntime"] = onnx_graph.load(float_onnx)[0]
+    if "openvino" in backends:
+        openvino_ir.convert(float_onnx, folder / f"{size}.xml", info)
+        runs["openvino"] = openvino_ir.load(folder / f"{size}.xml")[0]
+    if "pt2" in backends:
+        pt2_package.export_pt2(model, folder / f"{size}.pt2", size, info)
+        runs["pt2"] = pt2_package.load(folder / f"{size}.pt2")[0]
+    if any(b.startswith("int8") for b in backends):
+        int8 = folder / f"{size}.int8.onnx"
+        quantize.quantize_int8(float_onnx, int8, calibration)
+        if "int8 onnxruntime" in backends:
+            runs["int8 onnxruntime"] = onnx_graph.load(int8)[0]
+        if "int8 openvino" in backends:
+            openvino_ir.convert(int8, folder / f"{size}.int8.xml", info)
+            runs["int8 openvino"] = openvino_ir.load(folder / f"{size}.int8.xml")[0]
+    return runs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[400, 800])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+    parser.add_argument("--reps", type=int, default=5)
+    quick = "18: a small stand-in for a quick try (not torchvision's model)"
+    parser.add_argument("--depth", type=int, default=50, choices=[18, 50], help=quick)
+    args = parser.parse_args()
+
+    import onnxruntime
+    import openvino
+
+    print(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), torchvision "
+        f"{torchvision.__version__}, onnxruntime {onnxruntime.__version__}, openvino "
+        f"{openvino.__version__}; ResNet-{args.depth}-FPN, random weights, 91 classes\n"
+    )
+    rows = []
+    for size in args.sizes:
+        torch.manual_seed(0)
+        tv_model = tv_detector(args.depth, size).eval()
+        model = from_torchvision(tv_model).eval()
+        photos = [draw_sample(1, i, 24, 240, 640).image for i in range(max(args.batch_sizes))]
+        images, sizes, _ = Predictor(model, size, device="cpu").batch(photos)
+        others = [draw_sample(2, i, 24, 240, 640).image for i in range(8)]
+        calibration = [Predictor(model, size, device="cpu").batch(others[i : i + 4])[:2]
+                       for i in (0, 4)]  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+            runs = runners(model, tv_model, size, Path(folder), args.backends, calibration)
+            for name, run in runs.items():
+                if name in ("onnxruntime", "openvino", "pt2"):
+                    same = all(r["ok"] for r in check(run, model, images, sizes))
+                    print(f"{size} px, {name}: the same detections as PyTorch: {same}")
+            for batch in args.batch_sizes:
+                x, s = images[:batch], sizes[:batch]
+                times = {name: median_ms(lambda r=run, x=x, s=s: r(x, s), args.reps) / batch
+                         for name, run in runs.items()}  # fmt: skip
+                rows.append((size, batch, times))
+    print("\n| size | batch | " + " | ".join(args.backends) + " |")
+    print("| --- | --- |" + " --- |" * len(args.backends))
+    for size, batch, times in rows:
+        reference = times.get("torchvision")
+        cells = [
+            f"{times[b]:.0f}" + (f" ({times[b] / reference:.2f}x)" if reference else "")
+            for b in args.backends
+        ]
+        print(f"| {size} | {batch} | " + " | ".join(cells) + " |")
+
+
+def tv_detector(depth: int, size: int):
+    """torchvision's Faster R-CNN at one input size (no resize beyond it)."""
+    settings = {"min_size": size, "max_size": size, "num_classes": 91}
+    if depth == 50:
+        return torchvision.models.detection.fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, **settings
+        )
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3)
+    return torchvision.models.detection.FasterRCNN(backbone, **settings)
+
+
+if __name__ == "__main__":
+    main()

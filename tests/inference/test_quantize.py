@@ -1,11 +1,11 @@
 """INT8 post-training quantization of the ONNX graph: int8 layers, a quarter of the size, and
-the mAP it costs measured against the float graph, in onnxruntime and in OpenVINO."""
+the mAP it costs measured against the float graph."""
 
 import onnx
 import pytest
 
 from frcnn.data.transforms import collate
-from frcnn.inference import onnx_graph, openvino_ir, quantize
+from frcnn.inference import onnx_graph, quantize
 from frcnn.inference.detector_graph import metadata
 from frcnn.inference.onnx_graph import export_onnx
 from tests.conftest import OVERFIT_SIZE
@@ -37,18 +37,13 @@ def test_the_int8_graph_quantizes_every_convolution_and_keeps_the_metadata(graph
     assert meta == {p.key: p.value for p in onnx.load(str(float_path)).metadata_props}
 
 
-def test_int8_costs_little_map_in_onnxruntime_and_openvino(graphs, tmp_path):
-    """On the 8 images the detector learned (float mAP@0.5 above 0.8): int8 within 0.05 mAP,
-    from onnxruntime and from OpenVINO's reading of the QDQ graph."""
+def test_int8_costs_little_map(graphs):
+    """On the 8 images the detector learned (float mAP@0.5 above 0.8): int8 within 0.05 mAP in
+    onnxruntime. (OpenVINO runs the same QDQ graph in tests/app/test_export.py, in a process of
+    its own: run in this one, it left pytest's captured stderr closed for later tests.)"""
     float_path, int8_path, batch = graphs
-    openvino_ir.convert(int8_path, tmp_path / "int8.xml", {"image_size": str(OVERFIT_SIZE)})
-    runs = {
-        "float32": onnx_graph.load(float_path)[0],
-        "int8": onnx_graph.load(int8_path)[0],
-        "openvino int8": openvino_ir.load(tmp_path / "int8.xml")[0],
-    }
+    runs = {"float32": onnx_graph.load(float_path)[0], "int8": onnx_graph.load(int8_path)[0]}
     found = quantize.mean_ap(runs, [batch])
     assert found["float32"]["map_50"] > 0.8 and found["float32"]["images"] == 8
-    for name in ("int8", "openvino int8"):
-        assert found["float32"]["map"] - found[name]["map"] < 0.05, found
-        assert found[name]["map"] != found["float32"]["map"]  # int8 is not the float graph
+    assert found["float32"]["map"] - found["int8"]["map"] < 0.05, found
+    assert found["int8"]["map"] != found["float32"]["map"]  # int8 is not the float graph

@@ -60,7 +60,7 @@ def export(cfg) -> Path:
     # int8: the float graph (checked against PyTorch) and the quantized ONNX graph go first
     float_graph = temporary.with_suffix(".float.onnx") if cfg.quantize else temporary
     int8_graph = temporary.with_suffix(".int8.onnx") if cfg.format == "openvino" else temporary
-    made = {float_graph, int8_graph, *written(temporary, cfg.format)} - {None}
+    made = {float_graph, int8_graph, *written(temporary, cfg.format)}
     try:
         write(predictor.model, float_graph, size, info)
         batch, sizes, _ = predictor.batch(images)

@@ -76,6 +76,7 @@ def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detect
     path = tmp_path / "model.onnx"
     info = metadata(OVERFIT_SIZE, "letterbox", data.class_names, data.category_ids)
     export_onnx(model, path, OVERFIT_SIZE, 17, info)
+    assert not model.training  # the export leaves the model to detect, not to train
     images, sizes = real_size_batch(Predictor(model, OVERFIT_SIZE, device="cpu"), 4, 3)
     reports = check(onnx_graph.load(path)[0], model, images, sizes)
     assert all(r["ok"] for r in reports), reports

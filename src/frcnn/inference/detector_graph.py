@@ -34,6 +34,9 @@ class DetectorGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        # in eval mode from the start: the ONNX exporter puts the wrapper back in the mode it
+        # found it in, and with it the user's model (left training after an export otherwise)
+        self.eval()
 
     def forward(self, images: Tensor, image_sizes: Tensor):
         detections = self.model.detect(images, image_sizes)

@@ -134,6 +134,26 @@ def test_validation_images_are_not_flipped_and_training_ones_may_be():
     assert dm.val_set.transform.flip_prob == 0.0
 
 
+def test_the_calibration_images_are_the_training_ones_in_order_as_validation_loads_them():
+    """What calibrates an int8 export: the training source's images in its order, no flips
+    or jitter (the training loader shuffles and flips), the same on every pass."""
+    dm = DetectionDataModule(
+        lambda transform: SyntheticShapes(transform, 8, seed=3),
+        lambda transform: SyntheticShapes(transform, 4),
+        batch_size=4,
+        flip_prob=1.0,
+        num_workers=0,
+    )
+    dm.setup("validate")
+    first = [batch["images"] for batch in dm.calibration_dataloader()]
+    unaugmented = SyntheticShapes(dm.val_transform, 8, seed=3)
+    assert torch.equal(torch.cat(first), torch.stack([unaugmented[i][0] for i in range(8)]))
+    assert all(map(torch.equal, first, (b["images"] for b in dm.calibration_dataloader())))
+    dm.setup("fit")
+    trained_on = next(iter(dm.train_dataloader()))["images"]
+    assert not any(torch.equal(trained_on[i], first[0][0]) for i in range(4))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [

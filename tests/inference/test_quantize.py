@@ -8,6 +8,7 @@ from frcnn.data.transforms import collate
 from frcnn.inference import onnx_graph, quantize
 from frcnn.inference.detector_graph import metadata
 from frcnn.inference.onnx_graph import export_onnx
+from frcnn.inference.predictor import per_image
 from tests.conftest import OVERFIT_SIZE
 
 
@@ -22,11 +23,11 @@ def graphs(overfit_detector, tmp_path_factory):
     batch = collate([data[i] for i in range(len(data))])
     calibration = [(batch["images"][i : i + 4], batch["image_sizes"][i : i + 4]) for i in (0, 4)]
     quantize.quantize_int8(folder / "float.onnx", folder / "int8.onnx", calibration)
-    return folder / "float.onnx", folder / "int8.onnx", batch
+    return folder / "float.onnx", folder / "int8.onnx", batch, model
 
 
 def test_the_int8_graph_quantizes_every_convolution_and_keeps_the_metadata(graphs):
-    float_path, int8_path, _ = graphs
+    float_path, int8_path, _, _ = graphs
     model = onnx.load(str(int8_path))
     nodes = model.graph.node
     convolutions = [n for n in nodes if n.op_type == "Conv"]
@@ -41,9 +42,12 @@ def test_int8_costs_little_map(graphs):
     """On the 8 images the detector learned (float mAP@0.5 above 0.8): int8 within 0.05 mAP in
     onnxruntime. (OpenVINO runs the same QDQ graph in tests/app/test_export.py, in a process of
     its own: run in this one, it left pytest's captured stderr closed for later tests.)"""
-    float_path, int8_path, batch = graphs
-    runs = {"float32": onnx_graph.load(float_path)[0], "int8": onnx_graph.load(int8_path)[0]}
-    found = quantize.mean_ap(runs, [batch])
+    float_path, int8_path, batch, model = graphs
+    runs = {"float32": float_path, "int8": int8_path}
+    detectors = {name: per_image(onnx_graph.load(path)[0]) for name, path in runs.items()}
+    found = quantize.mean_ap({"torch": model.eval(), **detectors}, [batch])
     assert found["float32"]["map_50"] > 0.8 and found["float32"]["images"] == 8
+    # the model itself is measured as its exported graph (the same detections)
+    assert found["torch"]["map"] == pytest.approx(found["float32"]["map"], abs=1e-3)
     assert found["float32"]["map"] - found["int8"]["map"] < 0.05, found
     assert found["int8"]["map"] != found["float32"]["map"]  # int8 is not the float graph

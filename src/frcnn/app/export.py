@@ -9,13 +9,13 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from frcnn.app.build import checkpoint_run_config
+from frcnn.app.build import checkpoint_run_config, quiet_libraries
 from frcnn.app.evaluate import by_name
 from frcnn.app.predict import find_images
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import detector_graph
-from frcnn.inference.predictor import Predictor, open_image
+from frcnn.inference.predictor import Predictor, open_image, per_image
 from frcnn.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def export(cfg) -> Path:
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r}: one of {', '.join(FORMATS)}")
     check_quantize(cfg)
+    quiet_libraries()  # (int8's mAP: no COCO summary table per graph)
     suffix, runtime = FORMATS[cfg.format]
     write, load = exporter(cfg.format if not cfg.quantize else "onnx", cfg.opset)
     name = f"model{'.int8' if cfg.quantize else ''}{suffix}"
@@ -53,7 +54,8 @@ def export(cfg) -> Path:
         cfg.ckpt_path, "cpu", cfg.score_thresh, cfg.nms_thresh, cfg.max_detections, tta="none"
     )
     images = check_images(cfg.check_images, predictor)  # a bad one fails before the export
-    data = checkpoint_data(cfg) if cfg.quantize else None  # and bad data settings
+    # and bad data settings: both splits' sources are built now
+    data, calibration = checkpoint_data(cfg) if cfg.quantize else (None, None)
     size, resize = predictor.transform.size, predictor.transform.resize
     info = detector_graph.metadata(size, resize, predictor.class_names, predictor.category_ids)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp{output.suffix}")
@@ -75,7 +77,8 @@ def export(cfg) -> Path:
                 f"above): {output} was not written"
             )
         if cfg.quantize:
-            quantize_graph(cfg, data, float_graph, int8_graph, temporary, info, output)
+            graphs = float_graph, int8_graph, temporary
+            quantize_graph(cfg, data, calibration, graphs, info, output)
         megabytes = sum(f.stat().st_size for f in written(temporary, cfg.format)) / 2**20
         pairs = zip(written(temporary, cfg.format), written(output, cfg.format), strict=True)
         try:
@@ -115,19 +118,20 @@ def check_quantize(cfg) -> None:
 
 def checkpoint_data(cfg):
     """The checkpoint's data module (its saved data config, with what the command line sets
-    under `data.`), both splits built: training images calibrate, validation ones measure."""
+    under `data.`), its validation split built (int8 is measured on it), and the loader of
+    the training images that calibrate (`calibration_dataloader`)."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run = checkpoint_run_config(cfg, checkpoint["config"], HydraConfig.get().overrides.task)
     datamodule = instantiate(run.data)
-    datamodule.setup("fit")
+    datamodule.setup("validate")
     by_name(datamodule, checkpoint)
-    return datamodule
+    return datamodule, datamodule.calibration_dataloader()
 
 
-def calibration_batches(datamodule, count: int):
-    """(images, image_sizes) of the first `count` training images (as training loads them)."""
+def calibration_batches(loader, count: int):
+    """(images, image_sizes) of the first `count` images of `loader`'s batches."""
     taken = 0
-    for batch in datamodule.train_dataloader():
+    for batch in loader:
         keep = min(count - taken, len(batch["images"]))
         yield batch["images"][:keep], batch["image_sizes"][:keep]
         taken += keep
@@ -135,22 +139,25 @@ def calibration_batches(datamodule, count: int):
             return
 
 
-def quantize_graph(cfg, data, float_graph, int8_graph, path, info, output) -> None:
-    """The checked float graph quantized to int8 (`int8_graph`; for openvino then converted to
-    IR at `path`), its mAP on the validation data against the float graph's; refused above
+def quantize_graph(cfg, data, calibration, graphs, info, output) -> None:
+    """The checked float graph quantized to int8, calibrated on `calibration`'s batches
+    (`graphs`: the float graph, the int8 graph, and for openvino the IR it is converted to),
+    its mAP on `data`'s validation images against the float graph's; refused above
     `cfg.max_map_drop`."""
+    float_graph, int8_graph, path = graphs
     from frcnn.inference import onnx_graph, openvino_ir, quantize
 
     log.info("Quantizing to int8, calibrated on %d training images...", cfg.calibration_images)
     quantize.quantize_int8(
-        float_graph, int8_graph, calibration_batches(data, cfg.calibration_images)
+        float_graph, int8_graph, calibration_batches(calibration, cfg.calibration_images)
     )
     if cfg.format == "openvino":
         openvino_ir.convert(int8_graph, path, info)
     _, load = exporter(cfg.format, cfg.opset)
     runs = {"float32": onnx_graph.load(float_graph)[0], "int8": load(path)[0]}
+    detectors = {name: per_image(run) for name, run in runs.items()}
     log.info("Measuring float32 and int8 on the validation images...")
-    found = quantize.mean_ap(runs, data.val_dataloader())
+    found = quantize.mean_ap(detectors, data.val_dataloader())
     drop = found["float32"]["map"] - found["int8"]["map"]
     count = found["int8"]["images"]
     lines = [f"mAP on the checkpoint's validation data ({count} images):"]

@@ -311,6 +311,12 @@ class DetectionDataModule(L.LightningDataModule):
             return self._loader(self.train_set, shuffle=False, sampler=sampler, drop_last=True)
         return self._loader(self.train_set, shuffle=True, drop_last=True)
 
+    def calibration_dataloader(self) -> DataLoader:
+        """The training images in the source's order, loaded as validation loads them (no
+        flips, no scale jitter): what calibrates an int8 export, the same images at every
+        export of the same data."""
+        return self._loader(self._source("train", self.make_train, self.val_transform), False)
+
     def val_dataloader(self) -> DataLoader:
         if distributed() and not isinstance(self.val_set, IterableDataset):
             return self._loader(self.val_set, shuffle=False, sampler=EveryNth(self.val_set))

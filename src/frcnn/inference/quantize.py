@@ -11,14 +11,12 @@ Needs the `export` extra (onnxruntime).
 """
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch import Tensor
-
-from frcnn.inference.detector_graph import Runner
-from frcnn.inference.predictor import per_image
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
 
@@ -86,19 +84,25 @@ def quiet_root_logger():
         root.removeHandler(stand_in)
 
 
-def mean_ap(runs: dict[str, Runner], batches: Iterable[dict]) -> dict[str, dict[str, float]]:
-    """COCO mAP of exported files on the same validation batches (DESIGN.md's batch: "images",
-    "image_sizes", "targets" with boxes in input pixels) -> {name: {"map", "map_50",
-    "images"}}."""
+def mean_ap(
+    detectors: dict[str, Callable[[Tensor, Tensor], list[dict[str, Tensor]]]],
+    batches: Iterable[dict],
+) -> dict[str, dict[str, float]]:
+    """COCO mAP of detectors called as the model is, `(images, image_sizes=...) -> one dict
+    per image` (the model itself, or an exported file's runner through `per_image`), on
+    the same validation batches (DESIGN.md's batch: "images", "image_sizes", "targets" with
+    boxes in input pixels) -> {name: {"map", "map_50", "images"}}."""
     from torchmetrics.detection import MeanAveragePrecision
 
-    metrics = {name: MeanAveragePrecision(backend="faster_coco_eval") for name in runs}
+    metrics = {name: MeanAveragePrecision(backend="faster_coco_eval") for name in detectors}
     images = 0
     for batch in batches:
         images += len(batch["images"])
         truth = [{"boxes": t["boxes"], "labels": t["labels"]} for t in batch["targets"]]
-        for name, run in runs.items():
-            metrics[name].update(per_image(run)(batch["images"], batch["image_sizes"]), truth)
+        for name, detect in detectors.items():
+            with torch.no_grad():
+                found = detect(batch["images"], image_sizes=batch["image_sizes"])
+            metrics[name].update(found, truth)
     results = {}
     for name, metric in metrics.items():
         computed = metric.compute()

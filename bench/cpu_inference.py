@@ -2,6 +2,7 @@
 
     uv run python bench/cpu_inference.py                         # ResNet-50-FPN, 400 and 800 px
     uv run python bench/cpu_inference.py --sizes 400 --reps 10 --backends torch onnxruntime
+    uv run python bench/cpu_inference.py --checkpoint logs/train/runs/<run>/checkpoints/last.ckpt
 
 One torchvision `fasterrcnn_resnet50_fpn` (random weights, seed 0, 91 classes, resized to the
 input size: `min_size = max_size = S`) and this project's detector built from it
@@ -13,6 +14,10 @@ onnxruntime and OpenVINO. Every float backend is checked first (the export check
 detections); int8 is not the same computation. Medians of `--reps` runs after one warm-up, ms
 per image, and the ratio to torchvision eager. Random weights time the work as trained ones
 do (every image keeps the full proposal and detection counts). Not a test.
+
+With `--checkpoint`: the mAP of every backend but torchvision (whose detector cannot hold
+every model of this project) on the checkpoint's validation data, at its image size, int8
+calibrated as `export.py quantize=int8` does (its first 32 training images).
 """
 
 import argparse
@@ -27,7 +32,7 @@ import torchvision
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import onnx_graph, openvino_ir, pt2_package, quantize
 from frcnn.inference.detector_graph import check, metadata
-from frcnn.inference.predictor import Predictor
+from frcnn.inference.predictor import Predictor, per_image
 from frcnn.model.convert import from_torchvision
 
 BACKENDS = ["torchvision", "torch", "onnxruntime", "openvino", "pt2", "int8 onnxruntime",
@@ -44,9 +49,11 @@ def median_ms(fn, reps: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def runners(model, tv_model, size: int, folder: Path, backends: list[str], calibration) -> dict:
-    """{backend: run(images uint8 (B, 3, S, S), image_sizes (B, 2))}, each float export checked."""
-    info = metadata(size, "letterbox", None, None)
+def runners(model, tv_model, size: int, folder: Path, backends: list[str], calibration,
+            info=None) -> dict:  # fmt: skip
+    """{backend: run(images uint8 (B, 3, S, S), image_sizes (B, 2))}: the models' own outputs
+    (one dict per image), the exported files' padded arrays."""
+    info = info or metadata(size, "letterbox", None, None)
     runs = {}
     if "torchvision" in backends:
         runs["torchvision"] = lambda x, s: tv_model(list(x.float() / 255))
@@ -81,6 +88,7 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     quick = "18: a small stand-in for a quick try (not torchvision's model)"
     parser.add_argument("--depth", type=int, default=50, choices=[18, 50], help=quick)
+    parser.add_argument("--checkpoint", help="the mAP of each backend on its validation data")
     args = parser.parse_args()
 
     import onnxruntime
@@ -89,8 +97,13 @@ def main():
     print(
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), torchvision "
         f"{torchvision.__version__}, onnxruntime {onnxruntime.__version__}, openvino "
-        f"{openvino.__version__}; ResNet-{args.depth}-FPN, random weights, 91 classes\n"
-    )
+        f"{openvino.__version__}; "
+        + ("the checkpoint's detector\n" if args.checkpoint
+           else f"ResNet-{args.depth}-FPN, random weights, 91 classes\n")
+    )  # fmt: skip
+    if args.checkpoint:
+        checkpoint_map(args.checkpoint, [b for b in args.backends if b != "torchvision"])
+        return
     rows = []
     for size in args.sizes:
         torch.manual_seed(0)
@@ -121,6 +134,36 @@ def main():
             for b in args.backends
         ]
         print(f"| {size} | {batch} | " + " | ".join(cells) + " |")
+
+
+def checkpoint_map(path: str, backends: list[str]) -> None:
+    """Each backend's COCO mAP on the checkpoint's validation data (its saved data config)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from frcnn.app.evaluate import by_name
+    from frcnn.app.export import calibration_batches
+    from frcnn.training.checkpoint import DATA_TARGETS, load_checkpoint, refuse_code
+
+    checkpoint = load_checkpoint(path)
+    refuse_code(checkpoint["config"]["data"], "data", DATA_TARGETS)
+    data = instantiate(OmegaConf.create(checkpoint["config"]["data"]))
+    data.setup("fit")
+    by_name(data, checkpoint)
+    predictor = Predictor.from_checkpoint(path, "cpu", tta="none")
+    model, size = predictor.model.eval(), predictor.transform.size
+    info = metadata(size, predictor.transform.resize, data.class_names, data.category_ids)
+    with tempfile.TemporaryDirectory() as folder:
+        calibration = list(calibration_batches(data.calibration_dataloader(), 32))
+        runs = runners(model, None, size, Path(folder), backends, calibration, info)
+        detectors = {name: run if name == "torch" else per_image(run)
+                     for name, run in runs.items()}  # fmt: skip
+        found = quantize.mean_ap(detectors, data.val_dataloader())
+    count = next(iter(found.values()))["images"]
+    print(f"{path}: {size} px, {count} validation images\n")
+    print("| backend | mAP | mAP@0.5 |\n| --- | --- | --- |")
+    for name, figures in found.items():
+        print(f"| {name} | {figures['map']:.4f} | {figures['map_50']:.4f} |")
 
 
 def tv_detector(depth: int, size: int):

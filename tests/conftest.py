@@ -12,6 +12,7 @@ from omegaconf import open_dict
 
 from frcnn.app.build import build
 from frcnn.data import collate
+from tests.app.helpers import TINY, run, run_dirs
 
 OVERFIT_SIZE = 128
 
@@ -127,6 +128,16 @@ def overfit(seed: int = 0):
 def overfit_detector():
     """`overfit(seed=0)`, trained once per test session."""
     return overfit(seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A two-epoch run on synthetic data with checkpoints and TensorBoard logs, validated and
+    checkpointed with the weights' moving average (a short one, for so short a run)."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    ema = ["ema=on", "ema.decay=0.8", "ema.warmup_steps=0"]
+    run("train.py", "trainer.max_epochs=2", "callbacks=inspection", *ema, *TINY, log_dir=log_dir)
+    return log_dir, run_dirs(log_dir)[0]
 
 
 def mean_ap(model, images, targets) -> float:

@@ -56,3 +56,25 @@ def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypa
     assert len(rows) == 2, printed
     for row in rows:
         assert row.count("x)") == len(backends) and "(1.00x)" in row.split(" | ")[2], row
+
+
+def test_the_cpu_inference_bench_measures_each_backends_map_on_a_checkpoints_data(
+    trained, capsys, monkeypatch
+):
+    """--checkpoint: a row per backend with its mAP on the checkpoint's validation data; the
+    float backends (the same detections) agree. (OpenVINO's int8 runs in tests/app/test_export
+    in a process of its own: in this one it leaves pytest's captured stderr closed.)"""
+    checkpoint = trained[1] / "checkpoints" / "last.ckpt"
+    backends = ["torch", "onnxruntime", "openvino", "int8 onnxruntime"]
+    argv = ["cpu_inference.py", "--checkpoint", str(checkpoint), "--backends", *backends]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "bench" / "cpu_inference.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "96 px, 8 validation images" in printed, printed
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in printed.splitlines()
+            if line.startswith("| ") and not line.startswith(("| backend", "| ---"))}  # fmt: skip
+    assert list(rows) == backends, printed
+    maps = {name: float(cells[0]) for name, cells in rows.items()}
+    assert maps["onnxruntime"] == pytest.approx(maps["torch"], abs=1e-3), printed
+    assert maps["openvino"] == pytest.approx(maps["torch"], abs=1e-3), printed
+    assert 0 <= maps["int8 onnxruntime"] <= 1

@@ -156,7 +156,7 @@ def checkpoint_map(path: str, backends: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         calibration = list(calibration_batches(data.calibration_dataloader(), 32))
         runs = runners(model, None, size, Path(folder), backends, calibration, info)
-        detectors = {name: run if name == "torch" else per_image(run)
+        detectors = {name: model if name == "torch" else per_image(run)
                      for name, run in runs.items()}  # fmt: skip
         found = quantize.mean_ap(detectors, data.val_dataloader())
     count = next(iter(found.values()))["images"]

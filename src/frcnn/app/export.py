@@ -170,7 +170,8 @@ def quantize_graph(cfg, data, calibration, graphs, info, output) -> None:
         raise RuntimeError(
             f"int8 costs {drop:.4f} mAP (float32 {found['float32']['map']:.4f}, int8 "
             f"{found['int8']['map']:.4f}), more than max_map_drop={cfg.max_map_drop}: {output} "
-            "was not written (more calibration_images=, or keep float32)"
+            "was not written (the ranges come from the calibration images: try another "
+            "calibration_images=, or keep float32)"
         )
 
 

@@ -11,9 +11,10 @@ input size: `min_size = max_size = S`) and this project's detector built from it
 eager, the exported graph in onnxruntime, in OpenVINO (float32), as an AOTInductor package
 (pt2), and quantized to int8 (`quantize=int8`, calibrated on 8 other synthetic images) in
 onnxruntime and OpenVINO. Every float backend is checked first (the export check: PyTorch's
-detections); int8 is not the same computation. Medians of `--reps` runs after one warm-up, ms
-per image, and the ratio to torchvision eager. Random weights time the work as trained ones
-do (every image keeps the full proposal and detection counts). Not a test.
+detections); int8 is not the same computation. Medians of `--reps` runs after one warm-up, the
+backends taking turns at every run, ms per image, and the ratio to torchvision eager. Random
+weights time the work as trained ones do (every image keeps the full proposal and detection
+counts). Not a test.
 
 With `--checkpoint`: the mAP of every backend but torchvision (whose detector cannot hold
 every model of this project) on the checkpoint's validation data, at its image size, int8
@@ -39,14 +40,19 @@ BACKENDS = ["torchvision", "torch", "onnxruntime", "openvino", "pt2", "int8 onnx
             "int8 openvino"]  # fmt: skip
 
 
-def median_ms(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+def median_ms(runs: dict, reps: int) -> dict[str, float]:
+    """{name: median ms of `reps` calls of runs[name]()}, after a warm-up call of each; the
+    runs take turns at every repetition, so that a slow spell of a shared machine falls on
+    all of them, not on whichever ran then."""
+    for fn in runs.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    times = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(spent) for name, spent in times.items()}
 
 
 def runners(model, tv_model, size: int, folder: Path, backends: list[str], calibration,
@@ -122,8 +128,8 @@ def main():
                     print(f"{size} px, {name}: the same detections as PyTorch: {same}")
             for batch in args.batch_sizes:
                 x, s = images[:batch], sizes[:batch]
-                times = {name: median_ms(lambda r=run, x=x, s=s: r(x, s), args.reps) / batch
-                         for name, run in runs.items()}  # fmt: skip
+                calls = {name: lambda r=run, x=x, s=s: r(x, s) for name, run in runs.items()}
+                times = {name: ms / batch for name, ms in median_ms(calls, args.reps).items()}
                 rows.append((size, batch, times))
     print("\n| size | batch | " + " | ".join(args.backends) + " |")
     print("| --- | --- |" + " --- |" * len(args.backends))

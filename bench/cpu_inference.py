@@ -16,9 +16,9 @@ backends taking turns at every run, ms per image, and the ratio to torchvision e
 weights time the work as trained ones do (every image keeps the full proposal and detection
 counts). Not a test.
 
-With `--checkpoint`: the mAP of every backend but torchvision (whose detector cannot hold
-every model of this project) on the checkpoint's validation data, at its image size, int8
-calibrated as `export.py quantize=int8` does (its first 32 training images).
+With `--checkpoint`: the mAP of every backend but torchvision (the project converts
+torchvision's weights to its own layout, not back) on the checkpoint's validation data, at its
+image size, int8 calibrated as `export.py quantize=int8` does (its first 32 training images).
 """
 
 import argparse
@@ -154,7 +154,7 @@ def checkpoint_map(path: str, backends: list[str]) -> None:
     checkpoint = load_checkpoint(path)
     refuse_code(checkpoint["config"]["data"], "data", DATA_TARGETS)
     data = instantiate(OmegaConf.create(checkpoint["config"]["data"]))
-    data.setup("fit")
+    data.setup("validate")
     by_name(data, checkpoint)
     predictor = Predictor.from_checkpoint(path, "cpu", tta="none")
     model, size = predictor.model.eval(), predictor.transform.size

@@ -144,8 +144,9 @@ def quantize_graph(cfg, data, calibration, graphs, info, output) -> None:
     (`graphs`: the float graph, the int8 graph, and for openvino the IR it is converted to),
     its mAP on `data`'s validation images against the float graph's; refused above
     `cfg.max_map_drop`."""
-    float_graph, int8_graph, path = graphs
     from frcnn.inference import onnx_graph, openvino_ir, quantize
+
+    float_graph, int8_graph, path = graphs
 
     log.info("Quantizing to int8, calibrated on %d training images...", cfg.calibration_images)
     quantize.quantize_int8(

@@ -315,7 +315,8 @@ class DetectionDataModule(L.LightningDataModule):
         """The training images in the source's order, loaded as validation loads them (no
         flips, no scale jitter): what calibrates an int8 export, the same images at every
         export of the same data."""
-        return self._loader(self._source("train", self.make_train, self.val_transform), False)
+        source = self._source("train", self.make_train, self.val_transform)
+        return self._loader(source, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         if distributed() and not isinstance(self.val_set, IterableDataset):

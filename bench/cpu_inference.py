@@ -144,23 +144,16 @@ def main():
 
 def checkpoint_map(path: str, backends: list[str]) -> None:
     """Each backend's COCO mAP on the checkpoint's validation data (its saved data config)."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from frcnn.app.evaluate import by_name
-    from frcnn.app.export import calibration_batches
-    from frcnn.training.checkpoint import DATA_TARGETS, load_checkpoint, refuse_code
+    from frcnn.app.export import calibration_batches, checkpoint_data
 
-    checkpoint = load_checkpoint(path)
-    refuse_code(checkpoint["config"]["data"], "data", DATA_TARGETS)
-    data = instantiate(OmegaConf.create(checkpoint["config"]["data"]))
-    data.setup("validate")
-    by_name(data, checkpoint)
+    data, calibration_loader = checkpoint_data(OmegaConf.create({"ckpt_path": path}), [])
     predictor = Predictor.from_checkpoint(path, "cpu", tta="none")
-    model, size = predictor.model.eval(), predictor.transform.size
+    model, size = predictor.model, predictor.transform.size
     info = metadata(size, predictor.transform.resize, data.class_names, data.category_ids)
     with tempfile.TemporaryDirectory() as folder:
-        calibration = list(calibration_batches(data.calibration_dataloader(), 32))
+        calibration = list(calibration_batches(calibration_loader, 32))
         runs = runners(model, None, size, Path(folder), backends, calibration, info)
         detectors = {name: model if name == "torch" else per_image(run)
                      for name, run in runs.items()}  # fmt: skip

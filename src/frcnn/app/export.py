@@ -55,7 +55,8 @@ def export(cfg) -> Path:
     )
     images = check_images(cfg.check_images, predictor)  # a bad one fails before the export
     # and bad data settings: both splits' sources are built now
-    data, calibration = checkpoint_data(cfg) if cfg.quantize else (None, None)
+    overrides = HydraConfig.get().overrides.task
+    data, calibration = checkpoint_data(cfg, overrides) if cfg.quantize else (None, None)
     size, resize = predictor.transform.size, predictor.transform.resize
     info = detector_graph.metadata(size, resize, predictor.class_names, predictor.category_ids)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp{output.suffix}")
@@ -116,12 +117,13 @@ def check_quantize(cfg) -> None:
         raise ValueError(f"max_map_drop={drop!r}: the mAP int8 may cost, 0..1 (0.01: a point)")
 
 
-def checkpoint_data(cfg):
-    """The checkpoint's data module (its saved data config, with what the command line sets
-    under `data.`), its validation split built (int8 is measured on it), and the loader of
-    the training images that calibrate (`calibration_dataloader`)."""
+def checkpoint_data(cfg, overrides: list[str]):
+    """The data module of the checkpoint at `cfg.ckpt_path` (its saved data config, with what
+    the command line's `overrides` set under `data.`), its validation split built (int8 is
+    measured on it), and the loader of the training images that calibrate
+    (`calibration_dataloader`)."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    run = checkpoint_run_config(cfg, checkpoint["config"], HydraConfig.get().overrides.task)
+    run = checkpoint_run_config(cfg, checkpoint["config"], overrides)
     datamodule = instantiate(run.data)
     datamodule.setup("validate")
     by_name(datamodule, checkpoint)

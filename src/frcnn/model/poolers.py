@@ -135,17 +135,20 @@ def roi_align_per_level(
     canonical_level: int = 4,
 ) -> Tensor:
     """`multiscale_roi_align` as one torchvision `roi_align` per level (exports as ONNX
-    `RoiAlign`, one per level, and a scatter back into the boxes' order); same arguments."""
+    `RoiAlign`, one per level, and one gather back into the boxes' order); same arguments."""
     levels = assign_levels(boxes, strides, canonical_size, canonical_level)
     rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], dim=1)
-    pooled = boxes.new_zeros((boxes.shape[0], features[0].shape[1], output_size, output_size))
+    pooled, rows = [], []
     for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
-        rows = (levels == level).nonzero().squeeze(1)
-        level_pooled = roi_align(
-            feature.float(), rois[rows], output_size, 1.0 / stride, sampling_ratio, aligned=False
-        )
-        pooled = pooled.index_put((rows,), level_pooled)
-    return pooled
+        rows.append((levels == level).nonzero().squeeze(1))
+        pooled.append(roi_align(
+            feature.float(), rois[rows[-1]], output_size, 1.0 / stride, sampling_ratio,
+            aligned=False,
+        ))  # fmt: skip
+    # one gather of rows back into the boxes' order: at 400 px a third of the time of scattering
+    # each level into zeros (onnxruntime's ScatterND, 65 -> 25 ms of 850 at batch 1)
+    flat = torch.cat(pooled).flatten(1)
+    return flat[torch.argsort(torch.cat(rows))].view(-1, *pooled[0].shape[1:])
 
 
 POOLERS = ("own", "torchvision")

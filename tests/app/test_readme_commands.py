@@ -34,6 +34,10 @@ from tests.app.helpers import ROOT, SMALL_MODEL, run_script
 from tests.app.test_predict_video import write_clip
 from tests.data.conftest import cppe5_parquet, hub_row, jpeg_bytes, write_hub_parquet
 
+# one process runs this module: its workspace and the coco400 chain are built once (not once per
+# test process), and a command that runs another's output (model_file=) finds it there
+pytestmark = pytest.mark.xdist_group("readme")
+
 # the only overrides a README training command gets, by the data it reads
 SIZE = {
     "synthetic": [

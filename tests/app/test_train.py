@@ -366,9 +366,12 @@ def test_two_nodes_through_torchrun_share_one_folder_and_stop_together_on_sigter
     printed = [node.communicate(timeout=120)[0] for node in nodes]
     assert [p.name for p in run_dir.parent.iterdir()] == [run_dir.name]
     stop = re.search(r"Stopped by SIGTERM at step (\d+)", printed[0])
-    # a failure shows what each node printed, and how its torchrun exited
+    # a failure shows how each node's torchrun exited, every line about the signal (when its
+    # worker took it: the progress bar's lines fill the output's end) and what it printed last
     shown = "\n\n".join(
-        f"node {i}, exit {node.returncode}:\n{out[-3000:]}"
+        f"node {i}, exit {node.returncode}:\n"
+        + "\n".join(line[-300:] for line in out.splitlines() if "SIG" in line)
+        + f"\n...\n{out[-3000:]}"
         for i, (node, out) in enumerate(zip(nodes, printed, strict=True))
     )
     assert stop, shown

@@ -67,11 +67,16 @@ class Preemption(L.Callback):
             log.warning("%s: taken after this step", signal.Signals(signum).name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        received = torch.tensor(list(self.received.values()), dtype=torch.int32)
+        # only the flags read as set are cleared: a signal may come at any bytecode, and the
+        # all-reduce waits for the other processes (a flag cleared after it would drop a
+        # signal that came during it: the process trains on, and its launcher kills it)
+        taken = [signum for signum, got in self.received.items() if got]
+        for signum in taken:
+            self.received[signum] = False
+        received = torch.tensor([signum in taken for signum in self.received], dtype=torch.int32)
         if self.group is not None:
             dist.all_reduce(received, op=dist.ReduceOp.MAX, group=self.group)
         for signum, got in zip(list(self.received), received.tolist(), strict=True):
-            self.received[signum] = False
             if got and signum in (signal.SIGTERM, signal.SIGINT):
                 self.stopped_by = signal.Signals(signum)
                 raise SIGTERMException

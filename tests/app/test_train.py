@@ -254,16 +254,29 @@ def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):
 
 def training_process(tmp_path, log_dir, extra_env=None, overrides=(), new_session=False):
     """A real train.py process, TINY and long, past its first epoch's checkpoints (in a process
-    group of its own with `new_session`, as a terminal starts a command)."""
+    group of its own with `new_session`, as a terminal starts a command). What it prints goes
+    to `tmp_path/printed.txt` (`printed_so_far`): a pipe that nobody reads until the end would stop
+    the process once full."""
     command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY]
     env = process_env(**(extra_env or {}))
-    process = subprocess.Popen(
-        [*command, *overrides, "trainer.max_epochs=1000"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=new_session,
-    )  # fmt: skip
+    with open(tmp_path / "printed.txt", "w") as out:
+        process = subprocess.Popen(
+            [*command, *overrides, "trainer.max_epochs=1000"], cwd=tmp_path, env=env,
+            text=True, stdout=out, stderr=subprocess.STDOUT, start_new_session=new_session,
+        )  # fmt: skip
     wait_for(process, lambda: list(log_dir.glob("train/runs/*/checkpoints/epoch*.ckpt")))
-    time.sleep(1.0)  # into the next epoch
     return process
+
+
+def printed_so_far(tmp_path) -> str:
+    """What the training process of `training_process` has printed so far."""
+    return (tmp_path / "printed.txt").read_text()
+
+
+def finished(process, tmp_path, timeout_s: float) -> str:
+    """What the training process printed, once it has exited."""
+    process.wait(timeout=timeout_s)
+    return printed_so_far(tmp_path)
 
 
 def wait_for(process, found, timeout_s: float = 120):
@@ -288,12 +301,13 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
       newer of the two, last.ckpt."""
     log_dir = tmp_path / "logs"
     process = training_process(tmp_path, log_dir, SLURM)
+    time.sleep(1.0)  # into the next epoch
     run_dir = log_dir / "train" / "runs" / "slurm-4242"
     process.send_signal(signal.SIGUSR1)
     wait_for(process, lambda: (run_dir / "hpc_ckpt_1.ckpt").is_file())
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
-    printed, _ = process.communicate(timeout=120)
+    printed = finished(process, tmp_path, 120)
     assert process.returncode == 143, printed[-3000:]
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -327,12 +341,17 @@ def test_ctrl_c_during_validation_keeps_the_step_as_sigterm_does(tmp_path):
     last.ckpt holds that step, the summary and the resume command are printed, exit 130
     (Lightning's own handling exits 1 with no checkpoint)."""
     log_dir = tmp_path / "logs"
-    overrides = ["data.val.num_images=400", "data.num_workers=1"]
+    overrides = ["data.val.num_images=100", "data.num_workers=1"]
     process = training_process(tmp_path, log_dir, overrides=overrides, new_session=True)
-    time.sleep(2.0)  # epoch 1's 4 steps, into its validation of 400 images
+    validations = printed_so_far(tmp_path).count("Validation DataLoader 0:   0%")
+    # epoch 1's 4 steps, then into its validation
+    wait_for(process, lambda: printed_so_far(tmp_path).count("Validation DataLoader 0:   0%")
+             > validations)  # fmt: skip
     os.killpg(process.pid, signal.SIGINT)
-    printed, _ = process.communicate(timeout=180)
+    printed = finished(process, tmp_path, 180)
     assert process.returncode == 130, printed[-3000:]
+    # taken while the validation ran: it ended after the signal
+    assert "Validation DataLoader 0: 100%" in printed.split("SIGINT (Ctrl-C)")[1], printed[-3000:]
     step = int(re.search(r"Stopped by SIGINT at step (\d+)", printed).group(1))
     (run_dir,) = run_dirs(log_dir)
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

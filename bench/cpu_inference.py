@@ -16,12 +16,18 @@ backends taking turns at every run, ms per image, and the ratio to torchvision e
 weights time the work as trained ones do (every image keeps the full proposal and detection
 counts). Not a test.
 
+Before the timings, float32's own noise at each size: PyTorch against itself with every weight
+scaled by 1 + 1e-6 x N(0, 1) (as kernels that sum in another order move results), through the
+export check (`--noise-seeds` draws): how far boxes and scores move, and whether the check's
+tolerances hold them.
+
 With `--checkpoint`: the mAP of every backend but torchvision (the project converts
 torchvision's weights to its own layout, not back) on the checkpoint's validation data, at its
 image size, int8 calibrated as `export.py quantize=int8` does (its first 32 training images).
 """
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -32,7 +38,7 @@ import torchvision
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import onnx_graph, openvino_ir, pt2_package, quantize
-from frcnn.inference.detector_graph import check, metadata
+from frcnn.inference.detector_graph import OUTPUTS, DetectorGraph, check, metadata
 from frcnn.inference.predictor import Predictor, per_image
 from frcnn.model.convert import from_torchvision
 
@@ -86,6 +92,31 @@ def runners(model, tv_model, size: int, folder: Path, backends: list[str], calib
     return runs
 
 
+def float_noise(model, images, sizes, seeds: int) -> list[str]:
+    """The export check of PyTorch against itself with its weights scaled by 1 + 1e-6 noise,
+    one line per seed: the largest box (px) and score differences, and the check's verdict."""
+    lines = []
+    for seed in range(seeds):
+        noisy = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(seed)
+        for weight in noisy.parameters():
+            weight.mul_(1 + 1e-6 * torch.randn(weight.shape, generator=generator))
+        graph = DetectorGraph(noisy)
+
+        def run(x, s, graph=graph):
+            return {name: out.numpy() for name, out in zip(OUTPUTS, graph(x, s), strict=True)}
+
+        reports = check(run, model, images, sizes)
+        lines.append(
+            f"weights x (1 + 1e-6 noise), seed {seed}: "
+            f"{sum(r['expected'] for r in reports)} detections, boxes within "
+            f"{max(r['box_diff'] for r in reports):.2g} px, scores within "
+            f"{max(r['score_diff'] for r in reports):.1e}; "
+            f"the check passes: {all(r['ok'] for r in reports)}"
+        )
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[400, 800])
@@ -95,6 +126,7 @@ def main():
     quick = "18: a small stand-in for a quick try (not torchvision's model)"
     parser.add_argument("--depth", type=int, default=50, choices=[18, 50], help=quick)
     parser.add_argument("--checkpoint", help="the mAP of each backend on its validation data")
+    parser.add_argument("--noise-seeds", type=int, default=4, help="float32 noise draws (0: none)")
     args = parser.parse_args()
 
     import onnxruntime
@@ -121,6 +153,8 @@ def main():
         calibration = [Predictor(model, size, device="cpu").batch(others[i : i + 4])[:2]
                        for i in (0, 4)]  # fmt: skip
         with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+            for line in float_noise(model, images, sizes, args.noise_seeds):
+                print(f"{size} px, PyTorch, {line}")
             runs = runners(model, tv_model, size, Path(folder), args.backends, calibration)
             for name, run in runs.items():
                 if name in ("onnxruntime", "openvino", "pt2"):

@@ -1,10 +1,12 @@
 """The benchmarks that must not rot: bench/gpu.py (run on a GPU machine), the stage breakdown and
 the ONNX latency, dry-run on the CPU at tiny sizes."""
 
+import re
 import runpy
 import sys
 
 import pytest
+import torch
 
 from tests.app.helpers import ROOT
 
@@ -78,3 +80,22 @@ def test_the_cpu_inference_bench_measures_each_backends_map_on_a_checkpoints_dat
     assert maps["onnxruntime"] == pytest.approx(maps["torch"], abs=1e-3), printed
     assert maps["openvino"] == pytest.approx(maps["torch"], abs=1e-3), printed
     assert 0 <= maps["int8 onnxruntime"] <= 1
+
+
+def test_float32_noise_moves_a_detectors_results_within_the_export_checks_tolerances(trained):
+    """The bench's noise line: PyTorch against itself with its weights moved by one part in a
+    million detects the same (the check passes) but not bit for bit (boxes move)."""
+    from frcnn.data.synthetic import draw_sample
+    from frcnn.inference.predictor import Predictor
+
+    bench = runpy.run_path(str(ROOT / "bench" / "cpu_inference.py"))
+    predictor = Predictor.from_checkpoint(trained[1] / "checkpoints" / "last.ckpt", "cpu")
+    photos = [draw_sample(1, i, 6, 240, 640).image for i in range(2)]
+    images, sizes, _ = predictor.batch(photos)
+    with torch.no_grad():
+        lines = bench["float_noise"](predictor.model, images, sizes, seeds=2)
+    assert len(lines) == 2
+    for line in lines:
+        found = re.search(r"(\d+) detections, boxes within ([\d.e+-]+) px, .*passes: (\w+)", line)
+        assert int(found.group(1)) > 0 and float(found.group(2)) > 0, line
+        assert found.group(3) == "True", line

@@ -123,7 +123,7 @@ def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path
             "labels": np.array([predictor.class_names.index(n) + 1 for n in names]),
             "num_detections": np.int64(len(names)),
         }
-        report = compare(expected, actual)
+        report = compare(expected, actual, max(Image.open(file).size))
         assert report["ok"] and report["count"] > 0, report
 
 
@@ -144,15 +144,22 @@ def test_compare_pairs_detections_by_label_and_box():
 
     # the same detections in the other order (equal scores): same
     swapped = actual([[20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0]], [0.9, 0.9], [2, 1])
-    assert compare(expected, swapped)["ok"]
-    off = actual([[0.0, 0.0, 10.05, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9], [1, 2])
-    assert compare(expected, off)["box_diff"] == pytest.approx(0.05, abs=1e-5)
-    assert not compare(expected, off)["ok"]
+    assert compare(expected, swapped, 96)["ok"]
+    # boxes within 0.01 px + 1e-4 of the input's side: 0.0196 px at 96 px, 0.09 px at 800 px
+    off = actual([[0.0, 0.0, 10.02, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9], [1, 2])
+    assert compare(expected, off, 96)["box_diff"] == pytest.approx(0.02, abs=1e-5)
+    assert not compare(expected, off, 96)["ok"]
+    assert compare(expected, off, 800)["ok"]
+    off = actual([[0.0, 0.0, 10.1, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9], [1, 2])
+    assert not compare(expected, off, 800)["ok"]
     wrong_label = actual([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9], [2, 1])
-    assert not compare(expected, wrong_label)["ok"]
-    score = actual([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9003], [1, 2])
-    assert not compare(expected, score)["ok"]
-    assert not compare(expected, actual([[0.0, 0.0, 10.0, 10.0]], [0.9], [1], count=1))["ok"]
+    assert not compare(expected, wrong_label, 96)["ok"]
+    score = actual([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9002], [1, 2])
+    assert compare(expected, score, 96)["ok"]
+    score = actual([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.9, 0.9004], [1, 2])
+    assert not compare(expected, score, 96)["ok"]
+    one = actual([[0.0, 0.0, 10.0, 10.0]], [0.9], [1], count=1)
+    assert not compare(expected, one, 96)["ok"]
 
 
 @pytest.mark.parametrize(
@@ -304,7 +311,9 @@ def test_openvino_ir_is_checked_and_holds_the_metadata(openvino_ir, tmp_path, mo
         expected = predictor.model(images, image_sizes=sizes)
     assert sum(len(e["scores"]) for e in expected) > 0
     for i, detections in enumerate(expected):
-        report = compare(detections, {name: outputs[name][i] for name in OUTPUTS})
+        report = compare(
+            detections, {name: outputs[name][i] for name in OUTPUTS}, predictor.transform.size
+        )
         assert report["ok"], report
 
 
@@ -346,7 +355,9 @@ def test_a_pt2_package_runs_without_the_project_with_the_same_detections(package
         expected = predictor.model(images, image_sizes=sizes)
     assert sum(len(e["scores"]) for e in expected) > 0
     for i, detections in enumerate(expected):
-        report = compare(detections, {k: v[i].numpy() for k, v in outputs.items()})
+        report = compare(
+            detections, {k: v[i].numpy() for k, v in outputs.items()}, predictor.transform.size
+        )
         assert report["ok"], report
 
 

@@ -74,8 +74,8 @@ def export(cfg) -> Path:
         if not all(r["ok"] for r in reports):
             raise RuntimeError(
                 f"{checked_by}'s detections differ from PyTorch's beyond "
-                f"{detector_graph.BOX_TOLERANCE_PX} px / {detector_graph.SCORE_TOLERANCE} (see "
-                f"above): {output} was not written"
+                f"{detector_graph.box_tolerance(size):g} px / {detector_graph.SCORE_TOLERANCE} "
+                f"(see above): {output} was not written"
             )
         if cfg.quantize:
             graphs = float_graph, int8_graph, temporary

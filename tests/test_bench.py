@@ -44,14 +44,17 @@ def test_the_stage_breakdown_s_rest_is_what_the_stages_leave(capsys, monkeypatch
 
 
 def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypatch):
-    """bench/cpu_inference.py on a small stand-in (pt2 left out: compiling takes minutes): the
-    float backends checked equal to PyTorch, a row per batch size with every backend's time
-    and its ratio to torchvision's."""
+    """bench/cpu_inference.py on its small stand-in (pt2 left out: compiling takes minutes):
+    the float backends checked equal to PyTorch on detections (not on none), a row per batch
+    size with every backend's time and its ratio to torchvision's."""
     backends = ["torchvision", "torch", "onnxruntime", "openvino", "int8 onnxruntime"]
     tiny = ["--depth", "18", "--sizes", "64", "--batch-sizes", "1", "2", "--reps", "1"]
-    monkeypatch.setattr(sys, "argv", ["cpu_inference.py", *tiny, "--backends", *backends])
+    argv = ["cpu_inference.py", *tiny, "--noise-seeds", "1", "--backends", *backends]
+    monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "bench" / "cpu_inference.py"), run_name="__main__")
     printed = capsys.readouterr().out
+    # the noise line counts the detections that every check compares
+    assert int(re.search(r"seed 0: (\d+) detections", printed).group(1)) > 0, printed
     for backend in ("onnxruntime", "openvino"):
         assert f"64 px, {backend}: the same detections as PyTorch: True" in printed
     rows = [line for line in printed.splitlines() if line.startswith(("| 64 | 1 |", "| 64 | 2 |"))]

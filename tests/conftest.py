@@ -51,15 +51,18 @@ def grouped_as_marked(request):
             )
 
 
-@pytest.fixture(autouse=True)
-def no_sleep_after_a_shuffled_pass(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def no_sleep_after_a_shuffled_pass():
     """datasets sleeps 5 s at the end of every shuffled pass (a pyarrow thread-shutdown
-    workaround): harmless once an epoch in training, minutes over the tests. (Runs in a
-    process of their own, DDP's, still sleep.)"""
+    workaround): harmless once an epoch in training, minutes over the tests. For the whole
+    session, so that module and session fixtures that train (the README's coco400 run) are
+    spared it too. (Runs in a process of their own, DDP's, still sleep.)"""
     import datasets
 
-    # (datasets 3.0 has no such sleep, nor the setting)
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0, raising=False)
+    with pytest.MonkeyPatch.context() as patch:
+        # (datasets 3.0 has no such sleep, nor the setting)
+        patch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0, raising=False)
+        yield
 
 
 OVERFIT_STEPS = 90

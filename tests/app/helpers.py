@@ -37,7 +37,7 @@ SMALL = [
     "trainer.log_every_n_steps=1",
     "device=cpu",
 ]
-TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL]
+TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL, "report=false"]
 
 
 def run(script: str, *overrides: str, log_dir: Path, separate_process: bool = False):

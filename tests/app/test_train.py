@@ -128,7 +128,7 @@ def test_eval_reproduces_the_logged_val_map(trained):
     log_dir, run_dir = trained
     checkpoint = torch.load(best_checkpoint(run_dir), weights_only=True)
     assert checkpoint["weights"] == "ema" and "current_model_state" in checkpoint
-    run("eval.py", f"ckpt_path={best_checkpoint(run_dir)}", *TINY, log_dir=log_dir)
+    run("eval.py", f"ckpt_path={best_checkpoint(run_dir)}", *TINY, "report=auto", log_dir=log_dir)
     evaluated = run_dirs(log_dir, "eval")[0]
     assert metrics(evaluated)["val/map"] == pytest.approx(metrics(run_dir)["val/map"], abs=1e-6)
     assert metrics(evaluated)["val/map_50"] == pytest.approx(

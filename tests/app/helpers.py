@@ -37,6 +37,8 @@ SMALL = [
     "trainer.log_every_n_steps=1",
     "device=cpu",
 ]
+# SMALL on 16 + 8 images, without report/ (its five figures are ~1.3 s of such a run): a test
+# that reads the report adds "report=auto" after TINY (the last value given wins)
 TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL, "report=false"]
 
 

@@ -131,11 +131,12 @@ class Sharded(Small):
 
 def test_under_ddp_every_process_keeps_the_same_average(tmp_path):
     """Two processes (Lightning's DDP on the CPU, gloo): the weights stay equal through the
-    gradient all-reduce, so do the averages, updated at the same steps."""
+    gradient all-reduce, so do the averages, updated at the same steps. The processes are forked
+    (`ddp_fork`): spawned ones import torch and Lightning again, ~7 s of a 7 s test."""
     # the check before the EMA: at train end the EMA hands its average to the model, then drops it
     run = trainer(
         tmp_path, SameOnEveryRank(), WeightEMA(DECAY, WARMUP), max_steps=3, devices=2,
-        strategy="ddp_spawn",
+        strategy="ddp_fork",
     )  # fmt: skip
     # Lightning sets MASTER_PORT, WORLD_SIZE, ... in this process: restored after the test, or
     # every later DDP run the tests start would inherit one fixed port (a sweep's second run

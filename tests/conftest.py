@@ -56,7 +56,7 @@ def no_sleep_after_a_shuffled_pass():
     """datasets sleeps 5 s at the end of every shuffled pass (a pyarrow thread-shutdown
     workaround): harmless once an epoch in training, minutes over the tests. For the whole
     session, so that module and session fixtures that train (the README's coco400 run) are
-    spared it too. (Runs in a process of their own, DDP's, still sleep.)"""
+    spared it too. (The processes the tests start: by tests/processes/sitecustomize.py.)"""
     import datasets
 
     with pytest.MonkeyPatch.context() as patch:

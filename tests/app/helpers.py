@@ -52,7 +52,9 @@ def run(script: str, *overrides: str, log_dir: Path, separate_process: bool = Fa
 
 def process_env(**extra: str) -> dict[str, str]:
     """The environment of a process the tests start (a run that starts processes itself)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
+    # tests/processes: its sitecustomize spares them datasets' sleep as conftest.py spares this one
+    path = os.pathsep.join([str(ROOT / "tests" / "processes"), str(ROOT)])
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # each process would compile torch anew: 6 s
     # the processes of a DDP run share this machine's cores: one thread each, not two each
     env.setdefault("OMP_NUM_THREADS", "1")

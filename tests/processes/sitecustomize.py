@@ -17,6 +17,8 @@ class NoSleepAfterAPass(importlib.abc.MetaPathFinder):
             return None
         sys.meta_path.remove(self)  # find the module as Python would without this finder
         spec = importlib.util.find_spec(name)
+        if spec is None:  # not installed: the import fails as it would without this finder
+            return None
         execute = spec.loader.exec_module
 
         def exec_module(module):

@@ -16,6 +16,11 @@ backends taking turns at every run, ms per image, and the ratio to torchvision e
 weights time the work as trained ones do (every image keeps the full proposal and detection
 counts). Not a test.
 
+Then the same times as GFLOP/s: the eager detector's FLOPs per image (torch's `FlopCounterMode`:
+convolutions and matrix products, the work the same detections need) over each backend's time:
+how close each comes to what the CPU's cores can do, which bounds how fast any float32 backend
+can be.
+
 Before the timings, float32's own noise at each size: PyTorch against itself with every weight
 scaled by 1 + 1e-6 x N(0, 1) (as kernels that sum in another order move results), through the
 export check (`--noise-seeds` draws): how far boxes and scores move, and whether the check's
@@ -35,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torch.utils.flop_counter import FlopCounterMode
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import onnx_graph, openvino_ir, pt2_package, quantize
@@ -59,6 +65,22 @@ def median_ms(runs: dict, reps: int) -> dict[str, float]:
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(spent) for name, spent in times.items()}
+
+
+def detector_flops(model, images, sizes) -> float:
+    """FLOPs of one eager call of the detector on `images` (torch's FlopCounterMode)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(images, image_sizes=sizes)
+    return counter.get_total_flops()
+
+
+def table(rows, backends: list[str], cell) -> None:
+    """A markdown table: a row per (size, batch), cell(times, backend) per backend."""
+    print("\n| size | batch | " + " | ".join(backends) + " |")
+    print("| --- | --- |" + " --- |" * len(backends))
+    for size, batch, times, flops in rows:
+        print(f"| {size} | {batch} | " + " | ".join(cell(times, b, flops) for b in backends) + " |")
 
 
 def runners(model, tv_model, size: int, folder: Path, backends: list[str], calibration,
@@ -164,16 +186,16 @@ def main():
                 x, s = images[:batch], sizes[:batch]
                 calls = {name: lambda r=run, x=x, s=s: r(x, s) for name, run in runs.items()}
                 times = {name: ms / batch for name, ms in median_ms(calls, args.reps).items()}
-                rows.append((size, batch, times))
-    print("\n| size | batch | " + " | ".join(args.backends) + " |")
-    print("| --- | --- |" + " --- |" * len(args.backends))
-    for size, batch, times in rows:
+                rows.append((size, batch, times, detector_flops(model, x, s) / batch))
+
+    def ms_and_ratio(times, backend, flops):
         reference = times.get("torchvision")
-        cells = [
-            f"{times[b]:.0f}" + (f" ({times[b] / reference:.2f}x)" if reference else "")
-            for b in args.backends
-        ]
-        print(f"| {size} | {batch} | " + " | ".join(cells) + " |")
+        ratio = f" ({times[backend] / reference:.2f}x)" if reference else ""
+        return f"{times[backend]:.0f}{ratio}"
+
+    table(rows, args.backends, ms_and_ratio)
+    print("\nGFLOP/s: the eager detector's FLOPs per image over each backend's time")
+    table(rows, args.backends, lambda times, backend, flops: f"{flops / times[backend] / 1e6:.0f}")
 
 
 def checkpoint_map(path: str, backends: list[str]) -> None:

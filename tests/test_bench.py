@@ -46,7 +46,8 @@ def test_the_stage_breakdown_s_rest_is_what_the_stages_leave(capsys, monkeypatch
 def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypatch):
     """bench/cpu_inference.py on its small stand-in (pt2 left out: compiling takes minutes):
     the float backends checked equal to PyTorch on detections (not on none), a row per batch
-    size with every backend's time and its ratio to torchvision's."""
+    size with every backend's time and its ratio to torchvision's, then the same rows in
+    GFLOP/s."""
     backends = ["torchvision", "torch", "onnxruntime", "openvino", "int8 onnxruntime"]
     tiny = ["--depth", "18", "--sizes", "64", "--batch-sizes", "1", "2", "--reps", "1"]
     argv = ["cpu_inference.py", *tiny, "--noise-seeds", "1", "--backends", *backends]
@@ -58,9 +59,12 @@ def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypa
     for backend in ("onnxruntime", "openvino"):
         assert f"64 px, {backend}: the same detections as PyTorch: True" in printed
     rows = [line for line in printed.splitlines() if line.startswith(("| 64 | 1 |", "| 64 | 2 |"))]
-    assert len(rows) == 2, printed
-    for row in rows:
+    assert len(rows) == 4, printed
+    for row in rows[:2]:
         assert row.count("x)") == len(backends) and "(1.00x)" in row.split(" | ")[2], row
+    for row in rows[2:]:
+        rates = [float(cell) for cell in row.strip("| ").split(" | ")[2:]]
+        assert len(rates) == len(backends) and min(rates) > 0, row
 
 
 def test_the_cpu_inference_bench_measures_each_backends_map_on_a_checkpoints_data(

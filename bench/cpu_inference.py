@@ -76,7 +76,8 @@ def detector_flops(model, images, sizes) -> float:
 
 
 def table(rows, backends: list[str], cell) -> None:
-    """A markdown table: a row per (size, batch), cell(times, backend) per backend."""
+    """A markdown table: a row per (size, batch, times, flops) of `rows`, the text
+    cell(times, backend, flops) per backend."""
     print("\n| size | batch | " + " | ".join(backends) + " |")
     print("| --- | --- |" + " --- |" * len(backends))
     for size, batch, times, flops in rows:

@@ -101,12 +101,21 @@ REPORT_FILES = (
 
 
 def test_resuming_goes_on_in_the_runs_folder_and_keeps_its_best(tmp_path):
+    """Resumed with last.ckpt written every 3 steps as well (a user who would lose fewer steps
+    to the next crash): Lightning restores none of that callback's state, and the run still
+    writes over last.ckpt (a last-v1.ckpt beside it would leave the next resume at step 8)."""
     log_dir = tmp_path / "logs"
     run("train.py", "trainer.max_epochs=2", *TINY, log_dir=log_dir)
     (run_dir,) = run_dirs(log_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    result = run("train.py", "trainer.max_epochs=4", f"ckpt_path={last}", *TINY, log_dir=log_dir)
+    every_3_steps = "callbacks.last_checkpoint.every_n_train_steps=3"
+    result = run(
+        "train.py", "trainer.max_epochs=4", f"ckpt_path={last}", every_3_steps, *TINY,
+        log_dir=log_dir,
+    )  # fmt: skip
     assert run_dirs(log_dir) == [run_dir]  # no new folder
+    assert [p.name for p in (run_dir / "checkpoints").glob("last*")] == ["last.ckpt"]
+    assert torch.load(last, weights_only=True)["global_step"] == 16
     assert "Resuming in" in result.stdout + result.stderr
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     steps = [e.step for e in events.Scalars("train/loss_step")]

@@ -178,6 +178,9 @@ class LastCheckpoint(RunCheckpoint):
             monitor=None,
             save_top_k=1,
             every_n_train_steps=every_n_train_steps,
+            # a resume that changes N restores none of this callback's state (Lightning keys
+            # it by N): without the counter it still writes over last.ckpt, not last-v1.ckpt
+            enable_version_counter=False,
         )
 
     def on_validation_end(self, trainer, pl_module) -> None:

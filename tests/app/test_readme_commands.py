@@ -5,7 +5,8 @@ Every `uv run <script>.py ...` line of the README's bash blocks runs here as `py
 `hydra` and callback settings. A command gets only
 
 - the size-reducing overrides of SIZE (smaller images, batches, data and model, a few steps,
-  validation every few steps), added to training commands;
+  validation every few steps), added to training commands (but no step count for a stream
+  whose command gives none: that run must refuse to start, as it does for a user);
 - the README's own offline forms where a command would read the hub or download weights
   (LOCAL: local parquet copies, weight files, a COCO folder under COCO_ROOT) and `device=cpu`
   (this machine has no GPU; `device=ddp` gets the README's CPU form instead);
@@ -268,6 +269,10 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
     hub = any(a.startswith("experiment=coco400") or a == "data=coco" for a in filled)
     folder = any(a in filled for a in ("data=coco_files", "data=yolo", "data=voc", "data=hub"))
     extra = list(SIZE["coco" if hub or folder else "synthetic"])
+    counted = ("experiment=coco400", "trainer.max_steps=")  # the run's steps, given
+    if (hub or "data=hub" in filled) and not any(a.startswith(counted) for a in filled):
+        # a stream with no steps given refuses to start: fewer steps would hide it
+        extra.remove("trainer.max_steps=2")
     if "experiment=finetune" in filled:  # the recipe's own model, whose heads COCO's fit
         extra = [o for o in extra if o not in SMALL_MODEL and not o.startswith("model.")]
         if not any(a.startswith("init_weights=") for a in filled):  # its default downloads

@@ -211,6 +211,31 @@ def test_a_run_resumed_mid_epoch_continues_that_epochs_stream(tmp_path):
     assert resumed == orders[1][: len(resumed)] and len(resumed) == 8
 
 
+def test_a_run_of_unknown_length_refuses_to_start_naming_the_setting(tmp_path):
+    """The LR schedule is laid over the run's steps. A hub stream without trainer.max_steps
+    (Lightning counts -1 steps: every milestone passed at step 0, 1% of the LR) and a run
+    without an end stop at start-up; the same stream with its steps given trains."""
+    files = [tmp_path / "train-0.parquet"]
+    write_parquet(files[0], first_id=0, count=8)
+    stream = [
+        "data=hub", "data.box_format=xyxy", f"data.train.data_files=[{files[0]}]",
+        f"data.val.data_files=[{files[0]}]", *SMALL, "model.backbone.weights=null",
+    ]  # fmt: skip
+    with pytest.raises(AssertionError, match="trainer.max_steps: the training set is a stream"):
+        run("train.py", *stream, log_dir=tmp_path / "logs")
+    endless = "trainer.max_steps=-1 and trainer.max_epochs=-1: the run has no end"
+    with pytest.raises(AssertionError, match=endless):
+        run("train.py", "trainer.max_epochs=-1", *TINY, log_dir=tmp_path / "logs")
+    steps = ["trainer.max_steps=3", "trainer.max_epochs=-1", "module.scheduler.warmup_steps=0"]
+    run("train.py", *stream, *steps, log_dir=tmp_path / "steps")
+    events = EventAccumulator(str(run_dirs(tmp_path / "steps")[0] / "tensorboard")).Reload()
+    groups = [t for t in events.Tags()["scalars"] if t.startswith("lr-")]
+    # 0.02 x batch 4 / 16, decayed at the milestones 0.67 and 0.89 of 3 steps: steps 2 and 3
+    for tag in groups:  # with and without weight decay
+        assert [e.value for e in events.Scalars(tag)] == pytest.approx([0.005, 0.005, 0.0005])
+    assert len(groups) == 2
+
+
 def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):
     files = [tmp_path / "val-0.parquet"]
     write_parquet(files[0], first_id=0, count=12)
@@ -222,7 +247,8 @@ def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):
         "data.val.limit=4",
         *SMALL,
         "model.backbone.weights=null",
-        "trainer.max_epochs=2",
+        "trainer.max_steps=6",  # a stream is counted in steps: two epochs of 3
+        "trainer.max_epochs=-1",
         "+callbacks.val_ids._target_=tests.app.helpers.RecordValidationIds",
         "+callbacks.val_ids.output_dir=${paths.output_dir}",
         log_dir=tmp_path / "logs",

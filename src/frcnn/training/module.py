@@ -30,6 +30,31 @@ def compile_parts(model: nn.Module, backend: str, scope: str) -> None:
         model.get_submodule(name).compile(backend=backend)
 
 
+def run_length(trainer: L.Trainer) -> int:
+    """The run's optimiser steps, over which the LR schedule is laid; refuses a run whose
+    length the trainer cannot know (Lightning's estimate is then -1 or infinite: a schedule
+    laid over -1 steps is past its milestones at step 0, and trains at 1% of the LR without
+    a word)."""
+    total = trainer.estimated_stepping_batches
+    if 0 < total < float("inf"):
+        return int(total)
+    for setting in ("max_steps", "limit_train_batches"):
+        if getattr(trainer, setting) == 0:
+            raise ValueError(f"trainer.{setting}=0 trains nothing (eval.py validates a model)")
+    if trainer.max_steps == -1 and trainer.max_epochs != -1:  # Lightning's -1 of a stream
+        raise ValueError(
+            "trainer.max_steps: the training set is a stream (a hub data set, an "
+            "IterableDataset), whose length is not known until it is read, so its run is "
+            "counted in steps: set trainer.max_steps (the LR schedule's length) and "
+            "trainer.max_epochs=-1, e.g. trainer.max_steps=3000 for 24 epochs of 1000 images "
+            "at data.batch_size=8"
+        )
+    raise ValueError(
+        f"trainer.max_steps={trainer.max_steps} and trainer.max_epochs={trainer.max_epochs}: "
+        "the run has no end, and the LR schedule needs one: set trainer.max_steps"
+    )
+
+
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
 
@@ -302,13 +327,7 @@ class DetectorModule(L.LightningModule):
         )
         if self.scheduler_factory is None:
             return optimizer
-        total = self.trainer.estimated_stepping_batches
-        if not isinstance(total, int) and not float(total) < float("inf"):
-            raise ValueError(
-                "trainer.max_steps: a streamed data set has no length, so the LR schedule needs "
-                "trainer.max_steps to know the total number of steps"
-            )
-        scheduler = self.scheduler_factory(optimizer, total_steps=int(total))
+        scheduler = self.scheduler_factory(optimizer, total_steps=run_length(self.trainer))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

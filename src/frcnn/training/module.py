@@ -1,5 +1,6 @@
 """The LightningModule: losses and their logging, validation mAP, optimiser and schedule."""
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,8 @@ from frcnn.checks import check_number
 from frcnn.distributed import distributed
 from frcnn.evaluation.results import Evaluation, log_pr_curves
 from frcnn.structures import Targets, class_name
+
+log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box")
 # the detector's parts that `module.compile_scope` compiles
@@ -37,6 +40,13 @@ def run_length(trainer: L.Trainer) -> int:
     a word)."""
     total = trainer.estimated_stepping_batches
     if 0 < total < float("inf"):
+        if trainer.num_training_batches == float("inf") and trainer.max_epochs != -1:
+            log.warning(
+                "trainer.max_epochs=%d may end this stream's run before trainer.max_steps=%d "
+                "(a pass's length is unknown until read), short of the LR schedule laid over "
+                "those steps; trainer.max_epochs=-1 runs them all",
+                trainer.max_epochs, total,
+            )  # fmt: skip
         return int(total)
     for setting in ("max_steps", "limit_train_batches"):
         if getattr(trainer, setting) == 0:

@@ -213,9 +213,9 @@ def test_a_run_resumed_mid_epoch_continues_that_epochs_stream(tmp_path):
 
 def test_a_run_of_unknown_length_refuses_to_start_naming_the_setting(tmp_path):
     """The LR schedule is laid over the run's steps. A hub stream without trainer.max_steps
-    (Lightning counts -1 steps: every milestone passed at step 0, 1% of the LR) and a run
-    without an end stop at start-up; the same stream with its steps given trains (warned that
-    its epochs, 2 by default, could end it first: not here, 4 steps)."""
+    (Lightning counts -1 steps: every milestone passed at step 0, 1% of the LR), a run
+    without an end and one of no steps stop at start-up; the same stream with its steps given
+    trains (warned that its epochs, 2 by default, could end it first: not here, 4 steps)."""
     files = [tmp_path / "train-0.parquet"]
     write_parquet(files[0], first_id=0, count=8)
     stream = [
@@ -227,6 +227,9 @@ def test_a_run_of_unknown_length_refuses_to_start_naming_the_setting(tmp_path):
     endless = "trainer.max_steps=-1 and trainer.max_epochs=-1: the run has no end"
     with pytest.raises(AssertionError, match=endless):
         run("train.py", "trainer.max_epochs=-1", *TINY, log_dir=tmp_path / "logs")
+    for nothing in ("trainer.max_steps=0", "trainer.limit_train_batches=0"):
+        with pytest.raises(AssertionError, match=f"{nothing} trains nothing"):
+            run("train.py", nothing, *TINY, log_dir=tmp_path / "logs")
     steps = ["trainer.max_steps=3", "module.scheduler.warmup_steps=0"]
     result = run("train.py", *stream, *steps, log_dir=tmp_path / "steps")
     assert "trainer.max_epochs=2 may end this stream's run before trainer.max_steps=3" in (

@@ -219,14 +219,18 @@ def test_coco400_without_its_callbacks_builds_a_trainer(tmp_path, choice):
 
 
 def test_a_run_shorter_than_its_logging_interval_logs_ten_times(tmp_path, caplog):
+    """A smoke test of the recipe, counted in steps (the epoch-counted case: `trained`)."""
     from frcnn.app.build import build_trainer
+    from frcnn.training.module import fit_logging_interval
 
     cfg = composed(tmp_path, "experiment=coco400", "device=cpu", "trainer.max_steps=30")
     trainer = build_trainer(cfg)
+    fit_logging_interval(trainer)
     assert trainer.log_every_n_steps == 3
     assert "trainer.log_every_n_steps=50 is more than the run's 30 steps" in caplog.text
-    cfg = composed(tmp_path, "experiment=coco400", "device=cpu")
-    assert build_trainer(cfg).log_every_n_steps == 50
+    trainer = build_trainer(composed(tmp_path, "experiment=coco400", "device=cpu"))
+    fit_logging_interval(trainer)
+    assert trainer.log_every_n_steps == 50
 
 
 def test_a_model_for_another_number_of_classes_than_the_data_is_refused(tmp_path):

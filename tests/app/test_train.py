@@ -45,6 +45,10 @@ def test_two_epochs_write_checkpoints_and_tensorboard_logs(trained):
     assert {"val/map", "val/map_50", "val/mar_100", "val/loss"} <= scalars
     assert {"train/images_per_s_step", "train/images_per_s_epoch"} <= scalars
     assert any(tag.startswith("lr-") for tag in scalars)
+    assert [e.step for e in events.Scalars("train/loss_step")] == list(range(8))
+    assert (
+        "log_every_n_steps=10 is more than the run's 8 steps" in (run_dir / "train.log").read_text()
+    )
     images = set(events.Tags()["images"])
     pictures = {"val/detections", "inspect/objectness", "inspect/proposals", "inspect/assignments"}
     assert pictures | {"train/labels"} <= images

@@ -44,6 +44,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('(val|train)/")
     # a run resumed mid-epoch says itself what becomes of the epoch (data.datamodule.StreamEpoch)
     warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")
+    # an epoch shorter than the interval still logs (the count runs on over epochs); a run
+    # shorter than it is given a shorter one (training.module.fit_logging_interval)
+    warnings.filterwarnings("ignore", r"The number of training batches \(\d+\) is smaller than")
 
 
 def build(cfg: DictConfig, datamodule=None):
@@ -180,7 +183,6 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
-    check_logging_interval(trainer)
     report_wanted(cfg)  # a wrong setting fails now, not at the end of the run
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
@@ -251,22 +253,6 @@ def selected(cfg: DictConfig, group: str) -> list[DictConfig]:
         else:
             log.debug("%s.%s has no _target_ (not in this %s choice): left out", group, name, group)
     return entries
-
-
-def check_logging_interval(trainer: L.Trainer) -> None:
-    """A run of fewer steps than `trainer.log_every_n_steps` would log no step at all (no loss
-    curves, no learning rate): log ten times in it instead, and say so."""
-    steps, interval = trainer.max_steps, trainer.log_every_n_steps
-    if 0 < steps < interval and not trainer.fast_dev_run:
-        trainer.log_every_n_steps = max(1, steps // 10)
-        if trainer.is_global_zero:
-            log.warning(
-                "trainer.log_every_n_steps=%d is more than the run's %d steps "
-                "(trainer.max_steps): logging every %d steps instead",
-                interval,
-                steps,
-                trainer.log_every_n_steps,
-            )
 
 
 def output_dir() -> Path:

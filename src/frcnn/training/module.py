@@ -65,6 +65,21 @@ def run_length(trainer: L.Trainer) -> int:
     )
 
 
+def fit_logging_interval(trainer: L.Trainer) -> None:
+    """A run of fewer optimiser steps than `trainer.log_every_n_steps` (a smoke test, a small
+    data set counted in epochs) would log no step at all (no loss curves, no learning rate):
+    it logs ten times instead, and says so."""
+    steps, interval = trainer.estimated_stepping_batches, trainer.log_every_n_steps
+    if 0 < steps < interval and not trainer.fast_dev_run:
+        trainer.log_every_n_steps = max(1, int(steps) // 10)
+        if trainer.is_global_zero:
+            log.warning(
+                "trainer.log_every_n_steps=%d is more than the run's %d steps: logging every "
+                "%d steps instead",
+                interval, steps, trainer.log_every_n_steps,
+            )  # fmt: skip
+
+
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
 
@@ -225,6 +240,9 @@ class DetectorModule(L.LightningModule):
             f"{', '.join(bad)}. Training stopped; the last good checkpoint is kept. Try a lower "
             "learning rate, more warm-up or precision=32."
         )
+
+    def on_fit_start(self) -> None:
+        fit_logging_interval(self.trainer)
 
     def on_train_start(self) -> None:
         # (step, one flag per loss) of the first non-finite loss; step -1: none yet

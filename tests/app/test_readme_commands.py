@@ -507,8 +507,10 @@ def test_a_ddp_sweep_on_a_coco_folder_runs_each_run_in_its_folder_on_every_image
         "trainer.devices=2",
     ]
     before = set((workspace / "logs" / "train").glob("*/*"))
-    run_script(workspace / "train.py", args, workspace, separate_process=True)
+    result = run_script(workspace / "train.py", args, workspace, separate_process=True)
     (sweep,) = set((workspace / "logs" / "train").glob("*/*")) - before  # no run folders
+    # a start-up warning once per run, not once per process
+    assert (result.stdout + result.stderr).count("warmup_steps=50 is longer than the run") == 2
     assert sweep.parent.name == "multiruns"
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for run in (sweep / "0", sweep / "1"):

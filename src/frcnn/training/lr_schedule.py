@@ -3,6 +3,7 @@
 import logging
 import math
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -16,6 +17,7 @@ def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
     return start_factor + (1 - start_factor) * step / warmup_steps
 
 
+@rank_zero_only  # once, not once per DDP process
 def check_short_run(total_steps: int, warmup_steps: int, start_factor: float, steps=()) -> None:
     """Warn where a run is too short for its schedule (a few steps of a long recipe, e.g.
     `experiment=coco400 trainer.max_steps=30`): the warm-up never ends, milestones never come.

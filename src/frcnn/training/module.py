@@ -40,7 +40,8 @@ def run_length(trainer: L.Trainer) -> int:
     a word)."""
     total = trainer.estimated_stepping_batches
     if 0 < total < float("inf"):
-        if trainer.num_training_batches == float("inf") and trainer.max_epochs != -1:
+        stream = trainer.num_training_batches == float("inf")
+        if stream and trainer.max_epochs != -1 and trainer.is_global_zero:
             log.warning(
                 "trainer.max_epochs=%d may end this stream's run before trainer.max_steps=%d "
                 "(a pass's length is unknown until read), short of the LR schedule laid over "

@@ -8,7 +8,8 @@ from omegaconf import open_dict
 
 from frcnn.app.build import build, listed
 from frcnn.training.checkpoint import detector_state, load_checkpoint
-from tests.app.helpers import TINY, composed, run
+from tests.app.helpers import SMALL_MODEL, TINY, composed, run
+from tests.model.test_convert import torchvision_default
 
 
 def test_a_checkpoint_of_this_project_starts_a_run_with_other_classes(trained, tmp_path, caplog):
@@ -17,11 +18,8 @@ def test_a_checkpoint_of_this_project_starts_a_run_with_other_classes(trained, t
     _, run_dir = trained
     last = run_dir / "checkpoints" / "last.ckpt"
     checkpoint = load_checkpoint(last)
-    cfg = composed(tmp_path, f"init_weights={last}", "data.num_classes=8", *TINY)
-    with open_dict(cfg):
-        del cfg.hydra  # as the entry points get it (HydraConfig holds it)
     with caplog.at_level(logging.INFO):
-        _, module, _ = build(cfg)
+        _, module, _ = built(tmp_path, f"init_weights={last}", "data.num_classes=8", *TINY)
     assert (
         "predictor rows carried over by class name: background, red rectangle, green ellipse, "
         "blue triangle, yellow rectangle, purple ellipse, cyan triangle; new classes (rows as "
@@ -47,13 +45,49 @@ def test_a_checkpoint_of_this_project_starts_a_run_with_other_classes(trained, t
     assert any(not torch.equal(saved[k], raw[k]) for k in saved)
 
 
-def test_a_checkpoint_of_another_backbone_is_refused_with_the_setting(trained, tmp_path):
+def built(tmp_path, *overrides: str):
+    cfg = composed(tmp_path, *overrides)
+    with open_dict(cfg):
+        del cfg.hydra  # as the entry points get it (HydraConfig holds it)
+    return build(cfg)
+
+
+def test_a_checkpoint_of_other_model_settings_is_refused_naming_them(trained, tmp_path):
+    """Its tensors would not fit (the user left out the model settings it was trained with):
+    most of the detector would start random. No ImageNet download is tried first (offline)."""
     _, run_dir = trained
     last = run_dir / "checkpoints" / "last.ckpt"
-    cfg = composed(tmp_path, f"init_weights={last}", "model=resnet50_fpn", *TINY)
-    cfg.model.backbone.weights = None
-    with pytest.raises(ValueError, match="holds a ResNet-18 detector; this config builds model."):
-        build(cfg)
+    with pytest.raises(ValueError, match="other model settings") as refused:
+        built(tmp_path, f"init_weights={last}", "model=resnet50_fpn", *TINY)
+    assert "Give its settings: model.backbone.depth=18 model.backbone.norm=bn (or" in str(
+        refused.value
+    )
+    assert "this detector's backbone.layer1.0.bn3.bias" in str(refused.value)  # ResNet-50's
+    without_its_model = [o for o in TINY if o not in SMALL_MODEL]
+    with pytest.raises(ValueError, match="other model settings") as refused:
+        built(tmp_path / "b", f"init_weights={last}", *without_its_model)
+    assert "model.fpn_channels=32" in str(refused.value)
+    assert "model.roi_heads.representation_size=64" in str(refused.value)
+
+
+def test_torchvision_weights_into_another_model_are_refused_naming_theirs(tmp_path):
+    """torchvision's ResNet-50-FPN weights into the demo's small ResNet-18 model: only
+    tensors that happen to share a shape would load (the README's line gives their model)."""
+    weights = tmp_path / "fasterrcnn_resnet50_fpn.pth"
+    torch.save(torchvision_default(64).state_dict(), weights)
+    with pytest.raises(ValueError, match="Give its settings: model=resnet50_fpn anchors=fpn"):
+        built(tmp_path, f"init_weights={weights}", *TINY)
+
+
+def test_a_checkpoint_of_other_anchors_is_warned_of(trained, tmp_path, caplog):
+    """The tensors fit (3 anchors a cell either way) but its RPN learnt other anchor sizes."""
+    _, run_dir = trained
+    last = run_dir / "checkpoints" / "last.ckpt"
+    built(tmp_path, f"init_weights={last}", "anchors=fpn", *TINY)
+    assert "was trained with model.anchors.sizes=[[16],[32],[64],[128],[256]]; this" in caplog.text
+    caplog.clear()
+    built(tmp_path / "b", f"init_weights={last}", *TINY)
+    assert "was trained with" not in caplog.text
 
 
 def test_init_weights_from_a_run_trains_through_the_users_door(trained, tmp_path):

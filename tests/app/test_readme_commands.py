@@ -273,14 +273,18 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
     if (hub or "data=hub" in filled) and not any(a.startswith(counted) for a in filled):
         # a stream with no steps given refuses to start: fewer steps would hide it
         extra.remove("trainer.max_steps=2")
-    if "experiment=finetune" in filled:  # the recipe's own model, whose heads COCO's fit
+    coco_weights = "experiment=finetune" in filled or any(
+        a.startswith("init_weights=") and TORCHVISION_COCO in a for a in filled
+    )
+    if coco_weights:
+        # the model whose tensors torchvision's COCO weights fit: a smaller one loads less
         extra = [o for o in extra if o not in SMALL_MODEL and not o.startswith("model.")]
         if not any(a.startswith("init_weights=") for a in filled):  # its default downloads
             extra.append(f"init_weights={ws}/weights/{TORCHVISION_COCO}")
     if hub:
         given = {a.split("=")[0] for a in filled}
         extra += [o.format(ws=ws) for o in LOCAL["hub"] if o.split("=")[0] not in given]
-    if (hub or folder) and "experiment=finetune" not in filled:
+    if (hub or folder) and not coco_weights:
         extra += [o.format(ws=ws) for o in LOCAL["imagenet"]]
     search = next((a.split("=")[1] for a in filled if a.startswith("hparams_search=")), None)
     if search:

@@ -148,6 +148,15 @@ def test_a_file_that_names_no_classes_loads_its_predictor_only_where_it_fits():
     assert torch.equal(model.roi_heads.predictor.cls_score.weight, before)
 
 
+def test_a_predictor_of_another_width_carries_no_rows():
+    """A box head of 64 units (torchvision's has 1024): no row fits, and none is said to."""
+    model = FasterRCNN(num_classes=3, roi_heads=dict(representation_size=64))
+    state = from_torchvision_keys(torchvision_default(448).state_dict())
+    loaded = load_weights(model, state, torchvision_class_names(state), ["person", "widget", "car"])
+    assert loaded.carried == [] and loaded.new == ["person", "widget", "car"]
+    assert "roi_heads.predictor.cls_score.weight" in loaded.left_out
+
+
 def test_rows_are_carried_between_two_class_lists_by_name():
     torch.manual_seed(0)
     source = FasterRCNN(num_classes=3, backbone=dict(depth=18), fpn_channels=32)

@@ -1,6 +1,7 @@
 """Building a run from its Hydra config: data module, detector, LightningModule and Trainer,
 shared by every command."""
 
+import json
 import logging
 import os
 import subprocess
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from frcnn.checks import check_number
 from frcnn.data.datamodule import StreamEpoch
-from frcnn.model.convert import Loaded, load_weights
+from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
 from frcnn.training.callbacks import Preemption
 from frcnn.training.checkpoint import (
     DATA_TARGETS,
@@ -72,6 +73,7 @@ def build(cfg: DictConfig, datamodule=None):
     model = build_detector(OmegaConf.to_container(cfg.model, resolve=True), source="")
     if start:
         loaded = load_weights(model, start.state, start.source_names, datamodule.class_names)
+        check_fit(cfg, start, loaded)
         log_initial_weights(cfg.init_weights, start, loaded)
     trainer = build_trainer(cfg, [instantiate(cfg.ema)] if cfg.get("ema") else [])
     scale_learning_rate(cfg, trainer)
@@ -108,17 +110,81 @@ def fit_backbone(cfg: DictConfig, start: InitialWeights) -> None:
     weights: 0; kept in the saved config, so eval and predict rebuild it the same way).
     Trainable BatchNorm keeps its own (0 is not allowed in training)."""
     backbone = cfg.model.backbone
-    if backbone.get("depth") != start.depth:
-        if not start.torchvision:  # nothing of it would fit
-            raise ValueError(
-                f"init_weights={cfg.init_weights!r} holds a ResNet-{start.depth} detector; this "
-                f"config builds model.backbone.depth={backbone.get('depth')}: choose the model "
-                "it was trained with (model=..., as in its run's .hydra/config.yaml)"
-            )
-        return  # torchvision's ResNet-50 weights: the heads of the same shape load
     backbone.weights = None
     if backbone.get("norm") == "frozen_bn" and start.norm_eps is not None:
         backbone.norm_eps = start.norm_eps
+
+
+# model settings that may differ from those the initial weights were trained with: the
+# classes, how the backbone starts and trains, and the epsilon that fit_backbone sets
+FREE_SETTINGS = (
+    "num_classes",
+    "backbone.weights",
+    "backbone.frozen",
+    "backbone.checkpointing",
+    "backbone.norm_eps",
+)
+# settings that give the box regressors their meaning, not their shapes
+REGRESSION_SETTINGS = ("anchors.", "rpn.box_coder_weights", "roi_heads.box_coder_weights")
+
+
+def check_fit(cfg: DictConfig, start: InitialWeights, loaded: Loaded) -> None:
+    """Initial weights start a run only where every tensor of theirs fits the run's detector
+    (the predictor's aside: carried over class by class): one that does not means other model
+    settings, and that part of the detector would start random. Refused, naming the settings
+    they were trained with; for a checkpoint of this project, a warning where its anchors or
+    box codings differ (the tensors fit, but the regressors were trained for others)."""
+    if start.model is None:
+        differ = []
+        settings = (
+            "model=resnet50_fpn anchors=fpn (torchvision's fasterrcnn_resnet50_fpn, as "
+            "experiment=finetune builds it)"
+        )
+    else:
+        differ = differing_settings(start.model, OmegaConf.to_container(cfg.model, resolve=True))
+        settings = (
+            f"{' '.join(differ)} (or the model= and anchors= of its run's .hydra/config.yaml)"
+        )
+    unfit = [
+        name
+        for name in loaded.left_out
+        if not name.startswith(PREDICTOR_KEYS) and not name.endswith("num_batches_tracked")
+    ]
+    if unfit:
+        raise ValueError(
+            f"init_weights={cfg.init_weights!r} was trained with other model settings than "
+            f"this run's: this detector's {listed(unfit, 4)} do not fit its tensors and would "
+            f"start as initialised. Give its settings: {settings}"
+        )
+    regression = [s for s in differ if s.removeprefix("model.").startswith(REGRESSION_SETTINGS)]
+    if regression:
+        log.warning(
+            "init_weights=%s was trained with %s; this run's differ, so its box regressors "
+            "start trained for other anchors or codings (they relearn)",
+            cfg.init_weights, " ".join(regression),
+        )  # fmt: skip
+
+
+def differing_settings(trained: dict, run: dict) -> list[str]:
+    """The `model.` overrides that give `run` (a model config) the values of `trained` where
+    they differ (FREE_SETTINGS aside), e.g. `model.fpn_channels=32`."""
+    trained, run = leaves(trained), leaves(run)
+    return [
+        f"model.{key}={value if isinstance(value, str) else json.dumps(value).replace(' ', '')}"
+        for key, value in trained.items()
+        if key in run and run[key] != value and not key.startswith(("_", *FREE_SETTINGS))
+    ]
+
+
+def leaves(config: dict, prefix: str = "") -> dict:
+    """A nested config as {dotted key: value}."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= leaves(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def log_initial_weights(source: str, start: InitialWeights, loaded: Loaded) -> None:

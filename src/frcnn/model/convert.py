@@ -120,8 +120,6 @@ def load_weights(
     carried, new = [], []
     if source_names is not None and class_names is not None:
         pairs = class_rows(source_names, class_names)
-        carried = [class_names[label - 1] for _, label in pairs[1:]]
-        new = [name for name in class_names if name not in carried]
         for key in PREDICTOR_KEYS:
             for kind in ("weight", "bias"):
                 name = f"{key}.{kind}"
@@ -129,6 +127,9 @@ def load_weights(
                 rows = carry_rows(state.get(name), own[name], pairs, len(source_names))
                 if rows is not None:
                     loadable[name] = rows
+        if all(f"{key}.weight" in loadable for key in PREDICTOR_KEYS):  # else: another width
+            carried = [class_names[label - 1] for _, label in pairs[1:]]
+        new = [name for name in class_names if name not in carried]
     model.load_state_dict(loadable, strict=False)
     return Loaded(sorted(loadable), carried, new, sorted(set(own) - set(loadable)))
 

@@ -240,15 +240,15 @@ def detector_from_checkpoint(checkpoint: dict, overrides: dict | None = None) ->
 class InitialWeights(NamedTuple):
     """Weights to start training from (`init_weights`): `state` in this project's keys, the
     class of each predictor row (`source_names`, row 0 the background; None where the file does
-    not say), the ResNet `depth` they hold, the FrozenBatchNorm epsilon they were trained with
-    (None: the config's), what they are, in words, and whether they are torchvision's."""
+    not say), the FrozenBatchNorm epsilon they were trained with (None: the config's), what
+    they are, in words, and the `model` config they were trained with (a checkpoint of this
+    project's; None: torchvision's `fasterrcnn_resnet50_fpn`)."""
 
     state: dict
     source_names: list[str] | tuple[str, ...] | None
-    depth: int
     norm_eps: float | None
     what: str
-    torchvision: bool
+    model: dict | None = None
 
 
 def initial_weights(source: str) -> InitialWeights:
@@ -260,7 +260,7 @@ def initial_weights(source: str) -> InitialWeights:
         state = from_torchvision_keys(state)
         what = "torchvision's Faster R-CNN" + (" COCO weights" if source == "coco" else "")
         # torchvision runs its COCO weights with FrozenBatchNorm2d eps 0
-        return InitialWeights(state, torchvision_class_names(state), 50, 0.0, what, True)
+        return InitialWeights(state, torchvision_class_names(state), 0.0, what)
     if isinstance(state, dict) and "state_dict" in state:
         checkpoint = checked(state, f"init_weights={source!r}")
         backbone = checkpoint["config"]["model"].get("backbone") or {}
@@ -269,10 +269,9 @@ def initial_weights(source: str) -> InitialWeights:
         return InitialWeights(
             detector_state(checkpoint),
             ["__background__", *names] if names else None,
-            backbone.get("depth", 50),
             backbone.get("norm_eps") if backbone.get("norm") == "frozen_bn" else None,
             f"a checkpoint of this project, step {checkpoint.get('global_step', '?')}{ema}",
-            torchvision=False,
+            checkpoint["config"]["model"],
         )
     raise ValueError(
         f"init_weights={source!r} is neither a checkpoint of this project (a .ckpt written by "

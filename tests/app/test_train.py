@@ -283,6 +283,12 @@ def test_resuming_another_models_checkpoint_names_the_settings_that_differ(train
     other = r"other anchors.*\n  model.anchors.sizes: .* in the checkpoint, .* here"
     with pytest.raises(AssertionError, match=other):
         run("train.py", f"ckpt_path={last}", *TINY, "anchors=fpn", log_dir=tmp_path)
+    # the same detector on data of its 6 classes in another order: each label another class
+    names = torch.load(last, weights_only=True)["class_names"]
+    files = coco_json_folder(tmp_path / "mine", names[::-1])
+    refused = rf"trained on the classes {', '.join(names)}; this data's labels are {names[-1]}, "
+    with pytest.raises(AssertionError, match=refused):
+        run("train.py", f"ckpt_path={last}", "data=coco_files", *files, *SMALL, log_dir=tmp_path)
 
 
 def test_a_diverging_run_stops_with_one_message_naming_the_step(tmp_path):

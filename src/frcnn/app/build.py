@@ -168,23 +168,20 @@ def check_fit(cfg: DictConfig, start: InitialWeights, loaded: Loaded) -> None:
 def differing_settings(trained: dict, run: dict) -> list[str]:
     """The `model.` overrides that give `run` (a model config) the values of `trained` where
     they differ (FREE_SETTINGS aside), e.g. `model.fpn_channels=32`."""
-    trained, run = leaves(trained), leaves(run)
     return [
-        f"model.{key}={value if isinstance(value, str) else json.dumps(value).replace(' ', '')}"
-        for key, value in trained.items()
-        if key in run and run[key] != value and not key.startswith(("_", *FREE_SETTINGS))
+        f"model.{key}={old if isinstance(old, str) else json.dumps(old).replace(' ', '')}"
+        for key, old, new in config_differences(trained, run)
+        if None not in (old, new) and not key.startswith(("_", *FREE_SETTINGS))
     ]
 
 
-def leaves(config: dict, prefix: str = "") -> dict:
-    """A nested config as {dotted key: value}."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat |= leaves(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def config_differences(a, b, prefix: str = ""):
+    """(dotted key, value in a, value in b) for every leaf where two nested dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            yield from config_differences(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip("."), a, b
 
 
 def log_initial_weights(source: str, start: InitialWeights, loaded: Loaded) -> None:

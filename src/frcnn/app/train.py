@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import (
     build,
+    config_differences,
     final_metrics,
     output_dir,
     shown,
@@ -38,7 +39,7 @@ def train(cfg: DictConfig, datamodule=None) -> float | None:
     first_step = 0
     if cfg.get("ckpt_path"):
         resumed = load_checkpoint(cfg.ckpt_path)
-        check_resumable(module.model, resumed, cfg)
+        check_resumable(module, resumed, cfg)
         first_step = resumed.get("global_step", 0)
         if own or run_of(cfg.ckpt_path) == output_dir():
             # its run folder (conf/hydra: run_dir): the checkpoints there are this run's own
@@ -128,9 +129,19 @@ def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
     sys.exit(128 + signum)
 
 
-def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:
-    """A checkpoint to resume from must hold this config's detector: else name the settings
-    that differ (rather than a dump of mismatched tensor shapes)."""
+def check_resumable(module, checkpoint: dict, cfg: DictConfig) -> None:
+    """A checkpoint to resume from must hold this config's detector, trained on this data's
+    classes in this order: else name the settings or the classes that differ (rather than a
+    dump of mismatched tensor shapes, or a run that trains each label as another class)."""
+    saved_names = checkpoint.get("class_names")
+    if saved_names and module.class_names and list(saved_names) != module.class_names:
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path!r} was trained on the classes {', '.join(saved_names)}; "
+            f"this data's labels are {', '.join(module.class_names)}: resumed, each label "
+            "would go on as another class. Resume with the data it was trained on, or start "
+            "from its weights on this data with init_weights= (its rows carried over by class "
+            "name)"
+        )
     saved_anchors = checkpoint["config"]["model"].get("anchors")
     anchors = OmegaConf.to_container(cfg.model, resolve=True).get("anchors")
     if saved_anchors != anchors:  # same tensor shapes, other boxes: the regressions mean nothing
@@ -143,7 +154,7 @@ def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:
             "anchors it was trained with (anchors=...):\n  " + "\n  ".join(differ)
         )
     try:
-        model.load_state_dict(detector_state(checkpoint))
+        module.model.load_state_dict(detector_state(checkpoint))
     except RuntimeError as err:
         saved = checkpoint["config"]["model"]
         ours = OmegaConf.to_container(cfg.model, resolve=True)
@@ -157,15 +168,6 @@ def check_resumable(model, checkpoint: dict, cfg: DictConfig) -> None:
             "frozen, data.num_classes). Settings that differ:\n  "
             + ("\n  ".join(differ) or f"(none in the config) {str(err).splitlines()[0]}")
         ) from err
-
-
-def config_differences(a, b, prefix: str = ""):
-    """(dotted key, value in a, value in b) for every leaf where two nested dicts differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            yield from config_differences(a.get(key), b.get(key), f"{prefix}{key}.")
-    elif a != b:
-        yield prefix.rstrip("."), a, b
 
 
 def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:

@@ -411,6 +411,7 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
         printed += "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     done = "debug finished" if "debug=" in line else DONE.get(script, DONE["train.py"])
     assert done in printed, printed[-3000:]
+    assert "💡 Tip" not in printed and "LeafSpec" not in printed  # libraries' noise, none to act on
     if "debug=" in line:  # a folder apart from the real runs
         assert made and all(path.parts[-3] == "debug" for path in made), made
     if ("init_weights=" in line or "experiment=finetune" in line) and "coco400" not in line:

@@ -40,14 +40,24 @@ def quiet_libraries() -> None:
     commands keep it to warnings. Under DDP, Lightning advises `sync_dist=True` for every
     figure logged per epoch (19 warnings): DetectorModule gathers the validation figures itself,
     the same on every process, and the training losses' epoch means are the first process's
-    (syncing them would reduce at every step). (Set when a command runs, not at import.)"""
+    (syncing them would reduce at every step). Lightning's advertisement of its cloud logger
+    and torch's deprecation of a class Lightning uses are nothing a user can act on. (Set
+    when a command runs, not at import.)"""
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(f is no_tips for f in rank_zero.filters):
+        rank_zero.addFilter(no_tips)
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('(val|train)/")
     # a run resumed mid-epoch says itself what becomes of the epoch (data.datamodule.StreamEpoch)
     warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")
     # an epoch shorter than the interval still logs (the count runs on over epochs); a run
     # shorter than it is given a shorter one (training.module.fit_logging_interval)
     warnings.filterwarnings("ignore", r"The number of training batches \(\d+\) is smaller than")
+
+
+def no_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
 
 
 def build(cfg: DictConfig, datamodule=None):

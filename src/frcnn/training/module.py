@@ -74,10 +74,11 @@ def fit_logging_interval(trainer: L.Trainer) -> None:
     if 0 < steps < interval and not trainer.fast_dev_run:
         trainer.log_every_n_steps = max(1, int(steps) // 10)
         if trainer.is_global_zero:
+            every = trainer.log_every_n_steps
             log.warning(
-                "trainer.log_every_n_steps=%d is more than the run's %d steps: logging every "
-                "%d steps instead",
-                interval, steps, trainer.log_every_n_steps,
+                "trainer.log_every_n_steps=%d is more than the run's %d steps: logging every %s "
+                "instead",
+                interval, steps, f"{every} steps" if every > 1 else "step",
             )  # fmt: skip
 
 

@@ -67,6 +67,16 @@ def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics):
     assert empty["boxes"].shape == (0, 4)
 
 
+def test_the_class_count_nc_is_checked_against_names_and_names_classes_alone(tmp_path):
+    images = {"images/train/a.jpg": PERSON}
+    data = {"train": "images/train", "nc": 3, "names": ["person", "car"]}
+    with pytest.raises(ValueError, match="nc=3, but `names` has 2 classes"):
+        YOLOFolder(Transform(200), str(write(tmp_path / "a", images, data)), "train")
+    data = {"train": "images/train", "nc": 2}
+    source = YOLOFolder(Transform(200), str(write(tmp_path / "b", images, data)), "train")
+    assert source.class_names == ["class_0", "class_1"]
+
+
 def test_images_without_objects_can_be_left_out(ultralytics):
     assert len(YOLOFolder(Transform(200), str(ultralytics), "train", keep_empty=False)) == 1
 

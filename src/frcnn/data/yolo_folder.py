@@ -37,14 +37,23 @@ def read_data_yaml(root: str | Path) -> tuple[Path, dict]:
         content = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"data.root: {file} is not valid YAML ({err})") from None
-    if not isinstance(content, dict) or "names" not in content:
-        raise ValueError(f"data.root: {file} has no `names` (the class names) key")
+    if not isinstance(content, dict) or not ({"names", "nc"} & set(content)):
+        raise ValueError(f"data.root: {file} has no `names` (the class names) or `nc` key")
     return file, content
 
 
 def class_names(content: dict, file: Path) -> list[str]:
-    """`names` as a list, or a dict of contiguous class ids 0..C-1 -> name."""
-    names = content["names"]
+    """`names` as a list, or a dict of contiguous class ids 0..C-1 -> name; without `names`,
+    `class_0` .. for the `nc` classes, as Ultralytics names them (which also refuses an `nc`
+    that is not the number of `names`)."""
+    count = content.get("nc")
+    if count is not None and (not isinstance(count, int) or count < 1):
+        raise ValueError(f"{file}: nc={count!r}: the number of classes, an integer >= 1")
+    names = content.get("names") or [f"class_{i}" for i in range(count or 0)]
+    if count is not None and len(names) != count:
+        raise ValueError(
+            f"{file}: nc={count}, but `names` has {len(names)} classes: they must match"
+        )
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
             raise ValueError(f"{file}: `names` must have the class ids 0..{len(names) - 1}")

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -83,6 +84,25 @@ def test_the_class_count_comes_from_the_data_and_a_given_one_is_checked(coco_fol
     dm = coco_files(coco_folder, monkeypatch, num_classes=80)
     with pytest.raises(ValueError, match="data.num_classes=80, but the train source has 3"):
         dm.setup("fit")
+
+
+def test_a_validation_file_of_other_classes_than_the_training_file_stops_at_start_up(
+    coco_folder, monkeypatch
+):
+    """Two COCO json files declare their own categories: here the validation file's lacks
+    `dog` (a labelling tool that exports only the classes used), so its `toothbrush` would be
+    label 2, the training set's `dog`."""
+    train = coco_folder / "annotations/instances_val2017.json"
+    coco = json.loads(train.read_text())
+    coco["categories"] = [c for c in coco["categories"] if c["name"] != "dog"]
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] != 18]
+    val = coco_folder / "annotations/val_without_dogs.json"
+    val.write_text(json.dumps(coco))
+    dm = coco_files(coco_folder, monkeypatch, val={"annotation_file": str(val)})
+    refused = r"validation set's 2 classes are not the training set's 3 in the same order \("
+    with pytest.raises(ValueError, match=refused + "label 2: 'dog' in training, 'toothbrush'"):
+        dm.setup("fit")
+    coco_files(coco_folder, monkeypatch).setup("fit")  # the same file for both: the same classes
 
 
 def test_root_and_class_names_are_given_to_both_sources():

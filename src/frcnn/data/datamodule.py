@@ -63,6 +63,23 @@ class StreamEpoch(L.Callback):
 NOT_SETTINGS = ("self", "train", "val", "shared", "__class__")
 
 
+def check_same_classes(train: list[str], val: list[str]) -> None:
+    """The validation set numbers its classes as the training set does (two COCO json files
+    can each declare their own categories): else its boxes would be scored as other classes."""
+    if train == val:
+        return
+    pairs = enumerate(zip(train, val, strict=False))
+    i = next((i for i, (a, b) in pairs if a != b), min(len(train), len(val)))
+    raise ValueError(
+        f"data.val: the validation set's {len(val)} classes are not the training set's "
+        f"{len(train)} in the same order (label {i + 1}: "
+        f"{repr(train[i]) if i < len(train) else 'none'} in training, "
+        f"{repr(val[i]) if i < len(val) else 'none'} in validation): its boxes would be "
+        "scored as other classes. Give both the same classes (COCO json files: the same "
+        "categories, ids and names)"
+    )
+
+
 class DetectionDataModule(L.LightningDataModule):
     """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...],
     "image_sizes": (B, 2)} (see `collate`).
@@ -169,6 +186,8 @@ class DetectionDataModule(L.LightningDataModule):
                 self._repeat_rare_classes()
         if self.val_set is None:
             self.val_set = self._source("val", self.make_val, self.val_transform)
+        if self.train_set is not None:
+            check_same_classes(list(self.train_set.class_names), list(self.val_set.class_names))
         trainer = getattr(self, "trainer", None)
         if trainer is not None:  # streamed sources: each distributed rank reads its own part
             for ds in (self.train_set, self.val_set):

@@ -153,7 +153,7 @@ def check_fit(cfg: DictConfig, start: InitialWeights, loaded: Loaded) -> None:
     else:
         differ = differing_settings(start.model, OmegaConf.to_container(cfg.model, resolve=True))
         settings = (
-            f"{' '.join(differ)} (or the model= and anchors= of its run's .hydra/config.yaml)"
+            f"{' '.join(differ)} (its run's .hydra/overrides.yaml lists the settings it was given)"
         )
     unfit = [
         name

@@ -1,11 +1,11 @@
 """Building a run from its Hydra config: data module, detector, LightningModule and Trainer,
 shared by every command."""
 
-import json
 import logging
 import os
 import subprocess
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -179,10 +179,23 @@ def differing_settings(trained: dict, run: dict) -> list[str]:
     """The `model.` overrides that give `run` (a model config) the values of `trained` where
     they differ (FREE_SETTINGS aside), e.g. `model.fpn_channels=32`."""
     return [
-        f"model.{key}={old if isinstance(old, str) else json.dumps(old).replace(' ', '')}"
+        f"model.{key}={override_value(old)}"
         for key, old, new in config_differences(trained, run)
         if None not in (old, new) and not key.startswith(("_", *FREE_SETTINGS))
     ]
+
+
+def override_value(value) -> str:
+    """A setting's value as a Hydra override writes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, Sequence):
+        return "[" + ",".join(map(override_value, value)) + "]"
+    return repr(value)
 
 
 def config_differences(a, b, prefix: str = ""):

@@ -1,11 +1,11 @@
 """The Python door: train on a data module made in Python as train.py trains on a config."""
 
 import sys
-from collections.abc import Sequence
 
 import hydra
 from omegaconf import DictConfig
 
+from frcnn.app.build import override_value
 from frcnn.app.command import PACKAGE_DIR, command
 from frcnn.app.train import train
 from frcnn.data import DetectionDataModule
@@ -42,19 +42,6 @@ def fit(datamodule: DetectionDataModule, *overrides: str) -> float | None:
     finally:
         sys.argv = argv
     return result[-1] if result else None
-
-
-def override_value(value) -> str:
-    """A setting's value as a Hydra override writes it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, Sequence):
-        return "[" + ",".join(map(override_value, value)) + "]"
-    return repr(value)
 
 
 def group(override: str) -> str:

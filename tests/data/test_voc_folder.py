@@ -72,3 +72,17 @@ def test_a_class_list_of_ones_own_and_a_name_outside_it(voc):
 def test_a_missing_split_names_the_ones_there(voc):
     with pytest.raises(FileNotFoundError, match="trainval.txt.*it has train, val"):
         VOCFolder(Transform(120), str(voc), "trainval")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [("120", "80", (120, 80)), ("120.0", "80.0", (120, 80)), ("0", "0", None), ("", "", None)],
+)
+def test_the_recorded_size_as_tools_write_it(tmp_path, width, height, size):
+    """Some tools write `120.0`, or 0 where they did not read the image: neither stops a run."""
+    root = voc_folder(tmp_path / "VOC", {"1": [("dog", (11, 21, 60, 70), False)]}, {"train": ["1"]})
+    xml = root / "Annotations" / "1.xml"
+    recorded = f"<size><width>{width}</width><height>{height}</height></size>"
+    xml.write_text(xml.read_text().replace("</filename>", f"</filename>{recorded}"))
+    source = VOCFolder(Transform(120), str(root), "train")
+    assert source.samples[0][2] == size and source.record(0).boxes.tolist() == [[10, 20, 60, 70]]

@@ -33,9 +33,18 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
         x0, y0, x1, y1 = (float(box.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
         difficult = (obj.findtext("difficult") or "0").strip() == "1"
         objects.append(((obj.findtext("name") or "").strip(), [x0 - 1, y0 - 1, x1, y1], difficult))
-    width, height = root.findtext("size/width"), root.findtext("size/height")
-    size = (int(width), int(height)) if width and height else None
+    size = recorded_size(root.findtext("size/width"), root.findtext("size/height"))
     return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects, size
+
+
+def recorded_size(width: str | None, height: str | None) -> tuple[int, int] | None:
+    """The annotation's (width, height); None where it records none (some tools write 0, or
+    `500.0`, which is read as 500)."""
+    try:
+        size = (round(float(width)), round(float(height)))
+    except (TypeError, ValueError):
+        return None
+    return size if min(size) > 0 else None
 
 
 class VOCFolder(MapSource):

@@ -86,3 +86,19 @@ def test_the_recorded_size_as_tools_write_it(tmp_path, width, height, size):
     xml.write_text(xml.read_text().replace("</filename>", f"</filename>{recorded}"))
     source = VOCFolder(Transform(120), str(root), "train")
     assert source.samples[0][2] == size and source.record(0).boxes.tolist() == [[10, 20, 60, 70]]
+
+
+def test_images_are_found_by_id_as_voc_lays_them_out_else_by_the_xmls_filename(tmp_path):
+    """`filename` as a labelling tool wrote it before the files were renamed to ids: the id's
+    .jpg is read, as torchvision and Detectron2 read VOC; a .png is found by its `filename`."""
+    samples = {"1": [("dog", (11, 21, 60, 70), False)], "2": [("cat", (1, 1, 30, 40), False)]}
+    root = voc_folder(tmp_path / "VOC", samples, {"train": ["1", "2"]})
+    xml = root / "Annotations" / "1.xml"
+    xml.write_text(xml.read_text().replace("1.jpg", "IMG_0042.JPG"))
+    xml = root / "Annotations" / "2.xml"
+    xml.write_text(xml.read_text().replace("2.jpg", "2.png"))
+    (root / "JPEGImages" / "2.jpg").rename(root / "JPEGImages" / "2.png")
+    source = VOCFolder(Transform(120), str(root), "train")
+    assert [source.describe(i) for i in range(2)] == ["1.jpg", "2.png"]
+    assert [tuple(source[i][0].shape) for i in range(2)] == [(3, 120, 120)] * 2
+    assert source.skips.counts == {}

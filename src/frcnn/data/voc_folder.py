@@ -85,6 +85,10 @@ class VOCFolder(MapSource):
                     f"which data.class_names does not list ({len(label_of)} classes: "
                     f"{', '.join(list(label_of)[:6])}, ...): add them to data.class_names"
                 )
+            if (self.image_dir / f"{image_id}.jpg").is_file():
+                # VOC's own layout, as torchvision and Detectron2 read it (a `filename` written
+                # before the files were renamed to ids would miss); else the xml's (a .png)
+                file_name = f"{image_id}.jpg"
             if objects or keep_empty:
                 self.samples.append((file_name, objects, size))
         if not self.samples:

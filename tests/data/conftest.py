@@ -104,22 +104,22 @@ def bad_parquet(tmp_path):
 CPPE5 = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
 
 
-def cppe5_features():
+def cppe5_features(category=None):
     """cppe-5's (and the RF100 `Francesco/*` sets') features: objects{id, area, bbox, category}
-    with xywh pixel boxes."""
+    with xywh pixel boxes; `category` another feature than its ClassLabel."""
     from datasets import ClassLabel, Features, Image, List, Value
 
     objects = {
         "id": Value("int64"),
         "area": Value("int64"),
         "bbox": List(Value("float32"), length=4),
-        "category": ClassLabel(names=CPPE5),
+        "category": category or ClassLabel(names=CPPE5),
     }
     columns = {"image_id": Value("int64"), "image": Image(), "width": Value("int32")}
     return Features({**columns, "height": Value("int32"), "objects": List(objects)})
 
 
-def cppe5_parquet(path, boxes_per_image, width=200, height=100) -> str:
+def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None) -> str:
     """One image per entry of `boxes_per_image` [(x, y, w, h, class), ...]."""
     from datasets import Dataset
 
@@ -134,5 +134,5 @@ def cppe5_parquet(path, boxes_per_image, width=200, height=100) -> str:
             for i, (x, y, w, h, c) in enumerate(boxes)
         ]
         rows["objects"].append(objects)
-    Dataset.from_dict(rows, features=cppe5_features()).to_parquet(str(path))
+    Dataset.from_dict(rows, features=cppe5_features(category)).to_parquet(str(path))
     return str(path)

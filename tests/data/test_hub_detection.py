@@ -29,6 +29,24 @@ def test_the_schema_and_class_names_come_from_the_features():
     assert schema.class_names == CPPE5 and schema.image_id == "image_id"
 
 
+def test_a_plain_integer_category_is_named_by_data_class_names(tmp_path):
+    """A data set whose category is an int64, not a ClassLabel: its card names the classes."""
+    from datasets import Value
+
+    path = cppe5_parquet(tmp_path / "a.parquet", TELLING, category=Value("int64"))
+    with pytest.raises(ValueError, match=r"data.class_names: .* plain int64, not a ClassLabel"):
+        stream(path)
+    ds = stream(path, class_names=CPPE5)
+    assert ds.class_names == CPPE5 and ds.box_format == "xywh"  # read from the same rows
+    (_, first), (_, second) = list(ds)
+    assert first["labels"].tolist() == [5, 3] and second["labels"].tolist() == [1]
+    # values counted from 1 (or a class list too short): value 4 with 4 names
+    with pytest.raises(ValueError, match="the category values 0..3, but .* hold the value 4"):
+        stream(path, class_names=CPPE5[:4])
+    with pytest.raises(ValueError, match="names its classes itself"):  # a ClassLabel's
+        stream(cppe5_parquet(tmp_path / "b.parquet", TELLING), class_names=["a", "b"])
+
+
 def test_a_given_box_format_is_read_as_given(tmp_path):
     ds = stream(cppe5_parquet(tmp_path / "a.parquet", TELLING), box_format="xywh")
     assert ds.class_names == CPPE5 and ds.num_classes == 5

@@ -13,6 +13,7 @@ from frcnn.checks import check_number
 from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
+    check_category_values,
     decide_box_format,
     image_size,
     read_schema,
@@ -59,11 +60,12 @@ class HubDetection(IterableDataset):
     """One split of a hub detection data set as a stream, sharded over DataLoader workers and
     distributed ranks.
 
-    The image, id, box and category columns and the class names (the category's ClassLabel)
-    are read from the data set's features (`hub_schema.read_schema`); the boxes' format is
-    `box_format` (xyxy, xywh, cxcywh) and `normalized`, or, where not given, read from the first
-    `rows_to_check` rows when only one reading fits them all, and logged; else the run stops at
-    start-up naming `data.box_format`. Labels are the ClassLabel's index + 1.
+    The image, id, box and category columns and the class names (the category's ClassLabel;
+    `class_names` for a plain integer category, whose first rows' values must lie in
+    0..C-1) are read from the data set's features (`hub_schema.read_schema`); the boxes' format
+    is `box_format` (xyxy, xywh, cxcywh) and `normalized`, or, where not given, read from the
+    first `rows_to_check` rows when only one reading fits them all, and logged; else the run
+    stops at start-up naming `data.box_format`. Labels are the category's value + 1.
 
     Training streams reshuffle every epoch (`set_epoch`) through a seeded buffer. A `limit`
     reads exactly the first `limit` images of the split, the same ones for any number of
@@ -96,6 +98,7 @@ class HubDetection(IterableDataset):
         backoff_s: float = 5.0,
         max_skips_in_a_row: int = MAX_CONSECUTIVE_SKIPS,
         keep_empty: bool = True,
+        class_names: list[str] | None = None,
     ):
         if limit is not None and limit <= 0:
             raise ValueError(f"data limit={limit}: must be positive or null")
@@ -122,13 +125,19 @@ class HubDetection(IterableDataset):
             raise ValueError("data.name: name the hub data set, or give its local data_files")
         self.skips = SkipLog(f"hub {name or 'parquet'} {split}")
         self._dataset = self._load()
-        self.schema = self._schema()
+        self.schema = self._schema(class_names)
         self.class_names = self.schema.class_names
         self.num_classes = len(self.class_names)
-        self.category_ids = list(range(self.num_classes))  # the ClassLabel's own ids
+        self.category_ids = list(range(self.num_classes))  # the category's own values
         self.box_format, self.normalized = box_format, normalized
+        first = []
+        if box_format is None or normalized is None or class_names is not None:
+            first = list(self._dataset.take(rows_to_check))
+        if class_names is not None and first:
+            values = np.concatenate([row_objects(row, self.schema)[1] for row in first])
+            check_category_values(values, self.class_names, self._where())
         if box_format is None or normalized is None:
-            rows = [self._raw_boxes(example) for example in self._dataset.take(rows_to_check)]
+            rows = [self._raw_boxes(example) for example in first]
             self.box_format, self.normalized, how = decide_box_format(
                 rows, box_format, normalized, self._where()
             )
@@ -140,14 +149,14 @@ class HubDetection(IterableDataset):
     def _where(self) -> str:
         return f"data_files={self.data_files!r}" if self.data_files else repr(self.name)
 
-    def _schema(self) -> Schema:
+    def _schema(self, class_names: list[str] | None) -> Schema:
         features = self._dataset.features
         if features is None:
             raise ValueError(
                 f"{self._where()} has no datasets features (written without them?): its "
                 "columns and class names cannot be read"
             )
-        return read_schema(features, self._where())
+        return read_schema(features, self._where(), class_names)
 
     def _raw_boxes(self, example: dict) -> tuple[np.ndarray, tuple[int, int]]:
         boxes, _ = row_objects(example, self.schema)
@@ -357,5 +366,5 @@ class HubCOCO(HubDetection):
         super().__init__(transform, split, name, box_format="xyxy", normalized=False, **kw)
         self.category_ids = list(COCO_CATEGORY_IDS)
 
-    def _schema(self) -> Schema:
+    def _schema(self, class_names: list[str] | None) -> Schema:
         return COCO_SCHEMA

@@ -47,10 +47,11 @@ def inner(feature):
     return getattr(feature, "feature", feature)
 
 
-def read_schema(features, name: str) -> Schema:
+def read_schema(features, name: str, class_names: list[str] | None = None) -> Schema:
     """The schema of a data set with `features` (a `datasets.Features`); `name` says which set
-    in the errors."""
-    from datasets import ClassLabel
+    in the errors. The class names are the category's ClassLabel's; `class_names` (the
+    config's `data.class_names`) names the values 0..C-1 of a plain integer category."""
+    from datasets import ClassLabel, Value
     from datasets import Image as ImageFeature
 
     columns = dict(features)
@@ -76,13 +77,23 @@ def read_schema(features, name: str) -> Schema:
             f"{'/'.join(CATEGORY_FIELDS)}): is it a detection data set?"
         )
     label = inner(fields[category])
-    if not isinstance(label, ClassLabel):
+    if isinstance(label, ClassLabel):
+        if class_names is not None and list(class_names) != list(label.names):
+            raise ValueError(
+                f"data.class_names: {name} names its classes itself ({', '.join(label.names)}): "
+                "leave data.class_names out"
+            )
+        class_names = list(label.names)
+    elif not (isinstance(label, Value) and label.dtype.startswith(("int", "uint"))):
+        raise ValueError(f"{name}: {where}{category} is {label}, not a class index")
+    elif not class_names:
         raise ValueError(
-            f"{name}: {where}{category} is {label}, not a ClassLabel: the data set does not name "
-            "its classes"
+            f"data.class_names: {name}'s {where}{category} is a plain {label.dtype}, not a "
+            "ClassLabel, so the data set does not name its classes: give them, the name of "
+            "value 0 first, e.g. data.class_names=[helmet,head] (its card lists them)"
         )
     return Schema(
-        image, image_id, objects, bbox, category, list(label.names),
+        image, image_id, objects, bbox, category, list(class_names),
         "width" if "width" in columns else None, "height" if "height" in columns else None,
     )  # fmt: skip
 
@@ -99,6 +110,20 @@ def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
         np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         np.asarray(classes, dtype=np.int64).reshape(-1),
     )
+
+
+def check_category_values(values: np.ndarray, class_names: list[str], name: str) -> None:
+    """The category values of a data set's first rows, named by `data.class_names`, must be
+    0..C-1: a value beyond would be dropped as out of range, and values counted from 1 would
+    train every class as the next one."""
+    outside = values[(values < 0) | (values >= len(class_names))]
+    if len(outside):
+        raise ValueError(
+            f"data.class_names names {len(class_names)} classes, the category values "
+            f"0..{len(class_names) - 1}, but {name}'s first rows hold the value "
+            f"{int(outside[0])}: list a name for every value, value 0 first (for values "
+            "counted from 1, a name for 0 as well)"
+        )
 
 
 def recorded_size(example: dict, schema: Schema) -> tuple[int, int] | None:

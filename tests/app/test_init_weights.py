@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import open_dict
 
 from frcnn.app.build import build, listed
@@ -79,7 +80,7 @@ def test_torchvision_weights_into_another_model_are_refused_naming_theirs(tmp_pa
         built(tmp_path, f"init_weights={weights}", *TINY)
 
 
-def test_a_checkpoint_of_other_anchors_is_warned_of(trained, tmp_path, caplog):
+def test_a_checkpoint_of_other_anchors_is_warned_of(trained, tmp_path, caplog, monkeypatch):
     """The tensors fit (3 anchors a cell either way) but its RPN learnt other anchor sizes."""
     _, run_dir = trained
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -88,6 +89,12 @@ def test_a_checkpoint_of_other_anchors_is_warned_of(trained, tmp_path, caplog):
     caplog.clear()
     built(tmp_path / "b", f"init_weights={last}", *TINY)
     assert "was trained with" not in caplog.text
+    # the other processes of a DDP run build it too: their start-up lines are not said again
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        built(tmp_path / "c", f"init_weights={last}", "anchors=fpn", *TINY)
+    assert "init_weights=" not in caplog.text
 
 
 def test_init_weights_from_a_run_trains_through_the_users_door(trained, tmp_path):

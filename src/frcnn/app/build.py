@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -101,6 +102,7 @@ def classes_from_data(cfg: DictConfig, datamodule) -> None:
         cfg.data.num_classes = datamodule.num_classes
 
 
+@rank_zero_only  # start-up lines once, not once per DDP process (each builds the run)
 def warn_frozen_random(backbone: DictConfig) -> None:
     """Frozen stages that hold random weights (no pretrained backbone, no init_weights) never
     learn: a run that freezes them is warned (e.g. coco400 offline, `weights=null`)."""
@@ -167,7 +169,7 @@ def check_fit(cfg: DictConfig, start: InitialWeights, loaded: Loaded) -> None:
             f"start as initialised. Give its settings: {settings}"
         )
     regression = [s for s in differ if s.removeprefix("model.").startswith(REGRESSION_SETTINGS)]
-    if regression:
+    if regression and rank_zero_only.rank == 0:
         log.warning(
             "init_weights=%s was trained with %s; this run's differ, so its box regressors "
             "start trained for other anchors or codings (they relearn)",
@@ -207,6 +209,7 @@ def config_differences(a, b, prefix: str = ""):
         yield prefix.rstrip("."), a, b
 
 
+@rank_zero_only
 def log_initial_weights(source: str, start: InitialWeights, loaded: Loaded) -> None:
     """Start-up lines: what `init_weights` loaded, carried over by class name, left out."""
     if start.source_names is None:

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset, get_worker_info
 
 from frcnn.checks import check_number
@@ -141,10 +142,11 @@ class HubDetection(IterableDataset):
             self.box_format, self.normalized, how = decide_box_format(
                 rows, box_format, normalized, self._where()
             )
-            log.info(
-                "%s: boxes are %s in %s (%s)", self._where(), self.box_format,
-                "normalised coordinates" if self.normalized else "pixels", how,
-            )  # fmt: skip
+            if rank_zero_only.rank == 0:  # once, not once per DDP process
+                log.info(
+                    "%s: boxes are %s in %s (%s)", self._where(), self.box_format,
+                    "normalised coordinates" if self.normalized else "pixels", how,
+                )  # fmt: skip
 
     def _where(self) -> str:
         return f"data_files={self.data_files!r}" if self.data_files else repr(self.name)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
@@ -208,6 +209,8 @@ class DetectionDataModule(L.LightningDataModule):
         labels = [source.labels(i) for i in range(len(source))]
         self.repeat_factors = repeat_factors(labels, source.num_classes, threshold)
         self.sampling = class_table(labels, self.repeat_factors, list(source.class_names))
+        if rank_zero_only.rank != 0:  # the table once, not once per DDP process
+            return
         rows = "\n".join(
             f"  {name:<24} {images:>7} {before:>8.1%} -> {after:.1%}"
             for name, images, before, after in self.sampling

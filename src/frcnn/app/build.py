@@ -45,9 +45,7 @@ def quiet_libraries() -> None:
     and torch's deprecation of a class Lightning uses are nothing a user can act on. (Set
     when a command runs, not at import.)"""
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(f is no_tips for f in rank_zero.filters):
-        rank_zero.addFilter(no_tips)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_tips)  # once
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('(val|train)/")
     # a run resumed mid-epoch says itself what becomes of the epoch (data.datamodule.StreamEpoch)

@@ -14,6 +14,7 @@ from tests.data.test_transforms import phone_photo, red
 PERSON = "0 0.5 0.5 0.2 0.4"  # x 80..120, y 30..70
 CAR = "1 0.25 0.25 0.1 0.1"  # x 40..60, y 20..30
 POLYGON = "1 0.1 0.1 0.3 0.1 0.3 0.5 0.1 0.5"  # its box: x 20..60, y 10..50
+PAST_EDGE = "0 0.02 0.5 0.1 0.4"  # x -6..14, y 30..70: past the left border, clipped to it
 
 
 def write(root, images: dict[str, str | None], data: dict):
@@ -31,7 +32,8 @@ def write(root, images: dict[str, str | None], data: dict):
 
 @pytest.fixture
 def ultralytics(tmp_path):
-    labels = "\n".join([PERSON, CAR, POLYGON, "not a line", "7 0.5 0.5 0.1 0.1", "0 1.2 0.5 .2 .2"])
+    labels = [PERSON, CAR, POLYGON, "not a line", "7 0.5 0.5 0.1 0.1", "0 1.2 0.5 .2 .2", PAST_EDGE]
+    labels = "\n".join(labels)
     images = {"images/train/a.jpg": labels, "images/train/b.jpg": None, "images/val/c.jpg": CAR}
     data = {
         "path": ".",
@@ -47,22 +49,24 @@ def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics):
     assert source.class_names == ["person", "car"] and source.num_classes == 2
     assert [p.name for p in source.images] == ["a.jpg", "b.jpg"]
     record = source.record(0)
-    # the malformed line and the box outside 0..1 are dropped here, the class id 7 downstream
-    assert record.labels.tolist() == [1, 2, 2, 8]
-    expected = [[80, 30, 120, 70], [40, 20, 60, 30], [20, 10, 60, 50], [90, 45, 110, 55]]
+    # the malformed line and the pixel box (1.2) are dropped here, the class id 7 downstream
+    assert record.labels.tolist() == [1, 2, 2, 8, 1]
+    expected = [
+        [80, 30, 120, 70], [40, 20, 60, 30], [20, 10, 60, 50], [90, 45, 110, 55], [-6, 30, 14, 70]
+    ]  # fmt: skip
     torch.testing.assert_close(
         torch.tensor(record.boxes), torch.tensor(expected, dtype=torch.float32)
     )
     assert source.skips.counts == {
         "malformed label lines dropped": 1,
-        "boxes outside 0..1 dropped (YOLO labels are normalised)": 1,
+        "boxes not normalised to 0..1 dropped": 1,
     }
     _, target = source[0]
-    assert target["labels"].tolist() == [1, 2, 2]  # class id 7: no such class, dropped
+    assert target["labels"].tolist() == [1, 2, 2, 1]  # class id 7: no such class, dropped
+    assert source.skips.counts["boxes outside the image clipped"] == 1
     original = to_original_pixels(target["boxes"], target["scale_xy"], target["orig_size"])
-    torch.testing.assert_close(
-        original, torch.tensor(expected[:3], dtype=torch.float32), atol=1, rtol=0
-    )
+    kept = expected[:3] + [[0, 30, 14, 70]]
+    torch.testing.assert_close(original, torch.tensor(kept, dtype=torch.float32), atol=1, rtol=0)
     _, empty = source[1]  # no label file: an image without objects
     assert empty["boxes"].shape == (0, 4)
 

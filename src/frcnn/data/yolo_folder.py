@@ -141,6 +141,12 @@ def parse_labels(text: str) -> tuple[np.ndarray, np.ndarray, int]:
     return np.array(classes, np.int64), np.array(boxes, np.float32).reshape(-1, 4), bad
 
 
+def not_normalised(cxcywh: np.ndarray) -> np.ndarray:
+    """(K, 4) cxcywh -> (K,) bool: a value outside 0..1 (a pixel box), Ultralytics' check. A box
+    whose corners reach past the image (cx - w/2 < 0) is YOLO's all the same: clipped later."""
+    return ((cxcywh < -1e-3) | (cxcywh > 1 + 1e-3)).any(1)
+
+
 LABELS_CHECKED = 32  # label files read at start-up to catch a wrong format or class list
 
 
@@ -156,8 +162,7 @@ def check_labels(images: list[Path], num_classes: int, name: str) -> None:
             continue
         text = labels.read_text()
         classes, boxes, malformed = parse_labels(text)
-        wrong = (classes >= num_classes) | (classes < 0) | (boxes > 1 + 1e-3).any(1)
-        wrong |= (boxes < -1e-3).any(1)
+        wrong = (classes >= num_classes) | (classes < 0) | not_normalised(boxes)
         lines, bad = lines + len(classes) + malformed, bad + int(wrong.sum()) + malformed
         if (wrong.any() or malformed) and not example:
             example = f"{labels}: {text.strip().splitlines()[0]!r}"
@@ -180,7 +185,8 @@ class YOLOFolder(MapSource):
     """One split of a YOLO data set (`root`: the folder holding data.yaml, or the yaml file).
 
     Labels are 1 + the YOLO class id; an image without a label file has no objects; a malformed
-    line, a class id out of range or a box outside 0..1 is dropped, counted and logged.
+    line, a class id out of range or a box whose values are not normalised (> 1: pixels) is
+    dropped, counted and logged; a box reaching past the image's border is clipped to it.
     `keep_empty` False leaves out the images without objects (read once, at start-up)."""
 
     def __init__(
@@ -216,13 +222,10 @@ class YOLOFolder(MapSource):
         classes, cxcywh, bad = parse_labels(text)
         if bad:
             self.skips("malformed label lines dropped", index, f"{bad} in {labels_path}")
-        half = cxcywh[:, 2:] / 2
-        outside = ((cxcywh[:, :2] - half) < -1e-3).any(1) | ((cxcywh[:, :2] + half) > 1 + 1e-3).any(
-            1
-        )
+        outside = not_normalised(cxcywh)
         if outside.any():
             self.skips(
-                "boxes outside 0..1 dropped (YOLO labels are normalised)", index,
+                "boxes not normalised to 0..1 dropped", index,
                 f"{int(outside.sum())} in {labels_path}",
             )  # fmt: skip
         with Image.open(io.BytesIO(data)) as image:  # the header only: its upright size

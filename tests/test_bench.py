@@ -106,3 +106,12 @@ def test_float32_noise_moves_a_detectors_results_within_the_export_checks_tolera
         found = re.search(r"(\d+) detections, boxes within ([\d.e+-]+) px, .*passes: (\w+)", line)
         assert int(found.group(1)) > 0 and float(found.group(2)) > 0, line
         assert found.group(3) == "True", line
+
+
+def test_the_coco_json_memory_bench_runs_at_tiny_sizes(capsys, monkeypatch):
+    argv = ["coco_json_memory.py", "--images", "20", "--annotations", "60"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "bench" / "coco_json_memory.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    for row in ("the parsed file", "`COCOFolder`"):
+        assert re.search(rf"\| {re.escape(row)} \| [\d.]+ \| -?\d+ \| -?\d+ \|", printed), printed

@@ -1,5 +1,7 @@
 import json
+import pickle
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +41,7 @@ def test_boxes_become_xyxy_and_crowds_are_left_out(coco_folder):
 def test_empty_images_are_kept_or_dropped(coco_folder):
     assert len(folder(coco_folder)) == 4
     kept = folder(coco_folder, keep_empty=False)
-    assert [img["id"] for img in kept.images] == [1, 2, 4]
+    assert kept.image_ids.tolist() == [1, 2, 4]
 
 
 def test_a_corrupt_image_is_skipped_and_counted(coco_folder, caplog):
@@ -139,7 +141,7 @@ def test_null_ids_and_images_listed_twice_are_skipped_and_counted(coco_folder, c
 
     rewrite(coco_folder, edit)
     ds = folder(coco_folder)
-    assert [img["id"] for img in ds.images] == [1, 2, 3, 4]
+    assert ds.image_ids.tolist() == [1, 2, 3, 4]
     assert ds.skips.counts["image entries listed twice skipped"] == 1
     assert ds.skips.counts["image entries without an integer id skipped"] == 2
     _, target = ds[1]
@@ -199,7 +201,7 @@ def test_annotations_beyond_the_cap_are_dropped_and_counted(tmp_path, monkeypatc
     source = COCOFolder(
         Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], annotations=anns)
     )
-    assert len(source.annotations[1]) == 3
+    assert len(source.labels(0)) == 3
     assert source.skips.counts == {"annotations beyond 3 per image dropped": 1}
 
 
@@ -211,3 +213,52 @@ def test_boxes_in_another_format_stop_at_start_up(tmp_path):
     files = annotation_file(tmp_path, [{"id": 1, "name": "a"}], images, anns)
     with pytest.raises(ValueError, match=r"3 of the first 4 boxes are no \[x, y, width, height\]"):
         COCOFolder(Transform(64), *files)
+
+
+def test_a_malformed_bbox_drops_that_box_not_the_image(coco_folder, caplog):
+    def edit(coco):
+        coco["annotations"] += [
+            {"id": 11, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5], "iscrowd": 0},
+            {"id": 12, "image_id": 2, "category_id": 1, "bbox": [1, None, 5, 5], "iscrowd": 0},
+            {"id": 13, "image_id": 2, "category_id": 1, "bbox": None, "area": None},
+        ]
+
+    rewrite(coco_folder, edit)
+    ds = folder(coco_folder)
+    _, target = ds[1]
+    assert target["image_id"] == 2 and target["labels"].tolist() == [1]  # the image's good box
+    assert ds.skips.counts == {"malformed boxes dropped": 1}
+    assert "malformed boxes dropped (image 2): 3 of 4" in caplog.text
+
+
+def test_the_source_keeps_what_training_reads_not_the_parsed_file(tmp_path):
+    """COCO's polygons, urls and licences are most of its file: a source that held the parsed
+    file would hold it in every process and copy it into every loader worker."""
+    images = [
+        {"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48, "coco_url": "http://x" * 9}
+        for i in range(1, 21)
+    ]
+    polygon = [[float(v) for v in range(400)]]
+    anns = [
+        {"id": i, "image_id": 1 + i % 20, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 20.5,
+         "iscrowd": 0, "segmentation": polygon}
+        for i in range(200)
+    ]  # fmt: skip
+    files = annotation_file(tmp_path, [{"id": 1, "name": "a"}], images, anns)
+    source = COCOFolder(Transform(64), *files)
+    assert len(source) == 20 and source.labels(0).tolist() == [1] * 10
+    assert len(pickle.dumps(source)) < Path(files[0]).stat().st_size / 20
+
+
+def test_a_bbox_with_a_null_in_a_file_that_records_sizes_is_checked_not_a_crash(tmp_path):
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, None, 5, 5]},
+        *({"id": i, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in range(2, 6)),
+    ]
+    source = COCOFolder(
+        Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], None, anns)
+    )
+    assert source.labels(0).tolist() == [1] * 5  # dropped when read, as a malformed box
+    anns[1:] = anns[:1] * 4
+    with pytest.raises(ValueError, match=r"5 of the first 5 boxes .* \(e.g. \[1, None, 5, 5\]"):
+        COCOFolder(Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], None, anns))

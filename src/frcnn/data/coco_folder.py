@@ -1,7 +1,9 @@
 """COCO in its official layout: annotations/instances_*.json and an image folder."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,48 +81,118 @@ class COCOFolder(MapSource):
             )
         check_boxes(images, per_image, named)
         self.image_dir = image_dir
-        self.images = [
+        kept = [
             img
             for img in images
             if keep_empty or any(not a.get("iscrowd", 0) for a in per_image[img["id"]])
         ]
-        self.annotations = per_image
-        if not self.images:
+        if not kept:
             what = "no images" if not coco["images"] else "no image with annotations"
             raise ValueError(
                 f"data annotation_file={str(annotation_file)!r}: the data set is empty ({what}"
                 f"{'' if keep_empty else '; keep_empty=false leaves out images without objects'})"
             )
+        # only what training reads, in arrays: the parsed file (a json of COCO train2017's
+        # size, polygons and urls included: 2.4 GB of Python objects, bench/coco_json_memory.py)
+        # would stay in every process, each DDP rank's included
+        self.image_ids = np.array([img["id"] for img in kept], np.int64)
+        self.file_names = [str(img["file_name"]) for img in kept]
+        self.sizes = np.array([recorded_size(img) for img in kept], np.int64).reshape(-1, 2)
+        self.annotations = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.image_ids)
 
     def describe(self, index: int) -> str:
-        info = self.images[index]
-        return f"{info['id']} ({info['file_name']})"
+        return f"{self.image_ids[index]} ({self.file_names[index]})"
 
     def labels(self, index: int) -> np.ndarray:
-        anns = self.annotations[self.images[index]["id"]]
-        trained = [a.get("category_id") for a in anns if not a.get("iscrowd", 0)]
-        return np.array([self.label_of[c] for c in trained if c in self.label_of], np.int64)
+        rows = self.annotations.rows(index)
+        labels = self.annotations.labels[rows][~self.annotations.iscrowd[rows]]
+        return labels[labels > 0]
 
     def record(self, index: int) -> Record:
-        info = self.images[index]
-        anns = self.annotations[info["id"]]
-        unknown = [a for a in anns if a.get("category_id") not in self.label_of]
-        if unknown:
-            ids = sorted({a.get("category_id") for a in unknown}, key=str)
-            self.skips("annotations with unknown category ids dropped", info["id"], str(ids))
-            anns = [a for a in anns if a.get("category_id") in self.label_of]
-        xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+        table, image_id = self.annotations, int(self.image_ids[index])
+        rows = table.rows(index)
+        if index in table.unknown_categories:
+            ids = str(table.unknown_categories[index])
+            self.skips("annotations with unknown category ids dropped", image_id, ids)
+            rows = rows[table.labels[rows] > 0]
+        xywh = table.boxes[rows]
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        labels = np.array([self.label_of.get(a["category_id"], 0) for a in anns], dtype=np.int64)
-        iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-        area = np.array([a.get("area", w * h) for a, (w, h) in zip(anns, xywh[:, 2:], strict=True)])
         # encoded bytes: decoding happens in the transform, where a corrupt file is skipped
-        image = (self.image_dir / info["file_name"]).read_bytes()
-        size = (info["width"], info["height"]) if "width" in info and "height" in info else None
-        return Record(image, boxes, labels, info["id"], iscrowd, area.astype(np.float32), size)
+        image = (self.image_dir / self.file_names[index]).read_bytes()
+        size = tuple(int(v) for v in self.sizes[index])
+        return Record(
+            image, boxes, table.labels[rows], image_id, table.iscrowd[rows], table.area[rows],
+            size if min(size) > 0 else None,
+        )  # fmt: skip
+
+
+class AnnotationTable(NamedTuple):
+    """A file's annotations, one row each, an image's rows contiguous: boxes (M, 4) xywh
+    pixels (NaN where the file's `bbox` is no 4 numbers: dropped and counted when read), labels
+    (M,) 1..C (0: a category id the file does not declare), iscrowd (M,), area (M,) pixels;
+    starts (N + 1,) each image's first row; unknown_categories: image index -> those ids."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    iscrowd: np.ndarray
+    area: np.ndarray
+    starts: np.ndarray
+    unknown_categories: dict[int, list]
+
+    def rows(self, index: int) -> np.ndarray:
+        return np.arange(self.starts[index], self.starts[index + 1])
+
+
+def annotation_table(per_image: list[list[dict]], label_of: dict[int, int]) -> AnnotationTable:
+    """The annotations of each image, in image order -> an `AnnotationTable`."""
+    anns = [ann for image in per_image for ann in image]
+    boxes = numbers([a.get("bbox") for a in anns], xywh).reshape(-1, 4)
+    ids = [a.get("category_id") for a in anns]
+    labels = np.array([label_of.get(i, 0) if isinstance(i, int) else 0 for i in ids], np.int64)
+    area = numbers([a.get("area") for a in anns], number)  # null: NaN
+    area = np.where(np.isnan(area), boxes[:, 2] * boxes[:, 3], area)  # none given: the box's
+    starts = np.cumsum([0] + [len(image) for image in per_image])
+    unknown: dict[int, dict] = {}
+    for row in np.flatnonzero(labels == 0):  # undeclared category ids: few rows, if any
+        image = int(np.searchsorted(starts, row, "right")) - 1
+        unknown.setdefault(image, {})[repr(ids[row])] = ids[row]  # each id once
+    unknown = {index: sorted(found.values(), key=str) for index, found in unknown.items()}
+    return AnnotationTable(
+        boxes,
+        labels,
+        np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+        area,
+        starts,
+        unknown,
+    )
+
+
+def numbers(values: list, each: Callable) -> np.ndarray:
+    """`values` as a float32 array, in one pass where numpy can read them all (a well-formed
+    file), else `each` of them."""
+    try:
+        return np.array(values, np.float32)
+    except (ValueError, TypeError):
+        return np.array([each(v) for v in values], np.float32)
+
+
+def number(value) -> float:
+    """A json number as a float; NaN for anything else (null, a string, true)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
+
+
+def xywh(bbox) -> list[float]:
+    """An annotation's `bbox`; NaN where it is no 4 numbers."""
+    return [number(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else [np.nan] * 4
+
+
+def recorded_size(image: dict) -> tuple[int, int]:
+    """(width, height) as the file records them; 0 where it does not."""
+    size = (image.get("width"), image.get("height"))
+    return size if all(isinstance(v, int | float) and v > 0 for v in size) else (0, 0)
 
 
 BOXES_CHECKED = 1000  # annotations read at start-up to catch a wrong box format
@@ -137,15 +209,7 @@ def check_boxes(images: list[dict], per_image: dict, named: str) -> None:
             rows += [(a.get("bbox"), size) for a in per_image[image["id"]] if not a.get("iscrowd")]
         if len(rows) >= BOXES_CHECKED:
             break
-    wrong = [
-        (box, size)
-        for box, size in rows
-        if not (isinstance(box, list) and len(box) == 4)
-        or box[2] <= 0
-        or box[3] <= 0
-        or box[0] + box[2] > size[0] + 1
-        or box[1] + box[3] > size[1] + 1
-    ]
+    wrong = [(box, size) for box, size in rows if not within(xywh(box), size)]
     if rows and len(wrong) > len(rows) / 5:
         box, (width, height) = wrong[0]
         raise ValueError(
@@ -153,6 +217,12 @@ def check_boxes(images: list[dict], per_image: dict, named: str) -> None:
             f"within their image (e.g. {box} in a {width} x {height} image): COCO's bbox is "
             "x_min, y_min, width, height in pixels; is the file in another box format (xyxy)?"
         )
+
+
+def within(box: list[float], size: tuple[int, int]) -> bool:
+    """Whether an `[x, y, width, height]` box (NaN: none) lies within a width x height image."""
+    x, y, w, h = box
+    return w > 0 and h > 0 and x + w <= size[0] + 1 and y + h <= size[1] + 1
 
 
 def checked_category_ids(categories: list[dict], named: str) -> list[int]:

@@ -64,8 +64,8 @@ def image(box, score, loss):
 HIT, MISS = image([0.0, 0.0, 10.0, 10.0], 0.9, 1.0), image([50.0, 50.0, 60.0, 60.0], 0.95, 3.0)
 
 
-def figures(batches) -> dict:
-    m = DetectorModule(torch.nn.Identity(), None)
+def figures(batches, model=None) -> dict:
+    m = DetectorModule(model or torch.nn.Identity(), None)
     logged = {}
     m.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
     m._val_batches = batches
@@ -81,6 +81,38 @@ def test_validation_figures_over_processes_are_those_of_all_their_images(tmp_pat
     assert 0.0 < together["val/map_50"] < 1.0 and together["val/images"] == 2
     assert together["val/rpn_cls"] == 2.0 and together["val/loss"] == 8.0  # mean per image
     assert results == [together, together]
+
+
+def crowded_image(objects: int, detected: int) -> dict:
+    """One validated image of `objects` boxes (label 1), the first `detected` found exactly."""
+    boxes = torch.tensor([[12.0 * i, 0.0, 12.0 * i + 10, 10.0] for i in range(objects)])
+    scores, labels = torch.linspace(0.99, 0.5, objects), torch.ones(objects, dtype=torch.long)
+    found = {"boxes": boxes, "scores": scores, "labels": labels}
+    return {
+        **HIT,
+        "preds": [{key: value[:detected] for key, value in found.items()}],
+        "truths": [{"boxes": boxes, "labels": labels, "iscrowd": torch.zeros_like(labels)}],
+        "input_boxes": [boxes], "input_labels": [labels],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("detections_per_img", [100, 300])
+def test_the_map_counts_every_detection_the_detector_returns_and_warns_of_more_objects(
+    detections_per_img, caplog
+):
+    """COCOeval counts 100 detections per image; a detector that returns more (a dense scene's
+    300) is scored on all of them (COCO's limit stays the least). An image of more objects
+    than the detector returns is warned of: its recall cannot reach them."""
+    roi_heads = {"detections_per_img": detections_per_img}
+    model = FasterRCNN(num_classes=2, backbone=dict(depth=18), fpn_channels=16, roi_heads=roi_heads)
+    logged = figures([crowded_image(150, detected=min(150, detections_per_img))], model)
+    if detections_per_img == 300:  # every object found, and counted
+        assert logged["val/map"] == 1.0 and logged["val/mar_300"] == 1.0
+        assert "mar_100" not in str(logged) and "objects" not in caplog.text
+    else:  # the detector returns 100 of the 150
+        assert logged["val/map"] == pytest.approx(100 / 150, abs=0.01)
+        assert logged["val/mar_100"] == pytest.approx(100 / 150, abs=1e-3)
+        assert "A validation image holds 150 objects, more than the 100 detections" in caplog.text
 
 
 def test_each_compile_scope_compiles_its_parts_in_place_and_trains_the_same():

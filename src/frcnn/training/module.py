@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -82,7 +83,14 @@ def fit_logging_interval(trainer: L.Trainer) -> None:
             )  # fmt: skip
 
 
-MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+
+
+def detection_limits(detections_per_img: int | None) -> list[int]:
+    """COCOeval's limits on the detections it counts per image: COCO's 1, 10 and 100, the last
+    raised to what the detector returns (a dense scene's 300), else the mAP would leave out
+    detections it made."""
+    return [1, 10, max(100, detections_per_img or 100)]
 
 
 def ground_truth(target: dict) -> dict[str, Tensor]:
@@ -166,12 +174,20 @@ class DetectorModule(L.LightningModule):
         # gathered across processes by the module itself (all_gather_object): torchmetrics'
         # own sync gathers per image and fails when ranks hold different numbers of images
         # extended_summary: COCOeval's precision array, for the per-class table
+        # what the detector returns per image (None: a stand-in model without ROI heads)
+        self.detections_per_img = getattr(
+            getattr(model, "roi_heads", None), "detections_per_img", None
+        )
+        limits = detection_limits(self.detections_per_img)
         self.val_map = MeanAveragePrecision(
             backend="faster_coco_eval",
+            max_detection_thresholds=limits,
             class_metrics=per_class_map,
             sync_on_compute=False,
             extended_summary=True,
         )
+        self.map_keys = (*MAP_KEYS, f"mar_{limits[-1]}")  # the mean recall at the last limit
+        self.warned_crowded = False  # validation images with more objects than detections
         self.evaluation: Evaluation | None = None  # the last validation's, for the report
         self._val_batches: list[dict] = []  # images, losses, detections, ground truth
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints
@@ -303,7 +319,7 @@ class DetectorModule(L.LightningModule):
             curves = self.evaluation.classes and not self.trainer.sanity_checking
             if isinstance(logger, TensorBoardLogger) and curves:
                 log_pr_curves(logger.experiment, self.evaluation, self.global_step)
-        for key in MAP_KEYS:
+        for key in self.map_keys:
             self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
         if self.per_class_map and result["classes"].numel() > 0:
             for label, ap in zip(
@@ -330,6 +346,7 @@ class DetectorModule(L.LightningModule):
                 labels.update(pred["labels"].tolist(), truth["labels"].tolist())
         result = self.val_map.compute()
         self.val_map.reset()
+        self.warn_if_crowded([t for b in batches for t in b["truths"]])
         self.evaluation = Evaluation(
             preds=[p for b in batches for p in b["preds"]],
             truths=[t for b in batches for t in b["truths"]],
@@ -340,9 +357,28 @@ class DetectorModule(L.LightningModule):
             classes=sorted(labels),
             image_size=max((b["image_size"] for b in batches), default=0),
             class_names=self.class_names,
-            metrics={f"val/{k}": float(result[k]) for k in MAP_KEYS},
+            metrics={f"val/{k}": float(result[k]) for k in self.map_keys},
         )
         return result
+
+    def warn_if_crowded(self, truths: list[dict]) -> None:
+        """Warn once where a validation image holds more objects than the detector returns
+        detections: its recall, and the mAP, stop short of what the detector finds."""
+        returned = self.detections_per_img
+        most = max((int((t["iscrowd"] == 0).sum()) for t in truths), default=0)
+        if self.warned_crowded or returned is None or most <= returned:
+            return
+        self.warned_crowded = True
+        if rank_zero_only.rank == 0:  # every process holds the gathered images
+            proposals = self.model.rpn.post_nms_top_n[False]
+            log.warning(
+                "A validation image holds %d objects, more than the %d detections the detector "
+                "returns per image (model.roi_heads.detections_per_img): recall and mAP stop "
+                "short of what it finds. For dense scenes raise it (e.g. to 300; the mAP then "
+                "counts as many), and model.rpn.post_nms_top_n_test (%d), the proposals it "
+                "chooses from",
+                most, returned, proposals,
+            )  # fmt: skip
 
     # optimisation
 

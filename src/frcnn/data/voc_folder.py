@@ -54,7 +54,8 @@ class VOCFolder(MapSource):
     Labels 1..C follow `class_names` (by default VOC's 20); an object whose name is not among
     them stops the run at start-up, naming it. `difficult` objects are what COCO's crowd
     regions are: not trained on, and ignored by the evaluation (neither a hit nor a miss), as
-    VOC's own protocol does. `keep_empty` False leaves out images without objects."""
+    VOC's own protocol does (by COCO's crowd rule: a detection inside one is ignored, where
+    VOC's code asks IoU 0.5). `keep_empty` False leaves out images without objects."""
 
     def __init__(
         self,

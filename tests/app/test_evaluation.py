@@ -142,9 +142,7 @@ def test_val_map_equals_the_official_cocoeval_with_crowds_and_mask_areas(tmp_pat
     official.evaluate()
     official.accumulate()
     official.summarize()
-    expected = dict(zip(MAP_KEYS, official.stats[:6], strict=True)) | {
-        "mar_100": official.stats[8]
-    }
+    expected = dict(zip(MAP_KEYS, official.stats[:6], strict=True)) | {"mar_100": official.stats[8]}
 
     source = COCOFolder(Transform(416), str(annotation_file), str(tmp_path / "images"))
     module = DetectorModule(FixedDetections(results, source.label_of), torch.optim.SGD)

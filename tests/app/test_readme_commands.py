@@ -232,6 +232,17 @@ def own_formats(data: Path) -> None:
     telling = [(120, 10, 50, 40, 4), (10, 20, 30, 30, 2)]
     cppe5_parquet(hub / "train-00000-of-00001.parquet", [telling] * 4)
     cppe5_parquet(hub / "val-00000-of-00001.parquet", [telling] * 3)
+    # a set in the hub's layout for sets uploaded as files: images and a metadata.jsonl per
+    # split, no id column, plain integer categories, xywh pixel boxes
+    for split, count in (("train", 4), ("validation", 3)):
+        folder = data / "helmets" / split
+        folder.mkdir(parents=True)
+        lines = []
+        for i in range(count):
+            (folder / f"{i}.jpg").write_bytes(jpeg_bytes(128, 96))
+            objects = {"bbox": [[10.0 + 5 * i, 20.0, 40.0, 30.0]], "categories": [i % 2]}
+            lines.append(json.dumps({"file_name": f"{i}.jpg", "objects": objects}))
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     names = "".join(f"  {c}: {name}\n" for c, name in enumerate(OWN_CLASSES))
     (yolo / "data.yaml").write_text(
         f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}"
@@ -417,6 +428,8 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
     if ("init_weights=" in line or "experiment=finetune" in line) and "coco400" not in line:
         # a user's classes: those COCO has (person, car) keep their rows
         assert "carried over by class name: background, person, car; new classes" in printed
+    if "data.name=/data/helmets" in line:  # images read from their files, every one scored
+        assert "val/images       3.0000" in printed and "| helmet |" in printed, printed[-3000:]
     if " -m " in line or "hparams_search=" in line:
         (sweep,) = made
         check_sweep(line, sweep, output(result))

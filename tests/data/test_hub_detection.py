@@ -98,3 +98,44 @@ def test_images_without_objects_are_negatives_unless_left_out(tmp_path):
     left = stream(path, box_format="xywh", keep_empty=False)
     assert kept == [0, 1, 2, 3] and [t["image_id"] for _, t in left] == [0, 2]
     assert not left.skips.counts
+
+
+def image_folder(root, splits=("train", "validation"), boxes=TELLING):
+    """A data set in the layout the hub documents for detection sets uploaded as files: an
+    image folder per split and a metadata.jsonl (file_name, objects{bbox, categories}), no id
+    column; its categories plain integers, its boxes xywh pixels."""
+    import json
+
+    from PIL import Image
+
+    for split in splits:
+        (root / split).mkdir(parents=True)
+        lines = []
+        for i, objects in enumerate(boxes):
+            Image.new("RGB", (200, 100), (40 * i, 90, 30)).save(root / split / f"{i:04d}.png")
+            bbox = [list(map(float, o[:4])) for o in objects]
+            categories = [o[4] for o in objects]
+            objects = {"bbox": bbox, "categories": categories}
+            lines.append(json.dumps({"file_name": f"{i:04d}.png", "objects": objects}))
+        (root / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_an_image_folder_with_metadata_is_read_by_its_paths_and_ids_from_them(tmp_path):
+    """Its rows hold image paths, not bytes (the images are read from the files), and no id
+    column (each image's id is drawn from its path: the same on every pass, one per image)."""
+    root = image_folder(tmp_path / "helmets")
+    ds = HubDetection(
+        Transform(200), "train", name=str(root), shuffle=False, class_names=CPPE5
+    )  # a local folder: no hub request
+    assert ds.schema.image_id is None and ds.box_format == "xywh"
+    (image, first), (_, second) = list(ds)
+    torch.testing.assert_close(
+        first["boxes"], torch.tensor([[120.0, 10, 170, 50], [10, 20, 40, 50]])
+    )
+    assert first["labels"].tolist() == [5, 3] and second["labels"].tolist() == [1]
+    assert image[:, 0, 0].tolist() == [0, 90, 30]  # the first file's pixels
+    ids = [target["image_id"] for _, target in ds]
+    assert ids == [first["image_id"], second["image_id"]] and len(set(ids)) == 2
+    assert all(0 <= i < 2**48 for i in ids)
+    assert not ds.skips.counts

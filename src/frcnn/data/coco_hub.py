@@ -3,6 +3,7 @@ features): any such set (`HubDetection`, its columns and box format read from th
 `hub_schema`), and COCO (`HubCOCO`, whose schema and xyxy boxes are known)."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,8 @@ from frcnn.data.hub_schema import (
     image_size,
     read_schema,
     recorded_size,
+    row_id,
+    row_image,
     row_objects,
     to_xyxy,
 )
@@ -166,23 +169,20 @@ class HubDetection(IterableDataset):
 
     def _record(self, example: dict) -> Record:
         """A row -> Record: boxes xyxy in pixels, labels 1..C."""
-        image = example[self.schema.image]
-        if not image or image.get("bytes") is None:
-            raise ValueError("the row has no image bytes")
+        data = row_image(example, self.schema)
         boxes, classes = row_objects(example, self.schema)
-        size = image_size(example, self.schema) if self.normalized else None
+        size = image_size(example, self.schema, data) if self.normalized else None
         boxes = to_xyxy(boxes, self.box_format, self.normalized, size)
         recorded = recorded_size(example, self.schema)
-        image_id = int(example[self.schema.image_id])
-        return Record(image["bytes"], boxes, classes + 1, image_id, size=recorded)
+        return Record(data, boxes, classes + 1, row_id(example, self.schema), size=recorded)
 
     def _load(self):
         import datasets
 
-        if self.data_files is None:
-            self._check_hub()
-        else:
+        if self.data_files is not None:
             self._check_local_files()
+        elif not Path(self.name).is_dir():  # (a local folder in a hub layout: read as the hub's)
+            self._check_hub()
         try:
             if self.data_files is not None:
                 files = {self.split: self.data_files}
@@ -276,7 +276,7 @@ class HubDetection(IterableDataset):
         reader = self.rank * num_workers + (worker.id if worker else 0)
         index = 0
         for batch in self._dataset.take(self.limit).iter(batch_size=16):
-            for row in range(len(batch[self.schema.image_id])):
+            for row in range(len(batch[self.schema.image])):
                 if index % readers == reader:
                     yield {key: values[row] for key, values in batch.items()}
                 index += 1
@@ -355,7 +355,8 @@ class HubDetection(IterableDataset):
         try:
             record = self._record(example)
         except (KeyError, TypeError, ValueError, OSError) as err:
-            self.skips("malformed record skipped", example.get(self.schema.image_id), str(err))
+            where = example.get(self.schema.image_id) if self.schema.image_id else "without an id"
+            self.skips("malformed record skipped", where, str(err))
             return None
         return transform_record(record, self.transform, self.num_classes, self.skips, rng)
 

@@ -9,6 +9,7 @@ fits them all, and otherwise refuses: a wrong guess would drop most boxes as mal
 train the rest on the wrong geometry, silently.
 """
 
+import hashlib
 import io
 from dataclasses import dataclass
 
@@ -28,12 +29,13 @@ TOLERANCE = 1.0
 
 @dataclass(frozen=True)
 class Schema:
-    """The columns of a detection data set: `image` (an Image feature), `image_id`, the
-    `objects` column holding `bbox` and `category` (None: they are top-level columns), the
-    class names (the category's ClassLabel) and the `width` / `height` columns if any."""
+    """The columns of a detection data set: `image` (an Image feature), `image_id` (None: the
+    set has no id column, see `row_id`), the `objects` column holding `bbox` and `category`
+    (None: they are top-level columns), the class names (the category's ClassLabel) and the
+    `width` / `height` columns if any."""
 
     image: str
-    image_id: str
+    image_id: str | None
     objects: str | None
     bbox: str
     category: str
@@ -59,8 +61,6 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
     if image is None:
         raise ValueError(f"{name}: no image column (a datasets Image feature) in {list(columns)}")
     image_id = next((c for c in ID_COLUMNS if c in columns), None)
-    if image_id is None:
-        raise ValueError(f"{name}: no image id column ({' or '.join(ID_COLUMNS)})")
     objects, fields = None, columns
     for column in OBJECT_COLUMNS:
         feature = inner(columns.get(column))
@@ -133,13 +133,39 @@ def recorded_size(example: dict, schema: Schema) -> tuple[int, int] | None:
     return None
 
 
-def image_size(example: dict, schema: Schema) -> tuple[int, int]:
-    """(width, height) of a row's image: its columns, else the upright image's header."""
+def row_image(example: dict, schema: Schema) -> bytes:
+    """A row's encoded image: its bytes, or the file its path names where the set stores none
+    (an image folder with a metadata.jsonl, the hub's layout for sets uploaded as files: a
+    local path, or `hf://` read as `datasets` reads it, retried)."""
+    from datasets.utils.file_utils import xopen
+
+    image = example[schema.image]
+    if not image or (image.get("bytes") is None and not image.get("path")):
+        raise ValueError("the row has no image bytes or path")
+    if image.get("bytes") is not None:
+        return image["bytes"]
+    with xopen(image["path"], "rb") as file:
+        return file.read()
+
+
+def row_id(example: dict, schema: Schema) -> int:
+    """A row's image id: its id column, else (a set without one, as an image folder with a
+    metadata.jsonl) a number drawn from its image's path, else from its bytes: the same in
+    every worker, process and epoch, and below 2**48 (exact in a float64)."""
+    if schema.image_id:
+        return int(example[schema.image_id])
+    image = example[schema.image] or {}
+    key = image.get("path").encode() if image.get("path") else row_image(example, schema)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=6).digest(), "big")
+
+
+def image_size(example: dict, schema: Schema, data: bytes | None = None) -> tuple[int, int]:
+    """(width, height) of a row's image: its columns, else the upright image's header (of
+    `data`, its encoded image, where already read)."""
     recorded = recorded_size(example, schema)
     if recorded:
         return recorded
-    image = example[schema.image]
-    with Image.open(io.BytesIO(image["bytes"])) as opened:
+    with Image.open(io.BytesIO(data or row_image(example, schema))) as opened:
         return upright_size(opened)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from frcnn.data.coco_hub import HubDetection
-from frcnn.data.hub_schema import decide_box_format, read_schema
+from frcnn.data.hub_schema import decide_box_format, read_schema, row_id
 from frcnn.data.transforms import Transform
 from tests.data.conftest import CPPE5, cppe5_features, cppe5_parquet
 
@@ -139,3 +139,28 @@ def test_an_image_folder_with_metadata_is_read_by_its_paths_and_ids_from_them(tm
     assert ids == [first["image_id"], second["image_id"]] and len(set(ids)) == 2
     assert all(0 <= i < 2**48 for i in ids)
     assert not ds.skips.counts
+
+
+def test_ids_of_rows_without_an_id_column_tell_apart_images_of_the_same_base_name():
+    """A set pushed to the hub from an image folder keeps only its files' base names: two
+    images named 0001.jpg in two folders are two images."""
+    from datasets import Features, Image, Sequence, Value
+
+    features = Features(
+        {
+            "image": Image(),
+            "objects": Sequence({"bbox": Sequence(Value("float32")), "category": Value("int64")}),
+        }
+    )
+    schema = read_schema(features, "pushed", class_names=["a"])
+    assert schema.image_id is None
+
+    def row(data, path):
+        return {"image": {"bytes": data, "path": path}}
+
+    first, second = row(b"one image", "0001.jpg"), row(b"another image", "0001.jpg")
+    assert row_id(first, schema) != row_id(second, schema)
+    assert row_id(first, schema) == row_id(row(b"one image", "0001.jpg"), schema)
+    assert row_id(row(None, "/data/train/0001.jpg"), schema) != row_id(
+        row(None, "/data/validation/0001.jpg"), schema
+    )

@@ -355,7 +355,8 @@ class HubDetection(IterableDataset):
         try:
             record = self._record(example)
         except (KeyError, TypeError, ValueError, OSError) as err:
-            where = example.get(self.schema.image_id) if self.schema.image_id else "without an id"
+            image = example.get(self.schema.image) or {}
+            where = example.get(self.schema.image_id) if self.schema.image_id else image.get("path")
             self.skips("malformed record skipped", where, str(err))
             return None
         return transform_record(record, self.transform, self.num_classes, self.skips, rng)

@@ -150,12 +150,15 @@ def row_image(example: dict, schema: Schema) -> bytes:
 
 def row_id(example: dict, schema: Schema) -> int:
     """A row's image id: its id column, else (a set without one, as an image folder with a
-    metadata.jsonl) a number drawn from its image's path, else from its bytes: the same in
+    metadata.jsonl) a number drawn from its image's path and bytes, whichever it holds (a set
+    pushed from such a folder keeps only the files' base names, which may repeat): the same in
     every worker, process and epoch, and below 2**48 (exact in a float64)."""
     if schema.image_id:
         return int(example[schema.image_id])
     image = example[schema.image] or {}
-    key = image.get("path").encode() if image.get("path") else row_image(example, schema)
+    key = (image.get("path") or "").encode() + (image.get("bytes") or b"")
+    if not key:
+        raise ValueError("the row has no image bytes or path")
     return int.from_bytes(hashlib.blake2b(key, digest_size=6).digest(), "big")
 
 

@@ -121,6 +121,8 @@ def test_resuming_goes_on_in_the_runs_folder_and_keeps_its_best(tmp_path):
     assert [p.name for p in (run_dir / "checkpoints").glob("last*")] == ["last.ckpt"]
     assert torch.load(last, weights_only=True)["global_step"] == 16
     assert "Resuming in" in result.stdout + result.stderr
+    # twice the steps: the schedule laid over 16 moves its milestones (steps 5 and 7 of 8)
+    assert "Resumed into a run of 16 steps, not the length" in result.stdout + result.stderr
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     steps = [e.step for e in events.Scalars("train/loss_step")]
     assert len(steps) == len(set(steps)) == 16 and max(steps) == 15  # 8 steps more, in order

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from frcnn.training.lr_schedule import warmup_decay
+from frcnn.training.lr_schedule import check_resumed_schedule, warmup_decay
 
 
 def lrs(make, steps, **kwargs):
@@ -78,3 +78,22 @@ def test_a_run_shorter_than_its_schedule_says_so(caplog):
     caplog.clear()
     lrs(warmup_decay, 300, warmup_steps=10, milestones=(0.5, 0.8))
     assert not caplog.text
+
+
+def test_a_resume_whose_schedule_moves_says_at_which_lr_it_goes_on(caplog):
+    """8 steps of an 8-step run (both milestones passed: LR 0.01), resumed into 16 steps: the
+    milestones move to steps 11 and 14, and the LR would jump back to 1. Said; a resume into a
+    run of the checkpoint's own length is not."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    first = warmup_decay(optimizer, total_steps=8, warmup_steps=0)
+    for _ in range(8):
+        optimizer.step()
+        first.step()
+    saved = first.state_dict()
+    for total, warned in ((8, False), (16, True)):
+        caplog.clear()
+        resumed = warmup_decay(optimizer, total_steps=total, warmup_steps=0)
+        resumed.load_state_dict(saved)  # as Lightning restores it
+        check_resumed_schedule(resumed, total)
+        said = "at step 8 the LR goes on at 1, not the 0.01 it stopped at" in caplog.text
+        assert said == warned, caplog.text

@@ -84,3 +84,24 @@ def warmup_decay(
         optimizer,
         lambda step: warmup_factor(step, warmup_steps, warmup_start_factor) * decayed(step),
     )
+
+
+@rank_zero_only  # once, not once per DDP process
+def check_resumed_schedule(scheduler: LambdaLR | None, total_steps: int) -> None:
+    """A resumed run's schedule is laid over its own length (`total_steps`): where that is not
+    the checkpoint's (more epochs or steps, other data, other devices), the LR goes on at
+    another value than the one it stopped at (milestones given as fractions move, the cosine
+    stretches): warned, with both values and what keeps the checkpoint's decay."""
+    if scheduler is None or scheduler.last_epoch == 0:  # not resumed
+        return
+    step, stopped = scheduler.last_epoch, scheduler.get_last_lr()[0]
+    goes_on = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step)
+    if math.isclose(stopped, goes_on, rel_tol=1e-3):
+        return
+    log.warning(
+        "Resumed into a run of %d steps, not the length the checkpoint's LR schedule was laid "
+        "over: at step %d the LR goes on at %.3g, not the %.3g it stopped at (the warm-up, "
+        "milestones given as fractions and the cosine follow the run's length). To go on with "
+        "the decay it had, give module.scheduler.milestones as step numbers (above 1)",
+        total_steps, step, goes_on, stopped,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ from frcnn.checks import check_number
 from frcnn.distributed import distributed
 from frcnn.evaluation.results import Evaluation, log_pr_curves
 from frcnn.structures import Targets, class_name
+from frcnn.training.lr_schedule import check_resumed_schedule
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,8 @@ class DetectorModule(L.LightningModule):
     def on_train_start(self) -> None:
         # (step, one flag per loss) of the first non-finite loss; step -1: none yet
         self._first_non_finite = torch.full((1 + len(LOSS_NAMES),), -1, device=self.device)
+        if self.scheduler_factory is not None:  # (its state restored where resumed)
+            check_resumed_schedule(self.lr_schedulers(), run_length(self.trainer))
 
     def on_train_end(self) -> None:
         self.check_finite()

@@ -12,6 +12,7 @@ from frcnn.boxes import content_sizes
 from frcnn.visualization.canvas import DPI
 from frcnn.visualization.inspection import SIZES, WHAT
 from tests.app.helpers import composed, run
+from tests.data.conftest import hub_row, write_hub_parquet
 
 SMALL_MODEL = ["model.fpn_channels=32", "data.image_size=128", "data.num_workers=0", "device=cpu"]
 
@@ -44,6 +45,20 @@ def test_what_dataset_counts_the_validation_boxes_against_the_anchors(tmp_path):
     rows = [row for row in rows if row[1].isdigit()]  # the table's body: side range, boxes, ...
     assert len(rows) == 7
     assert sum(int(row[1]) for row in rows) == boxes
+
+
+@pytest.mark.parametrize("data", ["data=coco", "data=hub"])
+@pytest.mark.parametrize("what", ["labels", "dataset"])
+def test_the_data_pictures_of_a_streamed_data_set(data, what, tmp_path):
+    """The streamed configs take the run's seed for their shuffle (visualize.yaml has one)."""
+    rows = [hub_row(i, 200, 100, [[10.0, 20.0, 50.0, 60.0]], [i % 3]) for i in range(4)]
+    files = write_hub_parquet(tmp_path / "train-00000-of-00001.parquet", rows)
+    cfg = composed(
+        tmp_path, f"what={what}", data, f"data.train.data_files={files}",
+        f"data.val.data_files={files}", f"output={tmp_path}", *SMALL_MODEL,
+        *(["data.box_format=xyxy"] if data == "data=hub" else []), config_name="visualize",
+    )  # fmt: skip
+    assert visualize(cfg) == tmp_path / f"{what}.png"
 
 
 def test_visualize_py_on_an_image_file_without_ground_truth(tmp_path):

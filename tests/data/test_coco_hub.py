@@ -296,3 +296,24 @@ def test_a_stream_of_nothing_usable_stops_naming_the_source_and_the_reason(tmp_p
     ds = stream([write_hub_parquet(tmp_path / "some_bad.parquet", rows)], shuffle=False,
                 max_skips_in_a_row=2)  # fmt: skip
     assert [t["image_id"] for _, t in ds] == [0, 1, 3, 4, 5]
+
+
+def test_a_stream_of_fewer_shards_than_workers_starts_as_many_workers_as_read(hub_parquet, caplog):
+    """`datasets` gives each DataLoader worker whole shards; a worker beyond them stops at once
+    with a warning, every epoch. The training loader starts one per shard (2 here), said;
+    validation's `limit` subset is read by every worker."""
+    import functools
+    import logging
+
+    from frcnn.data import DetectionDataModule
+
+    make = functools.partial(HubCOCO, split="train", data_files=hub_parquet)
+    data = DetectionDataModule(
+        make, functools.partial(make, limit=4), batch_size=2, num_workers=3, image_size=64
+    )
+    data.setup("fit")
+    with caplog.at_level(logging.INFO):
+        loader = data.train_dataloader().loader
+    assert loader.num_workers == 2 and data.val_dataloader().num_workers == 3
+    assert "data.num_workers=3, but the train stream has 2 shard(s) per process" in caplog.text
+    assert sorted(t["image_id"] for batch in loader for t in batch["targets"]) == list(range(12))

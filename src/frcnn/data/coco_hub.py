@@ -262,6 +262,12 @@ class HubDetection(IterableDataset):
             ds.set_epoch(self.epoch)
         return ds
 
+    def readers(self) -> int | None:
+        """How many DataLoader workers of this process get examples: its stream's shards
+        (`datasets` gives each worker whole shards; a worker beyond them stops at once, with a
+        warning every epoch), or None where every worker reads (a `limit`'s subset)."""
+        return None if self.limit is not None else self._stream().num_shards
+
     def _subset(self, worker):
         """This reader's share of the first `limit` examples of the split, in the split's order.
 

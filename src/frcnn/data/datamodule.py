@@ -15,6 +15,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from frcnn.checks import check_number
+from frcnn.data.coco_hub import HubDetection
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
 from frcnn.data.torch_dataset import DatasetSource
 from frcnn.data.transforms import Transform, collate, relabel
@@ -346,8 +347,13 @@ class DetectionDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
     def _loader(self, dataset, shuffle: bool, sampler=None, drop_last=False) -> DataLoader:
+        workers = self.num_workers
+        readers = dataset.readers() if isinstance(dataset, HubDetection) else None
+        if readers is not None and workers > readers:  # the others would wait, idle
+            log_fewer_workers(workers, readers, dataset.split)
+            workers = readers
         extra = {}
-        if self.num_workers > 0:
+        if workers > 0:
             extra = {
                 "prefetch_factor": self.prefetch_factor,
                 "persistent_workers": self.persistent_workers,
@@ -357,13 +363,22 @@ class DetectionDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             collate_fn=functools.partial(collate, label_map=self.label_map),
             drop_last=drop_last,
             sampler=sampler,
             **extra,
         )
+
+
+@rank_zero_only
+def log_fewer_workers(workers: int, readers: int, split: str) -> None:
+    log.info(
+        "data.num_workers=%d, but the %s stream has %d shard(s) per process, which as many "
+        "DataLoader workers read (datasets gives each worker whole shards): %d worker(s)",
+        workers, split, readers, readers,
+    )  # fmt: skip
 
 
 def worker_init(worker_id: int) -> None:

@@ -94,6 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         file, image_dir = Path(tmp) / "instances.json", Path(tmp) / "images"
         image_dir.mkdir()
+        (image_dir / f"{1:012d}.jpg").touch()  # the start-up check looks for the first images
         write_json(file, args.images, args.annotations)
         size = file.stat().st_size / 2**20
         print(f"{size:.0f} MB json, {args.images} images, {args.annotations} annotations\n")

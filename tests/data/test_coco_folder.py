@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from frcnn.data import DetectionDataModule
-from frcnn.data.coco_folder import COCOFolder
+from frcnn.data.coco_folder import COCOFolder, leaves_folder
 from frcnn.data.transforms import Transform
+from tests.data.conftest import jpeg_bytes
 
 
 def folder(root, **kwargs):
@@ -157,9 +158,15 @@ def test_an_annotation_file_that_is_not_json_is_named_with_the_position(coco_fol
 
 
 def annotation_file(tmp_path, categories, images=None, annotations=(), text=None):
-    """A COCO json (or raw `text`) in tmp_path, its image folder tmp_path/images."""
+    """A COCO json (or raw `text`) in tmp_path, its image folder tmp_path/images with the
+    images it names (those within it)."""
     (tmp_path / "images").mkdir(exist_ok=True)
     images = images or [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}]
+    for image in images:
+        if not leaves_folder(image["file_name"]):
+            path = tmp_path / "images" / image["file_name"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(jpeg_bytes(64, 48))
     coco = {"images": images, "annotations": list(annotations), "categories": categories}
     path = tmp_path / "annotations.json"
     path.write_text(text if text is not None else json.dumps(coco))
@@ -262,3 +269,14 @@ def test_a_bbox_with_a_null_in_a_file_that_records_sizes_is_checked_not_a_crash(
     anns[1:] = anns[:1] * 4
     with pytest.raises(ValueError, match=r"5 of the first 5 boxes .* \(e.g. \[1, None, 5, 5\]"):
         COCOFolder(Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], None, anns))
+
+
+def test_an_image_dir_that_holds_none_of_the_images_stops_at_start_up(tmp_path):
+    """image_dir one level too deep (the file names hold the folder, as `val2017/1.jpg`)."""
+    images = [{"id": i, "file_name": f"val2017/{i}.jpg", "width": 64, "height": 48} for i in (1, 2)]
+    files = annotation_file(tmp_path, [{"id": 1, "name": "a"}], images)
+    (tmp_path / "images" / "val2017").rename(tmp_path / "val2017")  # the folder above: none
+    wrong = r"image_dir='.*images' holds none of the first 2 images .* \(e.g. 'val2017/1.jpg'\)"
+    with pytest.raises(FileNotFoundError, match=wrong):
+        COCOFolder(Transform(64), *files)
+    assert len(COCOFolder(Transform(64), files[0], str(tmp_path))) == 2  # its parent: found

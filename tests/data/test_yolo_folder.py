@@ -144,3 +144,12 @@ def test_labels_in_another_format_or_class_list_stop_at_start_up(tmp_path, label
     )
     with pytest.raises(ValueError, match=r"2 of the 2 label lines .* are not `class cx cy w h`"):
         YOLOFolder(Transform(200), str(root), "train")
+
+
+def test_a_split_whose_images_are_nowhere_stops_at_start_up(tmp_path):
+    """A list of images relative to another folder than its own: none of them is found."""
+    root = write(tmp_path / "yolo", {"images/train/a.jpg": PERSON}, {"names": ["person"]})
+    (root / "train.txt").write_text("images/elsewhere/a.jpg\nimages/elsewhere/b.jpg\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"train": "train.txt", "names": ["person"]}))
+    with pytest.raises(FileNotFoundError, match=r"\(train\): none of its first 2 images exists"):
+        YOLOFolder(Transform(200), str(root), "train")

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from frcnn.data.sources import MapSource
+from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
 from frcnn.data.transforms import Record, Transform
 
 # far more than a real image holds: the rest are dropped, counted (a file's runaway copy)
@@ -99,7 +99,12 @@ class COCOFolder(MapSource):
         self.file_names = [str(img["file_name"]) for img in kept]
         self.sizes = np.array([recorded_size(img) for img in kept], np.int64).reshape(-1, 2)
         self.annotations = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
-        check_image_dir(image_dir, self.file_names[:IMAGES_CHECKED])
+        check_images_exist(
+            [image_dir / name for name in self.file_names[:IMAGES_CHECKED]],
+            f"data image_dir={str(image_dir)!r}",
+            "point image_dir at the folder the file's file_name values are relative to (one "
+            "level up where they hold a folder)",
+        )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -194,22 +199,6 @@ def recorded_size(image: dict) -> tuple[int, int]:
     """(width, height) as the file records them; 0 where it does not."""
     size = (image.get("width"), image.get("height"))
     return size if all(isinstance(v, int | float) and v > 0 for v in size) else (0, 0)
-
-
-IMAGES_CHECKED = 20  # image files looked for at start-up to catch a wrong image_dir
-
-
-def check_image_dir(image_dir: Path, file_names: list[str]) -> None:
-    """Stop at start-up where `image_dir` holds none of the first images the file names: a
-    wrong folder (one level too deep where the file names hold a folder) would otherwise skip
-    image after image until the run gives up, naming no setting. A few missing files are
-    skipped and counted as the run goes."""
-    if file_names and not any((image_dir / name).is_file() for name in file_names):
-        raise FileNotFoundError(
-            f"data image_dir={str(image_dir)!r} holds none of the first {len(file_names)} "
-            f"images the annotation file names (e.g. {file_names[0]!r}): point image_dir at "
-            "the folder its file_name values are relative to"
-        )
 
 
 BOXES_CHECKED = 1000  # annotations read at start-up to catch a wrong box format

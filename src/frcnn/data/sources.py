@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +37,19 @@ class SkipLog:
             image_id,
             f": {detail}" if detail else "",
             self.counts[reason],
+        )
+
+
+IMAGES_CHECKED = 20  # image files looked for at start-up to catch a wrong folder
+
+
+def check_images_exist(paths: list[Path], where: str, fix: str) -> None:
+    """Stop at start-up where none of a source's first image files (`paths`) exists: a wrong
+    folder would otherwise skip image after image until the run gives up, naming no setting.
+    A few missing files are skipped and counted as the run goes."""
+    if paths and not any(path.is_file() for path in paths):
+        raise FileNotFoundError(
+            f"{where}: none of its first {len(paths)} images exists (e.g. {str(paths[0])!r}): {fix}"
         )
 
 

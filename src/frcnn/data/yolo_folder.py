@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from frcnn.data.sources import MapSource
+from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
 from frcnn.data.transforms import Record, Transform, upright_size
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,11 @@ class YOLOFolder(MapSource):
             self.images = [path for path in self.images if has_objects(path)]
         if not self.images:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
+        check_images_exist(
+            self.images[:IMAGES_CHECKED], f"{file} ({split})",
+            f"is `{split}` in data.yaml the images' folder, or a list of them relative to its "
+            "own folder?",
+        )  # fmt: skip
         check_labels(self.images[:LABELS_CHECKED], self.num_classes, f"{file} ({split})")
 
     def __len__(self) -> int:

@@ -102,3 +102,11 @@ def test_images_are_found_by_id_as_voc_lays_them_out_else_by_the_xmls_filename(t
     assert [source.describe(i) for i in range(2)] == ["1.jpg", "2.png"]
     assert [tuple(source[i][0].shape) for i in range(2)] == [(3, 120, 120)] * 2
     assert source.skips.counts == {}
+
+
+def test_a_folder_without_its_images_stops_at_start_up(voc):
+    """An annotations-only copy (JPEGImages left behind): named at start-up, not image by image."""
+    for image in (voc / "JPEGImages").iterdir():
+        image.unlink()
+    with pytest.raises(FileNotFoundError, match=r"\(train\): none of its first 2 images exists"):
+        VOCFolder(Transform(120), str(voc), "train")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frcnn.data.sources import MapSource
+from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
 from frcnn.data.transforms import Record, Transform
 
 VOC_CLASSES = (
@@ -94,6 +94,11 @@ class VOCFolder(MapSource):
                 self.samples.append((file_name, objects, size))
         if not self.samples:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
+        check_images_exist(
+            [self.image_dir / name for name, _, _ in self.samples[:IMAGES_CHECKED]],
+            f"data.root={str(root)!r} ({split})",
+            "its images are JPEGImages/<id>.jpg, or the file its xml's filename names there",
+        )
         self.label_of = label_of
 
     def __len__(self) -> int:

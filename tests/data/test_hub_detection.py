@@ -164,3 +164,21 @@ def test_ids_of_rows_without_an_id_column_tell_apart_images_of_the_same_base_nam
     assert row_id(row(None, "/data/train/0001.jpg"), schema) != row_id(
         row(None, "/data/validation/0001.jpg"), schema
     )
+
+
+def test_a_category_of_class_names_is_numbered_by_data_class_names(tmp_path):
+    """Categories stored as names (strings): `data.class_names` gives the list and the label
+    order; refused without it, and where the first rows hold a name it leaves out."""
+    from datasets import Value
+
+    named = [[(x, y, w, h, CPPE5[c]) for x, y, w, h, c in image] for image in TELLING]
+    path = cppe5_parquet(tmp_path / "a.parquet", named, category=Value("string"))
+    with pytest.raises(ValueError, match=r"data.class_names: .* holds class names \(strings\)"):
+        stream(path)
+    ds = stream(path, class_names=list(reversed(CPPE5)))  # labels in the order given
+    assert ds.box_format == "xywh"  # read from the same rows
+    (_, first), (_, second) = list(ds)
+    # Mask, Gloves and Coverall (4, 2, 0 in CPPE5) are labels 1, 3 and 5 of the reversed list
+    assert first["labels"].tolist() == [1, 3] and second["labels"].tolist() == [5]
+    with pytest.raises(ValueError, match=r"does not list \['Coverall'\], which .* first rows"):
+        stream(path, class_names=CPPE5[1:])

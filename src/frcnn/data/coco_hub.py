@@ -15,6 +15,7 @@ from frcnn.checks import check_number
 from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
+    check_category_names,
     check_category_values,
     decide_box_format,
     image_size,
@@ -137,7 +138,9 @@ class HubDetection(IterableDataset):
         first = []
         if box_format is None or normalized is None or class_names is not None:
             first = list(self._dataset.take(rows_to_check))
-        if class_names is not None and first:
+        if class_names is not None and first and self.schema.category_index is not None:
+            check_category_names(first, self.schema, self._where())
+        elif class_names is not None and first:
             values = np.concatenate([row_objects(row, self.schema)[1] for row in first])
             check_category_values(values, self.class_names, self._where())
         if box_format is None or normalized is None:

@@ -42,6 +42,8 @@ class Schema:
     class_names: list[str]
     width: str | None = None
     height: str | None = None
+    # a category that holds class names (strings): name -> index in class_names; else None
+    category_index: dict[str, int] | None = None
 
 
 def inner(feature):
@@ -77,6 +79,8 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
             f"{'/'.join(CATEGORY_FIELDS)}): is it a detection data set?"
         )
     label = inner(fields[category])
+    named = isinstance(label, Value) and label.dtype in ("string", "large_string")
+    index = isinstance(label, Value) and label.dtype.startswith(("int", "uint"))
     if isinstance(label, ClassLabel):
         if class_names is not None and list(class_names) != list(label.names):
             raise ValueError(
@@ -84,8 +88,14 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
                 "leave data.class_names out"
             )
         class_names = list(label.names)
-    elif not (isinstance(label, Value) and label.dtype.startswith(("int", "uint"))):
-        raise ValueError(f"{name}: {where}{category} is {label}, not a class index")
+    elif not (named or index):
+        raise ValueError(f"{name}: {where}{category} is {label}, not a class index or name")
+    elif not class_names and named:
+        raise ValueError(
+            f"data.class_names: {name}'s {where}{category} holds class names (strings), whose "
+            "full list its rows cannot tell: give it, in the order of the labels you want, "
+            "e.g. data.class_names=[helmet,head]"
+        )
     elif not class_names:
         raise ValueError(
             f"data.class_names: {name}'s {where}{category} is a plain {label.dtype}, not a "
@@ -95,21 +105,40 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
     return Schema(
         image, image_id, objects, bbox, category, list(class_names),
         "width" if "width" in columns else None, "height" if "height" in columns else None,
+        {str(n): i for i, n in enumerate(class_names)} if named else None,
     )  # fmt: skip
 
 
-def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
-    """A row's raw boxes (K, 4), as stored, and class indices (K,) of the ClassLabel."""
+def row_fields(example: dict, schema: Schema) -> tuple[list, list]:
+    """A row's boxes and categories as stored."""
     objects = example[schema.objects] if schema.objects else example
     if isinstance(objects, list):  # a list of per-object dicts (datasets' List of a dict)
-        boxes = [o[schema.bbox] for o in objects]
-        classes = [o[schema.category] for o in objects]
-    else:  # a dict of per-field lists (datasets' Sequence of a dict)
-        boxes, classes = objects[schema.bbox], objects[schema.category]
+        return [o[schema.bbox] for o in objects], [o[schema.category] for o in objects]
+    return objects[schema.bbox], objects[schema.category]  # a dict of per-field lists
+
+
+def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    """A row's raw boxes (K, 4), as stored, and class indices (K,) into the class names (a
+    name they do not list: -1, dropped and counted as a label out of range)."""
+    boxes, classes = row_fields(example, schema)
+    if schema.category_index is not None:
+        classes = [schema.category_index.get(str(c), -1) for c in classes]
     return (
         np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         np.asarray(classes, dtype=np.int64).reshape(-1),
     )
+
+
+def check_category_names(rows: list[dict], schema: Schema, name: str) -> None:
+    """The class names of a data set's first rows must all be in `data.class_names`: a name
+    left out would be dropped from every image that holds it."""
+    seen = {str(c) for row in rows for c in row_fields(row, schema)[1]}
+    unknown = sorted(seen - set(schema.category_index))
+    if unknown:
+        raise ValueError(
+            f"data.class_names does not list {unknown[:10]}, which {name}'s first rows hold: "
+            "add them"
+        )
 
 
 def check_category_values(values: np.ndarray, class_names: list[str], name: str) -> None:

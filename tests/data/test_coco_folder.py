@@ -280,3 +280,13 @@ def test_an_image_dir_that_holds_none_of_the_images_stops_at_start_up(tmp_path):
     with pytest.raises(FileNotFoundError, match=wrong):
         COCOFolder(Transform(64), *files)
     assert len(COCOFolder(Transform(64), files[0], str(tmp_path))) == 2  # its parent: found
+
+
+def test_file_names_written_on_windows_are_read(tmp_path):
+    images = [{"id": 1, "file_name": "train/a.jpg", "width": 64, "height": 48}]
+    files = annotation_file(tmp_path, [{"id": 1, "name": "a"}], images)
+    coco = json.loads(Path(files[0]).read_text())
+    coco["images"][0]["file_name"] = "train\\a.jpg"
+    Path(files[0]).write_text(json.dumps(coco))
+    source = COCOFolder(Transform(64), *files)
+    assert source.describe(0) == "1 (train/a.jpg)" and source[0][1]["image_id"] == 1

@@ -96,7 +96,8 @@ class COCOFolder(MapSource):
         # size, polygons and urls included: 2.4 GB of Python objects, bench/coco_json_memory.py)
         # would stay in every process, each DDP rank's included
         self.image_ids = np.array([img["id"] for img in kept], np.int64)
-        self.file_names = [str(img["file_name"]) for img in kept]
+        # a file written on Windows may separate folders with backslashes
+        self.file_names = [str(img["file_name"]).replace("\\", "/") for img in kept]
         self.sizes = np.array([recorded_size(img) for img in kept], np.int64).reshape(-1, 2)
         self.annotations = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
         check_images_exist(

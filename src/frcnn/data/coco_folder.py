@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
-from frcnn.data.transforms import Record, Transform
+from frcnn.data.transforms import Record, Transform, recorded_size
 
 # far more than a real image holds: the rest are dropped, counted (a file's runaway copy)
 MAX_ANNOTATIONS_PER_IMAGE = 10_000
@@ -98,7 +98,8 @@ class COCOFolder(MapSource):
         self.image_ids = np.array([img["id"] for img in kept], np.int64)
         # a file written on Windows may separate folders with backslashes
         self.file_names = [str(img["file_name"]).replace("\\", "/") for img in kept]
-        self.sizes = np.array([recorded_size(img) for img in kept], np.int64).reshape(-1, 2)
+        sizes = [recorded_size(img.get("width"), img.get("height")) or (0, 0) for img in kept]
+        self.sizes = np.array(sizes, np.int64).reshape(-1, 2)  # 0: not recorded
         self.annotations = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
         check_images_exist(
             [image_dir / name for name in self.file_names[:IMAGES_CHECKED]],
@@ -196,12 +197,6 @@ def xywh(bbox) -> list[float]:
     return [number(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else [np.nan] * 4
 
 
-def recorded_size(image: dict) -> tuple[int, int]:
-    """(width, height) as the file records them; 0 where it does not."""
-    size = (image.get("width"), image.get("height"))
-    return size if all(isinstance(v, int | float) and v > 0 for v in size) else (0, 0)
-
-
 BOXES_CHECKED = 1000  # annotations read at start-up to catch a wrong box format
 
 
@@ -211,8 +206,8 @@ def check_boxes(images: list[dict], per_image: dict, named: str) -> None:
     box format (xyxy) would otherwise train on the wrong geometry, silently."""
     rows = []
     for image in images:
-        size = (image.get("width") or 0, image.get("height") or 0)
-        if all(isinstance(v, int | float) for v in size) and min(size) > 0:  # a size recorded
+        size = recorded_size(image.get("width"), image.get("height"))
+        if size:
             rows += [(a.get("bbox"), size) for a in per_image[image["id"]] if not a.get("iscrowd")]
         if len(rows) >= BOXES_CHECKED:
             break

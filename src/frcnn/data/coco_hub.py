@@ -15,15 +15,14 @@ from frcnn.checks import check_number
 from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
-    check_category_names,
-    check_category_values,
+    check_categories,
     decide_box_format,
     image_size,
     read_schema,
-    recorded_size,
     row_id,
     row_image,
     row_objects,
+    row_size,
     to_xyxy,
 )
 from frcnn.data.sources import MAX_CONSECUTIVE_SKIPS, SkipLog, transform_record
@@ -138,11 +137,8 @@ class HubDetection(IterableDataset):
         first = []
         if box_format is None or normalized is None or class_names is not None:
             first = list(self._dataset.take(rows_to_check))
-        if class_names is not None and first and self.schema.category_index is not None:
-            check_category_names(first, self.schema, self._where())
-        elif class_names is not None and first:
-            values = np.concatenate([row_objects(row, self.schema)[1] for row in first])
-            check_category_values(values, self.class_names, self._where())
+        if class_names is not None and first:
+            check_categories(first, self.schema, self._where())
         if box_format is None or normalized is None:
             rows = [self._raw_boxes(example) for example in first]
             self.box_format, self.normalized, how = decide_box_format(
@@ -176,7 +172,7 @@ class HubDetection(IterableDataset):
         boxes, classes = row_objects(example, self.schema)
         size = image_size(example, self.schema, data) if self.normalized else None
         boxes = to_xyxy(boxes, self.box_format, self.normalized, size)
-        recorded = recorded_size(example, self.schema)
+        recorded = row_size(example, self.schema)
         return Record(data, boxes, classes + 1, row_id(example, self.schema), size=recorded)
 
     def _load(self):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from frcnn.data.transforms import upright_size
+from frcnn.data.transforms import recorded_size, upright_size
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 OBJECT_COLUMNS = ("objects", "annotations", "annotation")
@@ -129,37 +129,36 @@ def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def check_category_names(rows: list[dict], schema: Schema, name: str) -> None:
-    """The class names of a data set's first rows must all be in `data.class_names`: a name
-    left out would be dropped from every image that holds it."""
-    seen = {str(c) for row in rows for c in row_fields(row, schema)[1]}
-    unknown = sorted(seen - set(schema.category_index))
-    if unknown:
-        raise ValueError(
-            f"data.class_names does not list {unknown[:10]}, which {name}'s first rows hold: "
-            "add them"
-        )
-
-
-def check_category_values(values: np.ndarray, class_names: list[str], name: str) -> None:
-    """The category values of a data set's first rows, named by `data.class_names`, must be
-    0..C-1: a value beyond would be dropped as out of range, and values counted from 1 would
-    train every class as the next one."""
-    outside = values[(values < 0) | (values >= len(class_names))]
+def check_categories(rows: list[dict], schema: Schema, name: str) -> None:
+    """The categories of a data set's first rows, which `data.class_names` names: its names
+    (a category of strings) must all be listed, else every object of a name left out would be
+    dropped; its values (a plain integer) must lie in 0..C-1, else a value beyond would be
+    dropped and values counted from 1 would train every class as the next one."""
+    if schema.category_index is not None:
+        seen = {str(c) for row in rows for c in row_fields(row, schema)[1]}
+        unknown = sorted(seen - set(schema.category_index))
+        if unknown:
+            raise ValueError(
+                f"data.class_names does not list {unknown[:10]}, which {name}'s first rows "
+                "hold: add them"
+            )
+        return
+    values = np.concatenate([row_objects(row, schema)[1] for row in rows])
+    outside = values[(values < 0) | (values >= len(schema.class_names))]
     if len(outside):
+        count = len(schema.class_names)
         raise ValueError(
-            f"data.class_names names {len(class_names)} classes, the category values "
-            f"0..{len(class_names) - 1}, but {name}'s first rows hold the value "
-            f"{int(outside[0])}: list a name for every value, value 0 first (for values "
-            "counted from 1, a name for 0 as well)"
+            f"data.class_names names {count} classes, the category values 0..{count - 1}, "
+            f"but {name}'s first rows hold the value {int(outside[0])}: list a name for every "
+            "value, value 0 first (for values counted from 1, a name for 0 as well)"
         )
 
 
-def recorded_size(example: dict, schema: Schema) -> tuple[int, int] | None:
+def row_size(example: dict, schema: Schema) -> tuple[int, int] | None:
     """(width, height) a row's columns record for its image, if it has them."""
-    if schema.width and schema.height and example.get(schema.width):
-        return int(example[schema.width]), int(example[schema.height])
-    return None
+    if not (schema.width and schema.height):
+        return None
+    return recorded_size(example.get(schema.width), example.get(schema.height))
 
 
 def row_image(example: dict, schema: Schema) -> bytes:
@@ -194,7 +193,7 @@ def row_id(example: dict, schema: Schema) -> int:
 def image_size(example: dict, schema: Schema, data: bytes | None = None) -> tuple[int, int]:
     """(width, height) of a row's image: its columns, else the upright image's header (of
     `data`, its encoded image, where already read)."""
-    recorded = recorded_size(example, schema)
+    recorded = row_size(example, schema)
     if recorded:
         return recorded
     with Image.open(io.BytesIO(data or row_image(example, schema))) as opened:

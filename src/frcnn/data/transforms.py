@@ -213,6 +213,17 @@ def upright(image: Image.Image, size=None, report=None, image_id=None) -> Image.
     return ImageOps.exif_transpose(image)
 
 
+def recorded_size(width, height) -> tuple[int, int] | None:
+    """The (width, height) an annotation records for its image, as numbers or their text;
+    None where it records none (left out, 0 as some tools write, not a number). `500.0` is
+    read as 500."""
+    try:
+        size = (round(float(width)), round(float(height)))
+    except (TypeError, ValueError):
+        return None
+    return size if min(size) > 0 else None
+
+
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) of `image` once turned upright (`upright`), from its header alone."""
     turned = image.getexif().get(EXIF_ORIENTATION, 1) in SWAPS_SIDES

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
-from frcnn.data.transforms import Record, Transform
+from frcnn.data.transforms import Record, Transform, recorded_size
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -35,16 +35,6 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
         objects.append(((obj.findtext("name") or "").strip(), [x0 - 1, y0 - 1, x1, y1], difficult))
     size = recorded_size(root.findtext("size/width"), root.findtext("size/height"))
     return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects, size
-
-
-def recorded_size(width: str | None, height: str | None) -> tuple[int, int] | None:
-    """The annotation's (width, height); None where it records none (some tools write 0, or
-    `500.0`, which is read as 500)."""
-    try:
-        size = (round(float(width)), round(float(height)))
-    except (TypeError, ValueError):
-        return None
-    return size if min(size) > 0 else None
 
 
 class VOCFolder(MapSource):

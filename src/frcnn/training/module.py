@@ -7,8 +7,8 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -172,14 +172,14 @@ class DetectorModule(L.LightningModule):
         # a string names the backend; kept apart from nn.Module.compile, which it would shadow
         self.compile_backend = "inductor" if compile is True else (compile or None)
         self.compile_scope = compile_scope
-        # gathered across processes by the module itself (all_gather_object): torchmetrics'
-        # own sync gathers per image and fails when ranks hold different numbers of images
-        # extended_summary: COCOeval's precision array, for the per-class table
         # what the detector returns per image (None: a stand-in model without ROI heads)
         self.detections_per_img = getattr(
             getattr(model, "roi_heads", None), "detections_per_img", None
         )
         limits = detection_limits(self.detections_per_img)
+        # gathered across processes by the module itself (all_gather_object): torchmetrics'
+        # own sync gathers per image and fails when ranks hold different numbers of images
+        # extended_summary: COCOeval's precision array, for the per-class table
         self.val_map = MeanAveragePrecision(
             backend="faster_coco_eval",
             max_detection_thresholds=limits,
@@ -368,8 +368,10 @@ class DetectorModule(L.LightningModule):
         """Warn once where a validation image holds more objects than the detector returns
         detections: its recall, and the mAP, stop short of what the detector finds."""
         returned = self.detections_per_img
+        if self.warned_crowded or returned is None:
+            return
         most = max((int((t["iscrowd"] == 0).sum()) for t in truths), default=0)
-        if self.warned_crowded or returned is None or most <= returned:
+        if most <= returned:
             return
         self.warned_crowded = True
         if rank_zero_only.rank == 0:  # every process holds the gathered images

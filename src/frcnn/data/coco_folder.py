@@ -126,8 +126,8 @@ class COCOFolder(MapSource):
             ids = str(table.unknown_categories[index])
             self.skips("annotations with unknown category ids dropped", image_id, ids)
             rows = rows[table.labels[rows] > 0]
-        xywh = table.boxes[rows]
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        corner, side = table.boxes[rows, :2], table.boxes[rows, 2:]  # the file's xywh
+        boxes = np.concatenate([corner, corner + side], axis=1)
         # encoded bytes: decoding happens in the transform, where a corrupt file is skipped
         image = (self.image_dir / self.file_names[index]).read_bytes()
         size = tuple(int(v) for v in self.sizes[index])

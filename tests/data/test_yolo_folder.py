@@ -146,6 +146,22 @@ def test_labels_in_another_format_or_class_list_stop_at_start_up(tmp_path, label
         YOLOFolder(Transform(200), str(root), "train")
 
 
+def test_corner_boxes_taken_for_centres_stop_at_start_up(tmp_path):
+    """x0 y0 x1 y1 in 0..1 pass the range check; read as cx cy w h, most reach past the image
+    (one box cut by the frame is YOLO's own, and passes)."""
+    corners = "0 0.1 0.2 0.5 0.6\n0 0.6 0.5 0.9 0.9\n0 0.3 0.3 0.5 0.5"
+    root = write(
+        tmp_path / "yolo",
+        {"images/train/a.jpg": corners},
+        {"train": "images/train", "names": ["a"]},
+    )
+    with pytest.raises(ValueError, match=r"2 of the 3 label lines .* are they `class x0 y0 x1 y1`"):
+        YOLOFolder(Transform(200), str(root), "train")
+    one_cut = "\n".join([PERSON, PAST_EDGE, PERSON])
+    (root / "labels" / "train" / "a.txt").write_text(one_cut)
+    assert len(YOLOFolder(Transform(200), str(root), "train")) == 1
+
+
 def test_a_split_whose_images_are_nowhere_stops_at_start_up(tmp_path):
     """A list of images relative to another folder than its own: none of them is found."""
     root = write(tmp_path / "yolo", {"images/train/a.jpg": PERSON}, {"names": ["person"]})

@@ -150,12 +150,21 @@ def not_normalised(cxcywh: np.ndarray) -> np.ndarray:
 LABELS_CHECKED = 32  # label files read at start-up to catch a wrong format or class list
 
 
+def reaches_past(cxcywh: np.ndarray, margin: float = 0.01) -> np.ndarray:
+    """(K, 4) cxcywh -> (K,) bool: the box reaches past the image by more than `margin` of a
+    side (an object the frame cuts, now and then; `x0 y0 x1 y1` read as YOLO's, mostly)."""
+    half = cxcywh[:, 2:] / 2
+    return ((cxcywh[:, :2] - half) < -margin).any(1) | ((cxcywh[:, :2] + half) > 1 + margin).any(1)
+
+
 def check_labels(images: list[Path], num_classes: int, name: str) -> None:
     """Stop at start-up where most lines of the first label files are not YOLO's: malformed,
     not normalised to 0..1 (pixel boxes) or of a class id beyond `names` (another class
-    list); a few such lines are dropped and counted as the run goes."""
-    lines = bad = 0
-    example = ""
+    list), or where most of their boxes reach past the image (corners, `x0 y0 x1 y1`, taken
+    for centres and sides); a few such lines are dropped, or clipped, and counted as the run
+    goes."""
+    lines = bad = past = 0
+    example = past_example = ""
     for image in images:
         labels = label_file(image)
         if not labels.is_file():
@@ -164,14 +173,24 @@ def check_labels(images: list[Path], num_classes: int, name: str) -> None:
         classes, boxes, malformed = parse_labels(text)
         wrong = (classes >= num_classes) | (classes < 0) | not_normalised(boxes)
         lines, bad = lines + len(classes) + malformed, bad + int(wrong.sum()) + malformed
+        beyond = reaches_past(boxes)
+        past += int(beyond.sum())
         if (wrong.any() or malformed) and not example:
             example = f"{labels}: {text.strip().splitlines()[0]!r}"
+        if beyond.any() and not past_example:
+            past_example = f"{labels}: {text.strip().splitlines()[0]!r}"
     if lines and bad > lines / 2:
         raise ValueError(
             f"{name}: {bad} of the {lines} label lines of its first {len(images)} images are not "
             f"`class cx cy w h` with a class id below {num_classes} (data.yaml's names) and "
             f"coordinates normalised to 0..1 (e.g. {example}): are the labels in pixels, or "
             "for another class list?"
+        )
+    if lines and past > lines / 2:
+        raise ValueError(
+            f"{name}: {past} of the {lines} label lines of its first {len(images)} images "
+            f"reach past the image as `class cx cy w h` (e.g. {past_example}): are they "
+            "`class x0 y0 x1 y1`? YOLO's labels give the box's centre, width and height"
         )
 
 

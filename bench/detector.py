@@ -23,6 +23,7 @@ import statistics
 import time
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torchvision
@@ -275,8 +276,9 @@ def profile(args, size, device):
         print(prof.key_averages().table(sort_by=sort_by, row_limit=12))
 
 
-def cuda_syncs(fn) -> int:
-    """Synchronising CUDA calls during one call of fn, as torch's sync debug mode reports them."""
+def cuda_syncs(fn) -> list[str]:
+    """The synchronising CUDA calls during one call of fn, as torch's sync debug mode reports
+    them: the Python line of each (`folder/file.py:line`, where the op was called)."""
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -284,7 +286,11 @@ def cuda_syncs(fn) -> int:
             fn()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return [
+        f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    ]
 
 
 def _peak_memory_child(args, name, batch_size, size, queue):

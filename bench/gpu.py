@@ -8,8 +8,9 @@ loop; one markdown table.
         --precisions bf16-mixed --loop-steps 2      # the dry run of the suite (tests/test_bench.py)
 
 Rows: this detector with its defaults (`model.nms_calls=image`, `model.roi_heads.pooler=own`),
-then one switch changed at a time (nms_calls=batch, pooler=torchvision, channels-last, and with
-`--compile` each `module.compile_scope`: the backbone and FPN, then every fixed-shape part),
+then one switch changed at a time (nms_calls=batch, nms_calls=triton, pooler=torchvision,
+channels-last, and with `--compile` each `module.compile_scope`: the backbone and FPN, then
+every fixed-shape part),
 and torchvision's detector with the same weights and settings (bench/detector.py:
 ResNet-50-FPN, stem..layer3 frozen, 81 classes), in 16-mixed and bf16-mixed. A train step
 is forward + backward + SGD step on the same synthetic batch; img/s over `--steps` steps
@@ -17,14 +18,16 @@ after `--warmup`; syncs: CUDA's sync debug mode over one step; memory: the peak 
 over the timed steps. Then `train.py` itself for
 `--loop-steps` steps on synthetic data at the same size, batch and precision: its logged
 train/images_per_s (data loading, Lightning's loop, logging and all) against the detector-only
-figure of the same setting. Not a test.
+figure of the same setting, once per `--loop-nms-calls`. Not a test.
 """
 
 import argparse
 import json
 import runpy
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -47,6 +50,7 @@ def variants(ours, compile_: bool):
 
     yield "ours (defaults)", lambda: switch()
     yield "ours, nms_calls=batch", lambda: switch(nms_calls="batch")
+    yield "ours, nms_calls=triton", lambda: switch(nms_calls="triton")
     yield "ours, pooler=torchvision", lambda: switch(pooler="torchvision")
     yield "ours, channels-last", lambda: switch()
     if compile_:  # compiled in place: the last rows
@@ -54,8 +58,9 @@ def variants(ours, compile_: bool):
             yield f"ours, compile_scope={scope}", lambda: switch()
 
 
-def measure(step, args, device) -> tuple[float, int | None, float | None]:
-    """img/s, host syncs in one step (CUDA), peak memory in GB (CUDA)."""
+def measure(step, args, device) -> tuple[float, list[str] | None, float | None]:
+    """img/s, the host syncs of one step (CUDA: where each was called), peak memory in GB
+    (CUDA)."""
     for _ in range(args.warmup):
         step()
     syncs = cuda_syncs(step) if device.type == "cuda" else None
@@ -91,11 +96,12 @@ def detector_rows(args, device, precision) -> list[tuple]:
     return rows
 
 
-def train_loop(args, precision, folder: Path) -> float:
+def train_loop(args, precision, nms_calls: str, folder: Path) -> float:
     """train.py for `--loop-steps` steps on synthetic data: its epoch-mean train/images_per_s."""
     depth = ["model=resnet50_fpn", "frozen=layer3"] if args.depth == 50 else ["model=resnet18_fpn"]
     overrides = [
         *depth,
+        f"model.nms_calls={nms_calls}",
         "model.backbone.weights=null",
         f"precision={precision}",
         f"device={'gpu' if args.device == 'cuda' else 'cpu'}",
@@ -131,8 +137,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--precisions", nargs="+", default=["16-mixed", "bf16-mixed"])
     parser.add_argument("--compile", action="store_true", help="also the compiled variant")
-    parser.add_argument("--loop-steps", type=int, default=300)
+    parser.add_argument("--loop-steps", type=int, default=300, help="0: no train.py loop")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--loop-nms-calls", nargs="+", default=["image"], help="a loop for each")
     parser.add_argument("--out", type=Path, default=Path("bench/out/gpu.md"))
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,18 +166,22 @@ def main():
             memory = "-" if memory is None else f"{memory:.1f}"
             lines.append(
                 f"| {detector} | {precision} | {rate:.0f} | {rate / reference:.2f} | "
-                f"{'-' if syncs is None else syncs} | {memory} |"
+                f"{'-' if syncs is None else len(syncs)} | {memory} |"
             )
+            if syncs:  # the log says where each wait comes from
+                print(f"{detector}, {precision}: host syncs {dict(Counter(syncs))}")
         print("\n".join(lines), flush=True)
-    lines += ["", "| train.py loop | precision | img/s | x detector-only (defaults) |",
-              "| --- | --- | --- | --- |"]  # fmt: skip
-    for precision in args.precisions:
-        folder = args.out.parent / f"loop-{precision}"
-        rate = train_loop(args, precision, folder)
-        lines.append(
-            f"| {args.loop_steps} steps, synthetic | {precision} | {rate:.0f} | "
-            f"{rate / detector_only[precision]:.2f} |"
-        )
+    if args.loop_steps:
+        lines += ["", "| train.py loop | precision | img/s | x detector-only (defaults) |",
+                  "| --- | --- | --- | --- |"]  # fmt: skip
+    for precision in args.precisions if args.loop_steps else []:
+        for nms_calls in args.loop_nms_calls:
+            with tempfile.TemporaryDirectory() as folder:  # the run's logs and checkpoints
+                rate = train_loop(args, precision, nms_calls, Path(folder))
+            lines.append(
+                f"| {args.loop_steps} steps, synthetic, nms_calls={nms_calls} | {precision} | "
+                f"{rate:.0f} | {rate / detector_only[precision]:.2f} |"
+            )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -187,7 +187,7 @@ class NMSInRows(torch.autograd.Function):
         )
 
 
-NMS_CALLS = ("image", "batch")
+NMS_CALLS = ("image", "batch", "triton")
 
 
 def nms_in_rows(
@@ -203,16 +203,21 @@ def nms_in_rows(
 
     A row is one image and one class (or one FPN level), the rows of an image consecutive, R =
     `images` x rows per image: boxes suppress each other only within their row, and boxes that
-    are no candidates take no part. `calls`: one NMS kernel call per image (a host wait each
-    on a GPU, small N^2 masks) or one for the batch (one wait, one (R*N)^2 mask): what is
-    faster depends on the GPU; the kept boxes are the same.
+    are no candidates take no part. `calls`: one torchvision NMS call per image (a host wait
+    each on a GPU, small N^2 masks), one for the batch (one wait, one (R*N)^2 mask), or
+    "triton": on CUDA tensors one Triton kernel for all rows, without a host wait
+    (frcnn.nms_kernel; elsewhere the calls per image). The kept boxes are the same.
     """
-    masked = torch.where(candidate, scores, -1.0)[:, None]
+    masked = torch.where(candidate, scores, -1.0)
     if torch.onnx.is_in_onnx_export():
-        kept = NMSInRows.apply(boxes, masked, iou_thresh)
+        kept = NMSInRows.apply(boxes, masked[:, None], iou_thresh)
+    elif calls == "triton" and boxes.is_cuda and not torch.compiler.is_compiling():
+        from frcnn.nms_kernel import greedy_nms_rows  # (triton: with PyTorch's CUDA builds)
+
+        return greedy_nms_rows(boxes, masked, iou_thresh)
     else:  # a call per image needs their count: torch.export, tracing a symbolic batch, makes one
-        per_image = calls == "image" and isinstance(images, int)
-        kept = nms_rows(boxes, masked, iou_thresh, images if per_image else 1)
+        per_image = calls != "batch" and isinstance(images, int)
+        kept = nms_rows(boxes, masked[:, None], iou_thresh, images if per_image else 1)
     survivors = torch.zeros_like(candidate)
     return survivors.index_put((kept[:, 0], kept[:, 2]), torch.ones_like(kept[:, 0]).bool())
 

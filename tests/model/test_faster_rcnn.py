@@ -109,23 +109,36 @@ def test_a_model_whose_rpn_proposes_nothing_detects_nothing():
     assert [len(d["boxes"]) for d in detections] == [0, 0]
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+TRITON = {"nms_calls": "triton"}  # a GPU's (elsewhere it takes the calls per image)
+
+
 @pytest.mark.parametrize(
     "switch",
-    [{"nms_calls": "batch"}, {"roi_heads": {"pooler": "torchvision"}}, "channels_last"],
+    [
+        {"nms_calls": "batch"},
+        pytest.param(TRITON, marks=CUDA),
+        {"roi_heads": {"pooler": "torchvision"}},
+        "channels_last",
+    ],
     ids=str,
 )
 def test_the_gpu_speed_switches_compute_the_same_losses_and_detections(switch):
-    """`model.nms_calls=batch`, `model.roi_heads.pooler=torchvision` and channels-last memory
-    (`module.channels_last`) against the defaults, same weights: what only a GPU can decide
-    must not change the results (channels-last: other convolution kernels, float rounding)."""
+    """`model.nms_calls=batch|triton`, `model.roi_heads.pooler=torchvision` and channels-last
+    memory (`module.channels_last`) against the defaults, same weights: what only a GPU can
+    decide must not change the results (channels-last: other convolution kernels, float
+    rounding)."""
+    device = "cuda" if switch == TRITON else "cpu"
     torch.manual_seed(0)
-    default = FasterRCNN(**SMALL)
+    default = FasterRCNN(**SMALL).to(device)
     other = dict(SMALL, **switch) if isinstance(switch, dict) else SMALL
     if "roi_heads" in switch:
         other["roi_heads"] = {**SMALL["roi_heads"], **switch["roi_heads"]}
-    switched = FasterRCNN(**other)
+    switched = FasterRCNN(**other).to(device)
     switched.load_state_dict(default.state_dict())
     images, targets = batch()
+    images = images.to(device)
+    targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
     inputs = [images, images]
     if switch == "channels_last":
         switched.to(memory_format=torch.channels_last)
@@ -142,3 +155,11 @@ def test_the_gpu_speed_switches_compute_the_same_losses_and_detections(switch):
     for mine, theirs in zip(detections, other_detections, strict=True):
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(theirs[key], mine[key], **tolerance)
+
+
+def test_triton_nms_without_triton_stops_at_start_up(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(ValueError, match="model.nms_calls=triton needs the triton package"):
+        FasterRCNN(**SMALL, nms_calls="triton")

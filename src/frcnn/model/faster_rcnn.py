@@ -1,5 +1,7 @@
 """The detector: images -> four-loss dict (training) or detections (eval)."""
 
+import importlib.util
+
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
@@ -29,7 +31,8 @@ class FasterRCNN(nn.Module):
         anchors: keyword arguments of `AnchorGenerator` (sizes, aspect_ratios, strides, offset).
         rpn: keyword arguments of `RPN` (counts, thresholds, sampler, box-coder weights).
         roi_heads: keyword arguments of `RoIHeads` (pooling, matcher, sampler, post-processing).
-        nms_calls: "image" (one NMS kernel call per image) or "batch" (one for the batch), in
+        nms_calls: "image" (one torchvision NMS call per image), "batch" (one for the batch)
+            or "triton" (on a GPU, one Triton kernel for every row, without a host wait), in
             the RPN and in post-processing: the same boxes kept, what a GPU runs faster differs.
         tta: test-time augmentation of the eval-mode detections (`forward`,
             `forward_with_losses`): "none", or "flip": each image and its mirror image, merged
@@ -59,6 +62,11 @@ class FasterRCNN(nn.Module):
         super().__init__()
         if nms_calls not in NMS_CALLS:
             raise ValueError(f"model.nms_calls={nms_calls!r}: one of {', '.join(NMS_CALLS)}")
+        if nms_calls == "triton" and importlib.util.find_spec("triton") is None:
+            raise ValueError(
+                "model.nms_calls=triton needs the triton package, which PyTorch's CUDA builds "
+                "bring on Linux: choose image or batch here"
+            )
         if tta not in TTA:
             raise ValueError(f"model.tta={tta!r}: one of {', '.join(TTA)}")
         self.num_classes, self.tta, self.nms_calls = num_classes, tta, nms_calls

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -42,8 +44,6 @@ def photo_like_jpeg(rng, width=640, height=480) -> bytes:
 
 
 def write_data(root: Path, num_images: int, num_shards: int):
-    from datasets import Dataset
-
     rng = np.random.default_rng(0)
     images = [photo_like_jpeg(rng) for _ in range(num_images)]
     boxes = [
@@ -68,7 +68,11 @@ def write_data(root: Path, num_images: int, num_shards: int):
             ],
         }
         path = root / f"train-{shard:05d}.parquet"
-        Dataset.from_dict(columns, features=hub_features()).to_parquet(str(path))
+        # written by pyarrow with the hub's schema: Dataset.from_dict's fingerprint pickles the
+        # table with dill, which failed on the GPU machine's Python 3.12 (MonthDayNano)
+        features = hub_features()
+        table = pa.Table.from_pydict(features.encode_batch(columns), schema=features.arrow_schema)
+        pq.write_table(table, path)
         files.append(str(path))
 
     (root / "images").mkdir()

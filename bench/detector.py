@@ -265,6 +265,7 @@ def count_step(args, size, device):
 def profile(args, size, device):
     """torch.profiler's top kernels (self time) of one train step of each detector."""
     ours, tv = build_pair(size, device)
+    ours.rpn.nms_calls = ours.roi_heads.nms_calls = args.nms_calls[0]
     images, targets = synthetic_batch(args.batch_size, size, device)
     for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
         train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
@@ -338,6 +339,7 @@ def breakdown(args, size, device):
     torch.profiler over the stages' own record_function labels (frcnn.*): nothing here
     re-implements the pipeline. The labelled stages do not overlap."""
     model, _ = build_pair(size, device)
+    model.rpn.nms_calls = model.roi_heads.nms_calls = args.nms_calls[0]
     images, targets = synthetic_batch(args.batch_size, size, device)
     train_step, infer = make_steps(model, False, images, targets, device, args.precision, False)
     for _ in range(args.warmup):
@@ -386,7 +388,11 @@ def main():
     parser.add_argument("--profile", action="store_true", help="top kernels of a train step")
     parser.add_argument("--memory-batch-sizes", type=int, nargs="+", default=[2, 8, 16])
     parser.add_argument(
-        "--nms-calls", nargs="+", default=["image"], choices=["image", "batch"], help="--counts"
+        "--nms-calls",
+        nargs="+",
+        default=["image"],
+        choices=["image", "batch", "triton"],
+        help="--counts: each; --breakdown, --profile: the first",
     )
     args = parser.parse_args()
     device = torch.device(args.device)

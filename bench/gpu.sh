@@ -26,11 +26,13 @@ stage() {  # stage NAME SECONDS COMMAND...: at most SECONDS, or what the budget 
 stage env 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv &&
     python3 -c "import torch, torchvision, lightning, datasets, hydra, frcnn.app
 print(torch.__version__, torchvision.__version__, lightning.__version__, datasets.__version__)"'
-stage switches 240 python3 bench/gpu.py --device cuda --out "$out/gpu.md"
+stage switches 300 python3 bench/gpu.py --device cuda --out "$out/gpu.md"
 stage data 70 python3 bench/data_throughput.py --images 1024 --workers 8 16 --batch-size 16
-stage cuda-tests 60 python3 -m pytest -q -p no:cacheprovider -n 0 -k "cuda or gpu or precision" \
-    tests/model/test_poolers.py tests/app/test_configs.py
+stage cuda-tests 60 python3 -m pytest -q -p no:cacheprovider -n 0 \
+    -k "(cuda or gpu or precision or triton or compiled) and not slurm" \
+    tests/model/test_poolers.py tests/model/test_faster_rcnn.py tests/test_nms_kernel.py \
+    tests/app/test_configs.py
 stage profile 60 python3 bench/detector.py --device cuda --batch-size 16 --precision 16-mixed \
-    --sizes 400 --breakdown --profile
+    --sizes 400 --breakdown --profile --nms-calls triton
 stage compiled 600 python3 bench/gpu.py --device cuda --compile --precisions 16-mixed \
     --loop-steps 0 --out "$out/gpu-compiled.md"

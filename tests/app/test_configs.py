@@ -92,6 +92,7 @@ def test_coco400_is_the_documented_setting(tmp_path):
     assert cfg.trainer.precision == "16-mixed" and cfg.trainer.accelerator == "gpu"
     assert cfg.data.image_size == 400 and cfg.data.train._target_ == "frcnn.data.HubCOCO"
     model = instantiate(cfg.model)
+    assert model.rpn.nms_calls == model.roi_heads.nms_calls == "triton"  # the H200's fastest
     assert model.backbone.num_frozen == 4  # stem, layer1, layer2, layer3
     assert (
         sum(

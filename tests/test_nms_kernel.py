@@ -5,12 +5,14 @@ is read when the kernel is defined), on a GPU compiled."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+from packaging.version import Version
 from torchvision.ops import nms
 
-from frcnn.boxes import nms_in_rows
+from frcnn.boxes import nms_in_rows, triton_missing
 from tests.app.helpers import ROOT
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -49,6 +51,18 @@ def check_against_torchvision(device: str) -> None:
     assert greedy_nms_rows(boxes[:0], scores[:0], 0.5).shape == (0, scores.shape[1])
 
 
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run the kernel here, or None."""
+    if missing := triton_missing():
+        return missing
+    import triton
+
+    if Version(triton.__version__) < Version("3.7"):  # its scalars are 1-element arrays
+        return f"Triton {triton.__version__}'s interpreter cannot loop to a loaded bound (3.7 can)"
+    return None
+
+
+@pytest.mark.skipif(bool(interpreter_problem()), reason=str(interpreter_problem()))
 def test_the_kernel_keeps_what_torchvision_keeps_row_by_row_in_the_interpreter():
     code = "from tests.test_nms_kernel import check_against_torchvision as c; c('cpu')"
     run = subprocess.run(
@@ -74,3 +88,12 @@ def test_nms_in_rows_with_triton_keeps_what_the_calls_per_image_keep(device):
     scores = scores.nan_to_num(0.0).clamp(min=0)
     kept = nms_in_rows(boxes, scores, candidate, 0.7, images=3, calls="triton")
     assert torch.equal(kept, nms_in_rows(boxes, scores, candidate, 0.7, images=3))
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [(None, "no triton package"), (SimpleNamespace(__version__="3.1.0"), "triton 3.1.0 is older")],
+)
+def test_triton_missing_names_what_is_wrong(monkeypatch, module, reason):
+    monkeypatch.setitem(sys.modules, "triton", module)  # None: its import fails
+    assert triton_missing().startswith(reason)

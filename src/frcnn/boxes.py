@@ -4,6 +4,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from packaging.version import Version
 from torch import Tensor
 from torchvision.ops import nms
 
@@ -188,6 +189,21 @@ class NMSInRows(torch.autograd.Function):
 
 
 NMS_CALLS = ("image", "batch", "triton")
+TRITON_FOR_NMS = "3.6"  # the Triton the kernel was checked with on a GPU (compiled)
+
+
+def triton_missing() -> str | None:
+    """Why `nms_calls="triton"` cannot run here (no triton, or one older than 3.6), or None."""
+    try:
+        import triton
+    except ImportError:
+        return "no triton package (PyTorch's CUDA builds bring it on Linux)"
+    if Version(triton.__version__) < Version(TRITON_FOR_NMS):
+        return (
+            f"triton {triton.__version__} is older than {TRITON_FOR_NMS}, the one it was checked "
+            "with (PyTorch 2.11 and newer bring it)"
+        )
+    return None
 
 
 def nms_in_rows(

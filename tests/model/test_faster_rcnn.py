@@ -157,9 +157,10 @@ def test_the_gpu_speed_switches_compute_the_same_losses_and_detections(switch):
             torch.testing.assert_close(theirs[key], mine[key], **tolerance)
 
 
-def test_triton_nms_without_triton_stops_at_start_up(monkeypatch):
-    import importlib.util
+def test_triton_nms_without_a_usable_triton_says_so_and_calls_per_image(monkeypatch, caplog):
+    import frcnn.model.faster_rcnn as module
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
-    with pytest.raises(ValueError, match="model.nms_calls=triton needs the triton package"):
-        FasterRCNN(**SMALL, nms_calls="triton")
+    monkeypatch.setattr(module, "triton_missing", lambda: "triton 3.1.0 is older than 3.6")
+    model = FasterRCNN(**SMALL, nms_calls="triton")
+    assert model.nms_calls == model.rpn.nms_calls == model.roi_heads.nms_calls == "image"
+    assert "model.nms_calls=triton: triton 3.1.0 is older than 3.6" in caplog.text

@@ -1,12 +1,12 @@
 """The detector: images -> four-loss dict (training) or detections (eval)."""
 
-import importlib.util
+import logging
 
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from frcnn.boxes import NMS_CALLS
+from frcnn.boxes import NMS_CALLS, triton_missing
 from frcnn.checks import check_number
 from frcnn.model.anchors import AnchorGenerator
 from frcnn.model.backbone import Backbone
@@ -16,6 +16,8 @@ from frcnn.model.roi_heads import RoIHeads
 from frcnn.model.rpn import RPN
 from frcnn.model.tta import TTA, merge, mirror, unmirror
 from frcnn.structures import Detections, pad_targets
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,11 +64,12 @@ class FasterRCNN(nn.Module):
         super().__init__()
         if nms_calls not in NMS_CALLS:
             raise ValueError(f"model.nms_calls={nms_calls!r}: one of {', '.join(NMS_CALLS)}")
-        if nms_calls == "triton" and importlib.util.find_spec("triton") is None:
-            raise ValueError(
-                "model.nms_calls=triton needs the triton package, which PyTorch's CUDA builds "
-                "bring on Linux: choose image or batch here"
-            )
+        if nms_calls == "triton" and (missing := triton_missing()):
+            log.warning(
+                "model.nms_calls=triton: %s; NMS runs as torchvision's, a call per image "
+                "(nms_calls=image): the same boxes, more host waits on a GPU", missing
+            )  # fmt: skip
+            nms_calls = "image"
         if tta not in TTA:
             raise ValueError(f"model.tta={tta!r}: one of {', '.join(TTA)}")
         self.num_classes, self.tta, self.nms_calls = num_classes, tta, nms_calls

@@ -2,7 +2,6 @@
 `nms`, row by row: on the CPU in Triton's interpreter (in a process of its own: TRITON_INTERPRET
 is read when the kernel is defined), on a GPU compiled."""
 
-import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -13,16 +12,16 @@ from packaging.version import Version
 from torchvision.ops import nms
 
 from frcnn.boxes import nms_in_rows, triton_missing
-from tests.app.helpers import ROOT
+from tests.app.helpers import ROOT, process_env
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def rows_of_cases(device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """boxes (6, 257, 4) and scores (6, 257), negative where a box takes no part: overlapping
+    """boxes (6, 129, 4) and scores (6, 129), negative where a box takes no part: overlapping
     random boxes, tied scores, identical and empty boxes, a row without candidates, NaN scores."""
     g = torch.Generator().manual_seed(0)
-    rows, n = 6, 257  # not a power of two: the kernel's block has room to spare
+    rows, n = 6, 129  # not a power of two: the kernel's block has room to spare
     xy = torch.rand(rows, n, 2, generator=g) * 200
     boxes = torch.cat([xy, xy + torch.rand(rows, n, 2, generator=g) * 60 + 1], -1)
     scores = torch.rand(rows, n, generator=g)
@@ -67,7 +66,7 @@ def test_the_kernel_keeps_what_torchvision_keeps_row_by_row_in_the_interpreter()
     code = "from tests.test_nms_kernel import check_against_torchvision as c; c('cpu')"
     run = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
+        env=process_env(TRITON_INTERPRET="1"),
         cwd=ROOT,
         capture_output=True,
         text=True,

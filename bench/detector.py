@@ -46,6 +46,11 @@ def build_pair(size: int, device, depth: int = 50):
     return ours.to(device), tv.to(device)
 
 
+def use_nms_calls(model, calls: str) -> None:
+    """Switch a built detector's `model.nms_calls` (the RPN, the ROI heads and TTA's merge)."""
+    model.nms_calls = model.rpn.nms_calls = model.roi_heads.nms_calls = calls
+
+
 def synthetic_batch(batch_size: int, size: int, device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=g)
@@ -247,7 +252,7 @@ def count_step(args, size, device):
     variants = [(f"ours, nms_calls={calls}", ours, False, calls) for calls in args.nms_calls]
     for name, model, is_tv, calls in [*variants, ("torchvision", tv, True, None)]:
         if calls:
-            model.rpn.nms_calls = model.roi_heads.nms_calls = calls
+            use_nms_calls(model, calls)
         train_step, infer = make_steps(model, is_tv, images, targets, device, args.precision, False)
         for kind, fn in (("train step", train_step), ("inference", infer)):
             with cuda_branches():
@@ -265,7 +270,7 @@ def count_step(args, size, device):
 def profile(args, size, device):
     """torch.profiler's top kernels (self time) of one train step of each detector."""
     ours, tv = build_pair(size, device)
-    ours.rpn.nms_calls = ours.roi_heads.nms_calls = args.nms_calls[0]
+    use_nms_calls(ours, args.nms_calls[0])
     images, targets = synthetic_batch(args.batch_size, size, device)
     for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
         train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
@@ -339,7 +344,7 @@ def breakdown(args, size, device):
     torch.profiler over the stages' own record_function labels (frcnn.*): nothing here
     re-implements the pipeline. The labelled stages do not overlap."""
     model, _ = build_pair(size, device)
-    model.rpn.nms_calls = model.roi_heads.nms_calls = args.nms_calls[0]
+    use_nms_calls(model, args.nms_calls[0])
     images, targets = synthetic_batch(args.batch_size, size, device)
     train_step, infer = make_steps(model, False, images, targets, device, args.precision, False)
     for _ in range(args.warmup):

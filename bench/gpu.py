@@ -17,8 +17,8 @@ is forward + backward + SGD step on the same synthetic batch; img/s over `--step
 after `--warmup`; syncs: CUDA's sync debug mode over one step; memory: the peak allocated
 over the timed steps. Then `train.py` itself for
 `--loop-steps` steps on synthetic data at the same size, batch and precision: its logged
-train/images_per_s (data loading, Lightning's loop, logging and all, refreshed and logged as
-`experiment=coco400` does) against the detector-only figure of the same setting, once per
+train/images_per_s (data loading, Lightning's loop, logging and all: `experiment=coco400` on
+synthetic data) against the detector-only figure of the same setting, once per
 `--loop-nms-calls` (default: coco400's triton). Not a test.
 """
 
@@ -35,7 +35,14 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
-from detector import build_pair, cuda_syncs, make_steps, synchronize, synthetic_batch  # noqa: E402
+from detector import (  # noqa: E402
+    build_pair,
+    cuda_syncs,
+    make_steps,
+    synchronize,
+    synthetic_batch,
+    use_nms_calls,
+)
 
 from frcnn.training.module import COMPILE_SCOPES, compile_parts  # noqa: E402
 
@@ -46,7 +53,7 @@ def variants(ours, compile_: bool):
     """(name, set-up) of this detector's switches, one changed at a time from its defaults."""
 
     def switch(nms_calls="image", pooler="own"):
-        ours.rpn.nms_calls = ours.roi_heads.nms_calls = nms_calls
+        use_nms_calls(ours, nms_calls)
         ours.roi_heads.pooler = pooler
 
     yield "ours (defaults)", lambda: switch()
@@ -98,15 +105,15 @@ def detector_rows(args, device, precision) -> list[tuple]:
 
 
 def train_loop(args, precision, nms_calls: str, folder: Path) -> float:
-    """train.py for `--loop-steps` steps on synthetic data: its epoch-mean train/images_per_s."""
-    depth = ["model=resnet50_fpn", "frozen=layer3"] if args.depth == 50 else ["model=resnet18_fpn"]
+    """`train.py experiment=coco400` (its progress bar, logging and checkpoints) on synthetic
+    data for `--loop-steps` steps: its epoch-mean train/images_per_s."""
     overrides = [
-        *depth,
-        f"model.nms_calls={nms_calls}",
-        # as experiment=coco400: each progress-bar refresh and log write reads values back
-        "callbacks.progress_bar.refresh_rate=20",
-        "trainer.log_every_n_steps=50",
+        "experiment=coco400",
+        "data=synthetic",
+        "~data.val.limit",  # (the hub's setting)
         "model.backbone.weights=null",
+        f"model.backbone.depth={args.depth}",
+        f"model.nms_calls={nms_calls}",
         f"precision={precision}",
         f"device={'gpu' if args.device == 'cuda' else 'cpu'}",
         f"data.image_size={args.size}",
@@ -114,7 +121,7 @@ def train_loop(args, precision, nms_calls: str, folder: Path) -> float:
         f"data.train.num_images={args.batch * args.loop_steps}",
         "data.val.num_images=2",
         f"data.num_workers={args.workers}",
-        "trainer.max_epochs=1",
+        f"trainer.max_steps={args.loop_steps}",
         "trainer.limit_val_batches=1",
         "logger=csv",
         f"paths.log_dir={folder}",

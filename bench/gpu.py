@@ -126,16 +126,22 @@ def train_loop(args, precision, nms_calls: str, folder: Path) -> float:
         "logger=csv",
         f"paths.log_dir={folder}",
     ]
-    argv, sys.argv = sys.argv, [str(ROOT / "train.py"), *overrides]
-    try:  # in this process: the measured loop is train.py's own
-        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    run_command("train.py", overrides)
+    (metrics,) = folder.glob("train/runs/*/metrics.json")
+    return json.loads(metrics.read_text())["metrics"]["train/images_per_s"]
+
+
+def run_command(script: str, overrides: list[str]) -> None:
+    """One of the project's commands (`train.py`, `eval.py`) with these overrides, run in this
+    process: what is measured is the command's own code, without a new process's imports."""
+    argv, sys.argv = sys.argv, [str(ROOT / script), *overrides]
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
     except SystemExit as end:
         if end.code:
             raise
     finally:
         sys.argv = argv
-    (metrics,) = folder.glob("train/runs/*/metrics.json")
-    return json.loads(metrics.read_text())["metrics"]["train/images_per_s"]
 
 
 def main():

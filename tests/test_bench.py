@@ -25,6 +25,21 @@ def test_the_gpu_measurement_runs_end_to_end_at_tiny_sizes_on_a_cpu(tmp_path, mo
         assert f"| {row} | bf16-mixed |" in table, table
 
 
+def test_the_gpu_evaluation_trains_the_demo_and_evaluates_it_at_tiny_sizes_on_a_cpu(
+    tmp_path, monkeypatch
+):
+    out = tmp_path / "gpu-eval.md"
+    tiny = ["data.train.num_images=4", "data.val.num_images=2", "data.batch_size=2",
+            "data.image_size=64", "trainer.max_epochs=1"]  # fmt: skip
+    argv = ["--images", "3", "--precisions", "32-true", "--train", *tiny, "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["gpu_eval.py", *argv])
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(ROOT / "bench" / "gpu_eval.py"), run_name="__main__")
+    table = out.read_text()
+    assert re.search(r"\(the demo\): \d+ s, val/map \d\.\d{4}", table), table
+    assert re.search(r"\| precision=32-true \| \d\.\d{4} \| \+0\.0000 \|", table), table
+
+
 def test_the_stage_breakdown_s_rest_is_what_the_stages_leave(capsys, monkeypatch):
     """bench/detector.py --breakdown: the "(the rest)" row is the step less its stages."""
     tiny = ["--breakdown", "--device", "cpu", "--sizes", "64", "--batch-size", "1", "--reps", "1",

@@ -145,8 +145,8 @@ def compare(args, size, device):
     for kind, unit in (("train", "s/step"), ("infer", "s/image")):
         ratio = median[("ours", kind)] / median[("torchvision", kind)]
         print(
-            f"| {size} | {kind} ({unit}) | {median[('ours', kind)]:.3f} | "
-            f"{median[('torchvision', kind)]:.3f} | {ratio:.2f} |"
+            f"| {size} | {kind} ({unit}) | {median[('ours', kind)]:.3g} | "
+            f"{median[('torchvision', kind)]:.3g} | {ratio:.2f} |"
         )
 
 

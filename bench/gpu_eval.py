@@ -64,10 +64,10 @@ def main():
         ]
         checkpoint = best_checkpoint(tmp / "train")
         reference = None
-        for precision in args.precisions:
+        for i, precision in enumerate(args.precisions):  # (one may come twice: the spread)
             overrides = [f"ckpt_path={checkpoint}", f"precision={precision}", "report=false",
                          f"data.val.num_images={args.images}"]  # fmt: skip
-            seconds, metrics = timed_command("eval.py", overrides, tmp / precision)
+            seconds, metrics = timed_command("eval.py", overrides, tmp / f"{i}-{precision}")
             if precision == "32-true":
                 reference = metrics
             differences = [

@@ -3,14 +3,19 @@ same detections."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 from PIL import Image
+from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.data.transforms import resize
@@ -173,6 +178,11 @@ def test_compare_pairs_detections_by_label_and_box():
         ("format=pt2 output={tmp}/model.onnx", r"a pt2 file's name ends in \.pt2"),
         ("format=openvino output={tmp}/model.onnx", r"an? openvino file's name ends in \.xml"),
         ("format=pt2 quantize=int8 output={tmp}/m.pt2", r"quantize=int8: format=onnx or openvino"),
+        (
+            "format=pt2 pt2_cpu=x86-64-v9 output={tmp}/m.pt2",
+            r"pt2_cpu='x86-64-v9': one of native, x86-64-v3",
+        ),
+        ("pt2_cpu=x86-64-v3", r"pt2_cpu=x86-64-v3: the CPUs of a format=pt2 package"),
         ("quantize=int4", r"quantize='int4': null \(float32\) or int8"),
         ("quantize=int8 max_map_drop=5", r"max_map_drop=5: the mAP int8 may cost, 0..1"),
         ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),
@@ -277,6 +287,22 @@ print(json.dumps(package.get_metadata()))
 """
 
 
+def disassembled(package: Path) -> str:
+    """The package's compiled code, disassembled by objdump (skips the test without it)."""
+    if shutil.which("objdump") is None:
+        pytest.skip("needs objdump (binutils)")
+    with zipfile.ZipFile(package) as archive:
+        (library,) = [name for name in archive.namelist() if name.endswith(".so")]
+        code = archive.read(library)
+    with tempfile.NamedTemporaryFile(suffix=".so") as file:
+        file.write(code)
+        file.flush()
+        return subprocess.run(
+            ["objdump", "-d", "--no-show-raw-insn", file.name],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def openvino_ir(exported, trained):
     """export.py format=openvino run on the ONNX file's checkpoint, to its default output ->
@@ -317,13 +343,20 @@ def test_openvino_ir_is_checked_and_holds_the_metadata(openvino_ir, tmp_path, mo
         assert report["ok"], report
 
 
+# the package of these tests is built for any AVX2 CPU (the README's export command builds
+# for this one's), where this is one
+PT2_CPU = "x86-64-v3" if "AVX2" in [str(i).upper() for i in valid_vec_isa_list()] else "native"
+
+
 @pytest.fixture(scope="module")
 def packaged(exported, trained):
-    """export.py format=pt2 run on the ONNX file's checkpoint, to its default output ->
-    (checkpoint, package, output)."""
+    """export.py format=pt2 pt2_cpu=PT2_CPU run on the ONNX file's checkpoint, to its default
+    output -> (checkpoint, package, output)."""
     log_dir, _ = trained
     checkpoint = exported[0]
-    result = run("export.py", f"ckpt_path={checkpoint}", "format=pt2", log_dir=log_dir)
+    result = run(
+        "export.py", f"ckpt_path={checkpoint}", "format=pt2", f"pt2_cpu={PT2_CPU}", log_dir=log_dir
+    )
     (package,) = (log_dir / "export" / "runs").glob("*/model.pt2")
     return checkpoint, package, result.stdout + result.stderr
 
@@ -349,6 +382,11 @@ def test_a_pt2_package_runs_without_the_project_with_the_same_detections(package
     meta = json.loads(ran.stdout.strip().splitlines()[-1])
     saved = torch.load(checkpoint, weights_only=True)
     assert json.loads(meta["class_names"]) == saved["class_names"]
+    assert meta["cpu"] == PT2_CPU
+    if PT2_CPU == "x86-64-v3":  # AVX2's 256-bit registers, none of AVX-512's
+        assert meta["AOTI_CPU_ISA"] == "AVX2"
+        code = disassembled(package)
+        assert "ymm" in code and "zmm" not in code
     assert int(meta["image_size"]) == saved["config"]["data"]["image_size"]
     outputs = dict(zip(OUTPUTS, torch.load(tmp_path / "outputs.pt"), strict=True))
     with torch.no_grad():

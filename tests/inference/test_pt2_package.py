@@ -1,11 +1,21 @@
 """torch.export of the detector graph (what `export.py format=pt2` compiles): the same outputs as
 the eager graph on any batch size, also where nothing is detected; the eager model unchanged."""
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
+from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
 from frcnn.inference.detector_graph import DetectorGraph
-from frcnn.inference.pt2_package import TORCH_NEEDED, exported_program, torch_supported
+from frcnn.inference.pt2_package import (
+    TORCH_NEEDED,
+    check_cpu,
+    check_cpu_target,
+    exported_program,
+    torch_supported,
+)
 from frcnn.model import FasterRCNN
 
 SIZE = 64
@@ -49,3 +59,25 @@ def test_the_exported_graph_gives_the_eager_graphs_outputs_on_any_batch(score_th
         for a, b, c in zip(traced, eager, before[count], strict=True):
             torch.testing.assert_close(a, b)
             torch.testing.assert_close(b, c)  # the eager model as it was before the export
+
+
+def test_a_package_for_vector_instructions_this_cpu_lacks_is_refused_naming_what_runs():
+    """Before its code is loaded: running it would end the process with an illegal
+    instruction (an AVX-512 build on an AVX2 CPU), without a message."""
+    arm = platform.machine() in ("aarch64", "arm64")
+    foreign = "AVX2" if arm else "ASIMD"  # another architecture's
+    with pytest.raises(
+        RuntimeError,
+        match=rf"m\.pt2 was compiled for CPUs with {foreign} \(export.py pt2_cpu=native\), "
+        r"which this one lacks .*export it on this machine, or with pt2_cpu=x86-64-v3",
+    ):
+        check_cpu({"AOTI_CPU_ISA": foreign}, Path("m.pt2"))
+    for isa in valid_vec_isa_list():  # this CPU's, its widest and the narrower ones
+        check_cpu({"AOTI_CPU_ISA": str(isa).upper(), "cpu": "x86-64-v3"}, Path("m.pt2"))
+    check_cpu({}, Path("m.pt2"))  # (no record: nothing to check)
+
+
+def test_a_cpu_target_is_one_of_the_known_ones():
+    check_cpu_target("native")
+    with pytest.raises(ValueError, match=r"pt2_cpu='haswell': one of native, x86-64-v3"):
+        check_cpu_target("haswell")

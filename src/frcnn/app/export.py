@@ -41,9 +41,11 @@ def export(cfg) -> Path:
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r}: one of {', '.join(FORMATS)}")
     check_quantize(cfg)
+    if cfg.pt2_cpu != "native" and cfg.format != "pt2":  # (not silently ignored)
+        raise ValueError(f"pt2_cpu={cfg.pt2_cpu}: the CPUs of a format=pt2 package")
     quiet_libraries()  # (int8's mAP: no COCO summary table per graph)
     suffix, runtime = FORMATS[cfg.format]
-    write, load = exporter(cfg.format if not cfg.quantize else "onnx", cfg.opset)
+    write, load = exporter(cfg.format if not cfg.quantize else "onnx", cfg.opset, cfg.pt2_cpu)
     name = f"model{'.int8' if cfg.quantize else ''}{suffix}"
     output = writable_file(cfg.output or f"{cfg.paths.output_dir}/{name}")
     if cfg.format != "onnx" and output.suffix != suffix:  # (their loaders go by it)
@@ -183,15 +185,20 @@ def written(path: Path, format: str) -> list[Path]:
     return [path, path.with_suffix(".bin")] if format == "openvino" else [path]
 
 
-def exporter(format: str, opset: int):
+def exporter(format: str, opset: int, pt2_cpu: str = "native"):
     """The format's (write(model, path, image_size, metadata), load(path) -> (runner,
     metadata)); a missing dependency or a bad setting is named before anything is loaded."""
     if format == "pt2":
         from frcnn.inference import pt2_package
 
+        pt2_package.check_cpu_target(pt2_cpu)
+
         def write(model, path, size, info):
-            log.info("Exporting with torch.export, compiling with AOTInductor (minutes)...")
-            pt2_package.export_pt2(model, path, size, info)
+            log.info(
+                "Exporting with torch.export, compiling with AOTInductor for %s CPUs "
+                "(minutes)...", "this machine's" if pt2_cpu == "native" else pt2_cpu
+            )  # fmt: skip
+            pt2_package.export_pt2(model, path, size, info, pt2_cpu)
 
         return write, pt2_package.load
     needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[format]

@@ -3,42 +3,74 @@
 The graph is `detector_graph.DetectorGraph`, the ONNX file's: uint8 images and image sizes in,
 padded detections and counts out, the batch dynamic. `torch.export` traces the detector's own
 code (torchvision's `nms` stays an operator of the graph); AOTInductor compiles it to a shared
-library for this CPU, packaged with the weights and `metadata` into one `.pt2` file. To run it,
-a Python needs torch and torchvision (whose import registers the NMS kernel), not this project:
+library for the CPUs of `cpu` (`CPU_TARGETS`: this machine's, or any AVX2 x86 CPU), packaged
+with the weights and `metadata` into one `.pt2` file. To run it, a Python needs torch and
+torchvision (whose import registers the NMS kernel), not this project:
 
     import torch, torchvision
     model = torch._inductor.aoti_load_package("model.pt2")
     boxes, scores, labels, num_detections = model(images, image_sizes)
-    model.get_metadata()["class_names"]
+    model.get_metadata()["class_names"]   # "cpu", "AOTI_CPU_ISA": what it was compiled for
 
 Compiling needs a C++ compiler (g++ or clang), as torch.compile on a CPU does.
 """
 
+import contextlib
 import functools
+import logging
+import platform
 from pathlib import Path
 
 import torch
 from packaging.version import Version
 from torch import nn
+from torch._inductor import cpu_vec_isa
 
 from frcnn.inference.detector_graph import INPUTS, OUTPUTS, DetectorGraph, Runner, example_inputs
 from frcnn.model.poolers import level_table
 
 MAX_BATCH = 1024  # the batch sizes the package takes: 1..MAX_BATCH
 TORCH_NEEDED = (2, 15)  # the first torch this export was checked on
+# export.py pt2_cpu: the CPUs the compiled code runs on -> Inductor's settings for them
+CPU_TARGETS = {
+    # this machine's instruction set (-march=native) and widest vectors: the fastest here, and
+    # an illegal instruction on a CPU without them (an AVX-512 build on an AVX2 server)
+    "native": {},
+    # AVX2 and FMA, 256-bit vectors: x86-64 CPUs since about 2015 (Intel Haswell, AMD Zen)
+    "x86-64-v3": {"cpp.march": "x86-64-v3", "cpp.simdlen": 256},
+}
 
 
-def export_pt2(model: nn.Module, path: Path, image_size: int, metadata: dict[str, str]) -> None:
-    """Export `model` and compile it into an AOTInductor package at `path`, `metadata` inside
-    (its `get_metadata()`).
+def check_cpu_target(cpu: str) -> None:
+    """`pt2_cpu` names a target of `CPU_TARGETS` that this machine's compiler can build."""
+    if cpu not in CPU_TARGETS:
+        raise ValueError(f"pt2_cpu={cpu!r}: one of {', '.join(CPU_TARGETS)}")
+    if cpu != "native" and platform.machine() not in ("x86_64", "AMD64"):
+        raise ValueError(
+            f"pt2_cpu={cpu}: an x86-64 target, and this machine is {platform.machine()}: "
+            "pt2_cpu=native"
+        )
+
+
+def export_pt2(
+    model: nn.Module, path: Path, image_size: int, metadata: dict[str, str], cpu: str = "native"
+) -> None:
+    """Export `model` and compile it for the CPUs of `cpu` (a key of `CPU_TARGETS`) into an
+    AOTInductor package at `path`, `metadata` inside (its `get_metadata()`) with "cpu" (beside
+    torch's "AOTI_CPU_ISA", the vector instructions used, which `load` checks).
 
     Compiled with Inductor's `freezing`: the weights become constants, folded into the graph and
     pre-packed for oneDNN's convolution and matrix kernels (bench/README.md: 4-13% less time
     per image than without)."""
+    check_cpu_target(cpu)
     torch._inductor.aoti_compile_and_package(
         exported_program(model, image_size),
         package_path=str(path),
-        inductor_configs={"aot_inductor.metadata": metadata, "freezing": True},
+        inductor_configs={
+            "aot_inductor.metadata": {**metadata, "cpu": cpu},
+            "freezing": True,
+            **CPU_TARGETS[cpu],
+        },
     )
 
 
@@ -95,8 +127,14 @@ def forget_traced_shapes(model: nn.Module) -> None:
 
 def load(path: Path) -> tuple[Runner, dict[str, str]]:
     """The package loaded (CPU) -> (its runner: (images, image_sizes) -> outputs, its
-    metadata)."""
-    package = torch._inductor.aoti_load_package(str(path))
+    metadata). Raises, before loading its code, where this CPU lacks the package's vector
+    instructions."""
+    # (read from the package as torch's loader reads it, without loading the compiled library)
+    check_cpu(
+        torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(path), "model"), path
+    )
+    with quiet(logging.getLogger("torch.export.pt2_archive._package"), "AOTI_CPU_ISA"):
+        package = torch._inductor.aoti_load_package(str(path))
 
     def run(images, image_sizes):
         with torch.no_grad():
@@ -104,3 +142,33 @@ def load(path: Path) -> tuple[Runner, dict[str, str]]:
         return {name: value.numpy() for name, value in zip(OUTPUTS, outputs, strict=True)}
 
     return run, package.get_metadata()
+
+
+def check_cpu(metadata: dict[str, str], path: Path) -> None:
+    """Refuse a package whose code uses vector instructions this CPU lacks: running it would
+    end the process with an illegal instruction, without a message."""
+    isa = metadata.get("AOTI_CPU_ISA")  # torch's record: Inductor's name, upper case
+    here = [str(candidate).upper() for candidate in cpu_vec_isa.valid_vec_isa_list()]
+    if isa and isa not in here:
+        raise RuntimeError(
+            f"{path} was compiled for CPUs with {isa} (export.py pt2_cpu="
+            f"{metadata.get('cpu', 'native')}), which this one lacks (it has "
+            f"{', '.join(here) or 'none of the vector instructions Inductor uses'}): export "
+            "it on this machine, or with pt2_cpu=x86-64-v3 for any AVX2 x86 CPU"
+        )
+
+
+@contextlib.contextmanager
+def quiet(logger: logging.Logger, about: str):
+    """Without the logger's records that mention `about`: torch warns of a "mismatch" whenever
+    the package's vector instructions are not this CPU's widest, also where (`check_cpu`) this
+    CPU has them."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return about not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

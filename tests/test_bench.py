@@ -30,7 +30,7 @@ def test_the_gpu_evaluation_trains_the_demo_and_evaluates_it_at_tiny_sizes_on_a_
 ):
     out = tmp_path / "gpu-eval.md"
     tiny = ["data.train.num_images=4", "data.val.num_images=2", "data.batch_size=2",
-            "data.image_size=64", "trainer.max_epochs=1"]  # fmt: skip
+            "data.image_size=64", "trainer.max_epochs=1", "report=false"]  # fmt: skip
     argv = ["--images", "3", "--precisions", "32-true", "--train", *tiny, "--out", str(out)]
     monkeypatch.setattr(sys, "argv", ["gpu_eval.py", *argv])
     monkeypatch.chdir(tmp_path)

@@ -19,7 +19,7 @@ def test_the_gpu_measurement_runs_end_to_end_at_tiny_sizes_on_a_cpu(tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["gpu.py", *tiny])
     runpy.run_path(str(ROOT / "bench" / "gpu.py"), run_name="__main__")
     table = out.read_text()
-    for row in ("ours (defaults)", "ours, nms_calls=batch", "ours, nms_calls=triton",
+    for row in ("ours, nms_calls=image", "ours, nms_calls=batch", "ours, nms_calls=triton",
                 "ours, pooler=torchvision", "ours, channels-last", "torchvision",
                 "2 steps, synthetic, nms_calls=triton"):  # fmt: skip
         assert f"| {row} | bf16-mixed |" in table, table

@@ -1,17 +1,21 @@
 import math
+import shutil
 
 import pytest
 import torch
+from packaging.version import Version
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.ops import box_iou, clip_boxes_to_image, nms
 
 from frcnn.boxes import (
+    TRITON_FOR_NMS,
     BoxCoder,
     clip_boxes,
     nms_in_rows,
     pairwise_iou,
     to_original_pixels,
     top_k_per_image,
+    triton_missing,
 )
 from tests.model.helpers import random_boxes
 
@@ -145,3 +149,16 @@ def test_boxes_map_back_to_original_pixels_and_stay_inside():
     original = to_original_pixels(boxes, torch.tensor([2.0, 4.0]), (30, 80))
     expected = torch.tensor([[20.0, 5.0, 60.0, 25.0], [50.0, 5.0, 80.0, 10.0]])
     torch.testing.assert_close(original, expected)
+
+
+def test_triton_nms_needs_a_c_compiler_for_the_launcher_triton_builds(monkeypatch):
+    triton = pytest.importorskip("triton")
+    if Version(triton.__version__) < Version(TRITON_FOR_NMS):
+        pytest.skip(f"triton {triton.__version__}: missing for an older reason")
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert triton_missing() == (
+        "no C compiler (gcc or clang, or $CC), which Triton needs to build its launcher"
+    )
+    monkeypatch.setenv("CC", "/opt/bin/cc")  # Triton's first choice
+    assert triton_missing() is None

@@ -1,6 +1,8 @@
 """Box coder and small box helpers. All boxes are xyxy in pixels."""
 
 import math
+import os
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -188,12 +190,13 @@ class NMSInRows(torch.autograd.Function):
         )
 
 
-NMS_CALLS = ("image", "batch", "triton")
+NMS_CALLS = ("auto", "image", "batch", "triton")
 TRITON_FOR_NMS = "3.6"  # the Triton the kernel was checked with on a GPU (compiled)
 
 
 def triton_missing() -> str | None:
-    """Why `nms_calls="triton"` cannot run here (no triton, or one older than 3.6), or None."""
+    """Why `nms_calls="triton"` cannot run here (no triton, one older than 3.6, or no C
+    compiler for the launcher Triton builds), or None."""
     try:
         import triton
     except ImportError:
@@ -203,6 +206,9 @@ def triton_missing() -> str | None:
             f"triton {triton.__version__} is older than {TRITON_FOR_NMS}, the one it was checked "
             "with (PyTorch 2.11 and newer bring it)"
         )
+    # (Triton's own search: $CC, else gcc, else clang)
+    if not os.environ.get("CC") and not (shutil.which("gcc") or shutil.which("clang")):
+        return "no C compiler (gcc or clang, or $CC), which Triton needs to build its launcher"
     return None
 
 

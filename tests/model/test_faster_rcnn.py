@@ -164,3 +164,18 @@ def test_triton_nms_without_a_usable_triton_says_so_and_calls_per_image(monkeypa
     model = FasterRCNN(**SMALL, nms_calls="triton")
     assert model.nms_calls == model.rpn.nms_calls == model.roi_heads.nms_calls == "image"
     assert "model.nms_calls=triton: triton 3.1.0 is older than 3.6" in caplog.text
+
+
+@pytest.mark.parametrize("missing", [None, "no triton package"])
+def test_auto_nms_takes_triton_where_it_runs_and_else_the_calls_per_image_quietly(
+    monkeypatch, caplog, missing
+):
+    """`model.nms_calls=auto`, the default: nothing to say where Triton cannot run (a CPU
+    machine, Windows), as it was not asked for."""
+    import frcnn.model.faster_rcnn as module
+
+    monkeypatch.setattr(module, "triton_missing", lambda: missing)
+    model = FasterRCNN(**SMALL)
+    expected = "image" if missing else "triton"
+    assert model.nms_calls == model.rpn.nms_calls == model.roi_heads.nms_calls == expected
+    assert "nms_calls" not in caplog.text

@@ -36,6 +36,7 @@ class FasterRCNN(nn.Module):
         nms_calls: "image" (one torchvision NMS call per image), "batch" (one for the batch)
             or "triton" (on a GPU, one Triton kernel for every row, without a host wait), in
             the RPN and in post-processing: the same boxes kept, what a GPU runs faster differs.
+            "auto": "triton" where Triton can run it (`triton_missing`), else "image".
         tta: test-time augmentation of the eval-mode detections (`forward`,
             `forward_with_losses`): "none", or "flip": each image and its mirror image, merged
             by the ROI heads' NMS per class and top-K (frcnn.model.tta). `detect` (the ONNX
@@ -58,18 +59,20 @@ class FasterRCNN(nn.Module):
         anchors: dict | None = None,
         rpn: dict | None = None,
         roi_heads: dict | None = None,
-        nms_calls: str = "image",
+        nms_calls: str = "auto",
         tta: str = "none",
     ):
         super().__init__()
         if nms_calls not in NMS_CALLS:
             raise ValueError(f"model.nms_calls={nms_calls!r}: one of {', '.join(NMS_CALLS)}")
-        if nms_calls == "triton" and (missing := triton_missing()):
-            log.warning(
-                "model.nms_calls=triton: %s; NMS runs as torchvision's, a call per image "
-                "(nms_calls=image): the same boxes, more host waits on a GPU", missing
-            )  # fmt: skip
-            nms_calls = "image"
+        if nms_calls in ("auto", "triton"):
+            missing = triton_missing()
+            if missing and nms_calls == "triton":  # (asked for: say why it is not used)
+                log.warning(
+                    "model.nms_calls=triton: %s; NMS runs as torchvision's, a call per image "
+                    "(nms_calls=image): the same boxes, more host waits on a GPU", missing
+                )  # fmt: skip
+            nms_calls = "image" if missing else "triton"
         if tta not in TTA:
             raise ValueError(f"model.tta={tta!r}: one of {', '.join(TTA)}")
         self.num_classes, self.tta, self.nms_calls = num_classes, tta, nms_calls

@@ -1,6 +1,7 @@
 """init_weights: fine-tuning from a checkpoint of this project, its classes carried by name."""
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -97,15 +98,29 @@ def test_a_checkpoint_of_other_anchors_is_warned_of(trained, tmp_path, caplog, m
     assert "init_weights=" not in caplog.text
 
 
-def test_init_weights_from_a_run_trains_through_the_users_door(trained, tmp_path):
+def test_init_weights_from_a_run_trains_through_the_users_door_and_resumes_without_them(
+    trained, tmp_path
+):
+    """The run goes on from its own checkpoint with the command that started it, also once the
+    initial weights' file is gone: the checkpoint's weights replace them."""
     _, run_dir = trained
-    last = run_dir / "checkpoints" / "last.ckpt"
-    result = run(
-        "train.py", f"init_weights={last}", "data.num_classes=3", "trainer.max_epochs=1", *TINY,
-        log_dir=tmp_path,
-    )  # fmt: skip
+    start = tmp_path / "start.ckpt"
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", start)
+    command = [f"init_weights={start}", "data.num_classes=3", *TINY]
+    result = run("train.py", *command, "trainer.max_epochs=1", log_dir=tmp_path)
     printed = result.stdout + result.stderr
     assert "carried over by class name: background, red rectangle, green ellipse, blue" in printed
+    (last,) = tmp_path.glob("train/runs/*/checkpoints/last.ckpt")
+    first = load_checkpoint(last)
+    start.unlink()
+    result = run(
+        "train.py", *command, "trainer.max_epochs=2", f"ckpt_path={last}", log_dir=tmp_path
+    )
+    printed = result.stdout + result.stderr
+    assert f"init_weights={start} not read: the run goes on from ckpt_path" in printed
+    resumed = load_checkpoint(last)
+    assert resumed["epoch"] == first["epoch"] + 1
+    assert resumed["config"]["model"] == first["config"]["model"]
 
 
 def test_long_lists_of_names_are_cut_in_the_start_up_line():

@@ -59,9 +59,9 @@ def no_tips(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
 
 
-def build(cfg: DictConfig, datamodule=None):
+def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
     """-> (datamodule, module, trainer), all from the config (the data module from `cfg.data`
-    unless one is given)."""
+    unless one is given); `resumed`: the checkpoint the run goes on from (`cfg.ckpt_path`)."""
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:
@@ -74,10 +74,13 @@ def build(cfg: DictConfig, datamodule=None):
             f"{datamodule.num_classes} classes: leave model.num_classes to follow "
             "data.num_classes (its default)"
         )
-    start = initial_weights(cfg.init_weights) if cfg.get("init_weights") else None
-    if start:
+    start = None
+    if resumed is not None:
+        resume_backbone(cfg, resumed)
+    elif cfg.get("init_weights"):
+        start = initial_weights(cfg.init_weights)
         fit_backbone(cfg, start)
-    elif not cfg.get("ckpt_path"):
+    else:
         warn_frozen_random(cfg.model.backbone)
     model = build_detector(OmegaConf.to_container(cfg.model, resolve=True), source="")
     if start:
@@ -123,6 +126,23 @@ def fit_backbone(cfg: DictConfig, start: InitialWeights) -> None:
     backbone.weights = None
     if backbone.get("norm") == "frozen_bn" and start.norm_eps is not None:
         backbone.norm_eps = start.norm_eps
+
+
+def resume_backbone(cfg: DictConfig, checkpoint: dict) -> None:
+    """A run that goes on from `checkpoint` with `init_weights` (the command that started it,
+    given again): the checkpoint's weights replace those, so they are not read (a file since
+    moved or deleted, torchvision's COCO weights on an offline node), and the backbone settings
+    they gave the run (`fit_backbone`) are taken from the checkpoint's config."""
+    if not cfg.get("init_weights"):
+        return
+    saved = checkpoint["config"]["model"].get("backbone") or {}
+    for key in ("weights", "norm_eps"):
+        if key in saved:
+            cfg.model.backbone[key] = saved[key]
+    log.info(
+        "init_weights=%s not read: the run goes on from ckpt_path, whose weights replace them",
+        cfg.init_weights,
+    )
 
 
 # model settings that may differ from those the initial weights were trained with: the

@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig, datamodule=None) -> float | None:
     """Fit the model; return the value of `cfg.optimized_metric` (for sweepers). `datamodule`:
     one made in Python (`frcnn.fit`) in place of `cfg.data`'s."""
-    datamodule, module, trainer = build(cfg, datamodule)
     own = None if cfg.get("ckpt_path") else latest_own_checkpoint(output_dir())
     if own:
         cfg.ckpt_path = str(own)  # a requeued job, a trial run again: it goes on
+    resumed = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    datamodule, module, trainer = build(cfg, datamodule, resumed)
     first_step = 0
-    if cfg.get("ckpt_path"):
-        resumed = load_checkpoint(cfg.ckpt_path)
+    if resumed is not None:
         check_resumable(module, resumed, cfg)
         first_step = resumed.get("global_step", 0)
         if own or run_of(cfg.ckpt_path) == output_dir():

@@ -74,6 +74,7 @@ def test_a_package_for_vector_instructions_this_cpu_lacks_is_refused_naming_what
         check_cpu({"AOTI_CPU_ISA": foreign}, Path("m.pt2"))
     for isa in valid_vec_isa_list():  # this CPU's, its widest and the narrower ones
         check_cpu({"AOTI_CPU_ISA": str(isa).upper(), "cpu": "x86-64-v3"}, Path("m.pt2"))
+    check_cpu({"AOTI_CPU_ISA": "INVALID_VEC_ISA"}, Path("m.pt2"))  # no vector code
     check_cpu({}, Path("m.pt2"))  # (no record: nothing to check)
 
 

@@ -149,7 +149,8 @@ def check_cpu(metadata: dict[str, str], path: Path) -> None:
     end the process with an illegal instruction, without a message."""
     isa = metadata.get("AOTI_CPU_ISA")  # torch's record: Inductor's name, upper case
     here = [str(candidate).upper() for candidate in cpu_vec_isa.valid_vec_isa_list()]
-    if isa and isa not in here:
+    scalar = str(cpu_vec_isa.invalid_vec_isa).upper()  # (compiled without vector code)
+    if isa and isa != scalar and isa not in here:
         raise RuntimeError(
             f"{path} was compiled for CPUs with {isa} (export.py pt2_cpu="
             f"{metadata.get('cpu', 'native')}), which this one lacks (it has "

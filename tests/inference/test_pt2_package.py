@@ -2,6 +2,7 @@
 the eager graph on any batch size, also where nothing is detected; the eager model unchanged."""
 
 import platform
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,10 @@ def test_the_exported_graph_gives_the_eager_graphs_outputs_on_any_batch(score_th
             torch.testing.assert_close(b, c)  # the eager model as it was before the export
 
 
-def test_a_package_for_vector_instructions_this_cpu_lacks_is_refused_naming_what_runs():
-    """Before its code is loaded: running it would end the process with an illegal
-    instruction (an AVX-512 build on an AVX2 CPU), without a message."""
+def test_a_package_for_another_system_or_cpu_is_refused_before_its_code_loads():
+    """Vector instructions this CPU lacks (an AVX-512 build on an AVX2 CPU) would end the
+    process with an illegal instruction, without a message; another architecture's or
+    system's library would not load."""
     arm = platform.machine() in ("aarch64", "arm64")
     foreign = "AVX2" if arm else "ASIMD"  # another architecture's
     with pytest.raises(
@@ -75,6 +77,14 @@ def test_a_package_for_vector_instructions_this_cpu_lacks_is_refused_naming_what
     for isa in valid_vec_isa_list():  # this CPU's, its widest and the narrower ones
         check_cpu({"AOTI_CPU_ISA": str(isa).upper(), "cpu": "x86-64-v3"}, Path("m.pt2"))
     check_cpu({"AOTI_CPU_ISA": "INVALID_VEC_ISA"}, Path("m.pt2"))  # no vector code
+    other = "aarch64" if platform.machine() != "aarch64" else "x86_64"
+    with pytest.raises(RuntimeError, match=rf"compiled for {other} \(AOTI_MACHINE\), and this"):
+        check_cpu({"AOTI_MACHINE": other}, Path("m.pt2"))
+    system = "win32" if sys.platform != "win32" else "linux"
+    with pytest.raises(RuntimeError, match=rf"compiled for {system} \(AOTI_PLATFORM\)"):
+        check_cpu({"AOTI_PLATFORM": system}, Path("m.pt2"))
+    here = {"AOTI_PLATFORM": sys.platform, "AOTI_MACHINE": platform.machine()}
+    check_cpu(here, Path("m.pt2"))
     check_cpu({}, Path("m.pt2"))  # (no record: nothing to check)
 
 

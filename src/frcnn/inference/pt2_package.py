@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -145,8 +146,17 @@ def load(path: Path) -> tuple[Runner, dict[str, str]]:
 
 
 def check_cpu(metadata: dict[str, str], path: Path) -> None:
-    """Refuse a package whose code uses vector instructions this CPU lacks: running it would
-    end the process with an illegal instruction, without a message."""
+    """Refuse a package compiled for another system or processor architecture (its library
+    would not load: a loader's error about ELF headers), or whose code uses vector
+    instructions this CPU lacks (running it would end the process with an illegal
+    instruction, without a message)."""
+    for key, here in (("AOTI_PLATFORM", sys.platform), ("AOTI_MACHINE", platform.machine())):
+        there = metadata.get(key)  # torch's records of the compiling machine
+        if there and there != here:
+            raise RuntimeError(
+                f"{path} was compiled for {there} ({key}), and this machine is {here}: export "
+                "it on a machine of the kind that runs it"
+            )
     isa = metadata.get("AOTI_CPU_ISA")  # torch's record: Inductor's name, upper case
     here = [str(candidate).upper() for candidate in cpu_vec_isa.valid_vec_isa_list()]
     scalar = str(cpu_vec_isa.invalid_vec_isa).upper()  # (compiled without vector code)

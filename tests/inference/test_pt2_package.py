@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
 from frcnn.inference.detector_graph import DetectorGraph
 from frcnn.inference.pt2_package import (
@@ -16,6 +15,7 @@ from frcnn.inference.pt2_package import (
     check_cpu_target,
     exported_program,
     torch_supported,
+    vector_isas,
 )
 from frcnn.model import FasterRCNN
 
@@ -74,8 +74,8 @@ def test_a_package_for_another_system_or_cpu_is_refused_before_its_code_loads():
         r"which this one lacks .*export it on this machine, or with pt2_cpu=x86-64-v3",
     ):
         check_cpu({"AOTI_CPU_ISA": foreign}, Path("m.pt2"))
-    for isa in valid_vec_isa_list():  # this CPU's, its widest and the narrower ones
-        check_cpu({"AOTI_CPU_ISA": str(isa).upper(), "cpu": "x86-64-v3"}, Path("m.pt2"))
+    for isa in vector_isas():  # this CPU's, its widest and the narrower ones
+        check_cpu({"AOTI_CPU_ISA": isa, "cpu": "x86-64-v3"}, Path("m.pt2"))
     check_cpu({"AOTI_CPU_ISA": "INVALID_VEC_ISA"}, Path("m.pt2"))  # no vector code
     other = "aarch64" if platform.machine() != "aarch64" else "x86_64"
     with pytest.raises(RuntimeError, match=rf"compiled for {other} \(AOTI_MACHINE\), and this"):

@@ -15,7 +15,6 @@ torchvision (whose import registers the NMS kernel), not this project:
 Compiling needs a C++ compiler (g++ or clang), as torch.compile on a CPU does.
 """
 
-import contextlib
 import functools
 import logging
 import platform
@@ -134,8 +133,8 @@ def load(path: Path) -> tuple[Runner, dict[str, str]]:
     check_cpu(
         torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(path), "model"), path
     )
-    with quiet(logging.getLogger("torch.export.pt2_archive._package"), "AOTI_CPU_ISA"):
-        package = torch._inductor.aoti_load_package(str(path))
+    logging.getLogger("torch.export.pt2_archive._package").addFilter(no_isa_mismatch)  # once
+    package = torch._inductor.aoti_load_package(str(path))
 
     def run(images, image_sizes):
         with torch.no_grad():
@@ -143,6 +142,12 @@ def load(path: Path) -> tuple[Runner, dict[str, str]]:
         return {name: value.numpy() for name, value in zip(OUTPUTS, outputs, strict=True)}
 
     return run, package.get_metadata()
+
+
+def vector_isas() -> list[str]:
+    """The vector instruction sets this CPU has that Inductor compiles for, named as torch
+    records a package's (`AOTI_CPU_ISA`: "AVX512", "AVX2", ...), widest first."""
+    return [str(isa).upper() for isa in cpu_vec_isa.valid_vec_isa_list()]
 
 
 def check_cpu(metadata: dict[str, str], path: Path) -> None:
@@ -157,8 +162,8 @@ def check_cpu(metadata: dict[str, str], path: Path) -> None:
                 f"{path} was compiled for {there} ({key}), and this machine is {here}: export "
                 "it on a machine of the kind that runs it"
             )
-    isa = metadata.get("AOTI_CPU_ISA")  # torch's record: Inductor's name, upper case
-    here = [str(candidate).upper() for candidate in cpu_vec_isa.valid_vec_isa_list()]
+    isa = metadata.get("AOTI_CPU_ISA")
+    here = vector_isas()
     scalar = str(cpu_vec_isa.invalid_vec_isa).upper()  # (compiled without vector code)
     if isa and isa != scalar and isa not in here:
         raise RuntimeError(
@@ -169,17 +174,7 @@ def check_cpu(metadata: dict[str, str], path: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def quiet(logger: logging.Logger, about: str):
-    """Without the logger's records that mention `about`: torch warns of a "mismatch" whenever
-    the package's vector instructions are not this CPU's widest, also where (`check_cpu`) this
-    CPU has them."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return about not in record.getMessage()
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
+def no_isa_mismatch(record: logging.LogRecord) -> bool:
+    """torch's loader warns of a "mismatch" whenever a package's vector instructions are not
+    this CPU's widest, also where this CPU has them (`check_cpu` refuses the others)."""
+    return "AOTI_CPU_ISA" not in record.getMessage()

@@ -37,12 +37,15 @@ from frcnn.structures import Targets
 from frcnn.training.module import compile_parts
 
 
-def build_pair(size: int, device, depth: int = 50):
+def build_pair(size: int, device, depth: int = 50, nms_calls: str = "image"):
+    """(this detector, torchvision's), the same weights; ours with `nms_calls` (not `auto`: a
+    measurement names what it measures)."""
     torch.manual_seed(0)
     resnet = torchvision.models.get_model(f"resnet{depth}", norm_layer=FrozenBatchNorm2d)
     backbone = _resnet_fpn_extractor(resnet, trainable_layers=1)  # stem..layer3 frozen
     tv = TVFasterRCNN(backbone, num_classes=81, min_size=size, max_size=size)
     ours = from_torchvision(tv)
+    use_nms_calls(ours, nms_calls)
     return ours.to(device), tv.to(device)
 
 
@@ -113,7 +116,7 @@ def timed(fn, device) -> float:
 
 
 def compare(args, size, device):
-    ours, tv = build_pair(size, device)
+    ours, tv = build_pair(size, device, nms_calls=args.nms_calls[0])
     if args.channels_last:  # the same layout and compilation for both
         ours, tv = (
             ours.to(memory_format=torch.channels_last),
@@ -122,7 +125,6 @@ def compare(args, size, device):
     if args.compile:
         compile_parts(ours, "inductor", "backbone")  # what module.compile=true compiles
         tv.backbone = torch.compile(tv.backbone)  # torchvision's backbone includes its FPN
-    use_nms_calls(ours, args.nms_calls[0])
     images, targets = synthetic_batch(args.batch_size, size, device)
     steps = {
         "ours": make_steps(
@@ -270,8 +272,7 @@ def count_step(args, size, device):
 
 def profile(args, size, device):
     """torch.profiler's top kernels (self time) of one train step of each detector."""
-    ours, tv = build_pair(size, device)
-    use_nms_calls(ours, args.nms_calls[0])
+    ours, tv = build_pair(size, device, nms_calls=args.nms_calls[0])
     images, targets = synthetic_batch(args.batch_size, size, device)
     for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
         train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
@@ -302,7 +303,7 @@ def cuda_syncs(fn) -> list[str]:
 
 def _peak_memory_child(args, name, batch_size, size, queue):
     device = torch.device(args.device)
-    ours, tv = build_pair(size, device)
+    ours, tv = build_pair(size, device, nms_calls=args.nms_calls[0])
     model, is_tv = (tv, True) if name == "torchvision" else (ours, False)
     del ours, tv  # only the measured model stays (on a GPU its weights count)
     images, targets = synthetic_batch(batch_size, size, device)
@@ -344,8 +345,7 @@ def breakdown(args, size, device):
     """Time per stage of this detector's real train step and inference, measured with
     torch.profiler over the stages' own record_function labels (frcnn.*): nothing here
     re-implements the pipeline. The labelled stages do not overlap."""
-    model, _ = build_pair(size, device)
-    use_nms_calls(model, args.nms_calls[0])
+    model, _ = build_pair(size, device, nms_calls=args.nms_calls[0])
     images, targets = synthetic_batch(args.batch_size, size, device)
     train_step, infer = make_steps(model, False, images, targets, device, args.precision, False)
     for _ in range(args.warmup):

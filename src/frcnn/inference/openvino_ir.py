@@ -3,14 +3,15 @@ weights), converted from the ONNX file's graph.
 
 OpenVINO reads the ONNX graph as it is (its `NonMaxSuppression` and `RoiAlign` are OpenVINO
 operations too): `export_openvino` writes the ONNX file to a temporary one, converts it with
-`openvino.convert_model` and saves the IR with the metadata in its runtime info (section
-"frcnn"). `load` compiles it for the CPU in float32 (on CPUs with AMX or AVX-512 BF16,
-OpenVINO's default would run it in bfloat16: faster, but no longer the PyTorch detections the
-check asks for).
+`openvino.convert_model` (without its telemetry: `no_telemetry`) and saves the IR with the
+metadata in its runtime info (section "frcnn"). `load` compiles it for the CPU in float32 (on
+CPUs with AMX or AVX-512 BF16, OpenVINO's default would run it in bfloat16: faster, but no
+longer the PyTorch detections the check asks for).
 
 Needs the `export` extra (`openvino`, and `onnx` for the conversion).
 """
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,31 @@ def convert(onnx_file: Path, path: Path, metadata: dict[str, str]) -> None:
     `metadata` in its runtime info."""
     import openvino
 
-    converted = openvino.convert_model(str(onnx_file))
+    with no_telemetry():
+        converted = openvino.convert_model(str(onnx_file))
     for key, value in metadata.items():
         converted.set_rt_info(value, [SECTION, key])
     openvino.save_model(converted, str(path), compress_to_fp16=False)
+
+
+@contextlib.contextmanager
+def no_telemetry():
+    """OpenVINO's converter without its usage statistics. `convert_model` sends events to Google
+    Analytics (with a client id it keeps in ~/intel) unless the user has opted out with
+    `opt_in_out --opt_out`, from a forked process it waits up to 3 s for: an export must not
+    report on its user, and offline every conversion waited. For the call, the converter takes
+    the stand-in it uses where `openvino_telemetry` is not installed (`telemetry_stub`)."""
+    from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+
+    modules = [module for module in (convert_impl, telemetry_utils) if hasattr(module, "tm")]
+    saved = [module.tm for module in modules]
+    for module in modules:
+        module.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        for module, tm in zip(modules, saved, strict=True):
+            module.tm = tm
 
 
 def load(path: Path) -> tuple[Runner, dict[str, str]]:

@@ -51,16 +51,6 @@ def memory_mb() -> tuple[float, float]:
     return fields["Rss"], fields["Private_Dirty"] + fields["Private_Clean"]
 
 
-def held(make) -> tuple[object, float, float]:
-    """(the object `make()` returns, seconds, MB of resident memory it holds)."""
-    gc.collect()
-    before, start = memory_mb()[0], time.perf_counter()
-    made = make()
-    seconds = time.perf_counter() - start
-    gc.collect()
-    return made, seconds, memory_mb()[0] - before
-
-
 def worker_private_mb(read) -> float:
     """The private MB of a forked child after `read()` and a garbage collection."""
     receive, send = os.pipe()

@@ -12,7 +12,6 @@ from packaging.version import Version
 from torchvision.ops import nms
 
 from frcnn.boxes import nms_in_rows, triton_missing
-from tests.app.helpers import ROOT, process_env
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -63,6 +62,9 @@ def interpreter_problem() -> str | None:
 
 @pytest.mark.skipif(bool(interpreter_problem()), reason=str(interpreter_problem()))
 def test_the_kernel_keeps_what_torchvision_keeps_row_by_row_in_the_interpreter():
+    # here, not at the top: the process imports this module, and the helpers import Lightning
+    from tests.app.helpers import ROOT, process_env
+
     code = "from tests.test_nms_kernel import check_against_torchvision as c; c('cpu')"
     run = subprocess.run(
         [sys.executable, "-c", code],

@@ -1,5 +1,6 @@
 """Fixtures shared across test folders."""
 
+import contextlib
 import multiprocessing
 import os
 import tempfile
@@ -49,6 +50,19 @@ def grouped_as_marked(request):
                 "--dist loadgroup did not group this test: pytest-xdist no longer works with "
                 "this pytest (see the pytest bound in pyproject.toml)"
             )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def absl_logs_to_the_real_stderr(pytestconfig):
+    """absl (which OpenVINO imports) makes its log handler when it is first imported, on the
+    sys.stderr of that moment, and closes that stream when logging is reset (Hydra does at
+    every run) unless it is sys.stderr then. Imported in a test, that stream was pytest's
+    capture: a Hydra run later closed it, and every later test of the process failed ("I/O
+    operation on closed file"). Imported here with capture off, absl keeps the real stderr."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled(), contextlib.suppress(ImportError):
+        import absl.logging  # noqa: F401
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,12 +7,10 @@ import pytest
 
 from frcnn.inference import openvino_ir
 
-onnx = pytest.importorskip("onnx")
-openvino = pytest.importorskip("openvino")
-
 
 def relu_onnx(path: Path) -> None:
     """An ONNX file of y = relu(x), x float (2, 3)."""
+    onnx = pytest.importorskip("onnx")
     helper = onnx.helper
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
@@ -23,6 +21,7 @@ def relu_onnx(path: Path) -> None:
 def test_conversion_sends_no_telemetry_and_keeps_the_metadata(tmp_path, monkeypatch):
     """A user who never opted in or out (no consent file in their home) and is not on a CI
     machine: OpenVINO's converter would send its events; the export's sends none."""
+    openvino = pytest.importorskip("openvino")
     from openvino_telemetry import Telemetry
     from openvino_telemetry.backend import backend_ga4
 

@@ -88,9 +88,10 @@ def test_the_cpu_inference_bench_measures_each_backends_map_on_a_checkpoints_dat
     trained, capsys, monkeypatch
 ):
     """--checkpoint: a row per backend with its mAP on the checkpoint's validation data; the
-    float backends (the same detections) agree."""
+    float backends (the same detections) agree. (OpenVINO's int8 runs in tests/app/test_export
+    in a process of its own: in this one it leaves the process to crash at a later test.)"""
     checkpoint = trained[1] / "checkpoints" / "last.ckpt"
-    backends = ["torch", "onnxruntime", "openvino", "int8 onnxruntime", "int8 openvino"]
+    backends = ["torch", "onnxruntime", "openvino", "int8 onnxruntime"]
     argv = ["cpu_inference.py", "--checkpoint", str(checkpoint), "--backends", *backends]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "bench" / "cpu_inference.py"), run_name="__main__")
@@ -102,7 +103,7 @@ def test_the_cpu_inference_bench_measures_each_backends_map_on_a_checkpoints_dat
     maps = {name: float(cells[0]) for name, cells in rows.items()}
     assert maps["onnxruntime"] == pytest.approx(maps["torch"], abs=1e-3), printed
     assert maps["openvino"] == pytest.approx(maps["torch"], abs=1e-3), printed
-    assert 0 <= maps["int8 onnxruntime"] <= 1 and 0 <= maps["int8 openvino"] <= 1
+    assert 0 <= maps["int8 onnxruntime"] <= 1
 
 
 def test_float32_noise_moves_a_detectors_results_within_the_export_checks_tolerances(trained):
@@ -125,8 +126,8 @@ def test_float32_noise_moves_a_detectors_results_within_the_export_checks_tolera
 
 
 def test_the_coco_json_memory_bench_runs_at_tiny_sizes():
-    # in a process of its own, as it is run: it forks, and a fork of a test process (with the
-    # threads of torch, onnxruntime and OpenVINO from earlier tests) took that process down
+    # in a process of its own, as it is run: it forks, and a fork of a test process holds the
+    # state of every earlier test (one that had run OpenVINO's int8 graph was taken down)
     bench = [sys.executable, str(ROOT / "bench" / "coco_json_memory.py")]
     ran = subprocess.run(
         [*bench, "--images", "20", "--annotations", "60"],

@@ -302,7 +302,8 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
         extra += SWEEP_SIZE[search][0]
     if "device=ddp" in filled:
         extra += ["trainer.accelerator=cpu", "trainer.devices=2"]  # the README's CPU form
-    elif not any(a.startswith("device=") for a in filled):
+    elif not any(a.startswith(("device=", "module.compile=")) for a in filled):
+        # (the GPU speed switches run only where there is a GPU: on it, as the README's line)
         extra.append("device=cpu")
     return script, filled + extra
 

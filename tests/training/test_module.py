@@ -6,6 +6,7 @@ import torch
 
 from frcnn.model import FasterRCNN
 from frcnn.training.module import COMPILE_SCOPES, DetectorModule
+from tests.app.helpers import TINY, metrics, run, run_dirs
 from tests.conftest import in_two_processes
 
 
@@ -135,6 +136,27 @@ def test_each_compile_scope_compiles_its_parts_in_place_and_trains_the_same():
             torch.manual_seed(1)  # the same samples of anchors and proposals
             losses.append(m(images, targets))
         torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("scope", list(COMPILE_SCOPES))
+def test_parts_compiled_into_cuda_graphs_train_and_validate_on_a_gpu(scope, tmp_path):
+    """`module.compile=cudagraphs`: CUDA graph trees keep a compiled part's outputs only until
+    the next step; validation (no backward pending) began one at every part's call, which
+    freed the backbone's outputs before the FPN read them (seen on an H200 at the first
+    validation after training)."""
+    result = run(
+        "train.py",
+        *(o for o in TINY if o != "device=cpu"),
+        "data.val.num_images=24",
+        "trainer.max_epochs=2",
+        "module.compile=cudagraphs",
+        f"module.compile_scope={scope}",
+        log_dir=tmp_path,
+    )
+    assert "train finished" in result.stdout + result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert metrics(run_dir)["val/images"] == 24
 
 
 def test_an_unknown_compile_scope_fails_at_start_up():

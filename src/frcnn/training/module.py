@@ -206,6 +206,12 @@ class DetectorModule(L.LightningModule):
         return self.model(self._prepare(images), targets, image_sizes)
 
     def _prepare(self, images: Tensor) -> Tensor:
+        """The step's images as the model takes them, just before its call."""
+        if self.compile_backend:
+            # a step begins: without it, CUDA graph trees (the "cudagraphs" backend) begin one
+            # at each compiled part's call where no backward is pending (validation), and the
+            # FPN's call freed the backbone's outputs, its inputs
+            torch.compiler.cudagraph_mark_step_begin()
         if self.channels_last:
             return images.contiguous(memory_format=torch.channels_last)
         return images

@@ -7,7 +7,8 @@
 # workers); inference (this detector's train and inference time against torchvision's, batch
 # 16); eval (the demo trained on the GPU and evaluated under each precision: gpu-eval.md);
 # switches (the switches' table and the train.py loop: gpu.md); cuda-tests; profile (the stage
-# breakdown and top kernels of a train step); compiled (the compiled scopes: gpu-compiled.md).
+# breakdown and top kernels of a train step); commands (the README's commands on the GPU:
+# bench/gpu_commands.sh); compiled (the compiled scopes: gpu-compiled.md).
 set -uo pipefail
 out="${1:-${OUT:-bench/out}}"
 shift
@@ -39,8 +40,9 @@ stage switches 300 python3 bench/gpu.py --device cuda --out "$out/gpu.md"
 stage cuda-tests 60 python3 -m pytest -q -p no:cacheprovider -n 0 \
     -k "(cuda or gpu or precision or triton or compiled) and not slurm" \
     tests/model/test_poolers.py tests/model/test_faster_rcnn.py tests/test_nms_kernel.py \
-    tests/app/test_configs.py
+    tests/app/test_configs.py tests/training/test_module.py
 stage profile 60 python3 bench/detector.py --device cuda --batch-size 16 --precision 16-mixed \
     --sizes 400 --breakdown --profile --nms-calls triton
+stage commands 560 bench/gpu_commands.sh "$out"
 stage compiled 600 python3 bench/gpu.py --device cuda --compile --precisions 16-mixed \
     --loop-steps 0 --out "$out/gpu-compiled.md"

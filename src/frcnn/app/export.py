@@ -68,27 +68,12 @@ def export(cfg) -> Path:
     made = {float_graph, int8_graph, *written(temporary, cfg.format)}
     try:
         write(predictor.model, float_graph, size, info)
-        batch, sizes, _ = predictor.batch(images)
-        run, _ = load(float_graph)
-        reports = detector_graph.check(run, predictor.model, batch, sizes)
         checked_by = runtime if not cfg.quantize else FORMATS["onnx"][1]
-        log.info("\n".join(check_lines(reports, len(images), checked_by)))
-        if not all(r["ok"] for r in reports):
-            raise RuntimeError(
-                f"{checked_by}'s detections differ from PyTorch's beyond "
-                f"{detector_graph.box_tolerance(size):g} px / {detector_graph.SCORE_TOLERANCE} "
-                f"(see above): {output} was not written"
-            )
+        check_graph(load, float_graph, predictor, images, checked_by, output)
         if cfg.quantize:
             graphs = float_graph, int8_graph, temporary
             quantize_graph(cfg, data, calibration, graphs, info, output)
-        megabytes = sum(f.stat().st_size for f in written(temporary, cfg.format)) / 2**20
-        pairs = zip(written(temporary, cfg.format), written(output, cfg.format), strict=True)
-        try:
-            for made_file, final in reversed(list(pairs)):  # the graph last, its weights in
-                os.replace(made_file, final)
-        except OSError as err:
-            raise OSError(f"output={cfg.output!r} could not be written: {err}") from None
+        megabytes = move_into_place(temporary, output, cfg.format, cfg.output)
     finally:
         for made_file in made:
             made_file.unlink(missing_ok=True)
@@ -101,6 +86,36 @@ def export(cfg) -> Path:
         predictor.model.roi_heads.detections_per_img,
     )  # fmt: skip
     return output
+
+
+def check_graph(load, graph: Path, predictor: Predictor, images, runtime: str, output) -> None:
+    """`graph` run by `load`'s runtime (named `runtime`) on `images` at batch 1 and 4, against
+    the PyTorch detector's detections: the verdicts logged, an error (`output` not written)
+    where they differ."""
+    batch, sizes, _ = predictor.batch(images)
+    run, _ = load(graph)
+    reports = detector_graph.check(run, predictor.model, batch, sizes)
+    log.info("\n".join(check_lines(reports, len(images), runtime)))
+    if not all(r["ok"] for r in reports):
+        raise RuntimeError(
+            f"{runtime}'s detections differ from PyTorch's beyond "
+            f"{detector_graph.box_tolerance(predictor.transform.size):g} px / "
+            f"{detector_graph.SCORE_TOLERANCE} (see above): {output} was not written"
+        )
+
+
+def move_into_place(temporary: Path, output: Path, format: str, setting) -> float:
+    """The checked files renamed from `temporary` to `output` (OpenVINO's graph last, its
+    weights in place before it) -> their size in MB. `setting`: `output=` as given, for the
+    error where they cannot be."""
+    megabytes = sum(f.stat().st_size for f in written(temporary, format)) / 2**20
+    pairs = zip(written(temporary, format), written(output, format), strict=True)
+    try:
+        for made_file, final in reversed(list(pairs)):
+            os.replace(made_file, final)
+    except OSError as err:
+        raise OSError(f"output={setting!r} could not be written: {err}") from None
+    return megabytes
 
 
 def check_quantize(cfg) -> None:

@@ -32,20 +32,8 @@ class COCOFolder(MapSource):
         keep_empty: bool = True,
     ):
         annotation_file, image_dir = Path(annotation_file), Path(image_dir)
-        if not annotation_file.is_file():
-            raise FileNotFoundError(f"data annotation_file={str(annotation_file)!r}: no such file")
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"data image_dir={str(image_dir)!r}: no such folder")
         named = f"data annotation_file={str(annotation_file)!r}"
-        try:
-            coco = json.loads(annotation_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{named} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
-                "(a truncated download?)"
-            ) from None
-        except RecursionError:
-            raise ValueError(f"{named} nests its JSON too deep to read") from None
+        coco = read_annotation_file(annotation_file, image_dir, named)
         category_ids = checked_category_ids(coco.get("categories") or [], named)
         self.label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
         names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -54,31 +42,8 @@ class COCOFolder(MapSource):
         super().__init__(transform, len(category_ids), name=f"coco folder {image_dir}")
 
         images = unique_images(coco["images"], self.skips)
-        per_image = {img["id"]: [] for img in images}
-        orphans = [ann for ann in coco["annotations"] if ann.get("image_id") not in per_image]
-        for ann in coco["annotations"]:
-            if ann.get("image_id") in per_image:
-                per_image[ann["image_id"]].append(ann)
-        if orphans:
-            self.skips(
-                "annotations of images missing from the file dropped",
-                sorted({a.get("image_id") for a in orphans}, key=str)[:10],
-                f"{len(orphans)} annotations",
-            )
-        cap = MAX_ANNOTATIONS_PER_IMAGE
-        for image_id in [i for i, anns in per_image.items() if len(anns) > cap]:
-            count = len(per_image[image_id])
-            self.skips(
-                f"annotations beyond {cap} per image dropped", image_id, f"{count - cap} of {count}"
-            )
-            per_image[image_id] = per_image[image_id][:cap]
-        outside = next((img for img in images if leaves_folder(img.get("file_name", ""))), None)
-        if outside:
-            raise ValueError(
-                f"{named}: image {outside['id']}'s file_name {outside.get('file_name')!r} lies "
-                f"outside image_dir {str(image_dir)!r} (an absolute path or ../): point "
-                "image_dir at a folder that holds every image, with file names relative to it"
-            )
+        per_image = annotations_per_image(coco["annotations"], images, self.skips)
+        check_file_names(images, image_dir, named)
         check_boxes(images, per_image, named)
         self.image_dir = image_dir
         kept = [
@@ -89,7 +54,7 @@ class COCOFolder(MapSource):
         if not kept:
             what = "no images" if not coco["images"] else "no image with annotations"
             raise ValueError(
-                f"data annotation_file={str(annotation_file)!r}: the data set is empty ({what}"
+                f"{named}: the data set is empty ({what}"
                 f"{'' if keep_empty else '; keep_empty=false leaves out images without objects'})"
             )
         # only what training reads, in arrays: the parsed file (a json of COCO train2017's
@@ -135,6 +100,58 @@ class COCOFolder(MapSource):
             image, boxes, table.labels[rows], image_id, table.iscrowd[rows], table.area[rows],
             size if min(size) > 0 else None,
         )  # fmt: skip
+
+
+def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> dict:
+    """The parsed json; a missing file or folder, invalid or too deeply nested JSON is refused
+    with a message that names the setting."""
+    if not annotation_file.is_file():
+        raise FileNotFoundError(f"{named}: no such file")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"data image_dir={str(image_dir)!r}: no such folder")
+    try:
+        return json.loads(annotation_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{named} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
+            "(a truncated download?)"
+        ) from None
+    except RecursionError:
+        raise ValueError(f"{named} nests its JSON too deep to read") from None
+
+
+def annotations_per_image(annotations: list[dict], images: list[dict], skips) -> dict:
+    """image id -> its annotations, in the file's order. Annotations of images the file does
+    not list, and those beyond `MAX_ANNOTATIONS_PER_IMAGE` of one image, are dropped, counted
+    and logged."""
+    per_image = {img["id"]: [] for img in images}
+    orphans = [ann for ann in annotations if ann.get("image_id") not in per_image]
+    for ann in annotations:
+        if ann.get("image_id") in per_image:
+            per_image[ann["image_id"]].append(ann)
+    if orphans:
+        skips(
+            "annotations of images missing from the file dropped",
+            sorted({a.get("image_id") for a in orphans}, key=str)[:10],
+            f"{len(orphans)} annotations",
+        )
+    cap = MAX_ANNOTATIONS_PER_IMAGE
+    for image_id in [i for i, anns in per_image.items() if len(anns) > cap]:
+        count = len(per_image[image_id])
+        skips(f"annotations beyond {cap} per image dropped", image_id, f"{count - cap} of {count}")
+        per_image[image_id] = per_image[image_id][:cap]
+    return per_image
+
+
+def check_file_names(images: list[dict], image_dir: Path, named: str) -> None:
+    """Refuse a file whose image file names reach outside `image_dir` (absolute, or ../)."""
+    outside = next((img for img in images if leaves_folder(img.get("file_name", ""))), None)
+    if outside:
+        raise ValueError(
+            f"{named}: image {outside['id']}'s file_name {outside.get('file_name')!r} lies "
+            f"outside image_dir {str(image_dir)!r} (an absolute path or ../): point "
+            "image_dir at a folder that holds every image, with file names relative to it"
+        )
 
 
 class AnnotationTable(NamedTuple):

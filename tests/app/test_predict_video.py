@@ -72,6 +72,25 @@ def test_a_file_that_is_no_video_is_refused_by_name(tmp_path):
             log_dir=tmp_path / "logs")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stride=0", r"stride=0: a whole number >= 1"),
+        ("stride=1.5", r"stride=1.5: a whole number >= 1"),
+        # the annotated video is named after the input: into the input's own folder, it would
+        # be written over the video being read
+        ("output={tmp}", r"output=.*: the annotated video would overwrite the input"),
+    ],
+)
+def test_bad_video_settings_are_refused_before_the_checkpoint_loads(tmp_path, override, message):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip)
+    args = [f"input={clip}", override.format(tmp=tmp_path), "device=cpu"]
+    with pytest.raises(AssertionError, match=message):
+        run("predict.py", "ckpt_path=x.ckpt", *args, log_dir=tmp_path / "logs")
+    assert clip.stat().st_size > 0 and len(decoded(clip)) == FRAMES
+
+
 def test_without_pyav_the_message_names_the_video_extra(monkeypatch):
     from frcnn.app.predict import require_video_extra
 

@@ -256,10 +256,7 @@ def predict_video(cfg) -> dict:
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride={stride!r}: a whole number >= 1 (every stride-th frame)")
     info = video.probe(source)
-    output = Path(cfg.output).expanduser().resolve()
-    movie = output / f"{output_names([source])[0].removesuffix('.jpg')}.mp4"
-    if movie == source.resolve():
-        raise ValueError(f"output={cfg.output!r}: the annotated video would overwrite the input")
+    output, movie = video_outputs(cfg.output, source)
     predictor = load_predictor(cfg)
     detect = detector(cfg, predictor)
     output.mkdir(parents=True, exist_ok=True)
@@ -280,12 +277,10 @@ def predict_video(cfg) -> dict:
                 for frame, detection in zip(batch, found, strict=True):
                     picture, drawn = annotated(frame.image, detection, predictor, cfg.draw_thresh)
                     write(picture)
-                    results = predictor.coco_results(detection, frame.index, source.name)
-                    for result in results:
-                        del result["image_id"], result["file_name"]
-                    line = {"frame": frame.index, "time_s": round(frame.time_s, 4)}
-                    lines.write(json.dumps({**line, "detections": results}) + "\n")
-                    frames, detections_count = frames + 1, detections_count + len(results)
+                    line = frame_line(frame, detection, predictor, source.name)
+                    lines.write(json.dumps(line) + "\n")
+                    frames += 1
+                    detections_count += len(line["detections"])
                     drawn_count += drawn
                 progress.update(len(batch))
         except SystemExit:
@@ -303,6 +298,25 @@ def predict_video(cfg) -> dict:
         )
     )
     return {"frames": frames, "detections": detections_count, "undecodable": undecodable}
+
+
+def video_outputs(setting: str, source: Path) -> tuple[Path, Path]:
+    """The output folder (`output=` as given: `setting`) and the annotated video's path in it,
+    named after `source`; refused where it would be the input itself."""
+    output = Path(setting).expanduser().resolve()
+    movie = output / f"{output_names([source])[0].removesuffix('.jpg')}.mp4"
+    if movie == source.resolve():
+        raise ValueError(f"output={setting!r}: the annotated video would overwrite the input")
+    return output, movie
+
+
+def frame_line(frame, detection: dict, predictor, source_name: str) -> dict:
+    """A frame's line of detections.jsonl: its index, time (s) and COCO-style detections
+    (without image_id and file_name: the frame's index says which)."""
+    results = predictor.coco_results(detection, frame.index, source_name)
+    for result in results:
+        del result["image_id"], result["file_name"]
+    return {"frame": frame.index, "time_s": round(frame.time_s, 4), "detections": results}
 
 
 def require_video_extra() -> None:

@@ -134,6 +134,28 @@ def test_an_output_folder_holding_the_inputs_is_refused(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("ckpt_path=x.ckpt input={tmp}/nowhere", r"input='.*nowhere': no image file, folder"),
+        ("ckpt_path=x.ckpt input={tmp}/in/*.gif", r"\*.gif': no image file, folder .* glob"),
+        ("input={tmp}/in", r"ckpt_path=<a training checkpoint> is needed \(backend=torch\)"),
+        ("ckpt_path=x.ckpt input={tmp}/in tile=64 tile_overlap=0.9", r"overlap=0.9: .*0..0.75"),
+        (
+            "backend=onnxruntime model_file={tmp}/m.onnx input={tmp}/in device=gpu",
+            r"backend=onnxruntime runs on the CPU: device=cpu or device=auto",
+        ),
+    ],
+)
+def test_bad_settings_are_refused_naming_them_before_a_model_loads(tmp_path, overrides, message):
+    """(ckpt_path=x.ckpt and m.onnx do not exist: each refusal comes before a model is read.)"""
+    write_inputs(tmp_path / "in")
+    args = overrides.format(tmp=tmp_path).split()
+    with pytest.raises(AssertionError, match=message):
+        run("predict.py", *args, f"output={tmp_path / 'out'}", log_dir=tmp_path / "logs")
+    assert not (tmp_path / "out").exists()
+
+
 def test_odd_file_names_cost_no_results(trained, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -117,8 +117,9 @@ def predict_files(cfg) -> dict:
             f"output={cfg.output!r} holds input images, which the annotated copies would "
             "overwrite: choose another output folder"
         )
+    tiles = tile_settings(cfg)  # (checked before the model loads)
     predictor = load_predictor(cfg)
-    detect = detector(cfg, predictor)
+    detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
     results, corrupt, drawn_count = [], [], 0
     ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
@@ -192,16 +193,25 @@ def load_predictor(cfg) -> Predictor:
     return Predictor.from_exported(exported, backend, cfg.max_detections)
 
 
-def detector(cfg, predictor: Predictor):
-    """images (PIL) -> their detections: the predictor's, or with `tile=` those on overlapping
-    tiles of `tile` pixels merged with the whole image's (`inference.tiles`)."""
+def tile_settings(cfg) -> tuple[int, float] | None:
+    """(`tile`, `tile_overlap`): a tile's side in pixels and the share of it that neighbours
+    share; None without tiles (`tile=null`)."""
     tile, overlap = cfg.get("tile"), cfg.get("tile_overlap", 0.2)
     if tile is None:
-        return predictor
+        return None
     if not isinstance(tile, int) or tile < 32:
         raise ValueError(f"tile={tile!r}: a tile's side in pixels, at least 32 (null: no tiles)")
     if not isinstance(overlap, (int, float)) or not 0 <= overlap <= 0.75:
         raise ValueError(f"tile_overlap={overlap!r}: the share of a tile neighbours share, 0..0.75")
+    return tile, overlap
+
+
+def detector(cfg, predictor: Predictor, tiles: tuple[int, float] | None):
+    """images (PIL) -> their detections: the predictor's, or with `tiles` (`tile_settings`)
+    those on overlapping tiles merged with the whole image's (`inference.tiles`)."""
+    if tiles is None:
+        return predictor
+    tile, overlap = tiles
     most = cfg.max_detections if cfg.max_detections is not None else 100
 
     def detect(images: list) -> list[dict]:
@@ -257,8 +267,9 @@ def predict_video(cfg) -> dict:
         raise ValueError(f"stride={stride!r}: a whole number >= 1 (every stride-th frame)")
     info = video.probe(source)
     output, movie = video_outputs(cfg.output, source)
+    tiles = tile_settings(cfg)  # (checked before the model loads)
     predictor = load_predictor(cfg)
-    detect = detector(cfg, predictor)
+    detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
     lines_path = output / "detections.jsonl"
     undecodable, frames, detections_count, drawn_count = [], 0, 0, 0

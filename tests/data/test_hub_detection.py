@@ -29,6 +29,28 @@ def test_the_schema_and_class_names_come_from_the_features():
     assert schema.class_names == CPPE5 and schema.image_id == "image_id"
 
 
+def test_features_without_an_image_boxes_or_usable_categories_are_refused_naming_them():
+    from datasets import Features, Value
+
+    features = cppe5_features()
+    no_image = Features({k: v for k, v in features.items() if k != "image"})
+    with pytest.raises(ValueError, match=r"cppe-5: no image column .* \['image_id', 'width'"):
+        read_schema(no_image, "cppe-5")
+    captions = Features({"image": features["image"], "text": Value("string")})
+    with pytest.raises(ValueError, match=r"found no boxes and categories \(top-level fields"):
+        read_schema(captions, "cppe-5")
+    scores = cppe5_features(category=Value("float32"))
+    with pytest.raises(ValueError, match=r"objects.category is .*float32.*, not a class index"):
+        read_schema(scores, "cppe-5")
+
+
+def test_rows_without_boxes_need_the_format_set():
+    empty = [(torch.zeros(0, 4).numpy(), (200, 100))] * 3
+    with pytest.raises(ValueError, match=r"first 3 rows hold no boxes .* set data.box_format"):
+        decide_box_format(empty, None, None, "cppe-5")
+    assert decide_box_format(empty, "xywh", False, "cppe-5") == ("xywh", False, "as set")
+
+
 def test_a_plain_integer_category_is_named_by_data_class_names(tmp_path):
     """A data set whose category is an int64, not a ClassLabel: its card names the classes."""
     from datasets import Value

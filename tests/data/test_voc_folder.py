@@ -69,6 +69,32 @@ def test_a_class_list_of_ones_own_and_a_name_outside_it(voc):
         VOCFolder(Transform(120), str(voc), "train", class_names=["car", "bus"])
 
 
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        ("<annotation><object><name>dog</name>", r"000001.xml is not valid XML"),
+        (
+            "<annotation><object><name>dog</name></object></annotation>",
+            r"000001.xml: an object without a bndbox",
+        ),
+    ],
+)
+def test_an_annotation_that_cannot_be_read_stops_at_start_up(voc, xml, message):
+    (voc / "Annotations" / "000001.xml").write_text(xml)
+    with pytest.raises(ValueError, match=message):
+        VOCFolder(Transform(120), str(voc), "train")
+
+
+def test_a_split_without_images_stops_at_start_up(voc):
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"the test split has no images"):
+        VOCFolder(Transform(120), str(voc), "test")
+    (voc / "ImageSets" / "Main" / "empty.txt").write_text("000003\n")  # an image, no object
+    assert len(VOCFolder(Transform(120), str(voc), "empty")) == 1
+    with pytest.raises(ValueError, match=r"the empty split has no images"):
+        VOCFolder(Transform(120), str(voc), "empty", keep_empty=False)
+
+
 def test_a_missing_split_names_the_ones_there(voc):
     with pytest.raises(FileNotFoundError, match="trainval.txt.*it has train, val"):
         VOCFolder(Transform(120), str(voc), "trainval")

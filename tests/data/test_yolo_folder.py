@@ -116,6 +116,25 @@ def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
         YOLOFolder(Transform(200), str(ultralytics), "test")
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("names: [person, car", r"data.yaml is not valid YAML"),
+        ("train: images/train\nval: images/val\n", r"has no `names` \(the class names\) or `nc`"),
+        ("train: images/train\nnc: 0\n", r"nc=0: the number of classes, an integer >= 1"),
+        ("train: images/train\nnames: {0: a, 2: b}\n", r"`names` must have the class ids 0..1"),
+        ("train: images/train\nnames: person\n", r"`names` must be a list or a dict of class"),
+        ("train: images/nowhere\nnames: [a]\n", r"train='images/nowhere': no such folder or file"),
+        ("train: empty\nnames: [a]\n", r"the train split has no images"),
+    ],
+)
+def test_a_data_yaml_that_cannot_be_read_right_stops_at_start_up(ultralytics, yaml_text, message):
+    (ultralytics / "empty").mkdir()
+    (ultralytics / "data.yaml").write_text(yaml_text)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        YOLOFolder(Transform(200), str(ultralytics), "train")
+
+
 def test_labels_of_a_phone_photo_are_read_against_its_upright_size(tmp_path):
     """Ultralytics normalises a label by the upright image (stored 80 x 40, EXIF-turned 40 x 80)."""
     root = write(

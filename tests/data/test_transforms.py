@@ -118,7 +118,14 @@ def test_encoded_bytes_are_decoded():
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"size": 0}, "image_size"), ({"resize": "crop"}, "resize"), ({"flip_prob": 2}, "flip_prob")],
+    [
+        ({"size": 0}, "image_size"),
+        ({"resize": "crop"}, "resize"),
+        ({"flip_prob": 2}, "flip_prob"),
+        ({"scale_jitter": (1.2, 0.8)}, r"scale_jitter=\[1.2, 0.8\]: .* 0 < low <= high"),
+        ({"scale_jitter": (0.5,)}, "scale_jitter"),
+        ({"min_visible": 1.5}, "min_visible"),
+    ],
 )
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):

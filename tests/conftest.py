@@ -26,8 +26,9 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
-# session fixtures that train (tens of seconds): their tests go to one process, which trains once
-TRAINING_FIXTURES = ("overfit_detector",)
+# session fixtures that train (seconds to tens of seconds): the tests of each go to one process,
+# which trains once (and builds the module fixtures on top of `trained`, the exports, once)
+TRAINING_FIXTURES = ("overfit_detector", "trained")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the marks into the test ids

@@ -7,6 +7,7 @@ import matplotlib.colors
 import matplotlib.ticker
 import torch
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from frcnn.evaluation.confusion import normalised
 from frcnn.evaluation.results import CURVE_IOUS, RECALL, Evaluation, mean_curve, pr_curves
@@ -122,8 +123,17 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
     present = counts.nonzero().squeeze(1).tolist()  # classes without boxes: named in the title
     fig, axes = figure(max(14, 0.18 * len(present) + 6), 9, ncols=2, nrows=2)
     per_class, per_image, sides, coverage = axes
-    per_class.bar(range(len(present)), counts[present].tolist(), color="tab:blue")
-    per_class.set_xticks(
+    _boxes_per_class(per_class, counts, present, names)
+    _boxes_per_image(per_image, stats["boxes_per_image"].tolist())
+    _box_sides(sides, stats["sides"], stats["level_edges"])
+    _anchor_coverage(coverage, stats)
+    return fig
+
+
+def _boxes_per_class(ax, counts: Tensor, present: list[int], names: list[str]) -> None:
+    """A bar per class with boxes (counts: (C,)); the classes without any named in the title."""
+    ax.bar(range(len(present)), counts[present].tolist(), color="tab:blue")
+    ax.set_xticks(
         range(len(present)), [names[i] for i in present], rotation=90, fontsize=_font(len(present))
     )
     missing = [names[i] for i in range(len(names)) if i not in present]
@@ -134,45 +144,55 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
             if len(missing) <= 5
             else f"; none of {len(missing)} classes"
         )
-    per_class.set(ylabel="boxes", title=title)
-    counts_per_image = stats["boxes_per_image"].tolist()
-    edges = [k - 0.5 for k in range(max(counts_per_image, default=0) + 2)]  # one bar per count
-    per_image.hist(counts_per_image, bins=edges, color="tab:blue", rwidth=0.8)
-    per_image.set(xlabel="boxes in the image", ylabel="images", title="Boxes per image")
-    finite = stats["sides"][stats["sides"] > 0]
+    ax.set(ylabel="boxes", title=title)
+
+
+def _boxes_per_image(ax, counts_per_image: list[int]) -> None:
+    """How many images hold each number of boxes: a bar per count."""
+    edges = [k - 0.5 for k in range(max(counts_per_image, default=0) + 2)]
+    ax.hist(counts_per_image, bins=edges, color="tab:blue", rwidth=0.8)
+    ax.set(xlabel="boxes in the image", ylabel="images", title="Boxes per image")
+
+
+def _box_sides(ax, sides: Tensor, level_edges: list) -> None:
+    """A log-scale histogram of the boxes' sides (sqrt(area), input pixels), a dashed line where
+    the FPN level that pools them changes (`level_edges`: (side, level name))."""
+    finite = sides[sides > 0]
     if len(finite):
         bins = torch.logspace(
             math.log10(max(float(finite.min()), 1)), math.log10(float(finite.max()) + 1), 40
         )
-        sides.hist(finite.tolist(), bins=bins.tolist(), color="tab:blue")
-    sides.set_xscale("log")
-    sides.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    sides.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    for edge, name in stats["level_edges"]:
-        sides.axvline(edge, color="black", ls="--", lw=1)
-        sides.text(
-            edge, 1.0, f" {name}", transform=sides.get_xaxis_transform(), va="top", fontsize=8
-        )
-    sides.set(
+        ax.hist(finite.tolist(), bins=bins.tolist(), color="tab:blue")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for edge, name in level_edges:
+        ax.axvline(edge, color="black", ls="--", lw=1)
+        ax.text(edge, 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    ax.set(
         xlabel="box side sqrt(area), input pixels",
         ylabel="boxes",
         title="Box sizes and the FPN level that pools them (dashed: level changes)",
     )
+
+
+def _anchor_coverage(ax, stats: dict) -> None:
+    """The share of boxes of each side range with an anchor of foreground IoU, per level and at
+    any level: a red-to-green grid."""
     columns = [*stats["level_names"], "any level"]
     rows = [r for r in stats["table"] if r["boxes"]]
     grid = torch.tensor([[r[c] for c in columns] for r in rows]).reshape(len(rows), len(columns))
-    coverage.imshow(grid.numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.imshow(grid.numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for (i, j), value in zip(
         torch.cartesian_prod(torch.arange(len(rows)), torch.arange(len(columns))).tolist(),
         grid.flatten().tolist(),
         strict=True,
     ):
-        coverage.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=8)
-    coverage.set_xticks(range(len(columns)), columns)
-    coverage.set_yticks(range(len(rows)), [f"{r['side (px)']} ({r['boxes']})" for r in rows])
-    coverage.set(
+        ax.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), [f"{r['side (px)']} ({r['boxes']})" for r in rows])
+    ax.set(
         xlabel="anchors of",
         ylabel="box side, px (boxes)",
         title=f"Boxes with an anchor of IoU >= {stats['fg_iou']} (RPN foreground)",
     )
-    return fig

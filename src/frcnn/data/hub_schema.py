@@ -55,7 +55,6 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
     """The schema of a data set with `features` (a `datasets.Features`); `name` says which set
     in the errors. The class names are the category's ClassLabel's; `class_names` (the
     config's `data.class_names`) names the values 0..C-1 of a plain integer category."""
-    from datasets import ClassLabel, Value
     from datasets import Image as ImageFeature
 
     columns = dict(features)
@@ -79,7 +78,29 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
             f"{'/'.join(CATEGORY_FIELDS)}): is it a detection data set?"
         )
     label = inner(fields[category])
-    named = isinstance(label, Value) and label.dtype in ("string", "large_string")
+    class_names = category_class_names(label, class_names, name, f"{where}{category}")
+    return Schema(
+        image, image_id, objects, bbox, category, class_names,
+        "width" if "width" in columns else None, "height" if "height" in columns else None,
+        {str(n): i for i, n in enumerate(class_names)} if holds_names(label) else None,
+    )  # fmt: skip
+
+
+def holds_names(label) -> bool:
+    """Whether the category feature `label` holds class names (strings)."""
+    from datasets import Value
+
+    return isinstance(label, Value) and label.dtype in ("string", "large_string")
+
+
+def category_class_names(label, class_names: list[str] | None, name: str, field: str) -> list:
+    """The class names of the category feature `label` (the field `field` of the set `name`): a
+    ClassLabel's own (`class_names`, where given, must be they); a plain integer category (class
+    indices) or one of strings (class names) is named by `class_names` (`data.class_names`),
+    which it needs."""
+    from datasets import ClassLabel, Value
+
+    named = holds_names(label)
     index = isinstance(label, Value) and label.dtype.startswith(("int", "uint"))
     if isinstance(label, ClassLabel):
         if class_names is not None and list(class_names) != list(label.names):
@@ -87,26 +108,22 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
                 f"data.class_names: {name} names its classes itself ({', '.join(label.names)}): "
                 "leave data.class_names out"
             )
-        class_names = list(label.names)
-    elif not (named or index):
-        raise ValueError(f"{name}: {where}{category} is {label}, not a class index or name")
-    elif not class_names and named:
+        return list(label.names)
+    if not (named or index):
+        raise ValueError(f"{name}: {field} is {label}, not a class index or name")
+    if not class_names and named:
         raise ValueError(
-            f"data.class_names: {name}'s {where}{category} holds class names (strings), whose "
+            f"data.class_names: {name}'s {field} holds class names (strings), whose "
             "full list its rows cannot tell: give it, in the order of the labels you want, "
             "e.g. data.class_names=[helmet,head]"
         )
-    elif not class_names:
+    if not class_names:
         raise ValueError(
-            f"data.class_names: {name}'s {where}{category} is a plain {label.dtype}, not a "
+            f"data.class_names: {name}'s {field} is a plain {label.dtype}, not a "
             "ClassLabel, so the data set does not name its classes: give them, the name of "
             "value 0 first, e.g. data.class_names=[helmet,head] (its card lists them)"
         )
-    return Schema(
-        image, image_id, objects, bbox, category, list(class_names),
-        "width" if "width" in columns else None, "height" if "height" in columns else None,
-        {str(n): i for i, n in enumerate(class_names)} if named else None,
-    )  # fmt: skip
+    return list(class_names)
 
 
 def row_fields(example: dict, schema: Schema) -> tuple[list, list]:

@@ -7,6 +7,7 @@ run, so it is there whatever stops the sweep, and printed when the sweep ends.
 """
 
 import csv
+import io
 import json
 import logging
 import os
@@ -61,6 +62,28 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
         (path.parent.name, json.loads(path.read_text()))
         for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: int_or_str(p))
     ]
+    rows, common, keys = run_rows(runs)
+    if sort_by:
+        sign = 1 if lower_is_better(sort_by) else -1
+        rows.sort(key=lambda r: sign * r.get(sort_by, sign * float("inf")))  # missing: last
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    if "error" in columns:  # the longest cell, last
+        columns.append(columns.pop(columns.index("error")))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_whole(sweep_dir / "summary.csv", text.getvalue())
+    header = "Common to every run: " + " ".join(f"{k}={v}" for k, v in common.items())
+    table = markdown_table(rows, [c for c in columns if c in keys or shown_in_table(c)])
+    write_whole(sweep_dir / "summary.md", f"{header}\n\n{table}" if common else table)
+    return rows
+
+
+def run_rows(runs: list[tuple[str, dict]]) -> tuple[list[dict], dict, list[str]]:
+    """(run name, record) of each run -> (a row per run: its name, status, the overrides that
+    differ between runs, its metrics and error; the overrides common to every run (none for a
+    single run); every override's key, in order)."""
     settings = [dict(o.split("=", 1) for o in run["overrides"] if "=" in o) for _, run in runs]
     keys = list(dict.fromkeys(k for s in settings for k in s))
     common = {
@@ -73,24 +96,15 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
         row = {"run": name, "status": "failed" if "error" in run else "ok"}
         row |= {k: setting.get(k, "") for k in keys if k not in common}
         rows.append(row | run["metrics"] | ({"error": run["error"]} if "error" in run else {}))
-    if sort_by:
-        sign = 1 if lower_is_better(sort_by) else -1
-        rows.sort(key=lambda r: sign * r.get(sort_by, sign * float("inf")))  # missing: last
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    if "error" in columns:  # the longest cell, last
-        columns.append(columns.pop(columns.index("error")))
-    # each file whole: trials that end at once (parallel launchers) rewrite them side by side
-    with open(part := sweep_dir / f".summary.csv.{os.getpid()}", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(part, sweep_dir / "summary.csv")
-    header = "Common to every run: " + " ".join(f"{k}={v}" for k, v in common.items())
-    table = markdown_table(rows, [c for c in columns if c in keys or shown_in_table(c)])
-    part = sweep_dir / f".summary.md.{os.getpid()}"
-    part.write_text(f"{header}\n\n{table}" if common else table)
-    os.replace(part, sweep_dir / "summary.md")
-    return rows
+    return rows, common, keys
+
+
+def write_whole(path: Path, text: str) -> None:
+    """`text` into `path` whole (a temporary file beside it, renamed over it): trials that end
+    at once (parallel launchers) rewrite the summary side by side."""
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    part.write_text(text, newline="")
+    os.replace(part, path)
 
 
 def shown_in_table(column: str) -> bool:

@@ -53,6 +53,19 @@ def test_a_corrupt_image_is_skipped_and_counted(coco_folder, caplog):
     assert "unreadable image skipped (image 4)" in caplog.text
 
 
+def test_a_run_of_unreadable_images_stops_training_naming_the_source(coco_folder):
+    """Training substitutes the next readable image for an unreadable one, but not for ever: a
+    data set none of whose images can be read stops with a message, not an endless search."""
+    for image in (coco_folder / "val2017").glob("*.jpg"):
+        image.write_bytes(image.read_bytes()[:100])
+    ds = folder(coco_folder)
+    with pytest.raises(RuntimeError, match=r"val2017: 50 consecutive samples from index 2 could"):
+        ds[2]
+    assert ds.skips.counts == {"unreadable image skipped": 50}
+    ds.substitute = False  # validation: the image is skipped, no other comes instead
+    assert ds[2] is None
+
+
 def test_missing_files_fail_at_start_up(coco_folder):
     with pytest.raises(FileNotFoundError, match="annotation_file"):
         COCOFolder(Transform(64), str(coco_folder / "nope.json"), str(coco_folder / "val2017"))

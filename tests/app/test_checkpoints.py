@@ -161,6 +161,23 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
         load_checkpoint(path)
 
 
+def test_weights_or_another_projects_checkpoint_are_named_for_what_they_are(tmp_path):
+    """torchvision's detector weights (a bare state dict), other weights, and a Lightning
+    checkpoint of another project (weights, no run config) load as tensors but are no
+    checkpoint of this project: each is named for what it is, torchvision's with the setting
+    that takes them."""
+    torchvision_weights = {"backbone.body.conv1.weight": torch.zeros(4, 3, 7, 7)}
+    torch.save(torchvision_weights, path := tmp_path / "frcnn.pth")
+    with pytest.raises(ValueError, match=r"frcnn.pth'? is not .*: it holds torchvision's Faster"):
+        load_checkpoint(path)
+    torch.save({"conv.weight": torch.zeros(4, 3, 7, 7)}, path := tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other.pth'? is not .* project: it has no state_dict"):
+        load_checkpoint(path)
+    torch.save({"state_dict": torchvision_weights, "pytorch-lightning_version": "2.6.0"}, path)
+    with pytest.raises(ValueError, match=r"other.pth'? holds no run config: was it written by"):
+        load_checkpoint(path)
+
+
 def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_path):
     """A checkpoint whose config names ImageNet weights, init_weights and a training set that
     are all unreachable, and the module names of the flat layout before the packages

@@ -117,7 +117,13 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
 def checked(checkpoint, named: str) -> dict:
     """`checkpoint` if it is one of this project's (weights and a plain saved config)."""
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{named} is not a checkpoint of this project: it has no state_dict")
+        what = (
+            "it holds torchvision's Faster R-CNN weights, which train.py starts from with "
+            "init_weights=<the file>"
+            if is_torchvision_state_dict(checkpoint)
+            else "it has no state_dict"
+        )
+        raise ValueError(f"{named} is not a checkpoint of this project: {what}")
     if not checkpoint.get("config"):
         raise ValueError(f"{named} holds no run config: was it written by this project's train.py?")
     version = checkpoint.get("pytorch-lightning_version")

@@ -1,6 +1,7 @@
 """The entry points end to end: train, resume, evaluate, sweep, DDP."""
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -247,6 +248,23 @@ def test_a_run_of_unknown_length_refuses_to_start_naming_the_setting(tmp_path):
     for tag in groups:  # with and without weight decay
         assert [e.value for e in events.Scalars(tag)] == pytest.approx([0.005, 0.005, 0.0005])
     assert len(groups) == 2
+
+
+def test_a_stream_s_dataloader_worker_stops_with_the_run(tmp_path):
+    """train.py run in this process, as `frcnn.fit` runs in a user's: when it returns, the
+    training stream's DataLoader worker has stopped, as the other loaders' have (Lightning
+    stops those). Here max_steps ends the first of two epochs, which left the worker running
+    until the garbage collector stopped it, 5 s later (a time-out)."""
+    files = [tmp_path / "train-0.parquet"]
+    write_parquet(files[0], first_id=0, count=8)
+    stream = [
+        "data=hub", "data.box_format=xyxy", f"data.train.data_files=[{files[0]}]",
+        f"data.val.data_files=[{files[0]}]", *SMALL, "data.num_workers=1",
+        "model.backbone.weights=null", "trainer.max_steps=2", "report=false",
+    ]  # fmt: skip
+    before = set(multiprocessing.active_children())
+    run("train.py", *stream, log_dir=tmp_path / "logs")
+    assert set(multiprocessing.active_children()) - before == set()
 
 
 def test_the_final_figures_are_the_best_checkpoint_on_the_whole_split(tmp_path):

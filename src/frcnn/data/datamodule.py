@@ -13,6 +13,7 @@ import torch.distributed as dist
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from frcnn.checks import check_number
 from frcnn.data.coco_hub import HubDetection
@@ -143,6 +144,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.persistent_workers = persistent_workers and num_workers > 0
         self.train_set = self.val_set = None
+        self.streamed = None  # the training stream's batches, whose workers teardown stops
         self.epoch = 0
         self.numbering = self.label_map = None  # see number_as
 
@@ -316,7 +318,10 @@ class DetectionDataModule(L.LightningDataModule):
         """Full batches only (`drop_last`): the short last one would be a new input shape and
         a step of a few images at the full learning rate."""
         if isinstance(self.train_set, IterableDataset):
-            return StreamedBatches(self._loader(self.train_set, shuffle=False, drop_last=True))
+            self.streamed = StreamedBatches(
+                self._loader(self.train_set, shuffle=False, drop_last=True)
+            )
+            return self.streamed
         # Lightning gives it a DistributedSampler: as many batches on every process
         ranks = dist.get_world_size() if distributed() else 1
         if -(-len(self.train_set) // ranks) < self.batch_size:
@@ -333,6 +338,15 @@ class DetectionDataModule(L.LightningDataModule):
             )
             return self._loader(self.train_set, shuffle=False, sampler=sampler, drop_last=True)
         return self._loader(self.train_set, shuffle=True, drop_last=True)
+
+    def teardown(self, stage: str) -> None:
+        """At the end of fit, the training stream's DataLoader workers stop, as Lightning stops
+        those of the loaders it is given (it cannot see the loader inside `StreamedBatches`).
+        Left running, persistent workers would outlive a run started from Python
+        (`frcnn.fit`), until garbage collection stopped them, 5 s apiece."""
+        if stage == "fit" and self.streamed is not None:
+            self.streamed.close()
+            self.streamed = None
 
     def calibration_dataloader(self) -> DataLoader:
         """The training images in the source's order, loaded as validation loads them (no
@@ -405,14 +419,14 @@ class StreamedBatches:
     run would otherwise go through its epochs without a step."""
 
     def __init__(self, loader: DataLoader):
-        self.loader = loader
+        self.loader, self.batches = loader, None
         # every process builds it: a collective
         self.group = dist.new_group(backend="gloo") if distributed() else None
 
     def __iter__(self):
-        batches, count = iter(self.loader), 0
+        self.batches, count = iter(self.loader), 0
         while True:
-            batch = next(batches, None)
+            batch = next(self.batches, None)
             have = batch is not None
             if self.group is not None:
                 agreed = torch.tensor([have], dtype=torch.int32)
@@ -424,6 +438,14 @@ class StreamedBatches:
             yield batch
         if count == 0:
             raise ValueError(self._no_batch())
+
+    def close(self) -> None:
+        """Stop the loader's workers now (persistent ones are kept from epoch to epoch). Not
+        left to the garbage collector: it closes a worker's queue before the loader can tell
+        the worker to stop, and each then waits out a 5 s time-out."""
+        if isinstance(self.batches, _MultiProcessingDataLoaderIter):
+            self.batches._shutdown_workers()
+        self.batches = None
 
     def _no_batch(self) -> str:
         workers = max(1, self.loader.num_workers)

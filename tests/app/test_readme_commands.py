@@ -81,6 +81,12 @@ LOCAL = {
     "imagenet": ["model.backbone.weights={ws}/weights/resnet18-f37072fd.pth"],
 }
 TORCHVISION_COCO = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+# the size overrides that change the shapes of the model's weights
+WEIGHT_SHAPES = (
+    "model.backbone.depth=",
+    "model.fpn_channels=",
+    "model.roi_heads.representation_size=",
+)
 README = ROOT / "README.md"
 # the first two steps of the coco400 chain (coco400_run), not run on their own
 TRAIN_COCO = "uv run train.py experiment=coco400"
@@ -288,8 +294,9 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
         a.startswith("init_weights=") and TORCHVISION_COCO in a for a in filled
     )
     if coco_weights:
-        # the model whose tensors torchvision's COCO weights fit: a smaller one loads less
-        extra = [o for o in extra if o not in SMALL_MODEL and not o.startswith("model.")]
+        # the model whose tensors torchvision's COCO weights fit (a narrower or shallower one
+        # loads less of them), with SMALL_MODEL's proposal and sample counts: sizes, not shapes
+        extra = [o for o in extra if not o.startswith(WEIGHT_SHAPES)]
         if not any(a.startswith("init_weights=") for a in filled):  # its default downloads
             extra.append(f"init_weights={ws}/weights/{TORCHVISION_COCO}")
     if hub:

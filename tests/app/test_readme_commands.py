@@ -24,6 +24,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,9 @@ def workspace(tmp_path_factory) -> Path:
     """A copy of the checkout, with the local data and weights that the README's offline forms
     name: hub-schema parquet under data/coco/data, a COCO folder at data/coco, photos, weights."""
     ws = tmp_path_factory.mktemp("checkout")
-    ignore = shutil.ignore_patterns(".git", ".venv", "logs", "__pycache__", ".*_cache")
-    shutil.copytree(ROOT, ws, ignore=ignore, dirs_exist_ok=True)
+    for name in checkout_files(ROOT):
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, ws / name)
     hub = ws / "data" / "coco" / "data"
     hub.mkdir(parents=True)
     # shards of different sizes, as the hub's are, and one unreadable validation image: under
@@ -159,6 +161,26 @@ def workspace(tmp_path_factory) -> Path:
     )
     torch.save(detector.state_dict(), weights / TORCHVISION_COCO)
     return ws
+
+
+def checkout_files(root: Path) -> list[str]:
+    """The files of the checkout at `root` that a clone of it holds, and those not committed yet
+    (git's tracked and untracked files): none of what .gitignore keeps out, which a checkout
+    may hold by the gigabyte (environments, data sets, runs, weights). Outside a git checkout
+    (an unpacked archive): every file but git's, the environment's and the caches."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root, capture_output=True, check=True,
+        ).stdout.decode()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        skipped = {".git", ".venv", "__pycache__"}
+        return [
+            str(path.relative_to(root))
+            for path in root.rglob("*")
+            if path.is_file() and not skipped & set(path.relative_to(root).parts)
+        ]
+    return [name for name in listed.split("\0") if name and (root / name).is_file()]
 
 
 def objects(first_id: int, count: int) -> list[dict]:
@@ -507,6 +529,22 @@ def test_every_section_of_the_readme_that_shows_commands_is_run():
         "Configuration",
     }
     assert expected <= sections
+
+
+def test_the_workspace_holds_what_a_clone_of_the_checkout_holds(tmp_path):
+    """checkout_files: git's tracked and new files, not what .gitignore keeps out (a data set,
+    an environment, runs); outside a git checkout, all but the environment's files."""
+    root = tmp_path / "checkout"
+    files = ["src/a.py", "new.md", ".gitignore", "data/coco.json", ".venv/lib.py", "logs/run.log"]
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    (root / ".gitignore").write_text("/data/\n.venv/\nlogs/\n")
+    unpacked = [".gitignore", "data/coco.json", "logs/run.log", "new.md", "src/a.py"]
+    assert sorted(checkout_files(root)) == unpacked
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "add", "src/a.py", ".gitignore"], cwd=root, check=True)
+    assert sorted(checkout_files(root)) == [".gitignore", "new.md", "src/a.py"]
 
 
 def test_a_ddp_sweep_on_a_coco_folder_runs_each_run_in_its_folder_on_every_image_once(

@@ -167,7 +167,7 @@ def checkout_files(root: Path) -> list[str]:
     """The files of the checkout at `root` that a clone of it holds, and those not committed yet
     (git's tracked and untracked files): none of what .gitignore keeps out, which a checkout
     may hold by the gigabyte (environments, data sets, runs, weights). Outside a git checkout
-    (an unpacked archive): every file but git's, the environment's and the caches."""
+    (an unpacked archive): every file but those under `.git`, `.venv` and `__pycache__`."""
     try:
         listed = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],

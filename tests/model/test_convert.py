@@ -193,6 +193,11 @@ def test_letterboxed_real_size_image_matches_torchvision_with_its_coco_eps():
     normalised batch with 0 and clips to each image; so does this detector given image_sizes.
     FrozenBatchNorm's eps is 0, as torchvision runs its COCO weights."""
     side = 448
+    # the random network seeded, not left to the tests run before it in the process: the two
+    # models' features agree to 3e-7, and seed 0's network (which a test process sometimes
+    # reached) puts two choices within that of each other (one of 100 detections differs, on
+    # torch 2.5 and 2.15 alike)
+    torch.manual_seed(1)
     g = torch.Generator().manual_seed(0)
     tv = torchvision_frozen(side).eval()
     with torch.no_grad():

@@ -4,7 +4,7 @@ import pytest
 
 from frcnn.data import collate
 from frcnn.training.callbacks import StopOnDivergence
-from tests.conftest import mean_ap
+from tests.helpers import mean_ap
 
 
 def test_a_small_detector_overfits_a_few_synthetic_images(overfit_detector):

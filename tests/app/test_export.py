@@ -24,7 +24,7 @@ from frcnn.inference.onnx_graph import export_onnx
 from frcnn.inference.predictor import Predictor
 from frcnn.inference.pt2_package import vector_isas
 from tests.app.helpers import ROOT, run
-from tests.conftest import OVERFIT_SIZE
+from tests.helpers import OVERFIT_SIZE
 
 
 def real_size_batch(predictor: Predictor, count: int, num_classes: int, seed: int = 3):

@@ -18,7 +18,7 @@ from frcnn.app import find_images
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, process_env, run, run_dirs
-from tests.conftest import OVERFIT_SIZE
+from tests.helpers import OVERFIT_SIZE
 
 
 def test_predictor_boxes_are_in_original_pixels(overfit_detector):

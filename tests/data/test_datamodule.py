@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from frcnn.data import DetectionDataModule, SyntheticShapes
 from frcnn.data.datamodule import StreamEpoch
-from tests.conftest import in_two_processes
+from tests.helpers import in_two_processes
 
 CONF = Path(__file__).parents[2] / "conf"
 

@@ -11,7 +11,7 @@ import torch
 from frcnn.data import DetectionDataModule, HubCOCO, SyntheticShapes
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
 from frcnn.data.transforms import Record
-from tests.conftest import in_two_processes
+from tests.helpers import in_two_processes
 
 # 4 images: class 1 in three of them, class 2 in one (with class 1), none in the last
 LABELS = [np.array([1, 1]), np.array([1]), np.array([1, 2]), np.array([], dtype=np.int64)]

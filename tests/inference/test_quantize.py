@@ -9,7 +9,7 @@ from frcnn.inference import onnx_graph, quantize
 from frcnn.inference.detector_graph import metadata
 from frcnn.inference.onnx_graph import export_onnx
 from frcnn.inference.predictor import per_image
-from tests.conftest import OVERFIT_SIZE
+from tests.helpers import OVERFIT_SIZE
 
 
 @pytest.fixture(scope="module")

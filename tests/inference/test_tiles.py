@@ -10,7 +10,7 @@ from torchvision.ops import box_iou
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
 from frcnn.inference.tiles import cut_at_border, detect_tiled, intersections, merge, tile_windows
-from tests.conftest import OVERFIT_SIZE
+from tests.helpers import OVERFIT_SIZE
 
 
 @pytest.mark.parametrize(("width", "height"), [(1000, 700), (641, 2000), (4000, 3000)])

@@ -65,7 +65,7 @@ def test_a_trained_detector_with_flip_tta(overfit_detector):
     """On its training images: every detection is one of the image's or of its mirror's
     (flipped back), the mAP stays; on a symmetric image (one that equals its mirror) the
     strongest detection is the plain one's or its mirror image's."""
-    from tests.conftest import mean_ap
+    from tests.helpers import mean_ap
 
     model, data, _, _ = overfit_detector
     batch = collate([data[i] for i in range(8)])

@@ -7,7 +7,7 @@ import torch
 from frcnn.model import FasterRCNN
 from frcnn.training.module import COMPILE_SCOPES, DetectorModule
 from tests.app.helpers import TINY, metrics, run, run_dirs
-from tests.conftest import in_two_processes
+from tests.helpers import in_two_processes
 
 
 def module():

@@ -536,7 +536,7 @@ def test_a_run_that_trains_or_validates_nothing_says_which_setting_decides(tmp_p
 def test_a_ddp_run_whose_port_is_taken_names_it_and_leaves_no_process(tmp_path):
     """MASTER_PORT held by another program: the first process fails to start its store, says
     which port, and the process Lightning started beside it (which would wait for it for half
-    an hour) is stopped too: nothing of the run is left in its session."""
+    an hour) is stopped too, at once: nothing of the run is left in its session."""
     with socket.socket() as taken:
         taken.bind(("", 0))
         taken.listen()
@@ -553,6 +553,7 @@ def test_a_ddp_run_whose_port_is_taken_names_it_and_leaves_no_process(tmp_path):
         printed, _ = process.communicate(timeout=300)
     assert process.returncode == 1, printed[-3000:]
     assert f"MASTER_PORT={port}: the port is taken" in printed
+    assert "still running 0 s after the run: killed" in printed  # no grace: no store to join
     assert "Traceback" not in printed
     time.sleep(1.0)
     left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True)

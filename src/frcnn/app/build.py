@@ -317,15 +317,17 @@ def wait_for_other_processes(trainer: L.Trainer, timeout_s: float = 120) -> None
 def stops_other_processes_on_error(trainer: L.Trainer, grace_s: float = 5.0):
     """A run that fails in this process stops the DDP processes that Lightning started from it,
     which would otherwise wait for it at a collective for half an hour (those still running
-    `grace_s` seconds later are killed); a `MASTER_PORT` that another program holds is named.
+    `grace_s` seconds later are killed); a `MASTER_PORT` that another program holds is named,
+    and the others are killed at once (the store they would join never started).
     (A SIGTERM or Ctrl-C stop is not a failure: the caller summarises it.)"""
     try:
         yield
     except SIGTERMException:
         raise
     except BaseException as error:
-        wait_for_other_processes(trainer, grace_s)
-        if "EADDRINUSE" in str(error):
+        taken = "EADDRINUSE" in str(error)
+        wait_for_other_processes(trainer, 0 if taken else grace_s)
+        if taken:
             port = os.environ.get("MASTER_PORT")
             raise OSError(
                 f"MASTER_PORT={port}: the port is taken (another run or program listens on it): "

@@ -167,6 +167,26 @@ def test_compare_pairs_detections_by_label_and_box():
     assert not compare(expected, one, 96)["ok"]
 
 
+def test_calibration_takes_the_first_images_and_says_when_the_data_has_fewer(caplog):
+    from frcnn.app.export import calibration_batches
+
+    def batch(first, size):  # images numbered first.. in their pixels, sizes beside them
+        images = torch.arange(first, first + size, dtype=torch.uint8).view(-1, 1, 1, 1)
+        return {"images": images.expand(-1, 3, 2, 2), "image_sizes": torch.full((size, 2), 2)}
+
+    loader = [batch(0, 3), batch(3, 3), batch(6, 2)]
+    caplog.set_level("INFO", logger="frcnn.app.export")
+    taken = calibration_batches(loader, 4)
+    assert [images[:, 0, 0, 0].tolist() for images, _ in taken] == [[0, 1, 2], [3]]
+    assert [sizes.shape for _, sizes in taken] == [(3, 2), (1, 2)]
+    assert "calibrated on 4 training images..." in caplog.text
+    taken = calibration_batches(loader, 32)
+    assert sum(len(images) for images, _ in taken) == 8
+    assert "calibrated on 8 training images (all the data has; calibration_images=32)" in (
+        caplog.text
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -245,6 +265,7 @@ def test_int8_is_measured_on_the_validation_data_and_refused_past_max_map_drop(
     result = run("export.py", *args, "calibration_images=4", log_dir=log_dir)
     printed = result.stdout + result.stderr
     assert "onnxruntime (CPU) against PyTorch on 4 images" in printed
+    assert "calibrated on 4 training images..." in printed
     measured = re.search(
         r"validation data \((\d+) images\).*int8 costs (-?[\d.]+) mAP", printed, re.S
     )
@@ -270,7 +291,7 @@ def test_int8_is_measured_on_the_validation_data_and_refused_past_max_map_drop(
     with pytest.raises(
         AssertionError, match=r"int8 costs 0.0200 mAP .*max_map_drop=0.01: .*m.onnx"
     ):
-        run("export.py", *args, f"output={path}", log_dir=log_dir)
+        run("export.py", *args, "calibration_images=2", f"output={path}", log_dir=log_dir)
     assert list(tmp_path.iterdir()) == []  # no file, no temporary
 
 

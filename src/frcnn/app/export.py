@@ -147,15 +147,19 @@ def checkpoint_data(cfg, overrides: list[str]):
     return datamodule, datamodule.calibration_dataloader()
 
 
-def calibration_batches(loader, count: int):
-    """(images, image_sizes) of the first `count` images of `loader`'s batches."""
-    taken = 0
+def calibration_batches(loader, count: int) -> list:
+    """(images, image_sizes) of the first `count` images of `loader`'s batches, or of all of
+    them where it has fewer; the log says how many."""
+    batches, taken = [], 0
     for batch in loader:
         keep = min(count - taken, len(batch["images"]))
-        yield batch["images"][:keep], batch["image_sizes"][:keep]
+        batches.append((batch["images"][:keep], batch["image_sizes"][:keep]))
         taken += keep
         if taken >= count:
-            return
+            break
+    fewer = f" (all the data has; calibration_images={count})" if taken < count else ""
+    log.info("Quantizing to int8, calibrated on %d training images%s...", taken, fewer)
+    return batches
 
 
 def quantize_graph(cfg, data, calibration, graphs, info, output) -> None:
@@ -167,10 +171,8 @@ def quantize_graph(cfg, data, calibration, graphs, info, output) -> None:
 
     float_graph, int8_graph, path = graphs
 
-    log.info("Quantizing to int8, calibrated on %d training images...", cfg.calibration_images)
-    quantize.quantize_int8(
-        float_graph, int8_graph, calibration_batches(calibration, cfg.calibration_images)
-    )
+    batches = calibration_batches(calibration, cfg.calibration_images)
+    quantize.quantize_int8(float_graph, int8_graph, batches)
     if cfg.format == "openvino":
         openvino_ir.convert(int8_graph, path, info)
     _, load = exporter(cfg.format, cfg.opset)

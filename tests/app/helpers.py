@@ -8,6 +8,7 @@ import runpy
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,7 +67,10 @@ def run_script(script: Path, args: list[str], cwd: Path, separate_process: bool 
     returns its output (.stdout, .stderr); fails with its output if it exits with an error.
 
     In this process by default (the import of torch and Lightning is paid once); in a
-    separate process where the run spawns processes itself (DDP).
+    separate process where the run spawns processes itself (DDP). Here, the Python warnings
+    that the command's own process would print end its .stderr (pytest would record them
+    apart, where no test reads them): those of every category but the deprecations that
+    Python shows only in `__main__`.
     """
     argv = [str(script), *args]
     if separate_process:
@@ -83,8 +87,18 @@ def run_script(script: Path, args: list[str], cwd: Path, separate_process: bool 
     sys.argv = argv
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(script), run_name="__main__")
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(record=True) as shown,
+        ):
+            for category in (DeprecationWarning, PendingDeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)  # (pytest shows them)
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            finally:
+                for w in shown:
+                    err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
     except SystemExit as exit_:  # Hydra exits on errors after printing them
         raise AssertionError(
             f"{script.name} failed ({exit_.code}):\n{out.getvalue()[-3000:]}\n"

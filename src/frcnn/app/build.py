@@ -41,12 +41,22 @@ def quiet_libraries() -> None:
     commands keep it to warnings. Under DDP, Lightning advises `sync_dist=True` for every
     figure logged per epoch (19 warnings): DetectorModule gathers the validation figures itself,
     the same on every process, and the training losses' epoch means are the first process's
-    (syncing them would reduce at every step). Lightning's advertisement of its cloud logger
-    and torch's deprecation of a class Lightning uses are nothing a user can act on. (Set
-    when a command runs, not at import.)"""
+    (syncing them would reduce at every step). Lightning's advertisement of its cloud logger,
+    torch's deprecation of a class Lightning uses, Lightning's model summary that counts
+    bf16-mixed weights as float32 ones, and the deprecations in what hydra-optuna-sweeper 1.3
+    passes to Optuna (its search space's classes, TPE's arguments: kept until Optuna 6) are
+    nothing a user can act on. (Set when an entry point is defined, before Hydra's sweeper
+    builds its sampler, and when a run is built: not at import.)"""
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_tips)  # once
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", r"Precision bf16-mixed is not supported by the model summ")
+    warnings.filterwarnings("ignore", r".*Distribution has been deprecated", FutureWarning)
+    optuna_tpe = "consider_prior|prior_weight|consider_magic_clip|consider_endpoints|warn_indep"
+    warnings.filterwarnings("ignore", rf"`({optuna_tpe})\w*` has been deprecated", FutureWarning)
+    # a run that ends or checkpoints before its first validation: the run says so itself
+    # (app.train); Lightning raises, rather than warns, where a validation ran without it
+    warnings.filterwarnings("ignore", r"`ModelCheckpoint\(monitor='val/\S+'\)` could not find")
     warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('(val|train)/")
     # a run resumed mid-epoch says itself what becomes of the epoch (data.datamodule.StreamEpoch)
     warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")

@@ -33,6 +33,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from omegaconf import OmegaConf, read_write
 
 import frcnn
+from frcnn.app.build import quiet_libraries
 from frcnn.training.sweep import study_seed
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def command(task_function=None, *, checkpoint_data: bool = False):
     if task_function is None:
         return functools.partial(command, checkpoint_data=checkpoint_data)
     register_resolvers()
+    quiet_libraries()  # before Hydra's sweeper builds Optuna's sampler
     if checkpoint_data:
         sys.argv[1:] = [re.sub(r"^data\.", "++data.", arg) for arg in sys.argv[1:]]
 

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -27,10 +26,6 @@ METRICS_FILE = "metrics.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # the GPUs a sweep's parallel trials share (OneGPUPerTrial)
 TRIAL_GPUS = "FRCNN_TRIAL_GPUS"
-
-# hydra-optuna-sweeper 1.3 builds its search space with the classes optuna 3 deprecated (kept
-# until optuna 6): one warning per parameter and trial otherwise
-warnings.filterwarnings("ignore", r".*Distribution has been deprecated", FutureWarning)
 
 log = logging.getLogger(__name__)
 

@@ -52,8 +52,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", r"Precision bf16-mixed is not supported by the model summ")
     warnings.filterwarnings("ignore", r".*Distribution has been deprecated", FutureWarning)
-    optuna_tpe = "consider_prior|prior_weight|consider_magic_clip|consider_endpoints|warn_indep"
-    warnings.filterwarnings("ignore", rf"`({optuna_tpe})\w*` has been deprecated", FutureWarning)
+    for tpe_argument in ("consider_prior", "prior_weight", "consider_magic_clip",
+                         "consider_endpoints", "warn_independent_sampling"):  # fmt: skip
+        warnings.filterwarnings("ignore", f"`{tpe_argument}` has been deprecated", FutureWarning)
     # a run that ends or checkpoints before its first validation: the run says so itself
     # (app.train); Lightning raises, rather than warns, where a validation ran without it
     warnings.filterwarnings("ignore", r"`ModelCheckpoint\(monitor='val/\S+'\)` could not find")

@@ -2,7 +2,7 @@
 
 import torch
 
-from frcnn.evaluation.confusion import confusion_matrix, normalised
+from frcnn.evaluation.confusion import classes_by_errors, confusion_matrix, normalised
 
 BG = 3  # row / column of the background with 3 classes
 
@@ -67,3 +67,18 @@ def test_an_image_without_ground_truth_or_detections():
     only_fp = scene([[0, 0, 5, 5]], [2], [0.9], [], [])
     matrix = confusion_matrix([empty[0], only_fp[0]], [empty[1], only_fp[1]], 3)
     assert matrix.sum() == 1 and matrix[BG, 1] == 1
+
+
+def test_classes_are_ranked_by_their_errors_then_their_boxes():
+    matrix = torch.tensor(
+        [
+            [5, 0, 0, 0, 1],  # class 1: 1 missed; 2 of class 3's boxes detected as it: 3 errors
+            [0, 0, 0, 0, 0],  # class 2: no box, no detection
+            [2, 0, 3, 0, 0],  # class 3: 2 taken for class 1, 1 false positive below: 3 errors
+            [0, 0, 0, 4, 0],  # class 4: all right
+            [0, 0, 1, 0, 0],  # background
+        ]
+    )
+    # classes 1 and 3 tie on errors: class 1 has more boxes (6 to 5)
+    assert classes_by_errors(matrix) == [0, 2, 3]
+    assert classes_by_errors(torch.zeros(4, 4, dtype=torch.long)) == []

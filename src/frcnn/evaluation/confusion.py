@@ -51,3 +51,14 @@ def normalised(matrix: Tensor) -> Tensor:
     which classes the false positives claimed); rows without counts stay 0."""
     counts = matrix.double()
     return counts / counts.sum(1, keepdim=True).clamp(min=1)
+
+
+def classes_by_errors(matrix: Tensor) -> list[int]:
+    """The classes (rows 0..C-1 of a `confusion_matrix`) with a box or a detection, the most
+    errors first (their row's and column's counts off the diagonal: boxes detected as another
+    class or missed, detections on another class's box or on none), then the most boxes."""
+    totals = (matrix.sum(0) + matrix.sum(1))[:-1]
+    errors = (totals - 2 * matrix.diagonal()[:-1]).tolist()
+    boxes = matrix.sum(1)[:-1].tolist()
+    seen = [k for k, total in enumerate(totals.tolist()) if total]
+    return sorted(seen, key=lambda k: (-errors[k], -boxes[k]))

@@ -9,13 +9,17 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from frcnn.evaluation.confusion import normalised
+from frcnn.evaluation.confusion import classes_by_errors, normalised
 from frcnn.evaluation.results import CURVE_IOUS, RECALL, Evaluation, mean_curve, pr_curves
 from frcnn.evaluation.tide import TYPES
 from frcnn.visualization.canvas import figure
 
 LEGEND_CLASSES = 10  # more classes: thin unnamed curves (each is in pr_curves.csv)
 ANNOTATED_CLASSES = 20  # fewer classes: counts written in the confusion matrix's cells
+# more classes (LVIS's 1203): a figure of a bar or a row per class would be metres wide (the
+# confusion matrix of 1203 took 16 GB and 100 s to draw): the report's figures show this many
+# (as COCO's 80 all fit), the CSVs every class
+FIGURE_CLASSES = 80
 
 
 def _font(num_classes: int) -> float:
@@ -58,11 +62,12 @@ def pr_figure(evaluation: Evaluation) -> Figure:
 def confusion_figure(matrix: torch.Tensor, names: list[str], share: bool, score: float) -> Figure:
     """The matrix as a heat map: rows the true class, columns the detected one (background
     last on both); `share` colours each row's fractions, else the counts (log scale). Classes
-    that neither have a box nor were detected are left out (the CSV has them all)."""
+    that neither have a box nor were detected are left out, and of more than FIGURE_CLASSES
+    all but the FIGURE_CLASSES with the most errors (the CSV has them all)."""
     values = normalised(matrix) if share else matrix.double()
-    seen = (matrix.sum(0) + matrix.sum(1) > 0).nonzero().squeeze(1).tolist()
-    seen = [i for i in seen if i < len(names) - 1] + [len(names) - 1]  # background last
-    values, names = values[seen][:, seen], [names[i] for i in seen]
+    ranked = classes_by_errors(matrix)
+    shown = [*sorted(ranked[:FIGURE_CLASSES]), len(names) - 1]  # background last
+    values, names = values[shown][:, shown], [names[i] for i in shown]
     num = len(names)
     side = max(6.0, 0.17 * num + 3)
     fig, (ax,) = figure(side, side - 0.8)
@@ -78,6 +83,8 @@ def confusion_figure(matrix: torch.Tensor, names: list[str], share: bool, score:
     ax.set_yticks(ticks, names, fontsize=font)
     ax.set(xlabel="detected as", ylabel="true class")
     what = "share of each row" if share else "boxes"
+    if len(ranked) > FIGURE_CLASSES:
+        what += f"; the {FIGURE_CLASSES} of {len(ranked)} classes with the most errors"
     ax.set_title(f"Confusion matrix, IoU 0.5, score >= {score}\n({what})")
     if num <= ANNOTATED_CLASSES:
         for (row, col), value in zip(
@@ -121,7 +128,7 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
     """Boxes per class and per image, box sides against the pooled levels, anchor coverage."""
     counts = torch.bincount(stats["labels"], minlength=len(names) + 1)[1:]
     present = counts.nonzero().squeeze(1).tolist()  # classes without boxes: named in the title
-    fig, axes = figure(max(14, 0.18 * len(present) + 6), 9, ncols=2, nrows=2)
+    fig, axes = figure(max(14, 0.18 * min(len(present), FIGURE_CLASSES) + 6), 9, ncols=2, nrows=2)
     per_class, per_image, sides, coverage = axes
     _boxes_per_class(per_class, counts, present, names)
     _boxes_per_image(per_image, stats["boxes_per_image"].tolist())
@@ -131,11 +138,20 @@ def dataset_figure(stats: dict, names: list[str]) -> Figure:
 
 
 def _boxes_per_class(ax, counts: Tensor, present: list[int], names: list[str]) -> None:
-    """A bar per class with boxes (counts: (C,)); the classes without any named in the title."""
-    ax.bar(range(len(present)), counts[present].tolist(), color="tab:blue")
-    ax.set_xticks(
-        range(len(present)), [names[i] for i in present], rotation=90, fontsize=_font(len(present))
-    )
+    """A bar per class with boxes (counts: (C,)), named; of more than FIGURE_CLASSES, the most
+    boxes first and unnamed (a long tail's shape); the classes without any named in the title."""
+    many = len(present) > FIGURE_CLASSES
+    heights = counts[present].sort(descending=True).values if many else counts[present]
+    ax.bar(range(len(present)), heights.tolist(), color="tab:blue")
+    if many:
+        ax.set_xlabel(f"{len(present)} classes, the most boxes first (each: per_class.csv)")
+    else:
+        ax.set_xticks(
+            range(len(present)),
+            [names[i] for i in present],
+            rotation=90,
+            fontsize=_font(len(present)),
+        )
     missing = [names[i] for i in range(len(names)) if i not in present]
     title = f"Boxes per class ({int(counts.sum())} in all)"
     if missing:

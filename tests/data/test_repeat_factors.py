@@ -29,6 +29,25 @@ def test_factors_follow_the_rarest_class_of_each_image():
     assert rows[1][2] == pytest.approx(0.25) and rows[1][3] == pytest.approx(2 / factors.sum())
 
 
+def test_factors_and_table_of_many_images_follow_the_definition_image_by_image():
+    """Against the definitions applied to each image and class in turn, on 300 images of 40
+    classes (a long tail, images without boxes, repeated labels)."""
+    rng = np.random.default_rng(0)
+    tail = 1 / np.arange(1, 41) / sum(1 / np.arange(1, 41))
+    labels = [rng.choice(np.arange(1, 41), size=rng.integers(0, 6), p=tail) for _ in range(300)]
+    factors = repeat_factors(labels, 40, threshold=0.1)
+    has = np.array([[c in ls for c in range(1, 41)] for ls in labels])  # (image, class)
+    per_class = np.maximum(1, np.sqrt(0.1 / has.mean(0)))
+    expected = [max([1.0, *per_class[has[i]]]) for i in range(len(labels))]
+    np.testing.assert_allclose(factors, expected)
+    assert (factors > 1).any() and (factors == 1).any()
+    rows = class_table(labels, factors, [f"c{k}" for k in range(1, 41)])
+    for k, (name, images, before, after) in enumerate(rows):
+        assert (name, images) == (f"c{k + 1}", has[:, k].sum())
+        assert before == pytest.approx(has[:, k].mean())
+        assert after == pytest.approx(factors[has[:, k]].sum() / factors.sum())
+
+
 def test_epochs_are_the_factors_on_average_and_the_same_per_seed_and_epoch():
     factors = np.array([1.0, 1.5, 2.25, 3.0])
     sampler = RepeatFactorSampler(range(4), factors, seed=7)

@@ -8,28 +8,43 @@ import torch
 from torch.utils.data import DistributedSampler
 
 
+def image_classes(labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each (class, image) pair once where the image has a box of the class: classes (K,) and
+    images (K,), indices into `labels` (each image's labels). One sort of all the boxes'
+    labels, not a pass per image or per class (LVIS: 100,000 images of 1203 classes)."""
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    classes = np.concatenate(labels).astype(np.int64)
+    images = np.repeat(np.arange(len(labels)), [len(ls) for ls in labels])
+    span = int(classes.max(initial=0)) + 1
+    pairs = np.unique(images * span + classes)
+    return pairs % span, pairs // span
+
+
 def repeat_factors(labels: list[np.ndarray], num_classes: int, threshold: float) -> np.ndarray:
     """Each image's repeat factor (N,): r(c) = max(1, sqrt(threshold / f(c))) for a class c
     whose images are the share f(c) of all; an image's is the largest r(c) of its classes
     (1 without objects). `labels`: each image's labels in 1..num_classes."""
-    images_of = np.zeros(num_classes + 1)
-    for image_labels in labels:
-        images_of[np.unique(image_labels)] += 1
-    share = images_of / max(len(labels), 1)
+    classes, images = image_classes(labels)
+    share = np.bincount(classes, minlength=num_classes + 1) / max(len(labels), 1)
     with np.errstate(divide="ignore"):
         per_class = np.maximum(1.0, np.sqrt(threshold / share))
-    return np.array([per_class[np.unique(ls)].max(initial=1.0) for ls in labels])
+    factors = np.ones(len(labels))
+    np.maximum.at(factors, images, per_class[classes])
+    return factors
 
 
 def class_table(labels: list[np.ndarray], factors: np.ndarray, class_names: list[str]) -> list:
     """Per class: (name, images with it, their share of an epoch's images before, and after
     the repeat factors (expected))."""
+    classes, images = image_classes(labels)
+    images_of = np.bincount(classes, minlength=len(class_names) + 1)
+    repeated = np.bincount(classes, weights=factors[images], minlength=len(class_names) + 1)
     before, after = len(labels), factors.sum()
-    rows = []
-    for label, name in enumerate(class_names, 1):
-        has = np.array([label in ls for ls in labels], dtype=bool)
-        rows.append((name, int(has.sum()), has.sum() / before, factors[has].sum() / after))
-    return rows
+    return [
+        (name, int(images_of[label]), images_of[label] / before, repeated[label] / after)
+        for label, name in enumerate(class_names, 1)
+    ]
 
 
 class RepeatFactorSampler(DistributedSampler):

@@ -5,6 +5,7 @@
     uv run python bench/detector.py --breakdown      # time per stage of our detector
     uv run python bench/detector.py --counts         # ops, NMS calls, host waits, fp32 bytes
     uv run python bench/detector.py --memory         # peak memory at batch 2/8/16, both
+        [--boxes 7]                                  # ground-truth boxes per image
     uv run python bench/detector.py --profile        # top kernels of a train step, both
 
 Both detectors are ResNet-50-FPN with identical random weights (converted with
@@ -18,6 +19,7 @@ both detectors. Not a test.
 import argparse
 import contextlib
 import multiprocessing
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -54,12 +56,13 @@ def use_nms_calls(model, calls: str) -> None:
     model.nms_calls = model.rpn.nms_calls = model.roi_heads.nms_calls = calls
 
 
-def synthetic_batch(batch_size: int, size: int, device, seed: int = 0):
+def synthetic_batch(batch_size: int, size: int, device, seed: int = 0, num_boxes: int = 7):
+    """`num_boxes` per image (7: COCO's mean number of objects per image)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=g)
     targets = []
     for _ in range(batch_size):
-        n = 7  # COCO's mean number of objects per image
+        n = num_boxes
         xy = torch.rand(n, 2, generator=g) * size * 0.7
         wh = torch.rand(n, 2, generator=g) * size * 0.3 + 8
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
@@ -125,7 +128,7 @@ def compare(args, size, device):
     if args.compile:
         compile_parts(ours, "inductor", "backbone")  # what module.compile=true compiles
         tv.backbone = torch.compile(tv.backbone)  # torchvision's backbone includes its FPN
-    images, targets = synthetic_batch(args.batch_size, size, device)
+    images, targets = synthetic_batch(args.batch_size, size, device, num_boxes=args.boxes)
     steps = {
         "ours": make_steps(
             ours, False, images, targets, device, args.precision, args.channels_last
@@ -246,7 +249,7 @@ def count_step(args, size, device):
     """`StepCounts` of one train step (forward + backward) and one inference, both detectors,
     on the code paths CUDA takes."""
     ours, tv = build_pair(size, device)
-    images, targets = synthetic_batch(args.batch_size, size, device)
+    images, targets = synthetic_batch(args.batch_size, size, device, num_boxes=args.boxes)
     low = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(args.precision)
     print(f"\nCounts, {size} px, batch {args.batch_size}, precision {args.precision}")
     print("| detector | pass | aten ops | NMS calls | host waits | which | float32 MB | "
@@ -273,7 +276,7 @@ def count_step(args, size, device):
 def profile(args, size, device):
     """torch.profiler's top kernels (self time) of one train step of each detector."""
     ours, tv = build_pair(size, device, nms_calls=args.nms_calls[0])
-    images, targets = synthetic_batch(args.batch_size, size, device)
+    images, targets = synthetic_batch(args.batch_size, size, device, num_boxes=args.boxes)
     for name, model, is_tv in (("ours", ours, False), ("torchvision", tv, True)):
         train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
         train_step()  # warm-up
@@ -306,7 +309,7 @@ def _peak_memory_child(args, name, batch_size, size, queue):
     ours, tv = build_pair(size, device, nms_calls=args.nms_calls[0])
     model, is_tv = (tv, True) if name == "torchvision" else (ours, False)
     del ours, tv  # only the measured model stays (on a GPU its weights count)
-    images, targets = synthetic_batch(batch_size, size, device)
+    images, targets = synthetic_batch(batch_size, size, device, num_boxes=args.boxes)
     train_step, _ = make_steps(model, is_tv, images, targets, device, args.precision, False)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -335,10 +338,22 @@ def peak_memory(args, size, device):
                 target=_peak_memory_child, args=(args, name, batch_size, size, queue)
             )
             child.start()
-            rss, added, cuda_mib = queue.get()
-            child.join()
+            rss, added, cuda_mib = result_of(child, queue)
             row = f"| {batch_size} | {name} | {rss:.0f} | {added:.0f} |"
             print(row + (f" {cuda_mib:.0f} |" if cuda else ""))
+
+
+def result_of(child, queue):
+    """What `child` puts on `queue`; an error if it ends without (queue.get would wait forever)."""
+    while True:
+        try:
+            result = queue.get(timeout=5)
+        except queue_module.Empty:
+            if not child.is_alive():
+                raise RuntimeError(f"{child.name} ended with exit code {child.exitcode}") from None
+        else:
+            child.join()
+            return result
 
 
 def breakdown(args, size, device):
@@ -346,7 +361,7 @@ def breakdown(args, size, device):
     torch.profiler over the stages' own record_function labels (frcnn.*): nothing here
     re-implements the pipeline. The labelled stages do not overlap."""
     model, _ = build_pair(size, device, nms_calls=args.nms_calls[0])
-    images, targets = synthetic_batch(args.batch_size, size, device)
+    images, targets = synthetic_batch(args.batch_size, size, device, num_boxes=args.boxes)
     train_step, infer = make_steps(model, False, images, targets, device, args.precision, False)
     for _ in range(args.warmup):
         train_step()
@@ -394,6 +409,9 @@ def main():
     parser.add_argument("--profile", action="store_true", help="top kernels of a train step")
     parser.add_argument("--memory-batch-sizes", type=int, nargs="+", default=[2, 8, 16])
     parser.add_argument(
+        "--boxes", type=int, default=7, help="ground-truth boxes per image (7: COCO's mean)"
+    )
+    parser.add_argument(
         "--nms-calls",
         nargs="+",
         default=["image"],
@@ -404,7 +422,8 @@ def main():
     device = torch.device(args.device)
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, {device}, "
-        f"batch {args.batch_size}, precision {args.precision}, threads {torch.get_num_threads()}"
+        f"batch {args.batch_size}, precision {args.precision}, threads {torch.get_num_threads()}, "
+        f"{args.boxes} boxes per image"
     )
     measures = {
         breakdown: args.breakdown,

@@ -110,10 +110,17 @@ def is_large_enough(boxes: Tensor, min_size: float) -> Tensor:
 
 def pairwise_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Intersection areas of (..., N, 4) with (..., M, 4) boxes -> (..., N, M), the leading
-    (batch) dimensions broadcast: what IoU and IoA share."""
-    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    return (rb - lt).clamp(min=0).prod(-1)
+    (batch) dimensions broadcast: what IoU and IoA share. The width, then the height: never
+    (..., N, M, 2) corner pairs, as the ground truth against every anchor is the training
+    step's largest tensor (4 such tensors at once at most, where the pairs made 8)."""
+    a, b = boxes1[..., :, None, :], boxes2[..., None, :, :]
+
+    def overlap(low: int, high: int) -> Tensor:  # along x (coordinates 0, 2) or y (1, 3)
+        return (
+            torch.minimum(a[..., high], b[..., high]) - torch.maximum(a[..., low], b[..., low])
+        ).clamp(min=0)
+
+    return overlap(0, 2) * overlap(1, 3)
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

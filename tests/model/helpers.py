@@ -1,6 +1,8 @@
 """Shared builders for the model tests."""
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 def random_boxes(n, size=200.0, generator=None):
@@ -8,6 +10,20 @@ def random_boxes(n, size=200.0, generator=None):
     xy = torch.rand(n, 2, generator=generator) * size
     wh = torch.rand(n, 2, generator=generator) * size / 2 + 1
     return torch.cat([xy, xy + wh], dim=1)
+
+
+class TensorSizes(TorchDispatchMode):
+    """Records the element count of every tensor that the ops run under it make (`sizes`):
+    what a computation's memory peak is made of, counted on a CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.sizes += [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
 
 
 def sorted_rows(x):

@@ -2,15 +2,20 @@ import pytest
 import torch
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
 
+from frcnn.boxes import pairwise_iou
+from frcnn.model import matching
 from frcnn.model.matching import (
     BACKGROUND,
     BETWEEN_THRESHOLDS,
     IGNORED,
     NEGATIVE,
+    RPN_SAMPLING,
     match,
     sample,
     training_labels,
 )
+from frcnn.structures import GroundTruth
+from tests.model.helpers import TensorSizes, random_boxes
 
 
 def test_thresholds_and_ignore_band():
@@ -57,6 +62,27 @@ def test_agrees_with_torchvision_matcher_on_random_ious(low_quality):
     tv = Matcher(0.7, 0.3, allow_low_quality_matches=low_quality)
     for i in range(2):
         assert torch.equal(ours[i], tv(iou[i][valid[i]]))
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["anchors", "per-image boxes"])
+def test_a_crowded_batch_is_matched_a_few_images_at_a_time_with_the_same_result(
+    shared, monkeypatch
+):
+    """5 images of 40 boxes (the last two: 25 and none, padded) against 300 candidates: with
+    room for two images' IoU at a time, three rounds; the same matches as all at once, and no
+    tensor larger than the room."""
+    g = torch.Generator().manual_seed(5)
+    valid = torch.arange(40) < torch.tensor([[40], [40], [40], [25], [0]])
+    gt = GroundTruth(random_boxes(200, generator=g).view(5, 40, 4), torch.ones(5, 40), valid)
+    boxes = random_boxes(300 if shared else 1500, generator=g).view(-1, 300, 4).squeeze(0)
+    whole = match(pairwise_iou(gt.boxes, boxes), valid, 0.7, 0.3, True)
+    assert (whole >= 0).any() and (whole == BACKGROUND).any()
+    monkeypatch.setattr(matching, "MATCH_ELEMENTS", 2 * 40 * 300)
+    with TensorSizes() as made:
+        assert torch.equal(RPN_SAMPLING.match(gt, boxes, True), whole)
+    assert max(made.sizes) <= matching.MATCH_ELEMENTS
+    monkeypatch.setattr(matching, "MATCH_ELEMENTS", 1)  # at least one image at a time
+    assert torch.equal(RPN_SAMPLING.match(gt, boxes, True), whole)
 
 
 def test_sampler_sizes_and_fractions():

@@ -10,7 +10,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from frcnn.boxes import pairwise_iou
 from frcnn.checks import check_number
+from frcnn.structures import GroundTruth
 
 # `match` returns a ground-truth index (>= 0) per candidate, or one of these
 BACKGROUND = -1  # best IoU below bg_iou_thresh
@@ -19,6 +21,12 @@ BETWEEN_THRESHOLDS = -2  # best IoU between the thresholds: neither foreground n
 # training labels per candidate (`sample` takes them): a positive is 1 (or its class)
 NEGATIVE = 0
 IGNORED = -1
+
+# the most elements of one (images, G, N) IoU tensor that `Sampling.match` makes (256 MB in
+# float32): the ground truth of a crowded data set against every anchor (16 images of 300
+# boxes with 40,029 anchors at 400 px: 192 M) is matched a few images at a time; COCO's
+# (fewer than 100 boxes an image) at 400 px and batch 16 all at once
+MATCH_ELEMENTS = 2**26
 
 
 @dataclass(frozen=True)
@@ -60,11 +68,21 @@ class Sampling:
         values = {k: settings.pop(k, getattr(default, k)) for k in cls.KEYS}
         return cls(**values, stage=stage)
 
-    def match(self, iou: Tensor, gt_valid: Tensor, allow_low_quality_matches: bool) -> Tensor:
-        """`match` with these thresholds."""
-        return match(
-            iou, gt_valid, self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality_matches
-        )
+    def match(self, gt: GroundTruth, boxes: Tensor, allow_low_quality_matches: bool) -> Tensor:
+        """`match` of candidate `boxes` ((B, N, 4), or (N, 4) for every image: the anchors)
+        with the ground truth `gt` ((B, G) boxes) at these thresholds -> (B, N), the IoU of
+        as many images at a time as keep it within MATCH_ELEMENTS."""
+        num_images, num_gt = gt.valid.shape
+        step = max(1, MATCH_ELEMENTS // max(1, num_gt * boxes.shape[-2]))
+        thresholds = self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality_matches
+        parts = []
+        for rows in (slice(i, i + step) for i in range(0, num_images, step)):
+            candidates = boxes if boxes.dim() == 2 else boxes[rows]
+            # one expression: the IoU is freed before the next rows' is made
+            parts.append(
+                match(pairwise_iou(gt.boxes[rows], candidates), gt.valid[rows], *thresholds)
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def sample(self, labels: Tensor) -> Tensor:
         """`sample` with this batch size and positive fraction."""

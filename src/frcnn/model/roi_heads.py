@@ -10,7 +10,6 @@ from frcnn.boxes import (
     clip_boxes,
     is_large_enough,
     nms_in_rows,
-    pairwise_iou,
     top_k_per_image,
 )
 from frcnn.checks import check_number
@@ -172,8 +171,7 @@ class RoIHeads(nn.Module):
         """
         boxes = torch.cat([proposals.boxes, gt.boxes.to(proposals.boxes.dtype)], dim=1)
         candidate = torch.cat([proposals.valid, gt.valid], dim=1)
-        iou = pairwise_iou(gt.boxes, boxes)
-        matched = self.sampling.match(iou, gt.valid, False)
+        matched = self.sampling.match(gt, boxes, False)
         gt_labels = gt.labels.gather(1, matched.clamp(min=0))
         labels = training_labels(matched, gt_labels)
         labels = torch.where(candidate, labels, IGNORED)

@@ -10,7 +10,6 @@ from frcnn.boxes import (
     clip_boxes,
     is_large_enough,
     nms_in_rows,
-    pairwise_iou,
     top_k_per_image,
 )
 from frcnn.checks import check_number
@@ -189,9 +188,7 @@ class RPN(nn.Module):
         logits (B, N), deltas (B, N, 4), anchors (N, 4). Both losses are normalised by the
         number of sampled anchors in the batch.
         """
-        num_images = logits.shape[0]
-        iou = pairwise_iou(gt.boxes, anchors.expand(num_images, -1, -1))
-        matched = self.sampling.match(iou, gt.valid, True)
+        matched = self.sampling.match(gt, anchors, True)
         labels = training_labels(matched)
         sampled = self.sampling.sample(labels)
         positive = sampled & (labels == 1)

@@ -10,7 +10,7 @@ import matplotlib
 import torch
 from matplotlib.patches import Rectangle
 
-from frcnn.boxes import clip_boxes, pairwise_iou
+from frcnn.boxes import clip_boxes
 from frcnn.model.matching import IGNORED, NEGATIVE, training_labels
 from frcnn.structures import pad_targets
 from frcnn.visualization.canvas import figure
@@ -135,8 +135,7 @@ def assignments_figure(model, image, size, target, num_negatives: int = 40):
     gt = pad_targets([target], device)
     rpn = model.rpn
     all_anchors = torch.cat(anchors)
-    iou = pairwise_iou(gt.boxes, all_anchors[None])
-    matched = rpn.sampling.match(iou, gt.valid, True)[0]
+    matched = rpn.sampling.match(gt, all_anchors, True)[0]
     labels = training_labels(matched)
     sampled = rpn.sampling.sample(labels[None])[0]
     centres = ((all_anchors[:, :2] + all_anchors[:, 2:]) / 2).cpu()

@@ -12,7 +12,13 @@ from tensorboard.util.tensor_util import make_ndarray
 from torch.utils.tensorboard import SummaryWriter
 
 from frcnn.data import COCOFolder, Transform
-from frcnn.evaluation.results import CURVE_IOUS, Evaluation, log_pr_curves, pr_curves
+from frcnn.evaluation.results import (
+    CURVE_IOUS,
+    FIGURE_CLASSES,
+    Evaluation,
+    log_pr_curves,
+    pr_curves,
+)
 from frcnn.training.module import DetectorModule
 from frcnn.visualization.report_figures import pr_figure
 from tests.app.test_evaluation import (
@@ -89,6 +95,20 @@ def test_tensorboard_gets_every_curve(evaluated, tmp_path):
         precision, recall = make_ndarray(event.tensor_proto)[4:]
         assert recall[0] == 1 and recall[-1] == 0
         assert float(precision.astype(np.float64).mean()) == pytest.approx(stats[1], abs=1e-6)
+
+
+def test_tensorboard_gets_only_the_mean_curves_of_many_classes(tmp_path):
+    """More classes than FIGURE_CLASSES (LVIS's 1203: 3,609 cards per validation): the mean."""
+    many = FIGURE_CLASSES + 1
+    truth = {"labels": torch.arange(1, many + 1), "iscrowd": torch.zeros(many, dtype=torch.long)}
+    precision = torch.rand(10, 101, many, 4, 3, generator=torch.Generator().manual_seed(0))
+    evaluation = Evaluation([], [truth], [], [], precision, list(range(1, many + 1)))
+    writer = SummaryWriter(tmp_path)
+    log_pr_curves(writer, evaluation, step=1)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    assert sorted(events.Tags()["tensors"]) == sorted(f"pr/{iou}/all" for iou in CURVE_IOUS)
 
 
 def test_a_validation_without_images_has_no_boxes_and_no_curves(tmp_path):

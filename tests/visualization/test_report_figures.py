@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from frcnn.evaluation.dataset_stats import dataset_statistics
+from frcnn.evaluation.results import FIGURE_CLASSES
 from frcnn.model import FasterRCNN
-from frcnn.visualization.report_figures import FIGURE_CLASSES, confusion_figure, dataset_figure
+from frcnn.visualization.report_figures import confusion_figure, dataset_figure
 
 MANY = 1203
 

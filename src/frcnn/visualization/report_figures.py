@@ -10,16 +10,19 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from frcnn.evaluation.confusion import classes_by_errors, normalised
-from frcnn.evaluation.results import CURVE_IOUS, RECALL, Evaluation, mean_curve, pr_curves
+from frcnn.evaluation.results import (
+    CURVE_IOUS,
+    FIGURE_CLASSES,
+    RECALL,
+    Evaluation,
+    mean_curve,
+    pr_curves,
+)
 from frcnn.evaluation.tide import TYPES
 from frcnn.visualization.canvas import figure
 
 LEGEND_CLASSES = 10  # more classes: thin unnamed curves (each is in pr_curves.csv)
 ANNOTATED_CLASSES = 20  # fewer classes: counts written in the confusion matrix's cells
-# more classes (LVIS's 1203): a figure of a bar or a row per class would be metres wide (the
-# confusion matrix of 1203 took 16 GB and 100 s to draw): the report's figures show this many
-# (as COCO's 80 all fit), the CSVs every class
-FIGURE_CLASSES = 80
 
 
 def _font(num_classes: int) -> float:

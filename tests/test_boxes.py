@@ -17,7 +17,7 @@ from frcnn.boxes import (
     top_k_per_image,
     triton_missing,
 )
-from tests.model.helpers import TensorSizes, random_boxes
+from tests.model.helpers import DispatchedOps, random_boxes
 
 
 @pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
@@ -77,14 +77,14 @@ def test_pairwise_iou_is_box_iou_per_image_and_makes_nothing_larger_than_its_res
     g = torch.Generator().manual_seed(3)
     a = torch.stack([random_boxes(7, generator=g) for _ in range(3)])
     b = torch.stack([random_boxes(11, generator=g) for _ in range(3)])
-    with TensorSizes() as made:
+    with DispatchedOps() as made:
         iou = pairwise_iou(a, b)
     assert iou.shape == (3, 7, 11)
     for i in range(3):
         assert torch.equal(iou[i], box_iou(a[i], b[i]))
     # the ground truth against every anchor is a training step's largest tensor: no
     # (B, G, A, 2) corner pairs on the way
-    assert max(made.sizes) == iou.numel()
+    assert made.largest() == iou.numel()
     # boxes shared by every image (the anchors) broadcast
     assert torch.equal(pairwise_iou(a, b[0]), pairwise_iou(a, b[0].expand(3, -1, -1)))
 

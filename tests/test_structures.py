@@ -8,12 +8,12 @@ import torch
 import torch.multiprocessing  # noqa: F401  (registers its tensor reducers with ForkingPickler)
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from packaging.version import Version
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from frcnn.data import collate
 from frcnn.structures import Targets, pad_targets
+from tests.model.helpers import DispatchedOps
 
 
 def target(num_boxes: int, seed: int, crowd: bool = True) -> dict:
@@ -55,18 +55,6 @@ def storages(targets) -> set[int]:
     }
 
 
-class Calls(TorchDispatchMode):
-    """The aten ops dispatched, with their keyword arguments."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append((func.overloadpacket.__name__, kwargs or {}))
-        return func(*args, **(kwargs or {}))
-
-
 def test_targets_are_the_same_list_of_dicts_backed_by_one_tensor_per_key():
     expected = plain_targets()
     targets = Targets(expected)
@@ -97,9 +85,9 @@ def test_keys_some_images_lack_travel_on_their_own():
 def test_padded_ground_truth_is_the_padded_list_and_copies_nothing():
     expected = plain_targets()
     targets = Targets(expected)
-    with Calls() as from_list:
+    with DispatchedOps() as from_list:
         want = pad_targets(expected, "cpu")
-    with Calls() as from_targets:
+    with DispatchedOps() as from_targets:
         got = pad_targets(targets, "cpu")
     for key, value in want._asdict().items():
         assert torch.equal(getattr(got, key), value), key
@@ -111,8 +99,8 @@ def test_padded_ground_truth_is_the_padded_list_and_copies_nothing():
         assert torch.equal(got.labels[i, :k], t["labels"]) and (got.labels[i, k:] == 0).all()
         assert got.valid[i, :k].all() and not got.valid[i, k:].any()
     copies = {"copy_", "cat", "stack", "constant_pad_nd", "_to_copy", "new_zeros", "zeros"}
-    assert copies & {name for name, _ in from_list.ops}  # the list is padded image by image
-    assert not copies & {name for name, _ in from_targets.ops}  # Targets are padded already
+    assert copies & {op.name for op in from_list.ops}  # the list is padded image by image
+    assert not copies & {op.name for op in from_targets.ops}  # Targets are padded already
 
 
 def test_pickled_as_its_padded_tensors():
@@ -142,9 +130,9 @@ def batch():
 
 def test_lightning_moves_a_batch_in_one_copy_per_padded_tensor():
     b = batch()
-    with Calls() as calls:
+    with DispatchedOps() as calls:
         moved = move_data_to_device(b, torch.device("meta"))
-    copies = [kwargs for name, kwargs in calls.ops if name == "_to_copy"]
+    copies = [op.kwargs for op in calls.ops if op.name == "_to_copy"]
     assert len(copies) == 2 + len(b["targets"].padded)  # images, image_sizes, padded targets
     assert isinstance(moved["targets"], Targets)
     assert all(v.device.type == "meta" for v in moved["targets"].padded.values())

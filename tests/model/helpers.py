@@ -1,5 +1,7 @@
 """Shared builders for the model tests."""
 
+from typing import NamedTuple
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -12,18 +14,30 @@ def random_boxes(n, size=200.0, generator=None):
     return torch.cat([xy, xy + wh], dim=1)
 
 
-class TensorSizes(TorchDispatchMode):
-    """Records the element count of every tensor that the ops run under it make (`sizes`):
-    what a computation's memory peak is made of, counted on a CPU."""
+class Op(NamedTuple):
+    name: str  # aten's, without the overload ("addcmul", "_to_copy")
+    kwargs: dict
+    is_view: bool  # a view launches no kernel
+    sizes: list[int]  # elements of each tensor it made
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Every aten op dispatched inside the context, in order (`ops`): what a computation costs
+    and what its memory peak is made of, counted on a CPU."""
 
     def __init__(self):
         super().__init__()
-        self.sizes = []
+        self.ops: list[Op] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.sizes += [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.ops.append(Op(func.overloadpacket.__name__, kwargs or {}, func.is_view, sizes))
         return out
+
+    def largest(self) -> int:
+        """The most elements of any tensor the ops made."""
+        return max(size for op in self.ops for size in op.sizes)
 
 
 def sorted_rows(x):

@@ -3,11 +3,11 @@ from collections import Counter
 import pytest
 import torch
 import torchvision
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.model.backbone import Backbone
+from tests.model.helpers import DispatchedOps
 
 
 @pytest.mark.parametrize(
@@ -79,9 +79,10 @@ def test_frozen_norms_cost_a_few_ops_for_all_layers():
     """A ResNet-50 pass computes the 53 frozen norms' constants in one go: one rsqrt, and one
     op per layer to apply them (torchvision's: 9 per layer)."""
     backbone = Backbone(depth=50, frozen="layer3").eval()
-    with torch.no_grad(), OpNames() as ops:
+    with torch.no_grad(), DispatchedOps() as made:
         backbone(torch.randn(1, 3, 32, 32))
-    assert ops.names["rsqrt"] == 1 and ops.names["addcmul"] == 53 + 1  # + the shift's
+    names = Counter(op.name for op in made.ops if not op.is_view)
+    assert names["rsqrt"] == 1 and names["addcmul"] == 53 + 1  # + the shift's
 
 
 def test_frozen_norms_keep_bfloat16_under_autocast():
@@ -91,19 +92,6 @@ def test_frozen_norms_keep_bfloat16_under_autocast():
     assert all(f.dtype == torch.bfloat16 for f in features)
     sum(f.float().sum() for f in features).backward()
     assert backbone.layer4[0].conv1.weight.grad is not None
-
-
-class OpNames(TorchDispatchMode):
-    """The aten ops dispatched inside the context, by name (views left out)."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.names[func._schema.name.split("::")[-1]] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_checkpointing_gives_the_same_outputs_and_gradients():

@@ -15,7 +15,7 @@ from frcnn.model.matching import (
     training_labels,
 )
 from frcnn.structures import GroundTruth
-from tests.model.helpers import TensorSizes, random_boxes
+from tests.model.helpers import DispatchedOps, random_boxes
 
 
 def test_thresholds_and_ignore_band():
@@ -78,9 +78,9 @@ def test_a_crowded_batch_is_matched_a_few_images_at_a_time_with_the_same_result(
     whole = match(pairwise_iou(gt.boxes, boxes), valid, 0.7, 0.3, True)
     assert (whole >= 0).any() and (whole == BACKGROUND).any()
     monkeypatch.setattr(matching, "MATCH_ELEMENTS", 2 * 40 * 300)
-    with TensorSizes() as made:
+    with DispatchedOps() as made:
         assert torch.equal(RPN_SAMPLING.match(gt, boxes, True), whole)
-    assert max(made.sizes) <= matching.MATCH_ELEMENTS
+    assert made.largest() <= matching.MATCH_ELEMENTS
     monkeypatch.setattr(matching, "MATCH_ELEMENTS", 1)  # at least one image at a time
     assert torch.equal(RPN_SAMPLING.match(gt, boxes, True), whole)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from frcnn.data import DetectionDataModule, HubCOCO, SyntheticShapes
+from frcnn.data.datamodule import LOGGED_CLASSES, sampling_lines
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
 from frcnn.data.transforms import Record
 from tests.helpers import in_two_processes
@@ -46,6 +47,13 @@ def test_factors_and_table_of_many_images_follow_the_definition_image_by_image()
         assert (name, images) == (f"c{k + 1}", has[:, k].sum())
         assert before == pytest.approx(has[:, k].mean())
         assert after == pytest.approx(factors[has[:, k]].sum() / factors.sum())
+    # the log: the 20 classes whose images repeat most (their mean factor), then a line
+    lines = sampling_lines(rows).splitlines()
+    mean_factor = [factors[has[:, k]].mean() if has[:, k].any() else 0 for k in range(40)]
+    most = {f"c{k + 1}" for k in np.argsort(mean_factor)[::-1][:LOGGED_CLASSES]}
+    assert len(lines) == LOGGED_CLASSES + 1 and "20 most repeated of 40 classes" in lines[-1]
+    assert {line.split()[0] for line in lines[:-1]} == most and "c1" not in most
+    assert len(sampling_lines(rows[:LOGGED_CLASSES]).splitlines()) == LOGGED_CLASSES  # all
 
 
 def test_epochs_are_the_factors_on_average_and_the_same_per_seed_and_epoch():

@@ -214,15 +214,12 @@ class DetectionDataModule(L.LightningDataModule):
         self.sampling = class_table(labels, self.repeat_factors, list(source.class_names))
         if rank_zero_only.rank != 0:  # the table once, not once per DDP process
             return
-        rows = "\n".join(
-            f"  {name:<24} {images:>7} {before:>8.1%} -> {after:.1%}"
-            for name, images, before, after in self.sampling
-        )
         log.info(
             "Repeat-factor sampling (data.train.repeat_factor_threshold=%s): an epoch of %d "
             "images in place of %d. Per class: images with it, their share of an epoch "
             "before -> after\n%s",
-            threshold, round(self.repeat_factors.sum()), len(labels), rows,
+            threshold, round(self.repeat_factors.sum()), len(labels),
+            sampling_lines(self.sampling),
         )  # fmt: skip
 
     def _source(self, split: str, make: Callable, transform: Transform):
@@ -384,6 +381,29 @@ class DetectionDataModule(L.LightningDataModule):
             sampler=sampler,
             **extra,
         )
+
+
+LOGGED_CLASSES = 20
+
+
+def sampling_lines(sampling: list) -> str:
+    """`class_table`'s rows as log lines: every class where there are at most
+    `LOGGED_CLASSES`, else those most repeated (the fewest images) and a line for the rest,
+    whose rows the run's report holds (sampling.csv): LVIS's 1203 lines would bury the log."""
+    rows = sampling
+    if len(sampling) > LOGGED_CLASSES:
+        rows = sorted(sampling, key=lambda row: row[3] / max(row[2], 1e-12), reverse=True)
+        rows = rows[:LOGGED_CLASSES]
+    lines = [
+        f"  {name:<24} {images:>7} {before:>8.1%} -> {after:.1%}"
+        for name, images, before, after in rows
+    ]
+    if len(rows) < len(sampling):
+        lines.append(
+            f"  ... the {LOGGED_CLASSES} most repeated of {len(sampling)} classes; the run's "
+            "report/sampling.csv has every class"
+        )
+    return "\n".join(lines)
 
 
 @rank_zero_only

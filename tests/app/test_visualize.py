@@ -29,9 +29,11 @@ def test_each_picture_is_written_at_its_size(what, tmp_path):
 
 
 def test_what_dataset_counts_the_validation_boxes_against_the_anchors(tmp_path):
+    """The first 12 images, read by the validation loader's 2 workers in batches of 5."""
+    loader = ["data.num_workers=2", "data.batch_size=5"]
     cfg = composed(
-        tmp_path, "what=dataset", "limit=12", f"output={tmp_path}", *SMALL_MODEL,
-        config_name="visualize",
+        tmp_path, "what=dataset", "limit=12", f"output={tmp_path}", *SMALL_MODEL[:-2], *loader,
+        "device=cpu", config_name="visualize",
     )  # fmt: skip
     png = visualize(cfg)
     assert png == tmp_path / "dataset.png" and png.stat().st_size > 10_000

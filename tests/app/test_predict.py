@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from frcnn.app import find_images
+from frcnn.app.predict import read_ahead
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, process_env, run, run_dirs
@@ -58,6 +60,34 @@ def write_inputs(folder):
         sizes[i] = image.size
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return sizes
+
+
+def test_files_are_read_ahead_in_order_and_detected_as_the_predictor_detects_them(
+    overfit_detector, tmp_path
+):
+    """predict.py's reading threads: 5 files in batches of 2, the third corrupt, come back in
+    order, each prepared as the predictor prepares it: detecting those inputs gives the
+    predictor's own detections of the files."""
+    model, _, _, _ = overfit_detector
+    predictor = Predictor(model, OVERFIT_SIZE, device="cpu")
+    files = [tmp_path / f"{i}.png" for i in range(5)]
+    for i, file in enumerate(files):
+        draw_sample(0, i, 3, max_objects=4).image.save(file)
+    files[2].write_bytes(b"\x89PNG not really")
+    with ThreadPoolExecutor(3) as pool:
+        batches = list(read_ahead(pool, files, [range(0, 2), range(2, 4), range(4, 5)],
+                                  predictor.prepare))  # fmt: skip
+    assert [[read.index for read in batch] for batch in batches] == [[0, 1], [2, 3], [4]]
+    reads = [read for batch in batches for read in batch]
+    assert [bool(read.problem) for read in reads] == [False, False, True, False, False]
+    assert "2.png: UnidentifiedImageError" in reads[2].problem
+    readable = [read for read in reads if not read.problem]
+    found = predictor.detect([read.prepared for read in readable])
+    expected = predictor([files[read.index] for read in readable])
+    assert sum(len(detection["scores"]) for detection in found) > 0
+    for detection, own in zip(found, expected, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(detection[key], own[key])
 
 
 def test_predict_py_writes_images_and_coco_results_and_reports_corrupt_files(trained, tmp_path):

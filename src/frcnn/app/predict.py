@@ -7,8 +7,12 @@ import logging
 import os
 import re
 import signal
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -124,26 +128,50 @@ def predict_files(cfg) -> dict:
     results, corrupt, drawn_count = [], [], 0
     ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
     json_path = output / "detections.json"
+    batches = [
+        range(start, min(start + cfg.batch_size, len(files)))
+        for start in range(0, len(files), cfg.batch_size)
+    ]
+    started = time.monotonic()
     try:
-        with stop_on_sigterm(), tqdm(total=len(files), unit="image", desc="predict") as progress:
-            for start in range(0, len(files), cfg.batch_size):
-                batch = read_batch(files, range(start, min(start + cfg.batch_size, len(files))))
-                corrupt += [problem for _, _, problem in batch if problem]
-                batch = [(index, image) for index, image, problem in batch if not problem]
-                detections = detect([image for _, image in batch]) if batch else []
-                for (index, image), detection in zip(batch, detections, strict=True):
-                    drawn_count += save_picture(
-                        image, detection, predictor, cfg.draw_thresh, output / names[index]
-                    )
+        with (
+            stop_on_sigterm(),
+            tqdm(total=len(files), unit="image", desc="predict") as progress,
+            ThreadPoolExecutor(IO_THREADS) as pool,
+        ):
+            saving = deque()  # each picture's drawn count, to come
+            prepare = predictor.prepare if tiles is None else None  # tiles: crops, later
+            for batch in read_ahead(pool, files, batches, prepare):
+                corrupt += [read.problem for read in batch if read.problem]
+                readable = [read for read in batch if not read.problem]
+                if not readable:
+                    detections = []
+                elif prepare:
+                    detections = predictor.detect([read.prepared for read in readable])
+                else:
+                    detections = detect([read.image for read in readable])
+                for read, detection in zip(readable, detections, strict=True):
+                    index = read.index
+                    saving.append(
+                        pool.submit(
+                            save_picture, read.image, detection, predictor, cfg.draw_thresh,
+                            output / names[index],
+                        )
+                    )  # fmt: skip
                     found = predictor.coco_results(detection, ids[index], inputs[index])
                     results += [{**r, "picture": names[index]} for r in found]
-                progress.update(min(cfg.batch_size, len(files) - start))
+                while len(saving) > cfg.batch_size:  # at most a batch of pictures waits
+                    drawn_count += saving.popleft().result()
+                progress.update(len(batch))
+            drawn_count += sum(picture.result() for picture in saving)
     except SystemExit:
         log.error("predict stopped by SIGTERM: %s holds the images done so far", json_path)
         raise
     finally:  # what was found so far is kept, whatever stopped the run
         json_path.write_text(json.dumps(results))
-    log.info("\n".join(summary_lines(cfg, len(files), results, drawn_count, corrupt, json_path)))
+    seconds = time.monotonic() - started
+    lines = summary_lines(cfg, len(files), results, drawn_count, corrupt, json_path, seconds)
+    log.info("\n".join(lines))
     return {
         "images": len(files) - len(corrupt),
         "detections": len(results),
@@ -222,16 +250,42 @@ def detector(cfg, predictor: Predictor, tiles: tuple[int, float] | None):
     return detect
 
 
-def read_batch(files: list[Path], indices) -> list[tuple[int, object, str | None]]:
-    """(index, image, None) for each readable file of `indices`, (index, None, problem) for
-    the others."""
-    batch = []
-    for index in indices:
-        try:
-            batch.append((index, open_image(files[index]), None))
-        except UNREADABLE_IMAGE as err:
-            batch.append((index, None, f"{files[index]}: {type(err).__name__}: {err}"))
-    return batch
+# threads that read (decode, resize) the next batch's images and write the last batch's
+# pictures while a batch is detected: PIL and torch work without the GIL. A 12 MP photo takes
+# 81 ms to decode, 48 to resize and 73 to draw and encode on a 2-core CPU; in the detecting
+# thread they left a GPU idle most of the time (bench/README.md, "predict.py on large photos")
+IO_THREADS = min(8, os.cpu_count() or 1)
+
+
+class Read(NamedTuple):
+    """One input file: its index, the image (PIL, upright RGB) and the model's input made from
+    it (`Predictor.prepare`, where asked for), or why it could not be read."""
+
+    index: int
+    image: Image.Image | None = None
+    prepared: tuple | None = None
+    problem: str | None = None
+
+
+def read_ahead(pool: ThreadPoolExecutor, files: list[Path], batches: list[range], prepare=None):
+    """Each batch's `Read`s, its files read (and `prepare`d) by `pool`'s threads while the batch
+    before it is detected."""
+
+    def submit(batch: range) -> list:
+        return [pool.submit(read_image, files, index, prepare) for index in batch]
+
+    upcoming = submit(batches[0]) if batches else []
+    for following in [*batches[1:], None]:
+        current, upcoming = upcoming, submit(following) if following else []
+        yield [read.result() for read in current]
+
+
+def read_image(files: list[Path], index: int, prepare=None) -> Read:
+    try:
+        image = open_image(files[index])
+    except UNREADABLE_IMAGE as err:
+        return Read(index, problem=f"{files[index]}: {type(err).__name__}: {err}")
+    return Read(index, image, prepare(image) if prepare else None)
 
 
 def save_picture(image, detection: dict, predictor, draw_thresh: float, path: Path) -> int:
@@ -342,9 +396,11 @@ def require_video_extra() -> None:
         ) from None
 
 
-def summary_lines(cfg, num_files, results, drawn_count, corrupt, json_path) -> list[str]:
+def summary_lines(cfg, num_files, results, drawn_count, corrupt, json_path, seconds) -> list[str]:
+    images = num_files - len(corrupt)
     lines = [
-        f"{num_files - len(corrupt)} images, {len(results)} detections -> {json_path.parent}",
+        f"{images} images in {seconds:.1f} s ({images / max(seconds, 1e-9):.1f} images/s), "
+        f"{len(results)} detections -> {json_path.parent}",
         f"  pictures: {drawn_count} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
         f"  COCO results: {json_path} (all {len(results)})",
     ]

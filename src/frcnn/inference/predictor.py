@@ -125,14 +125,21 @@ class Predictor:
     def batch(self, images: list) -> tuple[Tensor, Tensor, list[dict]]:
         """Images (as `prepare` takes them) -> the model's inputs on the CPU: uint8 (B, 3, S, S),
         content sizes (B, 2), and each image's target dict (scale_xy, orig_size)."""
-        prepared = [self.prepare(image) for image in images]
-        targets = [target for _, target in prepared]
-        return torch.stack([image for image, _ in prepared]), content_sizes(targets), targets
+        return stacked([self.prepare(image) for image in images])
+
+    def __call__(self, images):
+        """An image or a list of them (as `prepare` takes them) -> its detections, or theirs:
+        {"boxes" (D, 4) xyxy in the image's own pixels, "scores" (D,), "labels" (D,),
+        "names"}."""
+        single = not isinstance(images, (list, tuple))
+        results = self.detect([self.prepare(image) for image in ([images] if single else images)])
+        return results[0] if single else results
 
     @torch.no_grad()
-    def __call__(self, images):
-        single = not isinstance(images, (list, tuple))
-        batch, sizes, targets = self.batch([images] if single else images)
+    def detect(self, prepared: list[tuple[Tensor, dict]]) -> list[dict]:
+        """Images as `prepare` made them (elsewhere, e.g. in the threads that read them) ->
+        their detections, as `__call__` returns them."""
+        batch, sizes, targets = stacked(prepared)
         detections = self.model(batch.to(self.device), image_sizes=sizes.to(self.device))
         results = []
         for det, target in zip(detections, targets, strict=True):
@@ -146,7 +153,7 @@ class Predictor:
                     "names": [self.name(int(c)) for c in labels],
                 }
             )
-        return results[0] if single else results
+        return results
 
     def coco_results(self, detection: dict, image_id: int, file_name: str) -> list[dict]:
         """Detections of one image in COCO results format (bbox xywh, the data set's category
@@ -171,6 +178,13 @@ class Predictor:
                 }
             )
         return out
+
+
+def stacked(prepared: list[tuple[Tensor, dict]]) -> tuple[Tensor, Tensor, list[dict]]:
+    """`Predictor.prepare`'s (input, target) pairs -> uint8 (B, 3, S, S), content sizes (B, 2),
+    the targets."""
+    targets = [target for _, target in prepared]
+    return torch.stack([image for image, _ in prepared]), content_sizes(targets), targets
 
 
 def per_image(run, max_detections: int | None = None):

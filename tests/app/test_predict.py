@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from frcnn.app import find_images
-from frcnn.app.predict import read_ahead
+from frcnn.app.predict import json_array, read_ahead
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, process_env, run, run_dirs
@@ -88,6 +88,24 @@ def test_files_are_read_ahead_in_order_and_detected_as_the_predictor_detects_the
     for detection, own in zip(found, expected, strict=True):
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(detection[key], own[key])
+
+
+def test_detections_json_is_written_as_it_grows_and_closed_whatever_stops_it(tmp_path):
+    """The file json.dumps would write for the whole list; cut short by an error, a valid
+    array of what was written before it."""
+    items = [{"image_id": i, "bbox": [1.5, 2, 3, 4], "score": 0.5} for i in range(5)]
+    with json_array(tmp_path / "all.json") as write:
+        write(items[:2])
+        write([])
+        write(iter(items[2:]))
+    assert (tmp_path / "all.json").read_text() == json.dumps(items)
+    with pytest.raises(KeyboardInterrupt), json_array(tmp_path / "cut.json") as write:
+        write(items[:3])
+        raise KeyboardInterrupt
+    assert json.loads((tmp_path / "cut.json").read_text()) == items[:3]
+    with json_array(tmp_path / "none.json"):
+        pass
+    assert json.loads((tmp_path / "none.json").read_text()) == []
 
 
 def test_predict_py_writes_images_and_coco_results_and_reports_corrupt_files(trained, tmp_path):

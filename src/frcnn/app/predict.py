@@ -125,7 +125,7 @@ def predict_files(cfg) -> dict:
     predictor = load_predictor(cfg)
     detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
-    results, corrupt, drawn_count = [], [], 0
+    corrupt, drawn_count, found_count, best = [], 0, 0, 0.0
     ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
     json_path = output / "detections.json"
     batches = [
@@ -136,6 +136,7 @@ def predict_files(cfg) -> dict:
     try:
         with (
             stop_on_sigterm(),
+            json_array(json_path) as write_results,
             tqdm(total=len(files), unit="image", desc="predict") as progress,
             ThreadPoolExecutor(IO_THREADS) as pool,
         ):
@@ -159,7 +160,9 @@ def predict_files(cfg) -> dict:
                         )
                     )  # fmt: skip
                     found = predictor.coco_results(detection, ids[index], inputs[index])
-                    results += [{**r, "picture": names[index]} for r in found]
+                    write_results({**r, "picture": names[index]} for r in found)
+                    found_count += len(found)
+                    best = max([best, *(r["score"] for r in found)])
                 while len(saving) > cfg.batch_size:  # at most a batch of pictures waits
                     drawn_count += saving.popleft().result()
                 progress.update(len(batch))
@@ -167,17 +170,37 @@ def predict_files(cfg) -> dict:
     except SystemExit:
         log.error("predict stopped by SIGTERM: %s holds the images done so far", json_path)
         raise
-    finally:  # what was found so far is kept, whatever stopped the run
-        json_path.write_text(json.dumps(results))
     seconds = time.monotonic() - started
-    lines = summary_lines(cfg, len(files), results, drawn_count, corrupt, json_path, seconds)
-    log.info("\n".join(lines))
+    counts = found_count, best, drawn_count
+    log.info("\n".join(summary_lines(cfg, len(files), counts, corrupt, json_path, seconds)))
     return {
         "images": len(files) - len(corrupt),
-        "detections": len(results),
+        "detections": found_count,
         "drawn": drawn_count,
         "corrupt": corrupt,
     }
+
+
+@contextmanager
+def json_array(path: Path):
+    """A JSON array written as it grows: yields `write(items)`, which appends them; the array
+    is closed whatever stops the run, so the file holds what was found so far. One image's
+    results in memory at a time: as one list and one string, 20,000 images' (100 detections
+    each) took 2.1 GB, and that grows with the images."""
+    with path.open("w") as file:
+        file.write("[")
+        separator = ""
+
+        def write(items) -> None:
+            nonlocal separator
+            for item in items:
+                file.write(separator + json.dumps(item))
+                separator = ", "  # json.dumps' own, as the file had when written at once
+
+        try:
+            yield write
+        finally:
+            file.write("]")
 
 
 def load_predictor(cfg) -> Predictor:
@@ -396,16 +419,17 @@ def require_video_extra() -> None:
         ) from None
 
 
-def summary_lines(cfg, num_files, results, drawn_count, corrupt, json_path, seconds) -> list[str]:
+def summary_lines(cfg, num_files, counts, corrupt, json_path, seconds) -> list[str]:
+    """The end of a run on image files; `counts`: (detections, the best score, those drawn)."""
+    found, best, drawn = counts
     images = num_files - len(corrupt)
     lines = [
         f"{images} images in {seconds:.1f} s ({images / max(seconds, 1e-9):.1f} images/s), "
-        f"{len(results)} detections -> {json_path.parent}",
-        f"  pictures: {drawn_count} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
-        f"  COCO results: {json_path} (all {len(results)})",
+        f"{found} detections -> {json_path.parent}",
+        f"  pictures: {drawn} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
+        f"  COCO results: {json_path} (all {found})",
     ]
-    if results and not drawn_count:
-        best = max(r["score"] for r in results)
+    if found and not drawn:
         lines.append(
             f"  No detection scored {cfg.draw_thresh} or more (the best {best:.3f}): the "
             f"pictures show no boxes; draw_thresh={best:.2f} would draw the best ones"

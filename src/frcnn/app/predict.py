@@ -79,14 +79,19 @@ def image_ids(files: list[Path]) -> list[int]:
 def output_names(files: list[Path]) -> list[str]:
     """A distinct, safe file name for each input's annotated copy: its stem, with characters
     that file systems or PIL choke on replaced, and a number where two would clash."""
-    names, seen = [], set()
+    names, seen, tried = [], set(), {}
     for index, path in enumerate(files):
         stem = re.sub(r"[^\w\-]+", "_", path.stem).strip("_") or f"image{index}"
-        name, n = stem, 0
-        while name in seen:  # "a", "a_1", "a_2", ... (also past a file that is named "a_1")
+        # "a", "a_1", "a_2", ... (also past a file that is named "a_1"), from the last number
+        # this stem took: the names before it are taken (each frame_0001.jpg of 300 camera
+        # folders tried every number before its own: 8 s for 300,000 files)
+        n = tried.get(stem, 0)
+        name = f"{stem}_{n}" if n else stem
+        while name in seen:
             n += 1
             name = f"{stem}_{n}"
         seen.add(name)
+        tried[stem] = n
         names.append(f"{name}.jpg")
     return names
 

@@ -1,6 +1,7 @@
 """COCO in its official layout: annotations/instances_*.json and an image folder."""
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -251,7 +252,7 @@ def checked_category_ids(categories: list[dict], named: str) -> list[int]:
     wrong = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
     if wrong:
         raise ValueError(f"{named}: category ids must be integers, not {wrong[:5]}")
-    twice = sorted({i for i in ids if ids.count(i) > 1})
+    twice = sorted(i for i, count in Counter(ids).items() if count > 1)
     if twice:
         raise ValueError(f"{named}: category ids listed twice: {twice[:10]}")
     return sorted(ids)

@@ -104,3 +104,43 @@ def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
     # report=auto: no report for a sweep's trials, their per-class tables only
     assert {p.name for p in (sweep / "1" / "report").iterdir()} == {"per_class.csv", "per_class.md"}
+
+
+def test_each_run_of_a_sweep_is_freed_before_the_next_starts(tmp_path):
+    """What a run made and holds in a reference cycle (a Trainer and its module hold each
+    other) is freed when the run ends. Python's cyclic collector is off here, as in effect it
+    is for a run's objects: they are old by the time they become garbage."""
+    import gc
+    import weakref
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from frcnn.app.command import command
+    from tests.app.helpers import composed
+
+    class Held:  # a trainer holding its module, which holds the trainer
+        def __init__(self):
+            self.weights = torch.zeros(1000)
+            self.itself = self
+
+    made = []
+
+    @command
+    def task(cfg):
+        held = Held()
+        made.append(weakref.ref(held))
+        return held.weights.numel()
+
+    cfg = composed(tmp_path, "trainer.max_steps=1")
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.runtime.output_dir = str(tmp_path / "0")
+    HydraConfig.instance().set_config(cfg)
+    gc.disable()
+    try:
+        assert task(cfg) == 1000 and made[0]() is None
+        assert task(cfg) == 1000 and made[1]() is None
+    finally:
+        gc.enable()

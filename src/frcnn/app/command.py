@@ -10,7 +10,7 @@
 - `data.` settings of the commands that take them from a checkpoint (see `command`);
 - a run of a multirun: the command line and run folder Lightning gives a DDP run's other
   processes are this run's own (`as_single_run`), and the next run starts with the process
-  group and environment this one found;
+  group and environment this one found, and without the objects this one made;
 - an error this project raised on purpose (a missing file, an offline hub, a value out of
   range, a diverged run) is printed as its message alone, and the command exits with status 1;
   any other error, every error with HYDRA_FULL_ERROR=1, and a failed run of a multirun (which
@@ -18,6 +18,7 @@
 """
 
 import functools
+import gc
 import itertools
 import linecache
 import logging
@@ -133,6 +134,10 @@ def command(task_function=None, *, checkpoint_data: bool = False):
                 # Lightning's DDP launcher sets LOCAL_RANK, MASTER_PORT, ... in this process
                 os.environ.clear()
                 os.environ.update(environ)
+                # the run's trainer, module and data hold one another (reference cycles), which
+                # only the cyclic collector frees, and seldom: by then they are old objects. A
+                # sweep of 20 runs of the tests' tiny detector grew from 0.9 GB to 1.9 GB
+                gc.collect()
 
     return run
 

@@ -48,6 +48,15 @@ def test_predictor_takes_arrays_tensors_and_lists(overfit_detector):
     from_tensor, again = predictor([torch.from_numpy(array).permute(2, 0, 1), array])
     torch.testing.assert_close(from_array["boxes"], from_tensor["boxes"])
     torch.testing.assert_close(from_array["scores"], again["scores"])
+    # a long list goes through the model batch_size images at a time, in order
+    images = [np.array(draw_sample(0, i, 3, max_objects=4).image) for i in range(5)]
+    batches = []
+    hook = predictor.model.register_forward_pre_hook(lambda _, args: batches.append(len(args[0])))
+    found = predictor(images, batch_size=2)
+    hook.remove()
+    assert batches == [2, 2, 1] and predictor([]) == []
+    for image, detection in zip(images, found, strict=True):
+        torch.testing.assert_close(detection["boxes"], predictor(image)["boxes"])
 
 
 def write_inputs(folder):

@@ -127,12 +127,17 @@ class Predictor:
         content sizes (B, 2), and each image's target dict (scale_xy, orig_size)."""
         return stacked([self.prepare(image) for image in images])
 
-    def __call__(self, images):
+    def __call__(self, images, batch_size: int = 8):
         """An image or a list of them (as `prepare` takes them) -> its detections, or theirs:
         {"boxes" (D, 4) xyxy in the image's own pixels, "scores" (D,), "labels" (D,),
-        "names"}."""
+        "names"}. A list goes through the model `batch_size` images at a time (a list of a
+        thousand photos in one batch would need the activations of a thousand)."""
         single = not isinstance(images, (list, tuple))
-        results = self.detect([self.prepare(image) for image in ([images] if single else images)])
+        images = [images] if single else images
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            results += self.detect([self.prepare(image) for image in chunk])
         return results[0] if single else results
 
     @torch.no_grad()

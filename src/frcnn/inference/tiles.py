@@ -43,9 +43,7 @@ def detect_tiled(
     best first."""
     windows = tile_windows(image.width, image.height, tile, overlap)
     crops = [image.crop(window) for window in windows] + [image]
-    found = []
-    for start in range(0, len(crops), batch_size):
-        found += predictor(crops[start : start + batch_size])
+    found = predictor(crops, batch_size)
     size = (image.width, image.height)
     boxes, cut = [], []
     for detection, window in zip(found, windows + [(0, 0, *size)], strict=True):

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from frcnn.inference.video import probe, read_frames, video_writer
+from frcnn.inference.video import encoder, probe, read_frames, video_writer
 
 
 def test_written_frames_come_back_in_order_with_their_times_every_stride(tmp_path):
@@ -27,6 +27,9 @@ def test_written_frames_come_back_in_order_with_their_times_every_stride(tmp_pat
         pixels = np.asarray(frame.image).astype(int)
         assert abs(pixels[:21, :33].mean() - 30 * frame.index) < 3
         assert pixels[21:, :].mean() < 20 and pixels[:, 33:].mean() < 20  # the padding
+    if encoder() == "libx264":  # x264 writes its settings into the stream: veryfast's
+        settings = path.read_bytes()
+        assert b" subme=2 " in settings and b" ref=1 " in settings  # "medium": 7 and 3
 
 
 def test_a_file_without_a_video_stream_is_refused(tmp_path):

@@ -136,9 +136,9 @@ def validation_boxes(datamodule, limit: int | None) -> tuple[list[Tensor], list[
     boxes, labels = [], []
     with tqdm(total=total, unit="image", desc="what=dataset") as progress:
         for batch in datamodule.val_dataloader():
-            targets = (batch or {}).get("targets", [])[
-                : None if limit is None else limit - len(boxes)
-            ]
+            if batch is None:  # none of its images could be read
+                continue
+            targets = batch["targets"][: None if limit is None else limit - len(boxes)]
             # copies: a worker's batch lives in shared memory, one file for each kept view
             boxes += [target["boxes"].clone() for target in targets]
             labels += [target["labels"].clone() for target in targets]

@@ -137,10 +137,13 @@ def test_each_run_of_a_sweep_is_freed_before_the_next_starts(tmp_path):
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         cfg.hydra.mode = RunMode.MULTIRUN
         cfg.hydra.runtime.output_dir = str(tmp_path / "0")
-    HydraConfig.instance().set_config(cfg)
+    hydra = HydraConfig.instance()
+    before = hydra.cfg
+    hydra.set_config(cfg)
     gc.disable()
     try:
         assert task(cfg) == 1000 and made[0]() is None
         assert task(cfg) == 1000 and made[1]() is None
     finally:
         gc.enable()
+        hydra.cfg = before  # the next test in this process finds no multirun

@@ -88,8 +88,8 @@ def read_frames(path: Path, stride: int, undecodable: list[str]) -> Iterator[Fra
 
 @contextmanager
 def video_writer(path: Path, fps: Fraction, width: int, height: int):
-    """An .mp4 file at `path`; yields write(rgb: uint8 (height, width, 3) array). Closed (and
-    playable) however the block ends."""
+    """An .mp4 file at `path`; yields write(rgb: uint8 (height, width, 3) array). Every frame
+    written is in the file, which plays, however the block ends (no file if none was)."""
     import av
 
     container = av.open(str(path), "w")
@@ -107,8 +107,13 @@ def video_writer(path: Path, fps: Fraction, width: int, height: int):
             padded[: rgb.shape[0], : rgb.shape[1]] = rgb
             container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
 
-        yield write
-        container.mux(stream.encode(None))  # the frames the encoder still holds
+        try:
+            yield write
+        finally:
+            # the frames the encoder still holds (x264 keeps dozens for its look-ahead and
+            # threads), also when the run stops early: a SIGTERM lost them, and under a few
+            # dozen frames the file too
+            container.mux(stream.encode(None))
     finally:
         container.close()
 

@@ -9,7 +9,8 @@ import re
 import signal
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -128,7 +129,7 @@ def predict_files(cfg) -> dict:
         )
     tiles = tile_settings(cfg)  # (checked before the model loads)
     predictor = load_predictor(cfg)
-    detect = detector(cfg, predictor, tiles)
+    prepare, detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
     corrupt, drawn_count, found_count, best = [], 0, 0, 0.0
     ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
@@ -146,16 +147,14 @@ def predict_files(cfg) -> dict:
             ThreadPoolExecutor(IO_THREADS) as pool,
         ):
             saving = deque()  # each picture's drawn count, to come
-            prepare = predictor.prepare if tiles is None else None  # tiles: crops, later
             for batch in read_ahead(pool, files, batches, prepare):
                 corrupt += [read.problem for read in batch if read.problem]
                 readable = [read for read in batch if not read.problem]
-                if not readable:
-                    detections = []
-                elif prepare:
-                    detections = predictor.detect([read.prepared for read in readable])
-                else:
-                    detections = detect([read.image for read in readable])
+                detections = (
+                    detect([read.image for read in readable], [read.prepared for read in readable])
+                    if readable
+                    else []
+                )
                 for read, detection in zip(readable, detections, strict=True):
                     index = read.index
                     saving.append(
@@ -263,19 +262,22 @@ def tile_settings(cfg) -> tuple[int, float] | None:
 
 
 def detector(cfg, predictor: Predictor, tiles: tuple[int, float] | None):
-    """images (PIL) -> their detections: the predictor's, or with `tiles` (`tile_settings`)
-    those on overlapping tiles merged with the whole image's (`inference.tiles`)."""
+    """-> (prepare, detect): `prepare(image)` makes the model's input from an image (PIL), where
+    reading threads call it; `detect(images, prepared)` -> their detections: the predictor's
+    on the prepared inputs, or with `tiles` (`tile_settings`; `prepare` None: the crops are cut
+    from the images) those on overlapping tiles merged with the whole image's
+    (`inference.tiles`)."""
     if tiles is None:
-        return predictor
+        return predictor.prepare, lambda images, prepared: predictor.detect(prepared)
     tile, overlap = tiles
     most = cfg.max_detections if cfg.max_detections is not None else 100
 
-    def detect(images: list) -> list[dict]:
+    def detect(images: list, prepared: list) -> list[dict]:
         return [
             detect_tiled(predictor, image, tile, overlap, cfg.batch_size, most) for image in images
         ]
 
-    return detect
+    return None, detect
 
 
 # threads that read (decode, resize) the next batch's images and write the last batch's
@@ -351,7 +353,7 @@ def predict_video(cfg) -> dict:
     output, movie = video_outputs(cfg.output, source)
     tiles = tile_settings(cfg)  # (checked before the model loads)
     predictor = load_predictor(cfg)
-    detect = detector(cfg, predictor, tiles)
+    prepare, detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
     lines_path = output / "detections.jsonl"
     undecodable, frames, detections_count, drawn_count = [], 0, 0, 0
@@ -362,20 +364,26 @@ def predict_video(cfg) -> dict:
         lines_path.open("w") as lines,
         video.video_writer(movie, info.fps / stride, info.width, info.height) as write,
         tqdm(total=total, unit="frame", desc="predict") as progress,
+        ThreadPoolExecutor(IO_THREADS) as pool,
+        ThreadPoolExecutor(1) as encoder,  # (one thread: the frames in order)
     ):
         try:
-            # (itertools.batched from Python 3.12)
-            for batch in iter(lambda: list(itertools.islice(frames_in, cfg.batch_size)), []):
-                found = detect([frame.image for frame in batch])
-                for frame, detection in zip(batch, found, strict=True):
-                    picture, drawn = annotated(frame.image, detection, predictor, cfg.draw_thresh)
-                    write(picture)
+            writing = deque()  # each frame's drawn count, to come
+            for batch in frames_ahead(pool, frames_in, cfg.batch_size, prepare):
+                found = detect([frame.image for frame, _ in batch], [p for _, p in batch])
+                for (frame, _), detection in zip(batch, found, strict=True):
+                    picture = pool.submit(
+                        annotated, frame.image, detection, predictor, cfg.draw_thresh
+                    )
+                    writing.append(encoder.submit(encode, write, picture))
                     line = frame_line(frame, detection, predictor, source.name)
                     lines.write(json.dumps(line) + "\n")
                     frames += 1
                     detections_count += len(line["detections"])
-                    drawn_count += drawn
+                while len(writing) > cfg.batch_size:  # at most a batch of frames waits
+                    drawn_count += writing.popleft().result()
                 progress.update(len(batch))
+            drawn_count += sum(frame.result() for frame in writing)
         except SystemExit:
             log.error("predict stopped by SIGTERM: %s holds the frames done so far", lines_path)
             raise
@@ -391,6 +399,31 @@ def predict_video(cfg) -> dict:
         )
     )
     return {"frames": frames, "detections": detections_count, "undecodable": undecodable}
+
+
+def frames_ahead(pool: ThreadPoolExecutor, frames: Iterator, size: int, prepare=None):
+    """Batches of `size` (frame, the model's input made from it by `prepare`, or None) pairs of
+    `frames` (a video's `Frame`s, decoded in order): the next batch decoded and prepared by one
+    of `pool`'s threads while a batch is detected."""
+
+    def take() -> list[tuple]:
+        return [
+            (frame, prepare(frame.image) if prepare else None)
+            for frame in itertools.islice(frames, size)
+        ]
+
+    upcoming = pool.submit(take)
+    while batch := upcoming.result():
+        upcoming = pool.submit(take)  # (one at a time: the decoder is not shared)
+        yield batch
+
+
+def encode(write, picture: Future) -> int:
+    """Writes a frame's picture (`annotated`, drawn by another thread) to the video; returns
+    how many detections it shows."""
+    pixels, drawn = picture.result()
+    write(pixels)
+    return drawn
 
 
 def video_outputs(setting: str, source: Path) -> tuple[Path, Path]:

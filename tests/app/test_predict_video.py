@@ -10,6 +10,8 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
@@ -18,15 +20,24 @@ from tests.app.helpers import ROOT, process_env, run
 FPS, FRAMES, WIDTH, HEIGHT = 8, 10, 150, 110
 
 
-def write_clip(path, frames: int = FRAMES, size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
-    """A clip of synthetic scenes, a new one every 4 frames, written with PyAV directly (MPEG-4
-    part 2)."""
+def scene(index: int, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Image.Image:
+    """A clip's frame as it was drawn: a new synthetic scene every 4 frames."""
+    return draw_sample(2, index // 4, 6, 200, 240).image.resize(size)
+
+
+def write_clip(path, frames: int = FRAMES, size=(WIDTH, HEIGHT), rotation: int = 0) -> None:
+    """A clip of `scene`s written with PyAV directly (MPEG-4 part 2); with a `rotation`, stored
+    turned clockwise by that many degrees, with the display matrix that turns it back (as
+    phones store a portrait video)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        stored = size[::-1] if rotation % 180 else size
+        stream.width, stream.height, stream.pix_fmt = *stored, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)  # (counter-clockwise, as FFmpeg's)
         for index in range(frames):
-            scene = draw_sample(2, index // 4, 6, 200, 240).image.resize(size)
-            frame = av.VideoFrame.from_ndarray(np.asarray(scene), format="rgb24")
+            turned = scene(index, size).rotate(-rotation, expand=True)
+            frame = av.VideoFrame.from_ndarray(np.asarray(turned), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 
@@ -65,16 +76,58 @@ def test_a_video_gives_an_annotated_video_and_a_line_per_frame(trained, tmp_path
     annotated = decoded(out / "clip.mp4")
     assert len(annotated) == 4
     assert annotated[0][0].size == (WIDTH, HEIGHT)
-    # in order (the frames are drawn and encoded beside the detection): each is nearest to
-    # its own input frame of scenes 0, 0, 1, 2 (frames 0, 3, 6, 9)
-    scenes = [np.asarray(frames[i][0], float) for i in (0, 6, 9)]
-    nearest = [
-        int(np.argmin([np.abs(np.asarray(image, float) - scene).mean() for scene in scenes]))
-        for image, _ in annotated
-    ]
-    assert nearest == [0, 0, 1, 2]
     with av.open(str(out / "clip.mp4")) as container:
         assert container.streams.video[0].average_rate == Fraction(FPS, 3)
+    # in order (the frames are drawn and encoded beside the detection): each is nearest to
+    # its own input frame of scenes 0, 0, 1, 2 (frames 0, 3, 6, 9)
+    assert nearest([image for image, _ in annotated], [frames[i][0] for i in (0, 6, 9)]) == [
+        0, 0, 1, 2
+    ]  # fmt: skip
+
+
+def nearest(images: list, references: list) -> list[int]:
+    """For each image, the index of the reference it differs least from (mean absolute
+    difference of the pixels)."""
+    return [
+        int(np.argmin([np.abs(np.asarray(image, float) - np.asarray(r, float)).mean()
+                       for r in references]))
+        for image in images
+    ]  # fmt: skip
+
+
+def test_a_phone_video_stored_turned_is_detected_and_written_upright(trained, tmp_path):
+    """A portrait video stored landscape with a display rotation (90 degrees, as phones write
+    it): each frame is detected upright as players show it, with the detections of the decoded
+    frame turned so, and the annotated video is upright (no display matrix to follow)."""
+    _, run_dir = trained
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=6, rotation=90)
+    frames = decoded(clip)
+    assert frames[0][0].size == (HEIGHT, WIDTH)  # stored turned: PyAV leaves it so
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    out = tmp_path / "out"
+    args = [f"ckpt_path={checkpoint}", f"input={clip}", f"output={out}", "batch_size=4"]
+    result = run("predict.py", *args, "device=cpu", log_dir=tmp_path / "logs")
+    assert "frames turned 90 degrees counter-clockwise" in result.stdout + result.stderr
+    annotated = [image for image, _ in decoded(out / "clip.mp4")]
+    assert [image.size for image in annotated] == [(WIDTH, HEIGHT)] * 6
+    # upright: nearest to the scene drawn (0, 0, 0, 0, 1, 1), not to it turned either way
+    drawn = [scene(0), scene(4)]
+    turned = [image.rotate(angle, expand=True) for image in drawn for angle in (90, -90)]
+    assert nearest(annotated, drawn + [image.resize(drawn[0].size) for image in turned]) == [
+        0, 0, 0, 0, 1, 1
+    ]  # fmt: skip
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert sum(len(line["detections"]) for line in lines) > 0
+    for line, (image, _) in zip(lines, frames, strict=True):
+        expected = predictor(image.transpose(Image.Transpose.ROTATE_90))  # (counter-clockwise)
+        found = torch.tensor([d["bbox"] for d in line["detections"]]).reshape(-1, 4)
+        boxes = expected["boxes"]
+        wanted = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+        torch.testing.assert_close(found, wanted, atol=0.006, rtol=0)  # (xywh, to 0.01 px)
+    with av.open(str(out / "clip.mp4")) as container:  # played as written
+        assert [frame.rotation for frame in container.decode(video=0)] == [0] * 6
 
 
 def test_sigterm_stops_a_video_with_the_frames_so_far_in_both_outputs(trained, tmp_path):

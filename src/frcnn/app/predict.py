@@ -387,17 +387,19 @@ def predict_video(cfg) -> dict:
         except SystemExit:
             log.error("predict stopped by SIGTERM: %s holds the frames done so far", lines_path)
             raise
-    log.info(
-        "\n".join(
-            [
-                f"{frames} frames (every {stride}), {detections_count} detections -> {output}",
-                f"  video: {movie} ({drawn_count} detections drawn, scoring >= "
-                f"draw_thresh={cfg.draw_thresh})",
-                f"  detections: {lines_path} (a JSON line per frame)",
-            ]
-            + [f"  skipped, undecodable: {problem}" for problem in undecodable]
+    summary = [
+        f"{frames} frames (every {stride}), {detections_count} detections -> {output}",
+        f"  video: {movie} ({drawn_count} detections drawn, scoring >= "
+        f"draw_thresh={cfg.draw_thresh})",
+        f"  detections: {lines_path} (a JSON line per frame)",
+    ]
+    if info.rotation:
+        summary.append(
+            f"  frames turned {info.rotation} degrees counter-clockwise to stand upright, as the "
+            "video's display matrix says: the boxes are in the upright frames' pixels"
         )
-    )
+    summary += [f"  skipped, undecodable: {problem}" for problem in undecodable]
+    log.info("\n".join(summary))
     return {"frames": frames, "detections": detections_count, "undecodable": undecodable}
 
 

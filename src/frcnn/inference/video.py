@@ -23,17 +23,22 @@ CODECS = ("libx264", "mpeg4")
 ENCODER_PRESET = "veryfast"
 
 
+# a display matrix's quarter turns counter-clockwise -> PIL's transpose that makes them
+TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+
+
 class Frame(NamedTuple):
     index: int  # in the video, from 0
     time_s: float  # its presentation time, seconds from the start
-    image: Image.Image  # RGB
+    image: Image.Image  # RGB, upright as players show it (`upright`)
 
 
 class VideoInfo(NamedTuple):
     fps: Fraction  # frames per second
     frames: int  # as the container says; 0 where it does not
-    width: int
+    width: int  # of the upright frames
     height: int
+    rotation: int  # degrees counter-clockwise the frames are turned to stand upright: 0-270
 
 
 def is_video(spec: str) -> bool:
@@ -43,8 +48,8 @@ def is_video(spec: str) -> bool:
 
 
 def probe(path: Path) -> VideoInfo:
-    """The first video stream's rate, frame count and size; a file PyAV cannot read as a video
-    is refused, named."""
+    """The first video stream's rate, frame count, upright size and rotation (its first frame
+    decoded); a file PyAV cannot read as a video is refused, named."""
     import av
 
     try:
@@ -55,13 +60,19 @@ def probe(path: Path) -> VideoInfo:
             fps = stream.average_rate or stream.guessed_rate
             if not fps:
                 raise ValueError(f"input={str(path)!r}: its video stream has no frame rate")
-            return VideoInfo(Fraction(fps), stream.frames, stream.width, stream.height)
+            first = next(decoded_frames(container, stream, []), None)
+            if first is None:
+                raise ValueError(f"input={str(path)!r}: no frame of its video stream decodes")
+            turns = quarter_turns(first)
+            size = (first.height, first.width) if turns % 2 else (first.width, first.height)
+            return VideoInfo(Fraction(fps), stream.frames, *size, 90 * turns)
     except av.error.FFmpegError as err:
         raise ValueError(f"input={str(path)!r} cannot be read as a video ({err})") from None
 
 
 def read_frames(path: Path, stride: int, undecodable: list[str]) -> Iterator[Frame]:
-    """Every `stride`-th frame of the first video stream (0, stride, 2 stride, ...), in order.
+    """Every `stride`-th frame of the first video stream (0, stride, 2 stride, ...), in order,
+    upright.
 
     A packet FFmpeg cannot decode (a damaged file) is skipped and described in `undecodable`;
     the frames around it still come.
@@ -72,18 +83,37 @@ def read_frames(path: Path, stride: int, undecodable: list[str]) -> Iterator[Fra
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frames decoded on several threads
         fps = stream.average_rate or stream.guessed_rate
-        index = 0
-        for packet in container.demux(stream):
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError as err:
-                undecodable.append(f"a packet at {packet.pts} ({err})")
-                continue
-            for frame in decoded:
-                if index % stride == 0:
-                    time_s = float(frame.time) if frame.time is not None else index / fps
-                    yield Frame(index, time_s, frame.to_image())
-                index += 1
+        for index, frame in enumerate(decoded_frames(container, stream, undecodable)):
+            if index % stride == 0:
+                time_s = float(frame.time) if frame.time is not None else index / fps
+                yield Frame(index, time_s, upright(frame))
+
+
+def decoded_frames(container, stream, undecodable: list[str]) -> Iterator:
+    """The stream's frames (PyAV's) in order; the packets FFmpeg cannot decode are skipped and
+    described in `undecodable`."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.FFmpegError as err:
+            undecodable.append(f"a packet at {packet.pts} ({err})")
+
+
+def upright(frame) -> Image.Image:
+    """A decoded frame as an RGB image turned as its display matrix says: a phone's portrait
+    video is stored landscape, with the turn players make (as EXIF orientation does for
+    photos)."""
+    image = frame.to_image()
+    turns = quarter_turns(frame)
+    return image.transpose(TURNS[turns]) if turns else image
+
+
+def quarter_turns(frame) -> int:
+    """The quarter turns counter-clockwise (0-3) that stand a decoded frame upright: its display
+    matrix's rotation, to the nearest quarter turn as FFmpeg's command line takes it."""
+    return round(frame.rotation / 90) % 4
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from torchvision.ops import box_iou
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
-from frcnn.inference.tiles import cut_at_border, detect_tiled, intersections, merge, tile_windows
+from frcnn.inference.tiles import cut_at_border, detect_tiled, merge, tile_windows
 from tests.helpers import OVERFIT_SIZE
 
 
@@ -34,14 +34,6 @@ def test_an_image_that_fits_in_one_tile_has_no_tiles():
     assert tile_windows(640, 480, 640, 0.2) == []
 
 
-def test_intersections_by_hand():
-    boxes = torch.tensor([[0.0, 0, 10, 10], [5.0, 0, 25, 10], [2.0, 2, 4, 4], [1.0, 1, 1, 5]])
-    inter, area = intersections(boxes)
-    torch.testing.assert_close(area, torch.tensor([100.0, 200, 4, 0]))
-    torch.testing.assert_close(inter[0], torch.tensor([100.0, 50, 4, 0]))
-    assert torch.equal(inter, inter.T)
-
-
 def test_merge_joins_cut_parts_and_removes_duplicates_as_nms_does():
     boxes = torch.tensor(
         [
@@ -64,6 +56,69 @@ def test_merge_joins_cut_parts_and_removes_duplicates_as_nms_does():
     assert classes.tolist() == [1, 2, 2, 3]
     empty = merge(boxes[:0], scores[:0], labels[:0], cut[:0])
     assert [len(x) for x in empty] == [0, 0, 0]
+
+
+def dense_merge(boxes, scores, labels, cut, match_thresh=0.5):
+    """`merge` restated on whole N x N matrices (what it computed before 2026-12-05), the
+    reference for its row-by-row form."""
+    inter, area = box_pairs(boxes)
+    kept_boxes, kept_scores, kept_labels = [boxes[~cut]], [scores[~cut]], [labels[~cut]]
+    for label in labels[cut].unique():
+        mine = (cut & (labels == label)).nonzero().squeeze(1)
+        mine = mine[scores[mine].argsort(descending=True)]
+        matched = inter[mine][:, mine] >= match_thresh * torch.minimum(
+            area[mine][:, None], area[mine][None]
+        )
+        taken = torch.zeros(len(mine), dtype=torch.bool)
+        for i in range(len(mine)):
+            if not taken[i]:
+                group = matched[i] & ~taken
+                taken |= group
+                members = boxes[mine][group]
+                kept_boxes.append(torch.cat([members[:, :2].amin(0), members[:, 2:].amax(0)])[None])
+                kept_scores.append(scores[mine[i], None])
+                kept_labels.append(label[None])
+    was_cut = torch.cat([torch.full((len(b),), i > 0) for i, b in enumerate(kept_boxes)])
+    boxes, scores, labels = (torch.cat(x) for x in (kept_boxes, kept_scores, kept_labels))
+    order = scores.argsort(descending=True)
+    boxes, scores, labels, was_cut = boxes[order], scores[order], labels[order], was_cut[order]
+    inter, area = box_pairs(boxes)
+    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1e-12)
+    inside = (inter >= match_thresh * area[None]) & was_cut[None]
+    duplicate = (((iou >= match_thresh) | inside) & (labels[:, None] == labels[None])).triu(1)
+    kept = torch.ones(len(boxes), dtype=torch.bool)
+    for i in range(len(boxes)):
+        if kept[i]:
+            kept &= ~duplicate[i]
+    return boxes[kept], scores[kept], labels[kept]
+
+
+def box_pairs(boxes):
+    """(N, 4) -> pairwise intersection areas (N, N) by corner pairs, and areas (N,)."""
+    low = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    high = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    return (high - low).clamp(min=0).prod(-1), (boxes[:, 2:] - boxes[:, :2]).prod(-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_merge_row_by_row_is_the_merge_on_whole_matrices(seed):
+    """900 detections of 300 objects, three of each nearby (as overlapping tiles find them),
+    3 classes, 30% cut: the same boxes, scores and labels as the dense restatement, and with
+    `most` the first of them."""
+    generator = torch.Generator().manual_seed(seed)
+    objects = torch.rand(300, 2, generator=generator) * 1500
+    near = objects.repeat(3, 1) + torch.randn(900, 2, generator=generator) * 6  # duplicates
+    sizes = torch.rand(900, 2, generator=generator) * 60 + 4
+    boxes = torch.cat([near, near + sizes], 1)
+    scores = torch.rand(900, generator=generator)
+    labels = torch.randint(1, 4, (900,), generator=generator)
+    cut = torch.rand(900, generator=generator) < 0.3
+    expected = dense_merge(boxes, scores, labels, cut)
+    assert 300 < len(expected[0]) < 850  # (much is merged, much kept)
+    for found, wanted in zip(merge(boxes, scores, labels, cut), expected, strict=True):
+        assert torch.equal(found, wanted)
+    for found, wanted in zip(merge(boxes, scores, labels, cut, most=50), expected, strict=True):
+        assert torch.equal(found, wanted[:50])
 
 
 def test_a_box_is_cut_where_it_touches_a_tile_side_inside_the_image():

@@ -12,6 +12,8 @@ absorbed, and the parts of an object cut at a tile border are joined into one bo
 import torch
 from torch import Tensor
 
+from frcnn.boxes import box_area, pairwise_intersection
+
 MATCH_THRESH = 0.5  # the overlap that makes two boxes one (see `merge`)
 BORDER_PX = 1.0  # a box this close to a tile's inner side was cut by it
 
@@ -41,18 +43,23 @@ def detect_tiled(
     """One PIL image detected on its tiles and whole -> the Predictor's dict ("boxes" (D, 4)
     xyxy in the image's pixels, "scores", "labels", "names"), merged, at most `max_detections`,
     best first."""
-    windows = tile_windows(image.width, image.height, tile, overlap)
-    crops = [image.crop(window) for window in windows] + [image]
-    found = predictor(crops, batch_size)
     size = (image.width, image.height)
+    whole = (0, 0, *size)
+    windows = tile_windows(*size, tile, overlap) + [whole]
+    found = []
+    for start in range(0, len(windows), batch_size):  # (cropped a batch at a time: a
+        # 100-megapixel image's 400 tiles at once would hold 500 MB of crops)
+        batch = windows[start : start + batch_size]
+        found += predictor([image if w == whole else image.crop(w) for w in batch], batch_size)
     boxes, cut = [], []
-    for detection, window in zip(found, windows + [(0, 0, *size)], strict=True):
+    for detection, window in zip(found, windows, strict=True):
         boxes.append(detection["boxes"] + torch.tensor(window[:2] * 2, dtype=torch.float32))
         cut.append(cut_at_border(boxes[-1], window, size))
     scores = torch.cat([d["scores"] for d in found])
     labels = torch.cat([d["labels"] for d in found])
-    boxes, scores, labels = merge(torch.cat(boxes), scores, labels, torch.cat(cut))
-    boxes, scores, labels = boxes[:max_detections], scores[:max_detections], labels[:max_detections]
+    boxes, scores, labels = merge(
+        torch.cat(boxes), scores, labels, torch.cat(cut), most=max_detections
+    )
     names = [predictor.name(int(label)) for label in labels]
     return {"boxes": boxes, "scores": scores, "labels": labels, "names": names}
 
@@ -68,53 +75,70 @@ def cut_at_border(boxes: Tensor, window: tuple[int, ...], size: tuple[int, int])
 
 
 def merge(
-    boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, match_thresh: float = MATCH_THRESH
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    cut: Tensor,
+    match_thresh: float = MATCH_THRESH,
+    most: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Tile detections into one set. boxes (N, 4) xyxy, scores (N,), labels (N,), cut (N,) bool
-    (found touching an inner tile side) -> boxes (M, 4), scores, labels, best first.
+    (found touching an inner tile side) -> boxes (M, 4), scores, labels, best first; the best
+    `most` only, where given (the work stops there).
 
     First the cut boxes are joined: best score first, each takes the cut boxes of its class
     left that overlap it by at least `match_thresh` of the smaller one's area (the parts of
     one object in neighbouring tiles) and becomes the box enclosing them. Then duplicates go,
     as in NMS: best first, each box removes the later boxes of its class that overlap it by
     IoU `match_thresh`, and the cut ones that lie mostly (`match_thresh` of their area) inside
-    it (a part of an object that a tile or the whole image found whole)."""
+    it (a part of an object that a tile or the whole image found whole).
+
+    Each box's overlaps are computed as it comes, with the boxes after it: memory in N, not
+    N x N (the 19,200 detections of an 8000 x 6000 image's tiles took 12 GB that way).
+    """
     kept_boxes, kept_scores, kept_labels = [boxes[~cut]], [scores[~cut]], [labels[~cut]]
     for label in labels[cut].unique():
         mine = (cut & (labels == label)).nonzero().squeeze(1)
         mine = mine[scores[mine].argsort(descending=True)]
-        parts = boxes[mine]
-        inter, area = intersections(parts)
-        matched = inter >= match_thresh * torch.minimum(area[:, None], area[None])
-        taken = torch.zeros(len(mine), dtype=torch.bool)
-        for i in range(len(mine)):
-            if taken[i]:
-                continue
-            group = matched[i] & ~taken
-            taken |= group
-            members = parts[group]
-            kept_boxes.append(torch.cat([members[:, :2].amin(0), members[:, 2:].amax(0)])[None])
-            kept_scores.append(scores[mine[i], None])
-            kept_labels.append(label[None])
-    was_cut = torch.zeros(len(kept_boxes[0]), dtype=torch.bool)
-    was_cut = torch.cat([was_cut, torch.ones(len(kept_boxes) - 1, dtype=torch.bool)])
+        joined, leaders = join(boxes[mine], match_thresh)
+        kept_boxes.append(joined)
+        kept_scores.append(scores[mine[leaders]])
+        kept_labels.append(label.expand(len(leaders)))
+    was_cut = torch.cat([torch.full((len(b),), i > 0) for i, b in enumerate(kept_boxes)])
     boxes, scores, labels = (torch.cat(x) for x in (kept_boxes, kept_scores, kept_labels))
     order = scores.argsort(descending=True)
     boxes, scores, labels, was_cut = boxes[order], scores[order], labels[order], was_cut[order]
-    inter, area = intersections(boxes)
-    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1e-12)
-    inside = (inter >= match_thresh * area[None]) & was_cut[None]  # [i, j]: most of cut box j
-    duplicate = ((iou >= match_thresh) | inside) & (labels[:, None] == labels[None])
-    duplicate = duplicate.triu(1)  # a box removes only boxes that score below it
-    kept = torch.ones(len(boxes), dtype=torch.bool)
+    area = box_area(boxes)
+    removed, kept = torch.zeros(len(boxes), dtype=torch.bool), []
     for i in range(len(boxes)):
-        if kept[i]:
-            kept &= ~duplicate[i]
+        if removed[i]:
+            continue
+        kept.append(i)
+        if len(kept) == most:
+            break
+        later = slice(i + 1, None)  # a box removes only boxes that score below it
+        inter = pairwise_intersection(boxes[i : i + 1], boxes[later])[0]
+        iou = inter / (area[i] + area[later] - inter).clamp(min=1e-12)
+        inside = (inter >= match_thresh * area[later]) & was_cut[later]  # most of a cut box
+        removed[later] |= ((iou >= match_thresh) | inside) & (labels[later] == labels[i])
+    kept = torch.tensor(kept, dtype=torch.int64)
     return boxes[kept], scores[kept], labels[kept]
 
 
-def intersections(boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, 4) xyxy boxes -> their pairwise intersection areas (N, N) and areas (N,)."""
-    low = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    high = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    return (high - low).clamp(min=0).prod(-1), (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
+def join(parts: Tensor, match_thresh: float) -> tuple[Tensor, Tensor]:
+    """Cut boxes of one class, best first (P, 4) -> the boxes (G, 4) that enclose each group of
+    parts, and each group's best part (G,) (indices into `parts`): best first, a part not yet
+    taken takes the parts left that overlap it by at least `match_thresh` of the smaller one's
+    area, itself included."""
+    area = box_area(parts)
+    left, enclosing, leaders = torch.ones(len(parts), dtype=torch.bool), [], []
+    for i in range(len(parts)):
+        if not left[i]:
+            continue
+        inter = pairwise_intersection(parts[i : i + 1], parts)[0]
+        group = left & (inter >= match_thresh * torch.minimum(area[i], area))
+        left &= ~group
+        members = parts[group]
+        enclosing.append(torch.cat([members[:, :2].amin(0), members[:, 2:].amax(0)]))
+        leaders.append(i)
+    return torch.stack(enclosing), torch.tensor(leaders, dtype=torch.int64)

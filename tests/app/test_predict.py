@@ -182,6 +182,25 @@ def predict(trained, tmp_path, inputs, *extra):
     return out, result.stdout + result.stderr
 
 
+def test_max_image_pixels_reads_larger_images_quietly_and_is_named_where_one_is_too_large(
+    trained, tmp_path
+):
+    """max_image_pixels=10000: a 90 x 100 image (above half the limit, where PIL warns) is read
+    without PIL's warning, a 200 x 100 one is skipped with the setting named; PIL's own limit
+    is back after the run."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    draw_sample(5, 0, 6).image.resize((90, 100)).save(folder / "small.png")
+    draw_sample(5, 1, 6).image.resize((200, 100)).save(folder / "large.png")
+    pils_limit = Image.MAX_IMAGE_PIXELS
+    out, printed = predict(trained, tmp_path, folder, "max_image_pixels=10000")
+    assert "large.png: DecompressionBombError: Image size (20000 pixels)" in printed
+    assert "(max_image_pixels= reads larger images)" in printed
+    assert "DecompressionBombWarning" not in printed
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["small.jpg"]
+    assert pils_limit == Image.MAX_IMAGE_PIXELS
+
+
 def test_an_output_folder_holding_the_inputs_is_refused(trained, tmp_path):
     folder = tmp_path / "photos"
     write_inputs(folder)
@@ -198,6 +217,7 @@ def test_an_output_folder_holding_the_inputs_is_refused(trained, tmp_path):
         ("ckpt_path=x.ckpt input={tmp}/in/*.gif", r"\*.gif': no image file, folder .* glob"),
         ("input={tmp}/in", r"ckpt_path=<a training checkpoint> is needed \(backend=torch\)"),
         ("ckpt_path=x.ckpt input={tmp}/in tile=64 tile_overlap=0.9", r"overlap=0.9: .*0..0.75"),
+        ("ckpt_path=x.ckpt input={tmp}/in max_image_pixels=0", r"max_image_pixels=0: a number of"),
         (
             "backend=onnxruntime model_file={tmp}/m.onnx input={tmp}/in device=gpu",
             r"backend=onnxruntime runs on the CPU: device=cpu or device=auto",

@@ -8,10 +8,11 @@ import os
 import re
 import signal
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -128,6 +129,7 @@ def predict_files(cfg) -> dict:
             "overwrite: choose another output folder"
         )
     tiles = tile_settings(cfg)  # (checked before the model loads)
+    pixel_limit = image_pixel_limit(cfg.get("max_image_pixels"))
     predictor = load_predictor(cfg)
     prepare, detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
@@ -142,6 +144,7 @@ def predict_files(cfg) -> dict:
     try:
         with (
             stop_on_sigterm(),
+            pixel_limit,
             json_array(json_path) as write_results,
             tqdm(total=len(files), unit="image", desc="predict") as progress,
             ThreadPoolExecutor(IO_THREADS) as pool,
@@ -183,6 +186,30 @@ def predict_files(cfg) -> dict:
         "drawn": drawn_count,
         "corrupt": corrupt,
     }
+
+
+def image_pixel_limit(limit):
+    """The images larger than `limit` pixels are refused (PIL's `DecompressionBombError`) while
+    the block runs, the smaller ones read without PIL's warning; None: PIL's own limit (179
+    megapixels, warned from 89). Checked when called (an int >= 1), before anything runs."""
+    if limit is None:
+        return nullcontext()
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"max_image_pixels={limit!r}: a number of pixels >= 1 (null: PIL's limit)")
+    return pil_pixel_limit(limit)
+
+
+@contextmanager
+def pil_pixel_limit(limit: int):
+    # PIL warns above MAX_IMAGE_PIXELS and refuses above twice it
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit / 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 @contextmanager
@@ -314,7 +341,10 @@ def read_image(files: list[Path], index: int, prepare=None) -> Read:
     try:
         image = open_image(files[index])
     except UNREADABLE_IMAGE as err:
-        return Read(index, problem=f"{files[index]}: {type(err).__name__}: {err}")
+        problem = f"{files[index]}: {type(err).__name__}: {err}"
+        if isinstance(err, Image.DecompressionBombError):
+            problem += " (max_image_pixels= reads larger images)"
+        return Read(index, problem=problem)
     return Read(index, image, prepare(image) if prepare else None)
 
 

@@ -167,6 +167,23 @@ def test_inputs_may_be_a_file_a_folder_or_a_glob(tmp_path):
     assert [p.name for p in find_images(str(folder / "*"))] == ["0.png", "1.png", "broken.jpg"]
 
 
+def test_videos_in_a_folder_of_images_are_named_where_they_are_left_out(tmp_path, caplog):
+    """predict.py reads a video given on its own: a folder's videos are not passed over in
+    silence, and a folder of videos alone is refused naming one to give."""
+    write_inputs(tmp_path / "in")
+    for name in ("a.mp4", "b.MOV"):
+        (tmp_path / "in" / name).write_bytes(b"(not read)")
+    with caplog.at_level("WARNING"):
+        assert [p.name for p in find_images(str(tmp_path / "in"))] == [
+            "0.png", "1.png", "broken.jpg"
+        ]  # fmt: skip
+    assert "videos left out (a.mp4, b.MOV): give a video on its own (input=" in caplog.text
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"(not read)")
+    with pytest.raises(FileNotFoundError, match=r"no image file; videos left out \(a.mp4\)"):
+        find_images(str(tmp_path / "clips"))
+
+
 def predict(trained, tmp_path, inputs, *extra):
     _, run_dir = trained
     out = tmp_path / "out"

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
+from frcnn.inference.video import VIDEO_SUFFIXES
 from frcnn.visualization.drawing import draw_detections
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,19 @@ def find_images(spec: str) -> list[Path]:
         files = sorted(path.iterdir())
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-    # regular image files only: a named pipe (is_file is False) would block the read
-    files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
+    # regular files only: a named pipe (is_file is False) would block the read
+    files = [p for p in files if p.is_file()]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    if videos:  # (predict.py reads a video given on its own)
+        named = ", ".join(p.name for p in videos[:3]) + (", ..." if len(videos) > 3 else "")
+        left_out = f"videos left out ({named}): give a video on its own (input={videos[0]})"
+        if not images:
+            raise FileNotFoundError(f"input={spec!r}: no image file; {left_out}")
+        log.warning("input=%r: %s", spec, left_out)
+    if not images:
         raise FileNotFoundError(f"input={spec!r}: no image file, folder of images or glob match")
-    return files
+    return images
 
 
 def input_names(spec: str, files: list[Path]) -> list[str]:

@@ -16,7 +16,7 @@ def test_written_frames_come_back_in_order_with_their_times_every_stride(tmp_pat
     path = tmp_path / "grey.mp4"
     with video_writer(path, Fraction(5), 33, 21) as write:
         for index in range(7):
-            write(np.full((21, 33, 3), 30 * index, np.uint8))
+            write(np.full((21, 33, 3), 30 * index, np.uint8), 3.0 + index / 5)
     info = probe(path)
     assert (info.fps, info.width, info.height) == (5, 34, 22)
     undecodable = []
@@ -30,6 +30,18 @@ def test_written_frames_come_back_in_order_with_their_times_every_stride(tmp_pat
     if encoder() == "libx264":  # x264 writes its settings into the stream: veryfast's
         settings = path.read_bytes()
         assert b" subme=2 " in settings and b" ref=1 " in settings  # "medium": 7 and 3
+
+
+def test_frames_keep_their_times_where_the_rate_varies_or_frames_are_missing(tmp_path):
+    """Frames written at 1.0, 1.2, 1.6 (a frame missing), 1.83 (off a tick), 1.87 (the same
+    nearest tick: the next one) s at 5 fps come back at their times from the first, on the
+    nearest 0.2 s ticks."""
+    path = tmp_path / "gaps.mp4"
+    with video_writer(path, Fraction(5), 32, 24) as write:
+        for index, time_s in enumerate([1.0, 1.2, 1.6, 1.83, 1.87]):
+            write(np.full((24, 32, 3), 40 * index, np.uint8), time_s)
+    times = [frame.time_s for frame in read_frames(path, 1, [])]
+    assert times == [pytest.approx(t) for t in (0.0, 0.2, 0.6, 0.8, 1.0)]
 
 
 def test_a_file_without_a_video_stream_is_refused(tmp_path):

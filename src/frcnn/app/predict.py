@@ -414,7 +414,7 @@ def predict_video(cfg) -> dict:
                     picture = pool.submit(
                         annotated, frame.image, detection, predictor, cfg.draw_thresh
                     )
-                    writing.append(encoder.submit(encode, write, picture))
+                    writing.append(encoder.submit(encode, write, picture, frame.time_s))
                     line = frame_line(frame, detection, predictor, source.name)
                     lines.write(json.dumps(line) + "\n")
                     frames += 1
@@ -459,11 +459,11 @@ def frames_ahead(pool: ThreadPoolExecutor, frames: Iterator, size: int, prepare=
         yield batch
 
 
-def encode(write, picture: Future) -> int:
-    """Writes a frame's picture (`annotated`, drawn by another thread) to the video; returns
-    how many detections it shows."""
+def encode(write, picture: Future, time_s: float) -> int:
+    """Writes a frame's picture (`annotated`, drawn by another thread) to the video at its time
+    (s); returns how many detections it shows."""
     pixels, drawn = picture.result()
-    write(pixels)
+    write(pixels, time_s)
     return drawn
 
 

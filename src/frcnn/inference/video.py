@@ -118,8 +118,11 @@ def quarter_turns(frame) -> int:
 
 @contextmanager
 def video_writer(path: Path, fps: Fraction, width: int, height: int):
-    """An .mp4 file at `path`; yields write(rgb: uint8 (height, width, 3) array). Every frame
-    written is in the file, which plays, however the block ends (no file if none was)."""
+    """An .mp4 file at `path`; yields write(rgb: uint8 (height, width, 3) array, time_s): each
+    frame at its time in the input, seconds (the first frame written starts the file), on
+    ticks of 1 / `fps`: a variable frame rate, or a gap where frames did not decode, plays as
+    in the input. Every frame written is in the file, which plays, however the block ends (no
+    file if none was)."""
     import av
 
     container = av.open(str(path), "w")
@@ -131,11 +134,18 @@ def video_writer(path: Path, fps: Fraction, width: int, height: int):
         # 4:2:0 chroma needs even sides: an odd one gets a black row or column
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
+        start, last = None, -1  # the first frame's time (s), the last frame's tick
 
-        def write(rgb: np.ndarray) -> None:
+        def write(rgb: np.ndarray, time_s: float) -> None:
+            nonlocal start, last
             padded = np.zeros((stream.height, stream.width, 3), np.uint8)
             padded[: rgb.shape[0], : rgb.shape[1]] = rgb
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+            frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
+            start = time_s if start is None else start
+            # never two frames on one tick: the encoder needs times that go forward
+            last = frame.pts = max(last + 1, round((time_s - start) * fps))
+            frame.time_base = 1 / fps
+            container.mux(stream.encode(frame))
 
         try:
             yield write

@@ -44,6 +44,26 @@ def test_frames_keep_their_times_where_the_rate_varies_or_frames_are_missing(tmp
     assert times == [pytest.approx(t) for t in (0.0, 0.2, 0.6, 0.8, 1.0)]
 
 
+def test_a_file_cut_short_is_read_to_its_cut_and_the_rest_named(tmp_path):
+    """A Matroska file (its header states the length, 8 s) cut at two thirds, as a recording or
+    download stopped early: FFmpeg decodes the frames before the cut and says nothing; the
+    frames come, and `undecodable` names where they end. The whole file: nothing named."""
+    whole = tmp_path / "whole.mkv"
+    with video_writer(whole, Fraction(5), 32, 24) as write:
+        for index in range(40):
+            write(np.full((24, 32, 3), 5 * index, np.uint8), index / 5)
+    undecodable = []
+    assert len(list(read_frames(whole, 1, undecodable))) == 40 and not undecodable
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    frames = list(read_frames(cut, 1, undecodable))
+    assert 10 < len(frames) < 40
+    assert undecodable == [
+        f"the frames end at {len(frames) / 5:.1f} s, the file says it lasts 8.0 s: the rest "
+        "could not be read (a file cut short, or damaged)"
+    ]
+
+
 def test_a_file_without_a_video_stream_is_refused(tmp_path):
     path = tmp_path / "sound.wav"
     with av.open(str(path), "w") as container:

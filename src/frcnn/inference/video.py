@@ -75,7 +75,9 @@ def read_frames(path: Path, stride: int, undecodable: list[str]) -> Iterator[Fra
     upright.
 
     A packet FFmpeg cannot decode (a damaged file) is skipped and described in `undecodable`;
-    the frames around it still come.
+    the frames around it still come. Frames that end a second or more before the file says
+    it does (a recording or download cut short, damage the demuxer stops at, which FFmpeg
+    passes over in silence) are described there too.
     """
     import av
 
@@ -83,10 +85,26 @@ def read_frames(path: Path, stride: int, undecodable: list[str]) -> Iterator[Fra
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frames decoded on several threads
         fps = stream.average_rate or stream.guessed_rate
+        end = 0.0  # where the frames so far end, s
         for index, frame in enumerate(decoded_frames(container, stream, undecodable)):
+            time_s = float(frame.time) if frame.time is not None else index / fps
+            end = time_s + 1 / fps
             if index % stride == 0:
-                time_s = float(frame.time) if frame.time is not None else index / fps
                 yield Frame(index, time_s, upright(frame))
+        length = duration_s(container, stream)
+        if length - end >= 1.0:
+            undecodable.append(
+                f"the frames end at {end:.1f} s, the file says it lasts {length:.1f} s: the rest "
+                "could not be read (a file cut short, or damaged)"
+            )
+
+
+def duration_s(container, stream) -> float:
+    """The video stream's length as the file states it, seconds (the container's where the
+    stream has none, as in Matroska); 0 where neither is known."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration else 0.0  # (FFmpeg's µs)
 
 
 def decoded_frames(container, stream, undecodable: list[str]) -> Iterator:

@@ -45,7 +45,7 @@ def test_frames_keep_their_times_where_the_rate_varies_or_frames_are_missing(tmp
 
 
 def test_a_file_cut_short_is_read_to_its_cut_and_the_rest_named(tmp_path):
-    """A Matroska file (its header states the length, 8 s) cut at two thirds, as a recording or
+    """A Matroska file (its header states the length, 8 s, not the frames) cut at two thirds, as a recording or
     download stopped early: FFmpeg decodes the frames before the cut and says nothing; the
     frames come, and `undecodable` names where they end. The whole file: nothing named."""
     whole = tmp_path / "whole.mkv"
@@ -54,6 +54,7 @@ def test_a_file_cut_short_is_read_to_its_cut_and_the_rest_named(tmp_path):
             write(np.full((24, 32, 3), 5 * index, np.uint8), index / 5)
     undecodable = []
     assert len(list(read_frames(whole, 1, undecodable))) == 40 and not undecodable
+    assert probe(whole).frames == 40  # (Matroska states no count: its length x fps)
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
     frames = list(read_frames(cut, 1, undecodable))

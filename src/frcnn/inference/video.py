@@ -35,7 +35,7 @@ class Frame(NamedTuple):
 
 class VideoInfo(NamedTuple):
     fps: Fraction  # frames per second
-    frames: int  # as the container says; 0 where it does not
+    frames: int  # as the container says, else its length x fps (Matroska, WebM); 0: unknown
     width: int  # of the upright frames
     height: int
     rotation: int  # degrees counter-clockwise the frames are turned to stand upright: 0-270
@@ -65,7 +65,8 @@ def probe(path: Path) -> VideoInfo:
                 raise ValueError(f"input={str(path)!r}: no frame of its video stream decodes")
             turns = quarter_turns(first)
             size = (first.height, first.width) if turns % 2 else (first.width, first.height)
-            return VideoInfo(Fraction(fps), stream.frames, *size, 90 * turns)
+            frames = stream.frames or round(duration_s(container, stream) * fps)
+            return VideoInfo(Fraction(fps), frames, *size, 90 * turns)
     except av.error.FFmpegError as err:
         raise ValueError(f"input={str(path)!r} cannot be read as a video ({err})") from None
 

@@ -45,9 +45,10 @@ def test_frames_keep_their_times_where_the_rate_varies_or_frames_are_missing(tmp
 
 
 def test_a_file_cut_short_is_read_to_its_cut_and_the_rest_named(tmp_path):
-    """A Matroska file (its header states the length, 8 s, not the frames) cut at two thirds, as a recording or
-    download stopped early: FFmpeg decodes the frames before the cut and says nothing; the
-    frames come, and `undecodable` names where they end. The whole file: nothing named."""
+    """A Matroska file (its header states the length, 8 s, not the frames) cut at two thirds,
+    as a recording or download stopped early: FFmpeg decodes the frames before the cut and
+    says nothing; the frames come, and `undecodable` names where they end. The whole file:
+    nothing named."""
     whole = tmp_path / "whole.mkv"
     with video_writer(whole, Fraction(5), 32, 24) as write:
         for index in range(40):

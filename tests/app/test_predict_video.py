@@ -96,19 +96,20 @@ def nearest(images: list, references: list) -> list[int]:
 
 
 def test_a_phone_video_stored_turned_is_detected_and_written_upright(trained, tmp_path):
-    """A portrait video stored landscape with a display rotation (90 degrees, as phones write
-    it): each frame is detected upright as players show it, with the detections of the decoded
-    frame turned so, and the annotated video is upright (no display matrix to follow)."""
+    """A portrait video stored landscape with a display rotation (-90 degrees: shown turned a
+    quarter clockwise, as iPhones write it): each frame is detected upright as players show it,
+    with the detections of the decoded frame turned so, and the annotated video is upright (no
+    display matrix to follow)."""
     _, run_dir = trained
     clip = tmp_path / "clip.mp4"
-    write_clip(clip, frames=6, rotation=90)
+    write_clip(clip, frames=6, rotation=-90)  # (an iPhone's, turned clockwise to be shown)
     frames = decoded(clip)
     assert frames[0][0].size == (HEIGHT, WIDTH)  # stored turned: PyAV leaves it so
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     out = tmp_path / "out"
     args = [f"ckpt_path={checkpoint}", f"input={clip}", f"output={out}", "batch_size=4"]
     result = run("predict.py", *args, "device=cpu", log_dir=tmp_path / "logs")
-    assert "frames turned 90 degrees counter-clockwise" in result.stdout + result.stderr
+    assert "frames turned 90 degrees clockwise to stand upright" in result.stdout + result.stderr
     annotated = [image for image, _ in decoded(out / "clip.mp4")]
     assert [image.size for image in annotated] == [(WIDTH, HEIGHT)] * 6
     # upright: nearest to the scene drawn (0, 0, 0, 0, 1, 1), not to it turned either way
@@ -121,7 +122,7 @@ def test_a_phone_video_stored_turned_is_detected_and_written_upright(trained, tm
     lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     assert sum(len(line["detections"]) for line in lines) > 0
     for line, (image, _) in zip(lines, frames, strict=True):
-        expected = predictor(image.transpose(Image.Transpose.ROTATE_90))  # (counter-clockwise)
+        expected = predictor(image.transpose(Image.Transpose.ROTATE_270))  # (counter-clockwise)
         found = torch.tensor([d["bbox"] for d in line["detections"]]).reshape(-1, 4)
         boxes = expected["boxes"]
         wanted = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)

@@ -433,9 +433,10 @@ def predict_video(cfg) -> dict:
         f"  detections: {lines_path} (a JSON line per frame)",
     ]
     if info.rotation:
+        turn = {90: "90 degrees counter-clockwise", 180: "180 degrees", 270: "90 degrees clockwise"}
         summary.append(
-            f"  frames turned {info.rotation} degrees counter-clockwise to stand upright, as the "
-            "video's display matrix says: the boxes are in the upright frames' pixels"
+            f"  frames turned {turn[info.rotation]} to stand upright, as the video's display "
+            "matrix says: the boxes are in the upright frames' pixels"
         )
     summary += [f"  skipped, undecodable: {problem}" for problem in undecodable]
     log.info("\n".join(summary))

@@ -169,7 +169,8 @@ def test_inputs_may_be_a_file_a_folder_or_a_glob(tmp_path):
 
 def test_videos_in_a_folder_of_images_are_named_where_they_are_left_out(tmp_path, caplog):
     """predict.py reads a video given on its own: a folder's videos are not passed over in
-    silence, and a folder of videos alone is refused naming one to give."""
+    silence, and a folder of videos alone is refused naming one to give (export.py's
+    check_images, the setting, with no video to give)."""
     write_inputs(tmp_path / "in")
     for name in ("a.mp4", "b.MOV"):
         (tmp_path / "in" / name).write_bytes(b"(not read)")
@@ -182,6 +183,9 @@ def test_videos_in_a_folder_of_images_are_named_where_they_are_left_out(tmp_path
     (tmp_path / "clips" / "a.mp4").write_bytes(b"(not read)")
     with pytest.raises(FileNotFoundError, match=r"no image file; videos left out \(a.mp4\)"):
         find_images(str(tmp_path / "clips"))
+    # export.py's check_images: named as such, and no video to give
+    with pytest.raises(FileNotFoundError, match=r"^check_images=.*clips': no image file; .*\)$"):
+        find_images(str(tmp_path / "clips"), "check_images")
 
 
 def predict(trained, tmp_path, inputs, *extra):

@@ -245,7 +245,7 @@ def check_images(spec: str | None, predictor: Predictor) -> list:
         num_classes = min(predictor.model.roi_heads.num_classes, 24)
         return [draw_sample(0, i, num_classes, 240, 640).image for i in range(CHECK_IMAGES)]
     images = []
-    for path in find_images(spec)[:CHECK_IMAGES]:
+    for path in find_images(spec, "check_images")[:CHECK_IMAGES]:
         try:
             images.append(open_image(path))
         except UNREADABLE_IMAGE as err:

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
-def find_images(spec: str) -> list[Path]:
-    """An image file, a folder (its images, sorted) or a glob pattern -> image paths."""
+def find_images(spec: str, setting: str = "input") -> list[Path]:
+    """An image file, a folder (its images, sorted) or a glob pattern -> image paths; the
+    messages name `spec` as the `setting` it came from."""
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
@@ -47,12 +48,16 @@ def find_images(spec: str) -> list[Path]:
     videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
     if videos:  # (predict.py reads a video given on its own)
         named = ", ".join(p.name for p in videos[:3]) + (", ..." if len(videos) > 3 else "")
-        left_out = f"videos left out ({named}): give a video on its own (input={videos[0]})"
+        left_out = f"videos left out ({named})"
+        if setting == "input":
+            left_out += f": give a video on its own (input={videos[0]})"
         if not images:
-            raise FileNotFoundError(f"input={spec!r}: no image file; {left_out}")
-        log.warning("input=%r: %s", spec, left_out)
+            raise FileNotFoundError(f"{setting}={spec!r}: no image file; {left_out}")
+        log.warning("%s=%r: %s", setting, spec, left_out)
     if not images:
-        raise FileNotFoundError(f"input={spec!r}: no image file, folder of images or glob match")
+        raise FileNotFoundError(
+            f"{setting}={spec!r}: no image file, folder of images or glob match"
+        )
     return images
 
 

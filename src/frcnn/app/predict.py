@@ -184,10 +184,9 @@ def predict_files(cfg) -> dict:
                     write_results({**r, "picture": names[index]} for r in found)
                     found_count += len(found)
                     best = max([best, *(r["score"] for r in found)])
-                while len(saving) > cfg.batch_size:  # at most a batch of pictures waits
-                    drawn_count += saving.popleft().result()
+                drawn_count += finished(saving, cfg.batch_size)  # at most a batch waits
                 progress.update(len(batch))
-            drawn_count += sum(picture.result() for picture in saving)
+            drawn_count += finished(saving)
     except SystemExit:
         log.error("predict stopped by SIGTERM: %s holds the images done so far", json_path)
         raise
@@ -362,6 +361,15 @@ def read_image(files: list[Path], index: int, prepare=None) -> Read:
     return Read(index, image, prepare(image) if prepare else None)
 
 
+def finished(pending: deque, waiting: int = 0) -> int:
+    """Waits for the oldest of the `pending` pictures (futures of their drawn counts) until at
+    most `waiting` are left; returns the detections they drew."""
+    drawn = 0
+    while len(pending) > waiting:
+        drawn += pending.popleft().result()
+    return drawn
+
+
 def save_picture(image, detection: dict, predictor, draw_thresh: float, path: Path) -> int:
     """The image with its detections scoring at least `draw_thresh`, as a JPEG at `path`;
     returns how many were drawn."""
@@ -424,10 +432,9 @@ def predict_video(cfg) -> dict:
                     lines.write(json.dumps(line) + "\n")
                     frames += 1
                     detections_count += len(line["detections"])
-                while len(writing) > cfg.batch_size:  # at most a batch of frames waits
-                    drawn_count += writing.popleft().result()
+                drawn_count += finished(writing, cfg.batch_size)  # at most a batch waits
                 progress.update(len(batch))
-            drawn_count += sum(frame.result() for frame in writing)
+            drawn_count += finished(writing)
         except SystemExit:
             log.error("predict stopped by SIGTERM: %s holds the frames done so far", lines_path)
             raise

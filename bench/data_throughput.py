@@ -1,13 +1,14 @@
 """Images per second of decode + transform + collate, per source and worker count.
 
     uv run python bench/data_throughput.py [--images 256] [--workers 0 1 2] [--size 400]
-        [--scale-jitter 0.1 2.0]
+        [--scale-jitter 0.1 2.0] [--photo 4000 3000]
     uv run python bench/data_throughput.py --transport [--batch-size 16]
 
-Writes a temporary COCO-like data set (640x480 JPEGs, as in COCO) as hub-schema parquet and as
-a COCO folder, then times a full pass of a DataLoader over each source. `--transport` times
-only what a batch costs to leave a worker (prepared samples, no decoding): the targets as
-`Targets` against plain per-image tensors. Not a test.
+Writes a temporary COCO-like data set (640x480 JPEGs, as in COCO; `--photo`: another size, a
+phone's 4000 x 3000) as hub-schema parquet and as a COCO folder, then times a full pass of a
+DataLoader over each source. `--transport` times only what a batch costs to leave a worker
+(prepared samples, no decoding): the targets as `Targets` against plain per-image tensors. Not
+a test.
 """
 
 import argparse
@@ -43,9 +44,9 @@ def photo_like_jpeg(rng, width=640, height=480) -> bytes:
     return buffer.getvalue()
 
 
-def write_data(root: Path, num_images: int, num_shards: int):
+def write_data(root: Path, num_images: int, num_shards: int, photo=(640, 480)):
     rng = np.random.default_rng(0)
-    images = [photo_like_jpeg(rng) for _ in range(num_images)]
+    images = [photo_like_jpeg(rng, *photo) for _ in range(num_images)]
     boxes = [
         [[10.0 * k, 10.0 * k, 10.0 * k + 100, 10.0 * k + 80] for k in range(7)] for _ in images
     ]
@@ -55,8 +56,8 @@ def write_data(root: Path, num_images: int, num_shards: int):
         columns = {
             "image_id": list(idx),
             "image": [{"bytes": images[i], "path": None} for i in idx],
-            "width": [640] * len(idx),
-            "height": [480] * len(idx),
+            "width": [photo[0]] * len(idx),
+            "height": [photo[1]] * len(idx),
             "objects": [
                 {
                     "bbox_id": list(range(7)),
@@ -159,6 +160,10 @@ def main() -> None:
         "--scale-jitter", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
         help="training's large-scale jitter (data.scale_jitter), e.g. 0.1 2.0",
     )  # fmt: skip
+    parser.add_argument(
+        "--photo", type=int, nargs=2, default=(640, 480), metavar=("WIDTH", "HEIGHT"),
+        help="the JPEGs' size (COCO's about 640 x 480; a phone's 4000 x 3000)",
+    )  # fmt: skip
     parser.add_argument("--transport", action="store_true", help=transport.__doc__)
     args = parser.parse_args()
     if args.transport:
@@ -167,7 +172,7 @@ def main() -> None:
     transform = Transform(args.size, "letterbox", flip_prob=0.5, scale_jitter=args.scale_jitter)
     with tempfile.TemporaryDirectory() as tmp:
         files, annotation_file, image_dir = write_data(
-            Path(tmp), args.images, max(args.workers + [1])
+            Path(tmp), args.images, max(args.workers + [1]), tuple(args.photo)
         )
         sources = {
             "synthetic": lambda: SyntheticShapes(transform, args.images, num_classes=6),
@@ -178,8 +183,8 @@ def main() -> None:
         }
         jitter = f", scale jitter {args.scale_jitter}" if args.scale_jitter else ""
         print(
-            f"{args.images} images -> {args.size} px letterbox{jitter}, batch {args.batch_size}; "
-            "images/s"
+            f"{args.images} images of {args.photo[0]} x {args.photo[1]} -> {args.size} px "
+            f"letterbox{jitter}, batch {args.batch_size}; images/s"
         )
         header = "| source | " + " | ".join(f"{w} workers" for w in args.workers) + " |"
         print(header)

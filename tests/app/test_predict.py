@@ -76,12 +76,15 @@ def test_files_are_read_ahead_in_order_and_detected_as_the_predictor_detects_the
 ):
     """predict.py's reading threads: 5 files in batches of 2, the third corrupt, come back in
     order, each prepared as the predictor prepares it: detecting those inputs gives the
-    predictor's own detections of the files."""
+    predictor's own detections of the files. The last, a large JPEG, is prepared as training
+    reads it (decoded smaller) and kept whole for its picture."""
     model, _, _, _ = overfit_detector
     predictor = Predictor(model, OVERFIT_SIZE, device="cpu")
-    files = [tmp_path / f"{i}.png" for i in range(5)]
+    files = [tmp_path / f"{i}.png" for i in range(4)] + [tmp_path / "4.jpg"]
     for i, file in enumerate(files):
         draw_sample(0, i, 3, max_objects=4).image.save(file)
+    draw_sample(0, 4, 3, max_objects=4).image.resize((1920, 1280)).save(files[4], quality=90)
+    assert predictor.transform.reduction(1920, 1280) == 8
     files[2].write_bytes(b"\x89PNG not really")
     with ThreadPoolExecutor(3) as pool:
         batches = list(read_ahead(pool, files, [range(0, 2), range(2, 4), range(4, 5)],
@@ -90,6 +93,11 @@ def test_files_are_read_ahead_in_order_and_detected_as_the_predictor_detects_the
     reads = [read for batch in batches for read in batch]
     assert [bool(read.problem) for read in reads] == [False, False, True, False, False]
     assert "2.png: UnidentifiedImageError" in reads[2].problem
+    assert reads[4].image.size == (1920, 1280)
+    with Image.open(files[4]) as whole:
+        whole.load()  # (decoded whole, as it is drawn)
+        assert not torch.equal(reads[4].prepared[0], predictor.prepare(whole)[0])
+    assert torch.equal(reads[4].prepared[0], predictor.prepare(files[4].read_bytes())[0])
     readable = [read for read in reads if not read.problem]
     found = predictor.detect([read.prepared for read in readable])
     expected = predictor([files[read.index] for read in readable])

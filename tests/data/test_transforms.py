@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn.data.transforms import Record, Transform, collate
+from frcnn.data.transforms import Record, Transform, collate, decoded
 
 
 def record(width=200, height=100, boxes=((20.0, 10.0, 60.0, 50.0),), labels=(1,), mode="RGB"):
@@ -114,6 +114,74 @@ def test_encoded_bytes_are_decoded():
     image, target = Transform(100)(Record(buffer.getvalue(), np.zeros((0, 4)), np.zeros(0), 1))
     assert target["orig_size"] == (40, 50)
     assert abs(int(image[2, 10, 10]) - 30) < 5
+
+
+@pytest.mark.parametrize(
+    ("transform", "width", "height", "times"),
+    [
+        (Transform(400), 4000, 3000, 8),  # a phone photo: 500 x 375, its long side above 400
+        (Transform(400, scale_jitter=(0.1, 2.0)), 4000, 3000, 4),  # up to 800 px
+        (Transform(400, "stretch"), 4000, 3000, 4),  # both sides at least 400: the short one
+        (Transform(400), 4002, 3000, 2),  # 8, 4 do not divide 4002: the same ground at 1/2 only
+        (Transform(400), 4001, 3000, 1),
+        (Transform(400), 640, 480, 1),  # COCO's: decoded whole
+    ],
+)
+def test_a_large_jpeg_is_decoded_as_small_as_the_resize_allows(transform, width, height, times):
+    assert transform.reduction(width, height) == times
+
+
+def noisy_jpeg(width: int, height: int, box) -> bytes:
+    """A smooth random picture with a white box at `box` (x0, y0, x1, y1), as a JPEG."""
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 200, (height // 100, width // 100, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+    image.paste((255, 255, 255), box)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_jpeg_decoded_smaller_gives_the_same_targets_and_nearly_the_same_pixels():
+    """A 3200 x 2400 photo for a 400 px input is decoded at 1/8 (400 x 300): the same target,
+    and against the whole decode (PIL's pixels, given decoded) within a grey level or two on
+    average, the box's pixels in the same place."""
+    box = (800, 600, 1600, 1400)  # -> 100, 75, 200, 175 at 400 px
+    data = noisy_jpeg(3200, 2400, box)
+    boxes, labels = np.array([box], np.float32), np.array([1])
+    transform = Transform(400)
+    small, small_target = transform(Record(data, boxes, labels, 3))
+    image, size = decoded(Record(data, boxes, labels, 3), reduction=transform.reduction)
+    assert image.size == (400, 300) and size == (3200, 2400)
+    whole = Image.open(io.BytesIO(data))
+    whole.load()  # (decoded: no draft)
+    full, full_target = transform(Record(whole, boxes, labels, 3))
+    for key in ("boxes", "labels", "scale_xy"):
+        torch.testing.assert_close(small_target[key], full_target[key])
+    assert small_target["orig_size"] == full_target["orig_size"] == (2400, 3200)
+    difference = (small.float() - full.float()).abs()
+    assert difference.mean() < 2 and difference.max() < 64
+    white = (small.min(0).values > 235) & (full.min(0).values > 235)
+    assert white[80:170, 105:195].all()  # the box, inside its edges, in both
+    assert not white[:, :95].any() and not white[:, 205:].any()
+
+
+def test_a_large_phone_photo_decoded_smaller_is_still_turned_upright():
+    """EXIF orientation 6 on a 1600 x 800 JPEG decoded at 1/8 for a 200 px input: upright,
+    its size the turned one, the block where a viewer shows it."""
+    stored = Image.new("RGB", (1600, 800), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 400, 200))  # -> upright x 600..800, y 0..400
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, quality=95)
+    record = Record(buffer.getvalue(), np.array([[600.0, 0.0, 800.0, 400.0]]), np.array([1]), 7)
+    transform = Transform(200)
+    assert transform.reduction(800, 1600) == 8
+    image, target = transform(record)
+    assert target["orig_size"] == (1600, 800)
+    torch.testing.assert_close(target["boxes"], torch.tensor([[75.0, 0.0, 100.0, 50.0]]))
+    assert red(image, 90, 20) and not red(image, 10, 10) and not red(image, 90, 120)
 
 
 @pytest.mark.parametrize(

@@ -94,8 +94,7 @@ class Transform:
         `report(reason, image_id, detail)`, if given, hears of boxes clipped to the image and
         of boxes dropped because they have no area left.
         """
-        image = decoded(record, report)
-        width, height = image.size
+        image, (width, height) = decoded(record, report, self.reduction)
         rng = rng or np.random.default_rng()
         new_w, new_h = self.resized_size(width, height, rng)
         scale_xy = np.array([new_w / width, new_h / height], dtype=np.float32)
@@ -124,6 +123,17 @@ class Transform:
             new_w, new_h = min(new_w, self.size), min(new_h, self.size)
         return new_w, new_h
 
+    def reduction(self, width: int, height: int) -> int:
+        """How much smaller (1, 2, 4 or 8 times) a JPEG of `width` x `height` may be decoded:
+        the most that still leaves its content at least as large as the resize can make it
+        (jitter's largest factor included), and that divides both sides, so that the smaller
+        image covers exactly the same ground (camera sizes are multiples of 8)."""
+        largest = self.size * (self.scale_jitter[1] if self.scale_jitter else 1.0)
+        side = max(width, height) if self.resize == "letterbox" else min(width, height)
+        return next(
+            (s for s in (8, 4, 2) if side / s >= largest and width % s == 0 == height % s), 1
+        )
+
     def crop(self, content: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator):
         """A random S x S window of a larger (jittered) image; boxes follow, clipped to it ->
         (content, boxes, the share of each box's area that stays)."""
@@ -137,14 +147,26 @@ class Transform:
         return content, boxes, box_areas(boxes) / np.maximum(full, 1e-12)
 
 
-def decoded(record: Record, report=None) -> Image.Image:
-    """The record's image decoded (a corrupt file fails here), upright (EXIF), RGB."""
+def decoded(record: Record, report=None, reduction=None) -> tuple[Image.Image, tuple[int, int]]:
+    """The record's image decoded (a corrupt file fails here), upright (EXIF, `upright`), RGB,
+    and its upright (width, height): the pixels its boxes are in.
+
+    `reduction(width, height)` -> 1, 2, 4 or 8: a JPEG given as bytes (or opened, not yet
+    decoded) is decoded that many times smaller, libjpeg scaling it in its own transform (PIL's
+    draft mode): a 12 MP photo for a 400 px input takes 20 ms against 81, and the resize from
+    500 px all but nothing against 48 ms (bench/README.md, "Data pipeline throughput").
+    """
     image = record.image
     if isinstance(image, bytes):
         image = Image.open(io.BytesIO(image))
-    image = upright(image, record.size, report, record.image_id)
+    turn = upright(image, record.size, report, record.image_id)
+    width, height = image.size[::-1] if turn in SWAPS_SIDES else image.size
+    scale = reduction(width, height) if reduction else 1
+    if scale > 1:  # (a no-op for other formats and for pixels already decoded)
+        image.draft(None, (image.width // scale, image.height // scale))
+    image = ImageOps.exif_transpose(image) if turn else image
     image.load()
-    return to_rgb(image)
+    return to_rgb(image), (width, height)
 
 
 def scaled_boxes(record: Record, width: int, height: int, scale_xy: np.ndarray, report=None):
@@ -198,19 +220,20 @@ EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = {5, 6, 7, 8}  # the EXIF orientations that turn an image by 90 or 270 degrees
 
 
-def upright(image: Image.Image, size=None, report=None, image_id=None) -> Image.Image:
-    """`image` turned as its EXIF orientation says (a phone photo held upright), as Detectron2's
-    `read_image`, Ultralytics and predict.py read images: training and inference see the same
-    pixels. Except where the annotation file's `size` (width, height) is the stored pixels' and
-    not the turned ones': its boxes were drawn on the stored pixels (reported, counted)."""
+def upright(image: Image.Image, size=None, report=None, image_id=None) -> int | None:
+    """The EXIF orientation (2-8) that turns `image` upright (a phone photo held upright), as
+    Detectron2's `read_image`, Ultralytics and predict.py read images: training and inference
+    see the same pixels; None where it is upright already. Also None where the annotation
+    file's `size` (width, height) is the stored pixels' and not the turned ones': its boxes were
+    drawn on the stored pixels (reported, counted)."""
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     if orientation not in range(2, 9):
-        return image
+        return None
     if size is not None and orientation in SWAPS_SIDES and tuple(size) == image.size:
         if report:
             report("EXIF orientation left out (the annotation's size is the stored one)", image_id)
-        return image
-    return ImageOps.exif_transpose(image)
+        return None
+    return orientation
 
 
 def recorded_size(width, height) -> tuple[int, int] | None:

@@ -113,9 +113,12 @@ class Predictor:
         return class_name(label, self.class_names)
 
     def prepare(self, image) -> tuple[Tensor, dict]:
-        """One image -> uint8 (3, S, S) input and its target dict (scale_xy, orig_size)."""
+        """One image -> uint8 (3, S, S) input and its target dict (scale_xy, orig_size). A file
+        (a path, or its bytes) is decoded as training decodes its images: upright (EXIF), and
+        a large JPEG decoded smaller (`Transform.reduction`); a decoded image is taken as it
+        is."""
         if isinstance(image, (str, Path)):
-            image = open_image(Path(image))
+            image = Path(image).read_bytes()
         elif isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         elif isinstance(image, Tensor):
@@ -209,7 +212,8 @@ def per_image(run, max_detections: int | None = None):
     return detect
 
 
-def open_image(path: Path) -> Image.Image:
-    """An RGB image, turned upright as its EXIF orientation says (phone photos)."""
-    with Image.open(path) as image:
+def open_image(file) -> Image.Image:
+    """An image file (a path or a binary file object) -> RGB, turned upright as its EXIF
+    orientation says (phone photos)."""
+    with Image.open(file) as image:
         return to_rgb(ImageOps.exif_transpose(image))

@@ -21,7 +21,7 @@ from frcnn.data.transforms import resize
 from frcnn.inference import onnx_graph
 from frcnn.inference.detector_graph import OUTPUTS, check, compare, metadata
 from frcnn.inference.onnx_graph import export_onnx
-from frcnn.inference.predictor import Predictor
+from frcnn.inference.predictor import Predictor, open_image
 from frcnn.inference.pt2_package import vector_isas
 from tests.app.helpers import ROOT, run
 from tests.helpers import OVERFIT_SIZE
@@ -104,7 +104,8 @@ def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path
     """The example's letterbox, feed and box mapping give predict.py's detections, given the
     same pixels: its PIL resize takes the transform's here (the two resizes agree within one
     grey level, tests/data/test_transforms.py; a random model's crowd of near-equal low
-    scores would reorder on that)."""
+    scores would reorder on that), and the predictor gets the example's whole decode (from
+    the file it decodes a JPEG this large smaller: `Transform.reduction`)."""
     checkpoint, path, _ = exported
     namespace = {}
     exec(readme_example().replace('"model.onnx"', repr(str(path))), namespace)
@@ -120,7 +121,8 @@ def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path
     monkeypatch.setattr(Image.Image, "resize", transform_resize)
     for file in files:
         boxes, scores, names = namespace["detect"](file)
-        expected = predictor(str(file))
+        assert predictor.transform.reduction(*Image.open(file).size) > 1
+        expected = predictor(open_image(file))
         assert boxes.max() > 96  # in the photo's pixels, not the 96-px input's
         actual = {
             "boxes": np.asarray(boxes, dtype=np.float32),

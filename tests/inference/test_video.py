@@ -66,6 +66,21 @@ def test_a_file_cut_short_is_read_to_its_cut_and_the_rest_named(tmp_path):
     ]
 
 
+def test_an_mp4_cut_short_is_refused_saying_why_it_likely_cannot_be_read(tmp_path):
+    """An .mp4 keeps the index of its frames at its end (as recorders and this writer write
+    it): cut short, FFmpeg finds no data it can read, which alone does not say why."""
+    whole = tmp_path / "whole.mp4"
+    with video_writer(whole, Fraction(5), 32, 24) as write:
+        for index in range(10):
+            write(np.full((24, 32, 3), 20 * index, np.uint8), index / 5)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    # (FFmpeg opens this one and finds no stream; others it cannot open: "Invalid data")
+    lost = r"cut\.mp4' has no video stream; if it was cut short \(an unfinished download or "
+    with pytest.raises(ValueError, match=lost + r"recording\), a \.mp4 has lost the index"):
+        probe(cut)
+
+
 def test_a_file_without_a_video_stream_is_refused(tmp_path):
     path = tmp_path / "sound.wav"
     with av.open(str(path), "w") as container:

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+# containers (MP4, QuickTime) whose index of the frames is written at the end, as recorders do
+INDEX_AT_THE_END = {".mp4", ".m4v", ".mov"}
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv"}
 # H.264 where this FFmpeg has the encoder (PyAV's wheels do), else MPEG-4 part 2, which any
 # FFmpeg encodes; both play in browsers and players as .mp4
@@ -55,7 +57,7 @@ def probe(path: Path) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"input={str(path)!r} has no video stream")
+                raise ValueError(f"input={str(path)!r} has no video stream{cut_short(path)}")
             stream = container.streams.video[0]
             fps = stream.average_rate or stream.guessed_rate
             if not fps:
@@ -68,7 +70,19 @@ def probe(path: Path) -> VideoInfo:
             frames = stream.frames or round(duration_s(container, stream) * fps)
             return VideoInfo(Fraction(fps), frames, *size, 90 * turns)
     except av.error.FFmpegError as err:
-        raise ValueError(f"input={str(path)!r} cannot be read as a video ({err})") from None
+        hint = cut_short(path) if isinstance(err, av.error.InvalidDataError) else ""
+        raise ValueError(f"input={str(path)!r} cannot be read as a video ({err}){hint}") from None
+
+
+def cut_short(path: Path) -> str:
+    """What a file that FFmpeg finds no video in may have lost, where its format keeps the
+    index of its frames at its end: FFmpeg's own message does not say."""
+    if path.suffix.lower() not in INDEX_AT_THE_END:
+        return ""
+    return (
+        f"; if it was cut short (an unfinished download or recording), a {path.suffix} has "
+        "lost the index of its frames, written at its end"
+    )
 
 
 def read_frames(path: Path, stride: int, undecodable: list[str]) -> Iterator[Frame]:

@@ -20,7 +20,7 @@ class Record:
     """One raw sample from a source, before any transform.
 
     image: a PIL image or encoded bytes; boxes: (K, 4) xyxy in original pixels (of the image
-    turned upright as its EXIF orientation says, see `upright`); labels: (K,) in
+    turned upright as its EXIF orientation says, see `exif_turn`); labels: (K,) in
     1..num_classes. Where the source knows them: iscrowd (K,) bool, crowd regions that
     evaluation ignores and training never sees; area (K,) the annotation's area in original
     pixels (COCO's, from the mask), which sets its small / medium / large range; size, the
@@ -148,7 +148,7 @@ class Transform:
 
 
 def decoded(record: Record, report=None, reduction=None) -> tuple[Image.Image, tuple[int, int]]:
-    """The record's image decoded (a corrupt file fails here), upright (EXIF, `upright`), RGB,
+    """The record's image decoded (a corrupt file fails here), upright (EXIF, `exif_turn`), RGB,
     and its upright (width, height): the pixels its boxes are in.
 
     `reduction(width, height)` -> 1, 2, 4 or 8: a JPEG given as bytes (or opened, not yet
@@ -159,7 +159,7 @@ def decoded(record: Record, report=None, reduction=None) -> tuple[Image.Image, t
     image = record.image
     if isinstance(image, bytes):
         image = Image.open(io.BytesIO(image))
-    turn = upright(image, record.size, report, record.image_id)
+    turn = exif_turn(image, record.size, report, record.image_id)
     width, height = image.size[::-1] if turn in SWAPS_SIDES else image.size
     scale = reduction(width, height) if reduction else 1
     if scale > 1:  # (a no-op for other formats and for pixels already decoded)
@@ -220,7 +220,7 @@ EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = {5, 6, 7, 8}  # the EXIF orientations that turn an image by 90 or 270 degrees
 
 
-def upright(image: Image.Image, size=None, report=None, image_id=None) -> int | None:
+def exif_turn(image: Image.Image, size=None, report=None, image_id=None) -> int | None:
     """The EXIF orientation (2-8) that turns `image` upright (a phone photo held upright), as
     Detectron2's `read_image`, Ultralytics and predict.py read images: training and inference
     see the same pixels; None where it is upright already. Also None where the annotation
@@ -248,7 +248,7 @@ def recorded_size(width, height) -> tuple[int, int] | None:
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) of `image` once turned upright (`upright`), from its header alone."""
+    """(width, height) of `image` once turned upright (`exif_turn`), from its header alone."""
     turned = image.getexif().get(EXIF_ORIENTATION, 1) in SWAPS_SIDES
     return image.size[::-1] if turned else image.size
 

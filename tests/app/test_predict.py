@@ -88,7 +88,7 @@ def test_files_are_read_ahead_in_order_and_detected_as_the_predictor_detects_the
     files[2].write_bytes(b"\x89PNG not really")
     with ThreadPoolExecutor(3) as pool:
         batches = list(read_ahead(pool, files, [range(0, 2), range(2, 4), range(4, 5)],
-                                  predictor.prepare))  # fmt: skip
+                                  predictor.prepare_file))  # fmt: skip
     assert [[read.index for read in batch] for batch in batches] == [[0, 1], [2, 3], [4]]
     reads = [read for batch in batches for read in batch]
     assert [bool(read.problem) for read in reads] == [False, False, True, False, False]

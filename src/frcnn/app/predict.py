@@ -30,7 +30,6 @@ from frcnn.visualization.drawing import draw_detections
 
 log = logging.getLogger(__name__)
 
-JPEG_START = b"\xff\xd8"  # a JPEG file's first bytes (its start-of-image marker)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
@@ -166,7 +165,9 @@ def predict_files(cfg) -> dict:
             ThreadPoolExecutor(IO_THREADS) as pool,
         ):
             saving = deque()  # each picture's drawn count, to come
-            for batch in read_ahead(pool, files, batches, prepare):
+            # (tiles: the crops are prepared later, from the image)
+            file_input = predictor.prepare_file if prepare else None
+            for batch in read_ahead(pool, files, batches, file_input):
                 corrupt += [read.problem for read in batch if read.problem]
                 readable = [read for read in batch if not read.problem]
                 detections = (
@@ -305,10 +306,10 @@ def tile_settings(cfg) -> tuple[int, float] | None:
 
 def detector(cfg, predictor: Predictor, tiles: tuple[int, float] | None):
     """-> (prepare, detect): `prepare(image)` makes the model's input from an image (PIL), where
-    reading threads call it; `detect(images, prepared)` -> their detections: the predictor's
-    on the prepared inputs, or with `tiles` (`tile_settings`; `prepare` None: the crops are cut
-    from the images) those on overlapping tiles merged with the whole image's
-    (`inference.tiles`)."""
+    reading threads call it (`Predictor.prepare`); `detect(images, prepared)` -> their
+    detections: the predictor's on the prepared inputs, or with `tiles` (`tile_settings`;
+    `prepare` None: the crops are cut from the images) those on overlapping tiles merged with
+    the whole image's (`inference.tiles`)."""
     if tiles is None:
         return predictor.prepare, lambda images, prepared: predictor.detect(prepared)
     tile, overlap = tiles
@@ -340,8 +341,8 @@ class Read(NamedTuple):
 
 
 def read_ahead(pool: ThreadPoolExecutor, files: list[Path], batches: list[range], prepare=None):
-    """Each batch's `Read`s, its files read (and `prepare`d) by `pool`'s threads while the batch
-    before it is detected."""
+    """Each batch's `Read`s, its files read (and `prepare`d: `Predictor.prepare_file`) by
+    `pool`'s threads while the batch before it is detected."""
 
     def submit(batch: range) -> list:
         return [pool.submit(read_image, files, index, prepare) for index in batch]
@@ -356,9 +357,7 @@ def read_image(files: list[Path], index: int, prepare=None) -> Read:
     try:
         data = files[index].read_bytes()
         image = open_image(io.BytesIO(data))  # (the picture is drawn on the whole image)
-        # the model's input made as training makes it from a file: a large JPEG decoded
-        # smaller, which takes a fraction of the whole decode's and the resize's time
-        prepared = prepare(data if data[:2] == JPEG_START else image) if prepare else None
+        prepared = prepare(data, image) if prepare else None
     except UNREADABLE_IMAGE as err:
         problem = f"{files[index]}: {type(err).__name__}: {err}"
         if isinstance(err, Image.DecompressionBombError):

@@ -29,6 +29,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if device == "gpu" else device)
 
 
+JPEG_START = b"\xff\xd8"  # a JPEG file's first bytes (its start-of-image marker)
+
+
 class Predictor:
     """A detector with its input settings: `Predictor.from_checkpoint(path)(image)`.
 
@@ -124,6 +127,13 @@ class Predictor:
         elif isinstance(image, Tensor):
             image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
         return self.transform(Record(image, np.zeros((0, 4)), np.zeros(0), 0))
+
+    def prepare_file(self, data: bytes, image: Image.Image) -> tuple[Tensor, dict]:
+        """`prepare` for a file read once: its bytes and its image decoded whole (upright RGB,
+        for its picture). From the bytes where it is a JPEG that decodes smaller, as training
+        decodes it; else from the image, not decoded a second time."""
+        smaller = data[:2] == JPEG_START and self.transform.reduction(*image.size) > 1
+        return self.prepare(data if smaller else image)
 
     def batch(self, images: list) -> tuple[Tensor, Tensor, list[dict]]:
         """Images (as `prepare` takes them) -> the model's inputs on the CPU: uint8 (B, 3, S, S),

@@ -39,11 +39,10 @@ def draw_detections(image, detection, target=None, class_names=None, min_score: 
     """uint8 (3, H, W) image with detections (class colours, names and scores) and, if given,
     ground truth (thin, white)."""
     image = image.cpu()
-    width = line_width(image)
     if target is not None and len(target["boxes"]):
         gt_boxes = target["boxes"].cpu()
         image = draw_bounding_boxes(
-            image, gt_boxes, colors=[GROUND_TRUTH] * len(gt_boxes), width=width // 2
+            image, gt_boxes, colors=[GROUND_TRUTH] * len(gt_boxes), width=line_width(image) // 2
         )
     keep = detection["scores"] >= min_score
     boxes, scores, labels = (detection[k][keep].cpu() for k in ("boxes", "scores", "labels"))
@@ -52,11 +51,7 @@ def draw_detections(image, detection, target=None, class_names=None, min_score: 
             f"{class_name(int(c), class_names)} {s:.2f}"
             for c, s in zip(labels, scores.tolist(), strict=True)
         ]
-        colours = [class_colour(int(c)) for c in labels]
-        image = draw_bounding_boxes(
-            image, boxes, labels=texts, colors=colours, width=width, font=FONT,
-            font_size=font_size(image),
-        )  # fmt: skip
+        image = named_boxes(image, boxes, texts, labels)
     return image
 
 
@@ -66,7 +61,12 @@ def draw_labels(image: Tensor, target: dict, class_names=None) -> Tensor:
     image, boxes, labels = image.cpu(), target["boxes"].cpu(), target["labels"].cpu()
     if not len(boxes):
         return image
-    texts = [class_name(int(c), class_names) for c in labels]
+    return named_boxes(image, boxes, [class_name(int(c), class_names) for c in labels], labels)
+
+
+def named_boxes(image: Tensor, boxes: Tensor, texts: list[str], labels: Tensor) -> Tensor:
+    """Boxes (N, 4) in their classes' colours, each with its text, lines and text sized with
+    the image."""
     colours = [class_colour(int(c)) for c in labels]
     return draw_bounding_boxes(
         image, boxes, labels=texts, colors=colours, width=line_width(image), font=FONT,

@@ -140,10 +140,10 @@ def test_sigterm_stops_a_video_with_the_frames_so_far_in_both_outputs(trained, t
     write_clip(clip, 400, (64, 48))
     args = [
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"input={clip}", f"output={out}",
-        "device=cpu", "batch_size=2", "score_thresh=0.0", f"paths.log_dir={tmp_path / 'logs'}",
+        "device=cpu", "batch_size=2", "score_thresh=0.0",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "predict.py"), *args], cwd=ROOT, env=process_env(),
+    process = subprocess.Popen(  # from a working folder of its own, on the default paths
+        [sys.executable, str(ROOT / "predict.py"), *args], cwd=tmp_path, env=process_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines = out / "detections.jsonl"
@@ -158,6 +158,7 @@ def test_sigterm_stops_a_video_with_the_frames_so_far_in_both_outputs(trained, t
     assert 2 <= len(done) < 400 and done == list(range(len(done)))
     # a frame whose line SIGTERM cut off may still be in the video
     assert len(done) <= len(decoded(out / "clip.mp4")) <= len(done) + 1
+    assert list((tmp_path / "logs" / "predict" / "runs").iterdir())  # its run folder
 
 
 def test_a_file_that_is_no_video_is_refused_by_name(tmp_path):

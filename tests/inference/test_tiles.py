@@ -1,11 +1,14 @@
 """Tiled detection: windows that cover the image, the greedy merge, and recall on a large image
 of small objects with and without tiles."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision.ops import box_iou
+from tqdm import tqdm
 
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
@@ -153,12 +156,15 @@ def recall(detection: dict, boxes, labels, min_score: float = 0.3) -> float:
 def test_tiles_find_the_small_objects_that_the_whole_image_loses(overfit_detector):
     """A 1600 x 800 canvas of 8 scenes, letterboxed whole to the detector's 128 px, shrinks each
     scene 12x; tiles of 400 px with 25% overlap (not aligned with the scenes) keep them at
-    about the scale of training."""
+    about the scale of training. The progress bar given counts the windows."""
     model, data, _, _ = overfit_detector
     predictor = Predictor(model, OVERFIT_SIZE, class_names=data.class_names, device="cpu")
     image, boxes, labels = large_canvas()
     whole = predictor(image)
-    tiled = detect_tiled(predictor, image, 400, 0.25, batch_size=8, max_detections=300)
+    with tqdm(file=io.StringIO()) as progress:
+        tiled = detect_tiled(predictor, image, 400, 0.25, 8, max_detections=300, progress=progress)
+        # 5 x 3 tiles (x from 0, 300, 600, 900, 1200; y from 0, 300, 400) and the whole image
+        assert (progress.n, progress.total) == (16, 16)
     assert tiled["names"] == [data.class_names[c - 1] for c in tiled["labels"]]
     assert recall(whole, boxes, labels) < 0.3
     assert recall(tiled, boxes, labels) >= 0.8

@@ -38,19 +38,29 @@ def starts(side: int, tile: int, step: int) -> list[int]:
 
 
 def detect_tiled(
-    predictor, image, tile: int, overlap: float, batch_size: int, max_detections: int
+    predictor,
+    image,
+    tile: int,
+    overlap: float,
+    batch_size: int,
+    max_detections: int,
+    progress=None,
 ) -> dict:
     """One PIL image detected on its tiles and whole -> the Predictor's dict ("boxes" (D, 4)
     xyxy in the image's pixels, "scores", "labels", "names"), merged, at most `max_detections`,
-    best first."""
+    best first. `progress`: a tqdm bar that counts the windows detected (its total set here)."""
     size = (image.width, image.height)
     whole = (0, 0, *size)
     windows = tile_windows(*size, tile, overlap) + [whole]
+    if progress is not None:
+        progress.reset(total=len(windows))
     found = []
     for start in range(0, len(windows), batch_size):  # (cropped a batch at a time: a
         # 100-megapixel image's 400 tiles at once would hold 500 MB of crops)
         batch = windows[start : start + batch_size]
         found += predictor([image if w == whole else image.crop(w) for w in batch], batch_size)
+        if progress is not None:
+            progress.update(len(batch))
     boxes, cut = [], []
     for detection, window in zip(found, windows, strict=True):
         boxes.append(detection["boxes"] + torch.tensor(window[:2] * 2, dtype=torch.float32))

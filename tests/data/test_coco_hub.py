@@ -9,12 +9,18 @@ import huggingface_hub
 import pytest
 import torch
 from fsspec.implementations.memory import MemoryFile
-from huggingface_hub.utils import httpx  # the HTTP client of the hub's file system
+from packaging.version import Version
 from torch.utils.data import DataLoader
 
 from frcnn.data.coco_hub import HubCOCO
 from frcnn.data.transforms import Transform, collate
 from tests.data.conftest import hub_dataset, hub_row, write_hub_parquet
+
+# the HTTP client of the hub's file system, whose errors are a dropped connection's
+if Version(huggingface_hub.__version__) >= Version("2"):
+    import httpx2 as httpx
+else:
+    import httpx
 
 
 def stream(files, **kwargs):

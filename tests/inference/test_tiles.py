@@ -156,15 +156,18 @@ def recall(detection: dict, boxes, labels, min_score: float = 0.3) -> float:
 def test_tiles_find_the_small_objects_that_the_whole_image_loses(overfit_detector):
     """A 1600 x 800 canvas of 8 scenes, letterboxed whole to the detector's 128 px, shrinks each
     scene 12x; tiles of 400 px with 25% overlap (not aligned with the scenes) keep them at
-    about the scale of training. The progress bar given counts the windows."""
+    about the scale of training. The progress bar given counts the windows, unseen before
+    its delay."""
     model, data, _, _ = overfit_detector
     predictor = Predictor(model, OVERFIT_SIZE, class_names=data.class_names, device="cpu")
     image, boxes, labels = large_canvas()
     whole = predictor(image)
-    with tqdm(file=io.StringIO()) as progress:
+    shown = io.StringIO()
+    with tqdm(file=shown, delay=60) as progress:
         tiled = detect_tiled(predictor, image, 400, 0.25, 8, max_detections=300, progress=progress)
         # 5 x 3 tiles (x from 0, 300, 600, 900, 1200; y from 0, 300, 400) and the whole image
         assert (progress.n, progress.total) == (16, 16)
+    assert shown.getvalue() == ""  # a bar is shown only once its delay has passed
     assert tiled["names"] == [data.class_names[c - 1] for c in tiled["labels"]]
     assert recall(whole, boxes, labels) < 0.3
     assert recall(tiled, boxes, labels) >= 0.8

@@ -319,8 +319,9 @@ def detector(cfg, predictor: Predictor, tiles: tuple[int, float] | None):
         found = []
         for image in images:
             # a bar of its tiles where an image takes long (a 196-megapixel image's tiles take
-            # 43 s on 2 cores, the images' bar still at 0): shown after 2 s, gone when done
-            with tqdm(unit="tile", desc="tiles", leave=False, delay=2) as tiles_done:
+            # 43 s on 2 cores, the images' bar still at 0): shown after 5 s (a 12-megapixel
+            # photo's take 2.3 s on 2 cores: no bar that blinks), gone when done
+            with tqdm(unit="tile", desc="tiles", leave=False, delay=5) as tiles_done:
                 found.append(
                     detect_tiled(predictor, image, tile, overlap, cfg.batch_size, most, tiles_done)
                 )

@@ -53,7 +53,7 @@ def detect_tiled(
     whole = (0, 0, *size)
     windows = tile_windows(*size, tile, overlap) + [whole]
     if progress is not None:
-        progress.reset(total=len(windows))
+        progress.total = len(windows)  # (not `reset`, which shows the bar before its `delay`)
     found = []
     for start in range(0, len(windows), batch_size):  # (cropped a batch at a time: a
         # 100-megapixel image's 400 tiles at once would hold 500 MB of crops)

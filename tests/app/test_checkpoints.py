@@ -296,6 +296,13 @@ def test_an_empty_checkpoint_or_a_folder_is_named_for_what_it_is(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_eval_without_a_checkpoint_names_the_setting(tmp_path):
+    """eval.yaml extends train.yaml, whose `ckpt_path: null` a `???` cannot replace (OmegaConf
+    merges a missing value as none): the command says what to give, not a TypeError."""
+    with pytest.raises(AssertionError, match=r"eval: ValueError: ckpt_path is not set: give it"):
+        run("eval.py", log_dir=tmp_path)
+
+
 def test_a_moved_run_folder_resumes_where_it_is_now(trained, tmp_path):
     """A run folder copied elsewhere, resumed from its own last.ckpt: the run goes on in the
     copy, writes over its last.ckpt (no last-v1.ckpt beside a stale one), finds its best

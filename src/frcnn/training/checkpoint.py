@@ -82,10 +82,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
-def read_file(path: str | Path, key: str = "ckpt_path"):
-    """What a file of tensors and plain data holds, read with `weights_only=True`; a folder, a
-    missing or empty file, or one carrying objects that would run code when unpickled is
-    refused with a message that names it (as the setting `key`)."""
+def read_file(path: str | Path | None, key: str = "ckpt_path"):
+    """What a file of tensors and plain data holds, read with `weights_only=True`; no path, a
+    folder, a missing or empty file, or one carrying objects that would run code when unpickled
+    is refused with a message that names it (as the setting `key`)."""
+    if path is None:
+        raise ValueError(f"{key} is not set: give it, {key}=<run>/checkpoints/last.ckpt")
     path = Path(path).expanduser()
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.ckpt"))
@@ -108,7 +110,7 @@ def read_file(path: str | Path, key: str = "ckpt_path"):
         ) from err
 
 
-def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict:
     """Read a checkpoint of this project (`read_file`). A file that is not one, or whose saved
     config holds interpolations, is refused with a message that names it."""
     return checked(read_file(path, key), f"{key}={str(Path(path).expanduser())!r}")

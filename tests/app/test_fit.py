@@ -1,6 +1,11 @@
 """frcnn.fit: a user's script training on torch Datasets, as train.py trains on a config."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import torch
@@ -107,3 +112,30 @@ def test_a_data_yaml_of_one_s_own_names_only_its_sources(tmp_path):
                              "split": "train", "repeat_factor_threshold": None}  # fmt: skip
     assert (data["batch_size"], data["root"], data["num_classes"]) == (2, "/data/mine", 3)
     assert last["global_step"] == 2
+
+
+# frcnn.fit's config tree, as the wheel's own frcnn (first on the path) composes it
+COMPOSE = """
+from hydra import compose, initialize_config_dir
+from frcnn.app.fit import CONFIG_DIR
+with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    cfg = compose("train", ["data=python"])
+print(CONFIG_DIR, cfg.data.train._target_)
+"""
+
+
+def test_an_installed_wheel_carries_the_config_tree_that_fit_composes(tmp_path):
+    """`pip install <repo>` installs a wheel, not the checkout, whose conf/ is beside src/:
+    the wheel holds the whole tree inside the package, where frcnn.fit finds it."""
+    uv = os.environ.get("UV") or shutil.which("uv")  # (`uv run` names itself in UV)
+    subprocess.run([uv, "build", "-q", "--wheel", "-o", tmp_path, ROOT], check=True)
+    (wheel,) = tmp_path.glob("frcnn-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    inside = site / "frcnn" / "conf"
+    files = {p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*") if p.is_file()}
+    assert {p.relative_to(inside) for p in inside.rglob("*") if p.is_file()} == files
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", COMPOSE], env=env, capture_output=True,
+                         text=True, check=True, cwd=tmp_path)  # fmt: skip
+    assert out.stdout.split() == [str(inside), "frcnn.data.DatasetSource"], out.stderr

@@ -10,7 +10,10 @@ from frcnn.app.command import PACKAGE_DIR, command
 from frcnn.app.train import train
 from frcnn.data import DetectionDataModule
 
-CONFIG_DIR = PACKAGE_DIR.parents[1] / "conf"  # train.py's
+# train.py's config tree: the copy inside the package of an installed wheel, else a checkout's
+CONFIG_DIR = PACKAGE_DIR / "conf"
+if not CONFIG_DIR.is_dir():
+    CONFIG_DIR = PACKAGE_DIR.parents[1] / "conf"
 
 
 def fit(datamodule: DetectionDataModule, *overrides: str) -> float | None:

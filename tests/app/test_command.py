@@ -1,10 +1,13 @@
 """What every entry point shares: its run folder and how its errors are reported."""
 
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 import torch
 
+from frcnn.app.build import require_extra
 from frcnn.app.command import deliberate, run_dir
 from frcnn.checks import check_number
 from tests.app.helpers import TINY, run
@@ -147,3 +150,29 @@ def test_each_run_of_a_sweep_is_freed_before_the_next_starts(tmp_path):
     finally:
         gc.enable()
         hydra.cfg = before  # the next test in this process finds no multirun
+
+
+@pytest.mark.parametrize(
+    ("extra", "module", "pip"),
+    [
+        ("export", "onnxruntime", r"`pip install -e '\.\[export\]'`"),
+        ("video", "av", r"`pip install -e '\.\[video\]'`"),
+        # pip cannot install this one as an extra: its sweeper declares optuna<3
+        ("sweep", "optuna", r"`pip install 'optuna>=4,<5'` then `pip install --no-deps 'hydra-o"),
+    ],
+)
+def test_a_missing_extra_is_named_with_how_to_install_it(monkeypatch, extra, module, pip):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    message = rf"^it needs {module} \(.*\): the `{extra}` extra\. In a checkout: "
+    message += rf"`uv sync --extra {extra}` \(.*\) or {pip}"
+    with pytest.raises(ModuleNotFoundError, match=message):
+        require_extra("it", (module,), extra)
+
+
+def test_optuna_s_search_without_its_extra_stops_at_once_naming_it(monkeypatch, tmp_path):
+    """Hydra alone would say only that it cannot find hydra/sweeper/optuna."""
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_optuna_sweeper", None)
+    expected = r"hparams_search=nms_iou_optuna needs optuna and hydra_plugins\.hydra_optuna_swe"
+    with pytest.raises(AssertionError, match=expected + r"eper .*: the `sweep` extra"):
+        run("train.py", "hparams_search=nms_iou_optuna", log_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # no sweep folder, no study

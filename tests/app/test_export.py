@@ -222,14 +222,6 @@ def test_bad_input_is_refused_with_a_message_naming_it(trained, tmp_path, overri
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_without_the_export_extra_the_message_says_how_to_install_it(monkeypatch):
-    from frcnn.app.export import require_export_extra
-
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(ModuleNotFoundError, match=r"uv sync --extra export.*pip install -e"):
-        require_export_extra()
-
-
 def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
     """A corrupt check image stops the export before it starts, a failed check after it: no
     unchecked .onnx either way, and the file an earlier export wrote stays as it was."""

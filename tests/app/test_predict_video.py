@@ -185,11 +185,3 @@ def test_bad_video_settings_are_refused_before_the_checkpoint_loads(tmp_path, ov
     with pytest.raises(AssertionError, match=message):
         run("predict.py", "ckpt_path=x.ckpt", *args, log_dir=tmp_path / "logs")
     assert clip.stat().st_size > 0 and len(decoded(clip)) == FRAMES
-
-
-def test_without_pyav_the_message_names_the_video_extra(monkeypatch):
-    from frcnn.app.predict import require_video_extra
-
-    monkeypatch.setitem(sys.modules, "av", None)  # as if not installed
-    with pytest.raises(ModuleNotFoundError, match=r"uv sync --extra video"):
-        require_video_extra()

@@ -1,6 +1,7 @@
 """Building a run from its Hydra config: data module, detector, LightningModule and Trainer,
 shared by every command."""
 
+import importlib
 import logging
 import os
 import subprocess
@@ -64,6 +65,28 @@ def quiet_libraries() -> None:
     # an epoch shorter than the interval still logs (the count runs on over epochs); a run
     # shorter than it is given a shorter one (training.module.fit_logging_interval)
     warnings.filterwarnings("ignore", r"The number of training batches \(\d+\) is smaller than")
+
+
+# how pip installs an extra where `pip install -e '.[<extra>]'` cannot: hydra-optuna-sweeper
+# declares optuna<3 (pyproject.toml's [tool.uv] overrides it for uv; pip has no overrides)
+PIP_INSTALL = {
+    "sweep": "`pip install 'optuna>=4,<5'` then `pip install --no-deps 'hydra-optuna-sweeper>=1.3'`"
+}
+
+
+def require_extra(what: str, modules: Sequence[str], extra: str) -> None:
+    """The packages of an extra of pyproject.toml (`export`, `video`, `sweep`: training needs
+    none of them) that `what` needs: a missing one stops the command naming the extra and how
+    to install it, rather than failing at its first import."""
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as err:
+        pip = PIP_INSTALL.get(extra, f"`pip install -e '.[{extra}]'`")
+        raise ModuleNotFoundError(
+            f"{what} needs {' and '.join(modules)} ({err}): the `{extra}` extra. In a checkout: "
+            f"`uv sync --extra {extra}` (`uv run` installs it with the dev tools) or {pip}"
+        ) from None
 
 
 def no_tips(record: logging.LogRecord) -> bool:

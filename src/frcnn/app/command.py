@@ -34,7 +34,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from omegaconf import OmegaConf, read_write
 
 import frcnn
-from frcnn.app.build import quiet_libraries
+from frcnn.app.build import quiet_libraries, require_extra
 from frcnn.training.sweep import study_seed
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def command(task_function=None, *, checkpoint_data: bool = False):
         return functools.partial(command, checkpoint_data=checkpoint_data)
     register_resolvers()
     quiet_libraries()  # before Hydra's sweeper builds Optuna's sampler
+    require_optuna_sweeper(sys.argv[1:])
     if checkpoint_data:
         sys.argv[1:] = [re.sub(r"^data\.", "++data.", arg) for arg in sys.argv[1:]]
 
@@ -140,6 +141,23 @@ def command(task_function=None, *, checkpoint_data: bool = False):
                 gc.collect()
 
     return run
+
+
+# command-line choices of Optuna's search (hparams_search=nms_iou_optuna): the `sweep` extra
+OPTUNA_CHOICE = re.compile(r"^\W*(hparams_search=\S*optuna|hydra/sweeper=optuna)")
+
+
+def require_optuna_sweeper(args: list[str]) -> None:
+    """Where the command line chooses Optuna's search, stop at once if hydra-optuna-sweeper is
+    not installed, naming the extra (Hydra would say only that it cannot find
+    hydra/sweeper/optuna)."""
+    chosen = next((arg for arg in args if OPTUNA_CHOICE.match(arg)), None)
+    if chosen is None:
+        return
+    try:
+        require_extra(chosen, ("optuna", "hydra_plugins.hydra_optuna_sweeper"), "sweep")
+    except ModuleNotFoundError as err:
+        sys.exit(f"ModuleNotFoundError: {err}")
 
 
 def as_single_run() -> None:

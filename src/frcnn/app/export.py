@@ -1,7 +1,6 @@
 """export.py: the checkpoint's detector as one graph (an ONNX file, OpenVINO IR or an
 AOTInductor package), checked against PyTorch by its runtime."""
 
-import importlib
 import logging
 import os
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from frcnn.app.build import checkpoint_run_config, quiet_libraries
+from frcnn.app.build import checkpoint_run_config, quiet_libraries, require_extra
 from frcnn.app.evaluate import by_name
 from frcnn.app.predict import find_images
 from frcnn.data.sources import UNREADABLE_IMAGE
@@ -219,7 +218,7 @@ def exporter(format: str, opset: int, pt2_cpu: str = "native"):
 
         return write, pt2_package.load
     needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[format]
-    require_export_extra(f"export.py format={format}", needs)
+    require_extra(f"export.py format={format}", needs, "export")
     from frcnn.inference import onnx_graph, openvino_ir
 
     opset = onnx_graph.check_opset(opset)
@@ -264,22 +263,6 @@ def check_lines(reports: list[dict], count: int, runtime: str) -> list[str]:
             f"{r['score_diff']:.1e}: {verdict}"
         )
     return lines
-
-
-def require_export_extra(
-    what: str = "export.py format=onnx", modules: tuple[str, ...] = ("onnx", "onnxruntime")
-) -> None:
-    """onnx, onnxruntime and openvino are the `export` extra, which training does not need: name
-    it and how to install it rather than fail on the first import."""
-    try:
-        for module in modules:
-            importlib.import_module(module)
-    except ImportError as err:
-        raise ModuleNotFoundError(
-            f"{what} needs {' and '.join(modules)} ({err}): the `export` extra. In a checkout: "
-            "`uv sync --extra export` (`uv run` installs it with the dev tools) or "
-            "`pip install -e '.[export]'`"
-        ) from None
 
 
 def writable_file(spec: str) -> Path:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from frcnn.app.build import require_extra
 from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
@@ -285,9 +286,7 @@ def load_predictor(cfg) -> Predictor:
     if cfg.trainer.accelerator == "gpu":
         raise ValueError(f"backend={backend} runs on the CPU: device=cpu or device=auto")
     if backend in ("onnxruntime", "openvino"):
-        from frcnn.app.export import require_export_extra  # (export imports this module)
-
-        require_export_extra(f"predict.py backend={backend}", (backend,))
+        require_extra(f"predict.py backend={backend}", (backend,), "export")
     return Predictor.from_exported(exported, backend, cfg.max_detections)
 
 
@@ -406,7 +405,7 @@ def predict_video(cfg) -> dict:
     frame (the video keeps their timing: fps / stride). Frames FFmpeg cannot decode are
     skipped and listed at the end; the lines and the video so far are kept whatever stops the
     run. Returns a small report."""
-    require_video_extra()
+    require_extra("a video input", ("av",), "video")
     from frcnn.inference import video
 
     source = Path(cfg.input).expanduser()
@@ -509,18 +508,6 @@ def frame_line(frame, detection: dict, predictor, source_name: str) -> dict:
     for result in results:
         del result["image_id"], result["file_name"]
     return {"frame": frame.index, "time_s": round(frame.time_s, 4), "detections": results}
-
-
-def require_video_extra() -> None:
-    """PyAV is the `video` extra: name it rather than fail on the import."""
-    try:
-        import av  # noqa: F401
-    except ImportError as err:
-        raise ModuleNotFoundError(
-            f"a video input needs PyAV ({err}): the `video` extra. In a checkout: "
-            "`uv sync --extra video` (`uv run` installs it with the dev tools) or "
-            "`pip install -e '.[video]'`"
-        ) from None
 
 
 def summary_lines(cfg, num_files, counts, corrupt, json_path, seconds) -> list[str]:

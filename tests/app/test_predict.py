@@ -48,6 +48,10 @@ def test_predictor_takes_arrays_tensors_and_lists(overfit_detector):
     from_tensor, again = predictor([torch.from_numpy(array).permute(2, 0, 1), array])
     torch.testing.assert_close(from_array["boxes"], from_tensor["boxes"])
     torch.testing.assert_close(from_array["scores"], again["scores"])
+    bgr = np.ascontiguousarray(array[..., ::-1])  # as OpenCV reads an image
+    torch.testing.assert_close(predictor(bgr[..., ::-1])["boxes"], from_array["boxes"])
+    with pytest.raises(TypeError, match=r"^Predictor: its image is a Tensor torch.float32 \(3,"):
+        predictor(torch.from_numpy(array).permute(2, 0, 1) / 255)  # torchvision's floats
     # a long list goes through the model batch_size images at a time, in order
     images = [np.array(draw_sample(0, i, 3, max_objects=4).image) for i in range(5)]
     batches = []

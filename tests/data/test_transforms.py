@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn.data.transforms import Record, Transform, collate, decoded
+from frcnn.data.transforms import Record, Transform, array_image, collate, decoded
 
 
 def record(width=200, height=100, boxes=((20.0, 10.0, 60.0, 50.0),), labels=(1,), mode="RGB"):
@@ -328,3 +328,22 @@ def test_annotations_of_the_stored_pixels_keep_them_and_are_counted():
     image, target = Transform(80)(record, report=lambda *args: reports.append(args))
     assert target["orig_size"] == (40, 80) and red(image, 3, 3)
     assert reports == [("EXIF orientation left out (the annotation's size is the stored one)", 7)]
+
+
+def test_an_array_or_a_tensor_is_an_image_only_in_uint8_and_its_own_channel_order():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    for given in (rgb, chw, rgb[..., ::-1][..., ::-1]):  # (the last a view with strides)
+        assert np.array_equal(np.asarray(array_image(given, "it")), rgb)
+    assert array_image(rgb[..., 0], "it").mode == "L" and array_image(chw[:1], "it").mode == "L"
+    assert array_image(np.dstack([rgb, rgb[..., :1]]), "it").mode == "RGBA"
+    for refused, shown in [
+        (rgb / 255.0, r"ndarray float64 \(5, 7, 3\)"),  # pixels in 0..1
+        (np.ascontiguousarray(rgb.transpose(2, 0, 1)), r"ndarray uint8 \(3, 5, 7\)"),
+        (chw.float() / 255, r"Tensor torch.float32 \(3, 5, 7\)"),  # torchvision's convention
+        (chw.permute(1, 2, 0), r"Tensor torch.uint8 \(5, 7, 3\)"),
+        ([[0, 1]], r"list;"),
+    ]:
+        hint = r"BGR: image\[\.\.\., ::-1\]"
+        with pytest.raises(TypeError, match=rf"^it: its image is a {shown}.*{hint}"):
+            array_image(refused, "it")

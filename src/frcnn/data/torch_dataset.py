@@ -7,7 +7,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from frcnn.data.sources import MapSource
-from frcnn.data.transforms import Record, Transform
+from frcnn.data.transforms import Record, Transform, array_image
 
 # PIL modes whose pixel array is the image (fromarray gives the same mode back)
 ARRAY_MODES = ("1", "L", "LA", "I", "I;16", "F", "RGB", "RGBA")
@@ -79,20 +79,13 @@ def xyxy(boxes) -> np.ndarray:
 
 
 def pil_image(image, where: str) -> Image.Image:
-    """A PIL image (without its EXIF orientation: the boxes go with the pixels as they are) or
-    a uint8 (C, H, W) tensor of 1 or 3 channels -> a PIL image."""
+    """A PIL image (without its EXIF orientation: the boxes go with the pixels as they are), or
+    a uint8 tensor or array (`array_image`) -> a PIL image."""
     if isinstance(image, Image.Image):
         if image.mode not in ARRAY_MODES:  # palette, CMYK, ...: their values are not colours
             image = image.convert("RGB")
         return Image.fromarray(np.asarray(image))  # a new image: no EXIF
-    tensor = isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3
-    if tensor and image.shape[0] in (1, 3):
-        return Image.fromarray(image.permute(1, 2, 0).squeeze(2).numpy())
-    raise TypeError(
-        f"{where}: its image is a {type(image).__name__}"
-        f"{f' {image.dtype} {tuple(image.shape)}' if isinstance(image, torch.Tensor) else ''}; "
-        "give a PIL image or a uint8 (C, H, W) tensor of 1 or 3 channels"
-    )
+    return array_image(image, where)
 
 
 def check_items(source: DatasetSource, count: int) -> None:

@@ -273,6 +273,24 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
 HIGH_BIT_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
 
 
+def array_image(image, where: str) -> Image.Image:
+    """A uint8 (C, H, W) tensor of 1 or 3 channels, or a uint8 (H, W) or (H, W, 3 or 4) array,
+    RGB(A) -> a PIL image. Anything else (float pixels, channels first in an array or last in
+    a tensor) is refused, naming `where`: its values or channels would be taken for others."""
+    tensor = isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3
+    if tensor and image.shape[0] in (1, 3):
+        return Image.fromarray(image.permute(1, 2, 0).squeeze(2).cpu().numpy())
+    array = isinstance(image, np.ndarray) and image.dtype == np.uint8
+    if array and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        return Image.fromarray(image)
+    shape = f" {image.dtype} {tuple(image.shape)}" if hasattr(image, "shape") else ""
+    raise TypeError(
+        f"{where}: its image is a {type(image).__name__}{shape}; give a PIL image, a uint8 "
+        "(C, H, W) tensor of 1 or 3 channels, or a uint8 (H, W, 3) RGB array (OpenCV's images "
+        "are BGR: image[..., ::-1])"
+    )
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB. A 16-bit greyscale image (PIL's I;16, or I as 16-bit PNGs open) is scaled to
     8 bits; PIL's own convert would clip it at 255, all but black turning white. A 32-bit

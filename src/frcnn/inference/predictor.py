@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from frcnn.boxes import content_sizes, to_original_pixels
-from frcnn.data.transforms import Record, Transform, to_rgb
+from frcnn.data.transforms import Record, Transform, array_image, to_rgb
 from frcnn.structures import class_name
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 
@@ -35,8 +35,9 @@ JPEG_START = b"\xff\xd8"  # a JPEG file's first bytes (its start-of-image marker
 class Predictor:
     """A detector with its input settings: `Predictor.from_checkpoint(path)(image)`.
 
-    Images may be file paths, PIL images, (H, W, 3) uint8 arrays or (3, H, W) uint8 tensors, of
-    any size; they are resized as in training. Returns, per image, {"boxes" (D, 4) xyxy in the
+    Images may be file paths, PIL images, (H, W, 3) uint8 RGB arrays (OpenCV's BGR ones as
+    `image[..., ::-1]`) or (3, H, W) uint8 tensors, of any size; they are resized as in
+    training. Returns, per image, {"boxes" (D, 4) xyxy in the
     image's own pixels, "scores" (D,), "labels" (D,) in 1..C, "names" [D]}.
     """
 
@@ -122,10 +123,8 @@ class Predictor:
         is."""
         if isinstance(image, (str, Path)):
             image = Path(image).read_bytes()
-        elif isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        elif isinstance(image, Tensor):
-            image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+        elif not isinstance(image, (bytes, Image.Image)):
+            image = array_image(image, "Predictor")
         return self.transform(Record(image, np.zeros((0, 4)), np.zeros(0), 0))
 
     def prepare_file(self, data: bytes, image: Image.Image) -> tuple[Tensor, dict]:

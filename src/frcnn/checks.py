@@ -2,6 +2,8 @@
 
 import math
 
+import torch
+
 
 def check_number(
     key: str,
@@ -25,3 +27,17 @@ def interval(low: float, high: float, open_low: bool) -> str:
     left = "(" if open_low or low == -math.inf else "["
     right = "]" if high < math.inf else ")"
     return f"{left}{low:g}, {high:g}{right}"
+
+
+def check_gpu(key: str, value) -> None:
+    """Raise ValueError naming `key` where `value` asks for a CUDA GPU ("gpu", "cuda", "cuda:1")
+    and torch finds none: Lightning says only "No supported gpu backend found!", torch "Found
+    no NVIDIA driver". (On a GPU machine, the usual cause is a driver older than torch's CUDA
+    build, which torch warns of as it looks.)"""
+    if not str(value).startswith(("gpu", "cuda")) or torch.cuda.is_available():
+        return
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    raise ValueError(
+        f"{key}={value}: torch {torch.__version__} ({build}) finds no usable CUDA GPU here; "
+        f"{key}=cpu runs on the CPU, {key}=auto on a GPU where there is one"
+    )

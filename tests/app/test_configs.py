@@ -9,9 +9,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from frcnn.app.build import build_trainer
+from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
 from frcnn.training.module import DetectorModule
-from tests.app.helpers import composed
+from tests.app.helpers import composed, run
 
 CONF = Path(__file__).parents[2] / "conf"
 
@@ -120,6 +121,20 @@ def test_the_coco400_recipe_builds_its_trainer_on_a_gpu(tmp_path):
     trainer = build_trainer(cfg)
     assert trainer.precision == "16-mixed"
     assert type(trainer.accelerator).__name__ == "CUDAAccelerator"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize(
+    "overrides", [["train.py", "experiment=coco400"], ["eval.py", "ckpt_path=x.ckpt", "device=gpu"]]
+)
+def test_a_gpu_asked_for_where_there_is_none_is_named_before_anything_loads(tmp_path, overrides):
+    """(experiment=coco400 chooses device=gpu; its hub data and x.ckpt are not read first.)
+    Lightning said only "No supported gpu backend found!"."""
+    message = r": ValueError: device=gpu: torch .* finds no usable CUDA GPU here; device=cpu runs"
+    with pytest.raises(AssertionError, match=message):
+        run(*overrides, log_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^device=cuda:1: torch .* no usable CUDA GPU"):
+        Predictor(FasterRCNN(num_classes=2), 64, device="cuda:1")  # the Python door
 
 
 def test_every_threshold_is_a_config_value(tmp_path):

@@ -21,7 +21,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.checks import check_number
+from frcnn.checks import check_gpu, check_number
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
 from frcnn.training.callbacks import Preemption
@@ -97,6 +97,7 @@ def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
     """-> (datamodule, module, trainer), all from the config (the data module from `cfg.data`
     unless one is given); `resumed`: the checkpoint the run goes on from (`cfg.ckpt_path`)."""
     quiet_libraries()
+    check_gpu("device", cfg.trainer.accelerator)  # (experiment=coco400 chooses device=gpu)
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:
         datamodule = instantiate(cfg.data)

@@ -16,6 +16,7 @@ from frcnn.app.build import (
     wait_for_other_processes,
 )
 from frcnn.app.summary import finish
+from frcnn.checks import check_gpu
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     from the config saved in the checkpoint, with what the command line sets on top.
     """
     quiet_libraries()
+    check_gpu("device", cfg.trainer.accelerator)
     checkpoint = load_checkpoint(cfg.ckpt_path)
     overrides = HydraConfig.get().overrides.task
     cfg = checkpoint_run_config(cfg, checkpoint["config"], overrides)

@@ -10,6 +10,7 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from frcnn.boxes import content_sizes, to_original_pixels
+from frcnn.checks import check_gpu
 from frcnn.data.transforms import Record, Transform, array_image, to_rgb
 from frcnn.structures import class_name
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
@@ -26,6 +27,7 @@ def resolve_device(device: str) -> torch.device:
     """ "auto", "cpu", "gpu" (Lightning's accelerator names) or a torch device string."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_gpu("device", device)
     return torch.device("cuda" if device == "gpu" else device)
 
 

@@ -123,6 +123,23 @@ def test_the_coco400_recipe_builds_its_trainer_on_a_gpu(tmp_path):
     assert type(trainer.accelerator).__name__ == "CUDAAccelerator"
 
 
+@pytest.mark.filterwarnings("ignore:GPU available but not used")
+def test_device_auto_is_a_cuda_gpu_or_the_cpu_even_beside_apple_s_mps(
+    tmp_path, monkeypatch, caplog
+):
+    """Lightning's own `auto` takes MPS first (an Apple Silicon Mac), where the NMS's float64
+    cannot run; `device=auto` means what the Predictor's does."""
+    from lightning.fabric.accelerators.mps import MPSAccelerator
+
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: True))
+    caplog.set_level("INFO", logger="frcnn")
+    trainer = build_trainer(composed(tmp_path, "device=auto", *OFFLINE))
+    expected = "CUDAAccelerator" if torch.cuda.is_available() else "CPUAccelerator"
+    assert type(trainer.accelerator).__name__ == expected
+    if not torch.cuda.is_available():
+        assert "device=auto: Apple's MPS is not used (it has no float64)" in caplog.text
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize(
     "overrides", [["train.py", "experiment=coco400"], ["eval.py", "ckpt_path=x.ckpt", "device=gpu"]]

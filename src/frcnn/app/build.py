@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -323,12 +323,29 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
     callbacks += [StreamEpoch(), Preemption(), *(training_callbacks or [])]
     loggers = [instantiate(c) for c in selected(cfg, "logger")]
     trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        accelerator=accelerator(cfg.trainer.accelerator),
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
     report_wanted(cfg)  # a wrong setting fails now, not at the end of the run
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     return trainer
+
+
+def accelerator(name: str) -> str:
+    """Lightning's accelerator for the config's: `auto` is a CUDA GPU where torch finds one, else
+    the CPU, as the Predictor's `device=auto` is. (Lightning's own `auto` takes Apple's MPS
+    first, which has no float64, which the NMS's row shift needs: `boxes.nms_rows`.)"""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "gpu"
+    if MPSAccelerator.is_available():  # Lightning warns "GPU available but not used"
+        log.info("device=auto: Apple's MPS is not used (it has no float64): the CPU runs")
+    return "cpu"
 
 
 def wait_for_other_processes(trainer: L.Trainer, timeout_s: float = 120) -> None:

@@ -41,7 +41,6 @@ OVERFIT_RUN = [
     "trainer.max_epochs=-1",
     "trainer.limit_val_batches=0",
     "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
     "callbacks=none",
     "~logger",
     "device=cpu",

@@ -1,7 +1,7 @@
 """Lightning callbacks of training: SIGTERM and SLURM's requeue signal taken by every process
 at the same step; a stop when the loss explodes; last.ckpt at every validation, every N steps
-and on SIGTERM; the weights' moving average. (The TensorBoard pictures are
-`frcnn.visualization.tensorboard`'s.)"""
+and on SIGTERM; the weights' moving average; the model summary by stage. (The TensorBoard
+pictures are `frcnn.visualization.tensorboard`'s.)"""
 
 import functools
 import logging
@@ -11,10 +11,11 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, WeightAveraging
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torch import Tensor
 
 from frcnn.checks import check_number
@@ -198,6 +199,21 @@ class LastCheckpoint(RunCheckpoint):
         stopping = isinstance(exception, SIGTERMException)
         if stopping and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING:
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StageSummary(ModelSummary):
+    """Lightning's model summary at the start of a run, without its FLOPs: they are counted only
+    on an example input (a forward at every start), so every row and the total said 0. At
+    `max_depth=2` its rows are the detector's stages (backbone, FPN, RPN, ROI heads)."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size,
+                  total_training_modes, total_flops, **summarize_kwargs) -> None:  # fmt: skip
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size,
+                                      total_training_modes, total_flops, *columns)  # fmt: skip
+        lines = table.splitlines()
+        log.info("\n" + "\n".join(line for line in lines if not line.endswith("Total Flops")))
 
 
 def ema_update(

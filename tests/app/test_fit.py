@@ -57,7 +57,8 @@ def test_a_script_trains_checkpoints_and_reports_as_train_py(script):
     printed = out.stdout + out.stderr
     assert "train finished" in printed and "best checkpoint:" in printed
     # the model summary by stage, without Lightning's FLOPs (0 without an example input)
-    assert "| model.roi_heads " in printed and "flops" not in printed.lower()
+    assert "| model.roi_heads " in printed and "Frozen params" in printed
+    assert "flops" not in printed.lower()
     (run,) = run_dirs(script.parent / "logs")
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert config["data"]["train"]["_target_"] == "frcnn.data.DatasetSource"

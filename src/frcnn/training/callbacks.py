@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, WeightAve
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from torch import Tensor
 
 from frcnn.checks import check_number
@@ -209,11 +209,20 @@ class StageSummary(ModelSummary):
     @staticmethod
     def summarize(summary_data, total_parameters, trainable_parameters, model_size,
                   total_training_modes, total_flops, **summarize_kwargs) -> None:  # fmt: skip
-        columns = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(total_parameters, trainable_parameters, model_size,
-                                      total_training_modes, total_flops, *columns)  # fmt: skip
-        lines = table.splitlines()
-        log.info("\n" + "\n".join(line for line in lines if not line.endswith("Total Flops")))
+        names, cells = zip(*((n, v) for n, v in summary_data if n != "FLOPs"), strict=True)
+        widths = [
+            max(len(name), *map(len, values)) for name, values in zip(names, cells, strict=True)
+        ]
+        rows = [names, *zip(*cells, strict=True)]
+        table = [" | ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)) for row in rows]
+        rule = "-" * max(map(len, table))
+        totals = [
+            (get_human_readable_count(trainable_parameters), "Trainable params"),
+            (get_human_readable_count(total_parameters - trainable_parameters), "Frozen params"),
+            (f"{model_size:,.1f}", "MB of parameters"),
+        ]
+        lines = [table[0], rule, *table[1:], rule, *(f"{n:<10}{what}" for n, what in totals)]
+        log.info("Model summary\n%s", "\n".join(lines))
 
 
 def ema_update(

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from frcnn.checks import check_gpu, check_number
 from frcnn.data.datamodule import StreamEpoch
+from frcnn.inference.predictor import resolve_device
 from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
 from frcnn.training.callbacks import Preemption
 from frcnn.training.checkpoint import (
@@ -336,16 +337,15 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
 
 
 def accelerator(name: str) -> str:
-    """Lightning's accelerator for the config's: `auto` is a CUDA GPU where torch finds one, else
-    the CPU, as the Predictor's `device=auto` is. (Lightning's own `auto` takes Apple's MPS
-    first, which has no float64, which the NMS's row shift needs: `boxes.nms_rows`.)"""
+    """Lightning's accelerator for the config's: `auto` is the Predictor's `device=auto`, a CUDA
+    GPU where torch finds one, else the CPU. (Lightning's own `auto` takes Apple's MPS first,
+    which has no float64, which the NMS's row shift needs: `boxes.nms_rows`.)"""
     if name != "auto":
         return name
-    if torch.cuda.is_available():
-        return "gpu"
-    if MPSAccelerator.is_available():  # Lightning warns "GPU available but not used"
+    chosen = resolve_device("auto").type  # "cuda" or "cpu", both Lightning's names too
+    if chosen == "cpu" and MPSAccelerator.is_available():  # Lightning: "GPU available but not used"
         log.info("device=auto: Apple's MPS is not used (it has no float64): the CPU runs")
-    return "cpu"
+    return chosen
 
 
 def wait_for_other_processes(trainer: L.Trainer, timeout_s: float = 120) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 from frcnn import MOVED
 from frcnn.app.build import checkpoint_run_config
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
-from tests.app.helpers import TINY, composed, metrics, run, run_dirs
+from tests.app.helpers import ROOT, TINY, composed, metrics, run, run_dirs, run_script
 
 
 class Payload:
@@ -298,9 +298,10 @@ def test_an_empty_checkpoint_or_a_folder_is_named_for_what_it_is(tmp_path):
 
 def test_eval_without_a_checkpoint_names_the_setting(tmp_path):
     """eval.yaml extends train.yaml, whose `ckpt_path: null` a `???` cannot replace (OmegaConf
-    merges a missing value as none): the command says what to give, not a TypeError."""
+    merges a missing value as none): the command says what to give, not a TypeError. (Typed
+    in a folder of one's own, on the default paths.)"""
     with pytest.raises(AssertionError, match=r"eval: ValueError: ckpt_path is not set: give it"):
-        run("eval.py", log_dir=tmp_path)
+        run_script(ROOT / "eval.py", [], tmp_path)
 
 
 def test_a_moved_run_folder_resumes_where_it_is_now(trained, tmp_path):

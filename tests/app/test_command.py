@@ -10,7 +10,7 @@ import torch
 from frcnn.app.build import require_extra
 from frcnn.app.command import deliberate, run_dir
 from frcnn.checks import check_number
-from tests.app.helpers import TINY, run
+from tests.app.helpers import ROOT, TINY, run, run_script
 
 
 def test_errors_this_project_raises_are_told_apart_from_bugs():
@@ -174,5 +174,5 @@ def test_optuna_s_search_without_its_extra_stops_at_once_naming_it(monkeypatch, 
     monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_optuna_sweeper", None)
     expected = r"hparams_search=nms_iou_optuna needs optuna and hydra_plugins\.hydra_optuna_swe"
     with pytest.raises(AssertionError, match=expected + r"eper .*: the `sweep` extra"):
-        run("train.py", "hparams_search=nms_iou_optuna", log_dir=tmp_path)
-    assert not any(tmp_path.iterdir())  # no sweep folder, no study
+        run_script(ROOT / "train.py", ["hparams_search=nms_iou_optuna"], tmp_path)
+    assert not any(tmp_path.iterdir())  # typed there: no sweep folder, no study

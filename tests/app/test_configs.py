@@ -12,7 +12,7 @@ from frcnn.app.build import build_trainer
 from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
 from frcnn.training.module import DetectorModule
-from tests.app.helpers import composed, run
+from tests.app.helpers import ROOT, composed, run_script
 
 CONF = Path(__file__).parents[2] / "conf"
 
@@ -142,14 +142,17 @@ def test_device_auto_is_a_cuda_gpu_or_the_cpu_even_beside_apple_s_mps(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize(
-    "overrides", [["train.py", "experiment=coco400"], ["eval.py", "ckpt_path=x.ckpt", "device=gpu"]]
+    ("script", "overrides"),
+    [("train.py", ["experiment=coco400"]), ("eval.py", ["ckpt_path=x.ckpt", "device=gpu"])],
 )
-def test_a_gpu_asked_for_where_there_is_none_is_named_before_anything_loads(tmp_path, overrides):
+def test_a_gpu_asked_for_where_there_is_none_is_named_before_anything_loads(
+    tmp_path, script, overrides
+):
     """(experiment=coco400 chooses device=gpu; its hub data and x.ckpt are not read first.)
     Lightning said only "No supported gpu backend found!"."""
     message = r": ValueError: device=gpu: torch .* finds no usable CUDA GPU here; device=cpu runs"
     with pytest.raises(AssertionError, match=message):
-        run(*overrides, log_dir=tmp_path)
+        run_script(ROOT / script, overrides, tmp_path)  # typed there, on the default paths
     with pytest.raises(ValueError, match=r"^device=cuda:1: torch .* no usable CUDA GPU"):
         Predictor(FasterRCNN(num_classes=2), 64, device="cuda:1")  # the Python door
 

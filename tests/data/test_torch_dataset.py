@@ -52,6 +52,21 @@ def test_pil_and_tensor_images_and_boxes_as_given():
     assert source[1][1]["crowd_boxes"].tolist() == [[5, 5, 25, 25]]
 
 
+def test_an_rgb_array_is_an_image_and_its_wrong_boxes_still_stop_at_start_up():
+    """A uint8 (H, W, 3) array (e.g. from imageio) is taken as the PIL image of its pixels; the
+    start-up checks read its boxes as they read any item's."""
+    array = pixels()
+    items = [(array, target(torch.tensor([[10.0, 20, 50, 60]]), [1]))]
+    image, t = DatasetSource(Transform(120), Items(items), ["a"])[0]
+    assert torch.equal(image[:, :80], torch.from_numpy(array).permute(2, 0, 1))
+    assert t["boxes"].tolist() == [[10, 20, 50, 60]]
+    xywh = [(array, target(torch.tensor([[60.0, 30, 40, 20]]), [1]))] * 3
+    with pytest.raises(ValueError, match=r"3 of the 3 boxes.*item 0 of Items \(120 x 80\)"):
+        DatasetSource(Transform(64), Items(xywh), ["a"])
+    with pytest.raises(ValueError, match=r"labels? .*outside 1\.\.1"):
+        DatasetSource(Transform(64), Items([(array, target(torch.zeros(1, 4) + 5, [0]))]), ["a"])
+
+
 @pytest.mark.parametrize(
     ("form", "given"), [("XYWH", [10, 20, 40, 40]), ("CXCYWH", [30, 40, 40, 40])]
 )

@@ -95,3 +95,23 @@ def trained(tmp_path_factory):
     train.remove("trainer.log_every_n_steps=1")
     run("train.py", *train, log_dir=log_dir)
     return log_dir, run_dirs(log_dir)[0]
+
+
+@pytest.fixture
+def only_matplotlibs_fonts(monkeypatch):
+    """A machine with no fonts but matplotlib's own, whatever this one has installed (the
+    font of class names depends on them); what a test changes in matplotlib's font settings,
+    and the fonts chosen, are undone after it."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    from frcnn.visualization.fonts import font_for
+
+    own = matplotlib.get_data_path()
+    shipped = [e for e in font_manager.fontManager.ttflist if e.fname.startswith(own)]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", shipped)
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *args, **kwargs: [])
+    monkeypatch.setitem(matplotlib.rcParams, "font.family", matplotlib.rcParams["font.family"])
+    font_for.cache_clear()
+    yield monkeypatch
+    font_for.cache_clear()

@@ -29,6 +29,7 @@ from tests.app.helpers import (
     process_env,
     run,
     run_dirs,
+    run_script,
 )
 from tests.data.conftest import hub_row, write_hub_parquet
 
@@ -575,6 +576,23 @@ def test_repeat_factor_sampling_repeats_the_rare_classes_images_and_reports_it(t
     share = {row.split(",")[0]: [float(v) for v in row.split(",")[2:]] for row in rows[1:]}
     assert share["person"] == pytest.approx([25, 100 * 2**0.5 / (2 * 2**0.5 + 2)])
     assert "repeat-factor sampling" in (run_dir / "report" / "index.md").read_text()
+
+
+def test_class_names_no_installed_font_has_are_warned_of_once(only_matplotlibs_fonts, tmp_path):
+    """A user's COCO json of Chinese class names on a machine without a font for them: one
+    warning that says what to install, not matplotlib's for each character of each figure;
+    the TensorBoard pictures and the report are made."""
+    data = coco_json_folder(tmp_path / "mine", ["安全帽", "反光衣"])
+    size = ["data.image_size=64", "data.batch_size=2", "data.num_workers=0", "device=cpu"]
+    out = run_script(ROOT / "train.py", ["data=coco_files", *data, *size, *SMALL_MODEL,
+                     "trainer.max_epochs=1"], tmp_path)  # fmt: skip
+    printed = out.stdout + out.stderr
+    assert printed.count("no installed font has (光 全 反 安 帽 衣)") == 1, printed[-3000:]
+    assert "missing from font" not in printed
+    (run_dir,) = run_dirs(tmp_path / "logs")
+    assert {"pr_curves.png", "confusion_matrix.png", "dataset.png"} <= {
+        p.name for p in (run_dir / "report").iterdir()
+    }
 
 
 def test_freezing_random_stages_is_warned(tmp_path):

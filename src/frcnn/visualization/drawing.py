@@ -1,16 +1,10 @@
 """Boxes drawn on images: ground truth, detections, one legible colour per class."""
 
-from pathlib import Path
-
-import matplotlib
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from frcnn.structures import class_name
-
-# a font drawn at any size: PIL's default is 10 px, which a 12 MP photo shown on a screen
-# shrinks to 3 (DejaVu Sans, which matplotlib ships wherever it is installed)
-FONT = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
+from frcnn.visualization.fonts import label_font
 
 # white: every class colour has a channel at 0 (`class_colour`), so no class is drawn so
 GROUND_TRUTH = (255, 255, 255)
@@ -51,7 +45,7 @@ def draw_detections(image, detection, target=None, class_names=None, min_score: 
             f"{class_name(int(c), class_names)} {s:.2f}"
             for c, s in zip(labels, scores.tolist(), strict=True)
         ]
-        image = named_boxes(image, boxes, texts, labels)
+        image = named_boxes(image, boxes, texts, labels, label_font(class_names))
     return image
 
 
@@ -61,15 +55,17 @@ def draw_labels(image: Tensor, target: dict, class_names=None) -> Tensor:
     image, boxes, labels = image.cpu(), target["boxes"].cpu(), target["labels"].cpu()
     if not len(boxes):
         return image
-    return named_boxes(image, boxes, [class_name(int(c), class_names) for c in labels], labels)
+    texts = [class_name(int(c), class_names) for c in labels]
+    return named_boxes(image, boxes, texts, labels, label_font(class_names))
 
 
-def named_boxes(image: Tensor, boxes: Tensor, texts: list[str], labels: Tensor) -> Tensor:
-    """Boxes (N, 4) in their classes' colours, each with its text, lines and text sized with
-    the image."""
+def named_boxes(image: Tensor, boxes: Tensor, texts: list[str], labels: Tensor, font: str):
+    """Boxes (N, 4) in their classes' colours, each with its text in the font file `font`,
+    lines and text sized with the image (a font file, not PIL's default: that is 10 px at any
+    size, 3 px when a 12 MP photo is shown on a screen)."""
     colours = [class_colour(int(c)) for c in labels]
     return draw_bounding_boxes(
-        image, boxes, labels=texts, colors=colours, width=line_width(image), font=FONT,
+        image, boxes, labels=texts, colors=colours, width=line_width(image), font=font,
         font_size=font_size(image),
     )  # fmt: skip
 

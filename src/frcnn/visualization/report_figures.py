@@ -20,6 +20,7 @@ from frcnn.evaluation.results import (
 )
 from frcnn.evaluation.tide import TYPES
 from frcnn.visualization.canvas import figure
+from frcnn.visualization.fonts import label_font
 
 LEGEND_CLASSES = 10  # more classes: thin unnamed curves (each is in pr_curves.csv)
 ANNOTATED_CLASSES = 20  # fewer classes: counts written in the confusion matrix's cells
@@ -32,6 +33,7 @@ def _font(num_classes: int) -> float:
 def pr_figure(evaluation: Evaluation) -> Figure:
     """One panel per IoU of CURVE_IOUS: every class's curve and their mean (bold, its area the
     mAP), recall on x."""
+    label_font(evaluation.class_names)  # (matplotlib's for the characters DejaVu Sans lacks)
     fig, axes = figure(15, 5, ncols=len(CURVE_IOUS))
     curves = pr_curves(evaluation.precision)
     named = len(evaluation.classes) <= LEGEND_CLASSES
@@ -67,6 +69,7 @@ def confusion_figure(matrix: torch.Tensor, names: list[str], share: bool, score:
     last on both); `share` colours each row's fractions, else the counts (log scale). Classes
     that neither have a box nor were detected are left out, and of more than FIGURE_CLASSES
     all but the FIGURE_CLASSES with the most errors (the CSV has them all)."""
+    label_font(names)  # (matplotlib's for the characters DejaVu Sans lacks)
     values = normalised(matrix) if share else matrix.double()
     ranked = classes_by_errors(matrix)
     shown = [*sorted(ranked[:FIGURE_CLASSES]), len(names) - 1]  # background last
@@ -129,6 +132,7 @@ def errors_figure(breakdown: dict) -> Figure:
 
 def dataset_figure(stats: dict, names: list[str]) -> Figure:
     """Boxes per class and per image, box sides against the pooled levels, anchor coverage."""
+    label_font(names)  # (matplotlib's for the characters DejaVu Sans lacks)
     counts = torch.bincount(stats["labels"], minlength=len(names) + 1)[1:]
     present = counts.nonzero().squeeze(1).tolist()  # classes without boxes: named in the title
     fig, axes = figure(max(14, 0.18 * min(len(present), FIGURE_CLASSES) + 6), 9, ncols=2, nrows=2)

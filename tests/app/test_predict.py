@@ -200,6 +200,22 @@ def test_videos_in_a_folder_of_images_are_named_where_they_are_left_out(tmp_path
         find_images(str(tmp_path / "clips"), "check_images")
 
 
+def test_photos_pil_cannot_read_here_are_named_where_they_are_left_out(tmp_path, caplog):
+    """A phone's HEIC photos beside images: named, not passed over; a folder of them alone is
+    refused after the same words (the error would say only that it holds no image)."""
+    write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "IMG_0001.HEIC").write_bytes(b"(not read)")
+    with caplog.at_level("WARNING"):
+        assert len(find_images(str(tmp_path / "in"))) == 3
+    assert "in': images in formats PIL cannot read here left out (.heic: 1)" in caplog.text
+    (tmp_path / "phone").mkdir()
+    (tmp_path / "phone" / "IMG_0002.heic").write_bytes(b"(not read)")
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError, match="no image file"):
+        find_images(str(tmp_path / "phone"))
+    assert "(.heic: 1): convert them to JPEG or PNG" in caplog.text
+
+
 def predict(trained, tmp_path, inputs, *extra):
     _, run_dir = trained
     out = tmp_path / "out"

@@ -3,8 +3,10 @@
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from frcnn.boxes import to_original_pixels
+from frcnn.data.sources import image_suffixes
 from frcnn.data.transforms import Transform
 from frcnn.data.yolo_folder import YOLOFolder, label_file
 from tests.data.conftest import jpeg_bytes
@@ -69,6 +71,30 @@ def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics):
     torch.testing.assert_close(original, torch.tensor(kept, dtype=torch.float32), atol=1, rtol=0)
     _, empty = source[1]  # no label file: an image without objects
     assert empty["boxes"].shape == (0, 4)
+
+
+def test_photos_pil_cannot_read_here_are_left_out_and_named(tmp_path, caplog):
+    """A phone's HEIC photos (PIL reads them only with a plugin) beside a JPEG saved as .jfif
+    (as browsers on Windows save them) and an AVIF file: the HEICs are named where they are
+    left out, the others read (the AVIF where this PIL reads AVIF, else named too)."""
+    images = {"images/train/a.jfif": PERSON, "images/train/b.heic": CAR, "images/train/c.HEIC": CAR}
+    data = {"train": "images/train", "val": "images/train", "names": ["person", "car"]}
+    root = write(tmp_path / "yolo", images, data)
+    reads_avif = ".avif" in image_suffixes()
+    if reads_avif:
+        Image.new("RGB", (200, 100), (200, 40, 40)).save(root / "images/train/d.avif")
+    else:
+        (root / "images/train/d.avif").write_bytes(b"(not read)")
+    label_file(root / "images/train/d.avif").write_text(CAR)
+    with caplog.at_level("WARNING"):
+        source = YOLOFolder(Transform(200), str(root), "train")
+    left_out = ".avif: 1, .heic: 2" if not reads_avif else ".heic: 2"
+    message = f"images/train): images in formats PIL cannot read here left out ({left_out}): "
+    assert message + "convert them to JPEG or PNG" in caplog.text
+    assert [p.name for p in source.images] == ["a.jfif"] + ["d.avif"] * reads_avif
+    for index in range(len(source)):
+        image, target = source[index]
+        assert image.shape == (3, 200, 200) and len(target["boxes"]) == 1
 
 
 def test_the_class_count_nc_is_checked_against_names_and_names_classes_alone(tmp_path):

@@ -23,15 +23,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn.app.build import require_extra
-from frcnn.data.sources import UNREADABLE_IMAGE
+from frcnn.data.sources import UNREADABLE_IMAGE, image_files
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
 from frcnn.inference.video import VIDEO_SUFFIXES
 from frcnn.visualization.drawing import draw_detections
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def find_images(spec: str, setting: str = "input") -> list[Path]:
@@ -46,7 +44,7 @@ def find_images(spec: str, setting: str = "input") -> list[Path]:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
     # regular files only: a named pipe (is_file is False) would block the read
     files = [p for p in files if p.is_file()]
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    images = image_files(files, f"{setting}={spec!r}")
     videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
     if videos:  # (predict.py reads a video given on its own)
         named = ", ".join(p.name for p in videos[:3]) + (", ..." if len(videos) > 3 else "")

@@ -1,7 +1,9 @@
 """What every source shares: decode + transform with bad samples skipped, counted, logged."""
 
+import functools
 import itertools
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,38 @@ class SkipLog:
             f": {detail}" if detail else "",
             self.counts[reason],
         )
+
+
+# the photo formats looked for in folders (a YOLO split's, predict.py's input), where PIL reads
+# them: HEIC (iPhones') only with a plugin, which the project does not load; AVIF from Pillow 11.2
+PHOTO_SUFFIXES = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".mpo",
+    ".dng", ".jp2", ".avif", ".heic", ".heif",
+)  # fmt: skip
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The PHOTO_SUFFIXES that PIL opens here."""
+    Image.init()  # (every plugin registered)
+    opened = {s for s, name in Image.registered_extensions().items() if name in Image.OPEN}
+    # MPO and DNG files open as the JPEG and TIFF they are
+    return frozenset(s for s in PHOTO_SUFFIXES if s in opened or s in (".mpo", ".dng"))
+
+
+def image_files(files: list[Path], where: str) -> list[Path]:
+    """The images among `files`, by suffix. Photos in formats PIL does not read here are left
+    out, and one warning counts them by format, naming `where` they are."""
+    readable = image_suffixes()
+    unreadable = set(PHOTO_SUFFIXES) - readable
+    unread = Counter(p.suffix.lower() for p in files if p.suffix.lower() in unreadable)
+    if unread:
+        log.warning(
+            "%s: images in formats PIL cannot read here left out (%s): convert them to JPEG or PNG",
+            where,
+            ", ".join(f"{suffix}: {count}" for suffix, count in sorted(unread.items())),
+        )
+    return [p for p in files if p.suffix.lower() in readable]
 
 
 IMAGES_CHECKED = 20  # image files looked for at start-up to catch a wrong folder

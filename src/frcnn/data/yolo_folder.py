@@ -17,12 +17,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
+from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist, image_files
 from frcnn.data.transforms import Record, Transform, upright_size
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo"}
 
 
 def read_data_yaml(root: str | Path) -> tuple[Path, dict]:
@@ -93,7 +91,7 @@ def split_images(content: dict, split: str, file: Path) -> list[Path]:
         if not path.exists() and str(entry).startswith("../"):  # Roboflow's export
             path = base / str(entry)[3:]
         if path.is_dir():
-            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            images += image_files(sorted(path.rglob("*")), f"{file} ({split}: {path})")
         elif path.is_file():  # a list of images, one a line, relative to the list's folder
             for line in path.read_text().splitlines():
                 line = line.strip()

@@ -7,9 +7,11 @@ Every `uv run <script>.py ...` line of the README's bash blocks runs here as `py
 - the size-reducing overrides of SIZE (smaller images, batches, data and model, a few steps,
   validation every few steps), added to training commands (but no step count for a stream
   whose command gives none: that run must refuse to start, as it does for a user);
-- the README's own offline forms where a command would read the hub or download weights
-  (LOCAL: local parquet copies, weight files, a COCO folder under COCO_ROOT) and `device=cpu`
-  (this machine has no GPU; `device=ddp` gets the README's CPU form instead);
+- the README's own offline forms where a command would read the hub (LOCAL: local parquet
+  copies, a COCO folder under COCO_ROOT) and `device=cpu` (this machine has no GPU;
+  `device=ddp` gets the README's CPU form instead); the weights a command downloads
+  (`init_weights=coco`, ImageNet's) are in torch's download cache (TORCH_HOME), as after a
+  first download, and read through torchvision's own download code;
 - this workspace's files in place of the README's placeholders (`<run>`, `<ckpt>`, `...`,
   `/data/coco`, `/path/`).
 
@@ -25,6 +27,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,10 +81,10 @@ LOCAL = {
     "hub": [
         "data.train.data_files={ws}/data/coco/data/train-*.parquet",
         "data.val.data_files={ws}/data/coco/data/val-*.parquet",
-    ],
-    "imagenet": ["model.backbone.weights={ws}/weights/resnet18-f37072fd.pth"],
+    ]
 }
 TORCHVISION_COCO = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+IMAGENET_RESNET18 = "resnet18-f37072fd.pth"
 # the size overrides that change the shapes of the model's weights
 WEIGHT_SHAPES = (
     "model.backbone.depth=",
@@ -128,9 +131,10 @@ def readme_line(start: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory) -> Iterator[Path]:
     """A copy of the checkout, with the local data and weights that the README's offline forms
-    name: hub-schema parquet under data/coco/data, a COCO folder at data/coco, photos, weights."""
+    name: hub-schema parquet under data/coco/data, a COCO folder at data/coco, photos, weights
+    (also in torch's download cache, as after a first download)."""
     ws = tmp_path_factory.mktemp("checkout")
     for name in checkout_files(ROOT):
         (ws / name).parent.mkdir(parents=True, exist_ok=True)
@@ -153,14 +157,22 @@ def workspace(tmp_path_factory) -> Path:
         for i in range(count):
             (ws / folder / f"{i}.jpg").write_bytes(jpeg_bytes(160 + 40 * i, 120))
     write_clip(ws / "clip.mp4")
-    weights = ws / "weights"
+    weights = ws / "weights"  # the README's /path/ of a downloaded file
     weights.mkdir()
-    torch.save(torchvision.models.resnet18().state_dict(), weights / "resnet18-f37072fd.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), weights / IMAGENET_RESNET18)
     detector = torchvision.models.detection.fasterrcnn_resnet50_fpn(
         weights=None, weights_backbone=None
     )
     torch.save(detector.state_dict(), weights / TORCHVISION_COCO)
-    return ws
+    downloaded = ws / "torch" / "hub" / "checkpoints"  # torch's download cache (TORCH_HOME)
+    downloaded.mkdir(parents=True)
+    for name in (IMAGENET_RESNET18, TORCHVISION_COCO):
+        (downloaded / name).hardlink_to(weights / name)
+    # data=coco_files reads $COCO_ROOT, as the README says; torch downloads to $TORCH_HOME
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("COCO_ROOT", str(ws / "data" / "coco"))
+        environment.setenv("TORCH_HOME", str(ws / "torch"))
+        yield ws
 
 
 def checkout_files(root: Path) -> list[str]:
@@ -277,12 +289,6 @@ def own_formats(data: Path) -> None:
     )
 
 
-@pytest.fixture(autouse=True)
-def coco_root(workspace, monkeypatch):
-    """data=coco_files reads $COCO_ROOT, as the README says."""
-    monkeypatch.setenv("COCO_ROOT", str(workspace / "data" / "coco"))
-
-
 def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
     """A README line -> (script, args) as run here: placeholders filled in, offline forms and,
     for training, the size overrides added."""
@@ -296,8 +302,6 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
             arg = f"ckpt_path={checkpoint}"
         if arg.startswith("init_weights=") and arg.endswith(".ckpt") and run:
             arg = f"init_weights={checkpoint}"
-        if arg == "init_weights=coco":  # downloads: the README's local file instead
-            arg = "init_weights=/path/" + TORCHVISION_COCO
         filled.append(arg.replace("=/data/", f"={ws}/data/").replace("/path/", f"{ws}/weights/"))
     if script in readme_files():  # trains through frcnn.fit: its data is its own
         steps = [o for o in SIZE["synthetic"] if not o.startswith("data.")]
@@ -313,19 +317,16 @@ def as_typed(line: str, ws: Path, run: Path | None) -> tuple[str, list[str]]:
         # a stream with no steps given refuses to start: fewer steps would hide it
         extra.remove("trainer.max_steps=2")
     coco_weights = "experiment=finetune" in filled or any(
-        a.startswith("init_weights=") and TORCHVISION_COCO in a for a in filled
+        a == "init_weights=coco" or a.startswith("init_weights=") and TORCHVISION_COCO in a
+        for a in filled
     )
     if coco_weights:
         # the model whose tensors torchvision's COCO weights fit (a narrower or shallower one
         # loads less of them), with SMALL_MODEL's proposal and sample counts: sizes, not shapes
         extra = [o for o in extra if not o.startswith(WEIGHT_SHAPES)]
-        if not any(a.startswith("init_weights=") for a in filled):  # its default downloads
-            extra.append(f"init_weights={ws}/weights/{TORCHVISION_COCO}")
     if hub:
         given = {a.split("=")[0] for a in filled}
         extra += [o.format(ws=ws) for o in LOCAL["hub"] if o.split("=")[0] not in given]
-    if (hub or folder) and not coco_weights:
-        extra += [o.format(ws=ws) for o in LOCAL["imagenet"]]
     search = next((a.split("=")[1] for a in filled if a.startswith("hparams_search=")), None)
     if search:
         extra += SWEEP_SIZE[search][0]
@@ -456,6 +457,8 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
     assert not library_warnings(printed), library_warnings(printed)
     if "debug=" in line:  # a folder apart from the real runs
         assert made and all(path.parts[-3] == "debug" for path in made), made
+    if "init_weights=coco" in line or "experiment=finetune" in line:  # from torch's cache
+        assert "init_weights=coco: torchvision's Faster R-CNN COCO weights." in printed
     if ("init_weights=" in line or "experiment=finetune" in line) and "coco400" not in line:
         # a user's classes: those COCO has (person, car) keep their rows
         assert "carried over by class name: background, person, car; new classes" in printed
@@ -577,7 +580,6 @@ def test_a_ddp_sweep_on_a_coco_folder_runs_each_run_in_its_folder_on_every_image
         "data.batch_size=2",
         "data.num_workers=0",
         "model.backbone.depth=18",
-        *(o.format(ws=workspace) for o in LOCAL["imagenet"]),
         *SMALL_MODEL,
         "trainer.max_epochs=1",
         "device=ddp",

@@ -200,6 +200,25 @@ def test_videos_in_a_folder_of_images_are_named_where_they_are_left_out(tmp_path
         find_images(str(tmp_path / "clips"), "check_images")
 
 
+def test_a_folders_subfolders_are_named_where_their_images_are_left_out(tmp_path, caplog):
+    """input=<folder> is the folder's own images: those of its subfolders are counted, with
+    the glob that reads them too; a folder whose images are all in subfolders is refused so."""
+    write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "day2" / "late").mkdir(parents=True)
+    for name in ("day2/a.jpg", "day2/late/b.png", "day2/notes.txt"):
+        (tmp_path / "in" / name).write_bytes(b"(not read)")
+    with caplog.at_level("WARNING"):
+        assert len(find_images(str(tmp_path / "in"))) == 3
+    pattern = f"{tmp_path}/in/**/*"
+    assert f"2 images in its subfolders left out (input='{pattern}' reads them too)" in caplog.text
+    assert len(find_images(pattern)) == 5  # (the glob's: the README's form)
+    (tmp_path / "scans" / "2024").mkdir(parents=True)
+    (tmp_path / "scans" / "2024" / "c.jpg").write_bytes(b"(not read)")
+    refused = r"scans/': no image file; 1 image in its subfolders left out \(input='.*/scans/\*\*/"
+    with pytest.raises(FileNotFoundError, match=refused):
+        find_images(f"{tmp_path}/scans/")
+
+
 def test_photos_pil_cannot_read_here_are_named_where_they_are_left_out(tmp_path, caplog):
     """A phone's HEIC photos beside images: named, not passed over; a folder of them alone is
     refused after the same words (the error would say only that it holds no image)."""

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn.app.build import require_extra
-from frcnn.data.sources import UNREADABLE_IMAGE, image_files
+from frcnn.data.sources import UNREADABLE_IMAGE, image_files, image_suffixes
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
 from frcnn.inference.video import VIDEO_SUFFIXES
@@ -45,19 +45,27 @@ def find_images(spec: str, setting: str = "input") -> list[Path]:
     # regular files only: a named pipe (is_file is False) would block the read
     files = [p for p in files if p.is_file()]
     images = image_files(files, f"{setting}={spec!r}")
+    left_out = []
     videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
     if videos:  # (predict.py reads a video given on its own)
         named = ", ".join(p.name for p in videos[:3]) + (", ..." if len(videos) > 3 else "")
-        left_out = f"videos left out ({named})"
+        left_out.append(f"videos left out ({named})")
         if setting == "input":
-            left_out += f": give a video on its own (input={videos[0]})"
-        if not images:
-            raise FileNotFoundError(f"{setting}={spec!r}: no image file; {left_out}")
-        log.warning("%s=%r: %s", setting, spec, left_out)
+            left_out[-1] += f": give a video on its own (input={videos[0]})"
+    if path.is_dir():  # a folder is its own images: those of its subfolders are named
+        suffixes = image_suffixes()
+        nested = sum(p.parent != path and p.suffix.lower() in suffixes for p in path.rglob("*"))
+        if nested:
+            pattern = f"{spec.rstrip('/')}/**/*"
+            left_out.append(
+                f"{nested} image{'s' * (nested > 1)} in its subfolders left out "
+                f"({setting}='{pattern}' reads them too)"
+            )
     if not images:
-        raise FileNotFoundError(
-            f"{setting}={spec!r}: no image file, folder of images or glob match"
-        )
+        found = f"; {'; '.join(left_out)}" if left_out else ", folder of images or glob match"
+        raise FileNotFoundError(f"{setting}={spec!r}: no image file{found}")
+    for words in left_out:
+        log.warning("%s=%r: %s", setting, spec, words)
     return images
 
 

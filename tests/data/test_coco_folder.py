@@ -284,6 +284,34 @@ def test_a_bbox_with_a_null_in_a_file_that_records_sizes_is_checked_not_a_crash(
         COCOFolder(Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], None, anns))
 
 
+def test_images_not_the_size_the_file_records_are_skipped_or_stop_the_start_up(tmp_path, caplog):
+    """An image resized since it was annotated fits other pixels than its boxes: one of 6 is
+    skipped, counted and named; most of them (a resized copy of a data set) stop the start-up.
+    (A recorded size that is the image's turned by its EXIF orientation is read: the phone
+    photo tests of test_transforms.)"""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in range(1, 7)]
+    images[2].update(width=128, height=96)  # its file is 64 x 48: halved after annotating
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 20]} for i in range(1, 7)]
+    files = annotation_file(tmp_path, [{"id": 1, "name": "a"}], images, anns)
+    source = COCOFolder(Transform(64), *files)
+    _, target = source[2]
+    assert target["image_id"] == 4  # (training: the next readable image stands in)
+    assert source.skips.counts == {"image not the size its annotation records skipped": 1}
+    assert (
+        "image not the size its annotation records skipped (image 3): the file is 64 x 48 "
+        "pixels, its annotation says 128 x 96: its boxes would not fit it"
+    ) in caplog.text
+    for image in images[:4]:
+        image.update(width=128, height=96)
+    files = annotation_file(tmp_path, [{"id": 1, "name": "a"}], images, anns)
+    resized = (
+        r"4 of its first 6 images are not the size the annotation file records \(e.g. 1.jpg: "
+        r"64 x 48 pixels, recorded 128 x 96\): were they resized after they were annotated\?"
+    )
+    with pytest.raises(ValueError, match=resized):
+        COCOFolder(Transform(64), *files)
+
+
 def test_an_image_dir_that_holds_none_of_the_images_stops_at_start_up(tmp_path):
     """image_dir one level too deep (the file names hold the folder, as `val2017/1.jpg`)."""
     images = [{"id": i, "file_name": f"val2017/{i}.jpg", "width": 64, "height": 48} for i in (1, 2)]

@@ -85,6 +85,16 @@ def test_an_annotation_that_cannot_be_read_stops_at_start_up(voc, xml, message):
         VOCFolder(Transform(120), str(voc), "train")
 
 
+def test_images_resized_since_they_were_annotated_stop_the_start_up(voc):
+    """The xml's size is twice the files' (120 x 80): their boxes fit other pixels."""
+    for xml in (voc / "Annotations").glob("*.xml"):
+        size = "<size><width>240</width><height>160</height><depth>3</depth></size>"
+        xml.write_text(xml.read_text().replace("</filename>", f"</filename>{size}"))
+    resized = r"\(train\): 2 of its first 2 images are not the size the annotation file records"
+    with pytest.raises(ValueError, match=resized):
+        VOCFolder(Transform(64), str(voc), "train")
+
+
 def test_a_split_without_images_stops_at_start_up(voc):
     (voc / "ImageSets" / "Main" / "test.txt").write_text("\n")
     with pytest.raises(ValueError, match=r"the test split has no images"):

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
+from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_image_sizes, check_images_exist
 from frcnn.data.transforms import Record, Transform, recorded_size
 
 # far more than a real image holds: the rest are dropped, counted (a file's runaway copy)
@@ -72,6 +72,13 @@ class COCOFolder(MapSource):
             f"data image_dir={str(image_dir)!r}",
             "point image_dir at the folder the file's file_name values are relative to (one "
             "level up where they hold a folder)",
+        )
+        check_image_sizes(
+            [
+                (image_dir / name, (int(w), int(h)) if min(w, h) > 0 else None)
+                for name, (w, h) in zip(self.file_names[:IMAGES_CHECKED], self.sizes, strict=False)
+            ],
+            named,
         )
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
-from frcnn.data.transforms import Record, Transform
+from frcnn.data.transforms import Record, SizeMismatch, Transform, upright_size
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,32 @@ def check_images_exist(paths: list[Path], where: str, fix: str) -> None:
         )
 
 
+def check_image_sizes(images: list[tuple[Path, tuple[int, int] | None]], where: str) -> None:
+    """Stop at start-up where more than a fifth of the first images whose size the annotation
+    file records (`images`: (path, (width, height) or None)) are of another size, turned
+    upright or not: images resized after they were annotated, whose boxes fit other pixels
+    (each would be skipped at run time, `SizeMismatch`). Their headers alone are read."""
+    checked, wrong = 0, []
+    for path, size in images:
+        try:
+            with Image.open(path) as image:
+                stored, upright = image.size, upright_size(image)
+        except (FileNotFoundError, *UNREADABLE_IMAGE):  # (skipped, counted at run time)
+            continue
+        if size:
+            checked += 1
+            if tuple(size) not in (stored, upright):
+                wrong.append((path, size, stored))
+    if wrong and len(wrong) > checked / 5:
+        path, (width, height), (file_width, file_height) = wrong[0]
+        raise ValueError(
+            f"{where}: {len(wrong)} of its first {checked} images are not the size the "
+            f"annotation file records (e.g. {path.name}: {file_width} x {file_height} pixels, "
+            f"recorded {width} x {height}): were they resized after they were annotated? "
+            "Their boxes are in the recorded size's pixels: give the images they were drawn on"
+        )
+
+
 def clean_annotations(record: Record, num_classes: int, skips: SkipLog) -> Record:
     """Drop malformed annotations: non-finite or inverted boxes, labels out of 1..num_classes.
 
@@ -109,6 +135,9 @@ def transform_record(record: Record, transform: Transform, num_classes: int, ski
     record = clean_annotations(record, num_classes, skips)
     try:
         return transform(record, rng, skips)
+    except SizeMismatch as err:
+        skips("image not the size its annotation records skipped", record.image_id, str(err))
+        return None
     except UNREADABLE_IMAGE as err:
         skips("unreadable image skipped", record.image_id, f"{type(err).__name__}: {err}")
         return None

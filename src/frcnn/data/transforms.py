@@ -147,9 +147,16 @@ class Transform:
         return content, boxes, box_areas(boxes) / np.maximum(full, 1e-12)
 
 
+class SizeMismatch(ValueError):
+    """An image that is not the size its annotation records (resized or replaced since it was
+    annotated): its boxes would be drawn on other pixels."""
+
+
 def decoded(record: Record, report=None, reduction=None) -> tuple[Image.Image, tuple[int, int]]:
     """The record's image decoded (a corrupt file fails here), upright (EXIF, `exif_turn`), RGB,
-    and its upright (width, height): the pixels its boxes are in.
+    and its upright (width, height): the pixels its boxes are in. An image whose size is
+    neither the one its annotation records (`record.size`) nor that turned upright raises
+    SizeMismatch.
 
     `reduction(width, height)` -> 1, 2, 4 or 8: a JPEG given as bytes (or opened, not yet
     decoded) is decoded that many times smaller, libjpeg scaling it in its own transform (PIL's
@@ -159,6 +166,11 @@ def decoded(record: Record, report=None, reduction=None) -> tuple[Image.Image, t
     image = record.image
     if isinstance(image, bytes):
         image = Image.open(io.BytesIO(image))
+    if record.size and tuple(record.size) not in (image.size, upright_size(image)):
+        raise SizeMismatch(
+            f"the file is {image.width} x {image.height} pixels, its annotation says "
+            f"{record.size[0]} x {record.size[1]}: its boxes would not fit it"
+        )
     turn = exif_turn(image, record.size, report, record.image_id)
     width, height = image.size[::-1] if turn in SWAPS_SIDES else image.size
     scale = reduction(width, height) if reduction else 1

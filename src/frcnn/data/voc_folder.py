@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist
+from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_image_sizes, check_images_exist
 from frcnn.data.transforms import Record, Transform, recorded_size
 
 VOC_CLASSES = (
@@ -88,6 +88,10 @@ class VOCFolder(MapSource):
             [self.image_dir / name for name, _, _ in self.samples[:IMAGES_CHECKED]],
             f"data.root={str(root)!r} ({split})",
             "its images are JPEGImages/<id>.jpg, or the file its xml's filename names there",
+        )
+        check_image_sizes(
+            [(self.image_dir / name, size) for name, _, size in self.samples[:IMAGES_CHECKED]],
+            f"data.root={str(root)!r} ({split})",
         )
         self.label_of = label_of
 

@@ -97,6 +97,30 @@ def test_photos_pil_cannot_read_here_are_left_out_and_named(tmp_path, caplog):
         assert image.shape == (3, 200, 200) and len(target["boxes"]) == 1
 
 
+def test_labels_where_yolos_layout_does_not_look_stop_at_start_up(tmp_path):
+    """train/img/ beside train/lbl/: no image has a label file where Ultralytics' rule looks,
+    so every one would train as an image without objects; the file of the first one's name is
+    named. A split where one image of many has a label file is read (the rest: negatives).
+    Without images with objects, keep_empty=false says so (not "no images")."""
+    root = tmp_path / "yolo"
+    for i in range(3):
+        write(root, {f"train/img/{i}.jpg": None}, {"train": "train/img", "names": ["a"]})
+        (root / "train/lbl").mkdir(parents=True, exist_ok=True)
+        (root / "train/lbl" / f"{i}.txt").write_text(PERSON)
+    message = (
+        r"\(train\): none of its 3 images has a label file where YOLO's layout puts it .*"
+        r"train/img/0.jpg -> .*train/img/0.txt\); .*train/lbl/0.txt has the first one's name"
+    )
+    for keep_empty in (True, False):  # (not "no images", where images without objects go)
+        with pytest.raises(FileNotFoundError, match=message):
+            YOLOFolder(Transform(200), str(root), "train", keep_empty=keep_empty)
+    (root / "train/lbl/2.txt").rename(root / "train/img/2.txt")
+    assert len(YOLOFolder(Transform(200), str(root), "train")) == 3
+    (root / "train/img/2.txt").write_text("")  # label files, none with an object
+    with pytest.raises(ValueError, match="the train split has no image with objects"):
+        YOLOFolder(Transform(200), str(root), "train", keep_empty=False)
+
+
 def test_the_class_count_nc_is_checked_against_names_and_names_classes_alone(tmp_path):
     images = {"images/train/a.jpg": PERSON}
     data = {"train": "images/train", "nc": 3, "names": ["person", "car"]}

@@ -192,6 +192,28 @@ def check_labels(images: list[Path], num_classes: int, name: str) -> None:
         )
 
 
+def check_label_files_exist(images: list[Path], name: str) -> None:
+    """Stop at start-up where none of a split's images has a label file where Ultralytics'
+    rule (`label_file`) looks: every image would train as one without objects, silently (a
+    layout such as `train/img/` beside `train/lbl/`). A file of the first image's name and
+    suffix .txt in the folder above the image's is named."""
+    if any(label_file(image).is_file() for image in images):
+        return
+    image = images[0]
+    found = next(image.parent.parent.rglob(f"{image.stem}.txt"), None)
+    raise FileNotFoundError(
+        f"{name}: none of its {len(images)} images has a label file where YOLO's layout puts "
+        f"it (the last `images` folder of the image's path becomes `labels`, its suffix .txt: "
+        f"{image} -> {label_file(image)})"
+        + (
+            f"; {found} has the first one's name: put the images in a folder `images` and the "
+            "labels in a folder `labels` beside it (images/train, labels/train)"
+            if found
+            else ""
+        )
+    )
+
+
 def has_objects(image: Path) -> bool:
     """Whether an image's label file holds at least one well-formed line."""
     labels = label_file(image)
@@ -214,8 +236,6 @@ class YOLOFolder(MapSource):
         self.category_ids = list(range(len(self.class_names)))  # YOLO's own class ids
         super().__init__(transform, len(self.class_names), name=f"yolo {split} of {file}")
         self.images = split_images(content, split, file)
-        if not keep_empty:
-            self.images = [path for path in self.images if has_objects(path)]
         if not self.images:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
         check_images_exist(
@@ -223,6 +243,14 @@ class YOLOFolder(MapSource):
             f"is `{split}` in data.yaml the images' folder, or a list of them relative to its "
             "own folder?",
         )  # fmt: skip
+        check_label_files_exist(self.images, f"{file} ({split})")
+        if not keep_empty:
+            self.images = [path for path in self.images if has_objects(path)]
+            if not self.images:
+                raise ValueError(
+                    f"data.root={str(root)!r}: the {split} split has no image with objects "
+                    "(keep_empty=false leaves out those without)"
+                )
         check_labels(self.images[:LABELS_CHECKED], self.num_classes, f"{file} ({split})")
 
     def __len__(self) -> int:

@@ -105,6 +105,17 @@ def test_a_validation_file_of_other_classes_than_the_training_file_stops_at_star
     coco_files(coco_folder, monkeypatch).setup("fit")  # the same file for both: the same classes
 
 
+def test_two_classes_of_one_name_stop_at_start_up(coco_folder, monkeypatch):
+    """Two categories named `dog` (two data sets merged): their per-class AP would be logged
+    under one key, one overwriting the other, and a checkpoint's classes matched by name."""
+    file = coco_folder / "annotations/instances_val2017.json"
+    coco = json.loads(file.read_text())
+    coco["categories"][0]["name"] = "dog"  # id 90, label 3
+    file.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"the classes 2, 3 are all named 'dog': per-class AP"):
+        coco_files(coco_folder, monkeypatch).setup("validate")
+
+
 def test_root_and_class_names_are_given_to_both_sources():
     given = []
     dm = DetectionDataModule(

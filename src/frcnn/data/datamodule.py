@@ -83,6 +83,24 @@ def check_same_classes(train: list[str], val: list[str]) -> None:
     )
 
 
+def check_unique_names(names: list[str]) -> None:
+    """Each class has a name of its own: per-class AP is logged by name (`val/ap/<name>`: one
+    would overwrite the other), and init_weights and eval match a checkpoint's classes to the
+    data's by name."""
+    labels = {}
+    for label, name in enumerate(names, 1):
+        labels.setdefault(name, []).append(label)
+    twice = {name: found for name, found in labels.items() if len(found) > 1}
+    if twice:
+        name, found = next(iter(twice.items()))
+        more = f" ({len(twice) - 1} more names so)" if len(twice) > 1 else ""
+        raise ValueError(
+            f"data: the classes {', '.join(map(str, found))} are all named {name!r}{more}: "
+            "per-class AP, init_weights and eval tell classes apart by name. Give each class a "
+            "name of its own (a COCO json's categories, data.yaml's names, data.class_names)"
+        )
+
+
 class DetectionDataModule(L.LightningDataModule):
     """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...],
     "image_sizes": (B, 2)} (see `collate`).
@@ -190,6 +208,7 @@ class DetectionDataModule(L.LightningDataModule):
                 self._repeat_rare_classes()
         if self.val_set is None:
             self.val_set = self._source("val", self.make_val, self.val_transform)
+        check_unique_names(list(self.val_set.class_names))
         if self.train_set is not None:
             check_same_classes(list(self.train_set.class_names), list(self.val_set.class_names))
         trainer = getattr(self, "trainer", None)

@@ -115,3 +115,21 @@ def only_matplotlibs_fonts(monkeypatch):
     font_for.cache_clear()
     yield monkeypatch
     font_for.cache_clear()
+
+
+@pytest.fixture
+def without_the_heic_extra(monkeypatch):
+    """PIL as it is without the `heic` extra, whatever this environment has: no HEIF format
+    registered, and the project's image suffixes asked again."""
+    from PIL import Image
+
+    from frcnn.data.sources import image_suffixes
+
+    Image.init()
+    monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "HEIF"})
+    monkeypatch.setattr(Image, "ID", [name for name in Image.ID if name != "HEIF"])
+    extensions = {k: v for k, v in Image.EXTENSION.items() if v != "HEIF"}
+    monkeypatch.setattr(Image, "EXTENSION", extensions)
+    image_suffixes.cache_clear()
+    yield
+    image_suffixes.cache_clear()

@@ -219,9 +219,12 @@ def test_a_folders_subfolders_are_named_where_their_images_are_left_out(tmp_path
         find_images(f"{tmp_path}/scans/")
 
 
-def test_photos_pil_cannot_read_here_are_named_where_they_are_left_out(tmp_path, caplog):
-    """A phone's HEIC photos beside images: named, not passed over; a folder of them alone is
-    refused after the same words (the error would say only that it holds no image)."""
+def test_photos_pil_cannot_read_here_are_named_where_they_are_left_out(
+    without_the_heic_extra, tmp_path, caplog
+):
+    """A phone's HEIC photos beside images, without the `heic` extra: named, not passed over;
+    a folder of them alone is refused after the same words (the error would say only that it
+    holds no image). With the extra they are images (test_transforms, the phone photo)."""
     write_inputs(tmp_path / "in")
     (tmp_path / "in" / "IMG_0001.HEIC").write_bytes(b"(not read)")
     with caplog.at_level("WARNING"):

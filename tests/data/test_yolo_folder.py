@@ -73,10 +73,13 @@ def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics):
     assert empty["boxes"].shape == (0, 4)
 
 
-def test_photos_pil_cannot_read_here_are_left_out_and_named(tmp_path, caplog):
-    """A phone's HEIC photos (PIL reads them only with a plugin) beside a JPEG saved as .jfif
-    (as browsers on Windows save them) and an AVIF file: the HEICs are named where they are
-    left out, the others read (the AVIF where this PIL reads AVIF, else named too)."""
+def test_photos_pil_cannot_read_here_are_left_out_and_named(
+    without_the_heic_extra, tmp_path, caplog
+):
+    """A phone's HEIC photos, without the `heic` extra, beside a JPEG saved as .jfif (as
+    browsers on Windows save them) and an AVIF file: the HEICs are named where they are left
+    out, with the extra that reads them; the others read (the AVIF where this PIL reads AVIF,
+    else named too)."""
     images = {"images/train/a.jfif": PERSON, "images/train/b.heic": CAR, "images/train/c.HEIC": CAR}
     data = {"train": "images/train", "val": "images/train", "names": ["person", "car"]}
     root = write(tmp_path / "yolo", images, data)
@@ -90,7 +93,9 @@ def test_photos_pil_cannot_read_here_are_left_out_and_named(tmp_path, caplog):
         source = YOLOFolder(Transform(200), str(root), "train")
     left_out = ".avif: 1, .heic: 2" if not reads_avif else ".heic: 2"
     message = f"images/train): images in formats PIL cannot read here left out ({left_out}): "
-    assert message + "convert them to JPEG or PNG" in caplog.text
+    assert message + "convert them to JPEG or PNG; HEIC photos are read with the `heic` " in (
+        caplog.text
+    )
     assert [p.name for p in source.images] == ["a.jfif"] + ["d.avif"] * reads_avif
     for index in range(len(source)):
         image, target = source[index]
@@ -185,14 +190,16 @@ def test_a_data_yaml_that_cannot_be_read_right_stops_at_start_up(ultralytics, ya
         YOLOFolder(Transform(200), str(ultralytics), "train")
 
 
-def test_labels_of_a_phone_photo_are_read_against_its_upright_size(tmp_path):
-    """Ultralytics normalises a label by the upright image (stored 80 x 40, EXIF-turned 40 x 80)."""
+@pytest.mark.parametrize(("suffix", "format"), [(".jpg", "JPEG"), (".heic", "HEIF")])
+def test_labels_of_a_phone_photo_are_read_against_its_upright_size(tmp_path, suffix, format):
+    """Ultralytics normalises a label by the upright image (stored 80 x 40, EXIF-turned 40 x 80);
+    an iPhone's HEIC photo (the `heic` extra) as a JPEG."""
     root = write(
         tmp_path / "yolo",
-        {"images/train/p.jpg": "0 0.875 0.125 0.25 0.25"},
+        {f"images/train/p{suffix}": "0 0.875 0.125 0.25 0.25"},
         {"train": "images/train", "names": ["block"]},
     )
-    (root / "images" / "train" / "p.jpg").write_bytes(phone_photo())
+    (root / "images" / "train" / f"p{suffix}").write_bytes(phone_photo(format=format))
     source = YOLOFolder(Transform(80), str(root), "train")
     assert source.record(0).boxes.tolist() == [[30.0, 0.0, 40.0, 20.0]]
     image, target = source[0]

@@ -43,11 +43,17 @@ class SkipLog:
 
 
 # the photo formats looked for in folders (a YOLO split's, predict.py's input), where PIL reads
-# them: HEIC (iPhones') only with a plugin, which the project does not load; AVIF from Pillow 11.2
+# them: HEIC (iPhones') with the `heic` extra's plugin (data.transforms); AVIF from Pillow 11.2
 PHOTO_SUFFIXES = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".mpo",
     ".dng", ".jp2", ".avif", ".heic", ".heif",
 )  # fmt: skip
+
+
+HEIC_EXTRA = (
+    "; HEIC photos are read with the `heic` extra (in a checkout: `uv sync --extra heic`, or "
+    "`pip install -e '.[heic]'`)"
+)
 
 
 @functools.cache
@@ -67,9 +73,11 @@ def image_files(files: list[Path], where: str) -> list[Path]:
     unread = Counter(p.suffix.lower() for p in files if p.suffix.lower() in unreadable)
     if unread:
         log.warning(
-            "%s: images in formats PIL cannot read here left out (%s): convert them to JPEG or PNG",
+            "%s: images in formats PIL cannot read here left out (%s): convert them to JPEG or "
+            "PNG%s",
             where,
             ", ".join(f"{suffix}: {count}" for suffix, count in sorted(unread.items())),
+            HEIC_EXTRA if {".heic", ".heif"} & set(unread) else "",
         )
     return [p for p in files if p.suffix.lower() in readable]
 

@@ -14,6 +14,13 @@ from frcnn.structures import Targets
 
 RESIZE_MODES = ("letterbox", "stretch")
 
+try:  # the `heic` extra: a phone's HEIC photos open as any image, in every process that decodes
+    from pillow_heif import register_heif_opener
+except ImportError:
+    pass
+else:
+    register_heif_opener()
+
 
 @dataclass
 class Record:

@@ -105,6 +105,26 @@ def test_a_validation_file_of_other_classes_than_the_training_file_stops_at_star
     coco_files(coco_folder, monkeypatch).setup("fit")  # the same file for both: the same classes
 
 
+def test_validation_images_that_are_training_images_are_warned_of(coco_folder, monkeypatch, caplog):
+    """One COCO json for both splits (as `val: images/train` in a data.yaml): val/map would
+    measure memory. Training keeps the 3 images with objects; all 3 are among validation's 4.
+    A validation json of other images is not warned of."""
+    with caplog.at_level("WARNING"):
+        coco_files(coco_folder, monkeypatch).setup("fit")
+    warned = "data.val: 3 of its first 4 images are training images (e.g. "
+    assert warned in caplog.text and "val2017/1.jpg): val/map will say how well" in caplog.text
+    file = coco_folder / "annotations/instances_val2017.json"
+    coco = json.loads(file.read_text())
+    coco["images"] = [image for image in coco["images"] if image["id"] == 3]
+    coco["annotations"] = []
+    other = coco_folder / "annotations/val_other.json"
+    other.write_text(json.dumps(coco))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        coco_files(coco_folder, monkeypatch, val={"annotation_file": str(other)}).setup("fit")
+    assert "training images" not in caplog.text
+
+
 def test_two_classes_of_one_name_stop_at_start_up(coco_folder, monkeypatch):
     """Two categories named `dog` (two data sets merged): their per-class AP would be logged
     under one key, one overwriting the other, and a checkpoint's classes matched by name."""

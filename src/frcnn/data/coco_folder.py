@@ -87,6 +87,9 @@ class COCOFolder(MapSource):
     def describe(self, index: int) -> str:
         return f"{self.image_ids[index]} ({self.file_names[index]})"
 
+    def image_file(self, index: int) -> Path:
+        return self.image_dir / self.file_names[index]
+
     def labels(self, index: int) -> np.ndarray:
         rows = self.annotations.rows(index)
         labels = self.annotations.labels[rows][~self.annotations.iscrowd[rows]]

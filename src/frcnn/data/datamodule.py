@@ -18,6 +18,7 @@ from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 from frcnn.checks import check_number
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
+from frcnn.data.sources import MapSource
 from frcnn.data.torch_dataset import DatasetSource
 from frcnn.data.transforms import Transform, collate, relabel
 from frcnn.distributed import distributed
@@ -99,6 +100,30 @@ def check_unique_names(names: list[str]) -> None:
             "per-class AP, init_weights and eval tell classes apart by name. Give each class a "
             "name of its own (a COCO json's categories, data.yaml's names, data.class_names)"
         )
+
+
+VALIDATION_IMAGES_CHECKED = 200  # validation images looked for among the training ones
+
+
+@rank_zero_only  # (a start-up line once, not once per DDP process)
+def warn_validation_in_training(train, val) -> None:
+    """Warn where most of the validation set's first images are training images, as with
+    `val: images/train` in a data.yaml or one COCO json for both: val/map would measure how
+    well the model remembers its training images (sources of image files only)."""
+    if not isinstance(val, MapSource) or not isinstance(train, MapSource):
+        return
+    first = [val.image_file(i) for i in range(min(len(val), VALIDATION_IMAGES_CHECKED))]
+    if not first or None in first:
+        return
+    trained = {os.path.abspath(train.image_file(i)) for i in range(len(train))}
+    shared = [path for path in first if os.path.abspath(path) in trained]
+    if len(shared) > len(first) / 2:
+        log.warning(
+            "data.val: %d of its first %d images are training images (e.g. %s): val/map will "
+            "say how well the model remembers them, not how it does on images it has not "
+            "seen. Give a validation split of other images",
+            len(shared), len(first), shared[0],
+        )  # fmt: skip
 
 
 class DetectionDataModule(L.LightningDataModule):
@@ -211,6 +236,7 @@ class DetectionDataModule(L.LightningDataModule):
         check_unique_names(list(self.val_set.class_names))
         if self.train_set is not None:
             check_same_classes(list(self.train_set.class_names), list(self.val_set.class_names))
+            warn_validation_in_training(self.train_set, self.val_set)
         trainer = getattr(self, "trainer", None)
         if trainer is not None:  # streamed sources: each distributed rank reads its own part
             for ds in (self.train_set, self.val_set):

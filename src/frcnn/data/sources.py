@@ -174,6 +174,10 @@ class MapSource(Dataset):
         """How a log names sample `index` (its image id, its file)."""
         return str(index)
 
+    def image_file(self, index: int) -> Path | None:
+        """The file sample `index` reads its image from, for sources of image files."""
+        return None
+
     def labels(self, index: int) -> np.ndarray:
         """The labels that sample `index` trains on (crowds and difficult objects left out),
         for repeat-factor sampling; sources that know them without reading the image say so."""

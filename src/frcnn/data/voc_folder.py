@@ -101,6 +101,9 @@ class VOCFolder(MapSource):
     def describe(self, index: int) -> str:
         return self.samples[index][0]
 
+    def image_file(self, index: int) -> Path:
+        return self.image_dir / self.samples[index][0]
+
     def labels(self, index: int) -> np.ndarray:
         objects = self.samples[index][1]
         return np.array([self.label_of[name] for name, _, hard in objects if not hard], np.int64)

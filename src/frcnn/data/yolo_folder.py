@@ -259,6 +259,9 @@ class YOLOFolder(MapSource):
     def describe(self, index: int) -> str:
         return str(self.images[index])
 
+    def image_file(self, index: int) -> Path:
+        return self.images[index]
+
     def labels(self, index: int) -> np.ndarray:
         labels_path = label_file(self.images[index])
         classes = parse_labels(labels_path.read_text())[0] if labels_path.is_file() else []

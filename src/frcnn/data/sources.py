@@ -49,7 +49,6 @@ PHOTO_SUFFIXES = (
     ".dng", ".jp2", ".avif", ".heic", ".heif",
 )  # fmt: skip
 
-
 HEIC_EXTRA = (
     "; HEIC photos are read with the `heic` extra (in a checkout: `uv sync --extra heic`, or "
     "`pip install -e '.[heic]'`)"
@@ -102,15 +101,16 @@ def check_image_sizes(images: list[tuple[Path, tuple[int, int] | None]], where: 
     (each would be skipped at run time, `SizeMismatch`). Their headers alone are read."""
     checked, wrong = 0, []
     for path, size in images:
+        if not size:
+            continue
         try:
             with Image.open(path) as image:
                 stored, upright = image.size, upright_size(image)
-        except (FileNotFoundError, *UNREADABLE_IMAGE):  # (skipped, counted at run time)
+        except UNREADABLE_IMAGE:  # (missing or corrupt: skipped, counted at run time)
             continue
-        if size:
-            checked += 1
-            if tuple(size) not in (stored, upright):
-                wrong.append((path, size, stored))
+        checked += 1
+        if tuple(size) not in (stored, upright):
+            wrong.append((path, size, stored))
     if wrong and len(wrong) > checked / 5:
         path, (width, height), (file_width, file_height) = wrong[0]
         raise ValueError(

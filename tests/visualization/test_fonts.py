@@ -4,6 +4,7 @@ else one warning; pictures and figures alike."""
 import io
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -45,6 +46,14 @@ def test_names_no_font_has_are_warned_of_once_for_pictures_and_figures(
     assert "characters that no installed font has (光 全 反 安 帽 衣)" in record.message
     assert "fonts-noto-cjk" in record.message
     assert not [w for w in shown if "missing from font" in str(w.message)]
+
+
+def test_pictures_drawn_in_threads_choose_the_font_once(only_matplotlibs_fonts, caplog):
+    """predict.py draws its pictures in threads: its first ones ask at the same time."""
+    with caplog.at_level(logging.INFO, "frcnn.visualization.fonts"), ThreadPoolExecutor(8) as pool:
+        fonts = list(pool.map(lambda _: label_font(HANZI), range(8)))
+    assert fonts == [DEJAVU_SANS] * 8
+    assert len(caplog.records) == 1, [r.message for r in caplog.records]
 
 
 def test_names_dejavu_sans_lacks_are_drawn_in_an_installed_font_that_has_them(

@@ -4,6 +4,7 @@ once for the pictures (PIL) and the figures (matplotlib)."""
 
 import functools
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ DEJAVU_SANS = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSa
 ASCII = frozenset(range(0x20, 0x7F))
 # matplotlib's last-resort font has a placeholder box for every character: no better than none
 PLACEHOLDER_FONTS = ("Last Resort",)
+CHOOSING = threading.Lock()
 
 
 def label_font(class_names: list[str] | None) -> str:
@@ -28,7 +30,10 @@ def label_font(class_names: list[str] | None) -> str:
     install."""
     used = {ord(c) for c in "".join(class_names or ()) if c.isprintable()}
     lacking = used - font_manager.get_font(DEJAVU_SANS).get_charmap().keys()
-    return font_for(frozenset(lacking)) if lacking else DEJAVU_SANS
+    if not lacking:
+        return DEJAVU_SANS
+    with CHOOSING:  # predict.py draws its pictures in threads: one choice, one log line
+        return font_for(frozenset(lacking))
 
 
 @functools.cache

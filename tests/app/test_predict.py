@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from faster_coco_eval import COCO
 from PIL import Image
 from torchvision.ops import box_iou
 
+import frcnn.app.predict as predict_app
 from frcnn.app import find_images
 from frcnn.app.predict import json_array, read_ahead
 from frcnn.data.synthetic import draw_sample
@@ -200,9 +202,12 @@ def test_videos_in_a_folder_of_images_are_named_where_they_are_left_out(tmp_path
         find_images(str(tmp_path / "clips"), "check_images")
 
 
-def test_a_folders_subfolders_are_named_where_their_images_are_left_out(tmp_path, caplog):
-    """input=<folder> is the folder's own images: those of its subfolders are counted, with
-    the glob that reads them too; a folder whose images are all in subfolders is refused so."""
+def test_a_folders_subfolders_are_named_where_their_images_are_left_out(
+    tmp_path, caplog, monkeypatch
+):
+    """input=<folder> is the folder's own images: those of its subfolders are counted (among
+    their first SUBFOLDER_ENTRIES entries: "or more" past them), with the glob that reads them
+    too; a folder whose images are all in subfolders is refused so."""
     write_inputs(tmp_path / "in")
     (tmp_path / "in" / "day2" / "late").mkdir(parents=True)
     for name in ("day2/a.jpg", "day2/late/b.png", "day2/notes.txt"):
@@ -212,6 +217,11 @@ def test_a_folders_subfolders_are_named_where_their_images_are_left_out(tmp_path
     pattern = f"{tmp_path}/in/**/*"
     assert f"2 images in its subfolders left out (input='{pattern}' reads them too)" in caplog.text
     assert len(find_images(pattern)) == 5  # (the glob's: the README's form)
+    caplog.clear()
+    with caplog.at_level("WARNING"), monkeypatch.context() as bounded:
+        bounded.setattr(predict_app, "SUBFOLDER_ENTRIES", 7)  # (of the 8 entries below in/)
+        find_images(str(tmp_path / "in"))
+    assert re.search(r"[12] or more images in its subfolders left out", caplog.text)
     (tmp_path / "scans" / "2024").mkdir(parents=True)
     (tmp_path / "scans" / "2024" / "c.jpg").write_bytes(b"(not read)")
     refused = r"scans/': no image file; 1 image in its subfolders left out \(input='.*/scans/\*\*/"

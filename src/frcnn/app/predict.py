@@ -31,6 +31,8 @@ from frcnn.visualization.drawing import draw_detections
 
 log = logging.getLogger(__name__)
 
+SUBFOLDER_ENTRIES = 100_000  # a folder input's entries looked at for its subfolders' images
+
 
 def find_images(spec: str, setting: str = "input") -> list[Path]:
     """An image file, a folder (its images, sorted) or a glob pattern -> image paths; the
@@ -54,12 +56,15 @@ def find_images(spec: str, setting: str = "input") -> list[Path]:
             left_out[-1] += f": give a video on its own (input={videos[0]})"
     if path.is_dir():  # a folder is its own images: those of its subfolders are named
         suffixes = image_suffixes()
-        nested = sum(p.parent != path and p.suffix.lower() in suffixes for p in path.rglob("*"))
+        # (a bounded look: input=~ would otherwise walk a whole home folder before starting)
+        entries = list(itertools.islice(path.rglob("*"), SUBFOLDER_ENTRIES))
+        nested = sum(p.parent != path and p.suffix.lower() in suffixes for p in entries)
         if nested:
             pattern = f"{spec.rstrip('/')}/**/*"
+            more = " or more" if len(entries) == SUBFOLDER_ENTRIES else ""
             left_out.append(
-                f"{nested} image{'s' * (nested > 1)} in its subfolders left out "
-                f"({setting}='{pattern}' reads them too)"
+                f"{nested}{more} image{'s' * (nested > 1 or bool(more))} in its subfolders "
+                f"left out ({setting}='{pattern}' reads them too)"
             )
     if not images:
         found = f"; {'; '.join(left_out)}" if left_out else ", folder of images or glob match"

@@ -105,16 +105,18 @@ def only_matplotlibs_fonts(monkeypatch):
     import matplotlib
     from matplotlib import font_manager
 
-    from frcnn.visualization.fonts import font_for
+    from frcnn.visualization.fonts import font_for, names_font
 
     own = matplotlib.get_data_path()
     shipped = [e for e in font_manager.fontManager.ttflist if e.fname.startswith(own)]
     monkeypatch.setattr(font_manager.fontManager, "ttflist", shipped)
     monkeypatch.setattr(font_manager, "findSystemFonts", lambda *args, **kwargs: [])
     monkeypatch.setitem(matplotlib.rcParams, "font.family", matplotlib.rcParams["font.family"])
-    font_for.cache_clear()
+    for cache in (font_for, names_font):
+        cache.cache_clear()
     yield monkeypatch
-    font_for.cache_clear()
+    for cache in (font_for, names_font):
+        cache.cache_clear()
 
 
 @pytest.fixture

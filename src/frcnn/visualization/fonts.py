@@ -28,7 +28,14 @@ def label_font(class_names: list[str] | None) -> str:
     sans-serif faces first), which also becomes matplotlib's fallback so that the figures show
     the names too. Where no font has them, DejaVu Sans, and one warning that says what to
     install."""
-    used = {ord(c) for c in "".join(class_names or ()) if c.isprintable()}
+    return names_font(tuple(class_names or ()))
+
+
+@functools.cache
+def names_font(class_names: tuple[str, ...]) -> str:
+    """label_font, once for each list of names (asked for every picture drawn: LVIS's 1203
+    names are 18,000 characters to look up)."""
+    used = {ord(c) for c in "".join(class_names) if c.isprintable()}
     lacking = used - font_manager.get_font(DEJAVU_SANS).get_charmap().keys()
     if not lacking:
         return DEJAVU_SANS

@@ -277,12 +277,67 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
 
 
+def test_a_checkpoint_equal_to_another_is_a_second_name_of_it_or_a_copy(tmp_path, monkeypatch):
+    """`same_as`, for the next write only: a hard link to that file, which a later write of
+    the name replaces (the other keeps its own); on a file system without hard links, a copy."""
+    import errno
+
+    from frcnn.training.checkpoint import AtomicCheckpointIO
+
+    writer = AtomicCheckpointIO()
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    writer.save_checkpoint({"global_step": 4}, best)
+    writer.same_as = best
+    writer.save_checkpoint({"global_step": 4}, last)
+    assert last.samefile(best) and writer.same_as is None
+    writer.save_checkpoint({"global_step": 8}, last)
+    assert not last.samefile(best) and torch.load(best, weights_only=True) == {"global_step": 4}
+
+    def no_hard_links(source, link):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    writer.same_as = best
+    writer.save_checkpoint({"global_step": 4}, last)
+    assert not last.samefile(best) and torch.load(last, weights_only=True) == {"global_step": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_last_ckpt_is_the_best_checkpoint_written_at_its_validation_under_a_second_name(
+    tmp_path, monkeypatch
+):
+    """A validation that improves writes one file: last.ckpt is a second name of the best one
+    (no second copy, no more disk). Resumed from it, a validation that does not improve writes
+    last.ckpt on its own, and the best checkpoint stays as it was. (The step as the metric,
+    the lowest the best: epoch 0 improves, epoch 1 does not.)"""
+    import frcnn.training.checkpoint
+
+    real, saved = torch.save, []
+    monkeypatch.setattr(
+        frcnn.training.checkpoint.torch,
+        "save",
+        lambda obj, *a, **k: saved.append(obj) or real(obj, *a, **k),
+    )
+    lowest_step = ["callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=min"]
+    run("train.py", "trainer.max_epochs=1", *lowest_step, *TINY, log_dir=tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    assert last.samefile(best) and len(saved) == 1
+    run("train.py", "trainer.max_epochs=2", f"ckpt_path={last}", *lowest_step, *TINY,
+        log_dir=tmp_path)  # fmt: skip
+    assert [p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")] == [best.name]
+    assert not last.samefile(best) and best.stat().st_nlink == 1 and len(saved) == 2
+    assert load_checkpoint(best)["global_step"] == 4 and load_checkpoint(last)["global_step"] == 8
+
+
 def test_a_full_disk_stops_training_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
-    """Epoch 1's best and last checkpoints are written; epoch 2's first write fails."""
-    calls = failing_after(monkeypatch, good_writes=2)
+    """Epoch 1's best checkpoint is written (last.ckpt a second name of it); epoch 2's first
+    write fails."""
+    calls = failing_after(monkeypatch, good_writes=1)
     with pytest.raises(AssertionError, match="could not be written .*the one before it is kept"):
         run("train.py", "trainer.max_epochs=2", *TINY, log_dir=tmp_path)
-    assert len(calls) == 3
+    assert len(calls) == 2
     (run_dir,) = run_dirs(tmp_path)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 4 and last["epoch"] == 0

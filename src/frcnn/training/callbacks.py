@@ -3,6 +3,7 @@ at the same step; a stop when the loss explodes; last.ckpt at every validation, 
 and on SIGTERM; the weights' moving average; the model summary by stage. (The TensorBoard
 pictures are `frcnn.visualization.tensorboard`'s.)"""
 
+import contextlib
 import functools
 import logging
 import signal
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from frcnn.checks import check_number
 from frcnn.distributed import distributed
+from frcnn.training.checkpoint import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,26 @@ class RunCheckpoint(ModelCheckpoint):
             }
         super().load_state_dict(state_dict)
 
+    # (global step, file) of the checkpoint written in this callback's latest call of a hook
+    # that saves: a LastCheckpoint called after it in the same hook (the same state) links to it
+    written: tuple[int, str] | None = None
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.written = None
+        super().on_train_batch_end(trainer, *args)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.written = None
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.written = None
+        super().on_validation_end(trainer, pl_module)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.written = (trainer.global_step, filepath)
+
 
 class LastCheckpoint(RunCheckpoint):
     """`<dirpath>/last.ckpt`, written over at the end of every validation (improved or not) and,
@@ -184,14 +206,51 @@ class LastCheckpoint(RunCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_train_batch_end(self, trainer, *args) -> None:
+        with self.linking(trainer):
+            super().on_train_batch_end(trainer, *args)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        with self.linking(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self._every_n_train_steps < 1:  # saved at every validation by Lightning already
-            return super().on_validation_end(trainer, pl_module)
-        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        with self.linking(trainer):
+            if self._every_n_train_steps < 1:  # saved at every validation by Lightning already
+                return super().on_validation_end(trainer, pl_module)
+            if (
+                trainer.fast_dev_run
+                or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING
+            ):
+                return
+            # also after a step-triggered save of this step: the callbacks' states (best score)
+            # have changed since
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @contextlib.contextmanager
+    def linking(self, trainer):
+        """In a hook that saves: last.ckpt, written at the step of a checkpoint that another
+        checkpoint callback wrote in this hook (before this one: the same state, the best one
+        where it improved), is a second name of that file (`AtomicCheckpointIO.same_as`), not
+        a second copy. (Not on SIGTERM: `on_exception` saves a later state of that step.)"""
+        writer = trainer.strategy.checkpoint_io
+        if not isinstance(writer, AtomicCheckpointIO):
+            yield
             return
-        # also after a step-triggered save of this step: the callbacks' states (best score)
-        # have changed since
-        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+        writer.same_as = next(
+            (
+                Path(other.written[1])
+                for other in trainer.checkpoint_callbacks
+                if other is not self and getattr(other, "written", None)
+                and other.written[0] == trainer.global_step
+            ),
+            None,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            writer.same_as = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """SIGTERM (`Preemption`): last.ckpt is written at the step every process stopped

@@ -57,19 +57,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     file system replaces it whole). A write that fails (a full disk, no permission, a kill)
     leaves the previous checkpoint as it was; the error names the file and stops the run.
     (Lightning's own writer copies a finished file over the old one, in place, when the folder
-    lies on another file system than the temporary folder.)"""
+    lies on another file system than the temporary folder.)
+
+    `same_as`: a checkpoint file that the next one written equals (`LastCheckpoint` sets it at a
+    validation whose best checkpoint was just written): that one becomes a second name of it (a
+    hard link: nothing written, no more disk), or is written where the file system has none."""
+
+    same_as: Path | None = None
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        same, self.same_as = self.same_as, None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
+            if not (same and hard_linked(same, temporary)):
+                with open(temporary, "wb") as file:
+                    torch.save(checkpoint, file)
+                    file.flush()
+                    os.fsync(file.fileno())
             os.replace(temporary, path)
         except BaseException as err:
             temporary.unlink(missing_ok=True)
@@ -80,6 +88,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     "the one before it is kept",
                 ) from err
             raise
+
+
+def hard_linked(source: Path, link: Path) -> bool:
+    """`link` made a second name of the file `source`; False where that fails (a file system
+    without hard links, `source` gone)."""
+    try:
+        os.link(source, link)
+    except OSError:
+        return False
+    return True
 
 
 def read_file(path: str | Path | None, key: str = "ckpt_path"):

@@ -1,7 +1,9 @@
 """The weight EMA: the hand-computed average of every step, in the checkpoint, resumed."""
 
 import math
-import os
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -11,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from frcnn.training.callbacks import WeightEMA
+from tests.app.helpers import ROOT, process_env
 
 DECAY, WARMUP = 0.5, 4.0
 
@@ -129,21 +132,26 @@ class Sharded(Small):
         return data()
 
 
+def ddp_fit(folder: str) -> None:
+    """`Sharded` trained by two forked processes (`ddp_fork`) with the EMA; SameOnEveryRank
+    checks the averages (before the EMA: at train end it hands its average to the model)."""
+    run = trainer(
+        Path(folder), SameOnEveryRank(), WeightEMA(DECAY, WARMUP), max_steps=3, devices=2,
+        strategy="ddp_fork",
+    )  # fmt: skip
+    run.fit(Sharded())
+
+
 def test_under_ddp_every_process_keeps_the_same_average(tmp_path):
     """Two processes (Lightning's DDP on the CPU, gloo): the weights stay equal through the
     gradient all-reduce, so do the averages, updated at the same steps. The processes are forked
-    (`ddp_fork`): spawned ones import torch and Lightning again, ~7 s of a 7 s test."""
-    # the check before the EMA: at train end the EMA hands its average to the model, then drops it
-    run = trainer(
-        tmp_path, SameOnEveryRank(), WeightEMA(DECAY, WARMUP), max_steps=3, devices=2,
-        strategy="ddp_fork",
+    (spawned ones would import torch and Lightning again) from a Python of their own: a fork of
+    a test process that has run a compiled model's backward fails ("Unable to handle autograd's
+    threading in combination with fork-based multiprocessing"), and Lightning sets
+    MASTER_PORT, WORLD_SIZE, ... in the process it forks from."""
+    code = f"from tests.training.test_ema import ddp_fit; ddp_fit({str(tmp_path)!r})"
+    ran = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=process_env(), capture_output=True,
+        text=True, timeout=300,
     )  # fmt: skip
-    # Lightning sets MASTER_PORT, WORLD_SIZE, ... in this process: restored after the test, or
-    # every later DDP run the tests start would inherit one fixed port (a sweep's second run
-    # then meets its first run's rendezvous)
-    environ = dict(os.environ)
-    try:
-        run.fit(Sharded())
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
+    assert ran.returncode == 0, ran.stderr[-3000:]

@@ -192,7 +192,9 @@ class LastCheckpoint(RunCheckpoint):
     """`<dirpath>/last.ckpt`, written over at the end of every validation (improved or not) and,
     with `every_n_train_steps`, every N training steps as well: a run can be resumed from its
     latest validation whatever N is. (Lightning's ModelCheckpoint saves on one trigger only: with
-    a step trigger it skips validations that fall between multiples of N.)"""
+    a step trigger it skips validations that fall between multiples of N.) Where the best
+    checkpoint was written just before it, of the same state, last.ckpt is that file under a
+    second name (`linking`): one write, one copy on the disk."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
         super().__init__(

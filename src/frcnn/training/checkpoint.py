@@ -59,9 +59,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (Lightning's own writer copies a finished file over the old one, in place, when the folder
     lies on another file system than the temporary folder.)
 
-    `same_as`: a checkpoint file that the next one written equals (`LastCheckpoint` sets it at a
-    validation whose best checkpoint was just written): that one becomes a second name of it (a
-    hard link: nothing written, no more disk), or is written where the file system has none."""
+    `same_as`: a checkpoint file that the next one written equals (`LastCheckpoint` sets it
+    where the best checkpoint was just written, of the same state): that one becomes a second
+    name of it (a hard link: nothing written, no more disk), or is written where the file
+    system has none."""
 
     same_as: Path | None = None
 

@@ -310,14 +310,7 @@ def test_last_ckpt_is_the_best_checkpoint_written_at_its_validation_under_a_seco
     (no second copy, no more disk). Resumed from it, a validation that does not improve writes
     last.ckpt on its own, and the best checkpoint stays as it was. (The step as the metric,
     the lowest the best: epoch 0 improves, epoch 1 does not.)"""
-    import frcnn.training.checkpoint
-
-    real, saved = torch.save, []
-    monkeypatch.setattr(
-        frcnn.training.checkpoint.torch,
-        "save",
-        lambda obj, *a, **k: saved.append(obj) or real(obj, *a, **k),
-    )
+    saved = failing_after(monkeypatch, good_writes=2)
     lowest_step = ["callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=min"]
     run("train.py", "trainer.max_epochs=1", *lowest_step, *TINY, log_dir=tmp_path)
     (run_dir,) = run_dirs(tmp_path)

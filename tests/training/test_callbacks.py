@@ -5,10 +5,13 @@ import signal
 
 import lightning as L
 import pytest
+import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader, TensorDataset
 
-from frcnn.training.callbacks import Preemption
+from frcnn.training.callbacks import LastCheckpoint, Preemption, RunCheckpoint
+from frcnn.training.checkpoint import AtomicCheckpointIO
 
 
 @pytest.fixture
@@ -56,3 +59,48 @@ def test_a_signal_that_comes_while_the_processes_agree_stops_training_after_the_
     with pytest.raises(SIGTERMException):
         preemption.on_train_batch_end(None, None, None, None, 1)
     assert preemption.stopped_by == signal.SIGTERM
+
+
+class Linear(L.LightningModule):
+    """A linear layer that trains and validates (its validation loss logged)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.net(batch[0]).pow(2).mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("last_first", [True, False])
+def test_last_ckpt_is_no_second_name_of_a_save_before_its_validation(tmp_path, last_first):
+    """A checkpoint saved every 2 steps (in `on_train_batch_end`) and a validation at step 2:
+    last.ckpt, written at the validation's end, holds the state after it (the validation
+    counted), not a second name of step 2's earlier file, whichever callback comes first (the
+    one listed first once linked to the file of the hook before)."""
+    last = LastCheckpoint(str(tmp_path))
+    every_2 = RunCheckpoint(
+        dirpath=str(tmp_path), every_n_train_steps=2, save_top_k=-1, filename="{step}"
+    )
+    loader = DataLoader(TensorDataset(torch.randn(12, 3)), batch_size=4)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[last, every_2] if last_first else [every_2, last], max_steps=2,
+        val_check_interval=2, limit_val_batches=1, plugins=[AtomicCheckpointIO()],
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(Linear(), loader, loader)
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt", "step=2.ckpt"]
+    assert not (tmp_path / "last.ckpt").samefile(tmp_path / "step=2.ckpt")
+
+    def validations(name):
+        loops = torch.load(tmp_path / name, weights_only=True)["loops"]["fit_loop"]
+        return loops["epoch_loop.val_loop.batch_progress"]["total"]["completed"]
+
+    assert validations("step=2.ckpt") == 0 and validations("last.ckpt") == 1

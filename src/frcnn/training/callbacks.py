@@ -167,25 +167,27 @@ class RunCheckpoint(ModelCheckpoint):
             }
         super().load_state_dict(state_dict)
 
-    # (global step, file) of the checkpoint written in this callback's latest call of a hook
-    # that saves: a LastCheckpoint called after it in the same hook (the same state) links to it
-    written: tuple[int, str] | None = None
+    # (global step, hook, file) of the checkpoint written in this callback's latest call of a
+    # hook that saves: a LastCheckpoint called after it in the same call of the same hook (the
+    # same state) links to it; the hook tells that call from an earlier hook's at the same step
+    written: tuple[int, str, str] | None = None
+    _hook = ""
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        self.written = None
+        self._hook, self.written = "on_train_batch_end", None
         super().on_train_batch_end(trainer, *args)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.written = None
+        self._hook, self.written = "on_train_epoch_end", None
         super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        self.written = None
+        self._hook, self.written = "on_validation_end", None
         super().on_validation_end(trainer, pl_module)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        self.written = (trainer.global_step, filepath)
+        self.written = (trainer.global_step, self._hook, filepath)
 
 
 class LastCheckpoint(RunCheckpoint):
@@ -209,15 +211,15 @@ class LastCheckpoint(RunCheckpoint):
         )
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        with self.linking(trainer):
+        with self.linking(trainer, "on_train_batch_end"):
             super().on_train_batch_end(trainer, *args)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        with self.linking(trainer):
+        with self.linking(trainer, "on_train_epoch_end"):
             super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        with self.linking(trainer):
+        with self.linking(trainer, "on_validation_end"):
             if self._every_n_train_steps < 1:  # saved at every validation by Lightning already
                 return super().on_validation_end(trainer, pl_module)
             if (
@@ -231,21 +233,23 @@ class LastCheckpoint(RunCheckpoint):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     @contextlib.contextmanager
-    def linking(self, trainer):
-        """In a hook that saves: last.ckpt, written at the step of a checkpoint that another
-        checkpoint callback wrote in this hook (before this one: the same state, the best one
-        where it improved), is a second name of that file (`AtomicCheckpointIO.same_as`), not
-        a second copy. (Not on SIGTERM: `on_exception` saves a later state of that step.)"""
+    def linking(self, trainer, hook: str):
+        """In a call of the `hook` that saves: last.ckpt, written at the step of a checkpoint
+        that another checkpoint callback wrote in this call (before this one: the same state,
+        the best one where it improved), is a second name of that file
+        (`AtomicCheckpointIO.same_as`), not a second copy. Not one written in an earlier hook
+        of the step (a step-triggered save before its validation: an earlier state), whatever
+        the callbacks' order; not on SIGTERM (`on_exception` saves a later state of that step)."""
         writer = trainer.strategy.checkpoint_io
         if not isinstance(writer, AtomicCheckpointIO):
             yield
             return
         writer.same_as = next(
             (
-                Path(other.written[1])
+                Path(other.written[2])
                 for other in trainer.checkpoint_callbacks
                 if other is not self and getattr(other, "written", None)
-                and other.written[0] == trainer.global_step
+                and other.written[:2] == (trainer.global_step, hook)
             ),
             None,
         )  # fmt: skip

@@ -6,13 +6,16 @@ import subprocess
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from frcnn.app.predict import Tally, video_summary_lines
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, process_env, run
@@ -185,3 +188,20 @@ def test_bad_video_settings_are_refused_before_the_checkpoint_loads(tmp_path, ov
     with pytest.raises(AssertionError, match=message):
         run("predict.py", "ckpt_path=x.ckpt", *args, log_dir=tmp_path / "logs")
     assert clip.stat().st_size > 0 and len(decoded(clip)) == FRAMES
+
+
+def test_the_summary_of_a_video_whose_detections_all_score_below_draw_thresh_says_so():
+    """As for images (test_predict): the annotated video shows no boxes, and the summary says
+    which threshold would draw the best detections; nothing of the kind where some are drawn."""
+    cfg = OmegaConf.create({"stride": 2, "draw_thresh": 0.9})
+    movie, lines = Path("out/clip.mp4"), Path("out/detections.jsonl")
+    tally = Tally(done=3, found=4, best=0.4271, drawn=0, skipped=["packet 5: damaged"])
+    summary = "\n".join(video_summary_lines(cfg, tally, 0, movie, lines))
+    assert summary.startswith("3 frames (every 2), 4 detections -> out\n")
+    assert (
+        "No detection scored 0.9 or more (the best 0.427): the video shows no boxes; "
+        "draw_thresh=0.43 would draw the best ones"
+    ) in summary
+    assert summary.endswith("skipped, undecodable: packet 5: damaged")
+    tally.drawn = 1
+    assert "No detection scored" not in "\n".join(video_summary_lines(cfg, tally, 0, movie, lines))

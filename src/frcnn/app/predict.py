@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -126,18 +127,42 @@ def output_names(files: list[Path]) -> list[str]:
 
 
 @contextmanager
-def stop_on_sigterm():
+def stop_on_sigterm(kept: str):
     """SIGTERM (a scheduler, `kill`) stops the command as Ctrl-C does, with an exception, so
-    that what it keeps in `finally` is written; it exits with status 143 (128 + SIGTERM)."""
+    that what it keeps in `finally` is written (`kept`: what that is, for the log); it exits
+    with status 143 (128 + SIGTERM)."""
+    status = 128 + signal.SIGTERM
 
     def stop(signum, frame):
-        raise SystemExit(128 + signal.SIGTERM)
+        raise SystemExit(status)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
+    except SystemExit as stopped:
+        if stopped.code == status:
+            log.error("predict stopped by SIGTERM: %s", kept)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class Tally:
+    """What a run has done so far: the inputs (images or frames) detected on, their
+    detections, the best score, the detections drawn, and the inputs skipped (why)."""
+
+    done: int = 0
+    found: int = 0
+    best: float = 0.0
+    drawn: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, results: list[dict]) -> None:
+        """One input's COCO-style results."""
+        self.done += 1
+        self.found += len(results)
+        self.best = max([self.best, *(r["score"] for r in results)])
 
 
 def predict_files(cfg) -> dict:
@@ -149,71 +174,77 @@ def predict_files(cfg) -> dict:
     at least `draw_thresh`. Returns a small report.
     """
     files = find_images(cfg.input)
-    output = Path(cfg.output).expanduser().resolve()
-    if any(path.resolve().parent == output for path in files):
-        raise ValueError(
-            f"output={cfg.output!r} holds input images, which the annotated copies would "
-            "overwrite: choose another output folder"
-        )
+    output = pictures_folder(cfg.output, files)
     tiles = tile_settings(cfg)  # (checked before the model loads)
     pixel_limit = image_pixel_limit(cfg.get("max_image_pixels"))
     predictor = load_predictor(cfg)
-    prepare, detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
-    corrupt, drawn_count, found_count, best = [], 0, 0, 0.0
-    ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
     json_path = output / "detections.json"
+    started = time.monotonic()
+    with (
+        stop_on_sigterm(f"{json_path} holds the images done so far"),
+        pixel_limit,
+        json_array(json_path) as write_results,
+    ):
+        tally = detect_files(cfg, files, predictor, tiles, write_results, output)
+    seconds = time.monotonic() - started
+    log.info("\n".join(summary_lines(cfg, tally, json_path, seconds)))
+    return {
+        "images": tally.done,
+        "detections": tally.found,
+        "drawn": tally.drawn,
+        "corrupt": tally.skipped,
+    }
+
+
+def pictures_folder(setting: str, files: list[Path]) -> Path:
+    """The output folder (`output=` as given: `setting`), refused where it holds input images,
+    which the annotated copies would overwrite."""
+    output = Path(setting).expanduser().resolve()
+    if any(path.resolve().parent == output for path in files):
+        raise ValueError(
+            f"output={setting!r} holds input images, which the annotated copies would "
+            "overwrite: choose another output folder"
+        )
+    return output
+
+
+def detect_files(cfg, files: list[Path], predictor, tiles, write_results, output) -> Tally:
+    """Detects on `files` (with `tiles`: `tile_settings`) a batch at a time, the next batch
+    read while one is detected (`read_ahead`); each image's results go to `write_results`, its
+    picture to `output` (drawn and saved by the reading threads, at most a batch of them
+    waiting)."""
+    prepare, detect = detector(cfg, predictor, tiles)
+    # (tiles: the crops are prepared later, from the image)
+    prepare_file = predictor.prepare_file if prepare else None
+    ids, names, inputs = image_ids(files), output_names(files), input_names(cfg.input, files)
     batches = [
         range(start, min(start + cfg.batch_size, len(files)))
         for start in range(0, len(files), cfg.batch_size)
     ]
-    started = time.monotonic()
-    try:
-        with (
-            stop_on_sigterm(),
-            pixel_limit,
-            json_array(json_path) as write_results,
-            tqdm(total=len(files), unit="image", desc="predict") as progress,
-            ThreadPoolExecutor(IO_THREADS) as pool,
-        ):
-            saving = deque()  # each picture's drawn count, to come
-            # (tiles: the crops are prepared later, from the image)
-            file_input = predictor.prepare_file if prepare else None
-            for batch in read_ahead(pool, files, batches, file_input):
-                corrupt += [read.problem for read in batch if read.problem]
-                readable = [read for read in batch if not read.problem]
-                detections = (
-                    detect([read.image for read in readable], [read.prepared for read in readable])
-                    if readable
-                    else []
-                )
-                for read, detection in zip(readable, detections, strict=True):
-                    index = read.index
-                    saving.append(
-                        pool.submit(
-                            save_picture, read.image, detection, predictor, cfg.draw_thresh,
-                            output / names[index],
-                        )
-                    )  # fmt: skip
-                    found = predictor.coco_results(detection, ids[index], inputs[index])
-                    write_results({**r, "picture": names[index]} for r in found)
-                    found_count += len(found)
-                    best = max([best, *(r["score"] for r in found)])
-                drawn_count += finished(saving, cfg.batch_size)  # at most a batch waits
-                progress.update(len(batch))
-            drawn_count += finished(saving)
-    except SystemExit:
-        log.error("predict stopped by SIGTERM: %s holds the images done so far", json_path)
-        raise
-    seconds = time.monotonic() - started
-    counts = found_count, best, drawn_count
-    log.info("\n".join(summary_lines(cfg, len(files), counts, corrupt, json_path, seconds)))
-    return {
-        "images": len(files) - len(corrupt),
-        "detections": found_count,
-        "drawn": drawn_count,
-        "corrupt": corrupt,
-    }
+    tally, saving = Tally(), deque()  # (saving: each picture's drawn count, to come)
+    with (
+        tqdm(total=len(files), unit="image", desc="predict") as progress,
+        ThreadPoolExecutor(IO_THREADS) as pool,
+    ):
+        for batch in read_ahead(pool, files, batches, prepare_file):
+            tally.skipped += [read.problem for read in batch if read.problem]
+            readable = [read for read in batch if not read.problem]
+            images, prepared = [r.image for r in readable], [r.prepared for r in readable]
+            detections = detect(images, prepared) if readable else []
+            for read, detection in zip(readable, detections, strict=True):
+                picture = output / names[read.index]
+                saving.append(
+                    pool.submit(save_picture, read.image, detection, predictor, cfg.draw_thresh,
+                                picture)
+                )  # fmt: skip
+                found = predictor.coco_results(detection, ids[read.index], inputs[read.index])
+                write_results({**r, "picture": names[read.index]} for r in found)
+                tally.add(found)
+            tally.drawn += finished(saving, cfg.batch_size)  # at most a batch waits
+            progress.update(len(batch))
+        tally.drawn += finished(saving)
+    return tally
 
 
 def image_pixel_limit(limit):
@@ -430,51 +461,31 @@ def predict_video(cfg) -> dict:
     prepare, detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)
     lines_path = output / "detections.jsonl"
-    undecodable, frames, detections_count, drawn_count = [], 0, 0, 0
+    tally = Tally()
     total = -(-info.frames // stride) if info.frames else None
-    frames_in = video.read_frames(source, stride, undecodable)
+    frames = video.read_frames(source, stride, tally.skipped)
     with (
-        stop_on_sigterm(),
+        stop_on_sigterm(f"{lines_path} holds the frames done so far"),
         lines_path.open("w") as lines,
         video.video_writer(movie, info.fps / stride, info.width, info.height) as write,
         tqdm(total=total, unit="frame", desc="predict") as progress,
         ThreadPoolExecutor(IO_THREADS) as pool,
         ThreadPoolExecutor(1) as encoder,  # (one thread: the frames in order)
     ):
-        try:
-            writing = deque()  # each frame's drawn count, to come
-            for batch in frames_ahead(pool, frames_in, cfg.batch_size, prepare):
-                found = detect([frame.image for frame, _ in batch], [p for _, p in batch])
-                for (frame, _), detection in zip(batch, found, strict=True):
-                    picture = pool.submit(
-                        annotated, frame.image, detection, predictor, cfg.draw_thresh
-                    )
-                    writing.append(encoder.submit(encode, write, picture, frame.time_s))
-                    line = frame_line(frame, detection, predictor, source.name)
-                    lines.write(json.dumps(line) + "\n")
-                    frames += 1
-                    detections_count += len(line["detections"])
-                drawn_count += finished(writing, cfg.batch_size)  # at most a batch waits
-                progress.update(len(batch))
-            drawn_count += finished(writing)
-        except SystemExit:
-            log.error("predict stopped by SIGTERM: %s holds the frames done so far", lines_path)
-            raise
-    summary = [
-        f"{frames} frames (every {stride}), {detections_count} detections -> {output}",
-        f"  video: {movie} ({drawn_count} detections drawn, scoring >= "
-        f"draw_thresh={cfg.draw_thresh})",
-        f"  detections: {lines_path} (a JSON line per frame)",
-    ]
-    if info.rotation:
-        turn = {90: "90 degrees counter-clockwise", 180: "180 degrees", 270: "90 degrees clockwise"}
-        summary.append(
-            f"  frames turned {turn[info.rotation]} to stand upright, as the video's display "
-            "matrix says: the boxes are in the upright frames' pixels"
-        )
-    summary += [f"  skipped, undecodable: {problem}" for problem in undecodable]
-    log.info("\n".join(summary))
-    return {"frames": frames, "detections": detections_count, "undecodable": undecodable}
+        writing = deque()  # each frame's drawn count, to come
+        for batch in frames_ahead(pool, frames, cfg.batch_size, prepare):
+            found = detect([frame.image for frame, _ in batch], [p for _, p in batch])
+            for (frame, _), detection in zip(batch, found, strict=True):
+                picture = pool.submit(annotated, frame.image, detection, predictor, cfg.draw_thresh)
+                writing.append(encoder.submit(encode, write, picture, frame.time_s))
+                line = frame_line(frame, detection, predictor, source.name)
+                lines.write(json.dumps(line) + "\n")
+                tally.add(line["detections"])
+            tally.drawn += finished(writing, cfg.batch_size)  # at most a batch waits
+            progress.update(len(batch))
+        tally.drawn += finished(writing)
+    log.info("\n".join(video_summary_lines(cfg, tally, info.rotation, movie, lines_path)))
+    return {"frames": tally.done, "detections": tally.found, "undecodable": tally.skipped}
 
 
 def frames_ahead(pool: ThreadPoolExecutor, frames: Iterator, size: int, prepare=None):
@@ -521,22 +532,49 @@ def frame_line(frame, detection: dict, predictor, source_name: str) -> dict:
     return {"frame": frame.index, "time_s": round(frame.time_s, 4), "detections": results}
 
 
-def summary_lines(cfg, num_files, counts, corrupt, json_path, seconds) -> list[str]:
-    """The end of a run on image files; `counts`: (detections, the best score, those drawn)."""
-    found, best, drawn = counts
-    images = num_files - len(corrupt)
+def summary_lines(cfg, tally: Tally, json_path: Path, seconds: float) -> list[str]:
+    """The end of a run on image files."""
+    rate = tally.done / max(seconds, 1e-9)
     lines = [
-        f"{images} images in {seconds:.1f} s ({images / max(seconds, 1e-9):.1f} images/s), "
-        f"{found} detections -> {json_path.parent}",
-        f"  pictures: {drawn} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
-        f"  COCO results: {json_path} (all {found})",
+        f"{tally.done} images in {seconds:.1f} s ({rate:.1f} images/s), {tally.found} "
+        f"detections -> {json_path.parent}",
+        f"  pictures: {tally.drawn} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
+        f"  COCO results: {json_path} (all {tally.found})",
+        *nothing_drawn(tally, cfg.draw_thresh, "the pictures show"),
     ]
-    if found and not drawn:
-        lines.append(
-            f"  No detection scored {cfg.draw_thresh} or more (the best {best:.3f}): the "
-            f"pictures show no boxes; draw_thresh={best:.2f} would draw the best ones"
-        )
-    if corrupt:
-        lines.append(f"  {len(corrupt)} files could not be read and were skipped:")
-        lines += [f"    {c}" for c in corrupt]
+    if tally.skipped:
+        lines.append(f"  {len(tally.skipped)} files could not be read and were skipped:")
+        lines += [f"    {problem}" for problem in tally.skipped]
     return lines
+
+
+def video_summary_lines(cfg, tally: Tally, rotation: int, movie: Path, lines: Path) -> list[str]:
+    """The end of a run on a video (`rotation`: the quarter turns its frames were stood up by,
+    in degrees counter-clockwise)."""
+    summary = [
+        f"{tally.done} frames (every {cfg.get('stride', 1)}), {tally.found} detections -> "
+        f"{movie.parent}",
+        f"  video: {movie} ({tally.drawn} detections drawn, scoring >= "
+        f"draw_thresh={cfg.draw_thresh})",
+        f"  detections: {lines} (a JSON line per frame)",
+    ]
+    if rotation:
+        turn = {90: "90 degrees counter-clockwise", 180: "180 degrees", 270: "90 degrees clockwise"}
+        summary.append(
+            f"  frames turned {turn[rotation]} to stand upright, as the video's display "
+            "matrix says: the boxes are in the upright frames' pixels"
+        )
+    summary += nothing_drawn(tally, cfg.draw_thresh, "the video shows")
+    return summary + [f"  skipped, undecodable: {problem}" for problem in tally.skipped]
+
+
+def nothing_drawn(tally: Tally, draw_thresh: float, output_shows: str) -> list[str]:
+    """For a run whose detections all scored below `draw_thresh`, a line that says so: its
+    output (`output_shows`: "the pictures show") shows no boxes, and which threshold would
+    draw the best."""
+    if not tally.found or tally.drawn:
+        return []
+    return [
+        f"  No detection scored {draw_thresh} or more (the best {tally.best:.3f}): "
+        f"{output_shows} no boxes; draw_thresh={tally.best:.2f} would draw the best ones"
+    ]

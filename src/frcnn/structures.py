@@ -1,4 +1,5 @@
-"""The small structures the stages pass on, and the shape legend of the model's docstrings.
+"""The small structures the stages pass on, the shape legend of the model's docstrings, and
+how a label and a count read in what the user is shown.
 
 Shapes:
     B   images in the batch
@@ -23,6 +24,11 @@ from torch.nn.utils.rnn import pad_sequence
 def class_name(label: int, class_names: list[str] | None) -> str:
     """The name of label 1..C, or the label itself where the data has no names."""
     return class_names[label - 1] if class_names else str(label)
+
+
+def counted(count: int, noun: str) -> str:
+    """`count` `noun`s, singular for one: "1 image", "0 images", "3 images"."""
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 class GroundTruth(NamedTuple):

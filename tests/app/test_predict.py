@@ -144,7 +144,7 @@ def test_predict_py_writes_images_and_coco_results_and_reports_corrupt_files(tra
         "device=cpu",
         log_dir=tmp_path / "logs",
     )
-    assert "1 files could not be read" in result.stderr + result.stdout
+    assert "1 unreadable file skipped:" in result.stderr + result.stdout
     assert "broken.jpg" in result.stderr + result.stdout
     for i, (width, height) in sizes.items():
         assert Image.open(out / f"{i}.jpg").size == (width, height)
@@ -352,6 +352,17 @@ def test_coco_results_keep_what_the_pictures_leave_out(trained, tmp_path):
     assert f"No detection scored 0.99 or more (the best {max(scores):.3f})" in printed
     out, printed = predict(trained, tmp_path, tmp_path / "in", "draw_thresh=0.05")  # all
     assert f"{len(scores)} detections drawn" in printed and "No detection scored" not in printed
+
+
+def test_the_summary_of_one_photo_and_one_detection_counts_them_in_the_singular(
+    trained, tmp_path
+):
+    draw_sample(5, 0, 6).image.save(tmp_path / "photo.png")
+    args = ("score_thresh=0.0", "max_detections=1", "draw_thresh=0.0")
+    out, printed = predict(trained, tmp_path, tmp_path / "photo.png", *args)
+    assert len(json.loads((out / "detections.json").read_text())) == 1
+    assert re.search(r"\b1 image in [\d.]+ s \([\d.]+ images/s\), 1 detection -> ", printed)
+    assert "pictures: 1 detection drawn (scoring >= draw_thresh=0.0)" in printed
 
 
 def test_a_decompression_bomb_is_skipped_and_named(trained, tmp_path, monkeypatch):

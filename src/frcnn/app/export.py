@@ -15,6 +15,7 @@ from frcnn.data.sources import UNREADABLE_IMAGE
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import detector_graph
 from frcnn.inference.predictor import Predictor, open_image, per_image
+from frcnn.structures import counted
 from frcnn.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def calibration_batches(loader, count: int) -> list:
         if taken >= count:
             break
     fewer = f" (all the data has; calibration_images={count})" if taken < count else ""
-    log.info("Quantizing to int8, calibrated on %d training images%s...", taken, fewer)
+    log.info("Quantizing to int8, calibrated on %s%s...", counted(taken, "training image"), fewer)
     return batches
 
 
@@ -181,7 +182,7 @@ def quantize_graph(cfg, data, calibration, graphs, info, output) -> None:
     found = quantize.mean_ap(detectors, data.val_dataloader())
     drop = found["float32"]["map"] - found["int8"]["map"]
     count = found["int8"]["images"]
-    lines = [f"mAP on the checkpoint's validation data ({count} images):"]
+    lines = [f"mAP on the checkpoint's validation data ({counted(count, 'image')}):"]
     lines += [
         f"  {name:<8} mAP {v['map']:.4f}  mAP@0.5 {v['map_50']:.4f}" for name, v in found.items()
     ]
@@ -254,11 +255,11 @@ def check_images(spec: str | None, predictor: Predictor) -> list:
 
 def check_lines(reports: list[dict], count: int, runtime: str) -> list[str]:
     """The check's report, a line per image and batch size."""
-    lines = [f"{runtime} against PyTorch on {count} images:"]
+    lines = [f"{runtime} against PyTorch on {counted(count, 'image')}:"]
     for r in reports:
         verdict = "same" if r["ok"] else "DIFFERENT"
         lines.append(
-            f"  batch {r['batch']}, image {r['image']}: {r['count']} detections "
+            f"  batch {r['batch']}, image {r['image']}: {counted(r['count'], 'detection')} "
             f"(PyTorch {r['expected']}), boxes within {r['box_diff']:.1e} px, scores within "
             f"{r['score_diff']:.1e}: {verdict}"
         )

@@ -28,6 +28,7 @@ from frcnn.data.sources import UNREADABLE_IMAGE, image_files, image_suffixes
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
 from frcnn.inference.video import VIDEO_SUFFIXES
+from frcnn.structures import counted
 from frcnn.visualization.drawing import draw_detections
 
 log = logging.getLogger(__name__)
@@ -536,14 +537,15 @@ def summary_lines(cfg, tally: Tally, json_path: Path, seconds: float) -> list[st
     """The end of a run on image files."""
     rate = tally.done / max(seconds, 1e-9)
     lines = [
-        f"{tally.done} images in {seconds:.1f} s ({rate:.1f} images/s), {tally.found} "
-        f"detections -> {json_path.parent}",
-        f"  pictures: {tally.drawn} detections drawn (scoring >= draw_thresh={cfg.draw_thresh})",
+        f"{counted(tally.done, 'image')} in {seconds:.1f} s ({rate:.1f} images/s), "
+        f"{counted(tally.found, 'detection')} -> {json_path.parent}",
+        f"  pictures: {counted(tally.drawn, 'detection')} drawn (scoring >= "
+        f"draw_thresh={cfg.draw_thresh})",
         f"  COCO results: {json_path} (all {tally.found})",
         *nothing_drawn(tally, cfg.draw_thresh, "the pictures show"),
     ]
     if tally.skipped:
-        lines.append(f"  {len(tally.skipped)} files could not be read and were skipped:")
+        lines.append(f"  {counted(len(tally.skipped), 'unreadable file')} skipped:")
         lines += [f"    {problem}" for problem in tally.skipped]
     return lines
 
@@ -552,9 +554,9 @@ def video_summary_lines(cfg, tally: Tally, rotation: int, movie: Path, lines: Pa
     """The end of a run on a video (`rotation`: the quarter turns its frames were stood up by,
     in degrees counter-clockwise)."""
     summary = [
-        f"{tally.done} frames (every {cfg.get('stride', 1)}), {tally.found} detections -> "
-        f"{movie.parent}",
-        f"  video: {movie} ({tally.drawn} detections drawn, scoring >= "
+        f"{counted(tally.done, 'frame')} (every {cfg.get('stride', 1)}), "
+        f"{counted(tally.found, 'detection')} -> {movie.parent}",
+        f"  video: {movie} ({counted(tally.drawn, 'detection')} drawn, scoring >= "
         f"draw_thresh={cfg.draw_thresh})",
         f"  detections: {lines} (a JSON line per frame)",
     ]

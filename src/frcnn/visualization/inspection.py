@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 
 from frcnn.boxes import clip_boxes
 from frcnn.model.matching import IGNORED, NEGATIVE, training_labels
-from frcnn.structures import pad_targets
+from frcnn.structures import counted, pad_targets
 from frcnn.visualization.canvas import figure
 from frcnn.visualization.drawing import draw_detections
 
@@ -177,11 +177,8 @@ def detections_figure(model, image, size, target=None, class_names=None, min_sco
     device = next(model.parameters()).device
     detection = model(image[None].to(device), image_sizes=size[None].to(device))[0]
     drawn = draw_detections(image, detection, target, class_names, min_score)
-    _show(
-        ax,
-        drawn,
-        f"{int((detection['scores'] >= min_score).sum())} detections scoring >= {min_score}",
-    )
+    shown = int((detection["scores"] >= min_score).sum())
+    _show(ax, drawn, f"{counted(shown, 'detection')} scoring >= {min_score}")
     return fig
 
 

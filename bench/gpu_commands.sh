@@ -22,7 +22,7 @@ run() {  # run SECONDS SCRIPT ARGS...: the command, its status and time
     status=$?
     # what it printed at its end: the summary's lines, or the error
     if ((status == 0)); then
-        grep -E "finished|^  val/map(_50)? |detections ->|Wrote |int8 costs" "$out/last.log"
+        grep -E "finished|^  val/map(_50)? |detections? ->|Wrote |int8 costs" "$out/last.log"
     else
         tail -n 15 "$out/last.log"
     fi

@@ -351,12 +351,11 @@ def test_coco_results_keep_what_the_pictures_leave_out(trained, tmp_path):
     assert "0 detections drawn (scoring >= draw_thresh=0.99)" in printed
     assert f"No detection scored 0.99 or more (the best {max(scores):.3f})" in printed
     out, printed = predict(trained, tmp_path, tmp_path / "in", "draw_thresh=0.05")  # all
-    assert f"{len(scores)} detections drawn" in printed and "No detection scored" not in printed
+    assert re.search(rf"\b{len(scores)} detections? drawn", printed)
+    assert "No detection scored" not in printed
 
 
-def test_the_summary_of_one_photo_and_one_detection_counts_them_in_the_singular(
-    trained, tmp_path
-):
+def test_the_summary_of_one_photo_and_one_detection_counts_them_in_the_singular(trained, tmp_path):
     draw_sample(5, 0, 6).image.save(tmp_path / "photo.png")
     args = ("score_thresh=0.0", "max_detections=1", "draw_thresh=0.0")
     out, printed = predict(trained, tmp_path, tmp_path / "photo.png", *args)

@@ -1,4 +1,5 @@
-"""Targets: the batch's list of per-image target dicts, carried as a handful of padded tensors."""
+"""Targets: the batch's list of per-image target dicts, carried as a handful of padded tensors;
+and how a count reads (`counted`)."""
 
 import pickle
 from multiprocessing.reduction import ForkingPickler
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from frcnn.data import collate
-from frcnn.structures import Targets, pad_targets
+from frcnn.structures import Targets, counted, pad_targets
 from tests.model.helpers import DispatchedOps
 
 
@@ -188,3 +189,8 @@ def test_copies_to_an_accelerator_are_non_blocking_and_to_the_host_are_not(
     targets.to(device)
     # a host copy read before it arrives would hold garbage: only accelerators get non_blocking
     assert calls and set(calls) == {non_blocking}
+
+
+def test_a_count_reads_in_the_singular_for_one_only():
+    assert [counted(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+    assert [counted(n, "box", "boxes") for n in (1, 12)] == ["1 box", "12 boxes"]

@@ -26,9 +26,10 @@ def class_name(label: int, class_names: list[str] | None) -> str:
     return class_names[label - 1] if class_names else str(label)
 
 
-def counted(count: int, noun: str) -> str:
-    """`count` `noun`s, singular for one: "1 image", "0 images", "3 images"."""
-    return f"{count} {noun}{'s' * (count != 1)}"
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`count` `noun`s, singular for one: "1 image", "0 images", "3 images" (`plural` where it
+    is not the noun and an s: "boxes")."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 class GroundTruth(NamedTuple):

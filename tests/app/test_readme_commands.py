@@ -492,7 +492,7 @@ def check_sweep(line: str, sweep: Path, printed: str) -> None:
     grids = [a.split("=", 1)[1].split(",") for a in shlex.split(line) if "," in a]
     search = re.search(r"hparams_search=(\w+)", line)
     runs = SWEEP_SIZE[search.group(1)][1] if search else len(list(itertools.product(*grids)))
-    assert f"Sweep summary ({runs} runs" in printed
+    assert re.search(rf"Sweep summary \({runs} runs?, sorted by", printed), printed[-3000:]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == runs and {row["status"] for row in rows} == {"ok"}
 

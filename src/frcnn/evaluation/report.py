@@ -16,6 +16,7 @@ from frcnn.evaluation.results import (
 )
 from frcnn.evaluation.tables import markdown_table
 from frcnn.evaluation.tide import TYPES, error_breakdown
+from frcnn.structures import counted
 from frcnn.visualization.report_figures import (
     confusion_figure,
     dataset_figure,
@@ -35,7 +36,8 @@ def dataset_markdown(stats: dict) -> str:
     rows = [{k: cell(v) for k, v in row.items()} for row in stats["table"]]
     per_image = stats["boxes_per_image"].float()
     head = (
-        f"{len(per_image)} images, {len(stats['labels'])} boxes (crowds left out), "
+        f"{counted(len(per_image), 'image')}, {counted(len(stats['labels']), 'box', 'boxes')} "
+        "(crowds left out), "
         f"{float(per_image.mean()) if len(per_image) else 0:.1f} per image "
         f"(at most {int(per_image.max()) if len(per_image) else 0}). Anchor coverage: the share "
         f"of boxes whose best anchor has IoU >= {stats['fg_iou']} (the RPN's foreground), per "

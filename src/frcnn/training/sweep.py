@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from frcnn.evaluation.tables import markdown_table
+from frcnn.structures import counted
 
 METRICS_FILE = "metrics.json"
 # the sweeper that stops at a failed run (it re-raises its error); Optuna's records the trial as
@@ -156,7 +157,7 @@ class SweepSummary(Callback):
         rows = summarise(sweep_dir, config.get("optimized_metric"))
         metric = config.get("optimized_metric")
         order = "lowest" if metric and lower_is_better(metric) else "highest"
-        print(f"\nSweep summary ({len(rows)} runs, sorted by {metric}, {order} first):")
+        print(f"\nSweep summary ({counted(len(rows), 'run')}, sorted by {metric}, {order} first):")
         print((sweep_dir / "summary.md").read_text())
         print(f"Written to {sweep_dir / 'summary.csv'} and {sweep_dir / 'summary.md'}")
         failed = sum(row["status"] == "failed" for row in rows)

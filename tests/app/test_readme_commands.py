@@ -34,6 +34,7 @@ import pytest
 import torch
 import torchvision
 
+from frcnn.structures import counted
 from frcnn.training.sweep import TRIAL_GPUS
 from tests.app.helpers import ROOT, SMALL_MODEL, run_script
 from tests.app.test_predict_video import write_clip
@@ -492,7 +493,7 @@ def check_sweep(line: str, sweep: Path, printed: str) -> None:
     grids = [a.split("=", 1)[1].split(",") for a in shlex.split(line) if "," in a]
     search = re.search(r"hparams_search=(\w+)", line)
     runs = SWEEP_SIZE[search.group(1)][1] if search else len(list(itertools.product(*grids)))
-    assert re.search(rf"Sweep summary \({runs} runs?, sorted by", printed), printed[-3000:]
+    assert f"Sweep summary ({counted(runs, 'run')}, sorted by" in printed, printed[-3000:]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == runs and {row["status"] for row in rows} == {"ok"}
 

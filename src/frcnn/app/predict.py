@@ -63,10 +63,10 @@ def find_images(spec: str, setting: str = "input") -> list[Path]:
         nested = sum(p.parent != path and p.suffix.lower() in suffixes for p in entries)
         if nested:
             pattern = f"{spec.rstrip('/')}/**/*"
-            more = " or more" if len(entries) == SUBFOLDER_ENTRIES else ""
+            bounded = len(entries) == SUBFOLDER_ENTRIES
+            how_many = f"{nested} or more images" if bounded else counted(nested, "image")
             left_out.append(
-                f"{nested}{more} image{'s' * (nested > 1 or bool(more))} in its subfolders "
-                f"left out ({setting}='{pattern}' reads them too)"
+                f"{how_many} in its subfolders left out ({setting}='{pattern}' reads them too)"
             )
     if not images:
         found = f"; {'; '.join(left_out)}" if left_out else ", folder of images or glob match"

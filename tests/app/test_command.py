@@ -1,5 +1,6 @@
 """What every entry point shares: its run folder and how its errors are reported."""
 
+import re
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +40,40 @@ def test_a_bad_value_is_one_message_without_traceback(tmp_path):
     assert "train.py failed (1)" in printed  # exit status 1
     assert "model.rpn.nms_thresh=2: must lie in (0, 1]" in printed
     assert "Traceback" not in printed and "HYDRA_FULL_ERROR=1 shows the traceback" in printed
+
+
+@pytest.mark.parametrize(
+    "script, args, told",
+    [
+        # what Hydra's error for `draw_tresh=0.5` advises; then draw_thresh would stay 0.3
+        ("predict.py", ["+draw_tresh=0.5", "input=a.jpg"], r"\+draw_tresh=0\.5: predict\.py h"),
+        ("predict.py", ["++draw_tresh=0.5", "input=a.jpg"], r"\(did you mean draw_thresh=0\.5\? "),
+        ("predict.py", ["+zzz=1", "input=a.jpg"], r"no setting zzz, and nothing would read it \(`"),
+        ("train.py", ["+max_step=3", *TINY], r"\(did you mean trainer\.max_steps=3\? `--cfg job`"),
+        ("train.py", ["+nms_tresh=.6", *TINY], r"model\.rpn\.nms_thresh=\.6 or model\.roi_heads\."),
+    ],
+)
+def test_a_setting_the_command_line_adds_that_nothing_reads_is_refused(
+    tmp_path, script, args, told
+):
+    with pytest.raises(AssertionError, match=f"{script} failed \\(1\\)") as failed:
+        run(script, *args, log_dir=tmp_path)
+    assert re.search(told, str(failed.value)) and "Traceback" not in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    "added",
+    [
+        ["+input=photo.jpg"],  # a mandatory (???) setting
+        ["++score_thresh=0.2", "input=photo.jpg"],  # an existing one
+        ["+low=0.2", "score_thresh=${low}", "input=photo.jpg"],  # one the config refers to
+        ["+low=0.2", "input=photo.jpg", "hydra.run.dir={tmp}/${low}"],  # Hydra's config does
+    ],
+)
+def test_a_setting_the_command_line_adds_that_is_read_is_taken(tmp_path, added):
+    """predict.py then goes on to look for its input (not there: the run stops there)."""
+    with pytest.raises(AssertionError, match="FileNotFoundError: input='photo.jpg': no image"):
+        run("predict.py", *(a.replace("{tmp}", str(tmp_path)) for a in added), log_dir=tmp_path)
 
 
 def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):

@@ -11,12 +11,16 @@
 - a run of a multirun: the command line and run folder Lightning gives a DDP run's other
   processes are this run's own (`as_single_run`), and the next run starts with the process
   group and environment this one found, and without the objects this one made;
+- a top-level setting that the command line adds (`+key=value`, as Hydra's error for a
+  misspelled setting advises) and that nothing would read: refused, naming the nearest
+  setting (`refuse_unread_settings`);
 - an error this project raised on purpose (a missing file, an offline hub, a value out of
   range, a diverged run) is printed as its message alone, and the command exits with status 1;
   any other error, every error with HYDRA_FULL_ERROR=1, and a failed run of a multirun (which
   the sweep summary records) keep Python's traceback.
 """
 
+import difflib
 import functools
 import gc
 import itertools
@@ -28,10 +32,12 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-from omegaconf import OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
 import frcnn
 from frcnn.app.build import quiet_libraries, require_extra
@@ -120,6 +126,7 @@ def command(task_function=None, *, checkpoint_data: bool = False):
         try:
             if multirun:
                 as_single_run()
+            refuse_unread_settings(cfg)
             return task_function(cfg)
         except Exception as error:
             reason = deliberate(error)
@@ -158,6 +165,74 @@ def require_optuna_sweeper(args: list[str]) -> None:
         require_extra(chosen, ("optuna", "hydra_plugins.hydra_optuna_sweeper"), "sweep")
     except ModuleNotFoundError as err:
         sys.exit(f"ModuleNotFoundError: {err}")
+
+
+def refuse_unread_settings(cfg: DictConfig) -> None:
+    """Raise where the command line adds a top-level key that the command has no setting for
+    and that the config does not refer to (`${key}`): nothing would read it. Hydra refuses a
+    misspelled `draw_tresh=0.5` and advises `+draw_tresh=0.5`, which it then accepts: the run
+    would go on with draw_thresh as it was. (A misspelled nested key, `+model.rpn.nms_tresh`,
+    fails where its object is built; `+experiment=...` chooses a config group.)"""
+    hydra = HydraConfig.get()
+    overrides = OverridesParser.create().parse_overrides(list(hydra.overrides.task))
+    added = [
+        o
+        for o in overrides
+        if (o.is_add() or o.is_force_add())
+        and o.key_or_group.isidentifier()
+        and o.key_or_group not in hydra.runtime.choices
+    ]
+    if not added:
+        return
+    referred = {word for text in interpolations(cfg, hydra) for word in re.findall(r"\w+", text)}
+    # the config without them: `+input=x` sets a mandatory (???) setting, `++seed=1` an existing one
+    others = [o.input_line for o in overrides if o not in added]
+    base = compose(hydra.job.config_name, overrides=others)
+    keys = list(base)  # ??? ones too (`key in base` is False for those)
+    for override in added:
+        key, value = override.key_or_group, override.input_line.split("=", 1)[1]
+        if key in keys or key in referred:
+            continue
+        near = " or ".join(f"{path}={value}" for path in nearest_settings(key, base))
+        advice = f"did you mean {near}? " if near else ""
+        raise ValueError(
+            f"{override.input_line}: {hydra.job.name}.py has no setting {key}, and nothing "
+            f"would read it ({advice}`--cfg job` after the command prints its settings)"
+        )
+
+
+def nearest_settings(name: str, cfg: DictConfig, most: int = 3) -> list[str]:
+    """The settings of `cfg` (dotted paths, the shortest first) whose own name is the closest to
+    `name`: `max_step` -> `trainer.max_steps`, `nms_tresh` -> `model.rpn.nms_thresh`, ..."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    paths = [path for path, _ in settings(container) if "[" not in path]
+    names = {path.rsplit(".", 1)[-1]: None for path in paths}  # in order, once each
+    closest = difflib.get_close_matches(name, list(names), n=1)
+    found = [path for path in paths if closest and path.rsplit(".", 1)[-1] == closest[0]]
+    return sorted(found, key=lambda path: path.count("."))[:most]
+
+
+def interpolations(*configs: DictConfig) -> list[str]:
+    """The values of `configs` that refer to others (`${...}`), unresolved."""
+    values = (v for c in configs for _, v in settings(OmegaConf.to_container(c, resolve=False)))
+    return [value for value in values if isinstance(value, str) and "${" in value]
+
+
+def settings(node, path: str = ""):
+    """Every key of a config container with its value, depth first: (dotted path, value); a
+    list's items as `path[i]`."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return
+    for key, value in items:
+        where = (
+            f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}" if path else str(key)
+        )
+        yield where, value
+        yield from settings(value, where)
 
 
 def as_single_run() -> None:

@@ -76,6 +76,21 @@ def test_a_setting_the_command_line_adds_that_is_read_is_taken(tmp_path, added):
         run("predict.py", *(a.replace("{tmp}", str(tmp_path)) for a in added), log_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    "script, args, told",
+    [
+        ("predict.py", [], r"predict: ValueError: input is not set: give it, input=\.\.\.\n"),
+        ("export.py", [], r"export: ValueError: ckpt_path is not set: give it, ckpt_path=\.\.\.\n"),
+        ("train.py", ["data=yolo"], r"train: ValueError: data\.root is not set: give it, data\.ro"),
+    ],
+)
+def test_a_mandatory_setting_not_given_is_named(tmp_path, script, args, told):
+    """(Else OmegaConf's MissingMandatoryValue, with a traceback, where the command reads it.)"""
+    with pytest.raises(AssertionError, match=f"{script} failed \\(1\\)") as failed:
+        run(script, *args, log_dir=tmp_path)
+    assert re.search(told, str(failed.value)) and "Traceback" not in str(failed.value)
+
+
 def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):
     run_folder = tmp_path / "logs" / "train" / "runs" / "2026-01-01_00-00-00"
     (run_folder / ".hydra").mkdir(parents=True)

@@ -13,7 +13,7 @@
   group and environment this one found, and without the objects this one made;
 - a top-level setting that the command line adds (`+key=value`, as Hydra's error for a
   misspelled setting advises) and that nothing would read: refused, naming the nearest
-  setting (`refuse_unread_settings`);
+  setting (`refuse_unread_settings`); a mandatory one (`???`) not given: named;
 - an error this project raised on purpose (a missing file, an offline hub, a value out of
   range, a diverged run) is printed as its message alone, and the command exits with status 1;
   any other error, every error with HYDRA_FULL_ERROR=1, and a failed run of a multirun (which
@@ -127,6 +127,7 @@ def command(task_function=None, *, checkpoint_data: bool = False):
             if multirun:
                 as_single_run()
             refuse_unread_settings(cfg)
+            refuse_missing_settings(cfg)
             return task_function(cfg)
         except Exception as error:
             reason = deliberate(error)
@@ -198,6 +199,20 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
         raise ValueError(
             f"{override.input_line}: {hydra.job.name}.py has no setting {key}, and nothing "
             f"would read it ({advice}`--cfg job` after the command prints its settings)"
+        )
+
+
+def refuse_missing_settings(cfg: DictConfig) -> None:
+    """Raise where a mandatory setting (`???`: predict.py's `input`, export.py's `ckpt_path`,
+    `data.root` of data=yolo) is not given, naming it (else OmegaConf's traceback where the
+    command reads it)."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    missing = [path for path, value in settings(config) if value == "???"]
+    if missing:
+        verb, them = ("is", "it") if len(missing) == 1 else ("are", "them")
+        raise ValueError(
+            f"{', '.join(missing)} {verb} not set: give {them}, "
+            + " ".join(f"{path}=..." for path in missing)
         )
 
 

@@ -207,6 +207,7 @@ def refuse_missing_settings(cfg: DictConfig) -> None:
     `data.root` of data=yolo) is not given, naming it (else OmegaConf's traceback where the
     command reads it)."""
     config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("hydra", None)  # Hydra's own, where a config composed in Python holds it
     missing = [path for path, value in settings(config) if value == "???"]
     if missing:
         verb, them = ("is", "it") if len(missing) == 1 else ("are", "them")

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 import frcnn
 from frcnn.app.build import quiet_libraries, require_extra
+from frcnn.training.checkpoint import entries, interpolations
 from frcnn.training.sweep import study_seed
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,8 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
     ]
     if not added:
         return
-    referred = {word for text in interpolations(cfg, hydra) for word in re.findall(r"\w+", text)}
+    texts = [text for c in (cfg, hydra) for _, text in interpolations(plain(c))]
+    referred = {word for text in texts for word in re.findall(r"\w+", text)}
     # the config without them: `+input=x` sets a mandatory (???) setting, `++seed=1` an existing one
     others = [o.input_line for o in overrides if o not in added]
     base = compose(hydra.job.config_name, overrides=others)
@@ -206,9 +208,9 @@ def refuse_missing_settings(cfg: DictConfig) -> None:
     """Raise where a mandatory setting (`???`: predict.py's `input`, export.py's `ckpt_path`,
     `data.root` of data=yolo) is not given, naming it (else OmegaConf's traceback where the
     command reads it)."""
-    config = OmegaConf.to_container(cfg, resolve=False)
+    config = plain(cfg)
     config.pop("hydra", None)  # Hydra's own, where a config composed in Python holds it
-    missing = [path for path, value in settings(config) if value == "???"]
+    missing = [path for path, value in entries(config) if value == "???"]
     if missing:
         verb, them = ("is", "it") if len(missing) == 1 else ("are", "them")
         raise ValueError(
@@ -220,35 +222,17 @@ def refuse_missing_settings(cfg: DictConfig) -> None:
 def nearest_settings(name: str, cfg: DictConfig, most: int = 3) -> list[str]:
     """The settings of `cfg` (dotted paths, the shortest first) whose own name is the closest to
     `name`: `max_step` -> `trainer.max_steps`, `nms_tresh` -> `model.rpn.nms_thresh`, ..."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    paths = [path for path, _ in settings(container) if "[" not in path]
-    names = {path.rsplit(".", 1)[-1]: None for path in paths}  # in order, once each
-    closest = difflib.get_close_matches(name, list(names), n=1)
+    # a list's items stand for the list: model.anchors.sizes.0 -> model.anchors.sizes
+    paths = dict.fromkeys(re.sub(r"(\.\d+)+$", "", path) for path, _ in entries(plain(cfg)))
+    names = list(dict.fromkeys(path.rsplit(".", 1)[-1] for path in paths))  # in order, once
+    closest = difflib.get_close_matches(name, names, n=1)
     found = [path for path in paths if closest and path.rsplit(".", 1)[-1] == closest[0]]
     return sorted(found, key=lambda path: path.count("."))[:most]
 
 
-def interpolations(*configs: DictConfig) -> list[str]:
-    """The values of `configs` that refer to others (`${...}`), unresolved."""
-    values = (v for c in configs for _, v in settings(OmegaConf.to_container(c, resolve=False)))
-    return [value for value in values if isinstance(value, str) and "${" in value]
-
-
-def settings(node, path: str = ""):
-    """Every key of a config container with its value, depth first: (dotted path, value); a
-    list's items as `path[i]`."""
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return
-    for key, value in items:
-        where = (
-            f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}" if path else str(key)
-        )
-        yield where, value
-        yield from settings(value, where)
+def plain(cfg: DictConfig) -> dict:
+    """`cfg` as plain dicts and lists, unresolved (`${...}` and `???` as written)."""
+    return OmegaConf.to_container(cfg, resolve=False)
 
 
 def as_single_run() -> None:

@@ -99,11 +99,12 @@ def run_script(script: Path, args: list[str], cwd: Path, separate_process: bool 
             finally:
                 for w in shown:
                     err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
-    except SystemExit as exit_:  # Hydra exits on errors after printing them
-        raise AssertionError(
-            f"{script.name} failed ({exit_.code}):\n{out.getvalue()[-3000:]}\n"
-            f"{err.getvalue()[-6000:]}"
-        ) from exit_
+    except SystemExit as exit_:  # Hydra exits on errors after printing them (and after --help)
+        if exit_.code not in (0, None):
+            raise AssertionError(
+                f"{script.name} failed ({exit_.code}):\n{out.getvalue()[-3000:]}\n"
+                f"{err.getvalue()[-6000:]}"
+            ) from exit_
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)

@@ -81,14 +81,45 @@ def test_a_setting_the_command_line_adds_that_is_read_is_taken(tmp_path, added):
 @pytest.mark.parametrize(
     "script, args, told",
     [
-        ("predict.py", [], r"predict: ValueError: input is not set: give it, input=\.\.\.\n"),
-        ("export.py", [], r"export: ValueError: ckpt_path is not set: give it, ckpt_path=\.\.\.\n"),
+        (
+            "predict.py",
+            [],
+            r"predict: ValueError: input is not set: give it, input=\.\.\. \(`--help`",
+        ),
+        (
+            "export.py",
+            [],
+            r"export: ValueError: ckpt_path is not set: give it, ckpt_path=\.\.\. \(",
+        ),
         ("train.py", ["data=yolo"], r"train: ValueError: data\.root is not set: give it, data\.ro"),
     ],
 )
 def test_a_mandatory_setting_not_given_is_named(tmp_path, script, args, told):
     """(Else OmegaConf's MissingMandatoryValue, with a traceback, where the command reads it.)"""
     assert re.search(told, refused(script, *args, log_dir=tmp_path))
+
+
+def test_help_tells_what_the_command_does_its_settings_and_its_groups_options(tmp_path):
+    """`--help`: the entry point's docstring, its config file with the comments (and the file
+    it extends), and the options of the config groups it chooses from, with the command line's
+    choices; nothing run, nothing written."""
+    printed = run("predict.py", "--help", log_dir=tmp_path).stdout
+    assert printed.startswith("Run a checkpoint on images: annotated copies and one COCO-format")
+    assert "\nuv run predict.py ckpt_path=... input=clip.mp4 stride=2\n" in printed
+    assert (
+        "\n== Settings (key=value; nested: a.b=value): conf/predict.yaml ==\n\n# uv run" in printed
+    )
+    assert "\ninput: ???  # an image, a folder of images, a glob, or a video file" in printed
+    assert "\noutput: ${paths.output_dir}/predictions\n" in printed  # as written
+    groups = printed.split("== Config groups")[1]
+    assert re.search(r"^device  auto; or cpu, ddp, gpu$", groups, re.M)
+    assert "anchors" not in groups and "train.yaml" not in printed  # not predict.py's
+    printed = run("eval.py", "--help", "model=resnet50_fpn", log_dir=tmp_path).stdout
+    assert printed.startswith("Evaluate a checkpoint (COCO mAP on the validation set)")
+    assert "\n== conf/train.yaml, which it extends ==\n\n# uv run train.py [gr" in printed
+    assert re.search(r"^model +resnet50_fpn; or resnet18_fpn$", printed, re.M)
+    assert re.search(r"^experiment +none; or coco400, coco400_lsj, finetune, synth", printed, re.M)
+    assert not list(tmp_path.iterdir())
 
 
 def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):

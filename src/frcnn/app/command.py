@@ -11,6 +11,8 @@
 - a run of a multirun: the command line and run folder Lightning gives a DDP run's other
   processes are this run's own (`as_single_run`), and the next run starts with the process
   group and environment this one found, and without the objects this one made;
+- `--help`: the entry point's docstring, its config file as written (each setting with its
+  comment) and the options of each config group it chooses from (`command_help`);
 - a top-level setting that the command line adds (`+key=value`, as Hydra's error for a
   misspelled setting advises) and that nothing would read: refused, naming the nearest
   setting (`refuse_unread_settings`); a mandatory one (`???`) not given: named;
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -97,11 +100,62 @@ def run_of(ckpt_path: str) -> Path:
 
 
 def register_resolvers() -> None:
-    """The config's own resolvers: `run_dir` (the run folder) and `study_seed` (Optuna's)."""
+    """The config's own resolvers: `run_dir` (the run folder), `study_seed` (Optuna's) and
+    `command_help` (`--help`)."""
     if not OmegaConf.has_resolver("run_dir"):
         # cached: the folder is made once per run, however often Hydra resolves the key
         OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
         OmegaConf.register_new_resolver("study_seed", study_seed)
+        OmegaConf.register_new_resolver("command_help", command_help)
+
+
+def command_help() -> str:
+    """What `--help` prints (conf/hydra/default.yaml's help template; Hydra's default page lists
+    every group of the tree and the settings without their comments): the entry point's
+    docstring (what it does, how it is run), its config file as written, each setting with its
+    comment (and the file it extends: eval.yaml train.yaml's), and the options of each config
+    group the command chooses from."""
+    hydra = HydraConfig.get()
+    folder = next(s.path for s in hydra.runtime.config_sources if s.provider == "main")
+    files = config_files(Path(folder.removeprefix("file://")) / f"{hydra.job.config_name}.yaml")
+    shown = [str(f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f) for f in files]
+    sections = [(sys.modules["__main__"].__doc__ or "").strip()]
+    for file, name in zip(files, shown, strict=True):
+        if file == files[0]:
+            sections.append(f"== Settings (key=value; nested: a.b=value): {name} ==")
+        else:
+            sections.append(f"== {name}, which it extends ==")
+        sections.append(file.read_text().strip())
+    sections += [
+        "== Config groups (group=option): the chosen one; the others ==",
+        "\n".join(group_options(hydra.runtime.choices)),
+        "`--cfg job` after the command prints every setting as composed, the groups' too.\n"
+        "Powered by Hydra (https://hydra.cc); --hydra-help shows Hydra's own flags.",
+    ]
+    return "\n\n".join(sections).replace("$", "$$")  # the template's placeholders are not used
+
+
+def group_options(choices: DictConfig) -> list[str]:
+    """A line per config group of `choices` (Hydra's {group: option chosen}), Hydra's own left
+    out: `device  auto; or cpu, ddp, gpu`."""
+    loader = GlobalHydra.instance().config_loader()
+    groups = sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/"))
+    width = max(map(len, groups), default=0)
+    lines = []
+    for group in groups:
+        chosen = choices[group] or "none"
+        others = [o for o in loader.get_group_options(group) if o != chosen]
+        lines.append(
+            f"{group:<{width}}  {chosen}" + ("; or " + ", ".join(others) if others else "")
+        )
+    return lines
+
+
+def config_files(file: Path) -> list[Path]:
+    """`file` and the config files its defaults list extends (not groups: eval.yaml's `train`)."""
+    defaults = OmegaConf.load(file).get("defaults", [])
+    extended = [file.parent / f"{d}.yaml" for d in defaults if isinstance(d, str) and d != "_self_"]
+    return [file, *(f for e in extended for f in config_files(e))]
 
 
 def command(task_function=None, *, checkpoint_data: bool = False):
@@ -216,6 +270,7 @@ def refuse_missing_settings(cfg: DictConfig) -> None:
         raise ValueError(
             f"{', '.join(missing)} {verb} not set: give {them}, "
             + " ".join(f"{path}=..." for path in missing)
+            + " (`--help` after the command says what each setting takes)"
         )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import pytest
 from PIL import Image
 
 from frcnn.app.command import register_resolvers
@@ -49,6 +50,15 @@ def run(script: str, *overrides: str, log_dir: Path, separate_process: bool = Fa
     flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
     args = [*flags, f"paths.log_dir={log_dir}", *(o for o in overrides if not o.startswith("-"))]
     return run_script(ROOT / script, args, ROOT, separate_process)
+
+
+def refused(script: str, *args: str, log_dir: Path) -> str:
+    """What `script` printed where it stopped with exit status 1 and a message alone."""
+    with pytest.raises(AssertionError, match=f"{script} failed \\(1\\)") as failed:
+        run(script, *args, log_dir=log_dir)
+    printed = str(failed.value)
+    assert "Traceback" not in printed and "HYDRA_FULL_ERROR=1 shows the traceback" in printed
+    return printed
 
 
 def process_env(**extra: str) -> dict[str, str]:

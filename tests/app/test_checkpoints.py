@@ -11,7 +11,7 @@ from PIL import Image
 from frcnn import MOVED
 from frcnn.app.build import checkpoint_run_config
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
-from tests.app.helpers import ROOT, TINY, composed, metrics, run, run_dirs, run_script
+from tests.app.helpers import ROOT, TINY, composed, metrics, refused, run, run_dirs, run_script
 
 
 class Payload:
@@ -220,6 +220,19 @@ def test_eval_applies_post_processing_given_on_the_command_line(trained, tmp_pat
         log_dir=tmp_path,
     )
     assert metrics(run_dirs(tmp_path, "eval")[0])["val/map"] <= 0.0
+
+
+def test_a_misspelled_data_setting_of_eval_is_named_with_where_the_checkpoints_are(
+    trained, tmp_path
+):
+    """eval.py's data settings are the checkpoint's: the config composed here has other data's,
+    so no nearest setting is guessed from it."""
+    checkpoint = trained[1] / "checkpoints" / "last.ckpt"
+    printed = refused("eval.py", f"ckpt_path={checkpoint}", "data.val.num_imgs=3", log_dir=tmp_path)
+    assert (
+        "eval: TypeError: data.val.num_imgs=3: SyntheticShapes takes no setting num_imgs (the "
+        "data settings are the checkpoint's: its run's .hydra/config.yaml lists them)"
+    ) in printed
 
 
 def test_compiled_training_writes_plain_keys_that_eval_and_predict_load(tmp_path):

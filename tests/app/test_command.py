@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import initialize_config_dir
 
 from frcnn.app.build import require_extra
-from frcnn.app.command import deliberate, run_dir
+from frcnn.app.command import deliberate, refused_keyword, run_dir
 from frcnn.checks import check_number
-from tests.app.helpers import ROOT, TINY, run, run_script
+from tests.app.helpers import ROOT, TINY, composed, refused, run, run_script
 
 
 def test_errors_this_project_raises_are_told_apart_from_bugs():
@@ -30,15 +31,6 @@ def test_errors_this_project_raises_are_told_apart_from_bugs():
             raise RuntimeError("Error in call to target 'frcnn...'") from cause
     except RuntimeError as error:  # as Hydra wraps a constructor's error
         assert deliberate(error).startswith("ValueError: data.batch_size='abc'")
-
-
-def refused(script: str, *args: str, log_dir: Path) -> str:
-    """What `script` printed where it stopped with exit status 1 and a message alone."""
-    with pytest.raises(AssertionError, match=f"{script} failed \\(1\\)") as failed:
-        run(script, *args, log_dir=log_dir)
-    printed = str(failed.value)
-    assert "Traceback" not in printed and "HYDRA_FULL_ERROR=1 shows the traceback" in printed
-    return printed
 
 
 def test_a_bad_value_is_one_message_without_traceback(tmp_path):
@@ -76,6 +68,36 @@ def test_a_setting_the_command_line_adds_that_is_read_is_taken(tmp_path, added):
     """predict.py then goes on to look for its input (not there: the run stops there)."""
     with pytest.raises(AssertionError, match="FileNotFoundError: input='photo.jpg': no image"):
         run("predict.py", *(a.replace("{tmp}", str(tmp_path)) for a in added), log_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "added, told",
+    [
+        # what Hydra's error for `trainer.max_epoch=3` advises; then the Trainer's TypeError
+        ("+trainer.max_epoch=3", r": TypeError: trainer\.max_epoch=3: Trainer takes no setting"),
+        ("+model.rpn.nms_tresh=.6", r"RPN takes no setting nms_tresh \(did you mean model\.rpn\.n"),
+        ("++module.optimizer.lrr=.1", r"\(did you mean module\.optimizer\.lr=\.1\? `--cfg job`"),
+    ],
+)
+def test_a_nested_setting_the_command_line_adds_that_its_object_refuses_is_named(
+    tmp_path, added, told
+):
+    assert re.search(told, refused("train.py", added, *TINY, log_dir=tmp_path))
+
+
+def test_only_a_keyword_that_the_command_line_added_is_named(tmp_path):
+    """A constructor's TypeError for a keyword that no override added is a bug: its traceback
+    is kept (None here)."""
+    composed(tmp_path, "+trainer.max_epoch=3")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):  # (for its compose)
+        bug = TypeError("Trainer.__init__() got an unexpected keyword argument 'min_epoch'")
+        assert refused_keyword(bug) is None
+        wrapped = RuntimeError("Error in call to target 'lightning.Trainer'")  # as Hydra does
+        wrapped.__cause__ = TypeError(str(bug).replace("min_epoch", "max_epoch"))
+        assert refused_keyword(wrapped).startswith(
+            "TypeError: trainer.max_epoch=3: Trainer takes no setting max_epoch (did you mean "
+            "trainer.max_epochs=3? "
+        )
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@
   comment) and the options of each config group it chooses from (`command_help`);
 - a top-level setting that the command line adds (`+key=value`, as Hydra's error for a
   misspelled setting advises) and that nothing would read: refused, naming the nearest
-  setting (`refuse_unread_settings`); a mandatory one (`???`) not given: named;
+  setting (`refuse_unread_settings`); a nested one that its object does not take: named, with
+  the nearest setting beside it (`refused_keyword`); a mandatory one (`???`) not given: named;
 - an error this project raised on purpose (a missing file, an offline hub, a value out of
   range, a diverged run) is printed as its message alone, and the command exits with status 1;
   any other error, every error with HYDRA_FULL_ERROR=1, and a failed run of a multirun (which
@@ -38,6 +39,7 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -185,8 +187,10 @@ def command(task_function=None, *, checkpoint_data: bool = False):
             refuse_missing_settings(cfg)
             return task_function(cfg)
         except Exception as error:
-            reason = deliberate(error)
-            if reason is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            reason = deliberate(error) or refused_keyword(error, checkpoint_data)
+            if reason is None:
                 raise
             log.error("%s: %s\n(HYDRA_FULL_ERROR=1 shows the traceback)", cfg.task_name, reason)
             sys.exit(1)
@@ -228,23 +232,15 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
     and that the config does not refer to (`${key}`): nothing would read it. Hydra refuses a
     misspelled `draw_tresh=0.5` and advises `+draw_tresh=0.5`, which it then accepts: the run
     would go on with draw_thresh as it was. (A misspelled nested key, `+model.rpn.nms_tresh`,
-    fails where its object is built; `+experiment=...` chooses a config group.)"""
+    fails where its object is built: `refused_keyword`; `+experiment=...` chooses a group.)"""
     hydra = HydraConfig.get()
-    overrides = OverridesParser.create().parse_overrides(list(hydra.overrides.task))
-    added = [
-        o
-        for o in overrides
-        if (o.is_add() or o.is_force_add())
-        and o.key_or_group.isidentifier()
-        and o.key_or_group not in hydra.runtime.choices
-    ]
+    added = [o for o in added_settings() if o.key_or_group.isidentifier()]
     if not added:
         return
     texts = [text for c in (cfg, hydra) for _, text in interpolations(plain(c))]
     referred = {word for text in texts for word in re.findall(r"\w+", text)}
     # the config without them: `+input=x` sets a mandatory (???) setting, `++seed=1` an existing one
-    others = [o.input_line for o in overrides if o not in added]
-    base = compose(hydra.job.config_name, overrides=others)
+    base = composed_without(added)
     keys = list(base)  # ??? ones too (`key in base` is False for those)
     for override in added:
         key, value = override.key_or_group, override.input_line.split("=", 1)[1]
@@ -256,6 +252,63 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
             f"{override.input_line}: {hydra.job.name}.py has no setting {key}, and nothing "
             f"would read it ({advice}`--cfg job` after the command prints its settings)"
         )
+
+
+# Python's TypeError for a keyword that a function or class does not take
+UNEXPECTED_KEYWORD = re.compile(
+    r"(\w+)(?:\.__init__)?\(\) got an unexpected keyword argument '(\w+)'"
+)
+
+
+def refused_keyword(error: BaseException, checkpoint_data: bool = False) -> str | None:
+    """Where the object that a nested setting is passed to refuses it, and the command line
+    added that setting (a misspelled `trainer.max_epoch=3` is refused by Hydra, which advises
+    `+trainer.max_epoch=3`; then `TypeError: Trainer.__init__() got an unexpected keyword
+    argument 'max_epoch'`): the setting, named as typed, and the closest of the settings beside
+    it (`trainer.max_epochs=3`); else None. Not for the checkpoint's data settings of eval.py
+    and visualize.py (`checkpoint_data`): the config composed here holds other data's."""
+    while error is not None and not isinstance(error, TypeError):
+        error = error.__cause__
+    found = error is not None and UNEXPECTED_KEYWORD.search(str(error))
+    if not found:
+        return None
+    owner, name = found.groups()
+    added = added_settings()
+    # `trainer.max_epoch=3`, or `trainer.foo.bar=3` (the Trainer refuses foo)
+    override = next((o for o in added if name in o.key_or_group.split(".")[1:]), None)
+    if override is None:
+        return None  # not the command line's: a bug, whose traceback is wanted
+    path, value = override.key_or_group, override.input_line.split("=", 1)[1]
+    parts = path.split(".")
+    parent, rest = ".".join(parts[: parts.index(name, 1)]), parts[parts.index(name, 1) + 1 :]
+    if checkpoint_data and parent.startswith("data"):
+        advice = "the data settings are the checkpoint's: its run's .hydra/config.yaml lists them"
+    else:
+        beside = OmegaConf.select(composed_without(added), parent)
+        keys = list(beside) if isinstance(beside, DictConfig) else []
+        near = difflib.get_close_matches(name, keys, n=1)
+        advice = f"did you mean {'.'.join([parent, *near, *rest])}={value}? " if near else ""
+        advice += "`--cfg job` after the command prints its settings"
+    return f"TypeError: {path}={value}: {owner} takes no setting {name} ({advice})"
+
+
+def added_settings() -> list[Override]:
+    """The command line's overrides that add a key (`+key=value`, `++key=value`), Hydra's
+    parsed `Override`s; not the choice of a config group (`+experiment=coco400`)."""
+    hydra = HydraConfig.get()
+    overrides = OverridesParser.create().parse_overrides(list(hydra.overrides.task))
+    return [
+        o
+        for o in overrides
+        if (o.is_add() or o.is_force_add()) and o.key_or_group not in hydra.runtime.choices
+    ]
+
+
+def composed_without(added: list[Override]) -> DictConfig:
+    """The command's config composed from its command line without the overrides `added`."""
+    hydra = HydraConfig.get()
+    given = [o.input_line for o in added]
+    return compose(hydra.job.config_name, [o for o in hydra.overrides.task if o not in given])
 
 
 def refuse_missing_settings(cfg: DictConfig) -> None:

@@ -1,6 +1,7 @@
 """Boxes drawn on images: a sample's labels as training sees them."""
 
 import torch
+from torchvision.utils import draw_bounding_boxes
 
 from frcnn.visualization.drawing import (
     GROUND_TRUTH,
@@ -9,7 +10,10 @@ from frcnn.visualization.drawing import (
     draw_labels,
     label_grid,
     line_width,
+    named_boxes,
+    text_colour,
 )
+from frcnn.visualization.fonts import DEJAVU_SANS
 
 
 def test_labels_are_drawn_in_their_class_colour_with_the_image_kept_elsewhere():
@@ -18,9 +22,56 @@ def test_labels_are_drawn_in_their_class_colour_with_the_image_kept_elsewhere():
     drawn = draw_labels(image, target, ["a", "b", "widget"])
     colour = torch.tensor(class_colour(3), dtype=torch.uint8)
     assert torch.equal(drawn[:, 40, 30], colour)  # the box's bottom edge
-    assert not drawn[:, 60:, :].any() and not drawn[:, 20, 20].any()  # outside, inside
+    assert torch.equal(drawn[:, 12, 12], colour)  # the name's patch, inside the corner
+    assert not drawn[:, 60:, :].any() and not drawn[:, 32, 30].any()  # outside, inside
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     assert torch.equal(draw_labels(image, empty), image)
+
+
+def test_a_name_reads_on_an_object_and_a_background_of_its_class_colour():
+    """The text, black or white, on a patch of the class colour (in the class colour alone, it
+    vanished there): a light colour gets black, a dark one white."""
+    for label, ink in ((2, (0, 0, 0)), (1, (255, 255, 255))):  # yellow-green, blue
+        colour = torch.tensor(class_colour(label), dtype=torch.uint8)
+        image = colour[:, None, None].expand(3, 64, 96).clone()  # all of the class's colour
+        target = {"boxes": torch.tensor([[4.0, 4.0, 90.0, 60.0]]), "labels": torch.tensor([label])}
+        drawn = draw_labels(image, target, ["gadget", "widget"])
+        near = (drawn.int() - torch.tensor(ink)[:, None, None]).abs() < 100  # antialiased
+        text = near.all(0)
+        rows, columns = text.nonzero().unbind(1)
+        assert text.sum() >= 20, (label, int(text.sum()))  # the strokes of its name
+        assert rows.min() >= 6 and rows.max() <= 22 and 6 <= columns.min() < columns.max() < 60
+        assert text_colour(class_colour(label)) == ink
+
+
+def test_a_name_sits_above_its_box_where_the_image_has_room_else_inside():
+    """Its patch's rows: against the top line, above it (the object stays in sight) or, at the
+    image's top, below it."""
+    image = torch.zeros(3, 96, 96, dtype=torch.uint8)
+    width = line_width(image)
+    for top in (40, 2):
+        target = {"boxes": torch.tensor([[10.0, top, 80.0, 90.0]]), "labels": torch.tensor([2])}
+        drawn = draw_labels(image, target, ["a", "widget"])
+        lines = named_boxes(image, target["boxes"], [""], target["labels"], DEJAVU_SANS)
+        colour = torch.tensor(class_colour(2), dtype=torch.uint8)[:, None, None]
+        patch = (drawn == colour).all(0) & (lines == 0).all(0)  # the box's lines left out
+        rows = patch.any(1).nonzero().squeeze(1)
+        assert 8 <= len(rows) <= 14 and rows[-1] - rows[0] == len(rows) - 1, rows
+        if top == 40:  # its last row touches the line
+            assert rows[-1] == top - 1, rows
+        else:  # its first row is under the line
+            assert rows[0] == top + width, rows
+    assert not drawn[:, 2 + width + 14 : 88, 12:78].any()  # nothing else inside
+
+
+def test_boxes_are_drawn_as_torchvision_draws_them():
+    image = torch.randint(0, 256, (3, 120, 160), dtype=torch.uint8)
+    boxes = torch.tensor([[10.7, 8.2, 90.5, 70.9], [50.0, 40.0, 150.0, 110.0]])
+    labels = torch.tensor([3, 7])
+    drawn = named_boxes(image, boxes, ["", ""], labels, DEJAVU_SANS)  # (no names: no patches)
+    colours = [class_colour(int(c)) for c in labels]
+    expected = draw_bounding_boxes(image, boxes, colors=colours, width=line_width(image))
+    assert torch.equal(drawn, expected)
 
 
 def test_a_grid_has_four_samples_a_row():
@@ -43,18 +94,15 @@ def test_ground_truth_has_a_colour_no_class_comes_near():
 
 
 def test_label_text_grows_with_the_image_as_its_lines_do():
-    """A detection's name over its box: the rows that hold its text, 10 px up to 640 px and
-    six times that on a 12 MP photo (PIL's default font stayed 10 px: 3 px when a 4000 px
-    photo is shown 1000 px wide)."""
+    """A detection's name over its box: the rows that hold its text (black, on class 2's
+    yellow-green), 10 px up to 640 px and six times that on a 12 MP photo (PIL's default font
+    stayed 10 px: 3 px when a 4000 px photo is shown 1000 px wide)."""
     heights = []
     for width, height in ((640, 480), (4000, 3000)):
-        image = torch.zeros(3, height, width, dtype=torch.uint8)
+        image = torch.full((3, height, width), 128, dtype=torch.uint8)
         box = torch.tensor([[width * 0.1, height * 0.1, width * 0.6, height * 0.6]])
         detection = {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([2])}
         drawn = draw_detections(image, detection, class_names=["a", "gadget"])
-        x0, y0, x1, y1 = (int(v) for v in box[0])
-        edge = line_width(image) + 1
-        inside = drawn[:, y0 + edge : y1 - edge, x0 + edge : x1 - edge]  # within the lines
-        rows = inside.any(0).any(1).nonzero().squeeze(1)  # the text's, below the top line
+        rows = (drawn < 60).all(0).any(1).nonzero().squeeze(1)  # the text's: all else is lighter
         heights.append(int(rows.max() - rows.min()) + 1 if len(rows) else 0)
     assert 5 <= heights[0] <= 12 and 5.5 * heights[0] <= heights[1] <= 6.5 * heights[0], heights

@@ -1,6 +1,9 @@
 """Boxes drawn on images: ground truth, detections, one legible colour per class."""
 
+import torch
+from PIL import ImageDraw, ImageFont
 from torch import Tensor
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from frcnn.structures import class_name
@@ -60,14 +63,37 @@ def draw_labels(image: Tensor, target: dict, class_names=None) -> Tensor:
 
 
 def named_boxes(image: Tensor, boxes: Tensor, texts: list[str], labels: Tensor, font: str):
-    """Boxes (N, 4) in their classes' colours, each with its text in the font file `font`,
-    lines and text sized with the image (a font file, not PIL's default: that is 10 px at any
-    size, 3 px when a 12 MP photo is shown on a screen)."""
+    """Boxes (N, 4) in their classes' colours, each with its text on a patch of that colour
+    over its top-left corner, outside the box where the image has room above it (the object
+    stays in sight), else inside: black or white text (`text_colour`; text in the class colour
+    alone vanished on an object or a background of that colour), in the font file `font` (PIL's
+    default font is 10 px at any size, 3 px when a 12 MP photo is shown on a screen). Lines and
+    text grow with the image. The names are drawn after all the boxes: no line crosses one."""
     colours = [class_colour(int(c)) for c in labels]
-    return draw_bounding_boxes(
-        image, boxes, labels=texts, colors=colours, width=line_width(image), font=font,
-        font_size=font_size(image),
-    )  # fmt: skip
+    width = line_width(image)
+    corners = boxes.to(torch.int64).tolist()  # whole pixels, as draw_bounding_boxes draws
+    picture = to_pil_image(image)
+    draw = ImageDraw.Draw(picture)
+    for box, colour in zip(corners, colours, strict=True):
+        draw.rectangle(box, outline=colour, width=width)
+    face = ImageFont.truetype(font, font_size(image))
+    for (x0, y0, *_), text, colour in zip(corners, texts, colours, strict=True):
+        if not text:
+            continue
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=face)
+        # the patch (the text's extent and a pixel) on the box's top line, else below it
+        y = y0 - 1 - bottom if y0 - 2 - bottom + top >= 0 else y0 + width - top + 1
+        x = x0 - left + 1
+        draw.rectangle((x + left - 1, y + top - 1, x + right, y + bottom), fill=colour)
+        draw.text((x, y), text, fill=text_colour(colour), font=face)
+    return pil_to_tensor(picture)
+
+
+def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on a light colour (yellow, green, cyan), white on a dark one (blue, red, violet):
+    by its luma (ITU-R 601 weights, 0..255)."""
+    r, g, b = background
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
 def label_grid(samples, class_names=None) -> Tensor:

@@ -1,6 +1,7 @@
 """visualize.py: each picture, with random weights on a synthetic sample."""
 
 import importlib
+import logging
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_what_dataset_counts_the_validation_boxes_against_the_anchors(tmp_path):
 
 @pytest.mark.parametrize("data", ["data=coco", "data=hub"])
 @pytest.mark.parametrize("what", ["labels", "dataset"])
-def test_the_data_pictures_of_a_streamed_data_set(data, what, tmp_path):
+def test_the_data_pictures_of_a_streamed_data_set(data, what, tmp_path, caplog):
     """The streamed configs take the run's seed for their shuffle (visualize.yaml has one)."""
     rows = [hub_row(i, 200, 100, [[10.0, 20.0, 50.0, 60.0]], [i % 3]) for i in range(4)]
     files = write_hub_parquet(tmp_path / "train-00000-of-00001.parquet", rows)
@@ -60,7 +61,10 @@ def test_the_data_pictures_of_a_streamed_data_set(data, what, tmp_path):
         f"data.val.data_files={files}", f"output={tmp_path}", *SMALL_MODEL,
         *(["data.box_format=xyxy"] if data == "data=hub" else []), config_name="visualize",
     )  # fmt: skip
-    assert visualize(cfg) == tmp_path / f"{what}.png"
+    with caplog.at_level(logging.INFO, "frcnn.app.visualize"):
+        assert visualize(cfg) == tmp_path / f"{what}.png"
+    if what == "labels":
+        assert "labels.png: 4 training images, 4 boxes" in caplog.text
 
 
 def test_visualize_py_on_an_image_file_without_ground_truth(tmp_path):

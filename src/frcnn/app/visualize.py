@@ -19,6 +19,7 @@ from frcnn.data.sources import first_samples
 from frcnn.evaluation.dataset_stats import dataset_statistics
 from frcnn.evaluation.report import dataset_markdown
 from frcnn.inference.predictor import Predictor
+from frcnn.structures import counted
 from frcnn.training.checkpoint import build_detector, detector_from_checkpoint, load_checkpoint
 from frcnn.visualization.drawing import label_grid
 from frcnn.visualization.inspection import make_figure
@@ -100,7 +101,8 @@ def labels_picture(cfg: DictConfig) -> Path:
     path = output / "labels.png"
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     boxes = sum(len(target["boxes"]) for _, target in samples)
-    log.info("Wrote %s: %d training images, %d boxes", path, len(samples), boxes)
+    shown = f"{counted(len(samples), 'training image')}, {counted(boxes, 'box', 'boxes')}"
+    log.info("Wrote %s: %s", path, shown)
     return path
 
 

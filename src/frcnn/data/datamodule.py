@@ -22,6 +22,7 @@ from frcnn.data.sources import MapSource
 from frcnn.data.torch_dataset import DatasetSource
 from frcnn.data.transforms import Transform, collate, relabel
 from frcnn.distributed import distributed
+from frcnn.structures import counted
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +261,9 @@ class DetectionDataModule(L.LightningDataModule):
         if rank_zero_only.rank != 0:  # the table once, not once per DDP process
             return
         log.info(
-            "Repeat-factor sampling (data.train.repeat_factor_threshold=%s): an epoch of %d "
-            "images in place of %d. Per class: images with it, their share of an epoch "
-            "before -> after\n%s",
-            threshold, round(self.repeat_factors.sum()), len(labels),
+            "Repeat-factor sampling (data.train.repeat_factor_threshold=%s): an epoch of %s in "
+            "place of %d. Per class: images with it, their share of an epoch before -> after\n%s",
+            threshold, counted(round(self.repeat_factors.sum()), "image"), len(labels),
             sampling_lines(self.sampling),
         )  # fmt: skip
 

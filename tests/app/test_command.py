@@ -10,7 +10,7 @@ import torch
 from hydra import initialize_config_dir
 
 from frcnn.app.build import require_extra
-from frcnn.app.command import deliberate, refused_keyword, run_dir
+from frcnn.app.command import config_files, deliberate, refused_keyword, run_dir
 from frcnn.checks import check_number
 from tests.app.helpers import ROOT, TINY, composed, refused, run, run_script
 
@@ -142,6 +142,9 @@ def test_help_tells_what_the_command_does_its_settings_and_its_groups_options(tm
     assert re.search(r"^model +resnet50_fpn; or resnet18_fpn$", printed, re.M)
     assert re.search(r"^experiment +none; or coco400, coco400_lsj, finetune, synth", printed, re.M)
     assert not list(tmp_path.iterdir())
+    conf = ROOT / "conf"
+    assert config_files(conf / "eval.yaml") == [conf / "eval.yaml", conf / "train.yaml"]
+    assert config_files(tmp_path / "frcnn.conf" / "eval.yaml") == []  # (a package's config)
 
 
 def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):

@@ -119,7 +119,7 @@ def command_help() -> str:
     group the command chooses from."""
     hydra = HydraConfig.get()
     folder = next(s.path for s in hydra.runtime.config_sources if s.provider == "main")
-    files = config_files(Path(folder.removeprefix("file://")) / f"{hydra.job.config_name}.yaml")
+    files = config_files(Path(folder) / f"{hydra.job.config_name}.yaml")
     shown = [str(f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f) for f in files]
     sections = [(sys.modules["__main__"].__doc__ or "").strip()]
     for file, name in zip(files, shown, strict=True):
@@ -154,7 +154,10 @@ def group_options(choices: DictConfig) -> list[str]:
 
 
 def config_files(file: Path) -> list[Path]:
-    """`file` and the config files its defaults list extends (not groups: eval.yaml's `train`)."""
+    """`file` and the config files its defaults list extends (not groups: eval.yaml's `train`);
+    none where `file` is not one (a config in a Python package)."""
+    if not file.is_file():
+        return []
     defaults = OmegaConf.load(file).get("defaults", [])
     extended = [file.parent / f"{d}.yaml" for d in defaults if isinstance(d, str) and d != "_self_"]
     return [file, *(f for e in extended for f in config_files(e))]

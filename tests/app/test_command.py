@@ -1,16 +1,14 @@
 """What every entry point shares: its run folder and how its errors are reported."""
 
-import re
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import initialize_config_dir
 
 from frcnn.app.build import require_extra
-from frcnn.app.command import config_files, deliberate, refused_keyword, run_dir
+from frcnn.app.command import deliberate, run_dir
 from frcnn.checks import check_number
 from tests.app.helpers import ROOT, TINY, composed, refused, run, run_script
 
@@ -36,115 +34,6 @@ def test_errors_this_project_raises_are_told_apart_from_bugs():
 def test_a_bad_value_is_one_message_without_traceback(tmp_path):
     printed = refused("train.py", "model.rpn.nms_thresh=2", *TINY, log_dir=tmp_path)
     assert "model.rpn.nms_thresh=2: must lie in (0, 1]" in printed
-
-
-@pytest.mark.parametrize(
-    "script, args, told",
-    [
-        # what Hydra's error for `draw_tresh=0.5` advises; then draw_thresh would stay 0.3
-        ("predict.py", ["+draw_tresh=0.5", "input=a.jpg"], r"\+draw_tresh=0\.5: predict\.py h"),
-        ("predict.py", ["++draw_tresh=0.5", "input=a.jpg"], r"\(did you mean draw_thresh=0\.5\? "),
-        ("predict.py", ["+zzz=1", "input=a.jpg"], r"no setting zzz, and nothing would read it \(`"),
-        ("train.py", ["+max_step=3", *TINY], r"\(did you mean trainer\.max_steps=3\? `--cfg job`"),
-        ("train.py", ["+nms_tresh=.6", *TINY], r"model\.rpn\.nms_thresh=\.6 or model\.roi_heads\."),
-    ],
-)
-def test_a_setting_the_command_line_adds_that_nothing_reads_is_refused(
-    tmp_path, script, args, told
-):
-    assert re.search(told, refused(script, *args, log_dir=tmp_path))
-
-
-@pytest.mark.parametrize(
-    "added",
-    [
-        ["+input=photo.jpg"],  # a mandatory (???) setting
-        ["++score_thresh=0.2", "input=photo.jpg"],  # an existing one
-        ["+low=0.2", "score_thresh=${low}", "input=photo.jpg"],  # one the config refers to
-        ["+low=0.2", "input=photo.jpg", "hydra.run.dir={tmp}/${low}"],  # Hydra's config does
-    ],
-)
-def test_a_setting_the_command_line_adds_that_is_read_is_taken(tmp_path, added):
-    """predict.py then goes on to look for its input (not there: the run stops there)."""
-    with pytest.raises(AssertionError, match="FileNotFoundError: input='photo.jpg': no image"):
-        run("predict.py", *(a.replace("{tmp}", str(tmp_path)) for a in added), log_dir=tmp_path)
-
-
-@pytest.mark.parametrize(
-    "added, told",
-    [
-        # what Hydra's error for `trainer.max_epoch=3` advises; then the Trainer's TypeError
-        ("+trainer.max_epoch=3", r": TypeError: trainer\.max_epoch=3: Trainer takes no setting"),
-        ("+model.rpn.nms_tresh=.6", r"RPN takes no setting nms_tresh \(did you mean model\.rpn\.n"),
-        ("++module.optimizer.lrr=.1", r"\(did you mean module\.optimizer\.lr=\.1\? `--cfg job`"),
-    ],
-)
-def test_a_nested_setting_the_command_line_adds_that_its_object_refuses_is_named(
-    tmp_path, added, told
-):
-    assert re.search(told, refused("train.py", added, *TINY, log_dir=tmp_path))
-
-
-def test_only_a_keyword_that_the_command_line_added_is_named(tmp_path):
-    """A constructor's TypeError for a keyword that no override added is a bug: its traceback
-    is kept (None here)."""
-    composed(tmp_path, "+trainer.max_epoch=3")
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):  # (for its compose)
-        bug = TypeError("Trainer.__init__() got an unexpected keyword argument 'min_epoch'")
-        assert refused_keyword(bug) is None
-        wrapped = RuntimeError("Error in call to target 'lightning.Trainer'")  # as Hydra does
-        wrapped.__cause__ = TypeError(str(bug).replace("min_epoch", "max_epoch"))
-        assert refused_keyword(wrapped).startswith(
-            "TypeError: trainer.max_epoch=3: Trainer takes no setting max_epoch (did you mean "
-            "trainer.max_epochs=3? "
-        )
-
-
-@pytest.mark.parametrize(
-    "script, args, told",
-    [
-        (
-            "predict.py",
-            [],
-            r"predict: ValueError: input is not set: give it, input=\.\.\. \(`--help`",
-        ),
-        (
-            "export.py",
-            [],
-            r"export: ValueError: ckpt_path is not set: give it, ckpt_path=\.\.\. \(",
-        ),
-        ("train.py", ["data=yolo"], r"train: ValueError: data\.root is not set: give it, data\.ro"),
-    ],
-)
-def test_a_mandatory_setting_not_given_is_named(tmp_path, script, args, told):
-    """(Else OmegaConf's MissingMandatoryValue, with a traceback, where the command reads it.)"""
-    assert re.search(told, refused(script, *args, log_dir=tmp_path))
-
-
-def test_help_tells_what_the_command_does_its_settings_and_its_groups_options(tmp_path):
-    """`--help`: the entry point's docstring, its config file with the comments (and the file
-    it extends), and the options of the config groups it chooses from, with the command line's
-    choices; nothing run, nothing written."""
-    printed = run("predict.py", "--help", log_dir=tmp_path).stdout
-    assert printed.startswith("Run a checkpoint on images: annotated copies and one COCO-format")
-    assert "\nuv run predict.py ckpt_path=... input=clip.mp4 stride=2\n" in printed
-    assert (
-        "\n== Settings (key=value; nested: a.b=value): conf/predict.yaml ==\n\n# uv run" in printed
-    )
-    assert "\ninput: ???  # an image, a folder of images, a glob, or a video file" in printed
-    assert "\noutput: ${paths.output_dir}/predictions\n" in printed  # as written
-    groups = printed.split("== Config groups")[1]
-    assert re.search(r"^device  auto; or cpu, ddp, gpu$", groups, re.M)
-    assert "anchors" not in groups and "train.yaml" not in printed  # not predict.py's
-    printed = run("eval.py", "--help", "model=resnet50_fpn", log_dir=tmp_path).stdout
-    assert printed.startswith("Evaluate a checkpoint (COCO mAP on the validation set)")
-    assert "\n== conf/train.yaml, which it extends ==\n\n# uv run train.py [gr" in printed
-    assert re.search(r"^model +resnet50_fpn; or resnet18_fpn$", printed, re.M)
-    assert re.search(r"^experiment +none; or coco400, coco400_lsj, finetune, synth", printed, re.M)
-    assert not list(tmp_path.iterdir())
-    conf = ROOT / "conf"
-    assert config_files(conf / "eval.yaml") == [conf / "eval.yaml", conf / "train.yaml"]
-    assert config_files(tmp_path / "frcnn.conf" / "eval.yaml") == []  # (a package's config)
 
 
 def test_only_a_resumed_training_run_goes_on_in_its_folder(tmp_path):
@@ -227,7 +116,6 @@ def test_each_run_of_a_sweep_is_freed_before_the_next_starts(tmp_path):
     from omegaconf import open_dict, read_write
 
     from frcnn.app.command import command
-    from tests.app.helpers import composed
 
     class Held:  # a trainer holding its module, which holds the trainer
         def __init__(self):

@@ -30,8 +30,8 @@ def command_help() -> str:
     """What `--help` prints (conf/hydra/default.yaml's help template; Hydra's default page lists
     every group of the tree and the settings without their comments): the entry point's
     docstring (what it does, how it is run), its config file as written, each setting with its
-    comment (and the file it extends: eval.yaml train.yaml's), and the options of each config
-    group the command chooses from."""
+    comment (and those of the file it extends: train.yaml for eval.yaml), and the options of
+    each config group the command chooses from."""
     hydra = HydraConfig.get()
     folder = next(s.path for s in hydra.runtime.config_sources if s.provider == "main")
     files = config_files(Path(folder) / f"{hydra.job.config_name}.yaml")

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from faster_coco_eval import COCO
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.ops import box_iou
 
 import frcnn.app.predict as predict_app
 from frcnn.app import find_images
 from frcnn.app.predict import json_array, read_ahead
+from frcnn.data.sources import unreadable
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference.predictor import Predictor
 from tests.app.helpers import ROOT, process_env, run, run_dirs
@@ -98,7 +99,7 @@ def test_files_are_read_ahead_in_order_and_detected_as_the_predictor_detects_the
     assert [[read.index for read in batch] for batch in batches] == [[0, 1], [2, 3], [4]]
     reads = [read for batch in batches for read in batch]
     assert [bool(read.problem) for read in reads] == [False, False, True, False, False]
-    assert "2.png: UnidentifiedImageError" in reads[2].problem
+    assert reads[2].problem == f"{files[2]}: " + unreadable(UnidentifiedImageError())
     assert reads[4].image.size == (1920, 1280)
     with Image.open(files[4]) as whole:
         whole.load()  # (decoded whole, as it is drawn)

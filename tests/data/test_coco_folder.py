@@ -53,6 +53,17 @@ def test_a_corrupt_image_is_skipped_and_counted(coco_folder, caplog):
     assert "unreadable image skipped (image 4)" in caplog.text
 
 
+def test_a_file_that_is_no_image_is_said_to_be_none(coco_folder, caplog):
+    """(PIL's message names the bytes it was handed: `<_io.BytesIO object at 0x7f...>`.)"""
+    (coco_folder / "val2017" / "4.jpg").write_text("<html>Not found</html>")
+    folder(coco_folder)[3]
+    assert (
+        "unreadable image skipped (image 4): UnidentifiedImageError: no image format that PIL "
+        "reads (another kind of file?)"
+    ) in caplog.text
+    assert "BytesIO" not in caplog.text
+
+
 def test_a_run_of_unreadable_images_stops_training_naming_the_source(coco_folder):
     """Training substitutes the next readable image for an unreadable one, but not for ever: a
     data set none of whose images can be read stops with a message, not an endless search."""

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from frcnn.app.build import checkpoint_run_config, quiet_libraries, require_extra
 from frcnn.app.evaluate import by_name
 from frcnn.app.predict import find_images
-from frcnn.data.sources import UNREADABLE_IMAGE
+from frcnn.data.sources import UNREADABLE_IMAGE, unreadable
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import detector_graph
 from frcnn.inference.predictor import Predictor, open_image, per_image
@@ -249,7 +249,7 @@ def check_images(spec: str | None, predictor: Predictor) -> list:
         try:
             images.append(open_image(path))
         except UNREADABLE_IMAGE as err:
-            raise ValueError(f"check_images: {path} cannot be read ({err})") from None
+            raise ValueError(f"check_images: {path} cannot be read ({unreadable(err)})") from None
     return images
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn.app.build import require_extra
-from frcnn.data.sources import UNREADABLE_IMAGE, image_files, image_suffixes
+from frcnn.data.sources import UNREADABLE_IMAGE, image_files, image_suffixes, unreadable
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
 from frcnn.inference.video import VIDEO_SUFFIXES
@@ -408,7 +408,7 @@ def read_image(files: list[Path], index: int, prepare=None) -> Read:
         image = open_image(io.BytesIO(data))  # (the picture is drawn on the whole image)
         prepared = prepare(data, image) if prepare else None
     except UNREADABLE_IMAGE as err:
-        problem = f"{files[index]}: {type(err).__name__}: {err}"
+        problem = f"{files[index]}: {unreadable(err)}"
         if isinstance(err, Image.DecompressionBombError):
             problem += " (max_image_pixels= reads larger images)"
         return Read(index, problem=problem)

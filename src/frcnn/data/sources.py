@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 # "decompression bomb"; PIL.Image.MAX_IMAGE_PIXELS sets the limit)
 UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+
+def unreadable(err: BaseException) -> str:
+    """How an image that could not be read is reported: its error's type and message, but
+    PIL's `cannot identify image file <_io.BytesIO object at 0x7f...>` (it names the bytes it
+    was handed; the caller names the file) said as what it means."""
+    if isinstance(err, Image.UnidentifiedImageError):
+        return f"{type(err).__name__}: no image format that PIL reads (another kind of file?)"
+    return f"{type(err).__name__}: {err}"
+
+
 # Consecutive unreadable samples after which a map-style source gives up: the data is broken
 MAX_CONSECUTIVE_SKIPS = 50
 
@@ -147,7 +157,7 @@ def transform_record(record: Record, transform: Transform, num_classes: int, ski
         skips("image not the size its annotation records skipped", record.image_id, str(err))
         return None
     except UNREADABLE_IMAGE as err:
-        skips("unreadable image skipped", record.image_id, f"{type(err).__name__}: {err}")
+        skips("unreadable image skipped", record.image_id, unreadable(err))
         return None
 
 
@@ -197,9 +207,7 @@ class MapSource(Dataset):
             try:
                 record = self.record(i)
             except (OSError, ValueError, KeyError) as err:
-                self.skips(
-                    "unreadable record skipped", self.describe(i), f"{type(err).__name__}: {err}"
-                )
+                self.skips("unreadable record skipped", self.describe(i), unreadable(err))
                 continue
             sample = transform_record(
                 record, self.transform, self.num_classes, self.skips, self._rng

@@ -104,6 +104,11 @@ def test_help_tells_what_the_command_does_its_settings_and_its_groups_options(tm
     )
     assert "\ninput: ???  # an image, a folder of images, a glob, or a video file" in printed
     assert "\noutput: ${paths.output_dir}/predictions\n" in printed  # as written
+    # the README's excerpt of it ("Configuration")
+    readme = (ROOT / "README.md").read_text()
+    excerpt = re.search(r"^uv run predict\.py --help\n```\n\n```\n(.*?)^```", readme, re.M | re.S)
+    shown = [line for line in excerpt.group(1).splitlines() if line != "..."]
+    assert len(shown) > 10 and not set(shown) - set(printed.splitlines())
     groups = printed.split("== Config groups")[1]
     assert re.search(r"^device  auto; or cpu, ddp, gpu$", groups, re.M)
     assert "anchors" not in groups and "train.yaml" not in printed  # not predict.py's

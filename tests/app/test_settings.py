@@ -16,7 +16,7 @@ from tests.app.helpers import ROOT, TINY, composed, refused, run
         ("predict.py", ["+draw_tresh=0.5", "input=a.jpg"], r"\+draw_tresh=0\.5: predict\.py h"),
         ("predict.py", ["++draw_tresh=0.5", "input=a.jpg"], r"\(did you mean draw_thresh=0\.5\? "),
         ("predict.py", ["+zzz=1", "input=a.jpg"], r"no setting zzz, and nothing would read it \(`"),
-        ("train.py", ["+max_step=3", *TINY], r"\(did you mean trainer\.max_steps=3\? `--cfg job`"),
+        ("train.py", ["+max_step=3", *TINY], r"\(did you mean trainer\.max_steps=3\? `--help` af"),
         ("train.py", ["+nms_tresh=.6", *TINY], r"model\.rpn\.nms_thresh=\.6 or model\.roi_heads\."),
     ],
 )

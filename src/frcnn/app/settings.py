@@ -100,7 +100,8 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
         advice = f"did you mean {near}? " if near else ""
         raise ValueError(
             f"{override.input_line}: {hydra.job.name}.py has no setting {key}, and nothing "
-            f"would read it ({advice}`--cfg job` after the command prints its settings)"
+            f"would read it ({advice}`--help` after the command explains its settings, "
+            "`--cfg job` prints them all)"
         )
 
 

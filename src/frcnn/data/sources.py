@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # "decompression bomb"; PIL.Image.MAX_IMAGE_PIXELS sets the limit)
 UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+# Consecutive unreadable samples after which a map-style source gives up: the data is broken
+MAX_CONSECUTIVE_SKIPS = 50
+
 
 def unreadable(err: BaseException) -> str:
     """How an image that could not be read is reported: its error's type and message, but
@@ -27,10 +30,6 @@ def unreadable(err: BaseException) -> str:
     if isinstance(err, Image.UnidentifiedImageError):
         return f"{type(err).__name__}: no image format that PIL reads (another kind of file?)"
     return f"{type(err).__name__}: {err}"
-
-
-# Consecutive unreadable samples after which a map-style source gives up: the data is broken
-MAX_CONSECUTIVE_SKIPS = 50
 
 
 class SkipLog:

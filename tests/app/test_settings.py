@@ -112,6 +112,7 @@ def test_help_tells_what_the_command_does_its_settings_and_its_groups_options(tm
     groups = printed.split("== Config groups")[1]
     assert re.search(r"^device  auto; or cpu, ddp, gpu$", groups, re.M)
     assert "anchors" not in groups and "train.yaml" not in printed  # not predict.py's
+    assert "\nA group's settings, each with its comment: conf/<group>/<option>.yaml.\n" in groups
     printed = run("eval.py", "--help", "model=resnet50_fpn", log_dir=tmp_path).stdout
     assert printed.startswith("Evaluate a checkpoint (COCO mAP on the validation set)")
     assert "\n== conf/train.yaml, which it extends ==\n\n# uv run train.py [gr" in printed

@@ -45,6 +45,7 @@ def command_help() -> str:
     sections += [
         "== Config groups (group=option): the chosen one; the others ==",
         "\n".join(group_options(hydra.runtime.choices)),
+        f"A group's settings, each with its comment: {shown(folder)}/<group>/<option>.yaml.\n"
         "`--cfg job` after the command prints every setting as composed, the groups' too.\n"
         "Powered by Hydra (https://hydra.cc); --hydra-help shows Hydra's own flags.",
     ]

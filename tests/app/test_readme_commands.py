@@ -453,7 +453,7 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
         (sweep,) = made
         printed += "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     done = "debug finished" if "debug=" in line else DONE.get(script, DONE["train.py"])
-    if "--help" in line:  # (its page: test_command)
+    if "--help" in line:  # (its page: test_settings)
         done = r"^== Settings \(key=value; nested: a\.b=value\): conf/\w+\.yaml ==$"
     assert re.search(done, printed, re.M), printed[-3000:]
     assert "💡 Tip" not in printed  # Lightning's advertisement

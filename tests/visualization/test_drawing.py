@@ -64,6 +64,26 @@ def test_a_name_sits_above_its_box_where_the_image_has_room_else_inside():
     assert not drawn[:, 2 + width + 14 : 88, 12:78].any()  # nothing else inside
 
 
+def test_a_name_the_right_edge_would_cut_moves_left_whole_into_the_image():
+    """A box at the image's right edge: its patch ends at the last column, as wide as where the
+    box leaves room; a name wider than the image starts at its first column."""
+    image = torch.zeros(3, 96, 160, dtype=torch.uint8)
+    boxes, labels = torch.tensor([[130.0, 40.0, 159.0, 90.0]]), torch.tensor([2])
+    colour = torch.tensor(class_colour(2), dtype=torch.uint8)[:, None, None]
+    lines = named_boxes(image, boxes, [""], labels, DEJAVU_SANS)
+    columns = {}
+    for name in ("a long class name", "a long class name " * 4):
+        drawn = named_boxes(image, boxes, [name], labels, DEJAVU_SANS)
+        patch = (drawn == colour).all(0)[:40] & (lines == 0).all(0)[:40]  # above the box
+        columns[name] = patch.any(0).nonzero().squeeze(1)
+    roomy = torch.zeros(3, 96, 400, dtype=torch.uint8)  # room right of the box
+    roomy = named_boxes(roomy, boxes, ["a long class name"], labels, DEJAVU_SANS)
+    wide = (roomy == colour).all(0)[:40].any(0).nonzero().squeeze(1)
+    short, long = columns.values()
+    assert wide[0] == 130 and short[-1] == 159 and len(short) == len(wide) > 30, (short, wide)
+    assert long[0] == 0 and long[-1] == 159, long
+
+
 def test_boxes_are_drawn_as_torchvision_draws_them():
     image = torch.randint(0, 256, (3, 120, 160), dtype=torch.uint8)
     boxes = torch.tensor([[10.7, 8.2, 90.5, 70.9], [50.0, 40.0, 150.0, 110.0]])

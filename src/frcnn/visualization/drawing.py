@@ -65,10 +65,11 @@ def draw_labels(image: Tensor, target: dict, class_names=None) -> Tensor:
 def named_boxes(image: Tensor, boxes: Tensor, texts: list[str], labels: Tensor, font: str):
     """Boxes (N, 4) in their classes' colours, each with its text on a patch of that colour
     over its top-left corner, outside the box where the image has room above it (the object
-    stays in sight), else inside: black or white text (`text_colour`; text in the class colour
-    alone vanished on an object or a background of that colour), in the font file `font` (PIL's
-    default font is 10 px at any size, 3 px when a 12 MP photo is shown on a screen). Lines and
-    text grow with the image. The names are drawn after all the boxes: no line crosses one."""
+    stays in sight), else inside, and moved left where the image's right edge would cut it:
+    black or white text (`text_colour`; text in the class colour alone vanished on an object or
+    a background of that colour), in the font file `font` (PIL's default font is 10 px at any
+    size, 3 px when a 12 MP photo is shown on a screen). Lines and text grow with the image.
+    The names are drawn after all the boxes: no line crosses one."""
     colours = [class_colour(int(c)) for c in labels]
     width = line_width(image)
     corners = boxes.to(torch.int64).tolist()  # whole pixels, as draw_bounding_boxes draws
@@ -83,7 +84,8 @@ def named_boxes(image: Tensor, boxes: Tensor, texts: list[str], labels: Tensor, 
         left, top, right, bottom = draw.textbbox((0, 0), text, font=face)
         # the patch (the text's extent and a pixel) on the box's top line, else below it
         y = y0 - 1 - bottom if y0 - 2 - bottom + top >= 0 else y0 + width - top + 1
-        x = x0 - left + 1
+        # a name longer than the room right of the box shifts left, whole in the image
+        x = max(min(x0 - left + 1, picture.width - 1 - right), 1 - left)
         draw.rectangle((x + left - 1, y + top - 1, x + right, y + bottom), fill=colour)
         draw.text((x, y), text, fill=text_colour(colour), font=face)
     return pil_to_tensor(picture)

@@ -218,6 +218,24 @@ def test_misconfiguration_fails_at_start_up(kwargs, key):
         load("synthetic", **kwargs)
 
 
+def test_a_sources_setting_is_named_as_the_config_names_it(coco_folder, monkeypatch, hub_parquet):
+    """Sources name their settings bare, as a Python caller gives them; the data module names
+    the split's (`data.val.annotation_file`) or the data config's (`data.num_classes`)."""
+    monkeypatch.setenv("COCO_ROOT", str(coco_folder))  # (it has a val2017 split only)
+    val = {"annotation_file": str(coco_folder / "annotations/instances_val2017.json")}
+    with pytest.raises(FileNotFoundError, match=r"^data.train.annotation_file='.*': no such f"):
+        load("coco_files", val=val).setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"^data.val.image_dir='.*nowhere': no such f"):
+        load("coco_files", val=val | {"image_dir": str(coco_folder / "nowhere")}).setup("val")
+    with pytest.raises(FileNotFoundError, match=r"^data.val.data_files: no such local file"):
+        val = {"data_files": [str(coco_folder / "val-*.parquet")]}
+        load("coco", train={"data_files": hub_parquet}, val=val).setup("fit")
+    with pytest.raises(ValueError, match=r"^data.train.num_images=0: must be positive"):
+        load("synthetic", train={"num_images": 0}).setup("fit")
+    with pytest.raises(ValueError, match=r"^data.num_classes=99: must lie in 1\.\."):
+        load("synthetic", num_classes=99).setup("fit")
+
+
 def test_every_training_epoch_reshuffles_the_data():
     """StreamEpoch (which the app adds to every trainer) hands each epoch to the data module;
     through Lightning's own loop: tests/app/test_train.py's resume test."""

@@ -33,7 +33,7 @@ class COCOFolder(MapSource):
         keep_empty: bool = True,
     ):
         annotation_file, image_dir = Path(annotation_file), Path(image_dir)
-        named = f"data annotation_file={str(annotation_file)!r}"
+        named = f"annotation_file={str(annotation_file)!r}"
         coco = read_annotation_file(annotation_file, image_dir, named)
         category_ids = checked_category_ids(coco.get("categories") or [], named)
         self.label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
@@ -69,7 +69,7 @@ class COCOFolder(MapSource):
         self.annotations = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
         check_images_exist(
             [image_dir / name for name in self.file_names[:IMAGES_CHECKED]],
-            f"data image_dir={str(image_dir)!r}",
+            f"image_dir={str(image_dir)!r}",
             "point image_dir at the folder the file's file_name values are relative to (one "
             "level up where they hold a folder)",
         )
@@ -119,7 +119,7 @@ def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> 
     if not annotation_file.is_file():
         raise FileNotFoundError(f"{named}: no such file")
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"data image_dir={str(image_dir)!r}: no such folder")
+        raise FileNotFoundError(f"image_dir={str(image_dir)!r}: no such folder")
     try:
         return json.loads(annotation_file.read_text())
     except json.JSONDecodeError as err:

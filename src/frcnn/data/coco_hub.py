@@ -105,8 +105,8 @@ class HubDetection(IterableDataset):
         class_names: list[str] | None = None,
     ):
         if limit is not None and limit <= 0:
-            raise ValueError(f"data limit={limit}: must be positive or null")
-        check_number("data max_skips_in_a_row", max_skips_in_a_row, 1, integer=True)
+            raise ValueError(f"limit={limit}: must be positive or null")
+        check_number("max_skips_in_a_row", max_skips_in_a_row, 1, integer=True)
         if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig
             data_files = (
                 [data_files] if isinstance(data_files, str) else [str(f) for f in data_files]
@@ -193,7 +193,7 @@ class HubDetection(IterableDataset):
                     self.name, split=self.split, revision=self.revision, streaming=True
                 )
         except ValueError as err:  # datasets' error for an unknown split
-            raise ValueError(f"data split={self.split!r}: {err}") from err
+            raise ValueError(f"split={self.split!r}: {err}") from err
         except (ConnectionError, OSError) as err:
             if self.data_files is not None:
                 raise OSError(f"data_files={self.data_files!r}: {err}") from err
@@ -208,9 +208,8 @@ class HubDetection(IterableDataset):
 
         for pattern in self.data_files:
             if "://" not in pattern and not glob.glob(pattern):
-                split = "train" if self.split == "train" else "val"
                 raise FileNotFoundError(
-                    f"data.{split}.data_files: no such local file {pattern!r}. Point it at the "
+                    f"data_files: no such local file {pattern!r}. Point it at the "
                     "parquet files of your copy of the data set (globs allowed)."
                 )
 
@@ -224,7 +223,7 @@ class HubDetection(IterableDataset):
         try:
             huggingface_hub.HfApi().dataset_info(self.name, revision=self.revision, timeout=10)
         except huggingface_hub.errors.RepositoryNotFoundError as err:
-            raise ValueError(f"data name={self.name!r}: no such data set on the hub") from err
+            raise ValueError(f"name={self.name!r}: no such data set on the hub") from err
         except Exception as err:  # network errors come in several libraries' types
             raise self._offline_error(err) from err
 

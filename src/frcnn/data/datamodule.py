@@ -4,6 +4,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable
 
@@ -62,6 +63,19 @@ class StreamEpoch(L.Callback):
                 "stopped), so some of its images come twice in the epoch and some not at all",
                 done, total, epoch, total - done,
             )  # fmt: skip
+
+
+def name_in_full(err: Exception, split: str, make: Callable, data_settings: dict) -> None:
+    """Names the setting that `err`'s message starts with as the config names it. A source
+    names its own settings bare (`annotation_file='x.json': no such file`, as a caller in
+    Python gave them); the data module knows which split `make` built and what the data config
+    sets for both splits (`data.train.annotation_file=...`, `data.name=...`)."""
+    message = str(err.args[0]) if len(err.args) == 1 else ""
+    key = re.match(r"[a-z_]+(?=[=:])", message)
+    own = {*getattr(make, "keywords", {}), *inspect.signature(make).parameters}
+    if key and key[0] in own | set(data_settings):
+        both = data_settings.get(key[0]) is not None
+        err.args = (f"data.{'' if both else split + '.'}{message}",)
 
 
 # DetectionDataModule's arguments that are not settings of a data config
@@ -268,7 +282,11 @@ class DetectionDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def _source(self, split: str, make: Callable, transform: Transform):
-        source = make(transform=transform, **self.shared)
+        try:
+            source = make(transform=transform, **self.shared)
+        except (ValueError, OSError) as err:
+            name_in_full(err, split, make, self.given)
+            raise
         if split == "val" and hasattr(source, "substitute"):
             source.substitute = False  # validation skips unreadable images, never repeats one
         if hasattr(source, "__len__") and len(source) == 0:

@@ -166,7 +166,9 @@ class MapSource(Dataset):
     A sample whose image cannot be read is counted and logged, then, in training
     (`substitute=True`), replaced by the next readable one so that batches keep their size; in
     validation (`substitute=False`) it is None, which `collate` leaves out: no image is ever
-    counted twice.
+    counted twice. An error of a wrong setting begins with the setting's own name
+    (`annotation_file='x.json': no such file`): the data module names it in full
+    (`data.train.annotation_file=...`, `datamodule.name_in_full`).
     """
 
     def __init__(self, transform: Transform, num_classes: int, name: str):

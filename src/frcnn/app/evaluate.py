@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg)
     with stops_other_processes_on_error(trainer):
-        trainer.validate(module, datamodule=datamodule)
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # the summary says
     value = finish(trainer, cfg)
     wait_for_other_processes(trainer)
     return value

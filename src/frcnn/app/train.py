@@ -202,7 +202,7 @@ def validate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
     # the weights alone: validate(ckpt_path=...) would also restore the callbacks' state of
     # that moment (the summary would lose a last.ckpt written after it)
     module.load_state_dict(checkpoint["state_dict"])
-    trainer.validate(module, datamodule=datamodule)
+    trainer.validate(module, datamodule=datamodule, verbose=False)  # the summary says
     trainer.loggers = loggers
     final = {k: v for k, v in final_metrics(trainer).items() if k.startswith("val/")}
     if subset:

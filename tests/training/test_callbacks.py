@@ -1,6 +1,7 @@
 """The training callbacks' own rules, in one process (the commands that use them, with real
 signals, DDP and torchrun, are tested in tests/app/test_train.py)."""
 
+import re
 import signal
 
 import lightning as L
@@ -10,7 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
-from frcnn.training.callbacks import LastCheckpoint, Preemption, RunCheckpoint
+from frcnn.training.callbacks import LastCheckpoint, Preemption, ProgressBar, RunCheckpoint
 from frcnn.training.checkpoint import AtomicCheckpointIO
 
 
@@ -104,3 +105,54 @@ def test_last_ckpt_is_no_second_name_of_a_save_before_its_validation(tmp_path, l
         return loops["epoch_loop.val_loop.batch_progress"]["total"]["completed"]
 
     assert validations("step=2.ckpt") == 0 and validations("last.ckpt") == 1
+
+
+class Shown(Linear):
+    """Linear, with its figures on the progress bar as DetectorModule logs them."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True)
+        self.log("train/images_per_s", 10.0 + batch_idx, prog_bar=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/map_50", 0.25, prog_bar=True)
+
+
+def screen(printed: str) -> list[str]:
+    """The lines a terminal shows of `printed`, tqdm's bars written over one another with
+    carriage returns and cursor-up codes."""
+    lines, row, column = [""], 0, 0
+    for part in re.split(r"(\n|\r|\x1b\[A)", printed):
+        if part == "\n":
+            row, column = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif part == "\r":
+            column = 0
+        elif part == "\x1b[A":
+            row = max(row - 1, 0)
+        else:
+            lines[row] = lines[row][:column].ljust(column) + part + lines[row][column + len(part) :]
+            column += len(part)
+    return [line.rstrip() for line in lines]
+
+
+def test_the_progress_bar_keeps_a_line_per_epoch_with_the_steps_figures_by_short_names(capsys):
+    """Lightning's bar showed each figure twice (`train/loss_step`, `train/loss_epoch`): too
+    long for a terminal's line. With `leave`, each epoch's last line stays, and no other."""
+    loader = DataLoader(TensorDataset(torch.randn(12, 3)), batch_size=4)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_model_summary=False, enable_checkpointing=False,
+        callbacks=[ProgressBar(leave=True)], max_epochs=2, limit_val_batches=1,
+    )  # fmt: skip
+    trainer.fit(Shown(), loader, loader)
+    lines = screen(capsys.readouterr().out)
+    assert not any(line.startswith("Training") for line in lines), lines
+    for epoch in (0, 1):
+        (last,) = [line for line in lines if line.startswith(f"Epoch {epoch}:")]
+        assert "100%" in last, last
+        figures = last.split("it/s, ")[1].rstrip("]")
+        names = [figure.split("=")[0] for figure in figures.split(", ")]
+        assert names == ["loss", "images_per_s", "val/map_50"], last
+        assert "images_per_s=12.0" in last and "val/map_50=0.250" in last, last

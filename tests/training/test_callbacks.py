@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -138,21 +139,33 @@ def screen(printed: str) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
-def test_the_progress_bar_keeps_a_line_per_epoch_with_the_steps_figures_by_short_names(capsys):
+def test_the_progress_bar_keeps_a_line_per_epoch_with_the_steps_figures_by_short_names(
+    capsys, tmp_path
+):
     """Lightning's bar showed each figure twice (`train/loss_step`, `train/loss_epoch`): too
-    long for a terminal's line. With `leave`, each epoch's last line stays, and no other."""
-    loader = DataLoader(TensorDataset(torch.randn(12, 3)), batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_model_summary=False, enable_checkpointing=False,
-        callbacks=[ProgressBar(leave=True)], max_epochs=2, limit_val_batches=1,
-    )  # fmt: skip
-    trainer.fit(Shown(), loader, loader)
-    lines = screen(capsys.readouterr().out)
-    assert not any(line.startswith("Training") for line in lines), lines
-    for epoch in (0, 1):
-        (last,) = [line for line in lines if line.startswith(f"Epoch {epoch}:")]
-        assert "100%" in last, last
-        figures = last.split("it/s, ")[1].rstrip("]")
+    long for a terminal's line. With `leave`, each epoch's last line stays, and no other; a run
+    resumed mid-epoch goes on with that epoch's line, one resumed where it ended shows none."""
+    loader = DataLoader(TensorDataset(torch.randn(12, 3)), batch_size=4)  # 3 steps an epoch
+
+    def lines(ckpt_path=None, *callbacks):
+        trainer = L.Trainer(
+            accelerator="cpu", logger=False, enable_model_summary=False, max_epochs=2,
+            callbacks=[ProgressBar(leave=True), *callbacks], limit_val_batches=1,
+            default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(Shown(), loader, loader, ckpt_path=ckpt_path)
+        return [line for line in screen(capsys.readouterr().out) if line]
+
+    every_2 = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=2, save_top_k=-1)
+    trained = lines(None, every_2)
+    assert len(trained) == 2, trained
+    for epoch, line in enumerate(trained):
+        assert line.startswith(f"Epoch {epoch}: 100%|") and "| 3/3 [" in line, line
+        figures = line.split("it/s, ")[1].rstrip("]")
         names = [figure.split("=")[0] for figure in figures.split(", ")]
-        assert names == ["loss", "images_per_s", "val/map_50"], last
-        assert "images_per_s=12.0" in last and "val/map_50=0.250" in last, last
+        assert names == ["loss", "images_per_s", "val/map_50"], line
+        assert "images_per_s=12.0" in line and "val/map_50=0.250" in line, line
+    resumed = lines(tmp_path / "step=2.ckpt")
+    assert [line[:14] for line in resumed] == ["Epoch 0: 100%|", "Epoch 1: 100%|"], resumed
+    assert "| 3/3 [" in resumed[0], resumed
+    assert lines(tmp_path / "step=6.ckpt") == []  # (6: the run's last step)

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
     WeightAveraging,
 )
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -279,9 +280,27 @@ class ProgressBar(TQDMProgressBar):
     was left a bar of one character. The epoch means are in TensorBoard. With `leave`, each
     epoch's bar stays: a line per epoch."""
 
-    def on_train_start(self, *args) -> None:
-        if not self._leave:  # (else each epoch makes its own: this one's line stayed empty)
-            super().on_train_start(*args)
+    def on_train_start(self, trainer: L.Trainer, *args) -> None:
+        super().on_train_start(trainer, *args)
+        # a run resumed mid-epoch starts no epoch: this bar goes on with the epoch it is in
+        self.train_progress_bar.total = convert_inf(self.total_train_batches)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_epoch_start(self, *args) -> None:
+        if self._leave:  # each epoch makes its own bar (a resumed epoch's closed already)
+            self.close_train_bar()
+        super().on_train_epoch_start(*args)
+
+    def on_train_end(self, *args) -> None:
+        self.close_train_bar()
+        super().on_train_end(*args)
+
+    def close_train_bar(self) -> None:
+        """Closes the training bar, erased where it showed no step: on_train_start's, where
+        an epoch starts, or where a run resumed at its end trains none."""
+        bar = self.train_progress_bar
+        bar.leave = bar.n > 0
+        bar.close()
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         shown = super().get_metrics(trainer, pl_module).items()

@@ -139,6 +139,11 @@ def screen(printed: str) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
+# Lightning's warnings of what the test does on purpose: it resumes without the callback that
+# wrote the checkpoint, mid-epoch, in the folder of the first run
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended")
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_the_progress_bar_keeps_a_line_per_epoch_with_the_steps_figures_by_short_names(
     capsys, tmp_path
 ):

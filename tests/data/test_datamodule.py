@@ -218,7 +218,9 @@ def test_misconfiguration_fails_at_start_up(kwargs, key):
         load("synthetic", **kwargs)
 
 
-def test_a_sources_setting_is_named_as_the_config_names_it(coco_folder, monkeypatch, hub_parquet):
+def test_a_sources_setting_is_named_as_the_config_names_it(
+    coco_folder, monkeypatch, hub_parquet, tmp_path
+):
     """Sources name their settings bare, as a Python caller gives them; the data module names
     the split's (`data.val.annotation_file`) or the data config's (`data.num_classes`)."""
     monkeypatch.setenv("COCO_ROOT", str(coco_folder))  # (it has a val2017 split only)
@@ -234,6 +236,13 @@ def test_a_sources_setting_is_named_as_the_config_names_it(coco_folder, monkeypa
         load("synthetic", train={"num_images": 0}).setup("fit")
     with pytest.raises(ValueError, match=r"^data.num_classes=99: must lie in 1\.\."):
         load("synthetic", num_classes=99).setup("fit")
+    voc = tmp_path / "voc"
+    with pytest.raises(FileNotFoundError, match=r"^data.root='.*voc': no .*train.txt$"):
+        load("voc", root=str(voc)).setup("fit")
+    (voc / "ImageSets/Main").mkdir(parents=True)
+    (voc / "ImageSets/Main/train.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"^data.val.split='vall': no .* \['train'\]"):
+        load("voc", root=str(voc), val={"split": "vall"}).setup("validate")
 
 
 def test_every_training_epoch_reshuffles_the_data():

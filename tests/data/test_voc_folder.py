@@ -105,9 +105,13 @@ def test_a_split_without_images_stops_at_start_up(voc):
         VOCFolder(Transform(120), str(voc), "empty", keep_empty=False)
 
 
-def test_a_missing_split_names_the_ones_there(voc):
-    with pytest.raises(FileNotFoundError, match="trainval.txt.*it has train, val"):
+def test_a_missing_split_names_the_ones_there_and_a_folder_without_lists_its_root(voc):
+    with pytest.raises(
+        FileNotFoundError, match=r"^split='trainval': .* \(it has \['train', 'val'\]"
+    ):
         VOCFolder(Transform(120), str(voc), "trainval")
+    with pytest.raises(FileNotFoundError, match=r"^root='.*JPEGImages': no .*train.txt$"):
+        VOCFolder(Transform(120), str(voc / "JPEGImages"), "train")  # one level too deep
 
 
 @pytest.mark.parametrize(

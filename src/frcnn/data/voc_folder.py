@@ -59,8 +59,9 @@ class VOCFolder(MapSource):
         ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not ids_file.is_file():
             found = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))[:8]
-            hint = f" (it has {', '.join(found)})" if found else ""
-            raise FileNotFoundError(f"data.root={str(root)!r}: no {ids_file}{hint}")
+            if found:  # a VOC folder, without that list
+                raise FileNotFoundError(f"split={split!r}: no {ids_file} (it has {found})")
+            raise FileNotFoundError(f"root={str(root)!r}: no {ids_file}")
         self.class_names = list(class_names or VOC_CLASSES)
         self.category_ids = list(range(1, len(self.class_names) + 1))
         super().__init__(transform, len(self.class_names), name=f"voc {split} of {root}")

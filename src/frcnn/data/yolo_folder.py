@@ -81,7 +81,8 @@ def base_folder(content: dict, file: Path) -> Path:
 def split_images(content: dict, split: str, file: Path) -> list[Path]:
     """The image files of a split (`train`, `val`, `test`) as data.yaml names them."""
     if not content.get(split):
-        raise ValueError(f"{file} names no `{split}` split (data.{split}.split selects another)")
+        named = [key for key in ("train", "val", "test") if content.get(key)]
+        raise ValueError(f"split={split!r}: {file} names no such split (it names {named})")
     base = base_folder(content, file)
     entries = content[split] if isinstance(content[split], list) else [content[split]]
     images = []

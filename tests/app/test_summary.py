@@ -4,13 +4,13 @@ from frcnn.app.summary import metric_lines
 
 
 def test_the_final_metrics_are_aligned_with_the_subsets_beside_them_and_counts_whole():
-    metrics = {"val/images": 100.0, "val/map": 0.57914, "val/map_medium": 0.1, "train/loss": 2.0}
+    metrics = {"val/images": 100, "val/map": 0.57914, "val/map_medium": 0.1, "train/loss": 2.0}
     assert metric_lines(metrics) == [
         "  val/images          100",
         "  val/map          0.5791",
         "  val/map_medium   0.1000",
     ]
-    metrics |= {"subset/val/images": 30.0, "subset/val/map": 0.2}
+    metrics |= {"subset/val/images": 30, "subset/val/map": 0.2}
     lines = metric_lines(metrics)
     assert lines[:3] == [
         "                    whole   subset  (validation split)",

@@ -420,12 +420,15 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def final_metrics(trainer: L.Trainer) -> dict[str, float]:
-    """The last logged value of every validation and epoch-level training metric."""
+def final_metrics(trainer: L.Trainer) -> dict[str, float | int]:
+    """The last logged value of every validation and epoch-level training metric; a count
+    (`val/images`: Lightning logs floats) as an int, in the summary, metrics.json and the
+    sweep tables."""
     metrics = {}
     for name, value in sorted(trainer.callback_metrics.items()):
         if name.startswith(("val/", "train/")) and not name.endswith("_step"):
-            metrics[name.removesuffix("_epoch")] = float(value)
+            value = float(value)
+            metrics[name.removesuffix("_epoch")] = round(value) if name == "val/images" else value
     return metrics
 
 

@@ -67,20 +67,18 @@ def output_lines(trainer: L.Trainer) -> list[str]:
     return lines
 
 
-def metric_lines(metrics: dict[str, float]) -> list[str]:
+def metric_lines(metrics: dict[str, float | int]) -> list[str]:
     """The final val/ metrics (not per class), with the training subset's beside them; a count
-    (`val/images`) as a whole number."""
+    (an int: `val/images`) as a whole number."""
     names = [k for k in metrics if k.startswith("val/") and "/ap/" not in k]
     width = max((len(k) for k in names), default=0)
     lines = []
     if any(k.startswith("subset/") for k in metrics):
         lines.append(f"  {'':<{width}}  {'whole':>7}  {'subset':>7}  (validation split)")
     for k in names:
-        shown = [metrics[k], metrics.get(f"subset/{k}")]
-        digits = 0 if k.endswith("/images") else 4
-        lines.append(
-            f"  {k:<{width}}" + "".join(f"  {v:7.{digits}f}" for v in shown if v is not None)
-        )
+        figures = [metrics[k], metrics.get(f"subset/{k}")]
+        cells = [f"{v:7d}" if isinstance(v, int) else f"{v:7.4f}" for v in figures if v is not None]
+        lines.append(f"  {k:<{width}}  " + "  ".join(cells))
     return lines
 
 

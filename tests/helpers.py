@@ -40,7 +40,7 @@ OVERFIT_RUN = [
     f"trainer.max_steps={OVERFIT_STEPS}",
     "trainer.max_epochs=-1",
     "trainer.limit_val_batches=0",
-    "+trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false",
     "callbacks=none",
     "~logger",
     "device=cpu",

@@ -254,6 +254,22 @@ def test_coco400_without_its_callbacks_builds_a_trainer(tmp_path, choice):
     assert not any(type(c).__name__ == "LastCheckpoint" for c in trainer.callbacks)
 
 
+@pytest.mark.parametrize("choice", ["callbacks=default", "callbacks=none", "debug=fdr"])
+def test_every_callbacks_choice_shows_the_projects_progress_bar_or_none_when_asked(
+    tmp_path, choice
+):
+    """callbacks=none and debug=fdr choose no bar: Lightning's own would show each figure
+    twice (`train/loss_step`, `train/loss_epoch`). At enable_progress_bar=false, Lightning
+    refuses a bar callback: the default's is left out."""
+    from frcnn.app.build import build_trainer
+    from frcnn.training.callbacks import ProgressBar
+
+    trainer = build_trainer(composed(tmp_path, choice, "device=cpu"))
+    assert type(trainer.progress_bar_callback) is ProgressBar
+    off = composed(tmp_path, choice, "device=cpu", "trainer.enable_progress_bar=false")
+    assert build_trainer(off).progress_bar_callback is None
+
+
 def test_a_run_shorter_than_its_logging_interval_logs_ten_times(tmp_path, caplog):
     """A smoke test of the recipe, counted in steps (the epoch-counted case: `trained`)."""
     from frcnn.app.build import build_trainer

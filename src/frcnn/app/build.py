@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+from lightning.pytorch.callbacks import ProgressBar as LightningBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -25,7 +26,7 @@ from frcnn.checks import check_gpu, check_number
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.inference.predictor import resolve_device
 from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
-from frcnn.training.callbacks import Preemption
+from frcnn.training.callbacks import Preemption, ProgressBar
 from frcnn.training.checkpoint import (
     DATA_TARGETS,
     AtomicCheckpointIO,
@@ -318,9 +319,9 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.Trainer:
     """The Lightning Trainer with the config's callbacks and loggers (and `StreamEpoch`,
-    which streamed data needs, and `Preemption`, whatever the callbacks config says), and
-    `training_callbacks` (train.py's: the weight EMA)."""
-    callbacks = [instantiate(c) for c in selected(cfg, "callbacks")]
+    which streamed data needs, `Preemption` and the progress bar, whatever the callbacks config
+    says), and `training_callbacks` (train.py's: the weight EMA)."""
+    callbacks = with_progress_bar([instantiate(c) for c in selected(cfg, "callbacks")], cfg)
     callbacks += [StreamEpoch(), Preemption(), *(training_callbacks or [])]
     loggers = [instantiate(c) for c in selected(cfg, "logger")]
     trainer = instantiate(
@@ -334,6 +335,18 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     return trainer
+
+
+def with_progress_bar(callbacks: list, cfg: DictConfig) -> list:
+    """`callbacks` with the project's progress bar where the callbacks choice has none
+    (`callbacks=none`, `debug=fdr`: Lightning would add its own, which shows each figure
+    twice), and without a bar at `trainer.enable_progress_bar=false` (Lightning refuses a bar
+    callback then)."""
+    if not cfg.trainer.get("enable_progress_bar", True):
+        return [c for c in callbacks if not isinstance(c, LightningBar)]
+    if any(isinstance(c, LightningBar) for c in callbacks):
+        return callbacks
+    return [*callbacks, ProgressBar()]
 
 
 def accelerator(name: str) -> str:

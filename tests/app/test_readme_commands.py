@@ -402,9 +402,10 @@ def export_line(name: str) -> str:
 
 
 # what each script prints when it has done its job (a pattern)
+TOOK = r"finished in (\d+ (h|min) )?\d+ (s|min)\. Outputs: "  # the summary's first line
 DONE = {
-    "train.py": "train finished",
-    "eval.py": "eval finished",
+    "train.py": "train " + TOOK,
+    "eval.py": "eval " + TOOK,
     "predict.py": r"\d+ detections? -> ",  # (images and videos; one detection is singular)
     "export.py": r"\(CPU\) against PyTorch on",
     "visualize.py": "Wrote",
@@ -452,7 +453,7 @@ def test_readme_command(section, line, workspace, coco400_run, monkeypatch):
     if side_by_side:  # and what each trial's process printed
         (sweep,) = made
         printed += "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
-    done = "debug finished" if "debug=" in line else DONE.get(script, DONE["train.py"])
+    done = "debug " + TOOK if "debug=" in line else DONE.get(script, DONE["train.py"])
     if "--help" in line:  # (its page: test_settings)
         done = r"^== Settings \(key=value; nested: a\.b=value\): conf/\w+\.yaml ==$"
     assert re.search(done, printed, re.M), printed[-3000:]

@@ -1,6 +1,6 @@
 """The summary printed at the end of a run."""
 
-from frcnn.app.summary import metric_lines
+from frcnn.app.summary import metric_lines, took
 
 
 def test_the_final_metrics_are_aligned_with_the_subsets_beside_them_and_counts_whole():
@@ -18,3 +18,15 @@ def test_the_final_metrics_are_aligned_with_the_subsets_beside_them_and_counts_w
         "  val/map          0.5791   0.2000",
     ]
     assert lines[3] == "  val/map_medium   0.1000"  # no subset figure
+
+
+def test_a_runs_duration_reads_as_a_person_says_it():
+    assert [took(s) for s in (0.4, 41, 59.6, 221, 3599, 3600, 7530)] == [
+        "0 s",
+        "41 s",
+        "1 min 0 s",
+        "3 min 41 s",
+        "59 min 59 s",
+        "1 h 00 min",
+        "2 h 05 min",
+    ]

@@ -386,7 +386,9 @@ def test_preemption_saves_the_step_and_the_requeued_job_goes_on(tmp_path, monkey
     step = int(re.search(r"Stopped by SIGTERM at step (\d+)", printed).group(1))
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == step >= hpc["global_step"] > 4  # past epoch 0's end
-    assert "train stopped" in printed and "train finished" not in printed  # the summary so far
+    assert (
+        "train stopped after " in printed and "train finished" not in printed
+    )  # the summary so far
     resume = re.search(r"Resume with: (.*)", printed).group(1)
     assert (
         resume.startswith("uv run train.py") and f"ckpt_path={last.relative_to(tmp_path)}" in resume

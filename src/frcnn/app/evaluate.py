@@ -1,6 +1,7 @@
 """eval.py: a checkpoint validated under the config's (e.g. post-processing) settings."""
 
 import logging
+import time
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -28,6 +29,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     Only the checkpoint and the validation data are needed: the detector and the data come
     from the config saved in the checkpoint, with what the command line sets on top.
     """
+    started = time.monotonic()
     quiet_libraries()
     check_gpu("device", cfg.trainer.accelerator)
     checkpoint = load_checkpoint(cfg.ckpt_path)
@@ -49,7 +51,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     trainer = build_trainer(cfg)
     with stops_other_processes_on_error(trainer):
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the summary says
-    value = finish(trainer, cfg)
+    value = finish(trainer, cfg, started)
     wait_for_other_processes(trainer)
     return value
 

@@ -3,6 +3,7 @@ report of its final evaluation."""
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -21,18 +22,22 @@ log = logging.getLogger(__name__)
 
 
 def summarise(
-    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], stopped: bool = False
+    trainer: L.Trainer,
+    cfg: DictConfig,
+    metrics: dict[str, float],
+    seconds: float,
+    stopped: bool = False,
 ) -> None:
-    """Log hyperparameters with the final metrics, store them for sweeps, print a summary and
-    (unless `stopped` early, where `report_wanted`) write the final evaluation's report (on
-    the first process only, under DDP)."""
+    """Log hyperparameters with the final metrics, store them for sweeps, print a summary (the
+    run took `seconds`) and (unless `stopped` early, where `report_wanted`) write the final
+    evaluation's report (on the first process only, under DDP)."""
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             log_hparams(logger, cfg, metrics, trainer.global_step)
     write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
-    ended = "stopped" if stopped else "finished"
+    ended = f"stopped after {took(seconds)}" if stopped else f"finished in {took(seconds)}"
     lines = ["", f"{cfg.task_name} {ended}. Outputs: {shown(output_dir())}"]
     lines += output_lines(trainer) + metric_lines(metrics)
     evaluation = getattr(trainer.lightning_module, "evaluation", None)
@@ -40,6 +45,15 @@ def summarise(
         report = not stopped and report_wanted(cfg)
         lines += per_class_lines(trainer, cfg, evaluation, metrics, report)
     log.info("\n".join(lines))
+
+
+def took(seconds: float) -> str:
+    """A run's duration as a person says it: `41 s`, `3 min 41 s`, `2 h 05 min`."""
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minute:02d} min"
+    return f"{minute} min {second} s" if minute else f"{second} s"
 
 
 def output_lines(trainer: L.Trainer) -> list[str]:
@@ -156,12 +170,16 @@ def printed_rows(rows: list[dict], shown: int = 5) -> list[dict]:
 
 
 def finish(
-    trainer: L.Trainer, cfg: DictConfig, metrics: dict | None = None, stopped: bool = False
+    trainer: L.Trainer,
+    cfg: DictConfig,
+    started: float,
+    metrics: dict | None = None,
+    stopped: bool = False,
 ) -> float | None:
-    """Summarise the run (its final `metrics`, by default the last logged ones) and write its
-    report (not for a run `stopped` early); return the optimised metric, None where there is
-    none."""
+    """Summarise the run (its final `metrics`, by default the last logged ones; `started`: its
+    `time.monotonic()` at the start) and write its report (not for a run `stopped` early);
+    return the optimised metric, None where there is none."""
     metrics = final_metrics(trainer) if metrics is None else metrics
-    summarise(trainer, cfg, metrics, stopped)
+    summarise(trainer, cfg, metrics, time.monotonic() - started, stopped)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None or math.isnan(value) else value

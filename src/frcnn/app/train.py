@@ -4,6 +4,7 @@ import logging
 import shlex
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig, datamodule=None) -> float | None:
     """Fit the model; return the value of `cfg.optimized_metric` (for sweepers). `datamodule`:
     one made in Python (`frcnn.fit`) in place of `cfg.data`'s."""
+    started = time.monotonic()
     own = None if cfg.get("ckpt_path") else latest_own_checkpoint(output_dir())
     if own:
         cfg.ckpt_path = str(own)  # a requeued job, a trial run again: it goes on
@@ -58,9 +60,9 @@ def train(cfg: DictConfig, datamodule=None) -> float | None:
                 module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
             )
     except SIGTERMException:
-        stopped(trainer, cfg)
+        stopped(trainer, cfg, started)
     say_what_was_left_undone(trainer, first_step)
-    value = finish(trainer, cfg, validate_best(trainer, module, datamodule))
+    value = finish(trainer, cfg, started, validate_best(trainer, module, datamodule))
     wait_for_other_processes(trainer)
     return value
 
@@ -102,12 +104,13 @@ def latest_own_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime_ns) if found else None
 
 
-def stopped(trainer: L.Trainer, cfg: DictConfig) -> None:
+def stopped(trainer: L.Trainer, cfg: DictConfig, started: float) -> None:
     """After SIGTERM (a scheduler preempts the job) or SIGINT (Ctrl-C): `Preemption` stopped
     after a step and `LastCheckpoint` saved last.ckpt there. Summarise the run so far, say how
     to resume, and exit with status 128 + the signal (143, 130) so that a scheduler does not
     take it for done."""
-    finish(trainer, cfg, stopped=True)  # no report: seconds that a scheduler's grace time needs
+    # no report: seconds that a scheduler's grace time needs
+    finish(trainer, cfg, started, stopped=True)
     last = next((c.best_model_path for c in trainer.checkpoint_callbacks if not c.monitor), "")
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
     signum = preemption.stopped_by or signal.SIGTERM

@@ -502,6 +502,7 @@ def check_sweep(line: str, sweep: Path, printed: str) -> None:
     assert f"Sweep summary ({counted(runs, 'run')}, sorted by" in printed, printed[-3000:]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == runs and {row["status"] for row in rows} == {"ok"}
+    assert all(float(row["seconds"]) > 0 for row in rows)  # how long each run took
 
 
 def check_side_by_side(sweep: Path) -> None:

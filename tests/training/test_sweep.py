@@ -60,6 +60,23 @@ def test_a_failed_run_is_listed_last_with_its_error(tmp_path):
     assert lines[-1] == "| 2 | failed | 2 |  | ValueError: must lie in (0, 1] \\| x |"
 
 
+def test_the_table_says_how_long_each_run_took_to_a_tenth_of_a_second(tmp_path):
+    for job, seconds in enumerate([212.34, 59.64]):
+        (tmp_path / str(job)).mkdir()
+        write_run_metrics(tmp_path / str(job), [f"seed={job}"], {"val/map": 0.3}, seconds=seconds)
+    (tmp_path / "2").mkdir()
+    write_run_metrics(tmp_path / "2", ["seed=2"], {}, "ValueError: x")  # its time: unknown
+    summarise(tmp_path, "val/map")
+    assert (tmp_path / "summary.md").read_text().splitlines()[2:] == [
+        "| 0 | ok | 0 | 0.3000 | 212.3 |  |",
+        "| 1 | ok | 1 | 0.3000 | 59.6 |  |",
+        "| 2 | failed | 2 |  |  | ValueError: x |",
+    ]
+    assert (tmp_path / "summary.csv").read_text().splitlines()[0] == (
+        "run,status,seed,val/map,seconds,error"
+    )
+
+
 def test_the_table_keeps_the_validation_figures_and_the_csv_everything(tmp_path):
     metrics = {"val/map": 0.3, "val/loss": 1.2, "val/rpn_cls": 0.1, "train/loss": 2.0}
     for job in range(2):

@@ -36,7 +36,7 @@ def summarise(
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             log_hparams(logger, cfg, metrics, trainer.global_step)
-    write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics)
+    write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics, seconds=seconds)
     ended = f"stopped after {took(seconds)}" if stopped else f"finished in {took(seconds)}"
     lines = ["", f"{cfg.task_name} {ended}. Outputs: {shown(output_dir())}"]
     lines += output_lines(trainer) + metric_lines(metrics)

@@ -1,9 +1,9 @@
 """Hydra multiruns: the summary table of every run's overrides and final metrics (or its error),
 trials in parallel with one GPU each, and the Optuna search's constrained parameters.
 
-Each run stores its overrides and final metrics in `<run>/metrics.json`; a run that raised
-stores its error there instead (the `SweepSummary` callback). The table is rewritten after every
-run, so it is there whatever stops the sweep, and printed when the sweep ends.
+Each run stores its overrides, final metrics and duration in `<run>/metrics.json`; a run that
+raised stores its error there instead (the `SweepSummary` callback). The table is rewritten
+after every run, so it is there whatever stops the sweep, and printed when the sweep ends.
 """
 
 import csv
@@ -32,12 +32,18 @@ log = logging.getLogger(__name__)
 
 
 def write_run_metrics(
-    output_dir: str | Path, overrides: list[str], metrics: dict, error: str | None = None
+    output_dir: str | Path,
+    overrides: list[str],
+    metrics: dict,
+    error: str | None = None,
+    seconds: float | None = None,
 ) -> Path:
-    """Store one run's overrides and final metrics (or the `error` that ended it) where the
-    sweep summary will find them."""
+    """Store one run's overrides and final metrics (or the `error` that ended it) and how many
+    `seconds` it took where the sweep summary will find them."""
     path = Path(output_dir) / METRICS_FILE
     record = {"overrides": list(overrides), "metrics": metrics}
+    if seconds is not None:
+        record["seconds"] = round(seconds, 1)
     if error is not None:
         record["error"] = error
     path.write_text(json.dumps(record, indent=2))
@@ -78,8 +84,8 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
 
 def run_rows(runs: list[tuple[str, dict]]) -> tuple[list[dict], dict, list[str]]:
     """(run name, record) of each run -> (a row per run: its name, status, the overrides that
-    differ between runs, its metrics and error; the overrides common to every run (none for a
-    single run); every override's key, in order)."""
+    differ between runs, its metrics, seconds (to a tenth) and error; the overrides common to every
+    run (none for a single run); every override's key, in order)."""
     settings = [dict(o.split("=", 1) for o in run["overrides"] if "=" in o) for _, run in runs]
     keys = list(dict.fromkeys(k for s in settings for k in s))
     common = {
@@ -91,7 +97,8 @@ def run_rows(runs: list[tuple[str, dict]]) -> tuple[list[dict], dict, list[str]]
     for (name, run), setting in zip(runs, settings, strict=True):
         row = {"run": name, "status": "failed" if "error" in run else "ok"}
         row |= {k: setting.get(k, "") for k in keys if k not in common}
-        rows.append(row | run["metrics"] | ({"error": run["error"]} if "error" in run else {}))
+        row |= run["metrics"] | ({"seconds": f"{run['seconds']:.1f}"} if "seconds" in run else {})
+        rows.append(row | ({"error": run["error"]} if "error" in run else {}))
     return rows, common, keys
 
 

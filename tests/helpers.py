@@ -1,7 +1,8 @@
 """What tests of several folders share: the learning recipe's small detector (`overfit`), its
-mAP, and work run by two processes in a process group."""
+mAP, work run by two processes in a process group, and what a terminal shows (`screen`)."""
 
 import multiprocessing
+import re
 import tempfile
 from pathlib import Path
 
@@ -126,3 +127,23 @@ def in_two_processes(work, tmp_path) -> list:
         process.join(timeout=60)
         assert process.exitcode == 0
     return [results[0], results[1]]
+
+
+def screen(printed: str) -> list[str]:
+    """The lines a terminal shows of `printed`, tqdm's bars written over one another with
+    carriage returns and cursor-up codes, a line cleared from the cursor on (`ESC[K`)."""
+    lines, row, column = [""], 0, 0
+    for part in re.split(r"(\n|\r|\x1b\[A|\x1b\[K)", printed):
+        if part == "\n":
+            row, column = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif part == "\r":
+            column = 0
+        elif part == "\x1b[A":
+            row = max(row - 1, 0)
+        elif part == "\x1b[K":
+            lines[row] = lines[row][:column]
+        else:
+            lines[row] = lines[row][:column].ljust(column) + part + lines[row][column + len(part) :]
+            column += len(part)
+    return [line.rstrip() for line in lines]

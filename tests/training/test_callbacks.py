@@ -1,7 +1,6 @@
 """The training callbacks' own rules, in one process (the commands that use them, with real
 signals, DDP and torchrun, are tested in tests/app/test_train.py)."""
 
-import re
 import signal
 
 import lightning as L
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from frcnn.training.callbacks import LastCheckpoint, Preemption, ProgressBar, RunCheckpoint
 from frcnn.training.checkpoint import AtomicCheckpointIO
+from tests.helpers import screen
 
 
 @pytest.fixture
@@ -119,24 +119,6 @@ class Shown(Linear):
 
     def validation_step(self, batch, batch_idx):
         self.log("val/map_50", 0.25, prog_bar=True)
-
-
-def screen(printed: str) -> list[str]:
-    """The lines a terminal shows of `printed`, tqdm's bars written over one another with
-    carriage returns and cursor-up codes."""
-    lines, row, column = [""], 0, 0
-    for part in re.split(r"(\n|\r|\x1b\[A)", printed):
-        if part == "\n":
-            row, column = row + 1, 0
-            lines += [""] * (row + 1 - len(lines))
-        elif part == "\r":
-            column = 0
-        elif part == "\x1b[A":
-            row = max(row - 1, 0)
-        else:
-            lines[row] = lines[row][:column].ljust(column) + part + lines[row][column + len(part) :]
-            column += len(part)
-    return [line.rstrip() for line in lines]
 
 
 # Lightning's warnings of what the test does on purpose: it resumes without the callback that

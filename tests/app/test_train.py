@@ -475,23 +475,35 @@ def test_two_nodes_through_torchrun_share_one_folder_and_stop_together_on_sigter
     assert not subprocess.run(["pgrep", "-f", str(log_dir)], capture_output=True).stdout
 
 
-def validation_passes(tmp_path, *overrides) -> list:
+def validation_passes(tmp_path, *overrides) -> tuple[list, Path]:
+    """The image ids of each validation pass of a run, and its run folder."""
     log_dir = tmp_path / "logs"
     record = [
         "+callbacks.val_ids._target_=tests.app.helpers.RecordValidationIds",
         "+callbacks.val_ids.output_dir=${paths.output_dir}",
     ]
     run("train.py", *TINY, *record, *overrides, log_dir=log_dir)
-    return json.loads((run_dirs(log_dir)[-1] / "val_ids.json").read_text())
+    run_dir = run_dirs(log_dir)[-1]
+    return json.loads((run_dir / "val_ids.json").read_text()), run_dir
 
 
 def test_the_best_checkpoint_is_validated_again_only_when_it_is_not_the_last(tmp_path):
     # one epoch: the best is the last step's, whose validation gave the final figures
-    assert len(validation_passes(tmp_path / "a", "trainer.max_epochs=1")) == 1
+    assert len(validation_passes(tmp_path / "a", "trainer.max_epochs=1")[0]) == 1
     # a model that does not change (no learning, frozen statistics) ties at every validation:
     # the best stays epoch 0's, which the end validates again
     frozen = ["module.optimizer.lr=0", "model.backbone.norm=frozen_bn", "trainer.max_epochs=2"]
-    assert len(validation_passes(tmp_path / "b", *frozen)) == 3
+    passes, run_dir = validation_passes(tmp_path / "b", *frozen)
+    assert len(passes) == 3
+    # train.log keeps a line per validation of the training (not the end's again)
+    said = re.findall(
+        r"Validation at step (\d+) \(epoch (\d), (\d+) images\): val/map (\S+),",
+        (run_dir / "train.log").read_text(),
+    )
+    steps = int(said[0][0])
+    final = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    images, val_map = str(final["val/images"]), f"{final['val/map']:.4f}"
+    assert said == [(str(steps), "0", images, val_map), (str(2 * steps), "1", images, val_map)]
 
 
 def test_a_validation_without_one_readable_image_says_so(tmp_path):

@@ -321,8 +321,10 @@ class DetectorModule(L.LightningModule):
         self.log("val/images", float(images))
         for name in LOSS_NAMES:  # the mean loss per image
             self.log(f"val/{name}", sum(b["losses"][name] * b["images"] for b in batches) / images)
-        self.log("val/loss", sum(sum(b["losses"].values()) * b["images"] for b in batches) / images)
+        loss = sum(sum(b["losses"].values()) * b["images"] for b in batches) / images
+        self.log("val/loss", loss)
         result = self.evaluate(batches)
+        self.say_validation(images, float(loss), result)
         for logger in self.loggers:  # (none without a trainer)
             # no curves of the sanity check, nor of a validation without a label
             curves = self.evaluation.classes and not self.trainer.sanity_checking
@@ -335,6 +337,20 @@ class DetectorModule(L.LightningModule):
                 result["classes"].tolist(), result["map_per_class"].tolist(), strict=True
             ):
                 self.log(f"val/ap/{class_name(label, self.class_names)}", ap)
+
+    def say_validation(self, images: int, loss: float, result: dict) -> None:
+        """A line per validation of a training run, in the console and train.log: the log
+        keeps the run's history (TensorBoard has the curves; the progress bar shows the last
+        mAP@0.5 only)."""
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == "fit" and not trainer.sanity_checking
+        if fitting and trainer.is_global_zero:
+            log.info(
+                "Validation at step %d (epoch %d, %d images): val/map %.4f, val/map_50 %.4f, "
+                "val/loss %.4f",
+                self.global_step, self.current_epoch, images, result["map"], result["map_50"],
+                loss,
+            )  # fmt: skip
 
     def gathered_batches(self) -> list[dict]:
         """This validation's batches (host copies), of every process under DDP."""

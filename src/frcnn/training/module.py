@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -343,8 +344,8 @@ class DetectorModule(L.LightningModule):
         keeps the run's history (TensorBoard has the curves; the progress bar shows the last
         mAP@0.5 only)."""
         trainer = self._trainer
-        fitting = trainer is not None and trainer.state.fn == "fit" and not trainer.sanity_checking
-        if fitting and trainer.is_global_zero:
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        if fitting and not trainer.sanity_checking and trainer.is_global_zero:
             log.info(
                 "Validation at step %d (epoch %d, %d images): val/map %.4f, val/map_50 %.4f, "
                 "val/loss %.4f",

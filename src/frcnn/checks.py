@@ -1,6 +1,9 @@
-"""Start-up checks of settings: a wrong type or an impossible value fails naming its key."""
+"""Start-up checks of settings: a wrong type or an impossible value fails naming its key, and
+the messages write a setting as users type it."""
 
 import math
+import re
+from collections.abc import Sequence
 
 import torch
 
@@ -41,3 +44,34 @@ def check_gpu(key: str, value) -> None:
         f"{key}={value}: torch {torch.__version__} ({build}) finds no usable CUDA GPU here; "
         f"{key}=cpu runs on the CPU, {key}=auto on a GPU where there is one"
     )
+
+
+def override_value(value) -> str:
+    """A setting's value as a Hydra override writes it (strings quoted)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):  # Hydra's escapes: a quote, backslashes before a quote or the end
+        escaped = re.sub(r"(\\*)('|\Z)", lambda m: 2 * m[1] + "\\" * len(m[2]) + m[2], value)
+        return f"'{escaped}'"
+    if isinstance(value, Sequence):
+        return "[" + ",".join(map(override_value, value)) + "]"
+    return repr(value)
+
+
+BARE = re.compile(r"[A-Za-z_][\w\-]*", re.ASCII)
+HYDRA_WORDS = {"true", "false", "null", "inf", "nan"}  # read as other types where bare
+
+
+def typed_setting(key: str, value) -> str:
+    """`key=value` as users type it in a shell, for messages: bare where Hydra and the shell
+    read it so (`data.class_names=[head,helmet]`), else in double quotes with Hydra's quotes
+    inside (`"data.class_names=['traffic light','café']"`)."""
+    text = f"{key}={override_value(value)}"
+    strings = value if isinstance(value, list | tuple) else [value]
+    if all(
+        isinstance(s, str) and BARE.fullmatch(s) and s.lower() not in HYDRA_WORDS for s in strings
+    ):
+        return text.replace("'", "")
+    return '"' + re.sub(r'(["$`\\])', r"\\\1", text) + '"'

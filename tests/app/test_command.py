@@ -1,15 +1,17 @@
 """What every entry point shares: its run folder and how its errors are reported."""
 
+import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from frcnn.app.build import require_extra
 from frcnn.app.command import deliberate, run_dir
-from frcnn.checks import check_number
+from frcnn.checks import check_number, typed_setting
 from tests.app.helpers import ROOT, TINY, composed, refused, run, run_script
 
 
@@ -29,6 +31,27 @@ def test_errors_this_project_raises_are_told_apart_from_bugs():
             raise RuntimeError("Error in call to target 'frcnn...'") from cause
     except RuntimeError as error:  # as Hydra wraps a constructor's error
         assert deliberate(error).startswith("ValueError: data.batch_size='abc'")
+
+
+@pytest.mark.parametrize(
+    ("value", "typed"),
+    [
+        (["head", "hard-hat", "Hat_2"], "data.class_names=[head,hard-hat,Hat_2]"),
+        (["traffic light", "café"], "\"data.class_names=['traffic light','café']\""),
+        (["it's", 'say "hi"', "$HOME", "C:\\data", "a\\'b", "end\\"], None),
+        (["true", "null", "1", "x.y", "(a)"], None),
+    ],
+)
+def test_a_setting_as_users_type_it_is_read_back_by_the_shell_and_hydra(tmp_path, value, typed):
+    written = typed_setting("data.class_names", value)
+    assert typed is None or written == typed
+    words = subprocess.run(  # bash as users' shell reads it
+        ["bash", "-c", f"printf '%s\\0' {written}"], cwd=tmp_path, capture_output=True
+    ).stdout.split(b"\0")
+    assert len(words) == 2
+    word = words[0].decode()
+    override = OverridesParser.create().parse_override(word)
+    assert (override.key_or_group, override.value()) == ("data.class_names", value)
 
 
 def test_a_bad_value_is_one_message_without_traceback(tmp_path):

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar as LightningBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.checks import check_gpu, check_number
+from frcnn.checks import check_gpu, check_number, override_value
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.inference.predictor import resolve_device
 from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
@@ -240,19 +240,6 @@ def differing_settings(trained: dict, run: dict) -> list[str]:
         for key, old, new in config_differences(trained, run)
         if None not in (old, new) and not key.startswith(("_", *FREE_SETTINGS))
     ]
-
-
-def override_value(value) -> str:
-    """A setting's value as a Hydra override writes it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, Sequence):
-        return "[" + ",".join(map(override_value, value)) + "]"
-    return repr(value)
 
 
 def config_differences(a, b, prefix: str = ""):

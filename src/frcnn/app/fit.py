@@ -5,9 +5,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from frcnn.app.build import override_value
 from frcnn.app.command import PACKAGE_DIR, command
 from frcnn.app.train import train
+from frcnn.checks import override_value
 from frcnn.data import DetectionDataModule
 
 # train.py's config tree: the copy inside the package of an installed wheel, else a checkout's

@@ -1,7 +1,10 @@
 """Pascal VOC's layout read by the real parser: 1-based boxes, difficult objects, names."""
 
+import shlex
+
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from frcnn.data.transforms import Transform
 from frcnn.data.voc_folder import VOC_CLASSES, VOCFolder
@@ -60,13 +63,39 @@ def test_boxes_move_to_pixel_edges_and_difficult_objects_are_ignored_regions(voc
     )
 
 
-def test_a_class_list_of_ones_own_and_a_name_outside_it(voc):
+def test_a_class_list_of_ones_own_and_the_names_outside_it(voc):
+    """Every unlisted name of the split at once, counted, and the list to give."""
     source = VOCFolder(Transform(120), str(voc), "val", class_names=["car", "bus"])
     assert source.record(0).labels.tolist() == [1]
-    with pytest.raises(
-        ValueError, match=r"000001.xml has objects named \['dog', 'person'\].*data.class_names"
-    ):
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("000001\n000002\n000003\n")
+    (voc / "Annotations" / "000003.xml").write_text(
+        annotation("000003.jpg", [("dog", (1, 1, 9, 9), False)])
+    )
+    message = (
+        r"the train split has 2 object names that data.class_names does not list: "
+        r"dog \(2 objects, first in 000001.xml\), person \(1 object, first in 000001.xml\)\. "
+        r"add them, e.g. data.class_names=\[car,bus,dog,person\]$"
+    )
+    with pytest.raises(ValueError, match=message):
         VOCFolder(Transform(120), str(voc), "train", class_names=["car", "bus"])
+
+
+def test_a_set_of_ones_own_without_its_class_list_is_told_the_one_to_give(tmp_path):
+    """VOC's 20 are the list by default: the names the split has, as a command line takes
+    them, which Hydra reads back as the list that the set then loads with."""
+    samples = {
+        "1": [("helmet", (11, 21, 60, 70), False), ("traffic light", (1, 1, 9, 9), False)],
+        "2": [("head", (1, 1, 30, 40), False), ("person", (5, 5, 40, 40), False)],
+    }
+    root = voc_folder(tmp_path / "VOC", samples, {"train": ["1", "2"]})
+    with pytest.raises(ValueError, match=r"3 object names .* VOC's 20 classes unless") as err:
+        VOCFolder(Transform(120), str(root), "train")
+    (word,) = shlex.split(str(err.value).rpartition("e.g. ")[2])  # one shell word
+    override = OverridesParser.create().parse_override(word)
+    assert override.key_or_group == "data.class_names"
+    names = override.value()
+    assert names == ["head", "helmet", "person", "traffic light"]
+    assert VOCFolder(Transform(120), str(root), "train", class_names=names).num_classes == 4
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
+from frcnn.checks import typed_setting
 from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_image_sizes, check_images_exist
 from frcnn.data.transforms import Record, Transform, recorded_size
+from frcnn.structures import counted
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -37,15 +39,38 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
     return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects, size
 
 
+def unlisted_names(root: Path, split: str, unknown: dict, given: list | None, samples) -> str:
+    """The start-up error for object names outside the class list: every one with its count
+    and first xml, and the whole list to give (the given one and them, or the split's names
+    where VOC's 20 are the list by default)."""
+    found = ", ".join(
+        f"{name} ({counted(count, 'object')}, first in {first})"
+        for name, (count, first) in sorted(unknown.items())
+    )
+    if given:
+        names, where = [*given, *sorted(unknown)], "add them"
+    else:
+        names = sorted({name for _, objects, _ in samples for name, _, _ in objects})
+        where = (
+            "data.class_names is VOC's 20 classes unless given: for a set of your own, give "
+            "its names, in the order of their labels 1..C"
+        )
+    return (
+        f"data.root={str(root)!r}: the {split} split has {counted(len(unknown), 'object name')} "
+        f"that data.class_names does not list: {found}. {where}, e.g. "
+        f"{typed_setting('data.class_names', names)}"
+    )
+
+
 class VOCFolder(MapSource):
     """One split (`ImageSets/Main/<split>.txt`: train, val, trainval, test) of a VOC2007 /
     VOC2012-style folder `root`.
 
-    Labels 1..C follow `class_names` (by default VOC's 20); an object whose name is not among
-    them stops the run at start-up, naming it. `difficult` objects are what COCO's crowd
-    regions are: not trained on, and ignored by the evaluation (neither a hit nor a miss), as
-    VOC's own protocol does (by COCO's crowd rule: a detection inside one is ignored, where
-    VOC's code asks IoU 0.5). `keep_empty` False leaves out images without objects."""
+    Labels 1..C follow `class_names` (by default VOC's 20); object names outside them stop
+    the run at start-up, named with the list to give. `difficult` objects are what COCO's
+    crowd regions are: not trained on, and ignored by the evaluation (neither a hit nor a
+    miss), as VOC's own protocol does (by COCO's crowd rule: a detection inside one is ignored,
+    where VOC's code asks IoU 0.5). `keep_empty` False leaves out images without objects."""
 
     def __init__(
         self,
@@ -62,27 +87,26 @@ class VOCFolder(MapSource):
             if found:  # a VOC folder, without that list
                 raise FileNotFoundError(f"split={split!r}: no {ids_file} (it has {found})")
             raise FileNotFoundError(f"root={str(root)!r}: no {ids_file}")
+        ids, annotations = ids_file.read_text().split(), root / "Annotations"
+        self.image_dir = root / "JPEGImages"
         self.class_names = list(class_names or VOC_CLASSES)
         self.category_ids = list(range(1, len(self.class_names) + 1))
         super().__init__(transform, len(self.class_names), name=f"voc {split} of {root}")
-        self.image_dir = root / "JPEGImages"
         label_of = {name: i + 1 for i, name in enumerate(self.class_names)}
-        self.samples = []
-        for image_id in ids_file.read_text().split():
-            file_name, objects, size = read_annotation(root / "Annotations" / f"{image_id}.xml")
-            unknown = sorted({name for name, _, _ in objects if name not in label_of})
-            if unknown:
-                raise ValueError(
-                    f"data.root={str(root)!r}: {image_id}.xml has objects named {unknown}, "
-                    f"which data.class_names does not list ({len(label_of)} classes: "
-                    f"{', '.join(list(label_of)[:6])}, ...): add them to data.class_names"
-                )
+        self.samples, unknown = [], {}  # an unlisted name -> (objects, first xml)
+        for image_id in ids:
+            file_name, objects, size = read_annotation(annotations / f"{image_id}.xml")
+            for name in (name for name, _, _ in objects if name not in label_of):
+                count, first = unknown.get(name, (0, f"{image_id}.xml"))
+                unknown[name] = (count + 1, first)
             if (self.image_dir / f"{image_id}.jpg").is_file():
                 # VOC's own layout, as torchvision and Detectron2 read it (a `filename` written
                 # before the files were renamed to ids would miss); else the xml's (a .png)
                 file_name = f"{image_id}.jpg"
             if objects or keep_empty:
                 self.samples.append((file_name, objects, size))
+        if unknown:
+            raise ValueError(unlisted_names(root, split, unknown, class_names, self.samples))
         if not self.samples:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
         check_images_exist(

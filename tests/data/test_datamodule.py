@@ -237,7 +237,7 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
     with pytest.raises(ValueError, match=r"^data.num_classes=99: must lie in 1\.\."):
         load("synthetic", num_classes=99).setup("fit")
     voc = tmp_path / "voc"
-    with pytest.raises(FileNotFoundError, match=r"^data.root='.*voc': no .*train.txt$"):
+    with pytest.raises(FileNotFoundError, match=r"^data.root='.*voc': no .*train.txt, nor"):
         load("voc", root=str(voc)).setup("fit")
     (voc / "ImageSets/Main").mkdir(parents=True)
     (voc / "ImageSets/Main/train.txt").write_text("")

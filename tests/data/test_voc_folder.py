@@ -139,7 +139,7 @@ def test_a_missing_split_names_the_ones_there_and_a_folder_without_lists_its_roo
         FileNotFoundError, match=r"^split='trainval': .* \(it has \['train', 'val'\]"
     ):
         VOCFolder(Transform(120), str(voc), "trainval")
-    with pytest.raises(FileNotFoundError, match=r"^root='.*JPEGImages': no .*train.txt$"):
+    with pytest.raises(FileNotFoundError, match=r"^root='.*JPEGImages': no .*train.txt, nor"):
         VOCFolder(Transform(120), str(voc / "JPEGImages"), "train")  # one level too deep
 
 
@@ -179,3 +179,39 @@ def test_a_folder_without_its_images_stops_at_start_up(voc):
         image.unlink()
     with pytest.raises(FileNotFoundError, match=r"\(train\): none of its first 2 images exists"):
         VOCFolder(Transform(120), str(voc), "train")
+
+
+def split_folders(root, splits):
+    """Roboflow's Pascal VOC export: a folder per split, each image beside its xml file."""
+    for split, samples in splits.items():
+        (root / split).mkdir(parents=True)
+        for file_name, objects in samples.items():
+            (root / split / file_name).write_bytes(jpeg_bytes(120, 80))
+            xml = root / split / f"{file_name.rpartition('.')[0]}.xml"
+            xml.write_text(annotation(file_name, objects))
+    return root
+
+
+def test_split_folders_of_images_beside_their_xml_files(tmp_path):
+    samples = {
+        "b_jpg.rf.1.jpg": [("helmet", (11, 21, 60, 70), False)],
+        "a.png": [("head", (1, 1, 30, 40), False), ("helmet", (5, 5, 40, 40), True)],
+    }
+    root = split_folders(tmp_path / "export", {"train": samples, "valid": samples})
+    source = VOCFolder(Transform(120), str(root), "train", class_names=["head", "helmet"])
+    assert [source.describe(i) for i in range(2)] == ["a.png", "b_jpg.rf.1.jpg"]
+    assert source.image_file(1) == root / "train" / "b_jpg.rf.1.jpg"
+    record = source.record(0)
+    assert record.boxes.tolist() == [[0, 0, 30, 40], [4, 4, 40, 40]]
+    assert record.labels.tolist() == [1, 2] and record.iscrowd.tolist() == [False, True]
+    assert [tuple(source[i][0].shape) for i in range(2)] == [(3, 120, 120)] * 2
+    assert len(VOCFolder(Transform(120), str(root), "valid", class_names=["head", "helmet"])) == 2
+    with pytest.raises(FileNotFoundError, match=r"^split='val': .* \(it has \['train', 'valid'\]"):
+        VOCFolder(Transform(120), str(root), "val", class_names=["head", "helmet"])
+
+
+def test_xml_files_in_no_split_stop_at_start_up(tmp_path):
+    """LabelImg's folder: images and xml files side by side, no split."""
+    root = split_folders(tmp_path, {"labelled": {"1.jpg": [("dog", (1, 1, 9, 9), False)]}})
+    with pytest.raises(FileNotFoundError, match=r"its xml files lie in it, in no split"):
+        VOCFolder(Transform(120), str(root / "labelled"), "train")

@@ -62,9 +62,40 @@ def unlisted_names(root: Path, split: str, unknown: dict, given: list | None, sa
     )
 
 
+def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
+    """A split's (image ids, annotation folder, image folder): VOC's layout (the ids listed in
+    ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/), else a folder `root/<split>`
+    of images with their xml files beside them (Roboflow's Pascal VOC export: train, valid,
+    test), its ids the xml files' names."""
+    ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if ids_file.is_file():
+        return ids_file.read_text().split(), root / "Annotations", root / "JPEGImages"
+    folder = root / split
+    if folder.is_dir() and any(folder.glob("*.xml")):
+        return sorted(p.stem for p in folder.glob("*.xml")), folder, folder
+    lists = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
+    folders = sorted(
+        p.name for p in root.glob("*/") if p.name != "Annotations" and any(p.glob("*.xml"))
+    )
+    if lists or folders:  # a VOC folder, without that split
+        raise FileNotFoundError(
+            f"split={split!r}: no {ids_file} nor a folder {folder} of xml files (it has "
+            f"{lists[:8] if lists else folders[:8]})"
+        )
+    if any(root.glob("*.xml")):
+        raise FileNotFoundError(
+            f"root={str(root)!r}: its xml files lie in it, in no split: list each split's ids "
+            "in ImageSets/Main/<split>.txt (xml files in Annotations/, images in "
+            "JPEGImages/), or put each split's images and xml files in a folder of its own "
+            "(train/, val/)"
+        )
+    raise FileNotFoundError(f"root={str(root)!r}: no {ids_file}, nor a folder {folder}")
+
+
 class VOCFolder(MapSource):
     """One split (`ImageSets/Main/<split>.txt`: train, val, trainval, test) of a VOC2007 /
-    VOC2012-style folder `root`.
+    VOC2012-style folder `root`, or the folder `root/<split>` of images and their xml files
+    (Roboflow's Pascal VOC export: train, valid, test).
 
     Labels 1..C follow `class_names` (by default VOC's 20); object names outside them stop
     the run at start-up, named with the list to give. `difficult` objects are what COCO's
@@ -81,14 +112,7 @@ class VOCFolder(MapSource):
         keep_empty: bool = True,
     ):
         root = Path(root).expanduser()
-        ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
-        if not ids_file.is_file():
-            found = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))[:8]
-            if found:  # a VOC folder, without that list
-                raise FileNotFoundError(f"split={split!r}: no {ids_file} (it has {found})")
-            raise FileNotFoundError(f"root={str(root)!r}: no {ids_file}")
-        ids, annotations = ids_file.read_text().split(), root / "Annotations"
-        self.image_dir = root / "JPEGImages"
+        ids, annotations, self.image_dir = split_files(root, split)
         self.class_names = list(class_names or VOC_CLASSES)
         self.category_ids = list(range(1, len(self.class_names) + 1))
         super().__init__(transform, len(self.class_names), name=f"voc {split} of {root}")
@@ -112,7 +136,8 @@ class VOCFolder(MapSource):
         check_images_exist(
             [self.image_dir / name for name, _, _ in self.samples[:IMAGES_CHECKED]],
             f"data.root={str(root)!r} ({split})",
-            "its images are JPEGImages/<id>.jpg, or the file its xml's filename names there",
+            f"its images are {self.image_dir.name}/<id>.jpg, or the file its xml's filename "
+            "names there",
         )
         check_image_sizes(
             [(self.image_dir / name, size) for name, _, size in self.samples[:IMAGES_CHECKED]],

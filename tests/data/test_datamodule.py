@@ -125,6 +125,26 @@ def test_validation_images_that_are_training_images_are_warned_of(coco_folder, m
     assert "training images" not in caplog.text
 
 
+def test_classes_without_a_box_to_train_on_are_warned_of(coco_folder, monkeypatch, caplog):
+    """A Roboflow COCO export declares its data set's name as category 0, without annotations:
+    a class the model has and never learns. A crowd is no box to train on."""
+    with caplog.at_level("WARNING"):
+        coco_files(coco_folder, monkeypatch).setup("fit")
+    assert "no box to train on" not in caplog.text  # each class has one
+    file = coco_folder / "annotations/instances_val2017.json"
+    coco = json.loads(file.read_text())
+    coco["categories"].append({"id": 0, "name": "my-helmets", "supercategory": "none"})
+    coco["annotations"] = [a for a in coco["annotations"] if a["id"] not in (4, 5)]
+    file.write_text(json.dumps(coco))  # person: its crowd alone
+    caplog.clear()
+    dm = coco_files(coco_folder, monkeypatch)
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")
+        dm.setup("fit")  # as train.py's start-up, then Lightning's fit, call it: warned once
+    warned = "data.train: no box to train on for 2 of its 4 classes ('my-helmets', 'person')"
+    assert caplog.text.count(warned) == 1, caplog.text
+
+
 def test_two_classes_of_one_name_stop_at_start_up(coco_folder, monkeypatch):
     """Two categories named `dog` (two data sets merged): their per-class AP would be logged
     under one key, one overwriting the other, and a checkpoint's classes matched by name."""

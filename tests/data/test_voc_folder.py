@@ -53,6 +53,8 @@ def test_boxes_move_to_pixel_edges_and_difficult_objects_are_ignored_regions(voc
     assert record.boxes.tolist() == [[10, 20, 60, 70], [0, 0, 30, 40]]
     assert record.labels.tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("person") + 1]
     assert record.iscrowd.tolist() == [False, True]
+    counts = source.boxes_per_class()  # the difficult person is no box to train on
+    assert counts.shape == (20,) and counts.sum() == 1 and counts[VOC_CLASSES.index("dog")] == 1
     _, target = source[0]  # 120 px: no resize
     assert target["labels"].tolist() == [VOC_CLASSES.index("dog") + 1]
     torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 20.0, 60.0, 70.0]]))

@@ -90,6 +90,10 @@ class COCOFolder(MapSource):
     def image_file(self, index: int) -> Path:
         return self.image_dir / self.file_names[index]
 
+    def boxes_per_class(self) -> np.ndarray:
+        table = self.annotations
+        return np.bincount(table.labels[~table.iscrowd], minlength=self.num_classes + 1)[1:]
+
     def labels(self, index: int) -> np.ndarray:
         rows = self.annotations.rows(index)
         labels = self.annotations.labels[rows][~self.annotations.iscrowd[rows]]

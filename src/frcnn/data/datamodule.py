@@ -141,6 +141,25 @@ def warn_validation_in_training(train, val) -> None:
         )  # fmt: skip
 
 
+def warn_classes_without_boxes(train) -> None:
+    """Warn where classes of the training set have no box in it (a Roboflow COCO export's
+    category named after the data set; a class list longer than the labels use): the model has
+    them, and never learns them. Sources that count their boxes without reading every file."""
+    counts = train.boxes_per_class() if isinstance(train, MapSource) else None
+    if counts is None or counts.all():
+        return
+    names = train.class_names
+    empty = [repr(name) for name, count in zip(names, counts, strict=True) if count == 0]
+    log.warning(
+        "data.train: no box to train on for %d of its %s (%s): the model has every class and "
+        "never learns to detect one without boxes (a class list longer than the labels use, "
+        "as a Roboflow COCO export's category named after its data set; data.num_classes "
+        "counts every class)",
+        len(empty), counted(len(names), "class", "classes"),
+        ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""),
+    )  # fmt: skip
+
+
 class DetectionDataModule(L.LightningDataModule):
     """Batches of the contract in DESIGN.md: {"images": uint8 (B, 3, S, S), "targets": [...],
     "image_sizes": (B, 2)} (see `collate`).
@@ -243,6 +262,8 @@ class DetectionDataModule(L.LightningDataModule):
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = self._source("train", self.make_train, self.train_transform)
+            if rank_zero_only.rank == 0:  # once, not once per DDP process
+                warn_classes_without_boxes(self.train_set)
             self.set_epoch(self.epoch)  # a restored epoch may come before the source
             if self.repeat_factor_threshold is not None:
                 self._repeat_rare_classes()

@@ -189,6 +189,11 @@ class MapSource(Dataset):
         """The file sample `index` reads its image from, for sources of image files."""
         return None
 
+    def boxes_per_class(self) -> np.ndarray | None:
+        """(C,) how many boxes each class trains on, where the source holds its labels in
+        memory (a COCO json, VOC's xml files); None where that would read every file."""
+        return None
+
     def labels(self, index: int) -> np.ndarray:
         """The labels that sample `index` trains on (crowds and difficult objects left out),
         for repeat-factor sampling; sources that know them without reading the image say so."""

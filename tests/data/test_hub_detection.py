@@ -190,12 +190,18 @@ def test_ids_of_rows_without_an_id_column_tell_apart_images_of_the_same_base_nam
 
 def test_a_category_of_class_names_is_numbered_by_data_class_names(tmp_path):
     """Categories stored as names (strings): `data.class_names` gives the list and the label
-    order; refused without it, and where the first rows hold a name it leaves out."""
+    order; refused without it (naming the names of its first rows), and where the first rows
+    hold a name it leaves out."""
     from datasets import Value
 
     named = [[(x, y, w, h, CPPE5[c]) for x, y, w, h, c in image] for image in TELLING]
     path = cppe5_parquet(tmp_path / "a.parquet", named, category=Value("string"))
-    with pytest.raises(ValueError, match=r"data.class_names: .* holds class names \(strings\)"):
+    refused = (
+        r"data.class_names: .*'s objects.category holds class names \(strings\), .* \(its "
+        r"first 2 rows name Coverall, Gloves, Mask\), "
+        r"e.g. data.class_names=\[Coverall,Gloves,Mask\]$"
+    )
+    with pytest.raises(ValueError, match=refused):
         stream(path)
     ds = stream(path, class_names=list(reversed(CPPE5)))  # labels in the order given
     assert ds.box_format == "xywh"  # read from the same rows

@@ -18,6 +18,7 @@ from frcnn.data.hub_schema import (
     check_categories,
     decide_box_format,
     image_size,
+    names_to_give,
     read_schema,
     row_id,
     row_image,
@@ -135,8 +136,10 @@ class HubDetection(IterableDataset):
         self.category_ids = list(range(self.num_classes))  # the category's own values
         self.box_format, self.normalized = box_format, normalized
         first = []
-        if box_format is None or normalized is None or class_names is not None:
+        if None in (box_format, normalized) or class_names is not None or not self.num_classes:
             first = list(self._dataset.take(rows_to_check))
+        if not self.num_classes:  # class names as strings, their list not given
+            raise ValueError(names_to_give(first, self.schema, self._where()))
         if class_names is not None and first:
             check_categories(first, self.schema, self._where())
         if box_format is None or normalized is None:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from frcnn.checks import typed_setting
 from frcnn.data.transforms import recorded_size, upright_size
+from frcnn.structures import counted
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 OBJECT_COLUMNS = ("objects", "annotations", "annotation")
@@ -97,7 +99,7 @@ def category_class_names(label, class_names: list[str] | None, name: str, field:
     """The class names of the category feature `label` (the field `field` of the set `name`): a
     ClassLabel's own (`class_names`, where given, must be they); a plain integer category (class
     indices) or one of strings (class names) is named by `class_names` (`data.class_names`),
-    which it needs."""
+    which it needs: [] for strings without it, which the source refuses once it has read rows."""
     from datasets import ClassLabel, Value
 
     named = holds_names(label)
@@ -112,11 +114,7 @@ def category_class_names(label, class_names: list[str] | None, name: str, field:
     if not (named or index):
         raise ValueError(f"{name}: {field} is {label}, not a class index or name")
     if not class_names and named:
-        raise ValueError(
-            f"data.class_names: {name}'s {field} holds class names (strings), whose "
-            "full list its rows cannot tell: give it, in the order of the labels you want, "
-            "e.g. data.class_names=[helmet,head]"
-        )
+        return []  # the source refuses it, naming its first rows' names (`names_to_give`)
     if not class_names:
         raise ValueError(
             f"data.class_names: {name}'s {field} is a plain {label.dtype}, not a "
@@ -124,6 +122,21 @@ def category_class_names(label, class_names: list[str] | None, name: str, field:
             "value 0 first, e.g. data.class_names=[helmet,head] (its card lists them)"
         )
     return list(class_names)
+
+
+def names_to_give(rows: list[dict], schema: Schema, name: str) -> str:
+    """The refusal of a category of class names (strings) without `data.class_names`, with the
+    names of the first `rows` as the list to give."""
+    seen = sorted({str(c) for row in rows for c in row_fields(row, schema)[1]})
+    field = f"{schema.objects}.{schema.category}" if schema.objects else schema.category
+    found = f"its first {counted(len(rows), 'row')} name {', '.join(seen[:20])}" + (
+        ", ..." if len(seen) > 20 else ""
+    )
+    return (
+        f"data.class_names: {name}'s {field} holds class names (strings), whose full list its "
+        f"rows cannot tell: give it, in the order of the labels you want ({found}), e.g. "
+        f"{typed_setting('data.class_names', seen or ['helmet', 'head'])}"
+    )
 
 
 def row_fields(example: dict, schema: Schema) -> tuple[list, list]:

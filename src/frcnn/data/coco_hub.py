@@ -138,7 +138,7 @@ class HubDetection(IterableDataset):
         first = []
         if None in (box_format, normalized) or class_names is not None or not self.num_classes:
             first = list(self._dataset.take(rows_to_check))
-        if not self.num_classes:  # class names as strings, their list not given
+        if not self.num_classes:  # a category that does not name its classes, and no list
             raise ValueError(names_to_give(first, self.schema, self._where()))
         if class_names is not None and first:
             check_categories(first, self.schema, self._where())

@@ -99,7 +99,7 @@ def category_class_names(label, class_names: list[str] | None, name: str, field:
     """The class names of the category feature `label` (the field `field` of the set `name`): a
     ClassLabel's own (`class_names`, where given, must be they); a plain integer category (class
     indices) or one of strings (class names) is named by `class_names` (`data.class_names`),
-    which it needs: [] for strings without it, which the source refuses once it has read rows."""
+    which it needs."""
     from datasets import ClassLabel, Value
 
     named = holds_names(label)
@@ -113,22 +113,24 @@ def category_class_names(label, class_names: list[str] | None, name: str, field:
         return list(label.names)
     if not (named or index):
         raise ValueError(f"{name}: {field} is {label}, not a class index or name")
-    if not class_names and named:
-        return []  # the source refuses it, naming its first rows' names (`names_to_give`)
-    if not class_names:
-        raise ValueError(
-            f"data.class_names: {name}'s {field} is a plain {label.dtype}, not a "
-            "ClassLabel, so the data set does not name its classes: give them, the name of "
-            "value 0 first, e.g. data.class_names=[helmet,head] (its card lists them)"
-        )
-    return list(class_names)
+    # without them: [], which the source refuses once it has read its first rows (`names_to_give`)
+    return list(class_names or [])
 
 
 def names_to_give(rows: list[dict], schema: Schema, name: str) -> str:
-    """The refusal of a category of class names (strings) without `data.class_names`, with the
-    names of the first `rows` as the list to give."""
-    seen = sorted({str(c) for row in rows for c in row_fields(row, schema)[1]})
+    """The refusal of a category without class names (plain integers, or strings) where
+    `data.class_names` is not given: what the first `rows` hold, and the list to give."""
     field = f"{schema.objects}.{schema.category}" if schema.objects else schema.category
+    held = [c for row in rows for c in row_fields(row, schema)[1]]
+    if schema.category_index is None:  # class indices
+        values = sorted({int(c) for c in held})
+        found = f"its first {counted(len(rows), 'row')} hold the values {values[:20]}"
+        return (
+            f"data.class_names: {name}'s {field} is a plain integer, not a ClassLabel, so the "
+            "data set does not name its classes: give them, the name of value 0 first, e.g. "
+            f"data.class_names=[helmet,head] (its card lists them; {found})"
+        )
+    seen = sorted({str(c) for c in held})
     found = f"its first {counted(len(rows), 'row')} name {', '.join(seen[:20])}" + (
         ", ..." if len(seen) > 20 else ""
     )

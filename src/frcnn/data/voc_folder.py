@@ -39,7 +39,7 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
     return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects, size
 
 
-def unlisted_names(root: Path, split: str, unknown: dict, given: list | None, samples) -> str:
+def unlisted_names(root: Path, split: str, unknown: dict, given: list | None, samples: list) -> str:
     """The start-up error for object names outside the class list: every one with its count
     and first xml, and the whole list to give (the given one and them, or the split's names
     where VOC's 20 are the list by default)."""

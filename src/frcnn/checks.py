@@ -66,12 +66,24 @@ HYDRA_WORDS = {"true", "false", "null", "inf", "nan"}  # read as other types whe
 
 def typed_setting(key: str, value) -> str:
     """`key=value` as users type it in a shell, for messages: bare where Hydra and the shell
-    read it so (`data.class_names=[head,helmet]`), else in double quotes with Hydra's quotes
-    inside (`"data.class_names=['traffic light','café']"`)."""
+    read it so (`data.class_names=[head,helmet]`, `model.anchors.sizes=[[16],[32]]`), else in
+    double quotes with Hydra's quotes inside (`"data.class_names=['traffic light','café']"`)."""
     text = f"{key}={override_value(value)}"
-    strings = value if isinstance(value, list | tuple) else [value]
-    if all(
-        isinstance(s, str) and BARE.fullmatch(s) and s.lower() not in HYDRA_WORDS for s in strings
-    ):
+    if all(bare(leaf) for leaf in leaves(value)):
         return text.replace("'", "")
     return '"' + re.sub(r'(["$`\\])', r"\\\1", text) + '"'
+
+
+def leaves(value) -> list:
+    """The strings, numbers, booleans and None of a value, nested lists flattened."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
+
+
+def bare(leaf) -> bool:
+    """Whether a leaf reads back as itself unquoted: a number, a boolean, None, or a string of
+    word characters that Hydra reads as no other type."""
+    if isinstance(leaf, str):
+        return bool(BARE.fullmatch(leaf)) and leaf.lower() not in HYDRA_WORDS
+    return leaf is None or isinstance(leaf, bool | int | float)

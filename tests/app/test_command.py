@@ -40,6 +40,8 @@ def test_errors_this_project_raises_are_told_apart_from_bugs():
         (["traffic light", "café"], "\"data.class_names=['traffic light','café']\""),
         (["it's", 'say "hi"', "$HOME", "C:\\data", "a\\'b", "end\\"], None),
         (["true", "null", "1", "x.y", "(a)"], None),
+        ([[16], [32.5]], "data.class_names=[[16],[32.5]]"),
+        ([1, None, True, "bn"], "data.class_names=[1,null,true,bn]"),
     ],
 )
 def test_a_setting_as_users_type_it_is_read_back_by_the_shell_and_hydra(tmp_path, value, typed):

@@ -61,7 +61,7 @@ def test_a_checkpoint_of_other_model_settings_is_refused_naming_them(trained, tm
     last = run_dir / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="other model settings") as refused:
         built(tmp_path, f"init_weights={last}", "model=resnet50_fpn", *TINY)
-    assert "Give its settings: model.backbone.depth=18 model.backbone.norm='bn' (its run" in str(
+    assert "Give its settings: model.backbone.depth=18 model.backbone.norm=bn (its run" in str(
         refused.value
     )
     assert "this detector's backbone.layer1.0.bn3.bias" in str(refused.value)  # ResNet-50's

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar as LightningBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.checks import check_gpu, check_number, override_value
+from frcnn.checks import check_gpu, check_number, typed_setting
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.inference.predictor import resolve_device
 from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
@@ -236,7 +236,7 @@ def differing_settings(trained: dict, run: dict) -> list[str]:
     """The `model.` overrides that give `run` (a model config) the values of `trained` where
     they differ (FREE_SETTINGS aside), e.g. `model.fpn_channels=32`."""
     return [
-        f"model.{key}={override_value(old)}"
+        typed_setting(f"model.{key}", old)
         for key, old, new in config_differences(trained, run)
         if None not in (old, new) and not key.startswith(("_", *FREE_SETTINGS))
     ]

@@ -121,7 +121,7 @@ def names_to_give(rows: list[dict], schema: Schema, name: str) -> str:
     """The refusal of a category without class names (plain integers, or strings) where
     `data.class_names` is not given: what the first `rows` hold, and the list to give."""
     field = f"{schema.objects}.{schema.category}" if schema.objects else schema.category
-    held = [c for row in rows for c in row_fields(row, schema)[1]]
+    held = held_categories(rows, schema)
     if schema.category_index is None:  # class indices
         values = sorted({int(c) for c in held})
         found = f"its first {counted(len(rows), 'row')} hold the values {values[:20]}"
@@ -139,6 +139,11 @@ def names_to_give(rows: list[dict], schema: Schema, name: str) -> str:
         f"rows cannot tell: give it, in the order of the labels you want ({found}), e.g. "
         f"{typed_setting('data.class_names', seen or ['helmet', 'head'])}"
     )
+
+
+def held_categories(rows: list[dict], schema: Schema) -> list:
+    """The categories of every object of `rows`, as stored."""
+    return [category for row in rows for category in row_fields(row, schema)[1]]
 
 
 def row_fields(example: dict, schema: Schema) -> tuple[list, list]:
@@ -167,7 +172,7 @@ def check_categories(rows: list[dict], schema: Schema, name: str) -> None:
     dropped; its values (a plain integer) must lie in 0..C-1, else a value beyond would be
     dropped and values counted from 1 would train every class as the next one."""
     if schema.category_index is not None:
-        seen = {str(c) for row in rows for c in row_fields(row, schema)[1]}
+        seen = {str(c) for c in held_categories(rows, schema)}
         unknown = sorted(seen - set(schema.category_index))
         if unknown:
             raise ValueError(

@@ -155,11 +155,8 @@ class VOCFolder(MapSource):
         return self.image_dir / self.samples[index][0]
 
     def boxes_per_class(self) -> np.ndarray:
-        trained = [
-            self.label_of[name] for _, objects, _ in self.samples for name, _, hard in objects
-            if not hard
-        ]  # fmt: skip
-        return np.bincount(np.array(trained, np.int64), minlength=self.num_classes + 1)[1:]
+        trained = np.concatenate([self.labels(i) for i in range(len(self))])
+        return np.bincount(trained, minlength=self.num_classes + 1)[1:]
 
     def labels(self, index: int) -> np.ndarray:
         objects = self.samples[index][1]

@@ -104,9 +104,10 @@ def bad_parquet(tmp_path):
 CPPE5 = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
 
 
-def cppe5_features(category=None):
+def cppe5_features(category=None, image_id=None):
     """cppe-5's (and the RF100 `Francesco/*` sets') features: objects{id, area, bbox, category}
-    with xywh pixel boxes; `category` another feature than its ClassLabel."""
+    with xywh pixel boxes; `category` another feature than its ClassLabel, `image_id` another
+    than its int64."""
     from datasets import ClassLabel, Features, Image, List, Value
 
     objects = {
@@ -115,17 +116,18 @@ def cppe5_features(category=None):
         "bbox": List(Value("float32"), length=4),
         "category": category or ClassLabel(names=CPPE5),
     }
-    columns = {"image_id": Value("int64"), "image": Image(), "width": Value("int32")}
+    columns = {"image_id": image_id or Value("int64"), "image": Image(), "width": Value("int32")}
     return Features({**columns, "height": Value("int32"), "objects": List(objects)})
 
 
-def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None) -> str:
-    """One image per entry of `boxes_per_image` [(x, y, w, h, class), ...]."""
-    from datasets import Dataset
+def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None, ids=None) -> str:
+    """One image per entry of `boxes_per_image` [(x, y, w, h, class), ...]; their ids 0, 1, ...
+    or the strings `ids`."""
+    from datasets import Dataset, Value
 
     rows = {"image_id": [], "image": [], "width": [], "height": [], "objects": []}
     for image_id, boxes in enumerate(boxes_per_image):
-        rows["image_id"].append(image_id)
+        rows["image_id"].append(ids[image_id] if ids else image_id)
         rows["image"].append({"bytes": jpeg_bytes(width, height), "path": None})
         rows["width"].append(width)
         rows["height"].append(height)
@@ -134,5 +136,6 @@ def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None) -
             for i, (x, y, w, h, c) in enumerate(boxes)
         ]
         rows["objects"].append(objects)
-    Dataset.from_dict(rows, features=cppe5_features(category)).to_parquet(str(path))
+    features = cppe5_features(category, Value("string") if ids else None)
+    Dataset.from_dict(rows, features=features).to_parquet(str(path))
     return str(path)

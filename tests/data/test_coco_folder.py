@@ -9,7 +9,7 @@ from PIL import Image
 
 from frcnn.data import DetectionDataModule
 from frcnn.data.coco_folder import COCOFolder, leaves_folder
-from frcnn.data.transforms import Transform
+from frcnn.data.transforms import Transform, id_number
 from tests.data.conftest import jpeg_bytes
 
 
@@ -161,17 +161,45 @@ def test_null_ids_and_images_listed_twice_are_skipped_and_counted(coco_folder, c
         coco["images"] += [
             {"id": 2, "file_name": "2.jpg", "width": 0, "height": 0},  # listed twice
             {"id": None, "file_name": "3.jpg", "width": 0, "height": 0},
-            {"id": "5", "file_name": "3.jpg", "width": 0, "height": 0},
+            {"id": 5.0, "file_name": "3.jpg", "width": 0, "height": 0},
+            {"id": "", "file_name": "3.jpg", "width": 0, "height": 0},
         ]
 
     rewrite(coco_folder, edit)
     ds = folder(coco_folder)
     assert ds.image_ids.tolist() == [1, 2, 3, 4]
     assert ds.skips.counts["image entries listed twice skipped"] == 1
-    assert ds.skips.counts["image entries without an integer id skipped"] == 2
+    assert ds.skips.counts["image entries without an integer or string id skipped"] == 3
     _, target = ds[1]
     assert target["labels"].tolist() == [1]  # the person stays; null and unknown are dropped
     assert "unknown category ids dropped (image 2): [5, None]" in caplog.text
+
+
+def test_string_image_ids_are_ids_and_a_file_without_ids_is_refused_saying_so(coco_folder):
+    """Ids that are strings (file names, as some converters write them; pycocotools takes
+    them) name their images as integers do; their numbers are the same in every process."""
+
+    def edit(coco):
+        named = {i: f"frame_{i:04d}" for i in (1, 2, 3, 4)}
+        for entry in coco["images"]:
+            entry["id"] = named[entry["id"]]
+        for annotation in coco["annotations"]:
+            annotation["image_id"] = named[annotation["image_id"]]
+
+    reference = folder(coco_folder)
+    rewrite(coco_folder, edit)
+    ds = folder(coco_folder)
+    assert ds.image_ids.tolist() == [id_number(f"frame_{i:04d}") for i in (1, 2, 3, 4)]
+    assert len(set(ds.image_ids.tolist())) == 4 and not ds.skips.counts
+    for index in (0, 1):
+        (_, target), (_, expected) = ds[index], reference[index]
+        assert target["labels"].tolist() == expected["labels"].tolist()
+        torch.testing.assert_close(target["boxes"], expected["boxes"])
+        torch.testing.assert_close(target["crowd_boxes"], expected["crowd_boxes"])
+
+    rewrite(coco_folder, lambda coco: [entry.update(id=None) for entry in coco["images"]])
+    with pytest.raises(ValueError, match=r"empty \(none of its 4 image entries has an id, an"):
+        folder(coco_folder)
 
 
 def test_an_annotation_file_that_is_not_json_is_named_with_the_position(coco_folder):

@@ -8,7 +8,7 @@ import torch
 
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.hub_schema import decide_box_format, read_schema, row_id
-from frcnn.data.transforms import Transform
+from frcnn.data.transforms import Transform, id_number
 from tests.data.conftest import CPPE5, cppe5_features, cppe5_parquet
 
 # xywh boxes that no other reading fits: as xyxy, (120, 10, 50, 40) is inverted
@@ -190,6 +190,18 @@ def test_ids_of_rows_without_an_id_column_tell_apart_images_of_the_same_base_nam
     assert row_id(row(None, "/data/train/0001.jpg"), schema) != row_id(
         row(None, "/data/validation/0001.jpg"), schema
     )
+
+
+def test_string_ids_name_their_rows_and_a_column_of_another_type_is_no_id(tmp_path):
+    """Ids that are strings (Open Images' hex ids, file names) are numbered as the rows of a
+    set without ids are: the same in every process, and no row skipped."""
+    from datasets import Value
+
+    ids = ["0002b66c9c498e", "Abyssinian_1"]
+    ds = stream(cppe5_parquet(tmp_path / "a.parquet", TELLING, ids=ids))
+    assert [target["image_id"] for _, target in ds] == [id_number(i) for i in ids]
+    assert not ds.skips.counts
+    assert read_schema(cppe5_features(image_id=Value("float32")), "x").image_id is None
 
 
 def test_a_category_of_class_names_is_numbered_by_data_class_names(tmp_path):

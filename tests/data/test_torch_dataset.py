@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from frcnn.data import DatasetSource, DetectionDataModule, Transform
+from frcnn.data.transforms import id_number
 
 
 class Items(torch.utils.data.Dataset):
@@ -36,16 +37,23 @@ def target(boxes, labels, **more):
 
 def test_pil_and_tensor_images_and_boxes_as_given():
     """The tutorial's forms: a PIL image and a uint8 CHW tensor, xyxy pixel boxes; the
-    image_id where the target has one, the index where it has none; crowds kept apart."""
+    image_id where the target has one (a string's `id_number`), the index where it has none;
+    crowds kept apart."""
     array = pixels()
     items = [
         (Image.fromarray(array), target(torch.tensor([[10.0, 20, 50, 60]]), [2], image_id=7)),
         (torch.from_numpy(array).permute(2, 0, 1), target(torch.tensor([[0.0, 0, 30, 40],
          [5, 5, 25, 25]]), [1, 2], iscrowd=torch.tensor([0, 1]))),
+        (Image.fromarray(array), target(torch.tensor([[1.0, 2, 3, 4]]), [1], image_id="IMG_7")),
     ]  # fmt: skip
     source = DatasetSource(Transform(120), Items(items), ["cat", "dog"])
-    assert (source.num_classes, source.class_names, len(source)) == (2, ["cat", "dog"], 2)
-    for index, (image_id, boxes) in enumerate([(7, [[10, 20, 50, 60]]), (1, [[0, 0, 30, 40]])]):
+    assert (source.num_classes, source.class_names, len(source)) == (2, ["cat", "dog"], 3)
+    expected = [
+        (7, [[10, 20, 50, 60]]),
+        (1, [[0, 0, 30, 40]]),
+        (id_number("IMG_7"), [[1, 2, 3, 4]]),
+    ]
+    for index, (image_id, boxes) in enumerate(expected):
         image, t = source[index]  # 120 x 80 on a 120 canvas: no resize
         assert t["image_id"] == image_id and t["boxes"].tolist() == boxes
         assert torch.equal(image[:, :80], torch.from_numpy(array).permute(2, 0, 1))

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_image_sizes, check_images_exist
-from frcnn.data.transforms import Record, Transform, recorded_size
+from frcnn.data.transforms import Record, Transform, id_number, recorded_size
 
 # far more than a real image holds: the rest are dropped, counted (a file's runaway copy)
 MAX_ANNOTATIONS_PER_IMAGE = 10_000
@@ -53,15 +53,14 @@ class COCOFolder(MapSource):
             if keep_empty or any(not a.get("iscrowd", 0) for a in per_image[img["id"]])
         ]
         if not kept:
-            what = "no images" if not coco["images"] else "no image with annotations"
-            raise ValueError(
-                f"{named}: the data set is empty ({what}"
-                f"{'' if keep_empty else '; keep_empty=false leaves out images without objects'})"
-            )
+            raise ValueError(empty_set(coco["images"], images, keep_empty, named))
         # only what training reads, in arrays: the parsed file (a json of COCO train2017's
         # size, polygons and urls included: 2.4 GB of Python objects, bench/coco_json_memory.py)
         # would stay in every process, each DDP rank's included
-        self.image_ids = np.array([img["id"] for img in kept], np.int64)
+        ids = [img["id"] for img in kept]
+        self.image_ids = np.array(
+            [id_number(i) if isinstance(i, str) else i for i in ids], np.int64
+        )
         # a file written on Windows may separate folders with backslashes
         self.file_names = [str(img["file_name"]).replace("\\", "/") for img in kept]
         sizes = [recorded_size(img.get("width"), img.get("height")) or (0, 0) for img in kept]
@@ -278,15 +277,30 @@ def leaves_folder(file_name: str) -> bool:
     return path.is_absolute() or ".." in path.parts
 
 
+def empty_set(entries: list[dict], images: list[dict], keep_empty: bool, named: str) -> str:
+    """The start-up error for a file that leaves no image to read: it lists none, none of its
+    entries has an id, or (`keep_empty` False) none has an annotation."""
+    if not entries:
+        what = "no images"
+    elif not images:
+        what = f"none of its {len(entries)} image entries has an id, an integer or a string"
+    else:
+        what = "no image with annotations"
+        what += "" if keep_empty else "; keep_empty=false leaves out images without objects"
+    return f"{named}: the data set is empty ({what})"
+
+
 def unique_images(images: list[dict], skips) -> list[dict]:
-    """The image entries with an integer id, each id once: an entry without one (null, a
-    string) or listed again is skipped, counted and logged (else it would train and be
-    evaluated twice)."""
+    """The image entries with an id (COCO's integer, or a string: a file name, as some tools
+    write), each id once: an entry without one (null, a float) or listed again is skipped,
+    counted and logged (else it would train and be evaluated twice)."""
     kept, seen = [], set()
     for image in images:
         image_id = image.get("id")
-        if not isinstance(image_id, int) or isinstance(image_id, bool):
-            skips("image entries without an integer id skipped", repr(image_id))
+        if not (
+            isinstance(image_id, int | str) and not isinstance(image_id, bool) and image_id != ""
+        ):
+            skips("image entries without an integer or string id skipped", repr(image_id))
         elif image_id in seen:
             skips("image entries listed twice skipped", image_id, image.get("file_name", ""))
         else:

@@ -9,7 +9,6 @@ fits them all, and otherwise refuses: a wrong guess would drop most boxes as mal
 train the rest on the wrong geometry, silently.
 """
 
-import hashlib
 import io
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from frcnn.checks import typed_setting
-from frcnn.data.transforms import recorded_size, upright_size
+from frcnn.data.transforms import id_number, recorded_size, upright_size
 from frcnn.structures import counted
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -63,7 +62,7 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
     image = next((c for c, f in columns.items() if isinstance(f, ImageFeature)), None)
     if image is None:
         raise ValueError(f"{name}: no image column (a datasets Image feature) in {list(columns)}")
-    image_id = next((c for c in ID_COLUMNS if c in columns), None)
+    image_id = next((c for c in ID_COLUMNS if id_feature(columns.get(c))), None)
     objects, fields = None, columns
     for column in OBJECT_COLUMNS:
         feature = inner(columns.get(column))
@@ -86,6 +85,15 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
         "width" if "width" in columns else None, "height" if "height" in columns else None,
         {str(n): i for i, n in enumerate(class_names)} if holds_names(label) else None,
     )  # fmt: skip
+
+
+def id_feature(feature) -> bool:
+    """Whether `feature` can be an image id column: an integer or a string (Open Images' ids,
+    file names); another (a float, a list) is no id, and the rows are told apart as a set
+    without one is (`row_id`)."""
+    from datasets import Value
+
+    return isinstance(feature, Value) and feature.dtype.startswith(("int", "uint", "string"))
 
 
 def holds_names(label) -> bool:
@@ -214,17 +222,18 @@ def row_image(example: dict, schema: Schema) -> bytes:
 
 
 def row_id(example: dict, schema: Schema) -> int:
-    """A row's image id: its id column, else (a set without one, as an image folder with a
-    metadata.jsonl) a number drawn from its image's path and bytes, whichever it holds (a set
-    pushed from such a folder keeps only the files' base names, which may repeat): the same in
-    every worker, process and epoch, and below 2**48 (exact in a float64)."""
+    """A row's image id: its id column's integer, or the `id_number` of its string; else (a set
+    without one, as an image folder with a metadata.jsonl) the `id_number` of its image's path
+    and bytes, whichever it holds (a set pushed from such a folder keeps only the files' base
+    names, which may repeat)."""
     if schema.image_id:
-        return int(example[schema.image_id])
+        value = example[schema.image_id]
+        return id_number(value) if isinstance(value, str) else int(value)
     image = example[schema.image] or {}
     key = (image.get("path") or "").encode() + (image.get("bytes") or b"")
     if not key:
         raise ValueError("the row has no image bytes or path")
-    return int.from_bytes(hashlib.blake2b(key, digest_size=6).digest(), "big")
+    return id_number(key)
 
 
 def image_size(example: dict, schema: Schema, data: bytes | None = None) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from frcnn.data.sources import MapSource
-from frcnn.data.transforms import Record, Transform, array_image
+from frcnn.data.transforms import Record, Transform, array_image, id_number
 
 # PIL modes whose pixel array is the image (fromarray gives the same mode back)
 ARRAY_MODES = ("1", "L", "LA", "I", "I;16", "F", "RGB", "RGBA")
@@ -19,7 +19,8 @@ class DatasetSource(MapSource):
     """`dataset[i]` -> (image, target) as torchvision's detection tutorial has it: the image a
     PIL image or a uint8 (C, H, W) tensor; target["boxes"] float (K, 4) xyxy in the image's
     pixels (a `tv_tensors.BoundingBoxes` in another format is converted), target["labels"]
-    int64 (K,) in 1..len(class_names); optional "image_id" (else i), "iscrowd", "area".
+    int64 (K,) in 1..len(class_names); optional "image_id" (an integer or a string; else i),
+    "iscrowd", "area".
 
     The image's pixels are taken as they are (its boxes were drawn on them), with no EXIF
     turn. The first items are checked at start-up: a data set whose boxes mostly lie outside
@@ -62,11 +63,12 @@ class DatasetSource(MapSource):
             if key in target
         }
         image_id = target.get("image_id", index)
+        image_id = image_id.item() if isinstance(image_id, torch.Tensor) else image_id
         return Record(
             pil_image(image, self.describe(index)),
             boxes,
             np.asarray(target["labels"], dtype=np.int64).reshape(-1),
-            int(image_id.item() if isinstance(image_id, torch.Tensor) else image_id),
+            id_number(image_id) if isinstance(image_id, str) else int(image_id),
             **optional,
         )
 

@@ -1,5 +1,6 @@
 """One transform path for every source: decode, RGB, resize to S x S, flip, boxes follow."""
 
+import hashlib
 import io
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ else:
 class Record:
     """One raw sample from a source, before any transform.
 
-    image: a PIL image or encoded bytes; boxes: (K, 4) xyxy in original pixels (of the image
+    image: a PIL image or encoded bytes; image_id: the source's integer id (`id_number` of
+    one that is a string); boxes: (K, 4) xyxy in original pixels (of the image
     turned upright as its EXIF orientation says, see `exif_turn`); labels: (K,) in
     1..num_classes. Where the source knows them: iscrowd (K,) bool, crowd regions that
     evaluation ignores and training never sees; area (K,) the annotation's area in original
@@ -53,6 +55,14 @@ class Record:
             None if self.area is None else np.asarray(self.area, dtype=np.float32)[keep],
             self.size,
         )
+
+
+def id_number(key: str | bytes) -> int:
+    """A number for an image that a string (a file name, an id such as Open Images'
+    `0002b66c9c498e`) or bytes identify: the same in every worker, process and epoch, and
+    below 2**48 (exact in a float64)."""
+    data = key.encode() if isinstance(key, str) else key
+    return int.from_bytes(hashlib.blake2b(data, digest_size=6).digest(), "big")
 
 
 @dataclass

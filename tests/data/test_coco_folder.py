@@ -209,6 +209,18 @@ def test_an_annotation_file_that_is_not_json_is_named_with_the_position(coco_fol
         folder(coco_folder)
 
 
+def test_a_json_with_a_byte_order_mark_is_read_and_one_in_another_encoding_refused(coco_folder):
+    """Windows tools write UTF-8 with a byte-order mark, which json.loads refuses; a file
+    saved in Latin-1 is named, not a UnicodeDecodeError."""
+    path = coco_folder / "annotations/instances_val2017.json"
+    text = path.read_text().replace('"dog"', '"chien"')
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert folder(coco_folder).class_names == ["person", "chien", "toothbrush"]
+    path.write_bytes(text.replace('"chien"', '"lévrier"').encode("latin-1"))
+    with pytest.raises(ValueError, match=r"json' is not UTF-8 text, as JSON is \(byte 0xe9 at"):
+        folder(coco_folder)
+
+
 def annotation_file(tmp_path, categories, images=None, annotations=(), text=None):
     """A COCO json (or raw `text`) in tmp_path, its image folder tmp_path/images with the
     images it names (those within it)."""

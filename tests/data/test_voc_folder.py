@@ -65,6 +65,12 @@ def test_boxes_move_to_pixel_edges_and_difficult_objects_are_ignored_regions(voc
     )
 
 
+def test_a_split_list_a_windows_tool_wrote_is_read(voc):
+    """UTF-8 with a byte-order mark, CRLF line ends: the ids as any list gives them."""
+    (voc / "ImageSets" / "Main" / "train.txt").write_bytes(b"\xef\xbb\xbf000001\r\n000002\r\n")
+    assert VOCFolder(Transform(120), str(voc), "train").describe(0) == "000001.jpg"
+
+
 def test_a_class_list_of_ones_own_and_the_names_outside_it(voc):
     """Every unlisted name of the split at once, counted, and the list to give."""
     source = VOCFolder(Transform(120), str(voc), "val", class_names=["car", "bus"])

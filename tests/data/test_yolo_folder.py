@@ -164,6 +164,21 @@ def test_roboflow_export_and_list_files(tmp_path):
     assert len(YOLOFolder(Transform(200), str(root), "train")) == 1
 
 
+def test_files_a_windows_tool_wrote_are_read_as_any(tmp_path):
+    """UTF-8 with a byte-order mark and CRLF line ends, in data.yaml, a list file and the
+    label files: the same boxes, no line malformed."""
+    bom = "\ufeff"
+    images = {"images/train/a.jpg": f"{bom}{PERSON}\r\n{CAR}\r\n", "images/val/c.jpg": CAR}
+    root = write(tmp_path / "yolo", images, {})
+    (root / "val.txt").write_text(f"{bom}./images/val/c.jpg\r\n", encoding="utf-8")
+    data = "train: images/train\r\nval: val.txt\r\nnames: [person, 汽车]\r\n"
+    (root / "data.yaml").write_bytes((bom + data).encode())
+    source = YOLOFolder(Transform(200), str(root), "train")
+    assert source.class_names == ["person", "汽车"]
+    assert source.record(0).labels.tolist() == [1, 2] and not source.skips.counts
+    assert [p.name for p in YOLOFolder(Transform(200), str(root), "val").images] == ["c.jpg"]
+
+
 def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
     with pytest.raises(FileNotFoundError, match="no data.yaml"):
         YOLOFolder(Transform(200), str(tmp_path), "train")

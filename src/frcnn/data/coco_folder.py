@@ -8,7 +8,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_image_sizes, check_images_exist
+from frcnn.data.sources import (
+    IMAGES_CHECKED,
+    MapSource,
+    check_image_sizes,
+    check_images_exist,
+    read_text,
+)
 from frcnn.data.transforms import Record, Transform, id_number, recorded_size
 
 # far more than a real image holds: the rest are dropped, counted (a file's runaway copy)
@@ -117,14 +123,15 @@ class COCOFolder(MapSource):
 
 
 def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> dict:
-    """The parsed json; a missing file or folder, invalid or too deeply nested JSON is refused
-    with a message that names the setting."""
+    """The parsed json (UTF-8, with or without a byte-order mark); a missing file or folder,
+    invalid or too deeply nested JSON, or text in another encoding is refused with a message
+    that names the setting."""
     if not annotation_file.is_file():
         raise FileNotFoundError(f"{named}: no such file")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image_dir={str(image_dir)!r}: no such folder")
     try:
-        return json.loads(annotation_file.read_text())
+        return json.loads(read_text(annotation_file))
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{named} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
@@ -132,6 +139,11 @@ def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> 
         ) from None
     except RecursionError:
         raise ValueError(f"{named} nests its JSON too deep to read") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{named} is not UTF-8 text, as JSON is (byte {err.object[err.start]:#x} at "
+            f"position {err.start}): save it as UTF-8"
+        ) from None
 
 
 def annotations_per_image(annotations: list[dict], images: list[dict], skips) -> dict:

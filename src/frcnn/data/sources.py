@@ -90,6 +90,13 @@ def image_files(files: list[Path], where: str) -> list[Path]:
     return [p for p in files if p.suffix.lower() in readable]
 
 
+def read_text(path: Path) -> str:
+    """A text file of a data set (an annotation file, a label or list file): UTF-8 whatever
+    the locale, with or without the byte-order mark that Windows tools write (json and float
+    refuse it)."""
+    return Path(path).read_text(encoding="utf-8-sig")
+
+
 IMAGES_CHECKED = 20  # image files looked for at start-up to catch a wrong folder
 
 

@@ -6,7 +6,13 @@ from pathlib import Path
 import numpy as np
 
 from frcnn.checks import typed_setting
-from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_image_sizes, check_images_exist
+from frcnn.data.sources import (
+    IMAGES_CHECKED,
+    MapSource,
+    check_image_sizes,
+    check_images_exist,
+    read_text,
+)
 from frcnn.data.transforms import Record, Transform, recorded_size
 from frcnn.structures import counted
 
@@ -69,7 +75,7 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
     test), its ids the xml files' names."""
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if ids_file.is_file():
-        return ids_file.read_text().split(), root / "Annotations", root / "JPEGImages"
+        return read_text(ids_file).split(), root / "Annotations", root / "JPEGImages"
     folder = root / split
     if folder.is_dir() and any(folder.glob("*.xml")):
         return sorted(p.stem for p in folder.glob("*.xml")), folder, folder

@@ -17,7 +17,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from frcnn.data.sources import IMAGES_CHECKED, MapSource, check_images_exist, image_files
+from frcnn.data.sources import (
+    IMAGES_CHECKED,
+    MapSource,
+    check_images_exist,
+    image_files,
+    read_text,
+)
 from frcnn.data.transforms import Record, Transform, upright_size
 
 log = logging.getLogger(__name__)
@@ -32,7 +38,7 @@ def read_data_yaml(root: str | Path) -> tuple[Path, dict]:
         hint = f" (it holds {', '.join(inside)}: give the file as data.root)" if inside else ""
         raise FileNotFoundError(f"data.root={str(root)!r}: no data.yaml{hint}")
     try:
-        content = yaml.safe_load(file.read_text())
+        content = yaml.safe_load(read_text(file))
     except yaml.YAMLError as err:
         raise ValueError(f"data.root: {file} is not valid YAML ({err})") from None
     if not isinstance(content, dict) or not ({"names", "nc"} & set(content)):
@@ -94,7 +100,7 @@ def split_images(content: dict, split: str, file: Path) -> list[Path]:
         if path.is_dir():
             images += image_files(sorted(path.rglob("*")), f"{file} ({split}: {path})")
         elif path.is_file():  # a list of images, one a line, relative to the list's folder
-            for line in path.read_text().splitlines():
+            for line in read_text(path).splitlines():
                 line = line.strip()
                 if line:
                     listed = Path(line.removeprefix("./"))
@@ -168,7 +174,7 @@ def check_labels(images: list[Path], num_classes: int, name: str) -> None:
         labels = label_file(image)
         if not labels.is_file():
             continue
-        text = labels.read_text()
+        text = read_text(labels)
         classes, boxes, malformed = parse_labels(text)
         wrong = (classes >= num_classes) | (classes < 0) | not_normalised(boxes)
         lines, bad = lines + len(classes) + malformed, bad + int(wrong.sum()) + malformed
@@ -218,7 +224,7 @@ def check_label_files_exist(images: list[Path], name: str) -> None:
 def has_objects(image: Path) -> bool:
     """Whether an image's label file holds at least one well-formed line."""
     labels = label_file(image)
-    return labels.is_file() and parse_labels(labels.read_text())[0].size > 0
+    return labels.is_file() and parse_labels(read_text(labels))[0].size > 0
 
 
 class YOLOFolder(MapSource):
@@ -265,14 +271,14 @@ class YOLOFolder(MapSource):
 
     def labels(self, index: int) -> np.ndarray:
         labels_path = label_file(self.images[index])
-        classes = parse_labels(labels_path.read_text())[0] if labels_path.is_file() else []
+        classes = parse_labels(read_text(labels_path))[0] if labels_path.is_file() else []
         return np.array([c + 1 for c in classes if 0 <= c < self.num_classes], np.int64)
 
     def record(self, index: int) -> Record:
         path = self.images[index]
         data = path.read_bytes()
         labels_path = label_file(path)
-        text = labels_path.read_text() if labels_path.is_file() else ""
+        text = read_text(labels_path) if labels_path.is_file() else ""
         classes, cxcywh, bad = parse_labels(text)
         if bad:
             self.skips("malformed label lines dropped", index, f"{bad} in {labels_path}")

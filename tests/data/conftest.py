@@ -104,10 +104,10 @@ def bad_parquet(tmp_path):
 CPPE5 = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
 
 
-def cppe5_features(category=None, image_id=None):
+def cppe5_features(category=None, image_id=None, crowds=False):
     """cppe-5's (and the RF100 `Francesco/*` sets') features: objects{id, area, bbox, category}
     with xywh pixel boxes; `category` another feature than its ClassLabel, `image_id` another
-    than its int64."""
+    than its int64; `crowds`: the objects have COCO's `iscrowd` flag too."""
     from datasets import ClassLabel, Features, Image, List, Value
 
     objects = {
@@ -115,14 +115,15 @@ def cppe5_features(category=None, image_id=None):
         "area": Value("int64"),
         "bbox": List(Value("float32"), length=4),
         "category": category or ClassLabel(names=CPPE5),
+        **({"iscrowd": Value("bool")} if crowds else {}),
     }
     columns = {"image_id": image_id or Value("int64"), "image": Image(), "width": Value("int32")}
     return Features({**columns, "height": Value("int32"), "objects": List(objects)})
 
 
 def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None, ids=None) -> str:
-    """One image per entry of `boxes_per_image` [(x, y, w, h, class), ...]; their ids 0, 1, ...
-    or the strings `ids`."""
+    """One image per entry of `boxes_per_image` [(x, y, w, h, class), ...] (a sixth value: the
+    object's `iscrowd` flag); their ids 0, 1, ... or the strings `ids`."""
     from datasets import Dataset, Value
 
     rows = {"image_id": [], "image": [], "width": [], "height": [], "objects": []}
@@ -133,9 +134,11 @@ def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None, i
         rows["height"].append(height)
         objects = [
             {"id": i, "area": int(w * h), "bbox": [x, y, w, h], "category": c}
-            for i, (x, y, w, h, c) in enumerate(boxes)
+            | ({"iscrowd": flag[0]} if flag else {})
+            for i, (x, y, w, h, c, *flag) in enumerate(boxes)
         ]
         rows["objects"].append(objects)
-    features = cppe5_features(category, Value("string") if ids else None)
+    crowds = any(len(box) == 6 for boxes in boxes_per_image for box in boxes)
+    features = cppe5_features(category, Value("string") if ids else None, crowds)
     Dataset.from_dict(rows, features=features).to_parquet(str(path))
     return str(path)

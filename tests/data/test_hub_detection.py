@@ -204,6 +204,24 @@ def test_string_ids_name_their_rows_and_a_column_of_another_type_is_no_id(tmp_pa
     assert read_schema(cppe5_features(image_id=Value("float32")), "x").image_id is None
 
 
+def test_crowd_flags_make_ignored_regions_and_crowds_alone_no_objects(tmp_path):
+    """An `iscrowd` field (COCO-derived sets, DocLayNet) marks crowd regions, as a COCO json's
+    do: not trained on, given to the evaluation to ignore; a row of crowds alone is a negative."""
+    crowded = [
+        [(120, 10, 50, 40, 4, False), (10, 20, 30, 30, 2, True)],
+        [(150, 50, 40, 45, 0, True)],
+    ]
+    path = cppe5_parquet(tmp_path / "a.parquet", crowded)
+    assert read_schema(cppe5_features(crowds=True), "x").iscrowd == "iscrowd"
+    (_, first), (_, second) = list(stream(path))
+    assert first["labels"].tolist() == [5] and first["crowd_labels"].tolist() == [3]
+    torch.testing.assert_close(first["crowd_boxes"], torch.tensor([[10.0, 20, 40, 50]]))
+    assert second["boxes"].shape == (0, 4) and second["crowd_boxes"].shape == (1, 4)
+    assert [t["image_id"] for _, t in stream(path, keep_empty=False)] == [0]
+    (_, plain), _ = list(stream(cppe5_parquet(tmp_path / "b.parquet", TELLING)))
+    assert "crowd_boxes" not in plain  # a set without the flag: as before
+
+
 def test_a_category_of_class_names_is_numbered_by_data_class_names(tmp_path):
     """Categories stored as names (strings): `data.class_names` gives the list and the label
     order; refused without it (naming the names of its first rows), and where the first rows

@@ -166,17 +166,17 @@ class HubDetection(IterableDataset):
         return read_schema(features, self._where(), class_names)
 
     def _raw_boxes(self, example: dict) -> tuple[np.ndarray, tuple[int, int]]:
-        boxes, _ = row_objects(example, self.schema)
-        return boxes, image_size(example, self.schema)
+        return row_objects(example, self.schema)[0], image_size(example, self.schema)
 
     def _record(self, example: dict) -> Record:
-        """A row -> Record: boxes xyxy in pixels, labels 1..C."""
+        """A row -> Record: boxes xyxy in pixels, labels 1..C, crowds where the set flags them."""
         data = row_image(example, self.schema)
-        boxes, classes = row_objects(example, self.schema)
+        boxes, classes, crowds = row_objects(example, self.schema)
         size = image_size(example, self.schema, data) if self.normalized else None
         boxes = to_xyxy(boxes, self.box_format, self.normalized, size)
         recorded = row_size(example, self.schema)
-        return Record(data, boxes, classes + 1, row_id(example, self.schema), size=recorded)
+        crowds = crowds if self.schema.iscrowd else None
+        return Record(data, boxes, classes + 1, row_id(example, self.schema), crowds, size=recorded)
 
     def _load(self):
         import datasets
@@ -352,9 +352,10 @@ class HubDetection(IterableDataset):
         return f"cannot read {'; '.join(broken)}" if broken else detail
 
     def _without_objects(self, example: dict) -> bool:
-        """Whether a row holds no objects (a malformed one is `_sample`'s to count)."""
+        """Whether a row holds no objects (crowd regions alone count as none, as in a COCO
+        json; a malformed row is `_sample`'s to count)."""
         try:
-            return len(row_objects(example, self.schema)[1]) == 0
+            return not (~row_objects(example, self.schema)[2]).any()
         except (KeyError, TypeError, ValueError):
             return False
 

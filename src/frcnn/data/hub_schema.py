@@ -24,6 +24,7 @@ OBJECT_COLUMNS = ("objects", "annotations", "annotation")
 BOX_FIELDS = ("bbox", "bboxes", "boxes", "box")
 CATEGORY_FIELDS = ("category", "category_id", "categories", "label", "labels", "class", "classes")
 ID_COLUMNS = ("image_id", "id")
+CROWD_FIELDS = ("iscrowd", "is_crowd")
 # a box may reach this far (pixels, or this share of a side when normalised) outside its image
 TOLERANCE = 1.0
 
@@ -32,8 +33,8 @@ TOLERANCE = 1.0
 class Schema:
     """The columns of a detection data set: `image` (an Image feature), `image_id` (None: the
     set has no id column, see `row_id`), the `objects` column holding `bbox` and `category`
-    (None: they are top-level columns), the class names (the category's ClassLabel) and the
-    `width` / `height` columns if any."""
+    (None: they are top-level columns), the class names (the category's ClassLabel), the
+    `width` / `height` columns and the objects' `iscrowd` field (COCO's crowd flag) if any."""
 
     image: str
     image_id: str | None
@@ -45,6 +46,7 @@ class Schema:
     height: str | None = None
     # a category that holds class names (strings): name -> index in class_names; else None
     category_index: dict[str, int] | None = None
+    iscrowd: str | None = None
 
 
 def inner(feature):
@@ -84,6 +86,7 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
         image, image_id, objects, bbox, category, class_names,
         "width" if "width" in columns else None, "height" if "height" in columns else None,
         {str(n): i for i, n in enumerate(class_names)} if holds_names(label) else None,
+        next((f for f in CROWD_FIELDS if flag_feature(fields.get(f))), None),
     )  # fmt: skip
 
 
@@ -94,6 +97,13 @@ def id_feature(feature) -> bool:
     from datasets import Value
 
     return isinstance(feature, Value) and feature.dtype.startswith(("int", "uint", "string"))
+
+
+def flag_feature(feature) -> bool:
+    """Whether `feature` can be a per-object flag (COCO's `iscrowd`): a bool or an integer."""
+    from datasets import Value
+
+    return isinstance(feature, Value) and feature.dtype.startswith(("bool", "int", "uint"))
 
 
 def holds_names(label) -> bool:
@@ -154,24 +164,25 @@ def held_categories(rows: list[dict], schema: Schema) -> list:
     return [category for row in rows for category in row_fields(row, schema)[1]]
 
 
-def row_fields(example: dict, schema: Schema) -> tuple[list, list]:
-    """A row's boxes and categories as stored."""
+def row_fields(example: dict, schema: Schema) -> tuple[list, list, list | None]:
+    """A row's boxes, categories and crowd flags (None: the set has none) as stored."""
     objects = example[schema.objects] if schema.objects else example
+    keys = (schema.bbox, schema.category, schema.iscrowd)
     if isinstance(objects, list):  # a list of per-object dicts (datasets' List of a dict)
-        return [o[schema.bbox] for o in objects], [o[schema.category] for o in objects]
-    return objects[schema.bbox], objects[schema.category]  # a dict of per-field lists
+        return tuple([o[k] for o in objects] if k else None for k in keys)
+    return tuple(objects[k] if k else None for k in keys)  # a dict of per-field lists
 
 
-def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
-    """A row's raw boxes (K, 4), as stored, and class indices (K,) into the class names (a
-    name they do not list: -1, dropped and counted as a label out of range)."""
-    boxes, classes = row_fields(example, schema)
+def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A row's raw boxes (K, 4), as stored, class indices (K,) into the class names (a name
+    they do not list: -1, dropped and counted as a label out of range) and crowd flags (K,)
+    (all False where the set has none)."""
+    boxes, classes, crowds = row_fields(example, schema)
     if schema.category_index is not None:
         classes = [schema.category_index.get(str(c), -1) for c in classes]
-    return (
-        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        np.asarray(classes, dtype=np.int64).reshape(-1),
-    )
+    classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+    crowds = np.zeros(len(classes), bool) if crowds is None else np.asarray(crowds, bool)
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), classes, crowds.reshape(-1)
 
 
 def check_categories(rows: list[dict], schema: Schema, name: str) -> None:

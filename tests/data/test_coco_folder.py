@@ -209,6 +209,26 @@ def test_an_annotation_file_that_is_not_json_is_named_with_the_position(coco_fol
         folder(coco_folder)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda coco: [{"image_id": 1, "bbox": [1, 2, 3, 4], "score": 0.9}],
+         r"json' holds a JSON list, not a COCO annotation file .*: a file of detections\?$"),
+        (lambda coco: {k: v for k, v in coco.items() if k != "annotations"},
+         r"has no annotations list: .* \(a test split's image-info file has no boxes\)$"),
+        (lambda coco: {"images": coco["images"], "annotations": [{"image_id": 1, "caption": "a"}]},
+         r"json' has no categories list: a COCO annotation file has images, annotations"),
+    ],
+)  # fmt: skip
+def test_json_that_is_no_coco_annotation_file_is_refused_saying_what_it_lacks(
+    coco_folder, edit, message
+):
+    path = coco_folder / "annotations/instances_val2017.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(ValueError, match=message):
+        folder(coco_folder)
+
+
 def test_a_json_with_a_byte_order_mark_is_read_and_one_in_another_encoding_refused(coco_folder):
     """Windows tools write UTF-8 with a byte-order mark, which json.loads refuses; a file
     saved in Latin-1 is named, not a UnicodeDecodeError."""

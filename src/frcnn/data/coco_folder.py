@@ -41,7 +41,7 @@ class COCOFolder(MapSource):
         annotation_file, image_dir = Path(annotation_file), Path(image_dir)
         named = f"annotation_file={str(annotation_file)!r}"
         coco = read_annotation_file(annotation_file, image_dir, named)
-        category_ids = checked_category_ids(coco.get("categories") or [], named)
+        category_ids = checked_category_ids(coco["categories"], named)
         self.label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
         names = {c["id"]: c["name"] for c in coco["categories"]}
         self.class_names = [names[cid] for cid in category_ids]
@@ -124,14 +124,14 @@ class COCOFolder(MapSource):
 
 def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> dict:
     """The parsed json (UTF-8, with or without a byte-order mark); a missing file or folder,
-    invalid or too deeply nested JSON, or text in another encoding is refused with a message
-    that names the setting."""
+    invalid or too deeply nested JSON, text in another encoding or JSON that is no COCO
+    annotation file (`check_layout`) is refused with a message that names the setting."""
     if not annotation_file.is_file():
         raise FileNotFoundError(f"{named}: no such file")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image_dir={str(image_dir)!r}: no such folder")
     try:
-        return json.loads(read_text(annotation_file))
+        coco = json.loads(read_text(annotation_file))
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{named} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
@@ -144,6 +144,33 @@ def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> 
             f"{named} is not UTF-8 text, as JSON is (byte {err.object[err.start]:#x} at "
             f"position {err.start}): save it as UTF-8"
         ) from None
+    check_layout(coco, named)
+    return coco
+
+
+def check_layout(coco, named: str) -> None:
+    """Refuse JSON that is no COCO annotation file (an object whose `images`, `annotations`
+    and `categories` are lists): a file of detections (a list), an image-info file of a test
+    split (no annotations), a captions file (no categories)."""
+    if not isinstance(coco, dict):
+        raise ValueError(
+            f"{named} holds a JSON {type(coco).__name__}, not a COCO annotation file (an object "
+            "of images, annotations and categories)"
+            + (": a file of detections?" if isinstance(coco, list) else "")
+        )
+    missing = [
+        k for k in ("images", "annotations", "categories") if not isinstance(coco.get(k), list)
+    ]
+    if missing:
+        raise ValueError(
+            f"{named} has no {' or '.join(missing)} list: a COCO annotation file has images, "
+            "annotations (boxes) and categories"
+            + (
+                " (a test split's image-info file has no boxes)"
+                if missing == ["annotations"]
+                else ""
+            )
+        )
 
 
 def annotations_per_image(annotations: list[dict], images: list[dict], skips) -> dict:
@@ -309,9 +336,8 @@ def unique_images(images: list[dict], skips) -> list[dict]:
     kept, seen = [], set()
     for image in images:
         image_id = image.get("id")
-        if not (
-            isinstance(image_id, int | str) and not isinstance(image_id, bool) and image_id != ""
-        ):
+        named = isinstance(image_id, str) and image_id != ""
+        if not (named or (isinstance(image_id, int) and not isinstance(image_id, bool))):
             skips("image entries without an integer or string id skipped", repr(image_id))
         elif image_id in seen:
             skips("image entries listed twice skipped", image_id, image.get("file_name", ""))

@@ -1,6 +1,7 @@
 """Pascal VOC's layout read by the real parser: 1-based boxes, difficult objects, names."""
 
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -223,3 +224,11 @@ def test_xml_files_in_no_split_stop_at_start_up(tmp_path):
     root = split_folders(tmp_path, {"labelled": {"1.jpg": [("dog", (1, 1, 9, 9), False)]}})
     with pytest.raises(FileNotFoundError, match=r"its xml files lie in it, in no split"):
         VOCFolder(Transform(120), str(root / "labelled"), "train")
+
+
+def test_annotations_without_split_lists_stop_at_start_up_saying_what_to_write(voc):
+    """Tools that write VOC's Annotations/ without ImageSets/ (no split of their own)."""
+    shutil.rmtree(voc / "ImageSets")
+    message = r"xml files are in Annotations/, but no ImageSets/Main/val.txt lists the val split"
+    with pytest.raises(FileNotFoundError, match=message):
+        VOCFolder(Transform(120), str(voc), "val")

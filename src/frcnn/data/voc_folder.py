@@ -88,6 +88,13 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
             f"split={split!r}: no {ids_file} nor a folder {folder} of xml files (it has "
             f"{lists[:8] if lists else folders[:8]})"
         )
+    if any((root / "Annotations").glob("*.xml")):  # VOC's layout, no split listed
+        raise FileNotFoundError(
+            f"root={str(root)!r}: its xml files are in Annotations/, but no "
+            f"ImageSets/Main/{split}.txt lists the {split} split: write each split's ids (its "
+            "xml files' names without .xml), one a line, in ImageSets/Main/<split>.txt "
+            "(train.txt, val.txt), its images in JPEGImages/"
+        )
     if any(root.glob("*.xml")):
         raise FileNotFoundError(
             f"root={str(root)!r}: its xml files lie in it, in no split: list each split's ids "

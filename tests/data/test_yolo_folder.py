@@ -134,6 +134,9 @@ def test_the_class_count_nc_is_checked_against_names_and_names_classes_alone(tmp
     data = {"train": "images/train", "nc": 2}
     source = YOLOFolder(Transform(200), str(write(tmp_path / "b", images, data)), "train")
     assert source.class_names == ["class_0", "class_1"]
+    data = {"train": "images/train", "names": {"1": "car", "0": "person"}}  # keys quoted
+    source = YOLOFolder(Transform(200), str(write(tmp_path / "c", images, data)), "train")
+    assert source.class_names == ["person", "car"]
 
 
 def test_images_without_objects_can_be_left_out(ultralytics):

@@ -58,8 +58,9 @@ def class_names(content: dict, file: Path) -> list[str]:
         raise ValueError(
             f"{file}: nc={count}, but `names` has {len(names)} classes: they must match"
         )
-    if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
+    if isinstance(names, dict):  # its keys may be quoted ('0': person), as Ultralytics reads them
+        names = {int(k) if str(k).isdigit() else k: name for k, name in names.items()}
+        if set(names) != set(range(len(names))):
             raise ValueError(f"{file}: `names` must have the class ids 0..{len(names) - 1}")
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:

@@ -182,6 +182,15 @@ def test_files_a_windows_tool_wrote_are_read_as_any(tmp_path):
     assert [p.name for p in YOLOFolder(Transform(200), str(root), "val").images] == ["c.jpg"]
 
 
+def test_a_validation_key_is_the_val_split_as_ultralytics_reads_it(tmp_path):
+    images = {"images/train/a.jpg": PERSON, "images/val/c.jpg": CAR}
+    data = {"train": "images/train", "validation": "images/val", "names": ["person", "car"]}
+    root = write(tmp_path / "yolo", images, data)
+    assert [p.name for p in YOLOFolder(Transform(200), str(root), "val").images] == ["c.jpg"]
+    with pytest.raises(ValueError, match=r"split='test': .* \(it names \['train', 'validation'\]"):
+        YOLOFolder(Transform(200), str(root), "test")
+
+
 def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
     with pytest.raises(FileNotFoundError, match="no data.yaml"):
         YOLOFolder(Transform(200), str(tmp_path), "train")

@@ -86,12 +86,14 @@ def base_folder(content: dict, file: Path) -> Path:
 
 
 def split_images(content: dict, split: str, file: Path) -> list[Path]:
-    """The image files of a split (`train`, `val`, `test`) as data.yaml names them."""
-    if not content.get(split):
-        named = [key for key in ("train", "val", "test") if content.get(key)]
+    """The image files of a split (`train`, `val`, `test`) as data.yaml names them (`val` may
+    be called `validation`, as Ultralytics reads it)."""
+    key = "validation" if split == "val" and not content.get("val") else split
+    if not content.get(key):
+        named = [k for k in ("train", "val", "validation", "test") if content.get(k)]
         raise ValueError(f"split={split!r}: {file} names no such split (it names {named})")
     base = base_folder(content, file)
-    entries = content[split] if isinstance(content[split], list) else [content[split]]
+    entries = content[key] if isinstance(content[key], list) else [content[key]]
     images = []
     for entry in entries:
         path = Path(str(entry)).expanduser()
@@ -107,7 +109,7 @@ def split_images(content: dict, split: str, file: Path) -> list[Path]:
                     listed = Path(line.removeprefix("./"))
                     images.append(listed if listed.is_absolute() else path.parent / listed)
         else:
-            raise FileNotFoundError(f"{file}: {split}={entry!r}: no such folder or file ({path})")
+            raise FileNotFoundError(f"{file}: {key}={entry!r}: no such folder or file ({path})")
     return images
 
 

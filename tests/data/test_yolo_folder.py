@@ -139,6 +139,22 @@ def test_the_class_count_nc_is_checked_against_names_and_names_classes_alone(tmp
     assert source.class_names == ["person", "car"]
 
 
+def test_a_line_written_twice_is_one_object(tmp_path):
+    """As Ultralytics reads it: a repeated line dropped, counted; the order kept."""
+    images = {
+        "images/train/a.jpg": "\n".join([CAR, PERSON, CAR, f"{PERSON}0"]),
+        "images/val/b.jpg": CAR,
+    }
+    data = {"train": "images/train", "val": "images/val", "names": ["person", "car"]}
+    source = YOLOFolder(Transform(200), str(write(tmp_path / "yolo", images, data)), "train")
+    record = source.record(0)
+    assert record.labels.tolist() == [2, 1]  # "0.20" is the same number as "0.2"
+    torch.testing.assert_close(
+        torch.tensor(record.boxes), torch.tensor([[40.0, 20, 60, 30], [80, 30, 120, 70]])
+    )
+    assert source.skips.counts == {"repeated label lines dropped": 1}
+
+
 def test_images_without_objects_can_be_left_out(ultralytics):
     assert len(YOLOFolder(Transform(200), str(ultralytics), "train", keep_empty=False)) == 1
 

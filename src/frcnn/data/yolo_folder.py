@@ -285,6 +285,13 @@ class YOLOFolder(MapSource):
         classes, cxcywh, bad = parse_labels(text)
         if bad:
             self.skips("malformed label lines dropped", index, f"{bad} in {labels_path}")
+        # a line written twice is one object (as Ultralytics reads it): two boxes would train
+        # it twice and leave one of them a miss in the mAP, whatever the detector does
+        _, first = np.unique(np.column_stack([classes, cxcywh]), axis=0, return_index=True)
+        if len(first) < len(classes):
+            repeats = f"{len(classes) - len(first)} in {labels_path}"
+            self.skips("repeated label lines dropped", index, repeats)
+            classes, cxcywh = classes[np.sort(first)], cxcywh[np.sort(first)]
         outside = not_normalised(cxcywh)
         if outside.any():
             self.skips(

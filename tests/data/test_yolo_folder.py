@@ -185,12 +185,12 @@ def test_roboflow_export_and_list_files(tmp_path):
 
 def test_files_a_windows_tool_wrote_are_read_as_any(tmp_path):
     """UTF-8 with a byte-order mark and CRLF line ends, in data.yaml, a list file and the
-    label files: the same boxes, no line malformed."""
+    label files, and paths with backslashes: the same boxes, no line malformed."""
     bom = "\ufeff"
     images = {"images/train/a.jpg": f"{bom}{PERSON}\r\n{CAR}\r\n", "images/val/c.jpg": CAR}
     root = write(tmp_path / "yolo", images, {})
-    (root / "val.txt").write_text(f"{bom}./images/val/c.jpg\r\n", encoding="utf-8")
-    data = "train: images/train\r\nval: val.txt\r\nnames: [person, 汽车]\r\n"
+    (root / "val.txt").write_text(f"{bom}.\\images\\val\\c.jpg\r\n", encoding="utf-8")
+    data = "train: images\\train\r\nval: val.txt\r\nnames: [person, 汽车]\r\n"
     (root / "data.yaml").write_bytes((bom + data).encode())
     source = YOLOFolder(Transform(200), str(root), "train")
     assert source.class_names == ["person", "汽车"]

@@ -13,6 +13,7 @@ from frcnn.data.sources import (
     MapSource,
     check_image_sizes,
     check_images_exist,
+    forward_slashes,
     read_text,
 )
 from frcnn.data.transforms import Record, Transform, id_number, recorded_size
@@ -67,8 +68,7 @@ class COCOFolder(MapSource):
         self.image_ids = np.array(
             [id_number(i) if isinstance(i, str) else i for i in ids], np.int64
         )
-        # a file written on Windows may separate folders with backslashes
-        self.file_names = [str(img["file_name"]).replace("\\", "/") for img in kept]
+        self.file_names = [forward_slashes(img["file_name"]) for img in kept]
         sizes = [recorded_size(img.get("width"), img.get("height")) or (0, 0) for img in kept]
         self.sizes = np.array(sizes, np.int64).reshape(-1, 2)  # 0: not recorded
         self.annotations = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
@@ -312,7 +312,7 @@ def checked_category_ids(categories: list[dict], named: str) -> list[int]:
 
 def leaves_folder(file_name: str) -> bool:
     """Whether a file name reaches outside the image folder (absolute, or up through ..)."""
-    path = PurePosixPath(str(file_name).replace("\\", "/"))
+    path = PurePosixPath(forward_slashes(file_name))
     return path.is_absolute() or ".." in path.parts
 
 

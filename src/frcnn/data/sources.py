@@ -97,6 +97,12 @@ def read_text(path: Path) -> str:
     return Path(path).read_text(encoding="utf-8-sig")
 
 
+def forward_slashes(path) -> str:
+    """A relative path that a file written on Windows names (`images\\train\\a.jpg`), with the
+    forward slashes every system reads."""
+    return str(path).replace("\\", "/")
+
+
 IMAGES_CHECKED = 20  # image files looked for at start-up to catch a wrong folder
 
 

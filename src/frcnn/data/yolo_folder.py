@@ -21,6 +21,7 @@ from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
     check_images_exist,
+    forward_slashes,
     image_files,
     read_text,
 )
@@ -96,7 +97,7 @@ def split_images(content: dict, split: str, file: Path) -> list[Path]:
     entries = content[key] if isinstance(content[key], list) else [content[key]]
     images = []
     for entry in entries:
-        path = Path(str(entry)).expanduser()
+        path = Path(forward_slashes(entry)).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.exists() and str(entry).startswith("../"):  # Roboflow's export
             path = base / str(entry)[3:]
@@ -106,7 +107,7 @@ def split_images(content: dict, split: str, file: Path) -> list[Path]:
             for line in read_text(path).splitlines():
                 line = line.strip()
                 if line:
-                    listed = Path(line.removeprefix("./"))
+                    listed = Path(forward_slashes(line).removeprefix("./"))
                     images.append(listed if listed.is_absolute() else path.parent / listed)
         else:
             raise FileNotFoundError(f"{file}: {key}={entry!r}: no such folder or file ({path})")

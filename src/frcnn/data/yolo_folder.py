@@ -35,9 +35,7 @@ def read_data_yaml(root: str | Path) -> tuple[Path, dict]:
     root = Path(root).expanduser()
     file = root / "data.yaml" if root.is_dir() else root
     if not file.is_file():
-        inside = sorted(p.name for p in root.glob("*.yaml")) if root.is_dir() else []
-        hint = f" (it holds {', '.join(inside)}: give the file as data.root)" if inside else ""
-        raise FileNotFoundError(f"data.root={str(root)!r}: no data.yaml{hint}")
+        raise FileNotFoundError(f"data.root={str(root)!r}: no data.yaml{missing_yaml_hint(root)}")
     try:
         content = yaml.safe_load(read_text(file))
     except yaml.YAMLError as err:
@@ -45,6 +43,31 @@ def read_data_yaml(root: str | Path) -> tuple[Path, dict]:
     if not isinstance(content, dict) or not ({"names", "nc"} & set(content)):
         raise ValueError(f"data.root: {file} has no `names` (the class names) or `nc` key")
     return file, content
+
+
+# the class list of YOLO's darknet layout, which Label Studio's and CVAT's YOLO exports write
+# in place of a data.yaml
+DARKNET_NAMES = ("classes.txt", "obj.names")
+
+
+def missing_yaml_hint(root: Path) -> str:
+    """What a folder without data.yaml holds that says what to give: another yaml, or the
+    darknet layout's class list, from which the data.yaml to write is shown."""
+    if not root.is_dir():
+        return ""
+    inside = sorted(p.name for p in root.glob("*.yaml"))
+    if inside:
+        return f" (it holds {', '.join(inside)}: give the file as data.root)"
+    listed = next((root / name for name in DARKNET_NAMES if (root / name).is_file()), None)
+    if listed is None:
+        return ""
+    names = [line.strip() for line in read_text(listed).splitlines() if line.strip()]
+    return (
+        f" (it holds {listed.name}, the class list of a YOLO export without one: write "
+        "data.yaml beside it, naming each split's images (a folder, or a text file listing "
+        "them) and the classes in their order, e.g. train: images/train, val: images/val, "
+        f"names: {yaml.safe_dump(names, default_flow_style=True, allow_unicode=True).strip()})"
+    )
 
 
 def class_names(content: dict, file: Path) -> list[str]:

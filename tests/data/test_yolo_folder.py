@@ -210,6 +210,9 @@ def test_a_validation_key_is_the_val_split_as_ultralytics_reads_it(tmp_path):
 def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
     with pytest.raises(FileNotFoundError, match="no data.yaml"):
         YOLOFolder(Transform(200), str(tmp_path), "train")
+    above = r"no data.yaml \(a folder above holds one: data.root='.*/yolo'\)$"
+    with pytest.raises(FileNotFoundError, match=above):
+        YOLOFolder(Transform(200), str(ultralytics / "images" / "train"), "train")
     (tmp_path / "classes.txt").write_text("helmet\nhead, no helmet\n\n")  # Label Studio's
     data = r"train: images/train, val: images/val, names: \[helmet, 'head, no helmet'\]\)$"
     with pytest.raises(FileNotFoundError, match=r"it holds classes.txt, .* e\.g\. " + data):

@@ -51,13 +51,17 @@ DARKNET_NAMES = ("classes.txt", "obj.names")
 
 
 def missing_yaml_hint(root: Path) -> str:
-    """What a folder without data.yaml holds that says what to give: another yaml, or the
-    darknet layout's class list, from which the data.yaml to write is shown."""
+    """What a folder without data.yaml holds that says what to give: another yaml, the
+    darknet layout's class list (from which the data.yaml to write is shown), or one of the two
+    folders above holding data.yaml (`images/` or `images/train` given)."""
     if not root.is_dir():
         return ""
     inside = sorted(p.name for p in root.glob("*.yaml"))
     if inside:
         return f" (it holds {', '.join(inside)}: give the file as data.root)"
+    above = next((p for p in root.parents[:2] if (p / "data.yaml").is_file()), None)
+    if above is not None:
+        return f" (a folder above holds one: data.root={str(above)!r})"
     listed = next((root / name for name in DARKNET_NAMES if (root / name).is_file()), None)
     if listed is None:
         return ""

@@ -226,6 +226,17 @@ def test_xml_files_in_no_split_stop_at_start_up(tmp_path):
         VOCFolder(Transform(120), str(root / "labelled"), "train")
 
 
+def test_the_folder_above_voc_s_names_the_one_to_give(voc):
+    """torchvision's root holds VOCdevkit/VOC2007; Detectron2's and this project's is VOC2007."""
+    devkit = voc.parent / "VOCdevkit"
+    devkit.mkdir()
+    voc.rename(devkit / "VOC2007")
+    for above in (devkit, devkit.parent):
+        message = r"no .*, nor a folder .* \(VOC's layout is in '.*/VOCdevkit/VOC2007': give it"
+        with pytest.raises(FileNotFoundError, match=message):
+            VOCFolder(Transform(120), str(above), "train")
+
+
 def test_annotations_without_split_lists_stop_at_start_up_saying_what_to_write(voc):
     """Tools that write VOC's Annotations/ without ImageSets/ (no split of their own)."""
     shutil.rmtree(voc / "ImageSets")

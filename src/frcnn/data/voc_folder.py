@@ -102,7 +102,12 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
             "JPEGImages/), or put each split's images and xml files in a folder of its own "
             "(train/, val/)"
         )
-    raise FileNotFoundError(f"root={str(root)!r}: no {ids_file}, nor a folder {folder}")
+    # a folder above VOC's (VOCdevkit, or torchvision's root that holds it): name those below
+    below = [str(p.parent.parent) for p in sorted(root.glob("*/ImageSets/Main"))]
+    below = below or [str(p.parent.parent) for p in sorted(root.glob("*/*/ImageSets/Main"))]
+    where = ", ".join(map(repr, below))
+    hint = f" (VOC's layout is in {where}: give it as data.root)" if below else ""
+    raise FileNotFoundError(f"root={str(root)!r}: no {ids_file}, nor a folder {folder}{hint}")
 
 
 class VOCFolder(MapSource):

@@ -229,6 +229,16 @@ def test_json_that_is_no_coco_annotation_file_is_refused_saying_what_it_lacks(
         folder(coco_folder)
 
 
+def test_a_missing_file_or_a_folder_given_for_the_file_is_named(coco_folder):
+    named = r"^annotation_file='.*/annotations'"
+    with pytest.raises(FileNotFoundError, match=f"{named} is a folder: it holds instances_val2017"):
+        COCOFolder(Transform(400), str(coco_folder / "annotations"), str(coco_folder / "val2017"))
+    with pytest.raises(
+        FileNotFoundError, match=r"^annotation_file='.*/nothing.json': no such file"
+    ):
+        COCOFolder(Transform(400), str(coco_folder / "nothing.json"), str(coco_folder / "val2017"))
+
+
 def test_a_json_with_a_byte_order_mark_is_read_and_one_in_another_encoding_refused(coco_folder):
     """Windows tools write UTF-8 with a byte-order mark, which json.loads refuses; a file
     saved in Latin-1 is named, not a UnicodeDecodeError."""

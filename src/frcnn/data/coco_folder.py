@@ -126,6 +126,10 @@ def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> 
     """The parsed json (UTF-8, with or without a byte-order mark); a missing file or folder,
     invalid or too deeply nested JSON, text in another encoding or JSON that is no COCO
     annotation file (`check_layout`) is refused with a message that names the setting."""
+    if annotation_file.is_dir():  # (Roboflow's export: the file is in each split's folder)
+        inside = sorted(p.name for p in annotation_file.glob("*.json"))
+        holds = f": it holds {', '.join(inside[:8])}" if inside else ", with no json file in it"
+        raise FileNotFoundError(f"{named} is a folder{holds}; give the annotation file")
     if not annotation_file.is_file():
         raise FileNotFoundError(f"{named}: no such file")
     if not image_dir.is_dir():

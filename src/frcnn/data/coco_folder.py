@@ -162,18 +162,14 @@ def check_layout(coco, named: str) -> None:
             "of images, annotations and categories)"
             + (": a file of detections?" if isinstance(coco, list) else "")
         )
-    missing = [
-        k for k in ("images", "annotations", "categories") if not isinstance(coco.get(k), list)
-    ]
+    lists = ("images", "annotations", "categories")
+    missing = [key for key in lists if not isinstance(coco.get(key), list)]
     if missing:
+        test_split = missing == ["annotations"]
         raise ValueError(
             f"{named} has no {' or '.join(missing)} list: a COCO annotation file has images, "
             "annotations (boxes) and categories"
-            + (
-                " (a test split's image-info file has no boxes)"
-                if missing == ["annotations"]
-                else ""
-            )
+            + (" (a test split's image-info file has no boxes)" if test_split else "")
         )
 
 

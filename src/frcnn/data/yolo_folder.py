@@ -123,11 +123,11 @@ def split_images(content: dict, split: str, file: Path) -> list[Path]:
     base = base_folder(content, file)
     entries = content[key] if isinstance(content[key], list) else [content[key]]
     images = []
-    for entry in entries:
-        path = Path(forward_slashes(entry)).expanduser()
+    for entry in map(forward_slashes, entries):
+        path = Path(entry).expanduser()
         path = path if path.is_absolute() else base / path
-        if not path.exists() and str(entry).startswith("../"):  # Roboflow's export
-            path = base / str(entry)[3:]
+        if not path.exists() and entry.startswith("../"):  # Roboflow's export
+            path = base / entry[3:]
         if path.is_dir():
             images += image_files(sorted(path.rglob("*")), f"{file} ({split}: {path})")
         elif path.is_file():  # a list of images, one a line, relative to the list's folder

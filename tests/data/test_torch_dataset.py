@@ -106,6 +106,11 @@ def test_pixels_are_taken_as_stored_whatever_their_exif_orientation():
         (torch.zeros(3, 8, 8), r"item 0 of Items is a Tensor, not \(image, target\)"),
         ((torch.zeros(3, 8, 8), {"boxes": torch.zeros(0, 4)}), r"has no \['labels'\]"),
         ((torch.zeros(3, 8, 8), target(torch.zeros(0, 4), [])), r"torch.float32 \(3, 8, 8\);"),
+        (
+            (pixels(), {"boxes": torch.tensor([[1.0, 2, 30, 40]]), "labels": ["cat"]}),
+            r"item 0 of Items: its labels are \['cat'\], not class numbers: .* 1..C",
+        ),
+        ((pixels(), target(torch.tensor([[1.0, 2, 30, 40]]), [1.5])), r"labels are \[1.5\], not"),
     ],
 )
 def test_items_outside_the_convention_stop_at_start_up(item, message):

@@ -67,10 +67,24 @@ class DatasetSource(MapSource):
         return Record(
             pil_image(image, self.describe(index)),
             boxes,
-            np.asarray(target["labels"], dtype=np.int64).reshape(-1),
+            class_numbers(target["labels"], self.describe(index)),
             id_number(image_id) if isinstance(image_id, str) else int(image_id),
             **optional,
         )
+
+
+def class_numbers(labels, where: str) -> np.ndarray:
+    """target["labels"] -> int64 (K,). Labels that are no whole numbers (class names, 1.5) are
+    refused, naming `where`: a Dataset's labels are code, which a cast would hide."""
+    array = np.asarray(labels)
+    whole = array.dtype.kind in "iu" or (array.dtype.kind == "f" and (array == array.round()).all())
+    if not whole:
+        raise TypeError(
+            f"{where}: its labels are {array.reshape(-1)[:5].tolist()}, not class numbers: "
+            "target['labels'] holds each object's class as 1..C, its position in class_names "
+            "counted from 1 (class_names.index(name) + 1)"
+        )
+    return array.astype(np.int64).reshape(-1)
 
 
 def xyxy(boxes) -> np.ndarray:

@@ -247,7 +247,9 @@ def test_a_json_with_a_byte_order_mark_is_read_and_one_in_another_encoding_refus
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert folder(coco_folder).class_names == ["person", "chien", "toothbrush"]
     path.write_bytes(text.replace('"chien"', '"lévrier"').encode("latin-1"))
-    with pytest.raises(ValueError, match=r"json' is not UTF-8 text, as JSON is \(byte 0xe9 at"):
+    with pytest.raises(
+        ValueError, match=r"instances_val2017.json is not UTF-8 text \(byte 0xe9 at"
+    ):
         folder(coco_folder)
 
 

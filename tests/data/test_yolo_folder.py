@@ -185,7 +185,8 @@ def test_roboflow_export_and_list_files(tmp_path):
 
 def test_files_a_windows_tool_wrote_are_read_as_any(tmp_path):
     """UTF-8 with a byte-order mark and CRLF line ends, in data.yaml, a list file and the
-    label files, and paths with backslashes: the same boxes, no line malformed."""
+    label files, and paths with backslashes: the same boxes, no line malformed. A label file
+    in UTF-16 is named."""
     bom = "\ufeff"
     images = {"images/train/a.jpg": f"{bom}{PERSON}\r\n{CAR}\r\n", "images/val/c.jpg": CAR}
     root = write(tmp_path / "yolo", images, {})
@@ -196,6 +197,9 @@ def test_files_a_windows_tool_wrote_are_read_as_any(tmp_path):
     assert source.class_names == ["person", "汽车"]
     assert source.record(0).labels.tolist() == [1, 2] and not source.skips.counts
     assert [p.name for p in YOLOFolder(Transform(200), str(root), "val").images] == ["c.jpg"]
+    label_file(root / "images/val/c.jpg").write_text(CAR, encoding="utf-16")  # Notepad's "Unicode"
+    with pytest.raises(ValueError, match=r"labels/val/c.txt is not UTF-8 text \(byte 0xff at po"):
+        YOLOFolder(Transform(200), str(root), "val")
 
 
 def test_a_validation_key_is_the_val_split_as_ultralytics_reads_it(tmp_path):

@@ -123,9 +123,9 @@ class COCOFolder(MapSource):
 
 
 def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> dict:
-    """The parsed json (UTF-8, with or without a byte-order mark); a missing file or folder,
-    invalid or too deeply nested JSON, text in another encoding or JSON that is no COCO
-    annotation file (`check_layout`) is refused with a message that names the setting."""
+    """The parsed json (`read_text`: UTF-8, with or without a byte-order mark); a missing file
+    or folder, invalid or too deeply nested JSON or JSON that is no COCO annotation file
+    (`check_layout`) is refused with a message that names the setting."""
     if annotation_file.is_dir():  # (Roboflow's export: the file is in each split's folder)
         inside = sorted(p.name for p in annotation_file.glob("*.json"))
         holds = f": it holds {', '.join(inside[:8])}" if inside else ", with no json file in it"
@@ -143,11 +143,6 @@ def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> 
         ) from None
     except RecursionError:
         raise ValueError(f"{named} nests its JSON too deep to read") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{named} is not UTF-8 text, as JSON is (byte {err.object[err.start]:#x} at "
-            f"position {err.start}): save it as UTF-8"
-        ) from None
     check_layout(coco, named)
     return coco
 

@@ -93,8 +93,14 @@ def image_files(files: list[Path], where: str) -> list[Path]:
 def read_text(path: Path) -> str:
     """A text file of a data set (an annotation file, a label or list file): UTF-8 whatever
     the locale, with or without the byte-order mark that Windows tools write (json and float
-    refuse it)."""
-    return Path(path).read_text(encoding="utf-8-sig")
+    refuse it). Text in another encoding (UTF-16, Latin-1) is refused, naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#x} at position "
+            f"{err.start}): save it as UTF-8"
+        ) from None
 
 
 def forward_slashes(path) -> str:

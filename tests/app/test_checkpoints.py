@@ -355,6 +355,10 @@ def test_an_empty_checkpoint_or_a_folder_is_named_for_what_it_is(tmp_path):
         load_checkpoint(tmp_path / "empty.ckpt")
     with pytest.raises(IsADirectoryError, match=r"is a folder: give a .ckpt file; it holds empty"):
         load_checkpoint(tmp_path)
+    (tmp_path / "checkpoints").mkdir()  # a run folder
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match=r"it holds checkpoints/last.ckpt, empty.ckpt$"):
+        load_checkpoint(tmp_path)
 
 
 def test_eval_without_a_checkpoint_names_the_setting(tmp_path):

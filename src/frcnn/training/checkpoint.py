@@ -108,8 +108,9 @@ def read_file(path: str | Path | None, key: str = "ckpt_path"):
     if path is None:
         raise ValueError(f"{key} is not set: give it, {key}=<run>/checkpoints/last.ckpt")
     path = Path(path).expanduser()
-    if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*.ckpt"))
+    if path.is_dir():  # a run folder keeps its checkpoints in checkpoints/
+        found = [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")]
+        inside = sorted(str(p.relative_to(path)) for p in found)
         hint = f"; it holds {', '.join(inside)}" if inside else ""
         raise IsADirectoryError(f"{key}={str(path)!r} is a folder: give a .ckpt file{hint}")
     if not path.is_file():

@@ -276,6 +276,20 @@ def test_labels_in_another_format_or_class_list_stop_at_start_up(tmp_path, label
         YOLOFolder(Transform(200), str(root), "train")
 
 
+def test_class_ids_counted_from_1_stop_at_start_up(tmp_path):
+    """Ids 1..C, never 0: every class but the last would train as the next, silently (the
+    last, out of range, dropped). A set whose first images lack class 0 but stay in range
+    trains."""
+    images = {f"images/train/{i}.jpg": f"{i % 3 + 1} 0.5 0.5 0.2 0.2" for i in range(6)}
+    data = {"train": "images/train", "names": ["a", "b", "c"]}
+    root = write(tmp_path / "from1", images, data)
+    message = r"use class ids up to 3 and never 0, with 3 names .*: are they counted from 1\?"
+    with pytest.raises(ValueError, match=message):
+        YOLOFolder(Transform(200), str(root), "train")
+    images = {f"images/train/{i}.jpg": f"{i % 2 + 1} 0.5 0.5 0.2 0.2" for i in range(6)}
+    assert len(YOLOFolder(Transform(200), str(write(tmp_path / "no0", images, data)), "train")) == 6
+
+
 def test_corner_boxes_taken_for_centres_stop_at_start_up(tmp_path):
     """x0 y0 x1 y1 in 0..1 pass the range check; read as cx cy w h, most reach past the image
     (one box cut by the frame is YOLO's own, and passes)."""

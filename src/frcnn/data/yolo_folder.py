@@ -196,17 +196,20 @@ def reaches_past(cxcywh: np.ndarray, margin: float = 0.01) -> np.ndarray:
 def check_labels(images: list[Path], num_classes: int, name: str) -> None:
     """Stop at start-up where most lines of the first label files are not YOLO's: malformed,
     not normalised to 0..1 (pixel boxes) or of a class id beyond `names` (another class
-    list), or where most of their boxes reach past the image (corners, `x0 y0 x1 y1`, taken
-    for centres and sides); a few such lines are dropped, or clipped, and counted as the run
-    goes."""
+    list), where their class ids run 1..C, never 0 (counted from 1: each class would train as
+    the next), or where most of their boxes reach past the image (corners, `x0 y0 x1 y1`,
+    taken for centres and sides); a few such lines are dropped, or clipped, and counted as the
+    run goes."""
     lines = bad = past = 0
     example = past_example = ""
+    seen = set()  # the class ids of the lines
     for image in images:
         labels = label_file(image)
         if not labels.is_file():
             continue
         text = read_text(labels)
         classes, boxes, malformed = parse_labels(text)
+        seen.update(classes.tolist())
         wrong = (classes >= num_classes) | (classes < 0) | not_normalised(boxes)
         lines, bad = lines + len(classes) + malformed, bad + int(wrong.sum()) + malformed
         beyond = reaches_past(boxes)
@@ -215,6 +218,13 @@ def check_labels(images: list[Path], num_classes: int, name: str) -> None:
             example = f"{labels}: {text.strip().splitlines()[0]!r}"
         if beyond.any() and not past_example:
             past_example = f"{labels}: {text.strip().splitlines()[0]!r}"
+    if seen and 0 not in seen and max(seen) == num_classes:
+        raise ValueError(
+            f"{name}: the label lines of its first {len(images)} images use class ids up to "
+            f"{num_classes} and never 0, with {num_classes} names in data.yaml (class ids "
+            f"0..{num_classes - 1}): are they counted from 1? YOLO's class ids count from 0, "
+            "names[0] being class 0: each class would train as the next"
+        )
     if lines and bad > lines / 2:
         raise ValueError(
             f"{name}: {bad} of the {lines} label lines of its first {len(images)} images are not "

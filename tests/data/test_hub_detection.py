@@ -9,7 +9,7 @@ import torch
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.hub_schema import decide_box_format, read_schema, row_id
 from frcnn.data.transforms import Transform, id_number
-from tests.data.conftest import CPPE5, cppe5_features, cppe5_parquet
+from tests.data.conftest import CPPE5, cppe5_features, cppe5_parquet, jpeg_bytes
 
 # xywh boxes that no other reading fits: as xyxy, (120, 10, 50, 40) is inverted
 TELLING = [[(120, 10, 50, 40, 4), (10, 20, 30, 30, 2)], [(150, 50, 40, 45, 0)]]
@@ -202,6 +202,27 @@ def test_string_ids_name_their_rows_and_a_column_of_another_type_is_no_id(tmp_pa
     assert [target["image_id"] for _, target in ds] == [id_number(i) for i in ids]
     assert not ds.skips.counts
     assert read_schema(cppe5_features(image_id=Value("float32")), "x").image_id is None
+
+
+def test_boxes_of_other_than_4_values_are_refused_naming_the_field(tmp_path, caplog):
+    """Rotated boxes (x, y, w, h, angle): read 4 at a time they were a scramble of numbers."""
+    from datasets import ClassLabel, Dataset, Features, Image, List, Value
+
+    objects = List({"bbox": List(Value("float32")), "category": ClassLabel(names=["a", "b"])})
+    rows = {
+        "image": [{"bytes": jpeg_bytes(200, 100), "path": None}] * 4,
+        "objects": [[{"bbox": [100, 50, 40, 20, 0.3], "category": 1}] * 4] * 4,
+    }
+    path = str(tmp_path / "rotated.parquet")
+    Dataset.from_dict(rows, features=Features({"image": Image(), "objects": objects})).to_parquet(
+        path
+    )
+    message = r"rotated.parquet'\]: its objects.bbox holds boxes of 5 values, not 4: rotated"
+    with pytest.raises(ValueError, match=message):
+        stream(path)
+    given = stream(path, box_format="xywh", normalized=False)  # no rows read at start-up
+    assert list(given) == [] and given.skips.counts == {"malformed record skipped": 4}
+    assert "its objects.bbox holds boxes of 5 values" in caplog.text
 
 
 def test_crowd_flags_make_ignored_regions_and_crowds_alone_no_objects(tmp_path):

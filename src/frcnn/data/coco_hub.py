@@ -143,7 +143,10 @@ class HubDetection(IterableDataset):
         if class_names is not None and first:
             check_categories(first, self.schema, self._where())
         if box_format is None or normalized is None:
-            rows = [self._raw_boxes(example) for example in first]
+            try:
+                rows = [self._raw_boxes(example) for example in first]
+            except ValueError as err:  # (boxes of other than 4 values)
+                raise ValueError(f"{self._where()}: {err}") from None
             self.box_format, self.normalized, how = decide_box_format(
                 rows, box_format, normalized, self._where()
             )

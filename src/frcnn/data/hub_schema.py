@@ -176,13 +176,21 @@ def row_fields(example: dict, schema: Schema) -> tuple[list, list, list | None]:
 def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A row's raw boxes (K, 4), as stored, class indices (K,) into the class names (a name
     they do not list: -1, dropped and counted as a label out of range) and crowd flags (K,)
-    (all False where the set has none)."""
+    (all False where the set has none). Boxes of other than 4 values are refused."""
     boxes, classes, crowds = row_fields(example, schema)
     if schema.category_index is not None:
         classes = [schema.category_index.get(str(c), -1) for c in classes]
     classes = np.asarray(classes, dtype=np.int64).reshape(-1)
     crowds = np.zeros(len(classes), bool) if crowds is None else np.asarray(crowds, bool)
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), classes, crowds.reshape(-1)
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if boxes.ndim != 2 and boxes.size or boxes.ndim == 2 and boxes.shape[1] != 4:
+        values = boxes.shape[1] if boxes.ndim == 2 else boxes.size
+        field = f"{schema.objects}.{schema.bbox}" if schema.objects else schema.bbox
+        raise ValueError(
+            f"its {field} holds boxes of {values} values, not 4: rotated boxes or polygons? "
+            "The detector takes axis-aligned boxes of 4 numbers"
+        )
+    return boxes.reshape(-1, 4), classes, crowds.reshape(-1)
 
 
 def check_categories(rows: list[dict], schema: Schema, name: str) -> None:

@@ -111,6 +111,11 @@ def test_pixels_are_taken_as_stored_whatever_their_exif_orientation():
             r"item 0 of Items: its labels are \['cat'\], not class numbers: .* 1..C",
         ),
         ((pixels(), target(torch.tensor([[1.0, 2, 30, 40]]), [1.5])), r"labels are \[1.5\], not"),
+        (
+            (pixels(), target(torch.tensor([[1.0, 2, 30, 40, 0.5]]), [1])),
+            r"shape \(1, 5\), not \(K",
+        ),
+        ((pixels(), target(torch.tensor([1.0, 2, 30, 40, 5]), [1])), r"boxes are of shape \(5,\)"),
     ],
 )
 def test_items_outside_the_convention_stop_at_start_up(item, message):

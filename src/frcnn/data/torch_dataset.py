@@ -56,7 +56,7 @@ class DatasetSource(MapSource):
         missing = {"boxes", "labels"} - set(target)
         if missing:
             raise TypeError(f"{self.describe(index)}: its target has no {sorted(missing)}")
-        boxes = xyxy(target["boxes"])
+        boxes = xyxy(target["boxes"], self.describe(index))
         optional = {
             key: np.asarray(target[key], dtype=dtype).reshape(-1)
             for key, dtype in (("iscrowd", bool), ("area", np.float32))
@@ -87,11 +87,18 @@ def class_numbers(labels, where: str) -> np.ndarray:
     return array.astype(np.int64).reshape(-1)
 
 
-def xyxy(boxes) -> np.ndarray:
-    """(K, 4) boxes -> float32 xyxy; a `tv_tensors.BoundingBoxes` says its own format."""
+def xyxy(boxes, where: str) -> np.ndarray:
+    """(K, 4) boxes -> float32 xyxy; a `tv_tensors.BoundingBoxes` says its own format. Boxes
+    of another shape (rotated boxes, polygons) are refused, naming `where`."""
     if isinstance(boxes, tv_tensors.BoundingBoxes):
         boxes = box_convert(boxes.as_subclass(torch.Tensor), boxes.format.name.lower(), "xyxy")
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    array = np.asarray(boxes, dtype=np.float32)
+    if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 4) or array.size % 4:
+        raise TypeError(
+            f"{where}: its boxes are of shape {tuple(array.shape)}, not (K, 4): target['boxes'] "
+            "holds one x0, y0, x1, y1 row per object"
+        )
+    return array.reshape(-1, 4)
 
 
 def pil_image(image, where: str) -> Image.Image:

@@ -123,6 +123,19 @@ def test_items_outside_the_convention_stop_at_start_up(item, message):
         DatasetSource(Transform(64), Items([item]), ["a"])
 
 
+@pytest.mark.skipif(
+    "XYWHR" not in tv_tensors.BoundingBoxFormat.__members__,
+    reason="this torchvision has no rotated boxes",
+)
+def test_rotated_bounding_boxes_stop_at_start_up():
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor([[9.0, 9, 20, 20, 30]]), format="XYWHR", canvas_size=(80, 120)
+    )
+    message = r"item 0 of Items: its boxes are rotated \(XYWHR\); the detector takes axis-al"
+    with pytest.raises(TypeError, match=message):
+        DatasetSource(Transform(64), Items([(pixels(), target(boxes, [1]))]), ["a"])
+
+
 def test_boxes_of_another_format_stop_at_start_up_with_an_example():
     """xywh (or normalised) boxes taken for xyxy: inverted or outside, most of them."""
     image = Image.fromarray(pixels())

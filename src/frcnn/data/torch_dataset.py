@@ -91,7 +91,13 @@ def xyxy(boxes, where: str) -> np.ndarray:
     """(K, 4) boxes -> float32 xyxy; a `tv_tensors.BoundingBoxes` says its own format. Boxes
     of another shape (rotated boxes, polygons) are refused, naming `where`."""
     if isinstance(boxes, tv_tensors.BoundingBoxes):
-        boxes = box_convert(boxes.as_subclass(torch.Tensor), boxes.format.name.lower(), "xyxy")
+        form = boxes.format.name
+        if form not in ("XYXY", "XYWH", "CXCYWH"):  # rotated: XYWHR, CXCYWHR, XYXYXYXY
+            raise TypeError(
+                f"{where}: its boxes are rotated ({form}); the detector takes axis-aligned "
+                "boxes: give each one's enclosing box"
+            )
+        boxes = box_convert(boxes.as_subclass(torch.Tensor), form.lower(), "xyxy")
     array = np.asarray(boxes, dtype=np.float32)
     if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 4) or array.size % 4:
         raise TypeError(

@@ -1,6 +1,7 @@
 """val/map is COCO's mAP: equal to the official COCOeval on the same detections and json."""
 
 import json
+import math
 from collections import Counter
 
 import lightning as L
@@ -202,6 +203,17 @@ def test_the_per_class_table_equals_cocoeval_run_on_each_class_alone(tmp_path):
         logged = float(trainer.callback_metrics[f"val/ap/{row['class']}"])
         assert row["AP"] == pytest.approx(logged, abs=1e-6), row["class"]
         assert row["boxes"] == boxes[next(i for i in ids if names[i] == row["class"])]
+
+
+def test_a_class_the_validation_data_lacks_has_its_row_with_no_boxes():
+    """COCOeval knows only the classes its ground truth or detections hold: a class of the
+    data's list that neither has (none of it in the validation split) shows, nan, 0 boxes."""
+    precision = torch.full((10, 101, 2, 4, 3), 0.5)  # two classes, every cell 0.5
+    precision[:, :, 1] = -1  # label 3: detections, no ground truth
+    rows = per_class_table(precision, [1, 3], ["cat", "dog", "bird"], {1: 4})
+    assert [(r["class"], r["boxes"]) for r in rows] == [("cat", 4), ("bird", 0), ("dog", 0)]
+    assert rows[0]["AP"] == 0.5 and all(math.isnan(r[k]) for r in rows[1:] for k in COLUMNS[1:7])
+    assert len(per_class_table(precision, [1, 3], None, {1: 4})) == 2  # no names: no list
 
 
 def synthetic_as_coco_json(root, names: list[str], all_names: list[str], count: int) -> list:

@@ -57,6 +57,9 @@ def per_class_table(
     precision: Tensor, classes: list[int], class_names: list[str] | None, boxes: dict[int, int]
 ) -> list[dict]:
     """One row per class, the worst AP first (classes without ground truth, AP nan, last).
+    Every class of `class_names` has its row: one that neither the ground truth nor the
+    detections hold (a class the validation data lacks) is not in `classes`, and shows with 0
+    boxes.
 
     precision: (T, R, K, A, M) from COCOeval's accumulate: IoU thresholds 0.5:0.05:0.95, 101
     recall points, the K `classes` (labels, in COCOeval's order: sorted), areas all / small /
@@ -81,6 +84,15 @@ def per_class_table(
                 "APm": ap(at[..., 2]),
                 "APl": ap(at[..., 3]),
                 "boxes": boxes.get(label, 0),
+            }
+        )
+    absent = [label for label in range(1, len(class_names or []) + 1) if label not in classes]
+    for label in absent:
+        rows.append(
+            {
+                "class": class_name(label, class_names),
+                **dict.fromkeys(COLUMNS[1:7], math.nan),
+                "boxes": 0,
             }
         )
     rows.sort(key=lambda row: (math.isnan(row["AP"]), row["AP"]))

@@ -28,6 +28,25 @@ def test_labels_are_drawn_in_their_class_colour_with_the_image_kept_elsewhere():
     assert torch.equal(draw_labels(image, empty), image)
 
 
+def test_ignored_regions_are_drawn_thin_and_white_beside_the_boxes():
+    """Crowds (and VOC's difficult objects) travel as crowd_boxes: not trained on, drawn so
+    that a user sees which regions the labels leave out."""
+    image = torch.zeros(3, 64, 96, dtype=torch.uint8)
+    target = {
+        "boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0]]),
+        "labels": torch.tensor([3]),
+        "crowd_boxes": torch.tensor([[60.0, 20.0, 90.0, 60.0]]),
+    }
+    drawn = draw_labels(image, target, ["a", "b", "widget"])
+    assert drawn[:, 60, 75].tolist() == list(GROUND_TRUTH)  # the region's bottom edge
+    assert not drawn[:, 40, 75].any()  # inside it
+    assert drawn[:, 40, 30].tolist() == list(class_colour(3))  # the box as before
+    alone = draw_labels(
+        image, {**target, "boxes": torch.zeros(0, 4), "labels": target["labels"][:0]}
+    )
+    assert alone[:, 60, 75].tolist() == list(GROUND_TRUTH)
+
+
 def test_a_name_reads_on_an_object_and_a_background_of_its_class_colour():
     """The text, black or white, on a patch of the class colour (in the class colour alone, it
     vanished there): a light colour gets black, a dark one white."""

@@ -53,9 +53,15 @@ def draw_detections(image, detection, target=None, class_names=None, min_score: 
 
 
 def draw_labels(image: Tensor, target: dict, class_names=None) -> Tensor:
-    """uint8 (3, H, W) image with its ground-truth boxes in class colours, named: a sample as
-    training sees it (after the transform), to check a data set's boxes and classes."""
+    """uint8 (3, H, W) image with its ground-truth boxes in class colours, named, and its
+    ignored regions (`crowd_boxes`: COCO's crowds, VOC's difficult objects) thin and white: a
+    sample as training sees it (after the transform), to check a data set's boxes and
+    classes."""
     image, boxes, labels = image.cpu(), target["boxes"].cpu(), target["labels"].cpu()
+    crowds = target.get("crowd_boxes", boxes[:0]).cpu()
+    if len(crowds):
+        colours = [GROUND_TRUTH] * len(crowds)
+        image = draw_bounding_boxes(image, crowds, colors=colours, width=line_width(image) // 2)
     if not len(boxes):
         return image
     texts = [class_name(int(c), class_names) for c in labels]

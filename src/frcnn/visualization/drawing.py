@@ -36,11 +36,8 @@ def draw_detections(image, detection, target=None, class_names=None, min_score: 
     """uint8 (3, H, W) image with detections (class colours, names and scores) and, if given,
     ground truth (thin, white)."""
     image = image.cpu()
-    if target is not None and len(target["boxes"]):
-        gt_boxes = target["boxes"].cpu()
-        image = draw_bounding_boxes(
-            image, gt_boxes, colors=[GROUND_TRUTH] * len(gt_boxes), width=line_width(image) // 2
-        )
+    if target is not None:
+        image = thin_white(image, target["boxes"])
     keep = detection["scores"] >= min_score
     boxes, scores, labels = (detection[k][keep].cpu() for k in ("boxes", "scores", "labels"))
     if len(boxes):
@@ -58,14 +55,20 @@ def draw_labels(image: Tensor, target: dict, class_names=None) -> Tensor:
     sample as training sees it (after the transform), to check a data set's boxes and
     classes."""
     image, boxes, labels = image.cpu(), target["boxes"].cpu(), target["labels"].cpu()
-    crowds = target.get("crowd_boxes", boxes[:0]).cpu()
-    if len(crowds):
-        colours = [GROUND_TRUTH] * len(crowds)
-        image = draw_bounding_boxes(image, crowds, colors=colours, width=line_width(image) // 2)
+    image = thin_white(image, target.get("crowd_boxes", boxes[:0]))
     if not len(boxes):
         return image
     texts = [class_name(int(c), class_names) for c in labels]
     return named_boxes(image, boxes, texts, labels, label_font(class_names))
+
+
+def thin_white(image: Tensor, boxes: Tensor) -> Tensor:
+    """Boxes (N, 4) drawn thin and white on a uint8 (3, H, W) CPU image: the ground truth
+    beside detections, the ignored regions beside labels (no class colour is white)."""
+    if not len(boxes):
+        return image
+    colours = [GROUND_TRUTH] * len(boxes)
+    return draw_bounding_boxes(image, boxes.cpu(), colors=colours, width=line_width(image) // 2)
 
 
 def named_boxes(image: Tensor, boxes: Tensor, texts: list[str], labels: Tensor, font: str):

@@ -90,6 +90,12 @@ def read_schema(features, name: str, class_names: list[str] | None = None) -> Sc
     )  # fmt: skip
 
 
+def field_path(schema: Schema, field: str) -> str:
+    """Where a field of the objects is, as messages name it: `objects.bbox`, or `bbox` for a
+    top-level column."""
+    return f"{schema.objects}.{field}" if schema.objects else field
+
+
 def id_feature(feature) -> bool:
     """Whether `feature` can be an image id column: an integer or a string (Open Images' ids,
     file names); another (a float, a list) is no id, and the rows are told apart as a set
@@ -138,7 +144,7 @@ def category_class_names(label, class_names: list[str] | None, name: str, field:
 def names_to_give(rows: list[dict], schema: Schema, name: str) -> str:
     """The refusal of a category without class names (plain integers, or strings) where
     `data.class_names` is not given: what the first `rows` hold, and the list to give."""
-    field = f"{schema.objects}.{schema.category}" if schema.objects else schema.category
+    field = field_path(schema, schema.category)
     held = held_categories(rows, schema)
     if schema.category_index is None:  # class indices
         values = sorted({int(c) for c in held})
@@ -183,12 +189,10 @@ def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray, 
     classes = np.asarray(classes, dtype=np.int64).reshape(-1)
     crowds = np.zeros(len(classes), bool) if crowds is None else np.asarray(crowds, bool)
     boxes = np.asarray(boxes, dtype=np.float32)
-    if boxes.ndim != 2 and boxes.size or boxes.ndim == 2 and boxes.shape[1] != 4:
-        values = boxes.shape[1] if boxes.ndim == 2 else boxes.size
-        field = f"{schema.objects}.{schema.bbox}" if schema.objects else schema.bbox
+    if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):
         raise ValueError(
-            f"its {field} holds boxes of {values} values, not 4: rotated boxes or polygons? "
-            "The detector takes axis-aligned boxes of 4 numbers"
+            f"its {field_path(schema, schema.bbox)} holds boxes of {boxes.shape[-1]} values, "
+            "not 4: rotated boxes or polygons? The detector takes axis-aligned boxes of 4 numbers"
         )
     return boxes.reshape(-1, 4), classes, crowds.reshape(-1)
 

@@ -329,7 +329,8 @@ class YOLOFolder(MapSource):
         if len(first) < len(classes):
             repeats = f"{len(classes) - len(first)} in {labels_path}"
             self.skips("repeated label lines dropped", index, repeats)
-            classes, cxcywh = classes[np.sort(first)], cxcywh[np.sort(first)]
+            keep = np.sort(first)  # the file's order
+            classes, cxcywh = classes[keep], cxcywh[keep]
         outside = not_normalised(cxcywh)
         if outside.any():
             self.skips(

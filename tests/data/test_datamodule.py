@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from frcnn.data import DetectionDataModule, SyntheticShapes
+from frcnn.data.coco_classes import COCO_CLASSES
 from frcnn.data.datamodule import StreamEpoch
 from tests.helpers import in_two_processes
 
@@ -103,6 +104,31 @@ def test_a_validation_file_of_other_classes_than_the_training_file_stops_at_star
     with pytest.raises(ValueError, match=refused + "label 2: 'dog' in training, 'toothbrush'"):
         dm.setup("fit")
     coco_files(coco_folder, monkeypatch).setup("fit")  # the same file for both: the same classes
+
+
+def test_the_start_up_says_what_was_read(coco_folder, monkeypatch, hub_parquet, caplog):
+    """Once, before the first step: the classes by name, and each split's images, its boxes
+    where the source holds its labels (crowds are none), and where they come from. Training
+    keeps the 3 images with objects (4 boxes); validation all 4. A stream's length is unknown;
+    COCO's 80 names are cut short."""
+    dm = coco_files(coco_folder, monkeypatch)
+    with caplog.at_level("INFO", logger="frcnn.data.datamodule"):
+        dm.setup("fit")
+        dm.setup("fit")  # (train.py's start-up, then Lightning's fit)
+    images = coco_folder / "val2017"
+    expected = (
+        "Data: 3 classes (person, dog, toothbrush)\n"
+        f"  data.train: 3 images, 4 boxes (coco folder {images})\n"
+        f"  data.val: 4 images, 4 boxes (coco folder {images})"
+    )
+    assert caplog.text.count(expected) == 1, caplog.text
+    caplog.clear()
+    overrides = {"train": {"data_files": hub_parquet}, "val": {"data_files": hub_parquet}}
+    with caplog.at_level("INFO", logger="frcnn.data.datamodule"):
+        load("coco", num_workers=0, **overrides).setup("fit")
+    first = ", ".join(COCO_CLASSES[:12])
+    assert f"Data: 80 classes ({first}, ... (68 more))\n" in caplog.text, caplog.text
+    assert "  data.train: streamed (its length is known once read) (hub " in caplog.text
 
 
 def test_validation_images_that_are_training_images_are_warned_of(coco_folder, monkeypatch, caplog):

@@ -120,6 +120,30 @@ def check_unique_names(names: list[str]) -> None:
 VALIDATION_IMAGES_CHECKED = 200  # validation images looked for among the training ones
 
 
+LOGGED_NAMES = 12  # class names in the start-up line (COCO's 80 would fill the screen)
+
+
+@rank_zero_only  # (start-up lines once, not once per DDP process)
+def log_data(sources: dict) -> None:
+    """What was read, before the first step: the classes, and each split's images (and boxes,
+    where the source holds its labels in memory) with where they come from, so that a user
+    sees that the data is theirs. `sources`: {split: source} of the splits just built."""
+    names = list(next(iter(sources.values())).class_names)
+    shown = ", ".join(names[:LOGGED_NAMES]) + (
+        f", ... ({len(names) - LOGGED_NAMES} more)" if len(names) > LOGGED_NAMES else ""
+    )
+    lines = [f"Data: {counted(len(names), 'class', 'classes')} ({shown})"]
+    for split, source in sources.items():
+        if isinstance(source, IterableDataset):
+            size = "streamed (its length is known once read)"
+        else:
+            size = counted(len(source), "image")
+            boxes = source.boxes_per_class()
+            size += f", {counted(int(boxes.sum()), 'box', 'boxes')}" if boxes is not None else ""
+        lines.append(f"  data.{split}: {size} ({source.skips.source})")
+    log.info("\n".join(lines))
+
+
 @rank_zero_only  # (a start-up line once, not once per DDP process)
 def warn_validation_in_training(train, val) -> None:
     """Warn where most of the validation set's first images are training images, as with
@@ -260,15 +284,20 @@ class DetectionDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""
+        built = {}
         if self.train_set is None and stage in (None, "fit"):
-            self.train_set = self._source("train", self.make_train, self.train_transform)
+            self.train_set = built["train"] = self._source(
+                "train", self.make_train, self.train_transform
+            )
             if rank_zero_only.rank == 0:  # once, not once per DDP process
                 warn_classes_without_boxes(self.train_set)
             self.set_epoch(self.epoch)  # a restored epoch may come before the source
             if self.repeat_factor_threshold is not None:
                 self._repeat_rare_classes()
         if self.val_set is None:
-            self.val_set = self._source("val", self.make_val, self.val_transform)
+            self.val_set = built["val"] = self._source("val", self.make_val, self.val_transform)
+        if built:
+            log_data(built)
         check_unique_names(list(self.val_set.class_names))
         if self.train_set is not None:
             check_same_classes(list(self.train_set.class_names), list(self.val_set.class_names))

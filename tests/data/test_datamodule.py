@@ -115,11 +115,11 @@ def test_the_start_up_says_what_was_read(coco_folder, monkeypatch, hub_parquet, 
     with caplog.at_level("INFO", logger="frcnn.data.datamodule"):
         dm.setup("fit")
         dm.setup("fit")  # (train.py's start-up, then Lightning's fit)
-    images = coco_folder / "val2017"
+    read = f"{coco_folder / 'annotations/instances_val2017.json'}, images in {coco_folder}/val2017"
     expected = (
         "Data: 3 classes (person, dog, toothbrush)\n"
-        f"  data.train: 3 images, 4 boxes (coco folder {images})\n"
-        f"  data.val: 4 images, 4 boxes (coco folder {images})"
+        f"  data.train: 3 images, 4 boxes (coco json {read})\n"
+        f"  data.val: 4 images, 4 boxes (coco json {read})"
     )
     assert caplog.text.count(expected) == 1, caplog.text
     caplog.clear()

@@ -47,7 +47,9 @@ class COCOFolder(MapSource):
         names = {c["id"]: c["name"] for c in coco["categories"]}
         self.class_names = [names[cid] for cid in category_ids]
         self.category_ids = category_ids
-        super().__init__(transform, len(category_ids), name=f"coco folder {image_dir}")
+        super().__init__(
+            transform, len(category_ids), name=f"coco json {annotation_file}, images in {image_dir}"
+        )
 
         images = unique_images(coco["images"], self.skips)
         per_image = annotations_per_image(coco["annotations"], images, self.skips)

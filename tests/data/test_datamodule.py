@@ -128,7 +128,7 @@ def test_the_start_up_says_what_was_read(coco_folder, monkeypatch, hub_parquet, 
         load("coco", num_workers=0, **overrides).setup("fit")
     first = ", ".join(COCO_CLASSES[:12])
     assert f"Data: 80 classes ({first}, ... (68 more))\n" in caplog.text, caplog.text
-    assert "  data.train: streamed (its length is known once read) (hub " in caplog.text
+    assert "  data.train: streamed, of a length known only once read (hub " in caplog.text
 
 
 def test_validation_images_that_are_training_images_are_warned_of(coco_folder, monkeypatch, caplog):

@@ -135,7 +135,7 @@ def log_data(sources: dict) -> None:
     lines = [f"Data: {counted(len(names), 'class', 'classes')} ({shown})"]
     for split, source in sources.items():
         if isinstance(source, IterableDataset):
-            size = "streamed (its length is known once read)"
+            size = "streamed, of a length known only once read"
         else:
             size = counted(len(source), "image")
             boxes = source.boxes_per_class()

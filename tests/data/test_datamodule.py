@@ -128,7 +128,8 @@ def test_the_start_up_says_what_was_read(coco_folder, monkeypatch, hub_parquet, 
         load("coco", num_workers=0, **overrides).setup("fit")
     first = ", ".join(COCO_CLASSES[:12])
     assert f"Data: 80 classes ({first}, ... (68 more))\n" in caplog.text, caplog.text
-    assert "  data.train: streamed, of a length known only once read (hub " in caplog.text
+    read = f"(hub data_files={list(hub_parquet)!r}, split train)"
+    assert f"  data.train: streamed, of a length known only once read {read}\n" in caplog.text
 
 
 def test_validation_images_that_are_training_images_are_warned_of(coco_folder, monkeypatch, caplog):

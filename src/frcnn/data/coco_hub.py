@@ -128,7 +128,7 @@ class HubDetection(IterableDataset):
         self.rank, self.world_size = 0, 1
         if not name and not data_files:
             raise ValueError("data.name: name the hub data set, or give its local data_files")
-        self.skips = SkipLog(f"hub {name or 'parquet'} {split}")
+        self.skips = SkipLog(f"hub {self._where()}, split {split}")
         self._dataset = self._load()
         self.schema = self._schema(class_names)
         self.class_names = self.schema.class_names

@@ -133,7 +133,7 @@ class VOCFolder(MapSource):
         ids, annotations, self.image_dir = split_files(root, split)
         self.class_names = list(class_names or VOC_CLASSES)
         self.category_ids = list(range(1, len(self.class_names) + 1))
-        super().__init__(transform, len(self.class_names), name=f"voc {split} of {root}")
+        super().__init__(transform, len(self.class_names), name=f"voc {root}, split {split}")
         label_of = {name: i + 1 for i, name in enumerate(self.class_names)}
         self.samples, unknown = [], {}  # an unlisted name -> (objects, first xml)
         for image_id in ids:

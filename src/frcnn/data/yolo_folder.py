@@ -282,7 +282,7 @@ class YOLOFolder(MapSource):
         file, content = read_data_yaml(root)
         self.class_names = class_names(content, file)
         self.category_ids = list(range(len(self.class_names)))  # YOLO's own class ids
-        super().__init__(transform, len(self.class_names), name=f"yolo {split} of {file}")
+        super().__init__(transform, len(self.class_names), name=f"yolo {file}, split {split}")
         self.images = split_images(content, split, file)
         if not self.images:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")

@@ -1,4 +1,6 @@
 import json
+import multiprocessing
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,7 +58,7 @@ def coco_files(coco_folder, monkeypatch, **overrides):
         "annotation_file": str(coco_folder / "annotations/instances_val2017.json"),
         "image_dir": str(coco_folder / "val2017"),
     }
-    return load("coco_files", num_workers=0, train=train, **overrides)
+    return load("coco_files", train=train, **{"num_workers": 0, **overrides})
 
 
 def test_coco_files_config_reads_a_local_folder(coco_folder, monkeypatch):
@@ -130,6 +132,31 @@ def test_the_start_up_says_what_was_read(coco_folder, monkeypatch, hub_parquet, 
     assert f"Data: 80 classes ({first}, ... (68 more))\n" in caplog.text, caplog.text
     read = f"(hub data_files={list(hub_parquet)!r}, split train)"
     assert f"  data.train: streamed, of a length known only once read {read}\n" in caplog.text
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_workers_warnings_reach_the_main_process_s_loggers(
+    coco_folder, monkeypatch, caplog, start_method
+):
+    """A DataLoader worker's warning (here: the corrupt 4.jpg of validation, skipped) is
+    handled by the main process's loggers: the console's handler and train.log are there. A
+    worker that Python starts by spawn or forkserver (macOS's default; Linux's from Python
+    3.14) inherits no handler: its warnings went to a bare stderr line, and not to train.log."""
+    before = multiprocessing.get_start_method()
+    multiprocessing.set_start_method(start_method, force=True)
+    try:
+        dm = coco_files(coco_folder, monkeypatch, num_workers=1, batch_size=4)
+        dm.setup("validate")
+        with caplog.at_level("WARNING"):
+            assert sum(len(batch["targets"]) for batch in dm.val_dataloader()) == 3
+            deadline = time.monotonic() + 30  # (a thread hands the worker's records over)
+            while "unreadable" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+    (record,) = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert record.name == "frcnn.data.sources" and record.processName != "MainProcess"
+    assert "unreadable image skipped (image 4): " in record.getMessage()
 
 
 def test_validation_images_that_are_training_images_are_warned_of(coco_folder, monkeypatch, caplog):

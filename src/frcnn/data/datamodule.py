@@ -3,10 +3,12 @@
 import functools
 import inspect
 import logging
+import multiprocessing
 import os
 import re
 import signal
 from collections.abc import Callable
+from logging.handlers import QueueHandler, QueueListener
 
 import lightning as L
 import torch
@@ -481,7 +483,11 @@ class DetectionDataModule(L.LightningDataModule):
             extra = {
                 "prefetch_factor": self.prefetch_factor,
                 "persistent_workers": self.persistent_workers,
-                "worker_init_fn": worker_init,
+                "worker_init_fn": functools.partial(
+                    worker_init,
+                    logs=worker_logs(os.getpid(), multiprocessing.get_start_method()),
+                    level=logging.getLogger().getEffectiveLevel(),
+                ),
             }
         return DataLoader(
             dataset,
@@ -528,14 +534,41 @@ def log_fewer_workers(workers: int, readers: int, split: str) -> None:
     )  # fmt: skip
 
 
-def worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int, logs: multiprocessing.Queue, level: int) -> None:
     """Each DataLoader worker leaves Ctrl-C to the main process, which stops training after a
     step with a checkpoint (`Preemption`): a terminal sends SIGINT to every process of the
     command, and a worker it ended would end the run without one. It is seeded as Lightning
-    seeds the workers of a loader without a `worker_init_fn` (`seed_everything(workers=True)`)."""
+    seeds the workers of a loader without a `worker_init_fn` (`seed_everything(workers=True)`).
+    Its log records at `level` and above go to the main process's loggers (`worker_logs`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = logging.getLogger()
+    root.handlers = [QueueHandler(logs)]
+    root.setLevel(level)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id)
+
+
+@functools.cache
+def worker_logs(process: int, start_method: str) -> multiprocessing.Queue:
+    """The queue that the DataLoader workers of this process (`os.getpid()`, started by
+    `start_method`) put their log records in, and a thread of this process hands to its
+    loggers (Python's recipe for logging from several processes), whose handlers Hydra set up:
+    the console's, above the progress bar, and train.log's. A worker started by spawn or
+    forkserver (macOS's default; Linux's from Python 3.14) has no handler of its own: its
+    warnings (an image skipped, labels dropped) were a bare stderr line, missing from
+    train.log. One started by fork would write with the handlers it inherited; it sends them
+    here too, so that every worker's records take one path."""
+    queue = multiprocessing.get_context(start_method).Queue()
+    QueueListener(queue, ToLoggers()).start()  # (a daemon thread: it ends with the process)
+    return queue
+
+
+class ToLoggers(logging.Handler):
+    """Hands a record to this process's logger of its name (and so to that logger's handlers
+    and its parents')."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
 
 
 class StreamedBatches:

@@ -516,6 +516,31 @@ def test_a_validation_without_one_readable_image_says_so(tmp_path):
             log_dir=tmp_path / "logs")  # fmt: skip
 
 
+def test_the_summary_lists_the_images_skipped_in_the_run(tmp_path):
+    """A broken training image (skipped at every epoch, in a DataLoader worker) and a broken
+    validation image (at every validation): the warnings scroll by; the summary names each
+    once per source and reason, with its count of images, not of times."""
+    data = coco_json_folder(tmp_path / "mine", ["a"])
+    for name in ("train2.jpg", "val1.jpg"):
+        (tmp_path / "mine" / "images" / name).write_bytes(b"\xff\xd8 not a jpeg")
+    size = ["data.image_size=64", "data.batch_size=2", "data.num_workers=1"]
+    result = run("train.py", "data=coco_files", *data, *size, "trainer.max_epochs=2",
+                 *SMALL_MODEL, "device=cpu", log_dir=tmp_path / "logs")  # fmt: skip
+    printed = result.stdout + result.stderr
+    mine = tmp_path / "mine"
+    assert printed.count("unreadable image skipped (image 2)") == 2  # once an epoch
+    summary = printed[printed.index("train finished in") :]
+    assert (
+        "Images skipped or repaired, each a warning in train.log:\n"
+        f"  coco json {mine / 'train.json'}, images in {mine / 'images'}: unreadable image "
+        "skipped: 1 image\n"
+        f"  coco json {mine / 'val.json'}, images in {mine / 'images'}: unreadable image "
+        "skipped: 1 image\n"
+    ) in summary, summary
+    (log_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/train.log")
+    assert "unreadable image skipped (image 2)" in log_file.read_text()
+
+
 def test_an_explosion_shorter_than_a_window_stops_the_run(tmp_path):
     """LR 1e6 for 12 steps (the rule's windows are 20): the steps before the validation are
     compared with the first step's loss."""

@@ -12,9 +12,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import final_metrics, given_keys, output_dir, report_wanted, shown
+from frcnn.data.sources import SKIPPED
 from frcnn.evaluation.report import write_report
 from frcnn.evaluation.results import COLUMNS, per_class_table, write_per_class
 from frcnn.evaluation.tables import markdown_table
+from frcnn.structures import counted
 from frcnn.training.callbacks import WeightEMA
 from frcnn.training.sweep import write_run_metrics
 
@@ -39,7 +41,7 @@ def summarise(
     write_run_metrics(output_dir(), HydraConfig.get().overrides.task, metrics, seconds=seconds)
     ended = f"stopped after {took(seconds)}" if stopped else f"finished in {took(seconds)}"
     lines = ["", f"{cfg.task_name} {ended}. Outputs: {shown(output_dir())}"]
-    lines += output_lines(trainer) + metric_lines(metrics)
+    lines += output_lines(trainer) + metric_lines(metrics) + skip_lines(trainer.world_size)
     evaluation = getattr(trainer.lightning_module, "evaluation", None)
     if evaluation is not None and evaluation.classes:  # the final one (train: the best's)
         report = not stopped and report_wanted(cfg)
@@ -93,6 +95,19 @@ def metric_lines(metrics: dict[str, float | int]) -> list[str]:
         figures = [metrics[k], metrics.get(f"subset/{k}")]
         cells = [f"{v:7d}" if isinstance(v, int) else f"{v:7.4f}" for v in figures if v is not None]
         lines.append(f"  {k:<{width}}  " + "  ".join(cells))
+    return lines
+
+
+def skip_lines(processes: int) -> list[str]:
+    """The images that the run's data sources skipped or repaired (`sources.SKIPPED`), per
+    source and reason: each was a warning in the log, which a long run scrolls away."""
+    if not SKIPPED:
+        return []
+    share = " (the first process's share of the data)" if processes > 1 else ""
+    log_file = f"{HydraConfig.get().job.name}.log"  # (Hydra's job log: train.log, eval.log)
+    lines = ["", f"Images skipped or repaired{share}, each a warning in {log_file}:"]
+    for (source, reason), images in sorted(SKIPPED.items()):
+        lines.append(f"  {source}: {reason}: {counted(len(images), 'image')}")
     return lines
 
 

@@ -21,7 +21,7 @@ from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 from frcnn.checks import check_number
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
-from frcnn.data.sources import MapSource
+from frcnn.data.sources import SKIPPED, MapSource
 from frcnn.data.torch_dataset import DatasetSource
 from frcnn.data.transforms import Transform, collate, relabel
 from frcnn.distributed import distributed
@@ -219,6 +219,7 @@ class DetectionDataModule(L.LightningDataModule):
         # log them at the start of every run)
         given = {k: v for k, v in locals().items() if k not in NOT_SETTINGS} | shared
         super().__init__()
+        SKIPPED.clear()  # a new run's tally of skipped images
         self.given = given
         check_number("data.batch_size", batch_size, 1, integer=True)
         check_number("data.num_workers", num_workers, 0, integer=True)

@@ -48,7 +48,26 @@ class SkipLog:
             image_id,
             f": {detail}" if detail else "",
             self.counts[reason],
+            extra={"skipped": (self.source, reason, str(image_id))},
         )
+
+
+# (source, reason) -> the images skipped or repaired for it in this run, from the skip records
+# that this process's loggers handle: its own and its DataLoader workers' (which reach them
+# through `datamodule.worker_logs`). Emptied when a run's data module is made; the run's
+# summary lists it (app.summary.skip_lines).
+SKIPPED: dict[tuple[str, str], set[str]] = {}
+
+
+def tally(record: logging.LogRecord) -> bool:
+    """This module's logger's filter: a skip record's image goes to `SKIPPED`."""
+    if hasattr(record, "skipped"):
+        source, reason, image_id = record.skipped
+        SKIPPED.setdefault((source, reason), set()).add(image_id)
+    return True
+
+
+log.addFilter(tally)
 
 
 # the photo formats looked for in folders (a YOLO split's, predict.py's input), where PIL reads

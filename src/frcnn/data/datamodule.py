@@ -292,15 +292,16 @@ class DetectionDataModule(L.LightningDataModule):
             self.train_set = built["train"] = self._source(
                 "train", self.make_train, self.train_transform
             )
-            if rank_zero_only.rank == 0:  # once, not once per DDP process
-                warn_classes_without_boxes(self.train_set)
             self.set_epoch(self.epoch)  # a restored epoch may come before the source
-            if self.repeat_factor_threshold is not None:
-                self._repeat_rare_classes()
         if self.val_set is None:
             self.val_set = built["val"] = self._source("val", self.make_val, self.val_transform)
-        if built:
+        if built:  # what was read, then what the training split's labels say of it
             log_data(built)
+        if "train" in built:
+            if rank_zero_only.rank == 0:  # once, not once per DDP process
+                warn_classes_without_boxes(self.train_set)
+            if self.repeat_factor_threshold is not None:
+                self._repeat_rare_classes()
         check_unique_names(list(self.val_set.class_names))
         if self.train_set is not None:
             check_same_classes(list(self.train_set.class_names), list(self.val_set.class_names))

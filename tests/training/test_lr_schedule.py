@@ -76,6 +76,9 @@ def test_a_run_shorter_than_its_schedule_says_so(caplog):
     assert "ends at 3% of module.optimizer.lr" in caplog.text
     assert "milestones at steps 60000, 80000 lie beyond the run (30 steps)" in caplog.text
     caplog.clear()
+    lrs(warmup_decay, 1, warmup_steps=10)
+    assert "warmup_steps=10 is longer than the run (1 step): the LR ends at 0.1%" in caplog.text
+    caplog.clear()
     lrs(warmup_decay, 300, warmup_steps=10, milestones=(0.5, 0.8))
     assert not caplog.text
 

@@ -24,6 +24,7 @@ from frcnn.app.build import (
 )
 from frcnn.app.command import run_of
 from frcnn.app.summary import finish
+from frcnn.structures import counted
 from frcnn.training.callbacks import Preemption
 from frcnn.training.checkpoint import detector_state, load_checkpoint
 
@@ -86,10 +87,10 @@ def say_what_was_left_undone(trainer: L.Trainer, first_step: int) -> None:
         )  # fmt: skip
     elif not any(name.startswith("val/") for name in trainer.callback_metrics):
         log.warning(
-            "No validation ran: the run's %d steps ended before the first one "
+            "No validation ran: the run's %s ended before the first one "
             "(trainer.check_val_every_n_epoch=%s, trainer.val_check_interval=%s), so it has no "
             "validation figures and no best checkpoint; validate its last.ckpt with eval.py",
-            trainer.global_step - first_step, trainer.check_val_every_n_epoch,
+            counted(trainer.global_step - first_step, "step"), trainer.check_val_every_n_epoch,
             trainer.val_check_interval,
         )  # fmt: skip
 

@@ -7,6 +7,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from frcnn.structures import counted
+
 log = logging.getLogger(__name__)
 
 
@@ -25,19 +27,19 @@ def check_short_run(total_steps: int, warmup_steps: int, start_factor: float, st
     if warmup_steps > total_steps:
         reached = warmup_factor(total_steps - 1, warmup_steps, start_factor)  # the last step
         log.warning(
-            "module.scheduler.warmup_steps=%d is longer than the run (%d steps): the LR ends at "
+            "module.scheduler.warmup_steps=%d is longer than the run (%s): the LR ends at "
             "%.2g%% of module.optimizer.lr; lower warmup_steps for a short run that learns",
             warmup_steps,
-            total_steps,
+            counted(total_steps, "step"),
             100 * reached,
         )
     beyond = [s for s in steps if s > total_steps]
     if beyond:
         log.warning(
-            "module.scheduler.milestones at steps %s lie beyond the run (%d steps): the LR is "
+            "module.scheduler.milestones at steps %s lie beyond the run (%s): the LR is "
             "never decayed there; milestones <= 1 are fractions of the run (e.g. [0.67, 0.89])",
             ", ".join(map(str, beyond)),
-            total_steps,
+            counted(total_steps, "step"),
         )
 
 

@@ -17,7 +17,7 @@ from frcnn.boxes import to_original_pixels
 from frcnn.checks import check_number
 from frcnn.distributed import distributed
 from frcnn.evaluation.results import Evaluation, log_pr_curves
-from frcnn.structures import Targets, class_name
+from frcnn.structures import Targets, class_name, counted
 from frcnn.training.lr_schedule import check_resumed_schedule
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ def fit_logging_interval(trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
             every = trainer.log_every_n_steps
             log.warning(
-                "trainer.log_every_n_steps=%d is more than the run's %d steps: logging every %s "
+                "trainer.log_every_n_steps=%d is more than the run's %s: logging every %s "
                 "instead",
-                interval, steps, f"{every} steps" if every > 1 else "step",
+                interval, counted(int(steps), "step"), f"{every} steps" if every > 1 else "step",
             )  # fmt: skip
 
 

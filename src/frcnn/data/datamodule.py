@@ -11,6 +11,7 @@ from collections.abc import Callable
 from logging.handlers import QueueHandler, QueueListener
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -125,11 +126,11 @@ VALIDATION_IMAGES_CHECKED = 200  # validation images looked for among the traini
 LOGGED_NAMES = 12  # class names in the start-up line (COCO's 80 would fill the screen)
 
 
-@rank_zero_only  # (start-up lines once, not once per DDP process)
-def log_data(sources: dict) -> None:
+def log_data(sources: dict, boxes: dict) -> None:
     """What was read, before the first step: the classes, and each split's images (and boxes,
     where the source holds its labels in memory) with where they come from, so that a user
-    sees that the data is theirs. `sources`: {split: source} of the splits just built."""
+    sees that the data is theirs. `sources`: {split: source} of the splits just built;
+    `boxes`: {split: (C,) boxes per class, or None} (`boxes_known`)."""
     names = list(next(iter(sources.values())).class_names)
     shown = ", ".join(names[:LOGGED_NAMES]) + (
         f", ... ({len(names) - LOGGED_NAMES} more)" if len(names) > LOGGED_NAMES else ""
@@ -140,8 +141,8 @@ def log_data(sources: dict) -> None:
             size = "streamed, of a length known only once read"
         else:
             size = counted(len(source), "image")
-            boxes = source.boxes_per_class()
-            size += f", {counted(int(boxes.sum()), 'box', 'boxes')}" if boxes is not None else ""
+            counts = boxes[split]
+            size += f", {counted(int(counts.sum()), 'box', 'boxes')}" if counts is not None else ""
         lines.append(f"  data.{split}: {size} ({source.skips.source})")
     log.info("\n".join(lines))
 
@@ -167,14 +168,18 @@ def warn_validation_in_training(train, val) -> None:
         )  # fmt: skip
 
 
-def warn_classes_without_boxes(train) -> None:
-    """Warn where classes of the training set have no box in it (a Roboflow COCO export's
-    category named after the data set; a class list longer than the labels use): the model has
-    them, and never learns them. Sources that count their boxes without reading every file."""
-    counts = train.boxes_per_class() if isinstance(train, MapSource) else None
+def boxes_known(source) -> np.ndarray | None:
+    """(C,) the boxes of each class that a source trains on, where it counts them without
+    reading every file (a COCO json, VOC: `MapSource.boxes_per_class`); else None."""
+    return source.boxes_per_class() if isinstance(source, MapSource) else None
+
+
+def warn_classes_without_boxes(names: list[str], counts: np.ndarray | None) -> None:
+    """Warn where classes of the training set have no box in it (`counts`, from `boxes_known`;
+    a Roboflow COCO export's category named after the data set; a class list longer than the
+    labels use): the model has them, and never learns them."""
     if counts is None or counts.all():
         return
-    names = train.class_names
     empty = [repr(name) for name, count in zip(names, counts, strict=True) if count == 0]
     log.warning(
         "data.train: no box to train on for %d of its %s (%s): the model has every class and "
@@ -295,13 +300,13 @@ class DetectionDataModule(L.LightningDataModule):
             self.set_epoch(self.epoch)  # a restored epoch may come before the source
         if self.val_set is None:
             self.val_set = built["val"] = self._source("val", self.make_val, self.val_transform)
-        if built:  # what was read, then what the training split's labels say of it
-            log_data(built)
-        if "train" in built:
-            if rank_zero_only.rank == 0:  # once, not once per DDP process
-                warn_classes_without_boxes(self.train_set)
-            if self.repeat_factor_threshold is not None:
-                self._repeat_rare_classes()
+        if built and rank_zero_only.rank == 0:  # once, not once per DDP process
+            boxes = {split: boxes_known(source) for split, source in built.items()}
+            log_data(built, boxes)  # what was read, then what the training labels say of it
+            if "train" in built:
+                warn_classes_without_boxes(list(self.train_set.class_names), boxes["train"])
+        if "train" in built and self.repeat_factor_threshold is not None:
+            self._repeat_rare_classes()
         check_unique_names(list(self.val_set.class_names))
         if self.train_set is not None:
             check_same_classes(list(self.train_set.class_names), list(self.val_set.class_names))

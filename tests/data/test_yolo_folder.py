@@ -160,6 +160,8 @@ def test_images_without_objects_can_be_left_out(ultralytics):
 
 
 def test_roboflow_export_and_list_files(tmp_path):
+    """Roboflow's `../train/images` is read beside data.yaml; the logs name the folder read
+    (the start-up's `Data:` lines, every skip), and a list file where data.yaml gives one."""
     images = {"train/images/x.jpg": PERSON, "valid/images/y.jpg": CAR}
     root = write(
         tmp_path / "rf",
@@ -174,13 +176,20 @@ def test_roboflow_export_and_list_files(tmp_path):
     source = YOLOFolder(Transform(200), str(root / "data.yaml"), "val")
     assert source.class_names == ["helmet", "head"]
     assert source.record(0).labels.tolist() == [2]
+    assert source.skips.source == f"yolo {root / 'data.yaml'}, split val: valid/images"
     (root / "val.txt").write_text("./valid/images/y.jpg\n./train/images/x.jpg\n")
     (root / "data.yaml").write_text(
         yaml.safe_dump({"val": "val.txt", "train": ["train/images"], "names": ["helmet", "head"]})
     )
     listed = YOLOFolder(Transform(200), str(root), "val")
     assert [p.name for p in listed.images] == ["y.jpg", "x.jpg"]
+    assert listed.skips.source.endswith("data.yaml, split val: val.txt")
     assert len(YOLOFolder(Transform(200), str(root), "train")) == 1
+    outside = {"train": [str(root / "train/images"), "../valid/images"], "names": ["a", "b"]}
+    (root / "sub").mkdir()
+    (root / "sub/data.yaml").write_text(yaml.safe_dump(outside))
+    both = YOLOFolder(Transform(200), str(root / "sub"), "train")
+    assert both.skips.source.endswith(f"split train: {root}/train/images, {root}/valid/images")
 
 
 def test_files_a_windows_tool_wrote_are_read_as_any(tmp_path):

@@ -11,6 +11,7 @@ suffix with `.txt`. One line per object: `class cx cy w h`, normalised to 0..1, 
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,21 +114,23 @@ def base_folder(content: dict, file: Path) -> Path:
     return base
 
 
-def split_images(content: dict, split: str, file: Path) -> list[Path]:
+def split_images(content: dict, split: str, file: Path) -> tuple[list[Path], list[Path]]:
     """The image files of a split (`train`, `val`, `test`) as data.yaml names them (`val` may
-    be called `validation`, as Ultralytics reads it)."""
+    be called `validation`, as Ultralytics reads it), and the folders or list files they were
+    found in (Roboflow's `../train/images` is read as `train/images` beside data.yaml)."""
     key = "validation" if split == "val" and not content.get("val") else split
     if not content.get(key):
         named = [k for k in ("train", "val", "validation", "test") if content.get(k)]
         raise ValueError(f"split={split!r}: {file} names no such split (it names {named})")
     base = base_folder(content, file)
     entries = content[key] if isinstance(content[key], list) else [content[key]]
-    images = []
+    images, places = [], []
     for entry in map(forward_slashes, entries):
         path = Path(entry).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.exists() and entry.startswith("../"):  # Roboflow's export
             path = base / entry[3:]
+        places.append(path)
         if path.is_dir():
             images += image_files(sorted(path.rglob("*")), f"{file} ({split}: {path})")
         elif path.is_file():  # a list of images, one a line, relative to the list's folder
@@ -138,7 +141,13 @@ def split_images(content: dict, split: str, file: Path) -> list[Path]:
                     images.append(listed if listed.is_absolute() else path.parent / listed)
         else:
             raise FileNotFoundError(f"{file}: {key}={entry!r}: no such folder or file ({path})")
-    return images
+    return images, places
+
+
+def shown(place: Path, folder: Path) -> str:
+    """`place` as the log names it: relative to `folder` where it lies in it (`..` resolved)."""
+    place, folder = Path(os.path.normpath(place)), Path(os.path.normpath(folder))
+    return str(place.relative_to(folder) if place.is_relative_to(folder) else place)
 
 
 def label_file(image: Path) -> Path:
@@ -282,8 +291,9 @@ class YOLOFolder(MapSource):
         file, content = read_data_yaml(root)
         self.class_names = class_names(content, file)
         self.category_ids = list(range(len(self.class_names)))  # YOLO's own class ids
-        super().__init__(transform, len(self.class_names), name=f"yolo {file}, split {split}")
-        self.images = split_images(content, split, file)
+        self.images, places = split_images(content, split, file)
+        name = f"yolo {file}, split {split}: " + ", ".join(shown(p, file.parent) for p in places)
+        super().__init__(transform, len(self.class_names), name=name)
         if not self.images:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
         check_images_exist(

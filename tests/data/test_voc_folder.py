@@ -243,3 +243,25 @@ def test_annotations_without_split_lists_stop_at_start_up_saying_what_to_write(v
     message = r"xml files are in Annotations/, but no ImageSets/Main/val.txt lists the val split"
     with pytest.raises(FileNotFoundError, match=message):
         VOCFolder(Transform(120), str(voc), "val")
+
+
+def test_kaggles_lowercase_annotations_and_images_folders_are_voc_s(tmp_path):
+    """Kaggle's sets in VOC's xml (face-mask-detection: annotations/*.xml, images/*.png, no
+    split): the lists to write are named with those folders, and once written, read as VOC's."""
+    samples = {"m0.png": [("with_mask", (11, 21, 60, 70), False)], "m1.png": []}
+    root = split_folders(tmp_path / "masks", {"images": samples})
+    (root / "annotations").mkdir()
+    for xml in (root / "images").glob("*.xml"):
+        xml.rename(root / "annotations" / xml.name)
+    message = (
+        r"its xml files are in annotations/, but no ImageSets/Main/val.txt lists the val split: "
+        r".* its images in images/$"
+    )
+    with pytest.raises(FileNotFoundError, match=message):
+        VOCFolder(Transform(120), str(root), "val", class_names=["with_mask"])
+    (root / "ImageSets/Main").mkdir(parents=True)
+    (root / "ImageSets/Main/train.txt").write_text("m0\nm1\n")
+    source = VOCFolder(Transform(120), str(root), "train", class_names=["with_mask"])
+    assert source.image_file(0) == root / "images" / "m0.png"
+    assert source.record(0).boxes.tolist() == [[10, 20, 60, 70]]
+    assert len(source) == 2 and source.record(1).boxes.shape == (0, 4)

@@ -1,4 +1,5 @@
-"""Pascal VOC in its own layout: Annotations/*.xml, JPEGImages/, ImageSets/Main/<split>.txt."""
+"""Pascal VOC in its own layout: Annotations/*.xml, JPEGImages/, ImageSets/Main/<split>.txt
+(or a lowercase annotations/ and images/), or split folders of images beside their xml files."""
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -68,32 +69,47 @@ def unlisted_names(root: Path, split: str, unknown: dict, given: list | None, sa
     )
 
 
+# VOC's folders, and the lowercase ones of the sets that Kaggle holds in VOC's xml
+# (annotations/*.xml beside images/*.png: face-mask-detection, car-plate-detection)
+ANNOTATION_FOLDERS = ("Annotations", "annotations")
+IMAGE_FOLDERS = ("JPEGImages", "images")
+
+
+def first_folder(root: Path, names: tuple[str, ...]) -> Path:
+    """`root/<name>` for the first of `names` that is a folder there, else the first's."""
+    return next((root / name for name in names if (root / name).is_dir()), root / names[0])
+
+
 def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
     """A split's (image ids, annotation folder, image folder): VOC's layout (the ids listed in
-    ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/), else a folder `root/<split>`
-    of images with their xml files beside them (Roboflow's Pascal VOC export: train, valid,
-    test), its ids the xml files' names."""
+    ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/; or a lowercase
+    annotations/ and images/), else a folder `root/<split>` of images with their xml files
+    beside them (Roboflow's Pascal VOC export: train, valid, test), its ids the xml files'
+    names."""
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    annotations, images = (first_folder(root, n) for n in (ANNOTATION_FOLDERS, IMAGE_FOLDERS))
     if ids_file.is_file():
-        return read_text(ids_file).split(), root / "Annotations", root / "JPEGImages"
+        return read_text(ids_file).split(), annotations, images
     folder = root / split
     if folder.is_dir() and any(folder.glob("*.xml")):
         return sorted(p.stem for p in folder.glob("*.xml")), folder, folder
     lists = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
     folders = sorted(
-        p.name for p in root.glob("*/") if p.name != "Annotations" and any(p.glob("*.xml"))
+        p.name
+        for p in root.glob("*/")
+        if p.name not in ANNOTATION_FOLDERS + IMAGE_FOLDERS and any(p.glob("*.xml"))
     )
     if lists or folders:  # a VOC folder, without that split
         raise FileNotFoundError(
             f"split={split!r}: no {ids_file} nor a folder {folder} of xml files (it has "
             f"{lists[:8] if lists else folders[:8]})"
         )
-    if any((root / "Annotations").glob("*.xml")):  # VOC's layout, no split listed
+    if any(annotations.glob("*.xml")):  # VOC's layout, no split listed
         raise FileNotFoundError(
-            f"root={str(root)!r}: its xml files are in Annotations/, but no "
+            f"root={str(root)!r}: its xml files are in {annotations.name}/, but no "
             f"ImageSets/Main/{split}.txt lists the {split} split: write each split's ids (its "
             "xml files' names without .xml), one a line, in ImageSets/Main/<split>.txt "
-            "(train.txt, val.txt), its images in JPEGImages/"
+            f"(train.txt, val.txt: other images in each), its images in {images.name}/"
         )
     if any(root.glob("*.xml")):
         raise FileNotFoundError(

@@ -1,6 +1,8 @@
 import json
 import multiprocessing
+import os
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,9 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from frcnn.app.build import quiet_libraries
 from frcnn.data import DetectionDataModule, SyntheticShapes
 from frcnn.data.coco_classes import COCO_CLASSES
-from frcnn.data.datamodule import StreamEpoch
+from frcnn.data.datamodule import StreamEpoch, warn_workers_past_cores
 from tests.helpers import in_two_processes
 
 CONF = Path(__file__).parents[2] / "conf"
@@ -157,6 +160,31 @@ def test_a_workers_warnings_reach_the_main_process_s_loggers(
     (record,) = [r for r in caplog.records if "unreadable" in r.getMessage()]
     assert record.name == "frcnn.data.sources" and record.processName != "MainProcess"
     assert "unreadable image skipped (image 4): " in record.getMessage()
+
+
+def test_more_workers_than_cores_is_said_once_in_place_of_torchs_warnings(
+    coco_folder, monkeypatch, caplog
+):
+    """A 2-core machine (Colab's) at the default of 4 workers: torch's DataLoader warns at
+    every loader; the commands (`quiet_libraries`) leave that out and the data module says it
+    once for all its loaders, with what fewer workers would change."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    warn_workers_past_cores.cache_clear()
+    dm = coco_files(coco_folder, monkeypatch, num_workers=4, batch_size=2)
+    dm.setup("fit")
+    with warnings.catch_warnings(record=True) as torchs, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        dm.val_dataloader()
+    assert any("will create 4 worker processes" in str(w.message) for w in torchs), torchs
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        quiet_libraries()
+        dm.train_dataloader(), dm.val_dataloader()
+    assert not [w for w in caught if "worker processes" in str(w.message)], caught
+    said = "data.num_workers=4 is more than the 2 CPU cores this process may use"
+    assert caplog.text.count(said) == 1, caplog.text
+    assert "data.num_workers=2 would give training other random flips" in caplog.text
+    warn_workers_past_cores.cache_clear()
 
 
 def test_validation_images_that_are_training_images_are_warned_of(coco_folder, monkeypatch, caplog):

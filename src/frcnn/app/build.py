@@ -67,6 +67,8 @@ def quiet_libraries() -> None:
     # an epoch shorter than the interval still logs (the count runs on over epochs); a run
     # shorter than it is given a shorter one (training.module.fit_logging_interval)
     warnings.filterwarnings("ignore", r"The number of training batches \(\d+\) is smaller than")
+    # more DataLoader workers than cores: the data module says so once (warn_workers_past_cores)
+    warnings.filterwarnings("ignore", r"This DataLoader will create \d+ worker processes in total")
 
 
 # how pip installs an extra where `pip install -e '.[<extra>]'` cannot: hydra-optuna-sweeper

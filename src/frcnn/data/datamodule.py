@@ -485,6 +485,8 @@ class DetectionDataModule(L.LightningDataModule):
         if readers is not None and workers > readers:  # the others would wait, idle
             log_fewer_workers(workers, readers, dataset.split)
             workers = readers
+        if workers > usable_cores():
+            warn_workers_past_cores(workers, usable_cores())
         extra = {}
         if workers > 0:
             extra = {
@@ -538,6 +540,28 @@ def log_fewer_workers(workers: int, readers: int, split: str) -> None:
         "data.num_workers=%d, but the %s stream has %d shard(s) per process, which as many "
         "DataLoader workers read (datasets gives each worker whole shards): %d worker(s)",
         workers, split, readers, readers,
+    )  # fmt: skip
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's or `taskset`'s share), as torch's
+    DataLoader counts them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@functools.cache  # once per command (its loaders, its sweep's runs)
+@rank_zero_only
+def warn_workers_past_cores(workers: int, cores: int) -> None:
+    """What torch's DataLoader warns at each loader, twice (`This DataLoader will create 4
+    worker processes in total...`, silenced by `app.build.quiet_libraries`), once and with
+    what a change would cost: on a 2-core machine (Colab's) at the default of 4 workers."""
+    log.warning(
+        "data.num_workers=%d is more than the %d CPU cores this process may use: the "
+        "DataLoader workers share them, which costs little (on 2 cores the demo trains as "
+        "fast with 4 as with 2). data.num_workers=%d would give training other random flips "
+        "(each worker draws its images'), and so other figures than the same command gives "
+        "elsewhere",
+        workers, cores, cores,
     )  # fmt: skip
 
 

@@ -247,9 +247,12 @@ def test_annotations_without_split_lists_stop_at_start_up_saying_what_to_write(v
 
 def test_kaggles_lowercase_annotations_and_images_folders_are_voc_s(tmp_path):
     """Kaggle's sets in VOC's xml (face-mask-detection: annotations/*.xml, images/*.png, no
-    split): the lists to write are named with those folders, and once written, read as VOC's."""
+    split): the lists to write are named with those folders, and once written, read as VOC's.
+    An images/ that holds the xml files beside the images (LabelImg's) is a split folder."""
     samples = {"m0.png": [("with_mask", (11, 21, 60, 70), False)], "m1.png": []}
     root = split_folders(tmp_path / "masks", {"images": samples})
+    with pytest.raises(FileNotFoundError, match=r"^split='train': .* \(it has \['images'\]\)$"):
+        VOCFolder(Transform(120), str(root), "train", class_names=["with_mask"])
     (root / "annotations").mkdir()
     for xml in (root / "images").glob("*.xml"):
         xml.rename(root / "annotations" / xml.name)

@@ -95,9 +95,7 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
         return sorted(p.stem for p in folder.glob("*.xml")), folder, folder
     lists = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
     folders = sorted(
-        p.name
-        for p in root.glob("*/")
-        if p.name not in ANNOTATION_FOLDERS + IMAGE_FOLDERS and any(p.glob("*.xml"))
+        p.name for p in root.glob("*/") if p.name not in ANNOTATION_FOLDERS and any(p.glob("*.xml"))
     )
     if lists or folders:  # a VOC folder, without that split
         raise FileNotFoundError(

@@ -485,8 +485,9 @@ class DetectionDataModule(L.LightningDataModule):
         if readers is not None and workers > readers:  # the others would wait, idle
             log_fewer_workers(workers, readers, dataset.split)
             workers = readers
-        if workers > usable_cores():
-            warn_workers_past_cores(workers, usable_cores())
+        cores = usable_cores()
+        if workers > cores:
+            warn_workers_past_cores(workers, cores)
         extra = {}
         if workers > 0:
             extra = {
@@ -546,7 +547,9 @@ def log_fewer_workers(workers: int, readers: int, split: str) -> None:
 def usable_cores() -> int:
     """The CPU cores this process may run on (a container's or `taskset`'s share), as torch's
     DataLoader counts them."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):  # (Linux)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @functools.cache  # once per command (its loaders, its sweep's runs)

@@ -71,6 +71,23 @@ def test_only_a_keyword_that_the_command_line_added_is_named(tmp_path):
         )
 
 
+def test_class_names_for_data_that_names_its_classes_says_where_they_come_from(tmp_path):
+    """A YOLO folder or COCO json names its classes: `+data.class_names=[a,b]` is refused with
+    where they come from, not with the nearest key by spelling (`data.num_classes=[a,b]`, a
+    list for a count)."""
+    composed(tmp_path, "data=yolo", "data.root=x", "+data.class_names=[a,b]")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        refused = TypeError(
+            "YOLOFolder.__init__() got an unexpected keyword argument 'class_names'"
+        )
+        told = refused_keyword(refused)
+    assert told.startswith(
+        "TypeError: data.class_names=[a,b]: YOLOFolder takes no setting class_names (it names "
+        "the classes itself, from the data: a data.yaml's `names`, a COCO json's `categories`"
+    )
+    assert "num_classes" not in told
+
+
 @pytest.mark.parametrize(
     "script, args, told",
     [

@@ -135,6 +135,12 @@ def refused_keyword(error: BaseException, checkpoint_data: bool = False) -> str 
     parent, rest = ".".join(parts[: parts.index(name, 1)]), parts[parts.index(name, 1) + 1 :]
     if checkpoint_data and parent.startswith("data"):
         advice = "the data settings are the checkpoint's: its run's .hydra/config.yaml lists them"
+    elif name == "class_names":  # (the nearest by spelling, num_classes, takes no list)
+        advice = (
+            "it names the classes itself, from the data: a data.yaml's `names`, a COCO json's "
+            "`categories` (without it, the start-up's `Data:` line lists them). "
+            "data.class_names is a setting of data=voc and data=hub"
+        )
     else:
         beside = OmegaConf.select(composed_without(added), parent)
         keys = list(beside) if isinstance(beside, DictConfig) else []

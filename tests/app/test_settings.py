@@ -135,6 +135,9 @@ def test_help_tells_what_the_command_does_its_settings_and_its_groups_options(tm
     assert "\n== conf/train.yaml, which it extends ==\n\n# uv run train.py [gr" in printed
     assert re.search(r"^model +resnet50_fpn; or resnet18_fpn$", printed, re.M)
     assert re.search(r"^experiment +none; or coco400, coco400_lsj, finetune, synth", printed, re.M)
+    # the data configs' base and frcnn.fit's config, said apart: no one chooses them by name
+    data = r"^data +synthetic; or coco, coco_files, hub, voc, yolo \(base: what they extend; "
+    assert re.search(data + r"python: frcnn\.fit's\)$", printed, re.M)
     assert not list(tmp_path.iterdir())
     conf = ROOT / "conf"
     assert config_files(conf / "eval.yaml") == [conf / "eval.yaml", conf / "train.yaml"]

@@ -52,18 +52,27 @@ def command_help() -> str:
     return "\n\n".join(sections).replace("$", "$$")  # the template's placeholders are not used
 
 
+# options of a group that no one chooses on the command line, said apart: the data configs'
+# base, and the config that frcnn.fit selects for torch Datasets given in Python
+NOT_CHOSEN = {"data": {"base": "what they extend", "python": "frcnn.fit's"}}
+
+
 def group_options(choices: DictConfig) -> list[str]:
     """A line per config group of `choices` (Hydra's {group: option chosen}), Hydra's own left
-    out: `device  auto; or cpu, ddp, gpu`."""
+    out: `device  auto; or cpu, ddp, gpu`; those of `NOT_CHOSEN` said apart, in brackets."""
     loader = GlobalHydra.instance().config_loader()
     groups = sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/"))
     width = max(map(len, groups), default=0)
     lines = []
     for group in groups:
-        chosen = choices[group] or "none"
-        others = [o for o in loader.get_group_options(group) if o != chosen]
+        chosen, apart = choices[group] or "none", NOT_CHOSEN.get(group, {})
+        options = [o for o in loader.get_group_options(group) if o != chosen]
+        others = [o for o in options if o not in apart]
+        said = "; ".join(f"{o}: {why}" for o, why in apart.items() if o in options)
         lines.append(
-            f"{group:<{width}}  {chosen}" + ("; or " + ", ".join(others) if others else "")
+            f"{group:<{width}}  {chosen}"
+            + ("; or " + ", ".join(others) if others else "")
+            + (f" ({said})" if said else "")
         )
     return lines
 

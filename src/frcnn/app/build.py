@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from frcnn.checks import check_gpu, check_number, typed_setting
 from frcnn.data.datamodule import StreamEpoch
+from frcnn.data.sources import relative_path
 from frcnn.inference.predictor import resolve_device
 from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
 from frcnn.training.callbacks import Preemption, ProgressBar
@@ -436,8 +437,7 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float | int]:
 
 def shown(path) -> str:
     """A path as a user would type it: relative to the working directory when inside it."""
-    path = Path(path).absolute()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    return relative_path(path, Path.cwd())
 
 
 def given_keys(overrides: list[str]) -> set[str]:

@@ -3,6 +3,7 @@
 import functools
 import itertools
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -126,6 +127,13 @@ def forward_slashes(path) -> str:
     """A relative path that a file written on Windows names (`images\\train\\a.jpg`), with the
     forward slashes every system reads."""
     return str(path).replace("\\", "/")
+
+
+def relative_path(path, folder) -> str:
+    """`path` as a user reads it: relative to `folder` where it lies in it (`..` resolved),
+    else absolute."""
+    path, folder = (Path(os.path.abspath(p)) for p in (path, folder))
+    return str(path.relative_to(folder) if path.is_relative_to(folder) else path)
 
 
 IMAGES_CHECKED = 20  # image files looked for at start-up to catch a wrong folder

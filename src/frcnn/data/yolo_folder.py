@@ -11,7 +11,6 @@ suffix with `.txt`. One line per object: `class cx cy w h`, normalised to 0..1, 
 
 import io
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from frcnn.data.sources import (
     forward_slashes,
     image_files,
     read_text,
+    relative_path,
 )
 from frcnn.data.transforms import Record, Transform, upright_size
 
@@ -142,12 +142,6 @@ def split_images(content: dict, split: str, file: Path) -> tuple[list[Path], lis
         else:
             raise FileNotFoundError(f"{file}: {key}={entry!r}: no such folder or file ({path})")
     return images, places
-
-
-def shown(place: Path, folder: Path) -> str:
-    """`place` as the log names it: relative to `folder` where it lies in it (`..` resolved)."""
-    place, folder = Path(os.path.normpath(place)), Path(os.path.normpath(folder))
-    return str(place.relative_to(folder) if place.is_relative_to(folder) else place)
 
 
 def label_file(image: Path) -> Path:
@@ -292,7 +286,8 @@ class YOLOFolder(MapSource):
         self.class_names = class_names(content, file)
         self.category_ids = list(range(len(self.class_names)))  # YOLO's own class ids
         self.images, places = split_images(content, split, file)
-        name = f"yolo {file}, split {split}: " + ", ".join(shown(p, file.parent) for p in places)
+        read = ", ".join(relative_path(place, file.parent) for place in places)
+        name = f"yolo {file}, split {split}: {read}"
         super().__init__(transform, len(self.class_names), name=name)
         if not self.images:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")

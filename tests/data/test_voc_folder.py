@@ -264,6 +264,10 @@ def test_kaggles_lowercase_annotations_and_images_folders_are_voc_s(tmp_path):
         VOCFolder(Transform(120), str(root), "val", class_names=["with_mask"])
     (root / "ImageSets/Main").mkdir(parents=True)
     (root / "ImageSets/Main/train.txt").write_text("m0\nm1\n")
+    with pytest.raises(
+        ValueError, match=r"VOC's 20 classes unless given.*class_names=\[with_mask\]"
+    ):
+        VOCFolder(Transform(120), str(root), "train")  # its names are not VOC's: refused
     source = VOCFolder(Transform(120), str(root), "train", class_names=["with_mask"])
     assert source.image_file(0) == root / "images" / "m0.png"
     assert source.record(0).boxes.tolist() == [[10, 20, 60, 70]]

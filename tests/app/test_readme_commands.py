@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from frcnn.structures import counted
 from frcnn.training.sweep import TRIAL_GPUS
@@ -266,6 +267,19 @@ def own_formats(data: Path) -> None:
         (mine / "annotations" / f"{split}.json").write_text(json.dumps(coco))
         ids_file = voc / "ImageSets" / "Main" / f"{split}.txt"
         ids_file.write_text("".join(f"{split}_{i}\n" for i in ids))
+    # a Kaggle set in VOC's xml (face-mask-detection): annotations/, images/ of PNGs, no split
+    kaggle = data / "face-mask"
+    for folder in ("annotations", "images"):
+        (kaggle / folder).mkdir(parents=True)
+    for i in range(10):
+        name, x = f"maksssksksss{i}", 10 + 5 * i
+        Image.new("RGB", (128, 96), (120, 60, 30)).save(kaggle / "images" / f"{name}.png")
+        obj = (
+            f"<object><name>{('with_mask', 'without_mask')[i % 2]}</name><bndbox>"
+            f"<xmin>{x}</xmin><ymin>10</ymin><xmax>{x + 40}</xmax><ymax>40</ymax></bndbox></object>"
+        )
+        xml = f"<annotation><filename>{name}.png</filename>{obj}</annotation>"
+        (kaggle / "annotations" / f"{name}.xml").write_text(xml)
     # a hub set in cppe-5's schema (xywh pixel boxes), its format to be read from the rows:
     # as xyxy, the first box of each image is inverted
     hub = data / "hub"

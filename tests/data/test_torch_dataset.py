@@ -167,6 +167,19 @@ def test_from_datasets_trains_in_batches_of_the_contract_and_names_unknown_setti
         DetectionDataModule.from_datasets(items, items, ["a"], img_size=64)
 
 
+def test_one_dataset_validates_on_a_share_held_out_of_it():
+    image = Image.fromarray(pixels())
+    items = Items([(image, target(torch.tensor([[10.0, 20, 50, 60]]), [1]))] * 8)
+    dm = DetectionDataModule.from_datasets(items, None, ["a"], num_workers=0, val_fraction=0.25)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (6, 2)
+    assert dm.settings["val_fraction"] == 0.25
+    with pytest.raises(TypeError, match=r"a validation Dataset and val_fraction .* one of the two"):
+        DetectionDataModule.from_datasets(items, items, ["a"], val_fraction=0.25)
+    with pytest.raises(ValueError, match=r"^data.val: no validation source: .*val_fraction=0.1"):
+        DetectionDataModule.from_datasets(items, None, ["a"])
+
+
 def test_a_saved_config_without_the_data_set_asks_for_the_data():
     with pytest.raises(ValueError, match="a config cannot rebuild it: give the data"):
         DatasetSource(Transform(64), "the training set given to frcnn.fit", [])

@@ -247,7 +247,8 @@ def test_annotations_without_split_lists_stop_at_start_up_saying_what_to_write(v
 
 def test_kaggles_lowercase_annotations_and_images_folders_are_voc_s(tmp_path):
     """Kaggle's sets in VOC's xml (face-mask-detection: annotations/*.xml, images/*.png, no
-    split): the lists to write are named with those folders, and once written, read as VOC's.
+    split): the lists to write are named with those folders, and once written, read as VOC's;
+    split `all` reads every xml file (for data.val_fraction to hold some out).
     An images/ that holds the xml files beside the images (LabelImg's) is a split folder."""
     samples = {"m0.png": [("with_mask", (11, 21, 60, 70), False)], "m1.png": []}
     root = split_folders(tmp_path / "masks", {"images": samples})
@@ -258,10 +259,13 @@ def test_kaggles_lowercase_annotations_and_images_folders_are_voc_s(tmp_path):
         xml.rename(root / "annotations" / xml.name)
     message = (
         r"its xml files are in annotations/, but no ImageSets/Main/val.txt lists the val split: "
-        r".* its images in images/$"
+        r".* its images in images/; or train on all of them, a share held out for "
+        r"validation: data.train.split=all data.val_fraction=0.1$"
     )
     with pytest.raises(FileNotFoundError, match=message):
         VOCFolder(Transform(120), str(root), "val", class_names=["with_mask"])
+    every = VOCFolder(Transform(120), str(root), "all", class_names=["with_mask"])
+    assert [every.image_file(i).name for i in range(len(every))] == ["m0.png", "m1.png"]
     (root / "ImageSets/Main").mkdir(parents=True)
     (root / "ImageSets/Main/train.txt").write_text("m0\nm1\n")
     with pytest.raises(

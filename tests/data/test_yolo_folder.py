@@ -216,7 +216,9 @@ def test_a_validation_key_is_the_val_split_as_ultralytics_reads_it(tmp_path):
     data = {"train": "images/train", "validation": "images/val", "names": ["person", "car"]}
     root = write(tmp_path / "yolo", images, data)
     assert [p.name for p in YOLOFolder(Transform(200), str(root), "val").images] == ["c.jpg"]
-    with pytest.raises(ValueError, match=r"split='test': .* \(it names \['train', 'validation'\]"):
+    with pytest.raises(
+        FileNotFoundError, match=r"split='test': .* \(it names \['train', 'validation'\]"
+    ):
         YOLOFolder(Transform(200), str(root), "test")
 
 
@@ -230,7 +232,9 @@ def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
     data = r"train: images/train, val: images/val, names: \[helmet, 'head, no helmet'\]\)$"
     with pytest.raises(FileNotFoundError, match=r"it holds classes.txt, .* e\.g\. " + data):
         YOLOFolder(Transform(200), str(tmp_path), "train")
-    with pytest.raises(ValueError, match=r"^split='test': .*names no such split .*'train', 'val'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"^split='test': .*names no such split .*'train', 'val'"
+    ):
         YOLOFolder(Transform(200), str(ultralytics), "test")
 
 

@@ -21,6 +21,7 @@ from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from frcnn.checks import check_number
 from frcnn.data.coco_hub import HubDetection
+from frcnn.data.held_out import split_off
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
 from frcnn.data.sources import SKIPPED, MapSource
 from frcnn.data.torch_dataset import DatasetSource
@@ -120,6 +121,11 @@ def check_unique_names(names: list[str]) -> None:
         )
 
 
+HOLD_OUT_HINT = (
+    ". A data set without a validation split: data.val_fraction=0.1 holds out a tenth of "
+    "data.train's images for validation (the same ones every run)"
+)
+
 VALIDATION_IMAGES_CHECKED = 200  # validation images looked for among the training ones
 
 
@@ -200,13 +206,14 @@ class DetectionDataModule(L.LightningDataModule):
     (`scale_jitter`, `min_visible`: see `Transform`) for training only. Any other setting
     (`shared`: a data set's `root`, `name`, `class_names`, `box_format`, ...) is given to both
     sources where it is set (not None): said once, `data.root=DIR`. `num_classes` None: the
-    sources' own count.
+    sources' own count. `val_fraction`: a share of `train`'s images held out to validate on, in
+    place of `val` (`held_out.split_off`), for data without a validation split.
     """
 
     def __init__(
         self,
         train: Callable,
-        val: Callable,
+        val: Callable | None,
         num_classes: int | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
@@ -218,6 +225,7 @@ class DetectionDataModule(L.LightningDataModule):
         flip_prob: float = 0.5,
         scale_jitter: list[float] | None = None,
         min_visible: float = 0.5,
+        val_fraction: float | None = None,
         **shared,
     ):
         # the settings as given, for `settings` (Lightning's save_hyperparameters would also
@@ -229,6 +237,14 @@ class DetectionDataModule(L.LightningDataModule):
         check_number("data.batch_size", batch_size, 1, integer=True)
         check_number("data.num_workers", num_workers, 0, integer=True)
         check_number("data.prefetch_factor", prefetch_factor, 1, integer=True)
+        if val_fraction is not None:
+            check_number("data.val_fraction", val_fraction, 0, 1, open_low=True)
+        elif val is None:
+            raise ValueError(
+                "data.val: no validation source: give one, or hold out a share of data.train's "
+                "images to validate on (data.val_fraction=0.1)"
+            )
+        self.val_fraction = val_fraction
         self.train_transform = Transform(
             image_size,
             resize,
@@ -261,25 +277,33 @@ class DetectionDataModule(L.LightningDataModule):
     def from_datasets(
         cls,
         train: Dataset,
-        val: Dataset,
+        val: Dataset | None,
         class_names: list[str],
         repeat_factor_threshold: float | None = None,
         **settings,
     ) -> "DetectionDataModule":
         """A data module of two torch Datasets in torchvision's detection convention
         (`DatasetSource`: `(image, {"boxes": xyxy pixels, "labels": 1..C})`), whose labels
-        1..C are `class_names`; `repeat_factor_threshold`: as data.train's; `settings`: the
-        data module's own (batch_size, image_size, ...). Train on it as train.py trains:
+        1..C are `class_names`; `val` None: `val_fraction` of `train` validates; `settings`:
+        the data module's own (batch_size, image_size, val_fraction, ...);
+        `repeat_factor_threshold`: as data.train's. Train on it as train.py trains:
         `frcnn.fit(datamodule, *overrides)`."""
         own = [p for p in inspect.signature(cls).parameters if p not in NOT_SETTINGS]
         unknown = sorted(set(settings) - set(own))
         if unknown:
             raise TypeError(f"from_datasets: no setting {unknown} (the data module's: {own})")
+        if val is not None and settings.get("val_fraction") is not None:
+            raise TypeError(
+                "from_datasets: a validation Dataset and val_fraction (a share of train held "
+                "out to validate on): give one of the two"
+            )
         names = list(class_names)
         repeat = {"repeat_factor_threshold": repeat_factor_threshold}
         return cls(
             functools.partial(DatasetSource, dataset=train, class_names=names, **repeat),
-            functools.partial(DatasetSource, dataset=val, class_names=names),
+            None
+            if val is None
+            else functools.partial(DatasetSource, dataset=val, class_names=names),
             **settings,
         )
 
@@ -292,14 +316,19 @@ class DetectionDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build the sources the stage needs: both for "fit" (or None), validation only else."""
-        built = {}
-        if self.train_set is None and stage in (None, "fit"):
-            self.train_set = built["train"] = self._source(
-                "train", self.make_train, self.train_transform
-            )
+        fit = self.train_set is None and stage in (None, "fit")
+        if self.val_fraction is not None:
+            built = self._hold_out(fit)
+        else:
+            built = {}
+            if fit:
+                built["train"] = self._source("train", self.make_train, self.train_transform)
+            if self.val_set is None:
+                built["val"] = self._validation_source(built.get("train"))
+        self.train_set = built.get("train", self.train_set)
+        self.val_set = built.get("val", self.val_set)
+        if "train" in built:
             self.set_epoch(self.epoch)  # a restored epoch may come before the source
-        if self.val_set is None:
-            self.val_set = built["val"] = self._source("val", self.make_val, self.val_transform)
         if built and rank_zero_only.rank == 0:  # once, not once per DDP process
             boxes = {split: boxes_known(source) for split, source in built.items()}
             log_data(built, boxes)  # what was read, then what the training labels say of it
@@ -316,6 +345,27 @@ class DetectionDataModule(L.LightningDataModule):
             for ds in (self.train_set, self.val_set):
                 if hasattr(ds, "set_rank"):
                     ds.set_rank(trainer.global_rank, trainer.world_size)
+
+    def _validation_source(self, train):
+        """data.val's source; where its split is not found (a data.yaml without `val`, no
+        validation json) and `train` can be counted, the error says how to hold some out."""
+        try:
+            return self._source("val", self.make_val, self.val_transform)
+        except FileNotFoundError as err:
+            if isinstance(train, MapSource) and len(err.args) == 1:
+                err.args = (f"{err.args[0]}{HOLD_OUT_HINT}",)
+            raise
+
+    def _hold_out(self, fit: bool) -> dict:
+        """{split: part} of data.train's parts that train and validate (`split_off`), for the
+        training part where `fit` and for the validation part where it is not built yet; data.val
+        is not read."""
+        if not fit and self.val_set is not None:
+            return {}
+        source = self._source("train", self.make_train, self.train_transform)
+        train, val = split_off(source, self.val_fraction, self.train_transform, self.val_transform)
+        val.substitute = False  # (as _source sets it for data.val)
+        return ({"train": train} if fit else {}) | ({"val": val} if self.val_set is None else {})
 
     def _repeat_rare_classes(self) -> None:
         """Repeat factors of the training images (`repeat_factors`; every image's labels read
@@ -470,8 +520,11 @@ class DetectionDataModule(L.LightningDataModule):
     def calibration_dataloader(self) -> DataLoader:
         """The training images in the source's order, loaded as validation loads them (no
         flips, no scale jitter): what calibrates an int8 export, the same images at every
-        export of the same data."""
+        export of the same data (with `val_fraction`, those left to train on: the mAP that
+        int8 costs is measured on the others)."""
         source = self._source("train", self.make_train, self.val_transform)
+        if self.val_fraction is not None:
+            source = split_off(source, self.val_fraction, self.val_transform, self.val_transform)[0]
         return self._loader(source, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:

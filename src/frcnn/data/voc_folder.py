@@ -83,13 +83,15 @@ def first_folder(root: Path, names: tuple[str, ...]) -> Path:
 def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
     """A split's (image ids, annotation folder, image folder): VOC's layout (the ids listed in
     ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/; or a lowercase
-    annotations/ and images/), else a folder `root/<split>` of images with their xml files
-    beside them (Roboflow's Pascal VOC export: train, valid, test), its ids the xml files'
-    names."""
+    annotations/ and images/; `all`: every xml file there, where no list is so named), else a
+    folder `root/<split>` of images with their xml files beside them (Roboflow's Pascal VOC
+    export: train, valid, test), its ids the xml files' names."""
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     annotations, images = (first_folder(root, n) for n in (ANNOTATION_FOLDERS, IMAGE_FOLDERS))
     if ids_file.is_file():
         return read_text(ids_file).split(), annotations, images
+    if split == "all" and any(annotations.glob("*.xml")):  # (data.val_fraction holds some out)
+        return sorted(p.stem for p in annotations.glob("*.xml")), annotations, images
     folder = root / split
     if folder.is_dir() and any(folder.glob("*.xml")):
         return sorted(p.stem for p in folder.glob("*.xml")), folder, folder
@@ -107,7 +109,9 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
             f"root={str(root)!r}: its xml files are in {annotations.name}/, but no "
             f"ImageSets/Main/{split}.txt lists the {split} split: write each split's ids (its "
             "xml files' names without .xml), one a line, in ImageSets/Main/<split>.txt "
-            f"(train.txt, val.txt: other images in each), its images in {images.name}/"
+            f"(train.txt, val.txt: other images in each), its images in {images.name}/; or "
+            "train on all of them, a share held out for validation: data.train.split=all "
+            "data.val_fraction=0.1"
         )
     if any(root.glob("*.xml")):
         raise FileNotFoundError(

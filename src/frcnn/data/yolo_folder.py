@@ -121,7 +121,7 @@ def split_images(content: dict, split: str, file: Path) -> tuple[list[Path], lis
     key = "validation" if split == "val" and not content.get("val") else split
     if not content.get(key):
         named = [k for k in ("train", "val", "validation", "test") if content.get(k)]
-        raise ValueError(f"split={split!r}: {file} names no such split (it names {named})")
+        raise FileNotFoundError(f"split={split!r}: {file} names no such split (it names {named})")
     base = base_folder(content, file)
     entries = content[key] if isinstance(content[key], list) else [content[key]]
     images, places = [], []

@@ -1,0 +1,128 @@
+"""A validation split held out of the training data (data.val_fraction), for sets without one."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from frcnn.data import DetectionDataModule, SyntheticShapes
+from frcnn.data.held_out import hold_out
+from frcnn.data.sources import SKIPPED
+from tests.data.test_datamodule import coco_files, load
+from tests.data.test_yolo_folder import CAR, PERSON, write
+
+
+@pytest.mark.parametrize(("count", "share"), [(10, 0.2), (7, 0.1), (3, 0.5), (1000, 0.15)])
+def test_the_share_is_drawn_apart_the_same_whatever_the_runs_seed(count, share):
+    train, val = hold_out(count, share)
+    assert len(val) == max(1, round(share * count))
+    assert sorted([*train, *val]) == list(range(count))  # each image on one side only
+    assert list(train) == sorted(train) and list(val) == sorted(val)  # the data's order
+    torch.manual_seed(count)
+    np.random.seed(count)
+    again = hold_out(count, share)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+
+
+def test_the_held_out_images_are_drawn_from_the_whole_set():
+    _, val = hold_out(1000, 0.1)  # not its first or last images (a set sorted by class, date)
+    assert val.min() < 100 and val.max() > 900
+
+
+def unread(**_):
+    raise AssertionError("data.val is read")
+
+
+def held_out_module(**settings):
+    """10 synthetic training images, a fifth held out; training flips every image."""
+    return DetectionDataModule(
+        lambda transform: SyntheticShapes(transform, 10, seed=3),
+        unread,
+        **{"batch_size": 2, "num_workers": 0, "flip_prob": 1.0, "val_fraction": 0.2, **settings},
+    )
+
+
+def image_ids(source) -> list[int]:
+    return [source.record(i).image_id for i in range(len(source))]
+
+
+def test_training_and_validation_share_no_image_and_validation_is_not_flipped(caplog):
+    dm = held_out_module()
+    with caplog.at_level(logging.INFO, logger="frcnn.data.datamodule"):
+        dm.setup("fit")
+    train, val = image_ids(dm.train_set), image_ids(dm.val_set)
+    assert (len(train), len(val)) == (8, 2) and sorted(train + val) == list(range(10))
+    unflipped = SyntheticShapes(dm.val_transform, 10, seed=3)
+    for i, image_id in enumerate(val):
+        assert torch.equal(dm.val_set[i][0], unflipped[image_id][0])
+    image, _ = dm.train_set[0]
+    assert torch.equal(image, unflipped[train[0]][0].flip(-1))  # the training transform's
+    assert not dm.val_set.substitute and dm.train_set.substitute
+    assert "data.train: 8 images (synthetic" in caplog.text
+    assert "less the 20% held out (data.val_fraction=0.2))" in caplog.text
+    assert "data.val: 2 images (synthetic" in caplog.text
+    assert ", the 20% held out (data.val_fraction=0.2))" in caplog.text
+    # eval.py's stage validates on the same images, building no training part
+    alone = held_out_module()
+    alone.setup("validate")
+    assert alone.train_set is None and image_ids(alone.val_set) == val
+    # int8's calibration images: those left to train on, in order
+    calibration = torch.cat([batch["images"] for batch in dm.calibration_dataloader()])
+    assert torch.equal(calibration, torch.stack([unflipped[i][0] for i in train]))
+
+
+def test_what_each_part_skips_is_counted_under_its_own_name(tmp_path):
+    """A source reports some skips itself (YOLO's malformed label lines): each part's under
+    its own name, the held-out one's apart from training's."""
+    labels = f"{PERSON}\nnot a line\n{CAR}"
+    images = {f"images/train/{i}.jpg": labels for i in range(5)}
+    root = write(tmp_path / "yolo", images, {"train": "images/train", "names": ["person", "car"]})
+    dm = load("yolo", root=str(root), val_fraction=0.4, num_workers=0, batch_size=1)
+    dm.setup("fit")
+    assert len(dm.val_set[0][1]["boxes"]) == 2 and len(dm.train_set[0][1]["boxes"]) == 2
+    reason = "malformed label lines dropped"
+    names = {source for source, why in SKIPPED if why == reason}
+    assert len(names) == 2 and all(name.startswith(f"yolo {root}") for name in names)
+    held = "40% held out (data.val_fraction=0.4)"
+    assert {name.split(": images/train, ")[1] for name in names} == {
+        f"the {held}",
+        f"less the {held}",
+    }
+
+
+def test_a_missing_validation_split_says_how_to_hold_one_out(tmp_path, coco_folder, monkeypatch):
+    root = write(tmp_path / "yolo", {"images/a.jpg": PERSON, "images/b.jpg": CAR}, {})
+    (root / "data.yaml").write_text("train: images\nnames: [person, car]\n")
+    hint = r"A data set without a validation split: data.val_fraction=0.1 holds out a tenth"
+    with pytest.raises(FileNotFoundError, match=rf"names no such split .*\['train'\]\)\. {hint}"):
+        load("yolo", root=str(root), num_workers=0).setup("fit")
+    missing = {"annotation_file": str(tmp_path / "val.json")}
+    message = rf"^data.val.annotation_file='.*val.json': no such file\. {hint}"
+    with pytest.raises(FileNotFoundError, match=message):
+        coco_files(coco_folder, monkeypatch, val=missing).setup("fit")
+    # held out, the set trains, its validation file unread
+    dm = coco_files(coco_folder, monkeypatch, val=missing, val_fraction=0.25, batch_size=1)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (2, 1)  # (keep_empty: false: 3 images)
+
+
+@pytest.mark.parametrize("share", [0, -0.1, 1.5, "a tenth"])
+def test_a_share_outside_0_to_1_stops_at_start_up(share):
+    with pytest.raises(ValueError, match=r"^data.val_fraction="):
+        held_out_module(val_fraction=share)
+
+
+@pytest.mark.parametrize("share", [1, 0.96])
+def test_a_share_that_leaves_nothing_to_train_on_stops_at_start_up(share):
+    dm = held_out_module(val_fraction=share)
+    with pytest.raises(ValueError, match=rf"^data.val_fraction={share}: .* 10 images; .* none"):
+        dm.setup("fit")
+
+
+def test_a_stream_is_refused_naming_the_setting(hub_parquet):
+    dm = load(
+        "coco", num_workers=0, batch_size=2, val_fraction=0.1, train={"data_files": hub_parquet}
+    )
+    with pytest.raises(ValueError, match=r"^data.val_fraction=0.1: .* a stream cannot"):
+        dm.setup("fit")

@@ -104,7 +104,19 @@ def test_a_missing_validation_split_says_how_to_hold_one_out(tmp_path, coco_fold
     # held out, the set trains, its validation file unread
     dm = coco_files(coco_folder, monkeypatch, val=missing, val_fraction=0.25, batch_size=1)
     dm.setup("fit")
-    assert (len(dm.train_set), len(dm.val_set)) == (2, 1)  # (keep_empty: false: 3 images)
+    assert image_ids(dm.train_set) == [1, 2, 4] and image_ids(dm.val_set) == [3]
+
+
+def test_images_without_objects_are_left_out_of_the_training_part_alone(coco_folder, monkeypatch):
+    """data.train.keep_empty=false (coco_files'): the share is drawn from every image, so the
+    held-out validation keeps those without objects, as data.val does, and training has none."""
+    for share, val in ((0.25, [3]), (0.5, [1, 3]), (0.75, [1, 2, 3])):
+        dm = coco_files(coco_folder, monkeypatch, val_fraction=share, batch_size=1)
+        dm.setup("fit")
+        assert image_ids(dm.val_set) == val  # image 3 has no objects
+        train = [i for i in (1, 2, 4) if i not in val]
+        assert image_ids(dm.train_set) == train
+        assert image_ids(dm.calibration_dataloader().dataset) == train  # int8's
 
 
 @pytest.mark.parametrize("share", [0, -0.1, 1.5, "a tenth"])

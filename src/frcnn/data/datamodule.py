@@ -362,10 +362,21 @@ class DetectionDataModule(L.LightningDataModule):
         is not read."""
         if not fit and self.val_set is not None:
             return {}
-        source = self._source("train", self.make_train, self.train_transform)
-        train, val = split_off(source, self.val_fraction, self.train_transform, self.val_transform)
+        train, val = self._held_out_parts(self.train_transform)
         val.substitute = False  # (as _source sets it for data.val)
         return ({"train": train} if fit else {}) | ({"val": val} if self.val_set is None else {})
+
+    def _held_out_parts(self, transform: Transform) -> tuple:
+        """(training part, validation part) of data.train (`split_off`), the first read through
+        `transform`. The share is drawn from all its images, those without objects too: data.
+        train.keep_empty=false leaves them out of the training part alone, as validation keeps
+        them."""
+        make = self.make_train
+        keep_empty = getattr(make, "keywords", {}).get("keep_empty", True)
+        if not keep_empty:
+            make = functools.partial(make, keep_empty=True)
+        source = self._source("train", make, transform)
+        return split_off(source, self.val_fraction, transform, self.val_transform, keep_empty)
 
     def _repeat_rare_classes(self) -> None:
         """Repeat factors of the training images (`repeat_factors`; every image's labels read
@@ -522,9 +533,10 @@ class DetectionDataModule(L.LightningDataModule):
         flips, no scale jitter): what calibrates an int8 export, the same images at every
         export of the same data (with `val_fraction`, those left to train on: the mAP that
         int8 costs is measured on the others)."""
-        source = self._source("train", self.make_train, self.val_transform)
-        if self.val_fraction is not None:
-            source = split_off(source, self.val_fraction, self.val_transform, self.val_transform)[0]
+        if self.val_fraction is None:
+            source = self._source("train", self.make_train, self.val_transform)
+        else:
+            source = self._held_out_parts(self.val_transform)[0]
         return self._loader(source, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:

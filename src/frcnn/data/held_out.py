@@ -59,11 +59,17 @@ class Part(MapSource):
 
 
 def split_off(
-    source, share: float, train_transform: Transform, val_transform: Transform
+    source,
+    share: float,
+    train_transform: Transform,
+    val_transform: Transform,
+    train_empty: bool = True,
 ) -> tuple[Part, Part]:
     """(training part, validation part) of a training source: `share` of its images held out
-    for validation (`hold_out`). Refused, naming data.val_fraction, for a stream (its images
-    cannot be counted) and for a source too small to leave images on both sides."""
+    for validation (`hold_out`); `train_empty` False leaves the images without objects to
+    train on (`labels`) out of the training part only (validation keeps them, as data.val
+    does). Refused, naming data.val_fraction, for a stream (its images cannot be counted) and
+    for a source too small to leave images on both sides."""
     key = f"data.val_fraction={share}"
     if isinstance(source, IterableDataset):
         raise ValueError(
@@ -72,6 +78,8 @@ def split_off(
             "of the set's own (data.val.split) and leave data.val_fraction null"
         )
     train, val = hold_out(len(source), share)
+    if not train_empty:
+        train = train[[len(source.labels(int(i))) > 0 for i in train]]
     if not len(train):
         raise ValueError(
             f"{key}: data.train has {counted(len(source), 'image')}; holding out that share "

@@ -9,6 +9,7 @@ import torch
 from frcnn.data import DetectionDataModule, SyntheticShapes
 from frcnn.data.held_out import hold_out
 from frcnn.data.sources import SKIPPED
+from tests.app.helpers import SMALL, metrics, refused, run, run_dirs
 from tests.data.test_datamodule import coco_files, load
 from tests.data.test_yolo_folder import CAR, PERSON, write
 
@@ -138,3 +139,20 @@ def test_a_stream_is_refused_naming_the_setting(hub_parquet):
     )
     with pytest.raises(ValueError, match=r"^data.val_fraction=0.1: .* a stream cannot"):
         dm.setup("fit")
+
+
+def test_a_data_config_of_a_training_source_alone_validates_on_its_share(tmp_path):
+    """data=base (and a yaml of one's own that extends it) names no validation source: with
+    data.val_fraction the run trains, and eval.py of its checkpoint (whose saved config names
+    base.yaml's stand-in) validates on the same images; without it, the start-up says both
+    ways out."""
+    own = ["data=base", "data.train._target_=frcnn.data.SyntheticShapes"]
+    sizes = ["+data.train.num_images=12", *SMALL, "trainer.max_epochs=1", "report=false"]
+    refusal = refused("train.py", *own, *sizes, log_dir=tmp_path / "refused")
+    assert "data.val: no validation source: name one (data.val._target_=...), or hold" in refusal
+    run("train.py", *own, *sizes, "data.val_fraction=0.25", log_dir=tmp_path)
+    (trained,) = run_dirs(tmp_path)
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    run("eval.py", f"ckpt_path={checkpoint}", "device=cpu", "report=false", log_dir=tmp_path)
+    (evaluated,) = run_dirs(tmp_path, "eval")
+    assert metrics(trained)["val/images"] == metrics(evaluated)["val/images"] == 3

@@ -121,6 +121,18 @@ def check_unique_names(names: list[str]) -> None:
         )
 
 
+NO_VALIDATION_SOURCE = (
+    "data.val: no validation source: name one (data.val._target_=...), or hold out a share of "
+    "data.train's images to validate on (data.val_fraction=0.1)"
+)
+
+
+def no_validation_source(**settings):
+    """data.val of a data config that names no source of its own (base.yaml's): read only where
+    data.val_fraction is not set, and then refused."""
+    raise ValueError(NO_VALIDATION_SOURCE)
+
+
 HOLD_OUT_HINT = (
     ". A data set without a validation split: data.val_fraction=0.1 holds out a tenth of "
     "data.train's images for validation (the same ones every run)"
@@ -240,10 +252,7 @@ class DetectionDataModule(L.LightningDataModule):
         if val_fraction is not None:
             check_number("data.val_fraction", val_fraction, 0, 1, open_low=True)
         elif val is None:
-            raise ValueError(
-                "data.val: no validation source: give one, or hold out a share of data.train's "
-                "images to validate on (data.val_fraction=0.1)"
-            )
+            raise ValueError(NO_VALIDATION_SOURCE)
         self.val_fraction = val_fraction
         self.train_transform = Transform(
             image_size,

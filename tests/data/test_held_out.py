@@ -144,8 +144,8 @@ def test_a_stream_is_refused_naming_the_setting(hub_parquet):
 def test_a_data_config_of_a_training_source_alone_validates_on_its_share(tmp_path):
     """data=base (and a yaml of one's own that extends it) names no validation source: with
     data.val_fraction the run trains, and eval.py of its checkpoint (whose saved config names
-    base.yaml's stand-in) validates on the same images; without it, the start-up says both
-    ways out."""
+    base.yaml's stand-in) validates on the same images, or on a data.val that its command line
+    gives; without it, the start-up says both ways out."""
     own = ["data=base", "data.train._target_=frcnn.data.SyntheticShapes"]
     sizes = ["+data.train.num_images=12", *SMALL, "trainer.max_epochs=1", "report=false"]
     refusal = refused("train.py", *own, *sizes, log_dir=tmp_path / "refused")
@@ -156,3 +156,11 @@ def test_a_data_config_of_a_training_source_alone_validates_on_its_share(tmp_pat
     run("eval.py", f"ckpt_path={checkpoint}", "device=cpu", "report=false", log_dir=tmp_path)
     (evaluated,) = run_dirs(tmp_path, "eval")
     assert metrics(trained)["val/images"] == metrics(evaluated)["val/images"] == 3
+    # a validation set of the command line's validates, not the held-out share
+    own_val = ["data.val._target_=frcnn.data.SyntheticShapes", "data.val.num_images=5"]
+    run("eval.py", f"ckpt_path={checkpoint}", *own_val, "device=cpu", log_dir=tmp_path / "own")
+    assert metrics(run_dirs(tmp_path / "own", "eval")[0])["val/images"] == 5
+    # both on one command line: refused, data.val being unread
+    refusal = refused("train.py", *own, own_val[0], "data.val_fraction=0.25", log_dir=tmp_path)
+    message = "data.val._target_=frcnn.data.SyntheticShapes: data.val is not read where data."
+    assert f"{message}val_fraction=0.25 holds out data.train's images" in refusal

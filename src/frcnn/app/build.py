@@ -447,7 +447,9 @@ def given_keys(overrides: list[str]) -> set[str]:
 
 def checkpoint_run_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:
     """`cfg` with `data` and `model` replaced by the checkpoint's own `saved` settings, except
-    what the command line (`overrides`) sets under `data.` / `model.` or as `data=<option>`.
+    what the command line (`overrides`) sets under `data.` / `model.` or as `data=<option>`
+    (a `data.val.` key of the command line's, where the run held out its validation images:
+    data.val validates).
 
     The saved data config may name only this project's data module and sources as `_target_`
     (a checkpoint is data, never code), unless the command line sets that key; the model's is
@@ -468,6 +470,13 @@ def checkpoint_run_config(cfg: DictConfig, saved: dict, overrides: list[str]) ->
             if isinstance(value, DictConfig | ListConfig):
                 value = OmegaConf.to_container(value, resolve=True)
             OmegaConf.update(data if root == "data" else model, rest, value, force_add=True)
+    if data.get("val_fraction") is not None and any(k.startswith("data.val.") for k in keys):
+        # (data.val_fraction given too is refused: app.settings.refuse_unread_validation)
+        log.info(
+            "data.val of the command line validates, not the training run's held-out share "
+            "(its data.val_fraction=%s)", data.val_fraction,
+        )  # fmt: skip
+        data.val_fraction = None
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.data, cfg.model = data, model

@@ -42,6 +42,7 @@ from frcnn.app.settings import (
     command_help,
     refuse_missing_settings,
     refuse_unread_settings,
+    refuse_unread_validation,
     refused_keyword,
 )
 from frcnn.training.sweep import study_seed
@@ -133,6 +134,7 @@ def command(task_function=None, *, checkpoint_data: bool = False):
                 as_single_run()
             refuse_unread_settings(cfg)
             refuse_missing_settings(cfg)
+            refuse_unread_validation(cfg)
             return task_function(cfg)
         except Exception as error:
             if multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -7,7 +7,8 @@
   misspelled setting advises) and that nothing would read: refused, naming the nearest setting
   (`refuse_unread_settings`); a nested one that its object does not take: named, with the
   nearest setting beside it (`refused_keyword`); a mandatory one (`???`) not given: named
-  (`refuse_missing_settings`).
+  (`refuse_missing_settings`); a `data.val.` setting beside `data.val_fraction`, which leaves
+  data.val unread: refused (`refuse_unread_validation`).
 """
 
 import difflib
@@ -191,6 +192,21 @@ def refuse_missing_settings(cfg: DictConfig) -> None:
             f"{', '.join(missing)} {verb} not set: give {them}, "
             + " ".join(f"{path}=..." for path in missing)
             + " (`--help` after the command says what each setting takes)"
+        )
+
+
+def refuse_unread_validation(cfg: DictConfig) -> None:
+    """Raise where the command line sets a `data.val.` key and `data.val_fraction` holds out
+    the images to validate on: data.val would not be read."""
+    share = OmegaConf.select(cfg, "data.val_fraction")
+    if share is None:
+        return
+    given = OverridesParser.create().parse_overrides(HydraConfig.get().overrides.task)
+    unread = [o.input_line for o in given if o.key_or_group.startswith("data.val.")]
+    if unread:
+        raise ValueError(
+            f"{unread[0]}: data.val is not read where data.val_fraction={share} holds out "
+            "data.train's images to validate on: give one of the two"
         )
 
 

@@ -308,11 +308,10 @@ class DetectionDataModule(L.LightningDataModule):
             )
         names = list(class_names)
         repeat = {"repeat_factor_threshold": repeat_factor_threshold}
+        make_val = functools.partial(DatasetSource, dataset=val, class_names=names)
         return cls(
             functools.partial(DatasetSource, dataset=train, class_names=names, **repeat),
-            None
-            if val is None
-            else functools.partial(DatasetSource, dataset=val, class_names=names),
+            None if val is None else make_val,
             **settings,
         )
 
@@ -377,9 +376,8 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _held_out_parts(self, transform: Transform) -> tuple:
         """(training part, validation part) of data.train (`split_off`), the first read through
-        `transform`. The share is drawn from all its images, those without objects too: data.
-        train.keep_empty=false leaves them out of the training part alone, as validation keeps
-        them."""
+        `transform`. The share is drawn from all its images, those without objects too, which
+        validation keeps: `keep_empty=false` leaves them out of the training part alone."""
         make = self.make_train
         keep_empty = getattr(make, "keywords", {}).get("keep_empty", True)
         if not keep_empty:

@@ -1,5 +1,6 @@
 """A validation split held out of the training data (data.val_fraction), for sets without one."""
 
+import functools
 import logging
 
 import numpy as np
@@ -71,6 +72,20 @@ def test_training_and_validation_share_no_image_and_validation_is_not_flipped(ca
     # int8's calibration images: those left to train on, in order
     calibration = torch.cat([batch["images"] for batch in dm.calibration_dataloader()])
     assert torch.equal(calibration, torch.stack([unflipped[i][0] for i in train]))
+
+
+def test_rare_classes_are_repeated_among_the_images_left_to_train_on():
+    train = functools.partial(SyntheticShapes, num_images=10, seed=3, repeat_factor_threshold=0.5)
+    dm = DetectionDataModule(train, None, num_workers=0, batch_size=2, val_fraction=0.2)
+    dm.setup("fit")
+    assert len(dm.repeat_factors) == len(dm.train_set) == 8
+    held = set(image_ids(dm.val_set))
+    trained = SyntheticShapes(dm.val_transform, 10, seed=3)
+    with_class = [  # per class, the training images that have it
+        sum(label in trained.labels(i) for i in range(10) if i not in held)
+        for label in range(1, dm.num_classes + 1)
+    ]
+    assert [images for _, images, _, _ in dm.sampling] == with_class
 
 
 def test_what_each_part_skips_is_counted_under_its_own_name(tmp_path):

@@ -21,9 +21,12 @@ def test_the_share_is_drawn_apart_the_same_whatever_the_runs_seed(count, share):
     assert len(val) == max(1, round(share * count))
     assert sorted([*train, *val]) == list(range(count))  # each image on one side only
     assert list(train) == sorted(train) and list(val) == sorted(val)  # the data's order
-    torch.manual_seed(count)
-    np.random.seed(count)
-    again = hold_out(count, share)
+    state = np.random.get_state()
+    with torch.random.fork_rng():  # (other seeds than the run's, this process's left as they were)
+        torch.manual_seed(count)
+        np.random.seed(count)
+        again = hold_out(count, share)
+    np.random.set_state(state)
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
 
 

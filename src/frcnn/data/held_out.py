@@ -74,8 +74,10 @@ def split_off(
     if isinstance(source, IterableDataset):
         raise ValueError(
             f"{key}: holding out images needs a data set whose images can be counted (a COCO "
-            "json, a YOLO or VOC folder, a torch Dataset); a stream cannot: validate on a split "
-            "of the set's own (data.val.split) and leave data.val_fraction null"
+            "json, a YOLO or VOC folder, a torch Dataset); a stream cannot: leave "
+            "data.val_fraction null and validate on a split of the set's own (data.val.split) "
+            "or on some of its parquet files (data.val.data_files, the others as "
+            "data.train.data_files)"
         )
     train, val = hold_out(len(source), share)
     if not train_empty:

@@ -195,6 +195,9 @@ def test_validation_images_that_are_training_images_are_warned_of(coco_folder, m
         coco_files(coco_folder, monkeypatch).setup("fit")
     warned = "data.val: 3 of its first 4 images are training images (e.g. "
     assert warned in caplog.text and "val2017/1.jpg): val/map will say how well" in caplog.text
+    assert "or hold some of the training images out to validate on (data.val_fraction=0.1)" in (
+        caplog.text
+    )
     file = coco_folder / "annotations/instances_val2017.json"
     coco = json.loads(file.read_text())
     coco["images"] = [image for image in coco["images"] if image["id"] == 3]

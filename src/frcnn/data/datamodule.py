@@ -181,7 +181,8 @@ def warn_validation_in_training(train, val) -> None:
         log.warning(
             "data.val: %d of its first %d images are training images (e.g. %s): val/map will "
             "say how well the model remembers them, not how it does on images it has not "
-            "seen. Give a validation split of other images",
+            "seen. Give a validation split of other images, or hold some of the training "
+            "images out to validate on (data.val_fraction=0.1)",
             len(shared), len(first), shared[0],
         )  # fmt: skip
 

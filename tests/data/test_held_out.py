@@ -65,9 +65,9 @@ def test_training_and_validation_share_no_image_and_validation_is_not_flipped(ca
     assert torch.equal(image, unflipped[train[0]][0].flip(-1))  # the training transform's
     assert not dm.val_set.substitute and dm.train_set.substitute
     assert "data.train: 8 images (synthetic" in caplog.text
-    assert "less the 20% held out (data.val_fraction=0.2))" in caplog.text
+    assert "less the 20% held out by data.val_fraction=0.2)" in caplog.text
     assert "data.val: 2 images (synthetic" in caplog.text
-    assert ", the 20% held out (data.val_fraction=0.2))" in caplog.text
+    assert ", the 20% held out by data.val_fraction=0.2)" in caplog.text
     # eval.py's stage validates on the same images, building no training part
     alone = held_out_module()
     alone.setup("validate")
@@ -103,7 +103,7 @@ def test_what_each_part_skips_is_counted_under_its_own_name(tmp_path):
     reason = "malformed label lines dropped"
     names = {source for source, why in SKIPPED if why == reason}
     assert len(names) == 2 and all(name.startswith(f"yolo {root}") for name in names)
-    held = "40% held out (data.val_fraction=0.4)"
+    held = "40% held out by data.val_fraction=0.4"
     assert {name.split(": images/train, ")[1] for name in names} == {
         f"the {held}",
         f"less the {held}",

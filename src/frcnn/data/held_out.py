@@ -87,7 +87,7 @@ def split_off(
             f"{key}: data.train has {counted(len(source), 'image')}; holding out that share "
             "leaves none to train on: hold out a smaller share (0.1: a tenth)"
         )
-    held = f"{share * 100:g}% held out ({key})"
+    held = f"{share * 100:g}% held out by {key}"
     name = source.skips.source
     return (
         Part(source, train, train_transform, f"{name}, less the {held}"),

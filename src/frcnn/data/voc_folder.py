@@ -83,15 +83,18 @@ def first_folder(root: Path, names: tuple[str, ...]) -> Path:
 def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
     """A split's (image ids, annotation folder, image folder): VOC's layout (the ids listed in
     ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/; or a lowercase
-    annotations/ and images/; `all`: every xml file there, where no list is so named), else a
+    annotations/ and images/; `all`: every xml file there, or in `root` itself beside its
+    images (LabelImg's folder), where no list is so named), else a
     folder `root/<split>` of images with their xml files beside them (Roboflow's Pascal VOC
     export: train, valid, test), its ids the xml files' names."""
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     annotations, images = (first_folder(root, n) for n in (ANNOTATION_FOLDERS, IMAGE_FOLDERS))
     if ids_file.is_file():
         return read_text(ids_file).split(), annotations, images
-    if split == "all" and any(annotations.glob("*.xml")):  # (data.val_fraction holds some out)
-        return sorted(p.stem for p in annotations.glob("*.xml")), annotations, images
+    if split == "all":  # every xml file (data.val_fraction holds some out): VOC's, else root's
+        for xml_folder, image_folder in ((annotations, images), (root, root)):
+            if any(xml_folder.glob("*.xml")):
+                return sorted(p.stem for p in xml_folder.glob("*.xml")), xml_folder, image_folder
     folder = root / split
     if folder.is_dir() and any(folder.glob("*.xml")):
         return sorted(p.stem for p in folder.glob("*.xml")), folder, folder
@@ -118,7 +121,8 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
             f"root={str(root)!r}: its xml files lie in it, in no split: list each split's ids "
             "in ImageSets/Main/<split>.txt (xml files in Annotations/, images in "
             "JPEGImages/), or put each split's images and xml files in a folder of its own "
-            "(train/, val/)"
+            "(train/, val/), or train on all of them, a share held out for validation: "
+            "data.train.split=all data.val_fraction=0.1"
         )
     # a folder above VOC's (VOCdevkit, or torchvision's root that holds it): name those below
     below = [str(p.parent.parent) for p in sorted(root.glob("*/ImageSets/Main"))]
@@ -131,7 +135,7 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
 class VOCFolder(MapSource):
     """One split (`ImageSets/Main/<split>.txt`: train, val, trainval, test) of a VOC2007 /
     VOC2012-style folder `root`, or the folder `root/<split>` of images and their xml files
-    (Roboflow's Pascal VOC export: train, valid, test).
+    (Roboflow's Pascal VOC export: train, valid, test); `all`: every xml file (`split_files`).
 
     Labels 1..C follow `class_names` (by default VOC's 20); object names outside them stop
     the run at start-up, named with the list to give. `difficult` objects are what COCO's

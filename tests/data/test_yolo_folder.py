@@ -232,6 +232,17 @@ def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):
     data = r"train: images/train, val: images/val, names: \[helmet, 'head, no helmet'\]\)$"
     with pytest.raises(FileNotFoundError, match=r"it holds classes.txt, .* e\.g\. " + data):
         YOLOFolder(Transform(200), str(tmp_path), "train")
+    # Label Studio's export: images/, labels/ and classes.txt, no split; CVAT's: obj.names
+    # beside obj_train_data/
+    for tool, names, images in (
+        ("label_studio", "classes.txt", "images"), ("cvat", "obj.names", "obj_train_data")
+    ):  # fmt: skip
+        export = tmp_path / tool
+        (export / images).mkdir(parents=True)
+        (export / names).write_text("helmet\n")
+        data = rf"e\.g\. train: {images}, names: \[helmet\]; with no validation split, data\."
+        with pytest.raises(FileNotFoundError, match=rf"it holds {names}, .* {data}val_fraction"):
+            YOLOFolder(Transform(200), str(export), "train")
     with pytest.raises(
         FileNotFoundError, match=r"^split='test': .*names no such split .*'train', 'val'"
     ):

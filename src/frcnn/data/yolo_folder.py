@@ -67,12 +67,26 @@ def missing_yaml_hint(root: Path) -> str:
     if listed is None:
         return ""
     names = [line.strip() for line in read_text(listed).splitlines() if line.strip()]
+    splits = splits_example(root)
+    held = "" if "val:" in splits else "; with no validation split, data.val_fraction=0.1"
     return (
         f" (it holds {listed.name}, the class list of a YOLO export without one: write "
         "data.yaml beside it, naming each split's images (a folder, or a text file listing "
-        "them) and the classes in their order, e.g. train: images/train, val: images/val, "
-        f"names: {yaml.safe_dump(names, default_flow_style=True, allow_unicode=True).strip()})"
+        f"them) and the classes in their order, e.g. {splits}, "
+        f"names: {yaml.safe_dump(names, default_flow_style=True, allow_unicode=True).strip()}"
+        f"{held})"
     )
+
+
+def splits_example(root: Path) -> str:
+    """data.yaml's splits for the image folders `root` holds: Ultralytics' or Roboflow's
+    split folders, else one folder of them all (Label Studio's `images`, CVAT's
+    `obj_train_data`), which data.val_fraction splits."""
+    for train, val in (("images/train", "images/val"), ("train/images", "valid/images")):
+        if (root / train).is_dir():
+            return f"train: {train}" + (f", val: {val}" if (root / val).is_dir() else "")
+    flat = next((name for name in ("images", "obj_train_data") if (root / name).is_dir()), None)
+    return f"train: {flat}" if flat else "train: images/train, val: images/val"
 
 
 def class_names(content: dict, file: Path) -> list[str]:

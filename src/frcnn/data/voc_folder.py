@@ -84,9 +84,9 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
     """A split's (image ids, annotation folder, image folder): VOC's layout (the ids listed in
     ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/; or a lowercase
     annotations/ and images/; `all`: every xml file there, or in `root` itself beside its
-    images (LabelImg's folder), where no list is so named), else a
-    folder `root/<split>` of images with their xml files beside them (Roboflow's Pascal VOC
-    export: train, valid, test), its ids the xml files' names."""
+    images (LabelImg's folder), where no list is so named), else a folder `root/<split>` of
+    images with their xml files beside them (Roboflow's Pascal VOC export: train, valid,
+    test), its ids the xml files' names."""
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     annotations, images = (first_folder(root, n) for n in (ANNOTATION_FOLDERS, IMAGE_FOLDERS))
     if ids_file.is_file():

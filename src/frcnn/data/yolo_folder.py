@@ -53,8 +53,9 @@ DARKNET_NAMES = ("classes.txt", "obj.names")
 
 def missing_yaml_hint(root: Path) -> str:
     """What a folder without data.yaml holds that says what to give: another yaml, the
-    darknet layout's class list (from which the data.yaml to write is shown), or one of the two
-    folders above holding data.yaml (`images/` or `images/train` given)."""
+    darknet layout's class list (from which the data.yaml to write is shown, its splits the
+    folders there: `splits_example`), or one of the two folders above holding data.yaml
+    (`images/` or `images/train` given)."""
     if not root.is_dir():
         return ""
     inside = sorted(p.name for p in root.glob("*.yaml"))

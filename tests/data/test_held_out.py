@@ -110,6 +110,16 @@ def test_what_each_part_skips_is_counted_under_its_own_name(tmp_path):
     }
 
 
+def test_a_wrong_box_format_is_refused_at_start_up_before_anything_is_held_out(tmp_path):
+    """The training source is built, and checked, as without data.val_fraction: pixel boxes
+    in a YOLO folder stop the start-up."""
+    images = {f"images/{i}.jpg": "0 100 50 40 40" for i in range(5)}  # pixels, not 0..1
+    root = write(tmp_path / "yolo", images, {"train": "images", "names": ["person"]})
+    dm = load("yolo", root=str(root), val_fraction=0.2, num_workers=0)
+    with pytest.raises(ValueError, match=r"are the labels in pixels"):
+        dm.setup("fit")
+
+
 def test_a_missing_validation_split_says_how_to_hold_one_out(tmp_path, coco_folder, monkeypatch):
     root = write(tmp_path / "yolo", {"images/a.jpg": PERSON, "images/b.jpg": CAR}, {})
     (root / "data.yaml").write_text("train: images\nnames: [person, car]\n")

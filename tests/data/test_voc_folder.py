@@ -222,14 +222,19 @@ def test_split_folders_of_images_beside_their_xml_files(tmp_path):
 def test_xml_files_in_no_split_stop_at_start_up_or_train_all_together(tmp_path):
     """LabelImg's folder: images and xml files side by side, no split; split `all` reads them
     all (for data.val_fraction to hold some out)."""
-    samples = {"2.jpg": [("dog", (1, 1, 9, 9), False)], "1.png": [("cat", (5, 5, 40, 40), False)]}
+    samples = {
+        "2.jpg": [("helmet", (1, 1, 9, 9), False)],
+        "1.png": [("head", (5, 5, 40, 40), False)],
+    }
     root = split_folders(tmp_path, {"labelled": samples}) / "labelled"
     message = (
         r"its xml files lie in it, in no split: .* data.train.split=all data.val_fraction=0.1$"
     )
     with pytest.raises(FileNotFoundError, match=message):
         VOCFolder(Transform(120), str(root), "train")
-    every = VOCFolder(Transform(120), str(root), "all", class_names=["cat", "dog"])
+    with pytest.raises(ValueError, match=r"VOC's 20 classes unless given.*\[head,helmet\]"):
+        VOCFolder(Transform(120), str(root), "all")  # its names are not VOC's: refused
+    every = VOCFolder(Transform(120), str(root), "all", class_names=["head", "helmet"])
     assert [every.image_file(i) for i in range(2)] == [root / "1.png", root / "2.jpg"]
     assert every.record(1).labels.tolist() == [2]
 

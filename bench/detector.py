@@ -1,7 +1,7 @@
 """This project's detector against torchvision's fasterrcnn_resnet50_fpn, same settings, same run.
 
     uv run python bench/detector.py [--device cpu|cuda] [--sizes 400 416] [--batch-size 2]
-        [--precision 32|16-mixed|bf16-mixed] [--channels-last] [--compile] [--reps 5]
+        [--precision 32-true|16-mixed|bf16-mixed] [--channels-last] [--compile] [--reps 5]
     uv run python bench/detector.py --breakdown      # time per stage of our detector
     uv run python bench/detector.py --counts         # ops, NMS calls, host waits, fp32 bytes
     uv run python bench/detector.py --memory         # peak memory at batch 2/8/16, both
@@ -76,10 +76,14 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
+# train.py's precision names (conf/precision/) and the autocast dtype of each
+AUTOCAST_DTYPES = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
 def autocast(device, precision):
-    if precision == "32":
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -250,7 +254,7 @@ def count_step(args, size, device):
     on the code paths CUDA takes."""
     ours, tv = build_pair(size, device)
     images, targets = synthetic_batch(args.batch_size, size, device, num_boxes=args.boxes)
-    low = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(args.precision)
+    low = AUTOCAST_DTYPES[args.precision]
     print(f"\nCounts, {size} px, batch {args.batch_size}, precision {args.precision}")
     print("| detector | pass | aten ops | NMS calls | host waits | which | float32 MB | "
           "low-precision MB |")  # fmt: skip
@@ -396,7 +400,7 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[400, 416])
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--precision", default="32", choices=["32", "16-mixed", "bf16-mixed"])
+    parser.add_argument("--precision", default="32-true", choices=list(AUTOCAST_DTYPES))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)

@@ -5,7 +5,7 @@ loop; one markdown table.
     bench/gpu.sh                                   # on the GPU machine (installs the wheels)
     python bench/gpu.py --device cuda [--out bench/out/gpu.md] [--size 400] [--batch 16]
     python bench/gpu.py --device cpu --size 64 --batch 2 --steps 1 --warmup 0 --depth 18 \\
-        --precisions bf16-mixed --loop-steps 2      # the dry run of the suite (tests/test_bench.py)
+        --precisions 32-true --loop-steps 2         # the dry run of the suite (tests/test_bench.py)
 
 Rows: this detector with NMS called per image (`model.nms_calls=image`; `auto`, the default,
 takes triton on a GPU) and `model.roi_heads.pooler=own`, then one switch changed at a time
@@ -37,6 +37,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
 from detector import (  # noqa: E402
+    AUTOCAST_DTYPES,
     build_pair,
     cuda_syncs,
     make_steps,
@@ -154,7 +155,9 @@ def main():
     parser.add_argument("--depth", type=int, default=50, choices=[18, 50])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--precisions", nargs="+", default=["16-mixed", "bf16-mixed"])
+    parser.add_argument(
+        "--precisions", nargs="+", default=["16-mixed", "bf16-mixed"], choices=list(AUTOCAST_DTYPES)
+    )
     parser.add_argument("--compile", action="store_true", help="also the compiled variant")
     parser.add_argument("--loop-steps", type=int, default=300, help="0: no train.py loop")
     parser.add_argument("--workers", type=int, default=8)

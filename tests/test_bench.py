@@ -13,9 +13,12 @@ from tests.app.helpers import ROOT
 
 
 def test_the_gpu_measurement_runs_end_to_end_at_tiny_sizes_on_a_cpu(tmp_path, monkeypatch):
+    """In float32: on a CPU without bfloat16 instructions (AVX2's) PyTorch's bfloat16 matrix
+    products take a fallback some 200x slower than float32's, and the box head's at full width
+    made this dry run 5 minutes long (the autocast of each precision: the test below)."""
     out = tmp_path / "gpu.md"
     tiny = ["--device", "cpu", "--size", "64", "--batch", "2", "--steps", "1", "--warmup", "0",
-            "--depth", "18", "--precisions", "bf16-mixed", "--loop-steps", "2", "--workers", "0",
+            "--depth", "18", "--precisions", "32-true", "--loop-steps", "2", "--workers", "0",
             "--out", str(out)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["gpu.py", *tiny])
     runpy.run_path(str(ROOT / "bench" / "gpu.py"), run_name="__main__")
@@ -23,7 +26,23 @@ def test_the_gpu_measurement_runs_end_to_end_at_tiny_sizes_on_a_cpu(tmp_path, mo
     for row in ("ours, nms_calls=image", "ours, nms_calls=batch", "ours, nms_calls=triton",
                 "ours, pooler=torchvision", "ours, channels-last", "torchvision",
                 "2 steps, synthetic, nms_calls=triton"):  # fmt: skip
-        assert f"| {row} | bf16-mixed |" in table, table
+        assert f"| {row} | 32-true |" in table, table
+
+
+def test_the_benches_take_train_py_s_precision_names_each_with_its_autocast():
+    """bench/detector.py and bench/gpu.py name precisions as conf/precision/ does (gpu.py hands
+    its own to train.py), and each runs under its own dtype (`32-true` was read as bfloat16
+    when the benches called float32 `32`)."""
+    bench = runpy.run_path(str(ROOT / "bench" / "detector.py"))
+    names = {path.stem for path in (ROOT / "conf" / "precision").glob("*.yaml")}
+    assert set(bench["AUTOCAST_DTYPES"]) == names
+    cpu = torch.device("cpu")
+    dtypes = {}
+    for precision in names:
+        with bench["autocast"](cpu, precision):
+            dtypes[precision] = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    assert dtypes == {"32-true": torch.float32, "16-mixed": torch.float16,
+                      "bf16-mixed": torch.bfloat16}  # fmt: skip
 
 
 def test_the_gpu_evaluation_trains_the_demo_and_evaluates_it_at_tiny_sizes_on_a_cpu(

@@ -42,6 +42,7 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
+from frcnn.app.export import check_lines
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import onnx_graph, openvino_ir, pt2_package, quantize
 from frcnn.inference.detector_graph import OUTPUTS, DetectorGraph, check, metadata
@@ -181,8 +182,11 @@ def main():
             runs = runners(model, tv_model, size, Path(folder), args.backends, calibration)
             for name, run in runs.items():
                 if name in ("onnxruntime", "openvino", "pt2"):
-                    same = all(r["ok"] for r in check(run, model, images, sizes))
+                    reports = check(run, model, images, sizes)
+                    same = all(r["ok"] for r in reports)
                     print(f"{size} px, {name}: the same detections as PyTorch: {same}")
+                    if not same:  # each image's counts and differences: what differed
+                        print("\n".join(check_lines(reports, len(images), name)[1:]))
             for batch in args.batch_sizes:
                 x, s = images[:batch], sizes[:batch]
                 calls = {name: lambda r=run, x=x, s=s: r(x, s) for name, run in runs.items()}

@@ -93,7 +93,7 @@ def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypa
     # the noise line counts the detections that every check compares
     assert int(re.search(r"seed 0: (\d+) detections", printed).group(1)) > 0, printed
     for backend in ("onnxruntime", "openvino"):
-        assert f"64 px, {backend}: the same detections as PyTorch: True" in printed
+        assert f"64 px, {backend}: the same detections as PyTorch: True" in printed, printed
     rows = [line for line in printed.splitlines() if line.startswith(("| 64 | 1 |", "| 64 | 2 |"))]
     assert len(rows) == 4, printed
     for row in rows[:2]:

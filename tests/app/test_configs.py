@@ -1,6 +1,8 @@
 """Every config option composes and instantiates."""
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from frcnn.app.build import build_trainer
+from frcnn.app.build import SLOW_BFLOAT16, build_trainer
 from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
 from frcnn.training.module import DetectorModule
@@ -79,6 +81,22 @@ def test_every_group_option_instantiates(tmp_path, group, option):
             )
     else:
         instantiate(cfg.trainer, accelerator="cpu", devices=1, strategy="auto")
+
+
+@pytest.mark.parametrize("has_bfloat16", [True, False])
+def test_bfloat16_on_a_cpu_without_its_instructions_is_said_to_be_slow(
+    tmp_path, monkeypatch, caplog, has_bfloat16
+):
+    """bf16-mixed on a CPU that lacks them warns (and 16-mixed, the coco400 recipe's, which
+    Lightning runs as bf16-mixed there); float32 does not, nor a CPU that has them."""
+    build_module = sys.modules[build_trainer.__module__]  # (frcnn.app.build is also a function)
+    monkeypatch.setattr(build_module, "cpu_has_bfloat16", lambda: has_bfloat16)
+    for precision in ("bf16-mixed", "16-mixed", "32-true"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "frcnn.app.build"):
+            build_trainer(composed(tmp_path, f"precision={precision}", "device=cpu", *OFFLINE))
+        warned = SLOW_BFLOAT16 in caplog.text
+        assert warned == (precision != "32-true" and not has_bfloat16), (precision, caplog.text)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from frcnn.app.build import SLOW_BFLOAT16, build_trainer
+from frcnn.app.build import SLOW_BFLOAT16, build_trainer, cpu_has_bfloat16
 from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
 from frcnn.training.module import DetectorModule
@@ -97,6 +98,12 @@ def test_bfloat16_on_a_cpu_without_its_instructions_is_said_to_be_slow(
             build_trainer(composed(tmp_path, f"precision={precision}", "device=cpu", *OFFLINE))
         warned = SLOW_BFLOAT16 in caplog.text
         assert warned == (precision != "32-true" and not has_bfloat16), (precision, caplog.text)
+
+
+def test_a_torch_without_the_bfloat16_probe_warns_of_nothing(monkeypatch):
+    """cpu_has_bfloat16 asks a private op of torch's: where a torch has none, no warning."""
+    monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace())
+    assert cpu_has_bfloat16() is True
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

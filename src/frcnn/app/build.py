@@ -324,8 +324,8 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
     report_wanted(cfg)  # a wrong setting fails now, not at the end of the run
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
-    elif trainer.precision == "bf16-mixed" and not cpu_has_bfloat16():
-        log.warning(SLOW_BFLOAT16)
+    elif trainer.precision == "bf16-mixed":
+        warn_slow_bfloat16()
     return trainer
 
 
@@ -335,6 +335,12 @@ SLOW_BFLOAT16 = (
     "BF16): PyTorch computes its bfloat16 convolutions and matrix products here in a slow "
     "fallback, and the run trains many times slower than with precision=32-true"
 )
+
+
+@rank_zero_only  # once, not once per DDP process
+def warn_slow_bfloat16() -> None:
+    if not cpu_has_bfloat16():
+        log.warning(SLOW_BFLOAT16)
 
 
 def cpu_has_bfloat16() -> bool:

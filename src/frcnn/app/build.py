@@ -333,7 +333,7 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
 SLOW_BFLOAT16 = (
     "precision=bf16-mixed on a CPU without bfloat16 instructions (AVX-512 BF16, AMX, Arm's "
     "BF16): PyTorch computes its bfloat16 convolutions and matrix products here in a slow "
-    "fallback, and the run trains many times slower than with precision=32-true"
+    "fallback, and the run is many times slower than with precision=32-true"
 )
 
 

@@ -17,23 +17,12 @@ from frcnn.inference.pt2_package import (
     torch_supported,
     vector_isas,
 )
-from frcnn.model import FasterRCNN
+from tests.inference.helpers import small_detector
 
 SIZE = 64
 pytestmark = pytest.mark.skipif(
     not torch_supported(), reason=f"format=pt2 needs torch {TORCH_NEEDED} or newer"
 )
-
-
-def small_detector(score_thresh: float) -> FasterRCNN:
-    torch.manual_seed(0)
-    return FasterRCNN(
-        num_classes=3,
-        backbone={"depth": 18, "norm": "bn", "weights": None},
-        fpn_channels=32,
-        rpn={"pre_nms_top_n_test": 100, "post_nms_top_n_test": 50},
-        roi_heads={"representation_size": 64, "score_thresh": score_thresh},
-    ).eval()
 
 
 def batch(count: int):

@@ -2,9 +2,12 @@
 
 One graph for every runtime (ONNX, AOTInductor): the detector's own fixed-shape inference code
 (`FasterRCNN.detect`) from uint8 images to padded detections. `check` runs an exported file on
-images and compares its detections with the PyTorch model's, whatever runs the file.
+images and compares its detections with the PyTorch model's, whatever runs the file;
+`noise_check`, PyTorch against itself with its weights moved by one part in a million, tells
+where float32's rounding alone can make them differ.
 """
 
+import copy
 import json
 from collections.abc import Callable
 
@@ -110,19 +113,55 @@ def compare(expected: dict[str, Tensor], actual: dict[str, np.ndarray], size: in
     return report
 
 
-def check(run: Runner, model: nn.Module, images: Tensor, image_sizes: Tensor) -> list[dict]:
-    """Run an exported file (`run`) on a batch of all `images` and on the first alone; compare
-    each image's detections with the PyTorch model's. -> one report per image and batch size
-    (`compare`'s keys plus "batch" and "image")."""
+def reference(model: nn.Module, images: Tensor, image_sizes: Tensor) -> dict[int, list[dict]]:
+    """The PyTorch model's detections that `check` compares with: {batch size: one dict per
+    image} for a batch of all `images` and the first alone."""
     model = model.eval().cpu()
+    with torch.no_grad():
+        return {n: model(images[:n], image_sizes=image_sizes[:n]) for n in sorted({1, len(images)})}
+
+
+def check(
+    run: Runner, model: nn.Module, images: Tensor, image_sizes: Tensor, expected=None
+) -> list[dict]:
+    """Run an exported file (`run`) on a batch of all `images` and on the first alone; compare
+    each image's detections with the PyTorch model's (`expected`: its `reference`, computed
+    here where not given). -> one report per image and batch size (`compare`'s keys plus
+    "batch" and "image")."""
+    expected = expected or reference(model, images, image_sizes)
     reports = []
-    for count in sorted({1, len(images)}):
-        batch, sizes = images[:count], image_sizes[:count]
-        with torch.no_grad():
-            expected = model(batch, image_sizes=sizes)
-        actual = run(batch, sizes)
-        for i, detections in enumerate(expected):
+    for count, detected in expected.items():
+        actual = run(images[:count], image_sizes[:count])
+        for i, detections in enumerate(detected):
             image = {name: values[i] for name, values in actual.items()}
             report = compare(detections, image, images.shape[-1])
             reports.append({"batch": count, "image": i, **report})
     return reports
+
+
+def with_float32_noise(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of `model` with every weight scaled by 1 + 1e-6 x N(0, 1) (`seed`'s draw): moved
+    as much as kernels that sum in another order move results, float32's own noise."""
+    noisy = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in noisy.parameters():
+            weight.mul_(1 + 1e-6 * torch.randn(weight.shape, generator=generator))
+    return noisy
+
+
+def noise_check(
+    model: nn.Module, images: Tensor, image_sizes: Tensor, seed: int, expected=None
+) -> list[dict]:
+    """`check` of PyTorch against itself `with_float32_noise` (draw `seed`; `expected`: the
+    model's `reference`, for several draws computed once): one report per image and batch
+    size. Where one fails, a decision on that image (a cut of the RPN or of the box head) lies
+    within float32's rounding: any runtime may take it either way."""
+    graph = DetectorGraph(with_float32_noise(model, seed))
+
+    def run(images, image_sizes):
+        with torch.no_grad():
+            outputs = graph(images, image_sizes)
+        return {name: value.numpy() for name, value in zip(OUTPUTS, outputs, strict=True)}
+
+    return check(run, model, images, image_sizes, expected)

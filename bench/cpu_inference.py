@@ -28,11 +28,12 @@ tolerances hold them.
 
 With `--checkpoint`: the mAP of every backend but torchvision (the project converts
 torchvision's weights to its own layout, not back) on the checkpoint's validation data, at its
-image size, int8 calibrated as `export.py quantize=int8` does (its first 32 training images).
+image size, int8 calibrated as `export.py quantize=int8` does (its first 32 training images);
+before it, the float32 noise lines of the checkpoint's model on the images `export.py` checks
+on by default (how far a trained model's decisions lie from its thresholds).
 """
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -45,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from frcnn.app.export import check_lines
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import onnx_graph, openvino_ir, pt2_package, quantize
-from frcnn.inference.detector_graph import OUTPUTS, DetectorGraph, check, metadata
+from frcnn.inference.detector_graph import check, metadata, noise_check, reference
 from frcnn.inference.predictor import Predictor, per_image
 from frcnn.model.convert import from_torchvision
 
@@ -119,18 +120,9 @@ def runners(model, tv_model, size: int, folder: Path, backends: list[str], calib
 def float_noise(model, images, sizes, seeds: int) -> list[str]:
     """The export check of PyTorch against itself with its weights scaled by 1 + 1e-6 noise,
     one line per seed: the largest box (px) and score differences, and the check's verdict."""
-    lines = []
+    lines, expected = [], reference(model, images, sizes)
     for seed in range(seeds):
-        noisy = copy.deepcopy(model)
-        generator = torch.Generator().manual_seed(seed)
-        for weight in noisy.parameters():
-            weight.mul_(1 + 1e-6 * torch.randn(weight.shape, generator=generator))
-        graph = DetectorGraph(noisy)
-
-        def run(x, s, graph=graph):
-            return {name: out.numpy() for name, out in zip(OUTPUTS, graph(x, s), strict=True)}
-
-        reports = check(run, model, images, sizes)
+        reports = noise_check(model, images, sizes, seed, expected)
         lines.append(
             f"weights x (1 + 1e-6 noise), seed {seed}: "
             f"{sum(r['expected'] for r in reports)} detections, boxes within "
@@ -164,7 +156,8 @@ def main():
            else f"ResNet-{args.depth}-FPN, random weights\n")
     )  # fmt: skip
     if args.checkpoint:
-        checkpoint_map(args.checkpoint, [b for b in args.backends if b != "torchvision"])
+        backends = [b for b in args.backends if b != "torchvision"]
+        checkpoint_map(args.checkpoint, backends, args.noise_seeds)
         return
     rows = []
     for size in args.sizes:
@@ -203,15 +196,20 @@ def main():
     table(rows, args.backends, lambda times, backend, flops: f"{flops / times[backend] / 1e6:.0f}")
 
 
-def checkpoint_map(path: str, backends: list[str]) -> None:
-    """Each backend's COCO mAP on the checkpoint's validation data (its saved data config)."""
+def checkpoint_map(path: str, backends: list[str], noise_seeds: int) -> None:
+    """Each backend's COCO mAP on the checkpoint's validation data (its saved data config),
+    after the float32 noise lines on export.py's default check images."""
     from omegaconf import OmegaConf
 
-    from frcnn.app.export import calibration_batches, checkpoint_data
+    from frcnn.app.export import calibration_batches, check_images, checkpoint_data
 
     data, calibration_loader = checkpoint_data(OmegaConf.create({"ckpt_path": path}), [])
     predictor = Predictor.from_checkpoint(path, "cpu", tta="none")
     model, size = predictor.model, predictor.transform.size
+    images, sizes, _ = predictor.batch(check_images(None, predictor))
+    with torch.no_grad():
+        for line in float_noise(model, images, sizes, noise_seeds):
+            print(f"{size} px, export.py's check images, {line}")
     info = metadata(size, predictor.transform.resize, data.class_names, data.category_ids)
     with tempfile.TemporaryDirectory() as folder:
         calibration = list(calibration_batches(calibration_loader, 32))

@@ -106,15 +106,20 @@ def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypa
 def test_the_cpu_inference_bench_measures_each_backends_map_on_a_checkpoints_data(
     trained, capsys, monkeypatch
 ):
-    """--checkpoint: a row per backend with its mAP on the checkpoint's validation data; the
-    float backends (the same detections) agree. (OpenVINO's int8 runs in tests/app/test_export
-    in a process of its own: in this one it leaves the process to crash at a later test.)"""
+    """--checkpoint: the float32 noise lines on export.py's check images, then a row per
+    backend with its mAP on the checkpoint's validation data; the float backends (the same
+    detections) agree. (OpenVINO's int8 runs in tests/app/test_export in a process of its own:
+    in this one it leaves the process to crash at a later test.)"""
     checkpoint = trained[1] / "checkpoints" / "last.ckpt"
     backends = ["torch", "onnxruntime", "openvino", "int8 onnxruntime"]
-    argv = ["cpu_inference.py", "--checkpoint", str(checkpoint), "--backends", *backends]
+    argv = ["cpu_inference.py", "--checkpoint", str(checkpoint), "--backends", *backends,
+            "--noise-seeds", "2"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "bench" / "cpu_inference.py"), run_name="__main__")
     printed = capsys.readouterr().out
+    noise = re.findall(r"^96 px, export.py's check images, .* seed (\d): (\d+) detections", printed,
+                       re.M)  # fmt: skip
+    assert [seed for seed, _ in noise] == ["0", "1"] and int(noise[0][1]) > 0, printed
     assert "96 px, 8 validation images" in printed, printed
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in printed.splitlines()
             if line.startswith("| ") and not line.startswith(("| backend", "| ---"))}  # fmt: skip

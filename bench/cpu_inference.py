@@ -207,9 +207,8 @@ def checkpoint_map(path: str, backends: list[str], noise_seeds: int) -> None:
     predictor = Predictor.from_checkpoint(path, "cpu", tta="none")
     model, size = predictor.model, predictor.transform.size
     images, sizes, _ = predictor.batch(check_images(None, predictor))
-    with torch.no_grad():
-        for line in float_noise(model, images, sizes, noise_seeds):
-            print(f"{size} px, export.py's check images, {line}")
+    for line in float_noise(model, images, sizes, noise_seeds):
+        print(f"{size} px, export.py's check images, {line}")
     info = metadata(size, predictor.transform.resize, data.class_names, data.category_ids)
     with tempfile.TemporaryDirectory() as folder:
         calibration = list(calibration_batches(calibration_loader, 32))

@@ -122,8 +122,8 @@ def float32_verdict(reports: list[dict], model, batch, sizes, expected) -> str:
     failed = {(r["batch"], r["image"]) for r in reports if not r["ok"]}
     shaky = set()
     for seed in range(NOISE_DRAWS):
-        reports = detector_graph.noise_check(model, batch, sizes, seed, expected)
-        shaky |= {(r["batch"], r["image"]) for r in reports if not r["ok"]}
+        noisy = detector_graph.noise_check(model, batch, sizes, seed, expected)
+        shaky |= {(r["batch"], r["image"]) for r in noisy if not r["ok"]}
         if failed <= shaky:
             return (
                 f"PyTorch itself detects otherwise on {named(failed)} with its weights moved by "

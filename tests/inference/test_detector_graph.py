@@ -9,19 +9,21 @@ from tests.inference.helpers import small_detector
 SIZE = 64
 
 
+def flat(model) -> torch.Tensor:
+    """Every parameter of `model`, one copy in one vector."""
+    return torch.cat([w.detach().flatten().clone() for w in model.parameters()])
+
+
 def test_the_noisy_copy_moves_its_weights_by_about_a_millionth_and_leaves_the_model():
     model = small_detector()
-    before = torch.cat([w.detach().flatten().clone() for w in model.parameters()])
-    noisy = with_float32_noise(model, seed=0)
-    after = torch.cat([w.detach().flatten() for w in model.parameters()])
-    moved = torch.cat([w.detach().flatten() for w in noisy.parameters()])
-    assert torch.equal(after, before)  # the model itself unchanged
+    before = flat(model)
+    moved = flat(with_float32_noise(model, seed=0))
+    assert torch.equal(flat(model), before)  # the model itself unchanged
     nonzero = before != 0
     change = ((moved - before).abs() / before.abs())[nonzero]
     assert 3e-7 < change.mean() < 3e-6 and change.max() < 1e-5
     assert torch.equal(moved[~nonzero], before[~nonzero])  # a zero stays zero
-    again = torch.cat([w.detach().flatten() for w in with_float32_noise(model, 0).parameters()])
-    other = torch.cat([w.detach().flatten() for w in with_float32_noise(model, 1).parameters()])
+    again, other = flat(with_float32_noise(model, 0)), flat(with_float32_noise(model, 1))
     assert torch.equal(again, moved) and not torch.equal(other, moved)  # a draw per seed
 
 

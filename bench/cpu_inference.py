@@ -11,7 +11,8 @@ input size: `min_size = max_size = S`) and this project's detector built from it
 eager, the exported graph in onnxruntime, in OpenVINO (float32), as an AOTInductor package
 (pt2), and quantized to int8 (`quantize=int8`, calibrated on 8 other synthetic images) in
 onnxruntime and OpenVINO. Every float backend is checked first (the export check: PyTorch's
-detections); int8 is not the same computation. Medians of `--reps` runs after one warm-up, the
+detections; where one differs, the export's verdict on whether float32's rounding explains it);
+int8 is not the same computation. Medians of `--reps` runs after one warm-up, the
 backends taking turns at every run, ms per image, and the ratio to torchvision eager. Random
 weights time the work as trained ones do (every image keeps the full proposal and detection
 counts). Not a test.
@@ -43,7 +44,7 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from frcnn.app.export import check_lines
+from frcnn.app.export import check_lines, float32_verdict
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import onnx_graph, openvino_ir, pt2_package, quantize
 from frcnn.inference.detector_graph import check, metadata, noise_check, reference
@@ -173,13 +174,16 @@ def main():
             for line in float_noise(model, images, sizes, args.noise_seeds):
                 print(f"{size} px, PyTorch, {line}")
             runs = runners(model, tv_model, size, Path(folder), args.backends, calibration)
+            expected = reference(model, images, sizes)
             for name, run in runs.items():
                 if name in ("onnxruntime", "openvino", "pt2"):
-                    reports = check(run, model, images, sizes)
+                    reports = check(run, model, images, sizes, expected)
                     same = all(r["ok"] for r in reports)
                     print(f"{size} px, {name}: the same detections as PyTorch: {same}")
-                    if not same:  # each image's counts and differences: what differed
+                    if not same:  # what differed, and whether float32's rounding explains it
                         print("\n".join(check_lines(reports, len(images), name)[1:]))
+                        verdict = float32_verdict(reports, model, images, sizes, expected)
+                        print(f"{size} px, {name}: {verdict}")
             for batch in args.batch_sizes:
                 x, s = images[:batch], sizes[:batch]
                 calls = {name: lambda r=run, x=x, s=s: r(x, s) for name, run in runs.items()}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.app.helpers import ROOT
+from tests.inference.helpers import one_detection_short
 
 
 def test_the_gpu_measurement_runs_end_to_end_at_tiny_sizes_on_a_cpu(tmp_path, monkeypatch):
@@ -93,7 +94,12 @@ def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypa
     # the noise line counts the detections that every check compares
     assert int(re.search(r"seed 0: (\d+) detections", printed).group(1)) > 0, printed
     for backend in ("onnxruntime", "openvino"):
-        assert f"64 px, {backend}: the same detections as PyTorch: True" in printed, printed
+        same = re.search(rf"^64 px, {backend}: the same detections as PyTorch: (\w+)$", printed,
+                         re.M)  # fmt: skip
+        # random weights leave decisions near the cuts: a differing one passes only where
+        # PyTorch itself, its weights moved by float32's noise, flips it too (as export.py)
+        rounding = f"64 px, {backend}: PyTorch itself detects otherwise on "
+        assert same and (same[1] == "True" or rounding in printed), printed
     rows = [line for line in printed.splitlines() if line.startswith(("| 64 | 1 |", "| 64 | 2 |"))]
     assert len(rows) == 4, printed
     for row in rows[:2]:
@@ -101,6 +107,27 @@ def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypa
     for row in rows[2:]:
         rates = [float(cell) for cell in row.strip("| ").split(" | ")[2:]]
         assert len(rates) == len(backends) and min(rates) > 0, row
+
+
+def test_a_backend_that_differs_gets_the_exports_float32_verdict(capsys, monkeypatch):
+    """A runtime one detection short (OpenVINO's, made so underneath the bench): the check
+    fails, names the images, and the float32 noise draws call it the runtime's."""
+    from frcnn.inference import openvino_ir
+
+    monkeypatch.setattr(openvino_ir, "load", one_detection_short(openvino_ir.load))
+    tiny = ["--depth", "18", "--sizes", "64", "--batch-sizes", "1", "--reps", "1"]
+    argv = ["cpu_inference.py", *tiny, "--noise-seeds", "0", "--backends", "torch", "openvino"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "bench" / "cpu_inference.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "64 px, openvino: the same detections as PyTorch: False" in printed, printed
+    assert re.search(r"^  batch 1, image 0: .*: DIFFERENT$", printed, re.M), printed
+    verdict = (
+        r"^64 px, openvino: PyTorch with its weights moved by one part in a million detects the "
+        r"same on image 0 \(batch 1\) in all 8 draws: the difference is most likely the "
+        r"runtime's, not float32's rounding$"
+    )
+    assert re.search(verdict, printed, re.M), printed
 
 
 def test_the_cpu_inference_bench_measures_each_backends_map_on_a_checkpoints_data(

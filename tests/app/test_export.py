@@ -25,6 +25,7 @@ from frcnn.inference.predictor import Predictor, open_image
 from frcnn.inference.pt2_package import vector_isas
 from tests.app.helpers import ROOT, run
 from tests.helpers import OVERFIT_SIZE
+from tests.inference.helpers import one_detection_short
 
 
 def real_size_batch(predictor: Predictor, count: int, num_classes: int, seed: int = 3):
@@ -239,18 +240,7 @@ def test_a_file_is_written_only_once_checked(trained, tmp_path, monkeypatch):
     args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"output={path}"]
     with pytest.raises(AssertionError, match=r"check_images: .*b.jpg cannot be read"):
         run("export.py", *args, f"check_images={tmp_path / 'photos'}", log_dir=log_dir)
-    load = onnx_graph.load
-
-    def losing_the_last_detection(graph):  # a runtime that differs: one detection short
-        run, metadata = load(graph)
-
-        def short(images, image_sizes):
-            outputs = run(images, image_sizes)
-            return {**outputs, "num_detections": np.maximum(outputs["num_detections"] - 1, 0)}
-
-        return short, metadata
-
-    monkeypatch.setattr(onnx_graph, "load", losing_the_last_detection)
+    monkeypatch.setattr(onnx_graph, "load", one_detection_short(onnx_graph.load))
     with pytest.raises(AssertionError) as failed:
         run("export.py", *args, log_dir=log_dir)
     runtime_s = (

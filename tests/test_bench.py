@@ -111,7 +111,9 @@ def test_the_cpu_inference_bench_checks_and_times_every_backend(capsys, monkeypa
 
 def test_a_backend_that_differs_gets_the_exports_float32_verdict(capsys, monkeypatch):
     """A runtime one detection short (OpenVINO's, made so underneath the bench): the check
-    fails, names the images, and the float32 noise draws call it the runtime's."""
+    fails and names the image, and export.py's float32 verdict on it follows (its wording for
+    either outcome is tested in tests/app/test_export.py; which one a random model's image
+    gets depends on how near its cuts lie: the runtime's, on the machines seen)."""
     from frcnn.inference import openvino_ir
 
     monkeypatch.setattr(openvino_ir, "load", one_detection_short(openvino_ir.load))
@@ -123,9 +125,8 @@ def test_a_backend_that_differs_gets_the_exports_float32_verdict(capsys, monkeyp
     assert "64 px, openvino: the same detections as PyTorch: False" in printed, printed
     assert re.search(r"^  batch 1, image 0: .*: DIFFERENT$", printed, re.M), printed
     verdict = (
-        r"^64 px, openvino: PyTorch with its weights moved by one part in a million detects the "
-        r"same on image 0 \(batch 1\) in all 8 draws: the difference is most likely the "
-        r"runtime's, not float32's rounding$"
+        r"^64 px, openvino: PyTorch (itself detects otherwise|with its weights moved by one part "
+        r"in a million detects the same) on image 0 \(batch 1\)"
     )
     assert re.search(verdict, printed, re.M), printed
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from frcnn.data.coco_hub import HubCOCO
 from frcnn.data.transforms import Transform, collate
-from tests.data.conftest import hub_dataset, hub_row, write_hub_parquet
+from tests.data.conftest import hub_dataset, hub_row, stop_workers, write_hub_parquet
 
 # the HTTP client of the hub's file system, whose errors are a dropped connection's
 if Version(huggingface_hub.__version__) >= Version("2"):
@@ -52,6 +52,7 @@ def test_persistent_workers_see_the_new_epoch(hub_parquet):
     for epoch in range(3):
         ds.set_epoch(epoch)  # in the main process, after the workers started
         epochs.append([t["image_id"] for batch in loader for t in batch["targets"]])
+    stop_workers(loader)
     assert all(sorted(order) == list(range(12)) for order in epochs)
     assert len({tuple(order) for order in epochs}) == 3
 
@@ -331,3 +332,4 @@ def test_a_stream_of_fewer_shards_than_workers_starts_as_many_workers_as_read(hu
     assert loader.num_workers == 2 and data.val_dataloader().num_workers == 3
     assert "data.num_workers=3, but the train stream has 2 shard(s) per process" in caplog.text
     assert sorted(t["image_id"] for batch in loader for t in batch["targets"]) == list(range(12))
+    stop_workers(loader)

@@ -18,6 +18,7 @@ from frcnn.app.build import quiet_libraries
 from frcnn.data import DetectionDataModule, SyntheticShapes
 from frcnn.data.coco_classes import COCO_CLASSES
 from frcnn.data.datamodule import StreamEpoch, warn_workers_past_cores
+from tests.data.conftest import stop_workers
 from tests.helpers import in_two_processes
 
 CONF = Path(__file__).parents[2] / "conf"
@@ -80,7 +81,10 @@ def test_coco_config_streams_local_parquet(hub_parquet):
     dm.setup("fit")
     assert dm.num_classes == 80
     check_batch(next(iter(dm.train_dataloader())), 2, 400)
-    assert sum(len(b["targets"]) for b in dm.val_dataloader()) == 4
+    dm.teardown("fit")  # the stream's workers stopped, as at the end of a run
+    val = dm.val_dataloader()
+    assert sum(len(b["targets"]) for b in val) == 4
+    stop_workers(val)
 
 
 def test_the_class_count_comes_from_the_data_and_a_given_one_is_checked(coco_folder, monkeypatch):
@@ -394,11 +398,13 @@ def test_a_streamed_epoch_has_full_batches_only_and_at_least_one(hub_parquet):
     dm = load("coco", num_workers=2, batch_size=4, **local)
     dm.setup("fit")
     sizes = [len(batch["targets"]) for batch in dm.train_dataloader()]
+    dm.teardown("fit")  # the stream's workers stopped, as at the end of a run
     assert sizes == [4, 4]
     dm = load("coco", num_workers=2, batch_size=8, **local)
     dm.setup("fit")
     with pytest.raises(ValueError, match="no full batch of data.batch_size=8 .* 2 DataLoader"):
         list(dm.train_dataloader())
+    dm.teardown("fit")
 
 
 def test_a_training_set_smaller_than_a_batch_fails_at_start_up():

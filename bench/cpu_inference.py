@@ -118,10 +118,11 @@ def runners(model, tv_model, size: int, folder: Path, backends: list[str], calib
     return runs
 
 
-def float_noise(model, images, sizes, seeds: int) -> list[str]:
+def float_noise(model, images, sizes, seeds: int, expected=None) -> list[str]:
     """The export check of PyTorch against itself with its weights scaled by 1 + 1e-6 noise,
-    one line per seed: the largest box (px) and score differences, and the check's verdict."""
-    lines, expected = [], reference(model, images, sizes)
+    one line per seed: the largest box (px) and score differences, and the check's verdict.
+    (`expected`: the model's `reference`, computed here where not given.)"""
+    lines, expected = [], expected or reference(model, images, sizes)
     for seed in range(seeds):
         reports = noise_check(model, images, sizes, seed, expected)
         lines.append(
@@ -171,10 +172,10 @@ def main():
         calibration = [Predictor(model, size, device="cpu").batch(others[i : i + 4])[:2]
                        for i in (0, 4)]  # fmt: skip
         with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-            for line in float_noise(model, images, sizes, args.noise_seeds):
+            expected = reference(model, images, sizes)  # once, for every check below
+            for line in float_noise(model, images, sizes, args.noise_seeds, expected):
                 print(f"{size} px, PyTorch, {line}")
             runs = runners(model, tv_model, size, Path(folder), args.backends, calibration)
-            expected = reference(model, images, sizes)
             for name, run in runs.items():
                 if name in ("onnxruntime", "openvino", "pt2"):
                     reports = check(run, model, images, sizes, expected)

@@ -1,5 +1,6 @@
-"""The README's table of how the code is laid out names every module of `src/frcnn`, and only
-modules that are there: a module added, moved or renamed without its row fails here."""
+"""The README's tables of what the checkout holds name all of it and only what is there: the
+modules of `src/frcnn` ("How the code is laid out") and the config groups of `conf/`
+("Configuration"). A module or option added, moved or renamed without its row fails here."""
 
 import re
 from pathlib import Path
@@ -7,21 +8,23 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
-def layout_table() -> dict[str, list[str]]:
-    """{first cell: the names it gives} of the rows of the README's "How the code is laid out"
-    table; a cell's later names (`coco_folder.py`) are in its first name's folder."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## How the code is laid out\n")[1].split("\n## ")[0]
-    rows = {}
-    for cell in re.findall(r"^\| (`[^|]+`) \|", section, re.M):
+def readme_section(title: str) -> str:
+    return (ROOT / "README.md").read_text().split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
+def layout_names() -> list[str]:
+    """The paths the README's "How the code is laid out" table gives in its first column; a
+    cell's later names (`coco_folder.py`) are in its first name's folder."""
+    names = []
+    for cell in re.findall(r"^\| (`[^|]+`) \|", readme_section("How the code is laid out"), re.M):
         first, *others = re.findall(r"`([^`]+)`", cell)
         folder = first if first.endswith("/") else first.rpartition("/")[0] + "/"
-        rows[cell] = [first, *(folder + name for name in others)]
-    return rows
+        names += [first, *(folder + name for name in others)]
+    return names
 
 
 def test_the_layout_table_names_every_module_and_no_other():
-    named = [name for names in layout_table().values() for name in names]
+    named = layout_names()
     assert "src/frcnn/data/coco_folder.py" in named  # (a later name of a cell, in its folder)
     missing = [name for name in named if not (ROOT / name).exists()]
     assert not missing, f"the README's layout table names what is not there: {missing}"
@@ -33,3 +36,21 @@ def test_the_layout_table_names_every_module_and_no_other():
     )
     unnamed = [m for m in modules if m not in named and not m.startswith(folders)]
     assert not unnamed, f"modules the README's layout table leaves out: {unnamed}"
+
+
+def test_the_config_group_table_lists_every_group_and_option_of_conf():
+    """The "Configuration" table: a row per group a user picks from (all of `conf/` but Hydra's
+    own settings and `paths`, set by key), every option file of it named, no other."""
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", readme_section("Configuration"), re.M))
+    groups = {
+        folder.name: sorted(path.stem for path in folder.glob("*.yaml"))
+        for folder in (ROOT / "conf").iterdir()
+        if folder.is_dir() and folder.name not in ("hydra", "paths")
+    }
+    assert sorted(rows) == sorted(groups)
+    for group, options in groups.items():
+        # an option's name, not a key=value or a path (a number is Hydra's, not a file)
+        named = {
+            n for n in re.findall(r"`([^`]+)`", rows[group]) if re.fullmatch(r"(?!\d+$)[\w-]+", n)
+        }
+        assert named == set(options), group

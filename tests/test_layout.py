@@ -1,9 +1,12 @@
 """The README's tables of what the checkout holds name all of it and only what is there: the
-modules of `src/frcnn` ("How the code is laid out") and the config groups of `conf/`
-("Configuration"). A module or option added, moved or renamed without its row fails here."""
+modules of `src/frcnn` ("How the code is laid out"), the config groups of `conf/`
+("Configuration") and the detector's settings ("The detector in Python"). A module, option or
+setting added, moved or renamed without its row fails here."""
 
 import re
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).parents[1]
 
@@ -54,3 +57,19 @@ def test_the_config_group_table_lists_every_group_and_option_of_conf():
             n for n in re.findall(r"`([^`]+)`", rows[group]) if re.fullmatch(r"(?!\d+$)[\w-]+", n)
         }
         assert named == set(options), group
+
+
+def test_the_detectors_table_lists_every_setting_of_the_papers_model_config():
+    """ "The detector in Python": a row per top-level argument of `conf/model/resnet50_fpn.yaml`
+    (the anchors' from `conf/anchors/fpn.yaml`), and a dict argument's row names its keys."""
+    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/resnet50_fpn.yaml"))
+    config["anchors"] = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/anchors/fpn.yaml"))
+    arguments = {
+        k: v for k, v in config.items() if k not in ("_target_", "_convert_", "num_classes")
+    }
+    table = readme_section("The detector in Python")
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", table, re.M))
+    assert sorted(rows) == sorted(arguments)
+    for name, value in arguments.items():
+        if isinstance(value, dict):
+            assert set(re.findall(r"`(\w+)`", rows[name])) == set(value), name

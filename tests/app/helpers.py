@@ -44,6 +44,25 @@ SMALL = [
 TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL, "report=false"]
 
 
+def readme_python() -> dict[str, str]:
+    """{heading: code} of the README's python blocks, each under the nearest heading above it
+    (`### ONNX`); a heading with two blocks would fail here."""
+    blocks, heading, language, code = {}, "", None, []
+    for line in (ROOT / "README.md").read_text().splitlines(keepends=True):
+        if line.startswith("```") and language is None:  # a block opens
+            language, code = line[3:].strip(), []
+        elif line.startswith("```"):
+            if language == "python":
+                assert heading not in blocks, f"two python blocks under {heading!r}"
+                blocks[heading] = "".join(code)
+            language = None
+        elif language is not None:
+            code.append(line)
+        elif line.startswith("#"):
+            heading = line.strip()
+    return blocks
+
+
 def run(script: str, *overrides: str, log_dir: Path, separate_process: bool = False):
     """Run the entry point `script` (train.py, eval.py, ...) with Hydra overrides, logs under
     `log_dir`; returns its output (.stdout, .stderr)."""

@@ -23,7 +23,7 @@ from frcnn.inference.detector_graph import OUTPUTS, check, compare, metadata
 from frcnn.inference.onnx_graph import export_onnx
 from frcnn.inference.predictor import Predictor, open_image
 from frcnn.inference.pt2_package import vector_isas
-from tests.app.helpers import ROOT, run
+from tests.app.helpers import readme_python, run
 from tests.helpers import OVERFIT_SIZE
 from tests.inference.helpers import one_detection_short
 
@@ -92,15 +92,6 @@ def test_a_detector_that_detects_exports_with_the_same_detections(overfit_detect
     assert min(confident) >= 1  # real detections, not just low-score noise
 
 
-def readme_example(heading: str = "### ONNX") -> str:
-    """The python example under `heading` in the README's deploy section (### ONNX: the numpy
-    pre/post-processing)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(heading, readme.index("## Deploying")) :]
-    start = section.index("```python\n") + len("```python\n")
-    return section[start : section.index("```\n", start)]
-
-
 def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path, monkeypatch):
     """The example's letterbox, feed and box mapping give predict.py's detections, given the
     same pixels: its PIL resize takes the transform's here (the two resizes agree within one
@@ -109,7 +100,7 @@ def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path
     the file it decodes a JPEG this large smaller: `Transform.reduction`)."""
     checkpoint, path, _ = exported
     namespace = {}
-    exec(readme_example().replace('"model.onnx"', repr(str(path))), namespace)
+    exec(readme_python()["### ONNX"].replace('"model.onnx"', repr(str(path))), namespace)
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     files = [tmp_path / f"{index}.jpg" for index in range(2)]
     for index, (file, size) in enumerate(zip(files, [(640, 300), (280, 500)], strict=True)):
@@ -367,7 +358,7 @@ def test_openvino_ir_is_checked_and_holds_the_metadata(openvino_ir, tmp_path, mo
     images, sizes = real_size_batch(predictor, 3, 6, seed=7)
     monkeypatch.chdir(graph.parent)
     namespace = {"images": images.numpy(), "image_sizes": sizes.numpy()}
-    exec(readme_example("### OpenVINO"), namespace)
+    exec(readme_python()["### OpenVINO"], namespace)
     saved = torch.load(checkpoint, weights_only=True)
     assert namespace["names"] == saved["class_names"]
     assert namespace["size"] == saved["config"]["data"]["image_size"]

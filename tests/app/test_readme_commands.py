@@ -15,12 +15,16 @@ Every `uv run <script>.py ...` line of the README's bash blocks runs here as `py
 - this workspace's files in place of the README's placeholders (`<run>`, `<ckpt>`, `...`,
   `/data/coco`, `/path/`).
 
+Its python examples run here too (the scripts a user writes as commands, the others in this
+process), with the same sizes, offline forms and placeholders given.
+
 So a README edit that breaks a command fails here, and a command added to the README runs too.
 `experiment=coco400` runs end to end: trained, resumed from its `last.ckpt`, then evaluated,
 swept, predicted with, exported and drawn by the README's other commands.
 """
 
 import csv
+import functools
 import itertools
 import json
 import re
@@ -33,11 +37,14 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from omegaconf import OmegaConf
 from PIL import Image
 
+import frcnn.data
+import frcnn.model
 from frcnn.structures import counted
 from frcnn.training.sweep import TRIAL_GPUS
-from tests.app.helpers import ROOT, SMALL_MODEL, run_script
+from tests.app.helpers import ROOT, SMALL_MODEL, readme_python, run_script
 from tests.app.test_predict_video import write_clip
 from tests.data.conftest import cppe5_parquet, hub_row, jpeg_bytes, write_hub_parquet
 
@@ -102,8 +109,8 @@ RESUME_COCO = "uv run train.py experiment=coco400 ckpt_path="
 def readme_files() -> dict[str, str]:
     """{name: text} of the README's python blocks whose first line is `# <name>.py`: the
     scripts of its own that a user writes (then runs, `uv run <name>.py`)."""
-    blocks = re.findall(r"^```python\n# (\w+\.py)\n(.*?)^```", README.read_text(), re.M | re.S)
-    return dict(blocks)
+    blocks = [code.partition("\n") for code in readme_python().values()]
+    return {first[2:]: rest for first, _, rest in blocks if re.fullmatch(r"# \w+\.py", first)}
 
 
 def readme_commands() -> list[tuple[str, str]]:
@@ -553,6 +560,91 @@ def check_ddp(run: Path, printed: str, ws: Path) -> None:
 
 def latest(folder: Path) -> Path:
     return max(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+# the README's python examples that run elsewhere: the scripts a user writes (`# my_data.py`)
+# run as commands, above; the deploy section's numpy and OpenVINO ones on test_export.py's files
+EXAMPLES_ELSEWHERE = ("## Training on your own data", "### ONNX", "### OpenVINO")
+
+
+def example(heading: str, **given) -> dict:
+    """The README's python block under `heading`, run here (in the current folder), with what
+    its text leaves to the reader (`paths`, `images`) given -> the names it defined."""
+    namespace = dict(given)
+    exec(readme_python()[heading], namespace)
+    return namespace
+
+
+def test_every_python_example_of_the_readme_is_run():
+    here = {
+        "## The detector in Python",
+        "### Starting from torchvision's COCO weights",
+        "## Predicting on your images",
+        "## Data",
+        "### A PyTorch package: torch.export and AOTInductor",
+    }  # (the tests below)
+    assert set(readme_python()) == here | set(EXAMPLES_ELSEWHERE)
+
+
+def test_the_detector_in_python(workspace, monkeypatch):
+    """The detector's API on the model the README layer trains (SIZE's ResNet-18 and counts:
+    sizes, not code paths), its ImageNet weights read from torch's download cache."""
+    full = frcnn.model.FasterRCNN
+    sizes = [o.removeprefix("model.") for o in SIZE["coco"] if o.startswith("model.")]
+
+    def smaller(**settings):
+        merged = OmegaConf.merge(settings, OmegaConf.from_dotlist(sizes))
+        return full(**OmegaConf.to_container(merged))
+
+    monkeypatch.setattr(frcnn.model, "FasterRCNN", smaller)
+    done = example("## The detector in Python")
+    assert set(done["losses"]) == {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}
+    assert [sorted(d) for d in done["detections"]] == [["boxes", "labels", "scores"]] * 2
+    assert done["padded"].boxes.shape == (2, 100, 4)
+
+
+def test_starting_from_torchvisions_coco_weights(workspace):
+    """torchvision's weights="DEFAULT" read from torch's download cache, as after a download."""
+    assert example("### Starting from torchvision's COCO weights")["model"].num_classes == 90
+
+
+def test_predicting_from_python(workspace, coco400_run, tmp_path, monkeypatch):
+    """`last.ckpt` and `photo.jpg` are the coco400 run's checkpoint and a photo, `paths` two."""
+    run, _ = coco400_run
+    (tmp_path / "last.ckpt").hardlink_to(run / "checkpoints" / "last.ckpt")
+    (tmp_path / "photo.jpg").hardlink_to(workspace / "photos" / "0.jpg")
+    monkeypatch.chdir(tmp_path)
+    paths = [str(p) for p in sorted((workspace / "photos").glob("*.jpg"))]
+    done = example("## Predicting on your images", paths=paths)
+    assert sorted(done["result"]) == ["boxes", "labels", "names", "scores"]
+    assert len(done["results"]) == len(paths) == 2
+
+
+def test_reading_coco_from_python(workspace, monkeypatch):
+    """HubCOCO in the README's offline form (the local parquet copy, LOCAL), one batch read."""
+    (val_files,) = [o.split("=")[1] for o in LOCAL["hub"] if o.startswith("data.val.")]
+    hub_coco = functools.partial(frcnn.data.HubCOCO, data_files=val_files.format(ws=workspace))
+    monkeypatch.setattr(frcnn.data, "HubCOCO", hub_coco)
+    batch = next(iter(example("## Data")["loader"]))
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape[1:] == (3, 400, 400)
+
+
+def test_running_a_pt2_package_from_python(workspace, coco400_run, monkeypatch):
+    """The package the README's export command builds (model.pt2), on two images of its size."""
+    run, _ = coco400_run
+    if not (workspace / "model.pt2").exists():
+        run_line(export_line("model.pt2"), workspace, run)
+    monkeypatch.chdir(workspace)
+    checkpoint = torch.load(
+        run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    size = checkpoint["config"]["data"]["image_size"]
+    images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    image_sizes = torch.tensor([[size, size], [size // 2, size]])
+    done = example("### A PyTorch package: torch.export and AOTInductor", images=images,
+                   image_sizes=image_sizes)  # fmt: skip
+    assert done["size"] == size and done["names"] == checkpoint["class_names"]
+    assert done["boxes"].shape[0] == done["num_detections"].shape[0] == 2
 
 
 def test_every_section_of_the_readme_that_shows_commands_is_run():

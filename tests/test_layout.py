@@ -1,8 +1,8 @@
 """What the README names is there: its tables name all of the checkout's modules of
 `src/frcnn` ("How the code is laid out"), config groups of `conf/` ("Configuration") and the
 detector's settings ("The detector in Python"), and no other; every setting its text names is
-one a command has. A module, option or setting added, moved or renamed without the README
-fails here."""
+one a command has, and every section it refers to is there. A module, option, setting or
+section added, moved or renamed without the README fails here."""
 
 import re
 from pathlib import Path
@@ -117,3 +117,19 @@ def dotted_keys(config: dict, prefix: str = "") -> set[str]:
         if isinstance(value, dict):
             keys |= dotted_keys(value, f"{prefix}{key}.")
     return keys
+
+
+def test_every_section_the_readmes_refer_to_is_there():
+    """A section named in quotes ("Evaluating a checkpoint", bench/README.md's "Fine-tuning") is
+    a heading of the README or bench/README.md (or its part before a colon), or a paragraph's
+    bold run-in heading: a renamed section's references fail here."""
+    sections, named = set(), set()
+    for name in ("README.md", "bench/README.md"):
+        # (not in code: a block's comments, `weights="DEFAULT"`)
+        text = re.sub(r"^```.*?^```\n", "", (ROOT / name).read_text(), flags=re.M | re.S)
+        headings = [line.lstrip("#").strip() for line in text.splitlines() if line[:1] == "#"]
+        sections |= {*headings, *(h.partition(":")[0] for h in headings)}
+        sections |= {b.rstrip(".:") for b in re.findall(r"\*\*([^*]+?)\*\*", text)}
+        named |= set(re.findall(r'"([A-Z][^"\n]{2,80})"', re.sub(r"`[^`]*`", "", text)))
+    assert "Evaluating a checkpoint" in named
+    assert sorted(named - sections) == []

@@ -44,19 +44,19 @@ SMALL = [
 TINY = ["data.train.num_images=16", "data.val.num_images=8", *SMALL, "report=false"]
 
 
-def readme_python() -> dict[str, str]:
-    """{heading: code} of the README's python blocks, each under the nearest heading above it
-    (`### ONNX`); a heading with two blocks would fail here."""
-    blocks, heading, language, code = {}, "", None, []
+def readme_blocks(language: str = "python") -> dict[str, str]:
+    """{heading: text} of the README's blocks in `language` (```python), each under the nearest
+    heading above it (`### ONNX`); a heading with two such blocks would fail here."""
+    blocks, heading, block, code = {}, "", None, []  # block: the open block's language
     for line in (ROOT / "README.md").read_text().splitlines(keepends=True):
-        if line.startswith("```") and language is None:  # a block opens
-            language, code = line[3:].strip(), []
+        if line.startswith("```") and block is None:
+            block, code = line[3:].strip(), []
         elif line.startswith("```"):
-            if language == "python":
-                assert heading not in blocks, f"two python blocks under {heading!r}"
+            if block == language:
+                assert heading not in blocks, f"two {language} blocks under {heading!r}"
                 blocks[heading] = "".join(code)
-            language = None
-        elif language is not None:
+            block = None
+        elif block is not None:
             code.append(line)
         elif line.startswith("#"):
             heading = line.strip()

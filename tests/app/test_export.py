@@ -23,7 +23,7 @@ from frcnn.inference.detector_graph import OUTPUTS, check, compare, metadata
 from frcnn.inference.onnx_graph import export_onnx
 from frcnn.inference.predictor import Predictor, open_image
 from frcnn.inference.pt2_package import vector_isas
-from tests.app.helpers import readme_python, run
+from tests.app.helpers import readme_blocks, run
 from tests.helpers import OVERFIT_SIZE
 from tests.inference.helpers import one_detection_short
 
@@ -100,7 +100,7 @@ def test_the_readme_numpy_example_gives_predict_py_detections(exported, tmp_path
     the file it decodes a JPEG this large smaller: `Transform.reduction`)."""
     checkpoint, path, _ = exported
     namespace = {}
-    exec(readme_python()["### ONNX"].replace('"model.onnx"', repr(str(path))), namespace)
+    exec(readme_blocks()["### ONNX"].replace('"model.onnx"', repr(str(path))), namespace)
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     files = [tmp_path / f"{index}.jpg" for index in range(2)]
     for index, (file, size) in enumerate(zip(files, [(640, 300), (280, 500)], strict=True)):
@@ -358,7 +358,7 @@ def test_openvino_ir_is_checked_and_holds_the_metadata(openvino_ir, tmp_path, mo
     images, sizes = real_size_batch(predictor, 3, 6, seed=7)
     monkeypatch.chdir(graph.parent)
     namespace = {"images": images.numpy(), "image_sizes": sizes.numpy()}
-    exec(readme_python()["### OpenVINO"], namespace)
+    exec(readme_blocks()["### OpenVINO"], namespace)
     saved = torch.load(checkpoint, weights_only=True)
     assert namespace["names"] == saved["class_names"]
     assert namespace["size"] == saved["config"]["data"]["image_size"]

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from frcnn.data import SyntheticShapes
-from tests.app.helpers import ROOT, SMALL_MODEL, run, run_dirs, run_script
+from tests.app.helpers import ROOT, SMALL_MODEL, readme_blocks, run, run_dirs, run_script
 
 # a user's script: synthetic shapes as a torchvision-convention Dataset
 SCRIPT = """
@@ -98,12 +98,13 @@ class OwnSource(SyntheticShapes):
 
 
 def test_a_data_yaml_of_one_s_own_names_only_its_sources(tmp_path):
-    """It extends conf/data/base.yaml: the data module's keys, and their overrides, are there."""
+    """The README's data yaml ("Training on your own data"), its source class this test's: it
+    extends conf/data/base.yaml, so the data module's keys, and their overrides, are there."""
+    own = readme_blocks("yaml")["## Training on your own data"]
+    assert own.startswith("# conf/data/mine.yaml") and own.count("my_package.MySource") == 2
     (tmp_path / "conf" / "data").mkdir(parents=True)
     (tmp_path / "conf" / "data" / "mine.yaml").write_text(
-        "defaults:\n  - base\n  - _self_\n\nroot: /data/mine\n"
-        "train: {_target_: tests.app.test_fit.OwnSource, split: train}\n"
-        "val: {_target_: tests.app.test_fit.OwnSource, split: val}\n"
+        own.replace("my_package.MySource", "tests.app.test_fit.OwnSource")
     )
     small = ["data.image_size=64", "data.batch_size=2", "data.num_workers=0", "device=cpu"]
     run("train.py", f"hydra.searchpath=[file://{tmp_path}/conf]", "data=mine", *small,

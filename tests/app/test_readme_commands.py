@@ -44,7 +44,7 @@ import frcnn.data
 import frcnn.model
 from frcnn.structures import counted
 from frcnn.training.sweep import TRIAL_GPUS
-from tests.app.helpers import ROOT, SMALL_MODEL, readme_python, run_script
+from tests.app.helpers import ROOT, SMALL_MODEL, readme_blocks, run_script
 from tests.app.test_predict_video import write_clip
 from tests.data.conftest import cppe5_parquet, hub_row, jpeg_bytes, write_hub_parquet
 
@@ -109,7 +109,7 @@ RESUME_COCO = "uv run train.py experiment=coco400 ckpt_path="
 def readme_files() -> dict[str, str]:
     """{name: text} of the README's python blocks whose first line is `# <name>.py`: the
     scripts of its own that a user writes (then runs, `uv run <name>.py`)."""
-    blocks = [code.partition("\n") for code in readme_python().values()]
+    blocks = [code.partition("\n") for code in readme_blocks().values()]
     return {first[2:]: rest for first, _, rest in blocks if re.fullmatch(r"# \w+\.py", first)}
 
 
@@ -571,7 +571,7 @@ def example(heading: str, **given) -> dict:
     """The README's python block under `heading`, run here (in the current folder), with what
     its text leaves to the reader (`paths`, `images`) given -> the names it defined."""
     namespace = dict(given)
-    exec(readme_python()[heading], namespace)
+    exec(readme_blocks()[heading], namespace)
     return namespace
 
 
@@ -583,7 +583,7 @@ def test_every_python_example_of_the_readme_is_run():
         "## Data",
         "### A PyTorch package: torch.export and AOTInductor",
     }  # (the tests below)
-    assert set(readme_python()) == here | set(EXAMPLES_ELSEWHERE)
+    assert set(readme_blocks()) == here | set(EXAMPLES_ELSEWHERE)
 
 
 def test_the_detector_in_python(workspace, monkeypatch):

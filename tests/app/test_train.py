@@ -528,7 +528,7 @@ def test_the_summary_lists_the_images_skipped_in_the_run(tmp_path):
                  *SMALL_MODEL, "device=cpu", log_dir=tmp_path / "logs")  # fmt: skip
     printed = result.stdout + result.stderr
     mine = tmp_path / "mine"
-    assert printed.count("unreadable image skipped (image 2)") == 2  # once an epoch
+    assert printed.count("unreadable image skipped (image 2 (train2.jpg))") == 2  # once an epoch
     summary = printed[printed.index("train finished in") :]
     assert (
         "Images skipped or repaired, each a warning in train.log:\n"
@@ -538,7 +538,7 @@ def test_the_summary_lists_the_images_skipped_in_the_run(tmp_path):
         "skipped: 1 image\n"
     ) in summary, summary
     (log_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/train.log")
-    assert "unreadable image skipped (image 2)" in log_file.read_text()
+    assert "unreadable image skipped (image 2 (train2.jpg))" in log_file.read_text()
 
 
 def test_an_explosion_shorter_than_a_window_stops_the_run(tmp_path):

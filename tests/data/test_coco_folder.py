@@ -50,7 +50,7 @@ def test_a_corrupt_image_is_skipped_and_counted(coco_folder, caplog):
     _, target = ds[3]  # image 4 is truncated: the next readable one (wrapping round) comes instead
     assert target["image_id"] == 1
     assert ds.skips.counts == {"unreadable image skipped": 1}
-    assert "unreadable image skipped (image 4)" in caplog.text
+    assert "unreadable image skipped (image 4 (4.jpg))" in caplog.text
 
 
 def test_a_file_that_is_no_image_is_said_to_be_none(coco_folder, caplog):
@@ -58,8 +58,8 @@ def test_a_file_that_is_no_image_is_said_to_be_none(coco_folder, caplog):
     (coco_folder / "val2017" / "4.jpg").write_text("<html>Not found</html>")
     folder(coco_folder)[3]
     assert (
-        "unreadable image skipped (image 4): UnidentifiedImageError: no image format that PIL "
-        "reads (another kind of file?)"
+        "unreadable image skipped (image 4 (4.jpg)): UnidentifiedImageError: no image format "
+        "that PIL reads (another kind of file?)"
     ) in caplog.text
     assert "BytesIO" not in caplog.text
 
@@ -115,7 +115,7 @@ def test_a_decompression_bomb_is_skipped_counted_and_named(coco_folder, monkeypa
     ds = folder(coco_folder)
     ds.substitute = False
     assert ds[2] is None
-    assert "unreadable image skipped (image 3): DecompressionBombError" in caplog.text
+    assert "unreadable image skipped (image 3 (3.jpg)): DecompressionBombError" in caplog.text
 
 
 def test_annotations_of_unknown_images_or_categories_are_dropped_and_named(coco_folder, caplog):
@@ -172,7 +172,7 @@ def test_null_ids_and_images_listed_twice_are_skipped_and_counted(coco_folder, c
     assert ds.skips.counts["image entries without an integer or string id skipped"] == 3
     _, target = ds[1]
     assert target["labels"].tolist() == [1]  # the person stays; null and unknown are dropped
-    assert "unknown category ids dropped (image 2): [5, None]" in caplog.text
+    assert "unknown category ids dropped (image 2 (2.jpg)): [5, None]" in caplog.text
 
 
 def test_string_image_ids_are_ids_and_a_file_without_ids_is_refused_saying_so(coco_folder):
@@ -331,7 +331,7 @@ def test_a_malformed_bbox_drops_that_box_not_the_image(coco_folder, caplog):
     _, target = ds[1]
     assert target["image_id"] == 2 and target["labels"].tolist() == [1]  # the image's good box
     assert ds.skips.counts == {"malformed boxes dropped": 1}
-    assert "malformed boxes dropped (image 2): 3 of 4" in caplog.text
+    assert "malformed boxes dropped (image 2 (2.jpg)): 3 of 4" in caplog.text
 
 
 def test_the_source_keeps_what_training_reads_not_the_parsed_file(tmp_path):
@@ -381,7 +381,7 @@ def test_images_not_the_size_the_file_records_are_skipped_or_stop_the_start_up(t
     assert target["image_id"] == 4  # (training: the next readable image stands in)
     assert source.skips.counts == {"image not the size its annotation records skipped": 1}
     assert (
-        "image not the size its annotation records skipped (image 3): the file is 64 x 48 "
+        "image not the size its annotation records skipped (image 3 (3.jpg)): the file is 64 x 48 "
         "pixels, its annotation says 128 x 96: its boxes would not fit it"
     ) in caplog.text
     for image in images[:4]:

@@ -163,7 +163,7 @@ def test_a_workers_warnings_reach_the_main_process_s_loggers(
         multiprocessing.set_start_method(before, force=True)
     (record,) = [r for r in caplog.records if "unreadable" in r.getMessage()]
     assert record.name == "frcnn.data.sources" and record.processName != "MainProcess"
-    assert "unreadable image skipped (image 4): " in record.getMessage()
+    assert "unreadable image skipped (image 4 (4.jpg)): " in record.getMessage()
 
 
 def test_more_workers_than_cores_is_said_once_in_place_of_torchs_warnings(

@@ -46,7 +46,7 @@ def ultralytics(tmp_path):
     return write(tmp_path / "yolo", images, data)
 
 
-def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics):
+def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics, caplog):
     source = YOLOFolder(Transform(200), str(ultralytics), "train")
     assert source.class_names == ["person", "car"] and source.num_classes == 2
     assert [p.name for p in source.images] == ["a.jpg", "b.jpg"]
@@ -66,6 +66,10 @@ def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics):
     _, target = source[0]
     assert target["labels"].tolist() == [1, 2, 2, 1]  # class id 7: no such class, dropped
     assert source.skips.counts["boxes outside the image clipped"] == 1
+    # the warnings name the image's file, not its position in the split
+    image, labels = ultralytics / "images/train/a.jpg", ultralytics / "labels/train/a.txt"
+    assert f"malformed label lines dropped (image {image}): 1 in {labels};" in caplog.text
+    assert f"boxes outside the image clipped (image {image}): 1 of 4;" in caplog.text
     original = to_original_pixels(target["boxes"], target["scale_xy"], target["orig_size"])
     kept = expected[:3] + [[0, 30, 14, 70]]
     torch.testing.assert_close(original, torch.tensor(kept, dtype=torch.float32), atol=1, rtol=0)

@@ -111,7 +111,7 @@ class COCOFolder(MapSource):
         rows = table.rows(index)
         if index in table.unknown_categories:
             ids = str(table.unknown_categories[index])
-            self.skips("annotations with unknown category ids dropped", image_id, ids)
+            self.skips("annotations with unknown category ids dropped", self.describe(index), ids)
             rows = rows[table.labels[rows] > 0]
         corner, side = table.boxes[rows, :2], table.boxes[rows, 2:]  # the file's xywh
         boxes = np.concatenate([corner, corner + side], axis=1)

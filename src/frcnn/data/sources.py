@@ -5,6 +5,7 @@ import itertools
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,11 @@ class SkipLog:
             self.counts[reason],
             extra={"skipped": (self.source, reason, str(image_id))},
         )
+
+    def naming(self, name: str):
+        """This log as a `report(reason, image_id, detail)` that names the sample `name` (its
+        file), whatever id the record holds."""
+        return lambda reason, image_id, detail="": self(reason, name, detail)
 
 
 # (source, reason) -> the images skipped or repaired for it in this run, from the skip records
@@ -176,7 +182,7 @@ def check_image_sizes(images: list[tuple[Path, tuple[int, int] | None]], where: 
         )
 
 
-def clean_annotations(record: Record, num_classes: int, skips: SkipLog) -> Record:
+def clean_annotations(record: Record, num_classes: int, skips: Callable) -> Record:
     """Drop malformed annotations: non-finite or inverted boxes, labels out of 1..num_classes.
 
     Returns the record with the annotations that are kept.
@@ -193,8 +199,9 @@ def clean_annotations(record: Record, num_classes: int, skips: SkipLog) -> Recor
     return record.subset(ok)
 
 
-def transform_record(record: Record, transform: Transform, num_classes: int, skips: SkipLog, rng):
-    """Record -> (image, target), or None if the image cannot be decoded (logged)."""
+def transform_record(record: Record, transform: Transform, num_classes: int, skips: Callable, rng):
+    """Record -> (image, target), or None if the image cannot be decoded; what is dropped or
+    skipped is told to `skips(reason, image_id, detail)` (a `SkipLog`, or its `naming`)."""
     record = clean_annotations(record, num_classes, skips)
     try:
         return transform(record, rng, skips)
@@ -261,9 +268,12 @@ class MapSource(Dataset):
             except (OSError, ValueError, KeyError) as err:
                 self.skips("unreadable record skipped", self.describe(i), unreadable(err))
                 continue
-            sample = transform_record(
-                record, self.transform, self.num_classes, self.skips, self._rng
+            # a source of image files: the logs name the file (`describe`), not the record's
+            # id, which is a position in the split for VOC and YOLO
+            report = (
+                self.skips if self.image_file(i) is None else self.skips.naming(self.describe(i))
             )
+            sample = transform_record(record, self.transform, self.num_classes, report, self._rng)
             if sample is not None or not self.substitute:
                 return sample
         if not self.substitute:

@@ -336,27 +336,25 @@ class YOLOFolder(MapSource):
         return np.array([c + 1 for c in classes if 0 <= c < self.num_classes], np.int64)
 
     def record(self, index: int) -> Record:
-        path = self.images[index]
+        path, name = self.images[index], self.describe(index)  # (how the skips' logs name it)
         data = path.read_bytes()
         labels_path = label_file(path)
         text = read_text(labels_path) if labels_path.is_file() else ""
         classes, cxcywh, bad = parse_labels(text)
         if bad:
-            self.skips("malformed label lines dropped", index, f"{bad} in {labels_path}")
+            self.skips("malformed label lines dropped", name, f"{bad} in {labels_path}")
         # a line written twice is one object (as Ultralytics reads it): two boxes would train
         # it twice and leave one of them a miss in the mAP, whatever the detector does
         _, first = np.unique(np.column_stack([classes, cxcywh]), axis=0, return_index=True)
         if len(first) < len(classes):
             repeats = f"{len(classes) - len(first)} in {labels_path}"
-            self.skips("repeated label lines dropped", index, repeats)
+            self.skips("repeated label lines dropped", name, repeats)
             keep = np.sort(first)  # the file's order
             classes, cxcywh = classes[keep], cxcywh[keep]
         outside = not_normalised(cxcywh)
         if outside.any():
-            self.skips(
-                "boxes not normalised to 0..1 dropped", index,
-                f"{int(outside.sum())} in {labels_path}",
-            )  # fmt: skip
+            outside_count = f"{int(outside.sum())} in {labels_path}"
+            self.skips("boxes not normalised to 0..1 dropped", name, outside_count)
         with Image.open(io.BytesIO(data)) as image:  # the header only: its upright size
             width, height = upright_size(image)
         scale = np.array([width, height, width, height], np.float32)

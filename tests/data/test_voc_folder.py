@@ -123,6 +123,36 @@ def test_an_annotation_that_cannot_be_read_stops_at_start_up(voc, xml, message):
         VOCFolder(Transform(120), str(voc), "train")
 
 
+@pytest.mark.parametrize(
+    "xmin",
+    ["", "<xmin></xmin>", "<xmin>11,5</xmin>"],  # left out, empty, a decimal comma
+)
+def test_a_box_with_a_coordinate_that_is_no_number_is_dropped_and_counted(voc, xmin, caplog):
+    xml = voc / "Annotations" / "000001.xml"
+    xml.write_text(xml.read_text().replace("<xmin>11</xmin>", xmin))  # the dog's
+    source = VOCFolder(Transform(120), str(voc), "train")  # 1 of the split's 2 boxes
+    _, target = source[0]
+    assert target["boxes"].shape == (0, 4)  # the person is difficult: an ignored region
+    torch.testing.assert_close(target["crowd_boxes"], torch.tensor([[0.0, 0.0, 30.0, 40.0]]))
+    assert source.skips.counts["malformed boxes dropped"] == 1
+    assert "malformed boxes dropped (image 000001.jpg): 1 of 2;" in caplog.text  # its file
+
+
+def test_a_split_whose_boxes_are_mostly_no_numbers_stops_at_start_up(voc):
+    """The boxes of a tool or a locale that writes coordinates otherwise, all dropped, would
+    train the model on images without objects: the first one is shown."""
+    xml = voc / "Annotations" / "000001.xml"
+    xml.write_text(xml.read_text().replace("<ymin>21</ymin>", "<ymin>21,5</ymin>")
+                   .replace("<xmax>30</xmax>", "<xmax>30px</xmax>"))  # fmt: skip
+    with pytest.raises(ValueError, match="VOC2007' \\(train\\): 2 of its 2 boxes") as error:
+        VOCFolder(Transform(120), str(voc), "train")
+    assert (
+        "000001.xml: <bndbox><xmin>11</xmin><ymin>21,5</ymin><xmax>60</xmax><ymax>70</ymax>"
+        "</bndbox>): a bndbox holds xmin, ymin, xmax and ymax in pixels"
+    ) in str(error.value)
+    assert len(VOCFolder(Transform(120), str(voc), "val")) == 1  # its own boxes
+
+
 def test_images_resized_since_they_were_annotated_stop_the_start_up(voc):
     """The xml's size is twice the files' (120 x 80): their boxes fit other pixels."""
     for xml in (voc / "Annotations").glob("*.xml"):

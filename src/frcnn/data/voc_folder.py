@@ -39,11 +39,42 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
         box = obj.find("bndbox")
         if box is None:
             raise ValueError(f"{path}: an object without a bndbox")
-        x0, y0, x1, y1 = (float(box.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
+        x0, y0, x1, y1 = (coordinate(box, tag) for tag in COORDINATES)
         difficult = (obj.findtext("difficult") or "0").strip() == "1"
         objects.append(((obj.findtext("name") or "").strip(), [x0 - 1, y0 - 1, x1, y1], difficult))
     size = recorded_size(root.findtext("size/width"), root.findtext("size/height"))
     return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects, size
+
+
+COORDINATES = ("xmin", "ymin", "xmax", "ymax")  # a bndbox's
+
+
+def coordinate(box: ET.Element, tag: str) -> float:
+    """A bndbox's `tag` (xmin, ...) in pixels; NaN where it is left out or no number (`48,5`):
+    the box is malformed, dropped and counted when read (`check_boxes`: unless most are)."""
+    try:
+        return float(box.findtext(tag))
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def check_boxes(boxes: int, malformed: int, first: Path | None, where: str) -> None:
+    """Stop at start-up where most of a split's `boxes` are `malformed` (a coordinate left out
+    or no number: a tool or a locale that writes them otherwise), showing the first such
+    object's bndbox in the xml file `first`; a few are dropped and counted as they are read."""
+    if malformed <= boxes / 2:
+        return
+    bndbox = next(
+        box
+        for box in ET.parse(first).getroot().iter("bndbox")
+        if any(np.isnan(coordinate(box, tag)) for tag in COORDINATES)
+    )
+    shown = " ".join(ET.tostring(bndbox, encoding="unicode").split())
+    raise ValueError(
+        f"{where}: {malformed} of its {boxes} boxes have a coordinate that is left out or no "
+        f"number (e.g. {first}: {shown}): a bndbox holds xmin, ymin, xmax and ymax in pixels, "
+        "as 48 or 48.5"
+    )
 
 
 def unlisted_names(root: Path, split: str, unknown: dict, given: list | None, samples: list) -> str:
@@ -141,7 +172,8 @@ class VOCFolder(MapSource):
     the run at start-up, named with the list to give. `difficult` objects are what COCO's
     crowd regions are: not trained on, and ignored by the evaluation (neither a hit nor a
     miss), as VOC's own protocol does (by COCO's crowd rule: a detection inside one is ignored,
-    where VOC's code asks IoU 0.5). `keep_empty` False leaves out images without objects."""
+    where VOC's code asks IoU 0.5). A box with a coordinate left out or no number is dropped
+    and counted (`check_boxes`). `keep_empty` False leaves out images without objects."""
 
     def __init__(
         self,
@@ -158,8 +190,14 @@ class VOCFolder(MapSource):
         super().__init__(transform, len(self.class_names), name=f"voc {root}, split {split}")
         label_of = {name: i + 1 for i, name in enumerate(self.class_names)}
         self.samples, unknown = [], {}  # an unlisted name -> (objects, first xml)
+        boxes = malformed = 0
+        first_malformed = None  # the first xml file with a malformed box
         for image_id in ids:
-            file_name, objects, size = read_annotation(annotations / f"{image_id}.xml")
+            xml = annotations / f"{image_id}.xml"
+            file_name, objects, size = read_annotation(xml)
+            bad = sum(bool(np.isnan(box).any()) for _, box, _ in objects)
+            boxes, malformed = boxes + len(objects), malformed + bad
+            first_malformed = first_malformed or (xml if bad else None)
             for name in (name for name, _, _ in objects if name not in label_of):
                 count, first = unknown.get(name, (0, f"{image_id}.xml"))
                 unknown[name] = (count + 1, first)
@@ -173,6 +211,7 @@ class VOCFolder(MapSource):
             raise ValueError(unlisted_names(root, split, unknown, class_names, self.samples))
         if not self.samples:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
+        check_boxes(boxes, malformed, first_malformed, f"data.root={str(root)!r} ({split})")
         check_images_exist(
             [self.image_dir / name for name, _, _ in self.samples[:IMAGES_CHECKED]],
             f"data.root={str(root)!r} ({split})",

@@ -8,7 +8,7 @@ from PIL import Image
 from frcnn.boxes import to_original_pixels
 from frcnn.data.sources import image_suffixes
 from frcnn.data.transforms import Transform
-from frcnn.data.yolo_folder import YOLOFolder, label_file
+from frcnn.data.yolo_folder import YOLOFolder, label_file, parse_labels
 from tests.data.conftest import jpeg_bytes
 from tests.data.test_transforms import phone_photo, red
 
@@ -75,6 +75,16 @@ def test_ultralytics_layout_boxes_in_pixels_names_from_the_yaml(ultralytics, cap
     torch.testing.assert_close(original, torch.tensor(kept, dtype=torch.float32), atol=1, rtol=0)
     _, empty = source[1]  # no label file: an image without objects
     assert empty["boxes"].shape == (0, 4)
+
+
+def test_a_line_whose_class_id_is_no_integer_is_malformed():
+    """Not a crash at start-up (int() of nan or inf raises) but one malformed line each."""
+    text = "\n".join(
+        [PERSON, "nan 0.5 0.5 0.2 0.4", "1e400 0.5 0.5 0.2 0.4", "1.5 0.5 0.5 0.2 0.4"]
+    )
+    classes, boxes, bad = parse_labels(text)
+    assert classes.tolist() == [0] and bad == 3
+    torch.testing.assert_close(boxes, torch.tensor([[0.5, 0.5, 0.2, 0.4]]).numpy())
 
 
 def test_photos_pil_cannot_read_here_are_left_out_and_named(

@@ -187,7 +187,7 @@ def parse_labels(text: str) -> tuple[np.ndarray, np.ndarray, int]:
             xy = np.array(coords).reshape(-1, 2)
             (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
             coords = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
-        if len(coords) != 4 or cls != int(cls):
+        if len(coords) != 4 or not cls.is_integer():  # (nan, inf: no class id)
             bad += 1
             continue
         classes.append(int(cls))

@@ -136,6 +136,7 @@ def test_a_box_with_a_coordinate_that_is_no_number_is_dropped_and_counted(voc, x
     torch.testing.assert_close(target["crowd_boxes"], torch.tensor([[0.0, 0.0, 30.0, 40.0]]))
     assert source.skips.counts["malformed boxes dropped"] == 1
     assert "malformed boxes dropped (image 000001.jpg): 1 of 2;" in caplog.text  # its file
+    assert source.boxes_per_class().sum() == 0  # the start-up's count of boxes to train on
 
 
 def test_a_split_whose_boxes_are_mostly_no_numbers_stops_at_start_up(voc):

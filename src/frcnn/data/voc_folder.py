@@ -238,8 +238,9 @@ class VOCFolder(MapSource):
         return np.bincount(trained, minlength=self.num_classes + 1)[1:]
 
     def labels(self, index: int) -> np.ndarray:
-        objects = self.samples[index][1]
-        return np.array([self.label_of[name] for name, _, hard in objects if not hard], np.int64)
+        objects = self.samples[index][1]  # (a malformed box, NaN, is dropped: not trained on)
+        trained = [name for name, box, hard in objects if not hard and np.isfinite(box).all()]
+        return np.array([self.label_of[name] for name in trained], np.int64)
 
     def record(self, index: int) -> Record:
         file_name, objects, size = self.samples[index]

@@ -281,6 +281,23 @@ def test_the_folder_above_voc_s_names_the_one_to_give(voc):
             VOCFolder(Transform(120), str(above), "train")
 
 
+def test_a_folder_of_another_layout_names_the_data_config_that_reads_it(tmp_path):
+    """data=voc given Roboflow's YOLO export (train/images, train/labels, data.yaml), or a COCO
+    json beside its images."""
+    yolo, coco = tmp_path / "yolo", tmp_path / "coco"
+    (yolo / "train" / "images").mkdir(parents=True)
+    (yolo / "train" / "images" / "a.jpg").write_bytes(jpeg_bytes(120, 80))
+    (yolo / "data.yaml").write_text("train: ../train/images\nnames: [helmet]\n")
+    message = r"nor a folder .*/train \(it holds data.yaml: a YOLO data set, data=yolo\)$"
+    with pytest.raises(FileNotFoundError, match=message):
+        VOCFolder(Transform(120), str(yolo), "train")
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations" / "instances_train2017.json").write_text("{}")
+    message = r"nor a folder .*/train \(it holds annotations/instances_train2017.json: for a COCO "
+    with pytest.raises(FileNotFoundError, match=message):
+        VOCFolder(Transform(120), str(coco), "train")
+
+
 def test_annotations_without_split_lists_stop_at_start_up_saying_what_to_write(voc):
     """Tools that write VOC's Annotations/ without ImageSets/ (no split of their own)."""
     shutil.rmtree(voc / "ImageSets")

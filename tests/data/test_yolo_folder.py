@@ -11,6 +11,7 @@ from frcnn.data.transforms import Transform
 from frcnn.data.yolo_folder import YOLOFolder, label_file, parse_labels
 from tests.data.conftest import jpeg_bytes
 from tests.data.test_transforms import phone_photo, red
+from tests.data.test_voc_folder import voc_folder
 
 # a 200 x 100 image: (class, cx, cy, w, h) normalised -> xyxy in pixels
 PERSON = "0 0.5 0.5 0.2 0.4"  # x 80..120, y 30..70
@@ -234,6 +235,22 @@ def test_a_validation_key_is_the_val_split_as_ultralytics_reads_it(tmp_path):
         FileNotFoundError, match=r"split='test': .* \(it names \['train', 'validation'\]"
     ):
         YOLOFolder(Transform(200), str(root), "test")
+
+
+def test_a_folder_of_another_layout_names_the_data_config_that_reads_it(tmp_path):
+    """data=yolo given a VOC folder, or a folder holding a COCO json (a first try's wrong
+    `data=`): the message names the config to choose."""
+    voc = voc_folder(tmp_path / "VOC2007", {"000001": []}, {"train": ["000001"]})
+    with pytest.raises(
+        FileNotFoundError, match=r"no data.yaml \(it is laid out as Pascal VOC: data=voc\)$"
+    ):
+        YOLOFolder(Transform(200), str(voc), "train")
+    coco = tmp_path / "mine"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations" / "instances_train.json").write_text("{}")
+    held = r"it holds annotations/instances_train.json: for a COCO json, data=coco_files with "
+    with pytest.raises(FileNotFoundError, match=held):
+        YOLOFolder(Transform(200), str(coco), "train")
 
 
 def test_a_missing_yaml_or_split_is_named(tmp_path, ultralytics):

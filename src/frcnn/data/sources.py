@@ -145,6 +145,23 @@ def relative_path(path, folder) -> str:
 IMAGES_CHECKED = 20  # image files looked for at start-up to catch a wrong folder
 
 
+def other_layout(root: Path) -> str:
+    """Where the folder `root`, which the data config asked for could not read, is laid out as
+    another one's data, the config that reads it (a first try may name the wrong one), as a
+    message's end: " (... data=voc)"; else ""."""
+    if (root / "data.yaml").is_file():
+        return " (it holds data.yaml: a YOLO data set, data=yolo)"
+    if (root / "Annotations").is_dir() or (root / "ImageSets").is_dir():
+        return " (it is laid out as Pascal VOC: data=voc)"
+    found = sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json"))
+    if found:
+        return (
+            f" (it holds {relative_path(found[0], root)}: for a COCO json, data=coco_files with "
+            "data.train.annotation_file and data.train.image_dir)"
+        )
+    return ""
+
+
 def check_images_exist(paths: list[Path], where: str, fix: str) -> None:
     """Stop at start-up where none of a source's first image files (`paths`) exists: a wrong
     folder would otherwise skip image after image until the run gives up, naming no setting.

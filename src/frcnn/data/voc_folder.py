@@ -12,6 +12,7 @@ from frcnn.data.sources import (
     MapSource,
     check_image_sizes,
     check_images_exist,
+    other_layout,
     read_text,
 )
 from frcnn.data.transforms import Record, Transform, recorded_size
@@ -159,7 +160,7 @@ def split_files(root: Path, split: str) -> tuple[list[str], Path, Path]:
     below = [str(p.parent.parent) for p in sorted(root.glob("*/ImageSets/Main"))]
     below = below or [str(p.parent.parent) for p in sorted(root.glob("*/*/ImageSets/Main"))]
     where = ", ".join(map(repr, below))
-    hint = f" (VOC's layout is in {where}: give it as data.root)" if below else ""
+    hint = f" (VOC's layout is in {where}: give it as data.root)" if below else other_layout(root)
     raise FileNotFoundError(f"root={str(root)!r}: no {ids_file}, nor a folder {folder}{hint}")
 
 

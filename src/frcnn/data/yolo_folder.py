@@ -23,6 +23,7 @@ from frcnn.data.sources import (
     check_images_exist,
     forward_slashes,
     image_files,
+    other_layout,
     read_text,
     relative_path,
 )
@@ -54,8 +55,8 @@ DARKNET_NAMES = ("classes.txt", "obj.names")
 def missing_yaml_hint(root: Path) -> str:
     """What a folder without data.yaml holds that says what to give: another yaml, the
     darknet layout's class list (from which the data.yaml to write is shown, its splits the
-    folders there: `splits_example`), or one of the two folders above holding data.yaml
-    (`images/` or `images/train` given)."""
+    folders there: `splits_example`), one of the two folders above holding data.yaml
+    (`images/` or `images/train` given), or another layout's data (`other_layout`)."""
     if not root.is_dir():
         return ""
     inside = sorted(p.name for p in root.glob("*.yaml"))
@@ -66,7 +67,7 @@ def missing_yaml_hint(root: Path) -> str:
         return f" (a folder above holds one: data.root={str(above)!r})"
     listed = next((root / name for name in DARKNET_NAMES if (root / name).is_file()), None)
     if listed is None:
-        return ""
+        return other_layout(root)
     names = [line.strip() for line in read_text(listed).splitlines() if line.strip()]
     splits = splits_example(root)
     held = "" if "val:" in splits else "; with no validation split, data.val_fraction=0.1"

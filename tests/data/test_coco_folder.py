@@ -205,8 +205,29 @@ def test_string_image_ids_are_ids_and_a_file_without_ids_is_refused_saying_so(co
 def test_an_annotation_file_that_is_not_json_is_named_with_the_position(coco_folder):
     path = coco_folder / "annotations/instances_val2017.json"
     path.write_text(path.read_text()[:150])  # a truncated download
-    with pytest.raises(ValueError, match=r"instances_val2017.json' is not valid JSON: .* line 1"):
+    with pytest.raises(
+        ValueError, match=r"instances_val2017.json' is not valid JSON: .* line 1.*truncated"
+    ):
         folder(coco_folder)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "hint"),
+    [
+        ("data.yaml", "train: images/train\nnames: [a]\n", "a YOLO data set's yaml? data=yolo "
+         "data.root='{root}/data.yaml'"),
+        ("Annotations/000001.xml", "<annotation></annotation>", "a Pascal VOC annotation? "
+         "data=voc data.root='{root}'"),
+    ],
+)  # fmt: skip
+def test_another_formats_annotations_name_the_data_config_that_reads_them(
+    coco_folder, name, text, hint
+):
+    (coco_folder / name).parent.mkdir(exist_ok=True)
+    (coco_folder / name).write_text(text)
+    with pytest.raises(ValueError, match="is not valid JSON") as error:
+        COCOFolder(Transform(400), str(coco_folder / name), str(coco_folder / "val2017"))
+    assert str(error.value).endswith(f"({hint.format(root=coco_folder)})")
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,7 @@ def read_annotation_file(annotation_file: Path, image_dir: Path, named: str) -> 
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{named} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
-            "(a truncated download?)"
+            f"({not_json_hint(annotation_file)})"
         ) from None
     except RecursionError:
         raise ValueError(f"{named} nests its JSON too deep to read") from None
@@ -202,6 +202,16 @@ def check_file_names(images: list[dict], image_dir: Path, named: str) -> None:
             f"outside image_dir {str(image_dir)!r} (an absolute path or ../): point "
             "image_dir at a folder that holds every image, with file names relative to it"
         )
+
+
+def not_json_hint(file: Path) -> str:
+    """What a file that is no JSON may be instead, by its suffix: another format's annotations
+    (and the data config that reads them), else a download cut short."""
+    if file.suffix.lower() in (".yaml", ".yml"):
+        return f"a YOLO data set's yaml? data=yolo data.root={str(file)!r}"
+    if file.suffix.lower() == ".xml":
+        return f"a Pascal VOC annotation? data=voc data.root={str(file.parent.parent)!r}"
+    return "a truncated download?"
 
 
 class AnnotationTable(NamedTuple):

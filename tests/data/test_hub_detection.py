@@ -10,6 +10,8 @@ from frcnn.data.coco_hub import HubDetection
 from frcnn.data.hub_schema import decide_box_format, read_schema, row_id
 from frcnn.data.transforms import Transform, id_number
 from tests.data.conftest import CPPE5, cppe5_features, cppe5_parquet, jpeg_bytes
+from tests.data.test_voc_folder import voc_folder
+from tests.data.test_yolo_folder import write
 
 # xywh boxes that no other reading fits: as xyxy, (120, 10, 50, 40) is inverted
 TELLING = [[(120, 10, 50, 40, 4), (10, 20, 30, 30, 2)], [(150, 50, 40, 45, 0)]]
@@ -165,6 +167,24 @@ def test_an_image_folder_with_metadata_is_read_by_its_paths_and_ids_from_them(tm
     assert ids == [first["image_id"], second["image_id"]] and len(set(ids)) == 2
     assert all(0 <= i < 2**48 for i in ids)
     assert not ds.skips.counts
+
+
+def test_a_local_folder_of_another_layout_names_the_data_config_that_reads_it(tmp_path):
+    """data=hub data.name=<a VOC or YOLO folder>: `datasets` reads it as text or images alone,
+    without a detection set's columns (a VOC folder's features are None, which stopped it
+    with a TypeError before)."""
+    voc = voc_folder(tmp_path / "VOC2007", {"000001": []}, {"train": ["000001"]})
+    with pytest.raises(
+        ValueError, match=r"no datasets features .* \(it is laid out as Pascal VOC: data=voc\)$"
+    ):
+        HubDetection(Transform(200), "train", name=str(voc))
+    yolo = write(
+        tmp_path / "yolo",
+        {"images/train/a.jpg": "0 0.5 0.5 0.2 0.4"},
+        {"train": "images/train", "names": ["a"]},
+    )
+    with pytest.raises(ValueError, match=r"\(it holds data.yaml: a YOLO data set, data=yolo\)$"):
+        HubDetection(Transform(200), "train", name=str(yolo))
 
 
 def test_ids_of_rows_without_an_id_column_tell_apart_images_of_the_same_base_name():

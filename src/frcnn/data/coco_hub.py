@@ -26,7 +26,7 @@ from frcnn.data.hub_schema import (
     row_size,
     to_xyxy,
 )
-from frcnn.data.sources import MAX_CONSECUTIVE_SKIPS, SkipLog, transform_record
+from frcnn.data.sources import MAX_CONSECUTIVE_SKIPS, SkipLog, other_layout, transform_record
 from frcnn.data.transforms import Record, Transform
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,22 @@ class HubDetection(IterableDataset):
         return f"data_files={self.data_files!r}" if self.data_files else repr(self.name)
 
     def _schema(self, class_names: list[str] | None) -> Schema:
+        """The set's columns (`read_schema`); where they are not a detection set's and `name`
+        is a local folder of another layout (VOC's, YOLO's), the error names its data config."""
         features = self._dataset.features
-        if features is None:
-            raise ValueError(
-                f"{self._where()} has no datasets features (written without them?): its "
-                "columns and class names cannot be read"
-            )
-        return read_schema(features, self._where(), class_names)
+        try:
+            if features is None:
+                raise ValueError(
+                    f"{self._where()} has no datasets features (written without them?): its "
+                    "columns and class names cannot be read"
+                )
+            return read_schema(features, self._where(), class_names)
+        except ValueError as err:
+            local = self.data_files is None and Path(self.name).is_dir()
+            hint = other_layout(Path(self.name)) if local else ""
+            if hint:
+                raise ValueError(f"{err}{hint}") from None
+            raise
 
     def _raw_boxes(self, example: dict) -> tuple[np.ndarray, tuple[int, int]]:
         return row_objects(example, self.schema)[0], image_size(example, self.schema)
@@ -206,7 +215,8 @@ class HubDetection(IterableDataset):
             raise self._offline_error(err) from err
         # decode in our transform, where a corrupt image is skipped rather than retried
         images = [c for c, f in (ds.features or {}).items() if isinstance(f, datasets.Image)]
-        return ds.cast_column(images[0] if images else "image", datasets.Image(decode=False))
+        # (none: a set without an image column, which `_schema` names)
+        return ds.cast_column(images[0], datasets.Image(decode=False)) if images else ds
 
     def _check_local_files(self) -> None:
         """A local path or glob in `data_files` that matches no file fails here, named."""

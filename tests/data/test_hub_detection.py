@@ -187,6 +187,14 @@ def test_a_local_folder_of_another_layout_names_the_data_config_that_reads_it(tm
         HubDetection(Transform(200), "train", name=str(yolo))
 
 
+def test_data_files_that_are_no_parquet_are_named_not_the_split(tmp_path):
+    coco = tmp_path / "train.json"
+    coco.write_text('{"images": [], "annotations": [], "categories": []}')
+    message = r"^data_files=\[.*train.json'\]: .*not a parquet file. \(data_files: a hub data set's"
+    with pytest.raises(ValueError, match=message):
+        stream(str(coco))
+
+
 def test_ids_of_rows_without_an_id_column_tell_apart_images_of_the_same_base_name():
     """A set pushed to the hub from an image folder keeps only its files' base names: two
     images named 0001.jpg in two folders are two images."""

@@ -207,6 +207,9 @@ class HubDetection(IterableDataset):
                 ds = datasets.load_dataset(
                     self.name, split=self.split, revision=self.revision, streaming=True
                 )
+        except pa.ArrowException as err:  # (a ValueError too) a file that is no parquet
+            files = " (data_files: a hub data set's parquet files)" if self.data_files else ""
+            raise ValueError(f"{self._where()}: {err}{files}") from err
         except ValueError as err:  # datasets' error for an unknown split
             raise ValueError(f"split={self.split!r}: {err}") from err
         except (ConnectionError, OSError) as err:

@@ -292,6 +292,16 @@ def test_an_output_folder_holding_the_inputs_is_refused(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_an_output_that_is_a_file_is_refused_before_a_model_loads(tmp_path):
+    """An image's name given as the output (`output=photo.jpg`): a folder is meant."""
+    write_inputs(tmp_path / "in")
+    before = (tmp_path / "in" / "0.png").read_bytes()
+    with pytest.raises(AssertionError, match=r"output='.*0.png' is a file: give a folder"):
+        run("predict.py", "ckpt_path=x.ckpt", f"input={tmp_path / 'in'}",
+            f"output={tmp_path / 'in' / '0.png'}", log_dir=tmp_path / "logs")  # fmt: skip
+    assert (tmp_path / "in" / "0.png").read_bytes() == before
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

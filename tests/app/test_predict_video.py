@@ -179,6 +179,7 @@ def test_a_file_that_is_no_video_is_refused_by_name(tmp_path):
         # the annotated video is named after the input: into the input's own folder, it would
         # be written over the video being read
         ("output={tmp}", r"output=.*: the annotated video would overwrite the input"),
+        ("output={tmp}/clip.mp4", r"output=.*clip.mp4' is a file: give a folder"),
     ],
 )
 def test_bad_video_settings_are_refused_before_the_checkpoint_loads(tmp_path, override, message):

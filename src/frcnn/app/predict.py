@@ -198,10 +198,21 @@ def predict_files(cfg) -> dict:
     }
 
 
-def pictures_folder(setting: str, files: list[Path]) -> Path:
-    """The output folder (`output=` as given: `setting`), refused where it holds input images,
-    which the annotated copies would overwrite."""
+def output_folder(setting: str) -> Path:
+    """The output folder (`output=` as given: `setting`), refused where it is a file."""
     output = Path(setting).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(
+            f"output={setting!r} is a file: give a folder, which the annotated copies and the "
+            "detections go in"
+        )
+    return output
+
+
+def pictures_folder(setting: str, files: list[Path]) -> Path:
+    """The output folder (`output_folder`), refused where it holds input images, which the
+    annotated copies would overwrite."""
+    output = output_folder(setting)
     if any(path.resolve().parent == output for path in files):
         raise ValueError(
             f"output={setting!r} holds input images, which the annotated copies would "
@@ -515,9 +526,9 @@ def encode(write, picture: Future, time_s: float) -> int:
 
 
 def video_outputs(setting: str, source: Path) -> tuple[Path, Path]:
-    """The output folder (`output=` as given: `setting`) and the annotated video's path in it,
-    named after `source`; refused where it would be the input itself."""
-    output = Path(setting).expanduser().resolve()
+    """The output folder (`output_folder`) and the annotated video's path in it, named after
+    `source`; refused where it would be the input itself."""
+    output = output_folder(setting)
     movie = output / f"{output_names([source])[0].removesuffix('.jpg')}.mp4"
     if movie == source.resolve():
         raise ValueError(f"output={setting!r}: the annotated video would overwrite the input")

@@ -56,6 +56,19 @@ def test_a_nested_setting_the_command_line_adds_that_its_object_refuses_is_named
     assert re.search(told, refused("train.py", added, *TINY, log_dir=tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("setting", "told"),
+    [
+        # named as given, not as torch would (scaled by the batch: "Invalid learning rate: -0.5")
+        ("module.optimizer.lr=-1", r": ValueError: module.optimizer.lr=-1: must lie in \[0, inf"),
+        ("module.optimizer.momentum=-0.9", r": ValueError: module.optimizer: Invalid momentum"),
+        ("module.scheduler.gamma=-1", r": ValueError: module.scheduler.gamma=-1: must lie in"),
+    ],
+)
+def test_an_optimizer_or_schedule_setting_out_of_range_is_named(tmp_path, setting, told):
+    assert re.search(told, refused("train.py", setting, *TINY, log_dir=tmp_path))
+
+
 def test_only_a_keyword_that_the_command_line_added_is_named(tmp_path):
     """A constructor's TypeError for a keyword that no override added is a bug: its traceback
     is kept (None here)."""

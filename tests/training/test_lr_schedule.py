@@ -69,6 +69,23 @@ def test_an_unknown_decay_is_refused_naming_the_key():
         lrs(warmup_decay, 10, decay="linear")
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # a negative factor turns the LR negative (gradient ascent) at its milestone
+        ({"gamma": -0.1}, r"module.scheduler.gamma=-0.1: must lie in \[0, inf\)"),
+        ({"decay": "cosine", "final_factor": -1}, r"module.scheduler.final_factor=-1: must lie"),
+        ({"warmup_steps": -5}, r"module.scheduler.warmup_steps=-5: must lie"),
+        ({"warmup_start_factor": 2}, r"module.scheduler.warmup_start_factor=2: must lie in \[0"),
+        ({"milestones": [0.5, "0.9"]}, r"module.scheduler.milestones\[1\]='0.9': must be a num"),
+        ({"milestones": [0, 0.9]}, r"module.scheduler.milestones\[0\]=0: must lie in \(0, inf"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_refused_naming_the_key(setting, message):
+    with pytest.raises(ValueError, match=message):
+        lrs(warmup_decay, 10, **setting)
+
+
 def test_a_run_shorter_than_its_schedule_says_so(caplog):
     lr = lrs(warmup_decay, 30, warmup_steps=1000, milestones=(60000, 80000))
     assert lr[-1] == pytest.approx(0.001 + 0.999 * 29 / 1000)  # the schedule is kept

@@ -287,7 +287,9 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
     """The linear scaling rule of torchvision's and MMDetection's recipes: `module.optimizer.lr`
     is the LR for a total batch of `lr_base_batch` images (16); the run's LR is scaled by its
     own total batch (per device x devices x accumulated batches). lr_base_batch=null: as given.
-    """
+    A negative LR is refused, naming the key."""
+    if "lr" in cfg.module.optimizer:  # (torch would name it scaled, and not its key)
+        check_number("module.optimizer.lr", cfg.module.optimizer.lr, 0)
     base = cfg.get("lr_base_batch")
     if not base:
         return

@@ -7,6 +7,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from frcnn.checks import check_number
 from frcnn.structures import counted
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,16 @@ def warmup_decay(
       (at most 1) or a step number (above 1, e.g. the 1x schedule's 60000 and 80000);
     - "cosine": half a cosine from the full LR down to `final_factor` of it at the end.
 
-    One function for both, so that an experiment's settings compose with either decay.
+    One function for both, so that an experiment's settings compose with either decay. Each
+    setting is checked here, naming it: a negative factor would turn the LR negative (gradient
+    ascent) at its step, far into the run.
     """
+    check_number("module.scheduler.warmup_steps", warmup_steps, 0)
+    check_number("module.scheduler.warmup_start_factor", warmup_start_factor, 0, 1)
+    check_number("module.scheduler.gamma", gamma, 0)
+    check_number("module.scheduler.final_factor", final_factor, 0)
+    for index, milestone in enumerate(milestones):
+        check_number(f"module.scheduler.milestones[{index}]", milestone, 0, open_low=True)
     if 0 < warmup_steps < 1:
         warmup_steps = max(1, round(warmup_steps * total_steps))
     if decay == "multistep":

@@ -416,9 +416,12 @@ class DetectorModule(L.LightningModule):
             if param.requires_grad:
                 # biases and normalisation weights are vectors: no weight decay for them
                 (no_decay if param.ndim <= 1 else decay).append(param)
-        optimizer = self.optimizer_factory(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        )
+        try:
+            optimizer = self.optimizer_factory(
+                [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+            )
+        except ValueError as err:  # torch's own checks ("Invalid momentum value: -0.9")
+            raise ValueError(f"module.optimizer: {err}") from None
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=run_length(self.trainer))

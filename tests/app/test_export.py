@@ -200,6 +200,9 @@ def test_calibration_takes_the_first_images_and_says_when_the_data_has_fewer(cap
         ("quantize=int4", r"quantize='int4': null \(float32\) or int8"),
         ("quantize=int8 max_map_drop=5", r"max_map_drop=5: the mAP int8 may cost, 0..1"),
         ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),
+        # named as given, not as the model's keys (model.roi_heads.detections_per_img=0)
+        ("max_detections=0", r": max_detections=0: must lie in \[1, inf\)"),
+        ("score_thresh=1.5", r": score_thresh=1.5: must lie in \[0, 1\]"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_naming_it(trained, tmp_path, override, message):

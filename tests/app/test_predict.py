@@ -310,6 +310,13 @@ def test_an_output_that_is_a_file_is_refused_before_a_model_loads(tmp_path):
         ("input={tmp}/in", r"ckpt_path=<a training checkpoint> is needed \(backend=torch\)"),
         ("ckpt_path=x.ckpt input={tmp}/in tile=64 tile_overlap=0.9", r"overlap=0.9: .*0..0.75"),
         ("ckpt_path=x.ckpt input={tmp}/in max_image_pixels=0", r"max_image_pixels=0: a number of"),
+        # named as given, not as the model's keys (model.roi_heads.detections_per_img=0)
+        ("ckpt_path=x.ckpt input={tmp}/in max_detections=0", r": max_detections=0: must lie in"),
+        ("ckpt_path=x.ckpt input={tmp}/in score_thresh=-1", r": score_thresh=-1: must lie in"),
+        ("ckpt_path=x.ckpt input={tmp}/in nms_thresh=0", r": nms_thresh=0: must lie in \(0, 1\]"),
+        ("ckpt_path=x.ckpt input={tmp}/in tta=mirror", r": tta='mirror': one of none, flip"),
+        ("ckpt_path=x.ckpt input={tmp}/in draw_thresh=30", r": draw_thresh=30: must lie in"),
+        ("ckpt_path=x.ckpt input={tmp}/in batch_size=0", r": batch_size=0: must lie in \[1,"),
         (
             "backend=onnxruntime model_file={tmp}/m.onnx input={tmp}/in device=gpu",
             r"backend=onnxruntime runs on the CPU: device=cpu or device=auto",

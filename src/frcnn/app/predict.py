@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn.app.build import require_extra
+from frcnn.checks import check_number
 from frcnn.data.sources import UNREADABLE_IMAGE, image_files, image_suffixes, unreadable
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
@@ -176,7 +177,8 @@ def predict_files(cfg) -> dict:
     """
     files = find_images(cfg.input)
     output = pictures_folder(cfg.output, files)
-    tiles = tile_settings(cfg)  # (checked before the model loads)
+    check_settings(cfg)
+    tiles = tile_settings(cfg)  # (both checked before the model loads)
     pixel_limit = image_pixel_limit(cfg.get("max_image_pixels"))
     predictor = load_predictor(cfg)
     output.mkdir(parents=True, exist_ok=True)
@@ -344,6 +346,13 @@ def load_predictor(cfg) -> Predictor:
     return Predictor.from_exported(exported, backend, cfg.max_detections)
 
 
+def check_settings(cfg) -> None:
+    """predict.py's own numbers, checked before the model loads (the post-processing's are
+    checked by the Predictor, `check_post_processing`)."""
+    check_number("batch_size", cfg.batch_size, 1, integer=True)
+    check_number("draw_thresh", cfg.draw_thresh, 0, 1)
+
+
 def tile_settings(cfg) -> tuple[int, float] | None:
     """(`tile`, `tile_overlap`): a tile's side in pixels and the share of it that neighbours
     share; None without tiles (`tile=null`)."""
@@ -468,7 +477,8 @@ def predict_video(cfg) -> dict:
         raise ValueError(f"stride={stride!r}: a whole number >= 1 (every stride-th frame)")
     info = video.probe(source)
     output, movie = video_outputs(cfg.output, source)
-    tiles = tile_settings(cfg)  # (checked before the model loads)
+    check_settings(cfg)
+    tiles = tile_settings(cfg)  # (both checked before the model loads)
     predictor = load_predictor(cfg)
     prepare, detect = detector(cfg, predictor, tiles)
     output.mkdir(parents=True, exist_ok=True)

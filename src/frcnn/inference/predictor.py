@@ -10,8 +10,9 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from frcnn.boxes import content_sizes, to_original_pixels
-from frcnn.checks import check_gpu
+from frcnn.checks import check_gpu, check_number
 from frcnn.data.transforms import Record, Transform, array_image, to_rgb
+from frcnn.model.tta import TTA
 from frcnn.structures import class_name
 from frcnn.training.checkpoint import detector_from_checkpoint, load_checkpoint
 
@@ -32,6 +33,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 JPEG_START = b"\xff\xd8"  # a JPEG file's first bytes (its start-of-image marker)
+
+
+def check_post_processing(score_thresh=None, nms_thresh=None, max_detections=None, tta=None):
+    """The post-processing asked of a Predictor (None: the checkpoint's), checked before the
+    model loads and named as given (`predict.py score_thresh=`, or the keyword): the model
+    would name its own keys (`model.roi_heads.detections_per_img` for `max_detections`)."""
+    if score_thresh is not None:
+        check_number("score_thresh", score_thresh, 0, 1)
+    if nms_thresh is not None:
+        check_number("nms_thresh", nms_thresh, 0, 1, open_low=True)
+    if max_detections is not None:
+        check_number("max_detections", max_detections, 1, integer=True)
+    if tta not in (None, *TTA):
+        raise ValueError(f"tta={tta!r}: one of {', '.join(TTA)} (null: the checkpoint's)")
 
 
 class Predictor:
@@ -71,6 +86,7 @@ class Predictor:
     ) -> "Predictor":
         """Rebuild the model from the config saved in a training checkpoint; post-processing
         and `tta` ("none" | "flip") as given, else the checkpoint's."""
+        check_post_processing(score_thresh, nms_thresh, max_detections, tta)
         checkpoint = load_checkpoint(path)
         post = {
             "score_thresh": score_thresh,
@@ -101,6 +117,7 @@ class Predictor:
             raise ValueError(
                 f"backend={backend!r}: an exported file runs on {', '.join(EXPORTED_BACKENDS)}"
             )
+        check_post_processing(max_detections=max_detections)
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"model_file={str(path)!r}: no such file (export.py writes it)")

@@ -203,6 +203,7 @@ def test_calibration_takes_the_first_images_and_says_when_the_data_has_fewer(cap
         # named as given, not as the model's keys (model.roi_heads.detections_per_img=0)
         ("max_detections=0", r": max_detections=0: must lie in \[1, inf\)"),
         ("score_thresh=1.5", r": score_thresh=1.5: must lie in \[0, 1\]"),
+        ("check_images=0", r"check_images=0: a file, folder or glob of images, up to 4"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_naming_it(trained, tmp_path, override, message):

@@ -2,6 +2,7 @@
 
 import importlib
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from frcnn.app import visualize
 from frcnn.boxes import content_sizes
 from frcnn.visualization.canvas import DPI
 from frcnn.visualization.inspection import SIZES, WHAT
-from tests.app.helpers import composed, run
+from tests.app.helpers import composed, refused, run
 from tests.data.conftest import hub_row, write_hub_parquet
 
 SMALL_MODEL = ["model.fpn_channels=32", "data.image_size=128", "data.num_workers=0", "device=cpu"]
@@ -129,3 +130,18 @@ def test_an_index_beyond_the_validation_set_is_refused(tmp_path):
     with pytest.raises(AssertionError, match="index=100: the validation set has 8 images"):
         run("visualize.py", "index=100", "data.val.num_images=8", *SMALL_MODEL,
             f"output={tmp_path}", log_dir=tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # an FPN level beyond the model's five (P2..P6): an IndexError deep in the drawing before
+        ("what=anchors level=5", r"level=5: must lie in \[0, 4\]"),
+        ("what=proposals top_n=0", r"top_n=0: must lie in \[1, inf\)"),
+        ("dpi=0", r"dpi=0: must lie in \[1, inf\)"),
+    ],
+)
+def test_a_picture_setting_out_of_range_is_refused_naming_it(tmp_path, setting, message):
+    printed = refused("visualize.py", *setting.split(), "data.val.num_images=8", *SMALL_MODEL,
+                      f"output={tmp_path}", log_dir=tmp_path)  # fmt: skip
+    assert re.search(message, printed), printed

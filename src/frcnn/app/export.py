@@ -280,6 +280,11 @@ def exporter(format: str, opset: int, pt2_cpu: str = "native"):
 def check_images(spec: str | None, predictor: Predictor) -> list:
     """The images the export is checked on: up to 4 of `spec` (a file, folder or glob), or 4
     synthetic ones of 240-640 px; an unreadable one is refused, named."""
+    if spec is not None and not isinstance(spec, str):  # (check_images=0: no check is skipped)
+        raise ValueError(
+            f"check_images={spec!r}: a file, folder or glob of images, up to 4 (null: 4 "
+            "synthetic ones); every export is checked"
+        )
     if not spec:
         num_classes = min(predictor.model.roi_heads.num_classes, 24)
         return [draw_sample(0, i, num_classes, 240, 640).image for i in range(CHECK_IMAGES)]

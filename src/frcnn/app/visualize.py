@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from frcnn.app.build import checkpoint_run_config, classes_from_data
 from frcnn.boxes import content_sizes
+from frcnn.checks import check_number
 from frcnn.data.sources import first_samples
 from frcnn.evaluation.dataset_stats import dataset_statistics
 from frcnn.evaluation.report import dataset_markdown
@@ -38,6 +39,7 @@ def visualize(cfg: DictConfig) -> Path:
     With a checkpoint, the detector and the data settings (image size, resize, the validation
     set) are the checkpoint's own, with what the command line sets under `model.` / `data.` (or
     `data=...`) on top, as in eval.py."""
+    check_number("dpi", cfg.dpi, 1)
     if cfg.what == "labels":
         return labels_picture(cfg)
     class_names = category_ids = None

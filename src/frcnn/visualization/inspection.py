@@ -11,6 +11,7 @@ import torch
 from matplotlib.patches import Rectangle
 
 from frcnn.boxes import clip_boxes
+from frcnn.checks import check_number
 from frcnn.model.matching import IGNORED, NEGATIVE, training_labels
 from frcnn.structures import counted, pad_targets
 from frcnn.visualization.canvas import figure
@@ -193,6 +194,9 @@ def make_figure(
         raise ValueError(
             "what=assignments needs ground truth: use a data set sample, not image=..."
         )
+    levels = len(model.anchor_generator.strides)  # (0: P2, as the picture's title says)
+    check_number("level", level, 0, levels - 1, integer=True)
+    check_number("top_n", top_n, 1, integer=True)
     size = torch.tensor(image.shape[-2:]) if size is None else size.cpu()
     builders = {
         "anchors": lambda: anchors_figure(model, image, size, level),

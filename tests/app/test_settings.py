@@ -63,9 +63,12 @@ def test_a_nested_setting_the_command_line_adds_that_its_object_refuses_is_named
         ("module.optimizer.lr=-1", r": ValueError: module.optimizer.lr=-1: must lie in \[0, inf"),
         ("module.optimizer.momentum=-0.9", r": ValueError: module.optimizer: Invalid momentum"),
         ("module.scheduler.gamma=-1", r": ValueError: module.scheduler.gamma=-1: must lie in"),
+        # Lightning does not check the types of its counts: a TypeError deep in it before
+        ("trainer.max_epochs=ten", r": ValueError: trainer.max_epochs='ten': must be an integ"),
+        ("trainer.gradient_clip_val=-1", r": ValueError: trainer.gradient_clip_val=-1: must li"),
     ],
 )
-def test_an_optimizer_or_schedule_setting_out_of_range_is_named(tmp_path, setting, told):
+def test_an_optimizer_schedule_or_trainer_setting_out_of_range_is_named(tmp_path, setting, told):
     assert re.search(told, refused("train.py", setting, *TINY, log_dir=tmp_path))
 
 

@@ -103,6 +103,7 @@ def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
     unless one is given); `resumed`: the checkpoint the run goes on from (`cfg.ckpt_path`)."""
     quiet_libraries()
     check_gpu("device", cfg.trainer.accelerator)  # (experiment=coco400 chooses device=gpu)
+    check_trainer_counts(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:
         datamodule = instantiate(cfg.data)
@@ -281,6 +282,22 @@ def listed(names: list[str], most: int = 12) -> str:
         return "none"
     shown = ", ".join(names[:most])
     return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
+
+
+# the Trainer's counts and their least values: Lightning does not check their types (a string
+# fails deep in it: "'>' not supported between instances of 'int' and 'str'")
+TRAINER_COUNTS = {"max_epochs": -1, "max_steps": -1, "check_val_every_n_epoch": 1,
+                  "log_every_n_steps": 1}  # fmt: skip
+
+
+def check_trainer_counts(trainer: DictConfig) -> None:
+    """The Trainer's counts (`TRAINER_COUNTS`; null: Lightning's default) and gradient clip,
+    checked before the data and the model are built, named."""
+    for key, low in TRAINER_COUNTS.items():
+        if trainer.get(key) is not None:
+            check_number(f"trainer.{key}", trainer[key], low, integer=True)
+    if trainer.get("gradient_clip_val") is not None:
+        check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)
 
 
 def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:

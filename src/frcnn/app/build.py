@@ -104,6 +104,7 @@ def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
     quiet_libraries()
     check_gpu("device", cfg.trainer.accelerator)  # (experiment=coco400 chooses device=gpu)
     check_trainer_counts(cfg.trainer)
+    check_number("seed", cfg.seed, 0, 2**32 - 1, integer=True)  # (numpy's range, as Lightning's)
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:
         datamodule = instantiate(cfg.data)

@@ -341,9 +341,12 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
     with pytest.raises(FileNotFoundError, match=r"^data.val.data_files: no such local file"):
         val = {"data_files": [str(coco_folder / "val-*.parquet")]}
         load("coco", train={"data_files": hub_parquet}, val=val).setup("fit")
-    with pytest.raises(ValueError, match=r"^data.train.num_images=0: must be positive"):
+    with pytest.raises(ValueError, match=r"^data.train.num_images=0: must lie in \[1, inf\)"):
         load("synthetic", train={"num_images": 0}).setup("fit")
-    with pytest.raises(ValueError, match=r"^data.num_classes=99: must lie in 1\.\."):
+    # a string: '<=' between it and an int failed as a TypeError, with a traceback
+    with pytest.raises(ValueError, match=r"^data.val.num_images='abc': must be an integer in"):
+        load("synthetic", val={"num_images": "abc"}).setup("fit")
+    with pytest.raises(ValueError, match=r"^data.num_classes=99: must lie in \[1, 24\]"):
         load("synthetic", num_classes=99).setup("fit")
     voc = tmp_path / "voc"
     with pytest.raises(FileNotFoundError, match=r"^data.root='.*voc': no .*train.txt, nor"):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from frcnn.boxes import pairwise_iou
+from frcnn.checks import check_number
 from frcnn.data.sources import MapSource
 from frcnn.data.transforms import Record, Transform
 
@@ -96,12 +97,9 @@ class SyntheticShapes(MapSource):
         seed: int = 0,
         max_objects: int = 6,
     ):
-        if not 1 <= num_classes <= len(PALETTE) * len(SHAPES):
-            raise ValueError(
-                f"num_classes={num_classes}: must lie in 1..{len(PALETTE) * len(SHAPES)}"
-            )
-        if num_images <= 0:
-            raise ValueError(f"num_images={num_images}: must be positive")
+        check_number("num_classes", num_classes, 1, len(PALETTE) * len(SHAPES), integer=True)
+        check_number("num_images", num_images, 1, integer=True)
+        check_number("max_objects", max_objects, 1, integer=True)
         super().__init__(transform, num_classes, name="synthetic")
         self.num_images, self.seed, self.max_objects = num_images, seed, max_objects
         self.class_names = class_names(num_classes)

@@ -162,17 +162,16 @@ class HubDetection(IterableDataset):
     def _schema(self, class_names: list[str] | None) -> Schema:
         """The set's columns (`read_schema`); where they are not a detection set's and `name`
         is a local folder of another layout (VOC's, YOLO's), the error names its data config."""
-        features = self._dataset.features
+        local = self.data_files is None and Path(self.name).is_dir()
+        hint = other_layout(Path(self.name)) if local else ""
+        if self._dataset.features is None:
+            raise ValueError(
+                f"{self._where()} has no datasets features (written without them?): its "
+                f"columns and class names cannot be read{hint}"
+            )
         try:
-            if features is None:
-                raise ValueError(
-                    f"{self._where()} has no datasets features (written without them?): its "
-                    "columns and class names cannot be read"
-                )
-            return read_schema(features, self._where(), class_names)
+            return read_schema(self._dataset.features, self._where(), class_names)
         except ValueError as err:
-            local = self.data_files is None and Path(self.name).is_dir()
-            hint = other_layout(Path(self.name)) if local else ""
             if hint:
                 raise ValueError(f"{err}{hint}") from None
             raise

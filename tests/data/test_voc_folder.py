@@ -154,6 +154,22 @@ def test_a_split_whose_boxes_are_mostly_no_numbers_stops_at_start_up(voc):
     assert len(VOCFolder(Transform(120), str(voc), "val")) == 1  # its own boxes
 
 
+def test_boxes_of_another_format_stop_at_start_up(voc):
+    """x, y, width, height written as xmin, ymin, xmax, ymax (the dog's 70, 21, 50, 49: its
+    xmax below its xmin) would train on the wrong geometry, or be dropped: the first is shown."""
+    xml = voc / "Annotations" / "000001.xml"
+    xml.write_text(
+        xml.read_text()
+        .replace("<xmin>11</xmin>", "<xmin>70</xmin>")
+        .replace("<xmax>60</xmax><ymax>70</ymax>", "<xmax>50</xmax><ymax>49</ymax>")
+    )
+    message = r"VOC2007' \(train\): 1 of its 2 boxes are inverted or reach past the image size"
+    with pytest.raises(ValueError, match=message) as error:
+        VOCFolder(Transform(120), str(voc), "train")
+    assert "000001.xml: <bndbox><xmin>70</xmin><ymin>21</ymin><xmax>50</xmax>" in str(error.value)
+    assert "are they x, y, width and height?" in str(error.value)
+
+
 def test_images_resized_since_they_were_annotated_stop_the_start_up(voc):
     """The xml's size is twice the files' (120 x 80): their boxes fit other pixels."""
     for xml in (voc / "Annotations").glob("*.xml"):

@@ -78,6 +78,33 @@ def check_boxes(boxes: int, malformed: int, first: Path | None, where: str) -> N
     )
 
 
+def outside(objects: list, size: tuple[int, int] | None) -> list[int]:
+    """The objects (their indices) whose box, read (`read_annotation`), is inverted or reaches
+    past the image size the xml records by more than a pixel: boxes of another format (x, y,
+    width, height in xmin..ymax). A box with a coordinate that is no number is not among them."""
+    boxes = np.array([box for _, box, _ in objects], np.float64).reshape(-1, 4)
+    wrong = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]) | (boxes[:, :2] < -1).any(1)
+    if size:
+        wrong |= (boxes[:, 2] > size[0] + 1) | (boxes[:, 3] > size[1] + 1)
+    return np.flatnonzero(wrong).tolist()  # (NaN compares False: not wrong)
+
+
+def check_box_format(boxes: int, wrong: int, first: tuple[Path, int] | None, where: str) -> None:
+    """Stop at start-up where more than a fifth of a split's `boxes` are `wrong` (`outside`), as a
+    COCO json's check does, showing the first one (`first`: its xml file and object index): they
+    would train on the wrong geometry, or be dropped, silently."""
+    if wrong <= boxes / 5:
+        return
+    xml, index = first
+    bndbox = list(ET.parse(xml).getroot().iter("bndbox"))[index]
+    shown = " ".join(ET.tostring(bndbox, encoding="unicode").split())
+    raise ValueError(
+        f"{where}: {wrong} of its {boxes} boxes are inverted or reach past the image size their "
+        f"xml records (e.g. {xml}: {shown}): a bndbox holds xmin, ymin, xmax and ymax in "
+        "pixels; are they x, y, width and height?"
+    )
+
+
 def unlisted_names(root: Path, split: str, unknown: dict, given: list | None, samples: list) -> str:
     """The start-up error for object names outside the class list: every one with its count
     and first xml, and the whole list to give (the given one and them, or the split's names
@@ -191,14 +218,17 @@ class VOCFolder(MapSource):
         super().__init__(transform, len(self.class_names), name=f"voc {root}, split {split}")
         label_of = {name: i + 1 for i, name in enumerate(self.class_names)}
         self.samples, unknown = [], {}  # an unlisted name -> (objects, first xml)
-        boxes = malformed = 0
-        first_malformed = None  # the first xml file with a malformed box
+        boxes = malformed = wrong = 0
+        first_malformed = first_wrong = None  # the first xml file with such a box
         for image_id in ids:
             xml = annotations / f"{image_id}.xml"
             file_name, objects, size = read_annotation(xml)
             bad = sum(bool(np.isnan(box).any()) for _, box, _ in objects)
             boxes, malformed = boxes + len(objects), malformed + bad
             first_malformed = first_malformed or (xml if bad else None)
+            faults = outside(objects, size)
+            wrong += len(faults)
+            first_wrong = first_wrong or ((xml, faults[0]) if faults else None)
             for name in (name for name, _, _ in objects if name not in label_of):
                 count, first = unknown.get(name, (0, f"{image_id}.xml"))
                 unknown[name] = (count + 1, first)
@@ -213,6 +243,7 @@ class VOCFolder(MapSource):
         if not self.samples:
             raise ValueError(f"data.root={str(root)!r}: the {split} split has no images")
         check_boxes(boxes, malformed, first_malformed, f"data.root={str(root)!r} ({split})")
+        check_box_format(boxes, wrong, first_wrong, f"data.root={str(root)!r} ({split})")
         check_images_exist(
             [self.image_dir / name for name, _, _ in self.samples[:IMAGES_CHECKED]],
             f"data.root={str(root)!r} ({split})",

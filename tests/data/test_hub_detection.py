@@ -95,9 +95,19 @@ def test_the_format_is_read_from_the_rows_where_only_one_reading_fits(tmp_path, 
 
 def test_rows_that_leave_doubt_stop_at_start_up_naming_the_setting(tmp_path):
     with pytest.raises(
-        ValueError, match="cannot be told .* xyxy and xywh both fit.*data.box_format"
+        ValueError, match="cannot be told .*: as xyxy and as xywh every box fits.*data.box_format"
     ):
         stream(cppe5_parquet(tmp_path / "a.parquet", AMBIGUOUS))
+
+
+def test_boxes_that_fit_no_reading_are_told_so_naming_a_normalized_setting_given():
+    """(The message said "every reading fit" where none did.)"""
+    rows = [(torch.tensor([[120.0, 10, 50, 40]]).numpy(), (200, 100))]
+    with pytest.raises(ValueError, match=r"1 of 1: no reading fits all, is data.normalized=true"):
+        decide_box_format(rows, None, True, "x")
+    rows = [(torch.tensor([[120.0, 10, 250, 40]]).numpy(), (200, 100))]
+    with pytest.raises(ValueError, match=r"cxcywh: 1 of 1: no reading fits all\)"):
+        decide_box_format(rows, None, None, "x")
 
 
 def test_normalised_boxes_are_scaled_by_each_image():

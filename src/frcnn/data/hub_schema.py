@@ -311,6 +311,7 @@ def decide_box_format(
                 "set data.box_format (xyxy, xywh or cxcywh) and data.normalized (true, false)"
             )
         return box_format, normalized, "as set"
+    given = normalized
     if normalized is None:  # pixel boxes of at most 1 px are no boxes: 0..1 is normalised
         normalized = bool(max(float(b.max()) for b in boxes) <= 1.0)
     count = sum(len(b) for b in boxes)
@@ -334,10 +335,12 @@ def decide_box_format(
         others = ", ".join(f"{f}: {misfits[f]} of {count} boxes would not fit" for f in misfits)
         return fitting[0], normalized, f"read from its first {len(rows)} rows ({others})"
     found = ", ".join(f"{f}: {n} of {count}" for f, n in misfits.items())
-    why = "every reading" if fitting == [] else f"{' and '.join(fitting)} both"
+    why = f"as {' and as '.join(fitting)} every box fits" if fitting else "no reading fits all"
+    if not fitting and given is not None:
+        why += f", is data.normalized={str(given).lower()} right?"
     raise ValueError(
         f"{name}: the box format cannot be told from its first {len(rows)} rows ({unit}; boxes "
-        f"that would not fit their image as {found}: {why} fit). Set data.box_format "
+        f"that would not fit their image as {found}: {why}). Set data.box_format "
         "(xyxy: x_min, y_min, x_max, y_max; xywh: x_min, y_min, width, height; cxcywh: centre, "
         "width, height) and, if need be, data.normalized"
     )

@@ -19,11 +19,26 @@ def check_number(
     """Raise ValueError naming `key` unless `value` is a number (an integer if `integer`) in
     [low, high], or (low, high] with `open_low`."""
     kind = "an integer" if integer else "a number"
-    numeric = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not numeric or math.isnan(value):
+    if not is_number(value, integer):
         raise ValueError(f"{key}={value!r}: must be {kind} in {interval(low, high, open_low)}")
     if value < low or value > high or (open_low and value == low):
         raise ValueError(f"{key}={value!r}: must lie in {interval(low, high, open_low)}")
+
+
+def check_flag(key: str, value, *others) -> None:
+    """Raise ValueError naming `key` unless `value` is true or false, or one of `others` (a
+    word such as "auto", or None): Hydra reads `no`, `off` or `0` as a string or a number, all
+    of which Python would take as true or false unasked."""
+    if isinstance(value, bool) or (not isinstance(value, int | float) and value in others):
+        return
+    words = ["true", "false", *("null" if o is None else str(o) for o in others)]
+    raise ValueError(f"{key}={value!r}: must be {', '.join(words[:-1])} or {words[-1]}")
+
+
+def is_number(value, integer: bool = False) -> bool:
+    """Whether `value` is a number (an integer if `integer`), not a boolean, not NaN."""
+    numeric = isinstance(value, int) if integer else isinstance(value, int | float)
+    return numeric and not isinstance(value, bool) and not math.isnan(value)
 
 
 def interval(low: float, high: float, open_low: bool) -> str:

@@ -237,14 +237,41 @@ def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):
         ("model.rpn.min_size=-1", r"model.rpn.min_size=-1: must lie in \[0, inf\)"),
         ("model.anchors.sizes=[[0],[32],[64],[128],[256]]", r"anchors.sizes\[0\]=0: must lie in"),
         ("model.fpn_channels=0", r"model.fpn_channels=0: must lie in \[1, inf\)"),
+        # each of these failed with a traceback only in the first step, or ran as another value
+        ("model.backbone.norm_eps=-1", r"model.backbone.norm_eps=-1: must lie in \(0, inf\)"),
+        ("model.rpn.box_coder_weights=[1,1]", r"rpn.box_coder_weights=\[1, 1\]: give four pos"),
+        ("model.roi_heads.box_coder_weights=[10,10,0,5]", r"weights=\[10, 10, 0, 5\]: give"),
+        ("model.rpn.smooth_l1_beta=-1", r"model.rpn.smooth_l1_beta=-1: must lie in \[0, inf\)"),
+        ("model.roi_heads.canonical_size=0", r"canonical_size=0: must lie in \(0, inf\)"),
+        ("module.compile=no", r"module.compile='no': true \(inductor\), false or a torch.compile"),
+        # a word Hydra reads as a string: Python took it as true
+        ("model.backbone.checkpointing=no", r"checkpointing='no': must be true or false"),
+        ("module.per_class_map=maybe", r"module.per_class_map='maybe': must be true or false"),
+        ("module.channels_last=1", r"module.channels_last=1: must be true or false"),
+        ("data.pin_memory=off", r"data.pin_memory='off': must be true or false"),
+        ("data.persistent_workers=no", r"data.persistent_workers='no': must be true or false"),
     ],
 )
 def test_an_impossible_value_fails_at_start_up_naming_the_key_and_range(
     tmp_path, override, message
 ):
     cfg = composed(tmp_path, override, *OFFLINE)
-    with pytest.raises(InstantiationException, match=message):
+    with pytest.raises((InstantiationException, ValueError), match=message):
         build_all(cfg)
+
+
+def test_an_unknown_frozen_stage_is_refused_without_the_warning_about_random_stages(
+    tmp_path, caplog
+):
+    from frcnn.app.build import warn_frozen_random
+
+    cfg = composed(tmp_path, "model.backbone.frozen=layer9", *OFFLINE)
+    warn_frozen_random(cfg.model.backbone)
+    assert "keeps the backbone's stages" not in caplog.text
+    with pytest.raises(InstantiationException, match=r"model.backbone.frozen='layer9': choose"):
+        instantiate(cfg.model)
+    warn_frozen_random(composed(tmp_path, "frozen=layer2", *OFFLINE).model.backbone)
+    assert "frozen=layer2 keeps the backbone's stages up to layer2" in caplog.text
 
 
 def test_the_learning_rate_scales_with_the_batch_and_is_printed(tmp_path, caplog):

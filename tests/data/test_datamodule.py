@@ -357,6 +357,26 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
         load("voc", root=str(voc), val={"split": "vall"}).setup("validate")
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("coco_files", {"train": {"keep_empty": "no"}}, "data.train.keep_empty='no'"),
+        ("yolo", {"root": "yolo", "train": {"keep_empty": 0}}, "data.train.keep_empty=0"),
+        ("voc", {"root": "voc", "train": {"keep_empty": "off"}}, "data.train.keep_empty='off'"),
+        ("hub", {"train": {"data_files": "x", "shuffle": "no"}}, "data.train.shuffle='no'"),
+        ("hub", {"train": {"data_files": "x"}, "normalized": "no"}, "data.normalized='no': must"),
+        ("coco", {"train": {"retries": -1}}, r"data.train.retries=-1: must lie in \[0, inf\)"),
+        ("coco", {"train": {"backoff_s": -1}}, r"data.train.backoff_s=-1: must lie in \[0, inf"),
+        ("coco", {"train": {"shuffle_buffer": 0}}, r"data.train.shuffle_buffer=0: must lie in \[1"),
+    ],
+)
+def test_a_sources_flag_or_count_is_checked_before_the_data_is_read(name, overrides, message):
+    """A word Hydra reads as a string (`keep_empty=no`) is true to Python: it kept the images it
+    was to leave out, without a word."""
+    with pytest.raises(ValueError, match=f"^{message}"):
+        load(name, **overrides).setup("fit")
+
+
 def test_every_training_epoch_reshuffles_the_data():
     """StreamEpoch (which the app adds to every trainer) hands each epoch to the data module;
     through Lightning's own loop: tests/app/test_train.py's resume test."""

@@ -22,10 +22,11 @@ from lightning.pytorch.callbacks import ProgressBar as LightningBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.checks import check_gpu, check_number, typed_setting
+from frcnn.checks import check_flag, check_gpu, check_number, typed_setting
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.data.sources import relative_path
 from frcnn.inference.predictor import resolve_device
+from frcnn.model.backbone import STAGES
 from frcnn.model.convert import PREDICTOR_KEYS, Loaded, load_weights
 from frcnn.training.callbacks import Preemption, ProgressBar
 from frcnn.training.checkpoint import (
@@ -149,8 +150,8 @@ def classes_from_data(cfg: DictConfig, datamodule) -> None:
 def warn_frozen_random(backbone: DictConfig) -> None:
     """Frozen stages that hold random weights (no pretrained backbone, no init_weights) never
     learn: a run that freezes them is warned (e.g. coco400 offline, `weights=null`)."""
-    frozen = backbone.get("frozen") or "none"
-    if frozen != "none" and not backbone.get("weights"):
+    frozen = backbone.get("frozen")
+    if frozen in STAGES and not backbone.get("weights"):  # (another setting fails on its own)
         log.warning(
             "model.backbone.frozen=%s keeps the backbone's stages up to %s as they are, and "
             "they are random (model.backbone.weights=null, no init_weights): they will never "
@@ -445,8 +446,7 @@ def report_wanted(cfg: DictConfig) -> bool:
     trial of a sweep (whose summary compares the trials; each report would cost about as much
     as its COCO evaluation). Raises on other settings."""
     setting = cfg.get("report", "auto")
-    if setting not in (True, False, "auto"):
-        raise ValueError(f"report={setting!r}: must be true, false or auto")
+    check_flag("report", setting, "auto")
     check_number("report_score_threshold", cfg.get("report_score_threshold", 0.5), 0, 1)
     if setting == "auto":
         return HydraConfig.get().mode != RunMode.MULTIRUN

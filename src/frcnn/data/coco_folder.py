@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from frcnn.checks import check_flag
 from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
@@ -39,6 +40,7 @@ class COCOFolder(MapSource):
         image_dir: str,
         keep_empty: bool = True,
     ):
+        check_flag("keep_empty", keep_empty)
         annotation_file, image_dir = Path(annotation_file), Path(image_dir)
         named = f"annotation_file={str(annotation_file)!r}"
         coco = read_annotation_file(annotation_file, image_dir, named)

@@ -11,7 +11,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset, get_worker_info
 
-from frcnn.checks import check_number
+from frcnn.checks import check_flag, check_number
 from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
@@ -108,6 +108,12 @@ class HubDetection(IterableDataset):
         if limit is not None and limit <= 0:
             raise ValueError(f"limit={limit}: must be positive or null")
         check_number("max_skips_in_a_row", max_skips_in_a_row, 1, integer=True)
+        check_number("shuffle_buffer", shuffle_buffer, 1, integer=True)
+        check_number("retries", retries, 0, integer=True)
+        check_number("backoff_s", backoff_s, 0)
+        for key, flag in (("shuffle", shuffle), ("keep_empty", keep_empty)):
+            check_flag(key, flag)
+        check_flag("normalized", normalized, None)
         if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig
             data_files = (
                 [data_files] if isinstance(data_files, str) else [str(f) for f in data_files]

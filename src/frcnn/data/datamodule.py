@@ -19,7 +19,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from frcnn.checks import check_number
+from frcnn.checks import check_flag, check_number
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.held_out import split_off
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
@@ -250,6 +250,8 @@ class DetectionDataModule(L.LightningDataModule):
         check_number("data.batch_size", batch_size, 1, integer=True)
         check_number("data.num_workers", num_workers, 0, integer=True)
         check_number("data.prefetch_factor", prefetch_factor, 1, integer=True)
+        check_flag("data.pin_memory", pin_memory)
+        check_flag("data.persistent_workers", persistent_workers)
         if val_fraction is not None:
             check_number("data.val_fraction", val_fraction, 0, 1, open_low=True)
         elif val is None:

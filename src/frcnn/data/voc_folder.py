@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frcnn.checks import typed_setting
+from frcnn.checks import check_flag, typed_setting
 from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
@@ -211,6 +211,7 @@ class VOCFolder(MapSource):
         class_names: list[str] | None = None,
         keep_empty: bool = True,
     ):
+        check_flag("keep_empty", keep_empty)
         root = Path(root).expanduser()
         ids, annotations, self.image_dir = split_files(root, split)
         self.class_names = list(class_names or VOC_CLASSES)

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from frcnn.checks import check_flag
 from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
@@ -298,6 +299,7 @@ class YOLOFolder(MapSource):
     def __init__(
         self, transform: Transform, root: str, split: str = "train", keep_empty: bool = True
     ):
+        check_flag("keep_empty", keep_empty)
         file, content = read_data_yaml(root)
         self.class_names = class_names(content, file)
         self.category_ids = list(range(len(self.class_names)))  # YOLO's own class ids

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision import ops
 
+from frcnn.checks import check_flag, check_number
+
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 FROZEN_CHOICES = ("none", *STAGES)
 DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
@@ -93,6 +95,8 @@ def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1
         raise ValueError(f"model.backbone.depth={depth}: choose one of {sorted(DEPTHS)}")
     if norm not in NORMS:
         raise ValueError(f"model.backbone.norm={norm!r}: choose one of {NORMS}")
+    # trained BatchNorm divides by sqrt(var + eps) of a batch, which may be 0
+    check_number("model.backbone.norm_eps", norm_eps, 0, open_low=norm == "bn")
     arch = DEPTHS[depth]
     norm_layer = functools.partial(
         FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d, eps=norm_eps
@@ -161,7 +165,8 @@ class Backbone(nn.Module):
     ):
         super().__init__()
         if frozen not in FROZEN_CHOICES:
-            raise ValueError(f"frozen={frozen!r}: choose one of {FROZEN_CHOICES}")
+            raise ValueError(f"model.backbone.frozen={frozen!r}: choose one of {FROZEN_CHOICES}")
+        check_flag("model.backbone.checkpointing", checkpointing)
         resnet = build_resnet(depth, norm, weights, norm_eps)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2

@@ -7,6 +7,7 @@ from torch.profiler import record_function
 
 from frcnn.boxes import (
     BoxCoder,
+    check_box_coding,
     clip_boxes,
     is_large_enough,
     nms_in_rows,
@@ -86,6 +87,9 @@ class RoIHeads(nn.Module):
         check_number("model.roi_heads.nms_thresh", nms_thresh, 0.0, 1.0, open_low=True)
         check_number("model.roi_heads.score_thresh", score_thresh, 0.0, 1.0)
         check_number("model.roi_heads.min_size", min_size, 0.0)
+        check_number("model.roi_heads.canonical_size", canonical_size, 0, open_low=True)
+        check_number("model.roi_heads.canonical_level", canonical_level, 0, integer=True)
+        check_box_coding("model.roi_heads", box_coder_weights, smooth_l1_beta)
         self.num_classes = num_classes
         self.strides = tuple(strides)
         self.output_size = output_size

@@ -7,6 +7,7 @@ from torch.profiler import record_function
 
 from frcnn.boxes import (
     BoxCoder,
+    check_box_coding,
     clip_boxes,
     is_large_enough,
     nms_in_rows,
@@ -85,6 +86,7 @@ class RPN(nn.Module):
         check_number("model.rpn.nms_thresh", nms_thresh, 0.0, 1.0, open_low=True)
         check_number("model.rpn.min_size", min_size, 0.0)
         check_number("model.rpn.score_thresh", score_thresh, 0.0, 1.0)
+        check_box_coding("model.rpn", box_coder_weights, smooth_l1_beta)
         self.head = RPNHead(in_channels, num_anchors)
         self.box_coder = BoxCoder(box_coder_weights)
         self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from frcnn.boxes import to_original_pixels
-from frcnn.checks import check_number
+from frcnn.checks import check_flag, check_number
 from frcnn.distributed import distributed
 from frcnn.evaluation.results import Evaluation, log_pr_curves
 from frcnn.structures import Targets, class_name, counted
@@ -34,6 +34,17 @@ def compile_parts(model: nn.Module, backend: str, scope: str) -> None:
     """`torch.compile` the parts of `model` that COMPILE_SCOPES[scope] names, each in place."""
     for name in COMPILE_SCOPES[scope]:
         model.get_submodule(name).compile(backend=backend)
+
+
+def check_compile(compile) -> None:
+    """Raise ValueError unless `module.compile` is true, false or the name of a torch.compile
+    backend (torch would say "Invalid backend" only at the first step, the run built)."""
+    if isinstance(compile, bool) or compile in torch._dynamo.list_backends(exclude_tags=()):
+        return
+    raise ValueError(
+        f"module.compile={compile!r}: true (inductor), false or a torch.compile backend, e.g. "
+        + ", ".join(torch._dynamo.list_backends())
+    )
 
 
 def run_length(trainer: L.Trainer) -> int:
@@ -161,6 +172,9 @@ class DetectorModule(L.LightningModule):
                 f"module.compile_scope={compile_scope!r}: choose one of {list(COMPILE_SCOPES)}"
             )
         check_number("module.finite_check_every", finite_check_every, 1, integer=True)
+        check_flag("module.per_class_map", per_class_map)
+        check_flag("module.channels_last", channels_last)
+        check_compile(compile)
         self.finite_check_every = finite_check_every
         self._first_non_finite = None
         self.model = model

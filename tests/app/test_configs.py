@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from frcnn.app.build import SLOW_BFLOAT16, build_trainer, cpu_has_bfloat16
 from frcnn.inference.predictor import Predictor
@@ -274,20 +275,56 @@ def test_an_unknown_frozen_stage_is_refused_without_the_warning_about_random_sta
     assert "frozen=layer2 keeps the backbone's stages up to layer2" in caplog.text
 
 
-def test_the_learning_rate_scales_with_the_batch_and_is_printed(tmp_path, caplog):
+EARLY_STOP_ON_A_CLASS = [
+    "callbacks=early_stopping",
+    "callbacks.early_stopping.monitor='val/ap/green ellipse'",
+]
+
+
+def run_config(tmp_path, *overrides) -> DictConfig:
+    """A training run's config as @hydra.main hands it to the task, for `build`."""
     from omegaconf import open_dict
 
+    cfg = composed(tmp_path, "data.num_workers=0", "device=cpu", *OFFLINE, *overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["callbacks.model_checkpoint.monitor=val/mAP"], r"model_checkpoint.monitor=val/mAP: the "
+         r"run logs no such metric \(did you mean val/map\?\); it logs epoch, step, train/"),
+        (["optimized_metric=map50"], r"optimized_metric=map50: .* \(did you mean val/map_50\?\)"),
+        # a class's AP is logged with module.per_class_map=true alone
+        (EARLY_STOP_ON_A_CLASS, r"early_stopping.monitor=val/ap/green ellipse: the run logs"),
+        # 0 ran as null, the LR unscaled
+        (["lr_base_batch=0"], r"lr_base_batch=0: must lie in \[1, inf\)"),
+        # passed over on a CPU, a traceback on a GPU
+        (["float32_matmul_precision=fast"], "float32_matmul_precision='fast': one of highest,"),
+    ],
+)  # fmt: skip
+def test_a_run_setting_fails_at_start_up_naming_the_key(tmp_path, overrides, message):
+    """A metric that is monitored but not logged: Lightning failed at the end of the first
+    epoch (unsaved) with a traceback; a sweeper was told None."""
+    from frcnn.app import build
+
+    cfg = run_config(tmp_path, *overrides)
+    with pytest.raises(ValueError, match=message):
+        build(cfg)
+    if overrides == EARLY_STOP_ON_A_CLASS:
+        cfg.module.per_class_map = True
+        assert build(cfg)[1].metric_names() >= {"val/ap/green ellipse", "val/map", "train/loss"}
+
+
+def test_the_learning_rate_scales_with_the_batch_and_is_printed(tmp_path, caplog):
     from frcnn.app import build
 
     caplog.set_level("INFO", logger="frcnn")
 
     def module_of(*overrides):
-        cfg = composed(
-            tmp_path, "data.batch_size=4", "data.num_workers=0", "device=cpu", *OFFLINE, *overrides
-        )
-        with open_dict(cfg):
-            del cfg["hydra"]  # as @hydra.main hands it to the task
-        return build(cfg)[1]
+        return build(run_config(tmp_path, "data.batch_size=4", *overrides))[1]
 
     assert module_of().optimizer_factory.keywords["lr"] == pytest.approx(0.02 * 4 / 16)
     assert "Learning rate 0.005 = 0.02 x batch 4 / 16" in caplog.text

@@ -163,3 +163,28 @@ def test_an_unknown_compile_scope_fails_at_start_up():
     model = FasterRCNN(num_classes=2, backbone=dict(depth=18), fpn_channels=16)
     with pytest.raises(ValueError, match="module.compile_scope='all': choose one of"):
         DetectorModule(model, torch.optim.SGD, compile_scope="all")
+
+
+def test_the_metrics_a_run_logs_are_those_its_settings_may_monitor(tmp_path):
+    """`metric_names` (train.py checks callbacks' `monitor` and `optimized_metric` against it
+    at start-up) holds every figure a fit logs, and logs all but the classes' APs."""
+    import lightning as L
+
+    from frcnn.data import DetectionDataModule, SyntheticShapes
+
+    def shapes(seed):
+        return functools.partial(SyntheticShapes, num_images=4, num_classes=2, seed=seed)
+
+    data = DetectionDataModule(shapes(0), shapes(1), batch_size=2, num_workers=0, image_size=64)
+    model = FasterRCNN(num_classes=2, backbone=dict(depth=18), fpn_channels=16)
+    optimizer = functools.partial(torch.optim.SGD, lr=0.01)
+    m = DetectorModule(model, optimizer, class_names=["a", "b"], per_class_map=True)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(m, data)
+    logged, names = set(trainer.callback_metrics), m.metric_names()
+    assert logged <= names and "val/map" in logged and "train/loss_epoch" in logged
+    assert {n for n in names - logged if not n.startswith("val/ap/")} == {"epoch", "step"}
+    assert {"val/ap/a", "val/ap/b"} <= names

@@ -1,6 +1,7 @@
 """Building a run from its Hydra config: data module, detector, LightningModule and Trainer,
 shared by every command."""
 
+import difflib
 import importlib
 import logging
 import os
@@ -136,7 +137,30 @@ def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
         model=model, class_names=datamodule.class_names, category_ids=datamodule.category_ids
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    check_monitored(cfg, module.metric_names())
     return datamodule, module, trainer
+
+
+def check_monitored(cfg: DictConfig, logged: set[str]) -> None:
+    """Raise ValueError where a callback monitors (or a sweeper optimises) a metric that the
+    run does not log: Lightning fails at the first validation, a finished epoch unsaved, or a
+    sweeper is told None. LearningRateMonitor's `lr-...` figures are let be."""
+    monitored = {
+        f"callbacks.{name}.monitor": entry.monitor
+        for name, entry in (cfg.get("callbacks") or {}).items()
+        if isinstance(entry, DictConfig) and "_target_" in entry and entry.get("monitor")
+    }
+    monitored["optimized_metric"] = cfg.get("optimized_metric")
+    for key, metric in monitored.items():
+        if metric is None or metric in logged or str(metric).startswith("lr-"):
+            continue
+        near = difflib.get_close_matches(str(metric), logged, n=1)
+        shown = sorted(n for n in logged if not n.endswith(("_step", "_epoch")))
+        raise ValueError(
+            f"{key}={metric}: the run logs no such metric"
+            + (f" (did you mean {near[0]}?)" if near else "")
+            + f"; it logs {', '.join(shown)} (training figures also as _step and _epoch)"
+        )
 
 
 def classes_from_data(cfg: DictConfig, datamodule) -> None:
@@ -310,7 +334,7 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
     if "lr" in cfg.module.optimizer:  # (torch would name it scaled, and not its key)
         check_number("module.optimizer.lr", cfg.module.optimizer.lr, 0)
     base = cfg.get("lr_base_batch")
-    if not base:
+    if base is None:
         return
     check_number("lr_base_batch", base, 1, integer=True)
     batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
@@ -328,6 +352,9 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
     )
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
+
+
 def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.Trainer:
     """The Lightning Trainer with the config's callbacks and loggers (and `StreamEpoch`,
     which streamed data needs, `Preemption` and the progress bar, whatever the callbacks config
@@ -343,8 +370,13 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
         plugins=[AtomicCheckpointIO()],
     )
     report_wanted(cfg)  # a wrong setting fails now, not at the end of the run
+    matmul = cfg.get("float32_matmul_precision", "high")
+    if matmul not in MATMUL_PRECISIONS:  # (checked on a CPU too: the run may move to a GPU)
+        raise ValueError(
+            f"float32_matmul_precision={matmul!r}: one of {', '.join(MATMUL_PRECISIONS)}"
+        )
     if isinstance(trainer.accelerator, CUDAAccelerator):
-        torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
+        torch.set_float32_matmul_precision(matmul)
     elif trainer.precision == "bf16-mixed":
         warn_slow_bfloat16()
     return trainer

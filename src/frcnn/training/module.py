@@ -210,6 +210,18 @@ class DetectorModule(L.LightningModule):
         self._last_batch_start: float | None = None
         self._compiled = False
 
+    def metric_names(self) -> set[str]:
+        """What a run logs, for callbacks to monitor: the training figures (Lightning adds
+        each as `_step` and `_epoch` too), the validation losses, COCO figures and, with
+        per_class_map, each class's AP; Lightning's `epoch` and `step`."""
+        train = (*LOSS_NAMES, "loss", "images_per_s")
+        names = {f"train/{k}{end}" for k in train for end in ("", "_step", "_epoch")}
+        names |= {f"val/{k}" for k in (*LOSS_NAMES, "loss", "images", *self.map_keys)}
+        if self.per_class_map:
+            count = self.model.num_classes
+            names |= {f"val/ap/{class_name(c, self.class_names)}" for c in range(1, count + 1)}
+        return names | {"epoch", "step"}
+
     def setup(self, stage: str) -> None:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -2,8 +2,10 @@
 the messages write a setting as users type it."""
 
 import math
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -45,6 +47,24 @@ def interval(low: float, high: float, open_low: bool) -> str:
     left = "(" if open_low or low == -math.inf else "["
     right = "]" if high < math.inf else ")"
     return f"{left}{low:g}, {high:g}{right}"
+
+
+def check_path(key: str, value) -> None:
+    """Raise ValueError naming `key` unless `value` is a path (a string): Hydra reads a bare
+    number (`input=2024`, a folder in the current one; `1e3` too) as a number."""
+    if isinstance(value, str | os.PathLike):
+        return
+    if is_number(value):
+        raise ValueError(
+            f"{key}={value!r}: Hydra read a number, not a path; write it as one, e.g. ./{value}"
+        )
+    raise ValueError(f"{key}={override_value(value)}: give a path")
+
+
+def path_of(key: str, value) -> Path:
+    """Setting `key`'s path, `~` expanded (`check_path`)."""
+    check_path(key, value)
+    return Path(value).expanduser()
 
 
 def check_gpu(key: str, value) -> None:

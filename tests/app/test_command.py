@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from frcnn.app.build import require_extra
 from frcnn.app.command import deliberate, run_dir
-from frcnn.checks import check_number, typed_setting
+from frcnn.checks import check_flag, check_number, path_of, typed_setting
 from tests.app.helpers import ROOT, TINY, composed, refused, run, run_script
 
 
@@ -54,6 +54,37 @@ def test_a_setting_as_users_type_it_is_read_back_by_the_shell_and_hydra(tmp_path
     word = words[0].decode()
     override = OverridesParser.create().parse_override(word)
     assert (override.key_or_group, override.value()) == ("data.class_names", value)
+
+
+def hydra_reads(word: str):
+    """A setting's value as Hydra reads it from the command line."""
+    return OverridesParser.create().parse_override(f"key={word}").value()
+
+
+@pytest.mark.parametrize("word", ["no", "off", "0", "1", "yes"])
+def test_a_switch_typed_as_another_word_is_refused_as_python_would_read_it_otherwise(word):
+    with pytest.raises(ValueError, match=f"^data.pin_memory={hydra_reads(word)!r}: must be true"):
+        check_flag("data.pin_memory", hydra_reads(word))
+    for word in ("true", "False", "TRUE"):
+        check_flag("data.pin_memory", hydra_reads(word))
+    check_flag("report", "auto", "auto")
+    with pytest.raises(ValueError, match=r"^report='no': must be true, false or auto$"):
+        check_flag("report", "no", "auto")
+    with pytest.raises(ValueError, match=r"^data.normalized=1: must be true, false or null$"):
+        check_flag("data.normalized", 1, None)
+
+
+def test_a_path_that_hydra_reads_as_a_number_is_refused_saying_how_to_write_it():
+    """(A traceback from pathlib before, in every command.)"""
+    for word in ("2024", "1e3"):
+        number = hydra_reads(word)
+        with pytest.raises(ValueError, match=rf"^input={number}: Hydra read a number, not a pa"):
+            path_of("input", number)
+    assert path_of("input", hydra_reads("./2024")) == Path("2024")
+    assert path_of("input", hydra_reads("007")) == Path("007")
+    assert path_of("output", "~/out") == Path.home() / "out"
+    with pytest.raises(ValueError, match=r"^output=null: give a path$"):
+        path_of("output", None)
 
 
 def test_a_bad_value_is_one_message_without_traceback(tmp_path):

@@ -303,6 +303,8 @@ def run_config(tmp_path, *overrides) -> DictConfig:
         (["lr_base_batch=0"], r"lr_base_batch=0: must lie in \[1, inf\)"),
         # passed over on a CPU, a traceback on a GPU
         (["float32_matmul_precision=fast"], "float32_matmul_precision='fast': one of highest,"),
+        (["init_weights=5"], r"init_weights=5: Hydra read a number, not a path"),
+        (["model.backbone.weights=5"], r"model.backbone.weights=5: Hydra read a number, not"),
     ],
 )  # fmt: skip
 def test_a_run_setting_fails_at_start_up_naming_the_key(tmp_path, overrides, message):

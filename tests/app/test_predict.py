@@ -317,6 +317,9 @@ def test_an_output_that_is_a_file_is_refused_before_a_model_loads(tmp_path):
         ("ckpt_path=x.ckpt input={tmp}/in tta=mirror", r": tta='mirror': one of none, flip"),
         ("ckpt_path=x.ckpt input={tmp}/in draw_thresh=30", r": draw_thresh=30: must lie in"),
         ("ckpt_path=x.ckpt input={tmp}/in batch_size=0", r": batch_size=0: must lie in \[1,"),
+        # a path Hydra reads as a number: a traceback from pathlib before
+        ("ckpt_path=x.ckpt input=2024", r": input=2024: Hydra read a number, .* e.g. ./2024"),
+        ("ckpt_path=5 input={tmp}/in", r": ckpt_path=5: Hydra read a number, not a path"),
         (
             "backend=onnxruntime model_file={tmp}/m.onnx input={tmp}/in device=gpu",
             r"backend=onnxruntime runs on the CPU: device=cpu or device=auto",

@@ -368,9 +368,14 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
         ("coco", {"train": {"retries": -1}}, r"data.train.retries=-1: must lie in \[0, inf\)"),
         ("coco", {"train": {"backoff_s": -1}}, r"data.train.backoff_s=-1: must lie in \[0, inf"),
         ("coco", {"train": {"shuffle_buffer": 0}}, r"data.train.shuffle_buffer=0: must lie in \[1"),
+        # a path Hydra reads as a number (a traceback from pathlib before)
+        ("yolo", {"root": 2024}, "data.root=2024: Hydra read a number, not a path; .* ./2024"),
+        ("voc", {"root": 2024}, "data.root=2024: Hydra read a number"),
+        ("coco_files", {"train": {"annotation_file": 5}}, "data.train.annotation_file=5: Hydra"),
+        ("hub", {"train": {"data_files": 5}}, "data.train.data_files=5: Hydra read a number"),
     ],
 )
-def test_a_sources_flag_or_count_is_checked_before_the_data_is_read(name, overrides, message):
+def test_a_sources_flag_count_or_path_is_checked_before_the_data_is_read(name, overrides, message):
     """A word Hydra reads as a string (`keep_empty=no`) is true to Python: it kept the images it
     was to leave out, without a word."""
     with pytest.raises(ValueError, match=f"^{message}"):

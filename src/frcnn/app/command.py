@@ -96,7 +96,7 @@ def new_folder(path: str) -> str:
 
 def run_of(ckpt_path: str) -> Path:
     """The run folder a checkpoint in `<run>/checkpoints/` belongs to."""
-    return Path(ckpt_path).expanduser().absolute().parent.parent
+    return Path(str(ckpt_path)).expanduser().absolute().parent.parent  # (checked when read)
 
 
 def register_resolvers() -> None:

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from frcnn.app.build import checkpoint_run_config, quiet_libraries, require_extra
 from frcnn.app.evaluate import by_name
 from frcnn.app.predict import find_images
+from frcnn.checks import path_of
 from frcnn.data.sources import UNREADABLE_IMAGE, unreadable
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import detector_graph
@@ -312,7 +313,7 @@ def check_lines(reports: list[dict], count: int, runtime: str) -> list[str]:
 
 def writable_file(spec: str) -> Path:
     """The path of a file to write, its folder created; a clear error where it cannot be."""
-    path = Path(spec).expanduser()
+    path = path_of("output", spec)
     if path.is_dir():
         raise IsADirectoryError(f"output={spec!r} is a folder: give the file to write")
     try:

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn.app.build import require_extra
-from frcnn.checks import check_number
+from frcnn.checks import check_number, path_of
 from frcnn.data.sources import UNREADABLE_IMAGE, image_files, image_suffixes, unreadable
 from frcnn.inference.predictor import EXPORTED_BACKENDS, Predictor, open_image
 from frcnn.inference.tiles import detect_tiled
@@ -40,7 +40,7 @@ SUBFOLDER_ENTRIES = 100_000  # a folder input's entries looked at for its subfol
 def find_images(spec: str, setting: str = "input") -> list[Path]:
     """An image file, a folder (its images, sorted) or a glob pattern -> image paths; the
     messages name `spec` as the `setting` it came from."""
-    path = Path(spec).expanduser()
+    path = path_of(setting, spec)
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -202,7 +202,7 @@ def predict_files(cfg) -> dict:
 
 def output_folder(setting: str) -> Path:
     """The output folder (`output=` as given: `setting`), refused where it is a file."""
-    output = Path(setting).expanduser().resolve()
+    output = path_of("output", setting).resolve()
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(
             f"output={setting!r} is a file: give a folder, which the annotated copies and the "

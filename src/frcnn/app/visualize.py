@@ -14,9 +14,10 @@ from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
 from frcnn.app.build import checkpoint_run_config, classes_from_data
+from frcnn.app.predict import output_folder
 from frcnn.boxes import content_sizes
-from frcnn.checks import check_number
-from frcnn.data.sources import first_samples
+from frcnn.checks import check_number, path_of
+from frcnn.data.sources import UNREADABLE_IMAGE, first_samples, unreadable
 from frcnn.evaluation.dataset_stats import dataset_statistics
 from frcnn.evaluation.report import dataset_markdown
 from frcnn.inference.predictor import Predictor
@@ -40,6 +41,7 @@ def visualize(cfg: DictConfig) -> Path:
     set) are the checkpoint's own, with what the command line sets under `model.` / `data.` (or
     `data=...`) on top, as in eval.py."""
     check_number("dpi", cfg.dpi, 1)
+    output_folder(cfg.output)  # a file there, or no path, fails before the work
     if cfg.what == "labels":
         return labels_picture(cfg)
     class_names = category_ids = None
@@ -66,7 +68,7 @@ def visualize(cfg: DictConfig) -> Path:
     if cfg.what == "dataset":
         return data_statistics(cfg, predictor.model)
     if cfg.image:
-        image, target = predictor.prepare(cfg.image)
+        image, target = prepared_image(cfg.image, predictor)
         truth = None  # an image file has no ground truth
     else:
         datamodule = instantiate(cfg.data)
@@ -80,12 +82,25 @@ def visualize(cfg: DictConfig) -> Path:
     figure = make_figure(
         cfg.what, predictor.model, image, size, truth, predictor.class_names, cfg.level, cfg.top_n
     )
-    output = Path(cfg.output)
+    output = output_folder(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     path = output / f"{cfg.what}.png"
     figure.savefig(path, dpi=cfg.dpi)
     log.info("Wrote %s", path)
     return path
+
+
+def prepared_image(setting, predictor: Predictor) -> tuple[Tensor, dict]:
+    """The `image` setting's file as the model's input and its target (`Predictor.prepare`),
+    refused where there is none or it is no image."""
+    path = path_of("image", setting)
+    if not path.is_file():
+        what = "a folder: give one image of it" if path.is_dir() else "no such file"
+        raise FileNotFoundError(f"image={setting!r}: {what}")
+    try:
+        return predictor.prepare(path)
+    except UNREADABLE_IMAGE as err:
+        raise ValueError(f"image={setting!r} cannot be read ({unreadable(err)})") from None
 
 
 def labels_picture(cfg: DictConfig) -> Path:
@@ -98,7 +113,7 @@ def labels_picture(cfg: DictConfig) -> Path:
     if not samples:
         raise ValueError("what=labels: the training set has no readable image")
     grid = label_grid(samples, datamodule.class_names)
-    output = Path(cfg.output)
+    output = output_folder(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "labels.png"
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
@@ -118,7 +133,7 @@ def data_statistics(cfg: DictConfig, model) -> Path:
         raise ValueError("what=dataset: the validation set has no readable image")
     stats = dataset_statistics(boxes, labels, model, cfg.data.image_size)
     names = datamodule.class_names or [str(i) for i in range(1, cfg.data.num_classes + 1)]
-    output = Path(cfg.output)
+    output = output_folder(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     text = dataset_markdown(stats)
     (output / "dataset.md").write_text(text)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from frcnn.checks import check_flag
+from frcnn.checks import check_flag, path_of
 from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
@@ -41,7 +41,8 @@ class COCOFolder(MapSource):
         keep_empty: bool = True,
     ):
         check_flag("keep_empty", keep_empty)
-        annotation_file, image_dir = Path(annotation_file), Path(image_dir)
+        annotation_file = path_of("annotation_file", annotation_file)
+        image_dir = path_of("image_dir", image_dir)
         named = f"annotation_file={str(annotation_file)!r}"
         coco = read_annotation_file(annotation_file, image_dir, named)
         category_ids = checked_category_ids(coco["categories"], named)

@@ -3,6 +3,7 @@ features): any such set (`HubDetection`, its columns and box format read from th
 `hub_schema`), and COCO (`HubCOCO`, whose schema and xyxy boxes are known)."""
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset, get_worker_info
 
-from frcnn.checks import check_flag, check_number
+from frcnn.checks import check_flag, check_number, check_path
 from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
@@ -114,10 +115,13 @@ class HubDetection(IterableDataset):
         for key, flag in (("shuffle", shuffle), ("keep_empty", keep_empty)):
             check_flag(key, flag)
         check_flag("normalized", normalized, None)
+        if name is not None:  # a hub name, or a local folder
+            check_path("name", name)
         if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig
-            data_files = (
-                [data_files] if isinstance(data_files, str) else [str(f) for f in data_files]
-            )
+            listed = isinstance(data_files, Sequence) and not isinstance(data_files, str)
+            for file in data_files if listed else [data_files]:
+                check_path("data_files", file)
+            data_files = [str(f) for f in data_files] if listed else [data_files]
         self.transform = transform
         self.split, self.name, self.revision, self.data_files = split, name, revision, data_files
         self.shuffle, self.shuffle_buffer, self.seed, self.limit = (

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from frcnn.checks import check_flag
+from frcnn.checks import check_flag, path_of
 from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def read_data_yaml(root: str | Path) -> tuple[Path, dict]:
     """`root` (a folder holding data.yaml, or the yaml file) -> (the yaml's path, its content)."""
-    root = Path(root).expanduser()
+    root = path_of("root", root)
     file = root / "data.yaml" if root.is_dir() else root
     if not file.is_file():
         raise FileNotFoundError(f"data.root={str(root)!r}: no data.yaml{missing_yaml_hint(root)}")

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from frcnn.boxes import content_sizes, to_original_pixels
-from frcnn.checks import check_gpu, check_number
+from frcnn.checks import check_gpu, check_number, path_of
 from frcnn.data.transforms import Record, Transform, array_image, to_rgb
 from frcnn.model.tta import TTA
 from frcnn.structures import class_name
@@ -118,7 +118,7 @@ class Predictor:
                 f"backend={backend!r}: an exported file runs on {', '.join(EXPORTED_BACKENDS)}"
             )
         check_post_processing(max_detections=max_detections)
-        path = Path(path).expanduser()
+        path = path_of("model_file", path)
         if not path.is_file():
             raise FileNotFoundError(f"model_file={str(path)!r}: no such file (export.py writes it)")
         load = importlib.import_module(EXPORTED_BACKENDS[backend]).load

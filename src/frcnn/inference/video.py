@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from frcnn.checks import path_of
+
 # containers (MP4, QuickTime) whose index of the frames is written at the end, as recorders do
 INDEX_AT_THE_END = {".mp4", ".m4v", ".mov"}
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv"}
@@ -44,8 +46,8 @@ class VideoInfo(NamedTuple):
 
 
 def is_video(spec: str) -> bool:
-    """Whether `spec` names a video file (by its suffix)."""
-    path = Path(spec).expanduser()
+    """Whether `spec` (predict.py's `input`) names a video file (by its suffix)."""
+    path = path_of("input", spec)
     return path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
 
 

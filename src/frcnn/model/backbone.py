@@ -2,7 +2,6 @@
 
 import functools
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 import torchvision
@@ -10,7 +9,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision import ops
 
-from frcnn.checks import check_flag, check_number
+from frcnn.checks import check_flag, check_number, path_of
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 FROZEN_CHOICES = ("none", *STAGES)
@@ -107,7 +106,7 @@ def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1
     if weights == "imagenet":
         state = download(_imagenet_weights(arch), "model.backbone.weights")
     else:
-        path = Path(weights).expanduser()
+        path = path_of("model.backbone.weights", weights)
         if not path.is_file():
             raise FileNotFoundError(
                 f"model.backbone.weights={weights!r}: no such file. Use 'imagenet', null, "

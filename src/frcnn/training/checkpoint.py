@@ -26,6 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 from packaging.version import InvalidVersion, Version
 
+from frcnn.checks import path_of
 from frcnn.data import SOURCES, DetectionDataModule
 from frcnn.model import FasterRCNN
 from frcnn.model.convert import (
@@ -107,7 +108,7 @@ def read_file(path: str | Path | None, key: str = "ckpt_path"):
     is refused with a message that names it (as the setting `key`)."""
     if path is None:
         raise ValueError(f"{key} is not set: give it, {key}=<run>/checkpoints/last.ckpt")
-    path = Path(path).expanduser()
+    path = path_of(key, path)
     if path.is_dir():  # a run folder keeps its checkpoints in checkpoints/
         found = [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")]
         inside = sorted(str(p.relative_to(path)) for p in found)

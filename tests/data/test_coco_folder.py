@@ -39,6 +39,24 @@ def test_boxes_become_xyxy_and_crowds_are_left_out(coco_folder):
     )
 
 
+def test_crowd_flags_written_as_strings_are_read_and_others_refused(coco_folder):
+    """ "0" was true to Python: every object of such a file was a crowd, left out, silently."""
+
+    def flags(*values):
+        def edit(coco):
+            for ann, value in zip(coco["annotations"], values, strict=False):
+                ann["iscrowd"] = value
+
+        rewrite(coco_folder, edit)
+
+    flags("0", "0", "1", None, False)
+    image, target = folder(coco_folder)[0]
+    assert target["labels"].tolist() == [2, 3] and target["crowd_labels"].tolist() == [1]
+    flags(0, "no")
+    with pytest.raises(ValueError, match=r"annotation 2's iscrowd is 'no': COCO's iscrowd is 0"):
+        folder(coco_folder)
+
+
 def test_empty_images_are_kept_or_dropped(coco_folder):
     assert len(folder(coco_folder)) == 4
     kept = folder(coco_folder, keep_empty=False)

@@ -55,6 +55,7 @@ class COCOFolder(MapSource):
         )
 
         images = unique_images(coco["images"], self.skips)
+        read_crowd_flags(coco["annotations"], named)
         per_image = annotations_per_image(coco["annotations"], images, self.skips)
         check_file_names(images, image_dir, named)
         check_boxes(images, per_image, named)
@@ -171,6 +172,22 @@ def check_layout(coco, named: str) -> None:
             "annotations (boxes) and categories"
             + (" (a test split's image-info file has no boxes)" if test_split else "")
         )
+
+
+def read_crowd_flags(annotations: list[dict], named: str) -> None:
+    """Each annotation's `iscrowd` as a bool, in place. COCO writes 0 or 1; false, true, null
+    and the strings "0" and "1" read so too. Any other value stops the start-up, shown: Python
+    would take "0" or "no" as true, and the object as a crowd region that nothing learns from."""
+    for ann in annotations:
+        flag = ann.get("iscrowd", 0)
+        if isinstance(flag, str) and flag.strip() in ("0", "1"):
+            flag = int(flag)
+        if not (flag is None or isinstance(flag, bool) or flag in (0, 1)):
+            raise ValueError(
+                f"{named}: annotation {ann.get('id')!r}'s iscrowd is {flag!r}: COCO's iscrowd is "
+                "0 (an object) or 1 (a crowd region, left out of training)"
+            )
+        ann["iscrowd"] = bool(flag)
 
 
 def annotations_per_image(annotations: list[dict], images: list[dict], skips) -> dict:

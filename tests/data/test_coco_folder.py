@@ -371,6 +371,8 @@ def test_a_malformed_bbox_drops_that_box_not_the_image(coco_folder, caplog):
     assert target["image_id"] == 2 and target["labels"].tolist() == [1]  # the image's good box
     assert ds.skips.counts == {"malformed boxes dropped": 1}
     assert "malformed boxes dropped (image 2 (2.jpg)): 3 of 4" in caplog.text
+    # not counted as training's boxes either (the report's table, repeat factors)
+    assert ds.labels(1).tolist() == [1] and ds.boxes_per_class().tolist() == [2, 1, 1]
 
 
 def test_the_source_keeps_what_training_reads_not_the_parsed_file(tmp_path):
@@ -400,7 +402,7 @@ def test_a_bbox_with_a_null_in_a_file_that_records_sizes_is_checked_not_a_crash(
     source = COCOFolder(
         Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], None, anns)
     )
-    assert source.labels(0).tolist() == [1] * 5  # dropped when read, as a malformed box
+    assert source.labels(0).tolist() == [1] * 4  # the malformed box: dropped, not counted
     anns[1:] = anns[:1] * 4
     with pytest.raises(ValueError, match=r"5 of the first 5 boxes .* \(e.g. \[1, None, 5, 5\]"):
         COCOFolder(Transform(64), *annotation_file(tmp_path, [{"id": 1, "name": "a"}], None, anns))

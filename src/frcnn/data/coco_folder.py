@@ -103,12 +103,11 @@ class COCOFolder(MapSource):
 
     def boxes_per_class(self) -> np.ndarray:
         table = self.annotations
-        return np.bincount(table.labels[~table.iscrowd], minlength=self.num_classes + 1)[1:]
+        return np.bincount(table.labels[table.trained], minlength=self.num_classes + 1)[1:]
 
     def labels(self, index: int) -> np.ndarray:
         rows = self.annotations.rows(index)
-        labels = self.annotations.labels[rows][~self.annotations.iscrowd[rows]]
-        return labels[labels > 0]
+        return self.annotations.labels[rows][self.annotations.trained[rows]]
 
     def record(self, index: int) -> Record:
         table, image_id = self.annotations, int(self.image_ids[index])
@@ -238,12 +237,14 @@ class AnnotationTable(NamedTuple):
     """A file's annotations, one row each, an image's rows contiguous: boxes (M, 4) xywh
     pixels (NaN where the file's `bbox` is no 4 numbers: dropped and counted when read), labels
     (M,) 1..C (0: a category id the file does not declare), iscrowd (M,), area (M,) pixels;
+    trained (M,): an object training learns from (a box, a declared category, no crowd);
     starts (N + 1,) each image's first row; unknown_categories: image index -> those ids."""
 
     boxes: np.ndarray
     labels: np.ndarray
     iscrowd: np.ndarray
     area: np.ndarray
+    trained: np.ndarray
     starts: np.ndarray
     unknown_categories: dict[int, list]
 
@@ -265,14 +266,9 @@ def annotation_table(per_image: list[list[dict]], label_of: dict[int, int]) -> A
         image = int(np.searchsorted(starts, row, "right")) - 1
         unknown.setdefault(image, {})[repr(ids[row])] = ids[row]  # each id once
     unknown = {index: sorted(found.values(), key=str) for index, found in unknown.items()}
-    return AnnotationTable(
-        boxes,
-        labels,
-        np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
-        area,
-        starts,
-        unknown,
-    )
+    iscrowd = np.array([a["iscrowd"] for a in anns], bool)  # (read_crowd_flags)
+    trained = ~iscrowd & np.isfinite(boxes).all(1) & (labels > 0)
+    return AnnotationTable(boxes, labels, iscrowd, area, trained, starts, unknown)
 
 
 def numbers(values: list, each: Callable) -> np.ndarray:

@@ -1,6 +1,7 @@
 import json
 import multiprocessing
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -368,6 +369,14 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
         ("coco", {"train": {"retries": -1}}, r"data.train.retries=-1: must lie in \[0, inf\)"),
         ("coco", {"train": {"backoff_s": -1}}, r"data.train.backoff_s=-1: must lie in \[0, inf"),
         ("coco", {"train": {"shuffle_buffer": 0}}, r"data.train.shuffle_buffer=0: must lie in \[1"),
+        # one name, read letter by letter before: "add them, e.g. [p,e,r,s,o,n,car]"
+        (
+            "voc",
+            {"root": "voc", "class_names": "person"},
+            r"data.class_names='person': a list of "
+            r"names, e.g. data.class_names=\[person\]",
+        ),
+        ("hub", {"class_names": [0, 1]}, r"data.class_names=\[0, 1\]: .*=\['0','1'\]\"$"),
         # a path Hydra reads as a number (a traceback from pathlib before)
         ("yolo", {"root": 2024}, "data.root=2024: Hydra read a number, not a path; .* ./2024"),
         ("voc", {"root": 2024}, "data.root=2024: Hydra read a number"),
@@ -378,8 +387,9 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
 def test_a_sources_flag_count_or_path_is_checked_before_the_data_is_read(name, overrides, message):
     """A word Hydra reads as a string (`keep_empty=no`) is true to Python: it kept the images it
     was to leave out, without a word."""
-    with pytest.raises(ValueError, match=f"^{message}"):
+    with pytest.raises((ValueError, InstantiationException)) as error:
         load(name, **overrides).setup("fit")
+    assert re.match(message, str(error.value.__cause__ or error.value)), error.value
 
 
 def test_every_training_epoch_reshuffles_the_data():

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from frcnn.checks import check_flag, check_number
+from frcnn.checks import check_flag, check_number, typed_setting
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.held_out import split_off
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
@@ -84,6 +84,18 @@ def name_in_full(err: Exception, split: str, make: Callable, data_settings: dict
 
 # DetectionDataModule's arguments that are not settings of a data config
 NOT_SETTINGS = ("self", "train", "val", "shared", "__class__")
+
+
+def check_class_names(names) -> None:
+    """`data.class_names` is a list of names: a single name (`data.class_names=helmet`) was
+    read letter by letter, and numbers match no name in a data set's files."""
+    if names is None or (not isinstance(names, str) and all(isinstance(n, str) for n in names)):
+        return
+    given = [names] if isinstance(names, str) else [str(n) for n in names]
+    raise ValueError(
+        f"data.class_names={names!r}: a list of names, e.g. "
+        + typed_setting("data.class_names", given)
+    )
 
 
 def check_same_classes(train: list[str], val: list[str]) -> None:
@@ -252,6 +264,7 @@ class DetectionDataModule(L.LightningDataModule):
         check_number("data.prefetch_factor", prefetch_factor, 1, integer=True)
         check_flag("data.pin_memory", pin_memory)
         check_flag("data.persistent_workers", persistent_workers)
+        check_class_names(shared.get("class_names"))
         if val_fraction is not None:
             check_number("data.val_fraction", val_fraction, 0, 1, open_low=True)
         elif val is None:

@@ -3,7 +3,6 @@
 import math
 import os
 import shutil
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +10,7 @@ from packaging.version import Version
 from torch import Tensor
 from torchvision.ops import nms
 
-from frcnn.checks import check_number, is_number
+from frcnn.checks import check_number, is_list, is_number
 
 # exp() of a larger log-scale would blow a box past any image: cap it (torchvision's value)
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -20,7 +19,7 @@ DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 def check_box_coding(key: str, weights, smooth_l1_beta: float) -> None:
     """Raise ValueError naming `key`'s setting unless `weights` are four positive numbers (the
     decoded deltas are divided by them) and `smooth_l1_beta` is at least 0 (0: plain L1)."""
-    four = isinstance(weights, Sequence) and not isinstance(weights, str) and len(weights) == 4
+    four = is_list(weights) and len(weights) == 4
     if not four or not all(is_number(w) and 0 < w < math.inf for w in weights):
         raise ValueError(
             f"{key}.box_coder_weights={weights!r}: give four positive numbers [wx,wy,ww,wh]"

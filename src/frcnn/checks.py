@@ -111,9 +111,15 @@ def typed_setting(key: str, value) -> str:
 
 def leaves(value) -> list:
     """The strings, numbers, booleans and None of a value, nested lists flattened."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
+    if is_list(value):
         return [leaf for item in value for leaf in leaves(item)]
     return [value]
+
+
+def is_list(value) -> bool:
+    """Whether `value` is a list (a sequence; a string is none): Hydra reads `key=0.9` as a
+    number where `key=[0.9]` was meant."""
+    return isinstance(value, Sequence) and not isinstance(value, str)
 
 
 def bare(leaf) -> bool:

@@ -238,6 +238,17 @@ def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):
         ("model.rpn.min_size=-1", r"model.rpn.min_size=-1: must lie in \[0, inf\)"),
         ("model.anchors.sizes=[[0],[32],[64],[128],[256]]", r"anchors.sizes\[0\]=0: must lie in"),
         ("model.fpn_channels=0", r"model.fpn_channels=0: must lie in \[1, inf\)"),
+        # a size per level as torchvision writes it, flat: a TypeError before
+        (
+            "model.anchors.sizes=[32,64,128,256,512]",
+            r"sizes=\[32, 64, 128, 256, 512\]: a list of "
+            r"numbers per FPN level, e.g. model.anchors.sizes=\[\[32\],\[64\],\[128\],\[256\],",
+        ),
+        (
+            "model.anchors.strides=[[4],[8],[16],[32],[64]]",
+            r"a number per FPN level, e.g. model."
+            r"anchors.strides=\[4,8,16,32,64\]",
+        ),
         # each of these failed with a traceback only in the first step, or ran as another value
         ("model.backbone.norm_eps=-1", r"model.backbone.norm_eps=-1: must lie in \(0, inf\)"),
         ("model.rpn.box_coder_weights=[1,1]", r"rpn.box_coder_weights=\[1, 1\]: give four pos"),

@@ -79,6 +79,8 @@ def test_an_unknown_decay_is_refused_naming_the_key():
         ({"warmup_start_factor": 2}, r"module.scheduler.warmup_start_factor=2: must lie in \[0"),
         ({"milestones": [0.5, "0.9"]}, r"module.scheduler.milestones\[1\]='0.9': must be a num"),
         ({"milestones": [0, 0.9]}, r"module.scheduler.milestones\[0\]=0: must lie in \(0, inf"),
+        # one milestone without its brackets: a TypeError before
+        ({"milestones": 0.9}, r"milestones=0.9: a list, e.g. module.scheduler.milestones=\[0.9\]"),
     ],
 )
 def test_a_setting_out_of_its_range_is_refused_naming_the_key(setting, message):

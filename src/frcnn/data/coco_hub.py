@@ -3,7 +3,6 @@ features): any such set (`HubDetection`, its columns and box format read from th
 `hub_schema`), and COCO (`HubCOCO`, whose schema and xyxy boxes are known)."""
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset, get_worker_info
 
-from frcnn.checks import check_flag, check_number, check_path
+from frcnn.checks import check_flag, check_number, check_path, is_list
 from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
@@ -118,7 +117,7 @@ class HubDetection(IterableDataset):
         if name is not None:  # a hub name, or a local folder
             check_path("name", name)
         if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig
-            listed = isinstance(data_files, Sequence) and not isinstance(data_files, str)
+            listed = is_list(data_files)
             for file in data_files if listed else [data_files]:
                 check_path("data_files", file)
             data_files = [str(f) for f in data_files] if listed else [data_files]

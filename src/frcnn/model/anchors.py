@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from frcnn.checks import check_number
+from frcnn.checks import check_number, is_list, typed_setting
 
 DEFAULT_SIZES = ((32,), (64,), (128,), (256,), (512,))
 DEFAULT_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 5
@@ -25,6 +25,21 @@ def cell_anchors(sizes, aspect_ratios) -> Tensor:
     return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
 
+def check_levels(key: str, value, nested: bool) -> None:
+    """Raise ValueError naming `key` unless `value` holds an entry per FPN level: a list of
+    numbers each where `nested` (sizes, aspect ratios), else a number (strides). A flat list
+    of sizes, as torchvision's one size per level, failed with a TypeError."""
+    if is_list(value) and all(is_list(entry) == nested for entry in value):
+        return
+    entries = value if is_list(value) else [value]
+    if nested:
+        example = [entry if is_list(entry) else [entry] for entry in entries]
+    else:
+        example = [entry[0] if is_list(entry) and entry else entry for entry in entries]
+    what = "a list of numbers" if nested else "a number"
+    raise ValueError(f"{key}={value!r}: {what} per FPN level, e.g. {typed_setting(key, example)}")
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for all levels of one input size, identical for every image of a batch.
 
@@ -42,6 +57,9 @@ class AnchorGenerator(nn.Module):
         offset: float = 0.0,
     ):
         super().__init__()
+        check_levels("model.anchors.sizes", sizes, nested=True)
+        check_levels("model.anchors.aspect_ratios", aspect_ratios, nested=True)
+        check_levels("model.anchors.strides", strides, nested=False)
         if not len(sizes) == len(aspect_ratios) == len(strides):
             raise ValueError(
                 f"anchors: sizes ({len(sizes)} levels), aspect_ratios ({len(aspect_ratios)}) and "

@@ -7,7 +7,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from frcnn.checks import check_number
+from frcnn.checks import check_number, is_list, typed_setting
 from frcnn.structures import counted
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ def warmup_decay(
     check_number("module.scheduler.warmup_start_factor", warmup_start_factor, 0, 1)
     check_number("module.scheduler.gamma", gamma, 0)
     check_number("module.scheduler.final_factor", final_factor, 0)
+    if not is_list(milestones):
+        example = typed_setting("module.scheduler.milestones", [milestones])
+        raise ValueError(f"module.scheduler.milestones={milestones!r}: a list, e.g. {example}")
     for index, milestone in enumerate(milestones):
         check_number(f"module.scheduler.milestones[{index}]", milestone, 0, open_low=True)
     if 0 < warmup_steps < 1:

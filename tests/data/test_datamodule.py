@@ -376,6 +376,11 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
             r"data.class_names='person': a list of "
             r"names, e.g. data.class_names=\[person\]",
         ),
+        (
+            "voc",
+            {"root": "voc", "class_names": []},
+            r"data.class_names=\[\]: give the names, or null",
+        ),
         ("hub", {"class_names": [0, 1]}, r"data.class_names=\[0, 1\]: .*=\['0','1'\]\"$"),
         # a path Hydra reads as a number (a traceback from pathlib before)
         ("yolo", {"root": 2024}, "data.root=2024: Hydra read a number, not a path; .* ./2024"),

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from frcnn.checks import check_flag, check_number, typed_setting
+from frcnn.checks import check_flag, check_number, is_list, typed_setting
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.held_out import split_off
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
@@ -88,10 +88,13 @@ NOT_SETTINGS = ("self", "train", "val", "shared", "__class__")
 
 def check_class_names(names) -> None:
     """`data.class_names` is a list of names: a single name (`data.class_names=helmet`) was
-    read letter by letter, and numbers match no name in a data set's files."""
-    if names is None or (not isinstance(names, str) and all(isinstance(n, str) for n in names)):
+    read letter by letter, numbers match no name in a data set's files, and none at all (`[]`)
+    read as not given: a VOC folder's 20 classes."""
+    if names is None or (is_list(names) and names and all(isinstance(n, str) for n in names)):
         return
-    given = [names] if isinstance(names, str) else [str(n) for n in names]
+    if is_list(names) and not names:
+        raise ValueError("data.class_names=[]: give the names, or null for the data's own")
+    given = [str(n) for n in names] if is_list(names) else [str(names)]
     raise ValueError(
         f"data.class_names={names!r}: a list of names, e.g. "
         + typed_setting("data.class_names", given)

@@ -139,6 +139,7 @@ def test_an_index_beyond_the_validation_set_is_refused(tmp_path):
         ("what=anchors level=5", r"level=5: must lie in \[0, 4\]"),
         ("what=proposals top_n=0", r"top_n=0: must lie in \[1, inf\)"),
         ("dpi=0", r"dpi=0: must lie in \[1, inf\)"),
+        ("what=dataset limit=0", r"limit=0: must lie in \[1, inf\)"),
         # a missing file or one that is no image: a traceback before
         ("what=proposals image=nowhere.jpg", r"image='nowhere.jpg': no such file"),
         ("what=proposals image=README.md", r"image='README.md' cannot be read \(Unidentified"),

@@ -41,6 +41,8 @@ def visualize(cfg: DictConfig) -> Path:
     set) are the checkpoint's own, with what the command line sets under `model.` / `data.` (or
     `data=...`) on top, as in eval.py."""
     check_number("dpi", cfg.dpi, 1)
+    if cfg.get("limit") is not None:  # (0 said the validation set had no readable image)
+        check_number("limit", cfg.limit, 1, integer=True)
     output_folder(cfg.output)  # a file there, or no path, fails before the work
     if cfg.what == "labels":
         return labels_picture(cfg)

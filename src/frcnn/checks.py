@@ -54,9 +54,10 @@ def check_path(key: str, value) -> None:
     number (`input=2024`, a folder in the current one; `1e3` too) as a number."""
     if isinstance(value, str | os.PathLike):
         return
-    if is_number(value):
+    if is_number(value):  # (`1e3` reads as 1000.0: its text is gone)
+        example = f"e.g. ./{value}" if isinstance(value, int) else "with ./ before it"
         raise ValueError(
-            f"{key}={value!r}: Hydra read a number, not a path; write it as one, e.g. ./{value}"
+            f"{key}={value!r}: Hydra read a number, not a path; write it as one, {example}"
         )
     raise ValueError(f"{key}={override_value(value)}: give a path")
 

@@ -46,7 +46,12 @@ def is_number(value, integer: bool = False) -> bool:
 def interval(low: float, high: float, open_low: bool) -> str:
     left = "(" if open_low or low == -math.inf else "["
     right = "]" if high < math.inf else ")"
-    return f"{left}{low:g}, {high:g}{right}"
+    return f"{left}{bound(low)}, {bound(high)}{right}"
+
+
+def bound(value: float) -> str:
+    """A bound as users type it: a whole number in full (2**32 - 1, not 4.29497e+09)."""
+    return str(int(value)) if math.isfinite(value) and value == int(value) else f"{value:g}"
 
 
 def check_path(key: str, value) -> None:

@@ -66,6 +66,16 @@ def test_boxes_move_to_pixel_edges_and_difficult_objects_are_ignored_regions(voc
     )
 
 
+def test_a_difficult_flag_written_as_a_word_is_read_and_another_value_refused(voc):
+    """<difficult>True</difficult> read as not difficult: a hard object trained, silently."""
+    xml = voc / "Annotations" / "000001.xml"
+    xml.write_text(xml.read_text().replace("<difficult>1<", "<difficult> True <"))
+    assert VOCFolder(Transform(120), str(voc), "train").record(0).iscrowd.tolist() == [False, True]
+    xml.write_text(xml.read_text().replace("<difficult> True <", "<difficult>yes<"))
+    with pytest.raises(ValueError, match=r"000001.xml: <difficult>yes</difficult> is neither 0 n"):
+        VOCFolder(Transform(120), str(voc), "train")
+
+
 def test_a_split_list_a_windows_tool_wrote_is_read(voc):
     """UTF-8 with a byte-order mark, CRLF line ends: the ids as any list gives them."""
     (voc / "ImageSets" / "Main" / "train.txt").write_bytes(b"\xef\xbb\xbf000001\r\n000002\r\n")

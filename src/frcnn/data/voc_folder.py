@@ -41,10 +41,19 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
         if box is None:
             raise ValueError(f"{path}: an object without a bndbox")
         x0, y0, x1, y1 = (coordinate(box, tag) for tag in COORDINATES)
-        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        difficult = flag(obj.findtext("difficult"), path)
         objects.append(((obj.findtext("name") or "").strip(), [x0 - 1, y0 - 1, x1, y1], difficult))
     size = recorded_size(root.findtext("size/width"), root.findtext("size/height"))
     return (root.findtext("filename") or f"{path.stem}.jpg").strip(), objects, size
+
+
+def flag(text: str | None, path: Path) -> bool:
+    """An object's `<difficult>`: 0 or 1 as VOC writes it, or false / true (any case); left
+    out, 0. Another value stops the start-up: read as 0, a hard object would train silently."""
+    value = (text or "0").strip().lower()
+    if value not in ("0", "1", "false", "true"):
+        raise ValueError(f"{path}: <difficult>{text}</difficult> is neither 0 nor 1")
+    return value in ("1", "true")
 
 
 COORDINATES = ("xmin", "ymin", "xmax", "ymax")  # a bndbox's

@@ -335,6 +335,36 @@ def test_bad_settings_are_refused_naming_them_before_a_model_loads(tmp_path, ove
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("backend", "name"), [("onnxruntime", "m.onnx"), ("pt2", "m.pt2"),
+                                             ("openvino", "m.xml")])  # fmt: skip
+def test_an_exported_file_that_its_runtime_cannot_read_is_refused_naming_it(
+    tmp_path, backend, name
+):
+    """A truncated or foreign file: each runtime's own error (onnxruntime's InvalidProtobuf,
+    torch's RuntimeError, ...) ended predict.py with a traceback."""
+    (tmp_path / name).write_bytes(b"junk")
+    with pytest.raises(ValueError, match=rf"^model_file='.*{name}' cannot be read by {backend} "
+                       r"\(.+\): is it a file export.py wrote, whole\?$"):  # fmt: skip
+        Predictor.from_exported(tmp_path / name, backend)
+
+
+def test_an_exported_file_for_another_backend_or_without_its_metadata_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    (tmp_path / "m.pt2").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"m.pt2' is run by backend=pt2; backend=onnxruntime "
+                       r"runs export.py's .onnx files"):  # fmt: skip
+        Predictor.from_exported(tmp_path / "m.pt2", "onnxruntime")
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "other.onnx")  # an ONNX file not of export.py
+    with pytest.raises(ValueError, match=r"other.onnx' lacks the metadata export.py writes "
+                       r"\(image_size, resize, class_names, category_ids\)"):  # fmt: skip
+        Predictor.from_exported(tmp_path / "other.onnx", "onnxruntime")
+
+
 def test_odd_file_names_cost_no_results(trained, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

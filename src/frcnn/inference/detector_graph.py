@@ -10,6 +10,8 @@ where float32's rounding alone can make them differ.
 import copy
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +34,21 @@ def box_tolerance(size: int) -> float:
 
 # an exported file run on a batch: (images, image_sizes) -> {output name: array}
 Runner = Callable[[Tensor, Tensor], dict[str, np.ndarray]]
+
+
+@contextmanager
+def reading(path: Path, runtime: str):
+    """Around a runtime's reading of an exported file: whatever it raises for a file it cannot
+    read (each its own kind: onnxruntime's InvalidArgument, torch's RuntimeError, ...) becomes
+    a ValueError naming the file."""
+    try:
+        yield
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise ValueError(
+            f"model_file={str(path)!r} cannot be read by {runtime} ({reason}): is it a file "
+            "export.py wrote, whole?"
+        ) from None
 
 
 class DetectorGraph(nn.Module):

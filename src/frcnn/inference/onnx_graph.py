@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from frcnn.inference import detector_graph
 from frcnn.inference.detector_graph import INPUTS, OUTPUTS, DetectorGraph, Runner, example_inputs
 
 # ONNX RoiAlign without half-pixel offsets (torchvision's aligned=False) and NonMaxSuppression
@@ -73,7 +74,8 @@ def load(path: Path) -> tuple[Runner, dict[str, str]]:
     outputs, the file's metadata)."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with detector_graph.reading(path, "onnxruntime"):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     run = lambda images, image_sizes: run_onnx(session, images, image_sizes)  # noqa: E731
     return run, session.get_modelmeta().custom_metadata_map
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor, nn
 
-from frcnn.inference.detector_graph import OUTPUTS, Runner
+from frcnn.inference.detector_graph import OUTPUTS, Runner, reading
 from frcnn.inference.onnx_graph import export_onnx
 
 SECTION = "frcnn"  # the runtime-info section that holds the metadata
@@ -73,8 +73,9 @@ def load(path: Path) -> tuple[Runner, dict[str, str]]:
     its metadata)."""
     import openvino
 
-    model = openvino.Core().read_model(str(path))
-    metadata = {key: value.astype(str) for key, value in model.get_rt_info()[SECTION].items()}
+    with reading(path, "openvino"):
+        model = openvino.Core().read_model(str(path))
+        metadata = {key: value.astype(str) for key, value in model.get_rt_info()[SECTION].items()}
     compiled = openvino.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def run(images: Tensor, image_sizes: Tensor) -> dict[str, np.ndarray]:

@@ -22,6 +22,9 @@ EXPORTED_BACKENDS = {
     "openvino": "frcnn.inference.openvino_ir",
     "pt2": "frcnn.inference.pt2_package",
 }
+# the suffix of the files only one backend runs (export.py names them so; ONNX files any way)
+EXPORTED_SUFFIXES = {".xml": "openvino", ".pt2": "pt2"}
+EXPORTED_METADATA = ("image_size", "resize", "class_names", "category_ids")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -121,8 +124,15 @@ class Predictor:
         path = path_of("model_file", path)
         if not path.is_file():
             raise FileNotFoundError(f"model_file={str(path)!r}: no such file (export.py writes it)")
+        check_exported_suffix(path, backend)
         load = importlib.import_module(EXPORTED_BACKENDS[backend]).load
         run, meta = load(path)
+        missing = [key for key in EXPORTED_METADATA if key not in meta]
+        if missing:
+            raise ValueError(
+                f"model_file={str(path)!r} lacks the metadata export.py writes "
+                f"({', '.join(missing)}): export the checkpoint with export.py"
+            )
         return cls(
             per_image(run, max_detections),
             int(meta["image_size"]),
@@ -238,6 +248,18 @@ def per_image(run, max_detections: int | None = None):
         ]
 
     return detect
+
+
+def check_exported_suffix(path: Path, backend: str) -> None:
+    """Refuse an exported file given to a backend that does not run it, by its suffix: an
+    OpenVINO IR's .xml and an AOTInductor package's .pt2 (export.py's names)."""
+    runs = EXPORTED_SUFFIXES.get(path.suffix.lower(), "onnxruntime")
+    if runs != backend:
+        suffix = {v: k for k, v in EXPORTED_SUFFIXES.items()}.get(backend, ".onnx")
+        raise ValueError(
+            f"model_file={str(path)!r} is run by backend={runs}; backend={backend} runs "
+            f"export.py's {suffix} files"
+        )
 
 
 def open_image(file) -> Image.Image:

@@ -26,6 +26,7 @@ from packaging.version import Version
 from torch import nn
 from torch._inductor import cpu_vec_isa
 
+from frcnn.inference import detector_graph
 from frcnn.inference.detector_graph import INPUTS, OUTPUTS, DetectorGraph, Runner, example_inputs
 from frcnn.model.poolers import level_table
 
@@ -130,11 +131,14 @@ def load(path: Path) -> tuple[Runner, dict[str, str]]:
     metadata). Raises, before loading its code, where this CPU lacks the package's vector
     instructions."""
     # (read from the package as torch's loader reads it, without loading the compiled library)
-    check_cpu(
-        torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(path), "model"), path
-    )
+    with detector_graph.reading(path, "pt2"):
+        metadata = torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(
+            str(path), "model"
+        )
+    check_cpu(metadata, path)
     logging.getLogger("torch.export.pt2_archive._package").addFilter(no_isa_mismatch)  # once
-    package = torch._inductor.aoti_load_package(str(path))
+    with detector_graph.reading(path, "pt2"):
+        package = torch._inductor.aoti_load_package(str(path))
 
     def run(images, image_sizes):
         with torch.no_grad():

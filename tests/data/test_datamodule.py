@@ -366,6 +366,7 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
         ("voc", {"root": "voc", "train": {"keep_empty": "off"}}, "data.train.keep_empty='off'"),
         ("hub", {"train": {"data_files": "x", "shuffle": "no"}}, "data.train.shuffle='no'"),
         ("hub", {"train": {"data_files": "x"}, "normalized": "no"}, "data.normalized='no': must"),
+        ("coco", {"train": {"limit": "abc"}}, r"data.train.limit='abc': must be an integer in \[1"),
         ("coco", {"train": {"retries": -1}}, r"data.train.retries=-1: must lie in \[0, inf\)"),
         ("coco", {"train": {"backoff_s": -1}}, r"data.train.backoff_s=-1: must lie in \[0, inf"),
         ("coco", {"train": {"shuffle_buffer": 0}}, r"data.train.shuffle_buffer=0: must lie in \[1"),

@@ -105,22 +105,22 @@ class HubDetection(IterableDataset):
         keep_empty: bool = True,
         class_names: list[str] | None = None,
     ):
-        if limit is not None and limit <= 0:
-            raise ValueError(f"limit={limit}: must be positive or null")
+        if limit is not None:  # (null: the whole split)
+            check_number("limit", limit, 1, integer=True)
         check_number("max_skips_in_a_row", max_skips_in_a_row, 1, integer=True)
         check_number("shuffle_buffer", shuffle_buffer, 1, integer=True)
         check_number("retries", retries, 0, integer=True)
         check_number("backoff_s", backoff_s, 0)
-        for key, flag in (("shuffle", shuffle), ("keep_empty", keep_empty)):
-            check_flag(key, flag)
+        check_flag("shuffle", shuffle)
+        check_flag("keep_empty", keep_empty)
         check_flag("normalized", normalized, None)
         if name is not None:  # a hub name, or a local folder
             check_path("name", name)
         if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig
-            listed = is_list(data_files)
-            for file in data_files if listed else [data_files]:
+            data_files = list(data_files) if is_list(data_files) else [data_files]
+            for file in data_files:
                 check_path("data_files", file)
-            data_files = [str(f) for f in data_files] if listed else [data_files]
+            data_files = [str(file) for file in data_files]
         self.transform = transform
         self.split, self.name, self.revision, self.data_files = split, name, revision, data_files
         self.shuffle, self.shuffle_buffer, self.seed, self.limit = (

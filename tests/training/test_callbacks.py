@@ -11,7 +11,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
-from frcnn.training.callbacks import LastCheckpoint, Preemption, ProgressBar, RunCheckpoint
+from frcnn.training.callbacks import (
+    EarlyStopping,
+    LastCheckpoint,
+    Preemption,
+    ProgressBar,
+    RunCheckpoint,
+    StageSummary,
+    StopOnDivergence,
+)
 from frcnn.training.checkpoint import AtomicCheckpointIO
 from tests.helpers import screen
 
@@ -156,3 +164,36 @@ def test_the_progress_bar_keeps_a_line_per_epoch_with_the_steps_figures_by_short
     assert [line[:14] for line in resumed] == ["Epoch 0: 100%|", "Epoch 1: 100%|"], resumed
     assert "| 3/3 [" in resumed[0], resumed
     assert lines(tmp_path / "step=6.ckpt") == []  # (6: the run's last step)
+
+
+@pytest.mark.parametrize(
+    ("build", "told"),
+    [
+        (lambda: StopOnDivergence(factor=1), r"divergence.factor=1: must lie in \(1, inf\)$"),
+        (lambda: StopOnDivergence(window=2.5), r"divergence.window=2.5: must be an integer in"),
+        # a negative rate hid the bar as 0 does; Hydra reads `leave=no` as a string (true)
+        (lambda: ProgressBar(refresh_rate=-1), r"progress_bar.refresh_rate=-1: must lie in \[0,"),
+        (lambda: ProgressBar(leave="no"), r"progress_bar.leave='no': must be true or false$"),
+        # Lightning checked it as the run started, with a traceback
+        (lambda: StageSummary(max_depth=-2), r"model_summary.max_depth=-2: must lie in \[-1, inf"),
+        # a negative min_delta took a fall of the metric for a rise: no run stopped
+        (
+            lambda: EarlyStopping("val/map", min_delta=-1),
+            r"early_stopping.min_delta=-1: must lie in",
+        ),
+        (
+            lambda: EarlyStopping("val/map", patience=-1),
+            r"early_stopping.patience=-1: must lie in \[0",
+        ),
+    ],
+)
+def test_a_callback_setting_that_would_be_misread_is_refused_naming_it(build, told):
+    with pytest.raises(ValueError, match=r"^callbacks\." + told):
+        build()
+
+
+def test_the_checked_callbacks_take_lightnings_values_at_their_bounds():
+    assert ProgressBar(refresh_rate=0).is_disabled  # Lightning's way to hide the bar
+    assert StageSummary(max_depth=-1)._max_depth == -1  # every layer
+    stopping = EarlyStopping("val/map", min_delta=0.001, patience=0, mode="max")
+    assert (stopping.min_delta, stopping.patience) == (0.001, 0)

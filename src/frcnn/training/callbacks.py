@@ -1,6 +1,7 @@
 """Lightning callbacks of training: SIGTERM and SLURM's requeue signal taken by every process
-at the same step; a stop when the loss explodes; last.ckpt at every validation, every N steps
-and on SIGTERM; the weights' moving average; the model summary by stage; the progress bar.
+at the same step; a stop when the loss explodes, or (Lightning's, its settings checked) when
+the metric stalls; last.ckpt at every validation, every N steps and on SIGTERM; the weights'
+moving average; the model summary by stage; the progress bar.
 (The TensorBoard pictures are `frcnn.visualization.tensorboard`'s.)"""
 
 import contextlib
@@ -12,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     ModelSummary,
@@ -25,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from torch import Tensor
 
-from frcnn.checks import check_number
+from frcnn.checks import check_flag, check_number
 from frcnn.distributed import distributed
 from frcnn.training.checkpoint import AtomicCheckpointIO
 
@@ -148,6 +150,17 @@ class StopOnDivergence(L.Callback):
             )
         if mean < lowest:
             self.lowest = (mean, steps)
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's early stopping (`callbacks=early_stopping`), its counts checked at start-up:
+    a negative `min_delta` counted a fall of the metric as a rise (the run never stopped), a
+    negative `patience` stopped at the first validation that did not improve."""
+
+    def __init__(self, monitor: str, min_delta: float = 0.0, patience: int = 3, **kwargs):
+        check_number("callbacks.early_stopping.min_delta", min_delta, 0)
+        check_number("callbacks.early_stopping.patience", patience, 0, integer=True)
+        super().__init__(monitor, min_delta, patience, **kwargs)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -280,6 +293,12 @@ class ProgressBar(TQDMProgressBar):
     was left a bar of one character. The epoch means are in TensorBoard. With `leave`, each
     epoch's bar stays: a line per epoch."""
 
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False):
+        # a negative rate hid the bar as 0 does, unasked; `leave=no` (a string) meant true
+        check_number("callbacks.progress_bar.refresh_rate", refresh_rate, 0, integer=True)
+        check_flag("callbacks.progress_bar.leave", leave)
+        super().__init__(refresh_rate, process_position, leave)
+
     def on_train_start(self, trainer: L.Trainer, *args) -> None:
         super().on_train_start(trainer, *args)
         # a run resumed mid-epoch starts no epoch: this bar goes on with the epoch it is in
@@ -315,6 +334,11 @@ class StageSummary(ModelSummary):
     """Lightning's model summary at the start of a run, without its FLOPs: they are counted only
     on an example input (a forward at every start), so every row and the total said 0. At
     `max_depth=2` its rows are the detector's stages (backbone, FPN, RPN, ROI heads)."""
+
+    def __init__(self, max_depth: int = 1, **summarize_kwargs):
+        # (Lightning checks it only as the run starts, and ended it with a traceback)
+        check_number("callbacks.model_summary.max_depth", max_depth, -1, integer=True)
+        super().__init__(max_depth, **summarize_kwargs)
 
     @staticmethod
     def summarize(summary_data, total_parameters, trainable_parameters, model_size,

@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
+from frcnn.checks import check_number, is_list, typed_setting
 from frcnn.visualization.drawing import draw_detections, label_grid
 
 
@@ -16,6 +17,9 @@ class DetectionImages(L.Callback):
     class list is seen in the first minute."""
 
     def __init__(self, num_images: int = 8, min_score: float = 0.3):
+        # a negative count drew nothing, a score above 1 no detection: both unasked
+        check_number("callbacks.detection_images.num_images", num_images, 1, integer=True)
+        check_number("callbacks.detection_images.min_score", min_score, 0, 1)
         self.num_images = num_images
         self.min_score = min_score
         self._drawn: list[torch.Tensor] = []
@@ -62,6 +66,17 @@ class InspectionFigures(L.Callback):
     frcnn.visualization.inspection.WHAT) for the first validation image to TensorBoard."""
 
     def __init__(self, what=("objectness", "proposals", "assignments"), every_n_epochs: int = 1):
+        # matplotlib only when the callback is used
+        from frcnn.visualization.inspection import WHAT
+
+        # checked here, at start-up: a wrong name failed only after the first epoch trained
+        key = "callbacks.inspection.what"
+        if not is_list(what) or not what or any(name not in WHAT for name in what):
+            raise ValueError(
+                f"{typed_setting(key, what)}: give a list of one or more of {', '.join(WHAT)}, "
+                f"e.g. {key}=[objectness,proposals]"
+            )
+        check_number("callbacks.inspection.every_n_epochs", every_n_epochs, 1, integer=True)
         self.what = tuple(what)
         self.every_n_epochs = every_n_epochs
 
@@ -72,9 +87,7 @@ class InspectionFigures(L.Callback):
             return
         if trainer.current_epoch % self.every_n_epochs:
             return
-        from frcnn.visualization.inspection import (
-            make_figure,  # matplotlib only when the callback is used
-        )
+        from frcnn.visualization.inspection import make_figure
 
         image, size, target = batch["images"][0], batch["image_sizes"][0], batch["targets"][0]
         for logger in trainer.loggers:

@@ -323,6 +323,8 @@ def run_config(tmp_path, *overrides) -> DictConfig:
          r"callbacks.inspection.what=\[objectnes\]: give a list of one or more of anchors,"),
         (["callbacks=early_stopping", "callbacks.early_stopping.min_delta=-0.01"],
          r"callbacks.early_stopping.min_delta=-0.01: must lie in \[0, inf\)"),
+        # the data module made it a tuple first: a TypeError
+        (["data.scale_jitter=0.5"], r"data.scale_jitter=0.5: must be \[low, high\] with 0 <"),
     ],
 )  # fmt: skip
 def test_a_run_setting_fails_at_start_up_naming_the_key(tmp_path, overrides, message):

@@ -273,13 +273,7 @@ class DetectionDataModule(L.LightningDataModule):
         elif val is None:
             raise ValueError(NO_VALIDATION_SOURCE)
         self.val_fraction = val_fraction
-        self.train_transform = Transform(
-            image_size,
-            resize,
-            flip_prob,
-            tuple(scale_jitter) if scale_jitter else None,
-            min_visible,
-        )
+        self.train_transform = Transform(image_size, resize, flip_prob, scale_jitter, min_visible)
         self.val_transform = Transform(image_size, resize, 0.0)
         # a setting of the training split that the data module, not the source, applies
         if "repeat_factor_threshold" in (getattr(train, "keywords", None) or {}):

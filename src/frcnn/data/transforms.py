@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional
 
 from frcnn.boxes import content_sizes
-from frcnn.checks import check_number
+from frcnn.checks import check_number, is_list, is_number, typed_setting
 from frcnn.structures import Targets
 
 RESIZE_MODES = ("letterbox", "stretch")
@@ -88,17 +88,17 @@ class Transform:
     min_visible: float = 0.5
 
     def __post_init__(self):
-        if not isinstance(self.size, int) or self.size <= 0:
-            raise ValueError(f"data.image_size={self.size!r}: must be a positive integer")
+        check_number("data.image_size", self.size, 1, integer=True)
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"data.resize={self.resize!r}: choose one of {RESIZE_MODES}")
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise ValueError(f"data.flip_prob={self.flip_prob!r}: must lie in [0, 1]")
-        if self.scale_jitter is not None:
-            jitter = tuple(self.scale_jitter)
-            if len(jitter) != 2 or not 0 < jitter[0] <= jitter[1]:
+            raise ValueError(f"data.resize={self.resize!r}: {' or '.join(RESIZE_MODES)}")
+        check_number("data.flip_prob", self.flip_prob, 0, 1)  # (`flip_prob=yes`: a string)
+        jitter = self.scale_jitter
+        if jitter is not None:  # a bare number, not a list: a TypeError in the data module
+            low_high = is_list(jitter) and len(jitter) == 2 and all(map(is_number, jitter))
+            if not low_high or not 0 < jitter[0] <= jitter[1]:
                 raise ValueError(
-                    f"data.scale_jitter={list(jitter)!r}: must be [low, high] with 0 < low <= high"
+                    f"{typed_setting('data.scale_jitter', jitter)}: must be [low, high] with "
+                    "0 < low <= high, e.g. data.scale_jitter=[0.5,2.0] (null: none)"
                 )
             self.scale_jitter = (float(jitter[0]), float(jitter[1]))
         check_number("data.min_visible", self.min_visible, 0, 1)

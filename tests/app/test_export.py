@@ -14,8 +14,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from frcnn.app.export import check_quantize
 from frcnn.data.synthetic import draw_sample
 from frcnn.data.transforms import resize
 from frcnn.inference import onnx_graph
@@ -182,6 +184,19 @@ def test_calibration_takes_the_first_images_and_says_when_the_data_has_fewer(cap
 
 
 @pytest.mark.parametrize(
+    ("calibration_images", "told"),
+    [
+        (0, r"^calibration_images=0: must lie in \[1, inf\)$"),
+        (True, r"^calibration_images=True: must be an integer in \[1, inf\)$"),  # (1 before)
+    ],
+)
+def test_int8_settings_are_checked_before_anything_is_loaded(calibration_images, told):
+    settings = {"quantize": "int8", "format": "onnx", "max_map_drop": 0.01}
+    with pytest.raises(ValueError, match=told):
+        check_quantize(OmegaConf.create(settings | {"calibration_images": calibration_images}))
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("opset=9", r"opset=9: the graph needs ONNX opset 11\.\.20"),
@@ -196,7 +211,11 @@ def test_calibration_takes_the_first_images_and_says_when_the_data_has_fewer(cap
             "format=pt2 pt2_cpu=x86-64-v9 output={tmp}/m.pt2",
             r"pt2_cpu='x86-64-v9': one of native, x86-64-v3",
         ),
-        ("pt2_cpu=x86-64-v3", r"pt2_cpu=x86-64-v3: the CPUs of a format=pt2 package"),
+        (
+            "pt2_cpu=x86-64-v3",
+            r"pt2_cpu=x86-64-v3: the CPUs a format=pt2 package is built for; "
+            r"this export is format=onnx",
+        ),
         ("quantize=int4", r"quantize='int4': null \(float32\) or int8"),
         ("quantize=int8 max_map_drop=5", r"max_map_drop=5: the mAP int8 may cost, 0..1"),
         ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),

@@ -174,8 +174,8 @@ def test_a_file_that_is_no_video_is_refused_by_name(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("stride=0", r"stride=0: a whole number >= 1"),
-        ("stride=1.5", r"stride=1.5: a whole number >= 1"),
+        ("stride=0", r"stride=0: must lie in \[1, inf\)"),
+        ("stride=true", r"stride=True: must be an integer in \[1, inf\)"),  # (1 before)
         # the annotated video is named after the input: into the input's own folder, it would
         # be written over the video being read
         ("output={tmp}", r"output=.*: the annotated video would overwrite the input"),

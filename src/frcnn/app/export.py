@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from frcnn.app.build import checkpoint_run_config, quiet_libraries, require_extra
 from frcnn.app.evaluate import by_name
 from frcnn.app.predict import find_images
-from frcnn.checks import path_of
+from frcnn.checks import check_number, path_of
 from frcnn.data.sources import UNREADABLE_IMAGE, unreadable
 from frcnn.data.synthetic import draw_sample
 from frcnn.inference import detector_graph
@@ -43,7 +43,10 @@ def export(cfg) -> Path:
         raise ValueError(f"format={cfg.format!r}: one of {', '.join(FORMATS)}")
     check_quantize(cfg)
     if cfg.pt2_cpu != "native" and cfg.format != "pt2":  # (not silently ignored)
-        raise ValueError(f"pt2_cpu={cfg.pt2_cpu}: the CPUs of a format=pt2 package")
+        raise ValueError(
+            f"pt2_cpu={cfg.pt2_cpu}: the CPUs a format=pt2 package is built for; this export "
+            f"is format={cfg.format}"
+        )
     quiet_libraries()  # (int8's mAP: no COCO summary table per graph)
     suffix, runtime = FORMATS[cfg.format]
     write, load = exporter(cfg.format if not cfg.quantize else "onnx", cfg.opset, cfg.pt2_cpu)
@@ -167,8 +170,7 @@ def check_quantize(cfg) -> None:
         raise ValueError(f"quantize={cfg.quantize!r}: null (float32) or int8")
     if cfg.format == "pt2":
         raise ValueError("quantize=int8: format=onnx or openvino (onnxruntime's quantization)")
-    if not isinstance(cfg.calibration_images, int) or cfg.calibration_images < 1:
-        raise ValueError(f"calibration_images={cfg.calibration_images!r}: a whole number >= 1")
+    check_number("calibration_images", cfg.calibration_images, 1, integer=True)
     drop = cfg.max_map_drop
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
         raise ValueError(f"max_map_drop={drop!r}: the mAP int8 may cost, 0..1 (0.01: a point)")

@@ -473,8 +473,7 @@ def predict_video(cfg) -> dict:
 
     source = Path(cfg.input).expanduser()
     stride = cfg.get("stride", 1)
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride={stride!r}: a whole number >= 1 (every stride-th frame)")
+    check_number("stride", stride, 1, integer=True)  # (every stride-th frame)
     info = video.probe(source)
     output, movie = video_outputs(cfg.output, source)
     check_settings(cfg)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from frcnn.app.build import SLOW_BFLOAT16, build_trainer, cpu_has_bfloat16
+from frcnn.app.build import SLOW_BFLOAT16, build_trainer, check_trainer, cpu_has_bfloat16
 from frcnn.app.command import deliberate
 from frcnn.inference.predictor import Predictor
 from frcnn.model import FasterRCNN
@@ -340,6 +340,25 @@ def test_a_run_setting_fails_at_start_up_naming_the_key(tmp_path, overrides, mes
     if overrides == EARLY_STOP_ON_A_CLASS:
         cfg.module.per_class_map = True
         assert build(cfg)[1].metric_names() >= {"val/ap/green ellipse", "val/map", "train/loss"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "told"),
+    [
+        # Lightning takes any value: these words Hydra reads as strings it took as true
+        ("deterministic", "no", "trainer.deterministic='no': must be true, false, null or warn"),
+        ("enable_progress_bar", "off", "trainer.enable_progress_bar='off': must be true, false"),
+        ("sync_batchnorm", 1, "trainer.sync_batchnorm=1: must be true or false"),
+        ("max_epochs", "ten", "trainer.max_epochs='ten': must be an integer in [-1, inf)"),
+    ],
+)
+def test_a_trainer_setting_of_the_wrong_kind_is_refused_naming_it(key, value, told):
+    with pytest.raises(ValueError, match=re.escape(told)):
+        check_trainer(OmegaConf.create({key: value}))
+
+
+def test_the_trainer_switches_take_lightnings_own_values():
+    check_trainer(OmegaConf.create({"deterministic": "warn", "benchmark": None, "barebones": True}))
 
 
 def test_the_learning_rate_scales_with_the_batch_and_is_printed(tmp_path, caplog):

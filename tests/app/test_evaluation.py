@@ -17,7 +17,7 @@ from frcnn.data import COCOFolder, Transform, collate
 from frcnn.data.synthetic import draw_sample
 from frcnn.evaluation.results import COLUMNS, per_class_table
 from frcnn.training.module import MAP_KEYS, DetectorModule
-from tests.app.helpers import coco_json_folder, metrics, run, run_dirs
+from tests.app.helpers import coco_json_folder, metrics, refused, run, run_dirs
 
 SIZES = [(640, 480), (320, 500), (500, 375), (200, 150), (427, 640), (600, 600)]
 CATEGORIES = [
@@ -280,3 +280,13 @@ def test_eval_on_data_of_other_classes_is_refused_naming_them(trained, tmp_path)
     with pytest.raises(AssertionError, match=message):
         run("eval.py", f"ckpt_path={checkpoint}", "data=coco_files", *data, "device=cpu",
             log_dir=tmp_path / "logs")  # fmt: skip
+
+
+def test_eval_refuses_a_trainer_switch_hydra_read_as_a_word(trained, tmp_path):
+    """eval.py's trainer comes from the checkpoint's config and the command line: a switch
+    given as a word (Lightning took 'off' as true) is refused before the data is read."""
+    _, run_dir = trained
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    printed = refused("eval.py", f"ckpt_path={checkpoint}", "trainer.enable_progress_bar=off",
+                      "device=cpu", log_dir=tmp_path / "logs")  # fmt: skip
+    assert "trainer.enable_progress_bar='off': must be true, false or null" in printed

@@ -105,7 +105,7 @@ def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
     unless one is given); `resumed`: the checkpoint the run goes on from (`cfg.ckpt_path`)."""
     quiet_libraries()
     check_gpu("device", cfg.trainer.accelerator)  # (experiment=coco400 chooses device=gpu)
-    check_trainer_counts(cfg.trainer)
+    check_trainer(cfg.trainer)
     check_number("seed", cfg.seed, 0, 2**32 - 1, integer=True)  # (numpy's range, as Lightning's)
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:
@@ -314,16 +314,25 @@ def listed(names: list[str], most: int = 12) -> str:
 # fails deep in it: "'>' not supported between instances of 'int' and 'str'")
 TRAINER_COUNTS = {"max_epochs": -1, "max_steps": -1, "check_val_every_n_epoch": 1,
                   "log_every_n_steps": 1}  # fmt: skip
+# Lightning's switches, with the other values each takes: it takes any value, and a word that
+# Hydra reads as a string (`trainer.deterministic=no`) as true
+TRAINER_FLAGS = {"enable_checkpointing": (None,), "enable_progress_bar": (None,),
+                 "enable_model_summary": (None,), "deterministic": (None, "warn"),
+                 "benchmark": (None,), "inference_mode": (), "use_distributed_sampler": (),
+                 "detect_anomaly": (), "barebones": (), "sync_batchnorm": ()}  # fmt: skip
 
 
-def check_trainer_counts(trainer: DictConfig) -> None:
-    """The Trainer's counts (`TRAINER_COUNTS`; null: Lightning's default) and gradient clip,
-    checked before the data and the model are built, named."""
+def check_trainer(trainer: DictConfig) -> None:
+    """The Trainer's counts (`TRAINER_COUNTS`; null: Lightning's default), gradient clip and
+    switches (`TRAINER_FLAGS`), checked before the data and the model are built, named."""
     for key, low in TRAINER_COUNTS.items():
         if trainer.get(key) is not None:
             check_number(f"trainer.{key}", trainer[key], low, integer=True)
     if trainer.get("gradient_clip_val") is not None:
         check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)
+    for key, others in TRAINER_FLAGS.items():
+        if key in trainer:
+            check_flag(f"trainer.{key}", trainer[key], *others)
 
 
 def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import (
     build_trainer,
+    check_trainer,
     checkpoint_run_config,
     given_keys,
     quiet_libraries,
@@ -35,6 +36,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     overrides = HydraConfig.get().overrides.task
     cfg = checkpoint_run_config(cfg, checkpoint["config"], overrides)
+    check_trainer(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     if "data.val.limit" not in given_keys(overrides):

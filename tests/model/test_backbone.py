@@ -131,11 +131,13 @@ def test_offline_imagenet_download_says_how_to_use_a_local_file(monkeypatch):
         Backbone(depth=18, weights="imagenet")
 
 
-def test_bad_choices_fail_with_the_key_name():
-    with pytest.raises(ValueError, match="frozen"):
+def test_bad_choices_fail_with_the_key_name_and_the_choices():
+    with pytest.raises(ValueError, match="^model.backbone.frozen='layer9': one of none, stem,"):
         Backbone(depth=18, frozen="layer9")
-    with pytest.raises(ValueError, match="depth"):
+    with pytest.raises(ValueError, match="^model.backbone.depth=42: one of 18, 34, 50, 101$"):
         Backbone(depth=42)
+    with pytest.raises(ValueError, match="^model.backbone.norm='gn': one of frozen_bn, bn$"):
+        Backbone(depth=18, norm="gn")
 
 
 def test_checkpointing_counts_each_batch_once_in_trainable_batchnorm():

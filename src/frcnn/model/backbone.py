@@ -91,9 +91,9 @@ def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1
     """A torchvision ResNet with `norm` layers (epsilon `norm_eps`) and weights None,
     "imagenet" or a local file."""
     if depth not in DEPTHS:
-        raise ValueError(f"model.backbone.depth={depth}: choose one of {sorted(DEPTHS)}")
+        raise ValueError(f"model.backbone.depth={depth!r}: one of {', '.join(map(str, DEPTHS))}")
     if norm not in NORMS:
-        raise ValueError(f"model.backbone.norm={norm!r}: choose one of {NORMS}")
+        raise ValueError(f"model.backbone.norm={norm!r}: one of {', '.join(NORMS)}")
     # trained BatchNorm divides by sqrt(var + eps) of a batch, which may be 0
     check_number("model.backbone.norm_eps", norm_eps, 0, open_low=norm == "bn")
     arch = DEPTHS[depth]
@@ -164,7 +164,9 @@ class Backbone(nn.Module):
     ):
         super().__init__()
         if frozen not in FROZEN_CHOICES:
-            raise ValueError(f"model.backbone.frozen={frozen!r}: choose one of {FROZEN_CHOICES}")
+            raise ValueError(
+                f"model.backbone.frozen={frozen!r}: one of {', '.join(FROZEN_CHOICES)}"
+            )
         check_flag("model.backbone.checkpointing", checkpointing)
         resnet = build_resnet(depth, norm, weights, norm_eps)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)

@@ -169,7 +169,7 @@ class DetectorModule(L.LightningModule):
         super().__init__()
         if compile_scope not in COMPILE_SCOPES:
             raise ValueError(
-                f"module.compile_scope={compile_scope!r}: choose one of {list(COMPILE_SCOPES)}"
+                f"module.compile_scope={compile_scope!r}: one of {', '.join(COMPILE_SCOPES)}"
             )
         check_number("module.finite_check_every", finite_check_every, 1, integer=True)
         check_flag("module.per_class_map", per_class_map)

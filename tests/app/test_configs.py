@@ -252,7 +252,8 @@ def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):
             r"anchors.strides=\[4,8,16,32,64\]",
         ),
         # each of these failed with a traceback only in the first step, or ran as another value
-        ("model.backbone.norm_eps=-1", r"model.backbone.norm_eps=-1: must lie in \(0, inf\)"),
+        ("model.backbone.norm_eps=-1", r"model.backbone.norm_eps=-1: must lie in \[0, inf\)"),
+        ("model.backbone.norm_eps=0", r"norm_eps=0: trained BatchNorm \(model.backbone.norm=bn"),
         ("model.rpn.box_coder_weights=[1,1]", r"rpn.box_coder_weights=\[1, 1\]: give four pos"),
         ("model.roi_heads.box_coder_weights=[10,10,0,5]", r"weights=\[10, 10, 0, 5\]: give"),
         ("model.rpn.smooth_l1_beta=-1", r"model.rpn.smooth_l1_beta=-1: must lie in \[0, inf\)"),

@@ -94,8 +94,12 @@ def build_resnet(depth: int, norm: str, weights: str | None, norm_eps: float = 1
         raise ValueError(f"model.backbone.depth={depth!r}: one of {', '.join(map(str, DEPTHS))}")
     if norm not in NORMS:
         raise ValueError(f"model.backbone.norm={norm!r}: one of {', '.join(NORMS)}")
-    # trained BatchNorm divides by sqrt(var + eps) of a batch, which may be 0
-    check_number("model.backbone.norm_eps", norm_eps, 0, open_low=norm == "bn")
+    check_number("model.backbone.norm_eps", norm_eps, 0)
+    if norm == "bn" and norm_eps == 0:  # (it divides by sqrt(var + eps) of a batch: may be 0)
+        raise ValueError(
+            "model.backbone.norm_eps=0: trained BatchNorm (model.backbone.norm=bn) needs it "
+            "above 0; 0 is for frozen_bn (torchvision's COCO weights)"
+        )
     arch = DEPTHS[depth]
     norm_layer = functools.partial(
         FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d, eps=norm_eps

@@ -370,6 +370,9 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
         ("coco", {"train": {"retries": -1}}, r"data.train.retries=-1: must lie in \[0, inf\)"),
         ("coco", {"train": {"backoff_s": -1}}, r"data.train.backoff_s=-1: must lie in \[0, inf"),
         ("coco", {"train": {"shuffle_buffer": 0}}, r"data.train.shuffle_buffer=0: must lie in \[1"),
+        # a traceback from NumPy (the hub's shuffle), every image "unreadable" (synthetic)
+        ("hub", {"train": {"data_files": "x", "seed": -1}}, r"data.train.seed=-1: must lie in \[0"),
+        ("synthetic", {"val": {"seed": "abc"}}, r"data.val.seed='abc': must be an integer in \[0"),
         # one name, read letter by letter before: "add them, e.g. [p,e,r,s,o,n,car]"
         (
             "voc",

@@ -106,7 +106,7 @@ def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
     quiet_libraries()
     check_gpu("device", cfg.trainer.accelerator)  # (experiment=coco400 chooses device=gpu)
     check_trainer(cfg.trainer)
-    check_number("seed", cfg.seed, 0, 2**32 - 1, integer=True)  # (numpy's range, as Lightning's)
+    check_seed(cfg.seed)
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:
         datamodule = instantiate(cfg.data)
@@ -139,6 +139,12 @@ def build(cfg: DictConfig, datamodule=None, resumed: dict | None = None):
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     check_monitored(cfg, module.metric_names())
     return datamodule, module, trainer
+
+
+def check_seed(seed) -> None:
+    """The run's `seed`, in NumPy's range as Lightning wants it (it put 0 in place of one
+    outside, warning; a data stream shuffled with it failed with a traceback)."""
+    check_number("seed", seed, 0, 2**32 - 1, integer=True)
 
 
 def check_monitored(cfg: DictConfig, logged: set[str]) -> None:

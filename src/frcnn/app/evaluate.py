@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn.app.build import (
     build_trainer,
+    check_seed,
     check_trainer,
     checkpoint_run_config,
     given_keys,
@@ -37,6 +38,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     overrides = HydraConfig.get().overrides.task
     cfg = checkpoint_run_config(cfg, checkpoint["config"], overrides)
     check_trainer(cfg.trainer)
+    check_seed(cfg.seed)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     if "data.val.limit" not in given_keys(overrides):

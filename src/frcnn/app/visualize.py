@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
-from frcnn.app.build import checkpoint_run_config, classes_from_data
+from frcnn.app.build import check_seed, checkpoint_run_config, classes_from_data
 from frcnn.app.predict import output_folder
 from frcnn.boxes import content_sizes
 from frcnn.checks import check_number, path_of
@@ -41,6 +41,7 @@ def visualize(cfg: DictConfig) -> Path:
     set) are the checkpoint's own, with what the command line sets under `model.` / `data.` (or
     `data=...`) on top, as in eval.py."""
     check_number("dpi", cfg.dpi, 1)
+    check_seed(cfg.seed)  # (the streamed data sets' shuffle)
     if cfg.get("limit") is not None:  # (0 said the validation set had no readable image)
         check_number("limit", cfg.limit, 1, integer=True)
     output_folder(cfg.output)  # a file there, or no path, fails before the work

@@ -111,6 +111,7 @@ class HubDetection(IterableDataset):
         check_number("shuffle_buffer", shuffle_buffer, 1, integer=True)
         check_number("retries", retries, 0, integer=True)
         check_number("backoff_s", backoff_s, 0)
+        check_number("seed", seed, 0, integer=True)  # (NumPy's generators take no other)
         check_flag("shuffle", shuffle)
         check_flag("keep_empty", keep_empty)
         check_flag("normalized", normalized, None)

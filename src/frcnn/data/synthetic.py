@@ -100,6 +100,7 @@ class SyntheticShapes(MapSource):
         check_number("num_classes", num_classes, 1, len(PALETTE) * len(SHAPES), integer=True)
         check_number("num_images", num_images, 1, integer=True)
         check_number("max_objects", max_objects, 1, integer=True)
+        check_number("seed", seed, 0, integer=True)  # (NumPy's generators take no other)
         super().__init__(transform, num_classes, name="synthetic")
         self.num_images, self.seed, self.max_objects = num_images, seed, max_objects
         self.class_names = class_names(num_classes)

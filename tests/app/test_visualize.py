@@ -142,6 +142,7 @@ def test_an_index_beyond_the_validation_set_is_refused(tmp_path):
         ("what=dataset limit=0", r"limit=0: must lie in \[1, inf\)"),
         # the streamed sets' shuffle: a traceback from NumPy before
         ("what=labels seed=-1", r"seed=-1: must lie in \[0, 4294967295\]"),
+        ("index=abc", r"index='abc': must be an integer in \[0, inf\)"),  # a TypeError before
         # a missing file or one that is no image: a traceback before
         ("what=proposals image=nowhere.jpg", r"image='nowhere.jpg': no such file"),
         ("what=proposals image=README.md", r"image='README.md' cannot be read \(Unidentified"),

@@ -173,6 +173,7 @@ def validation_boxes(datamodule, limit: int | None) -> tuple[list[Tensor], list[
 def sample(source, index: int):
     """Validation sample `index` of a source: indexed (a COCO folder, synthetic shapes) or
     streamed (the hub), where it is the index-th readable image of the stream."""
+    check_number("index", index, 0, integer=True)
     if not isinstance(source, IterableDataset):
         if not 0 <= index < len(source):
             raise ValueError(f"index={index}: the validation set has {len(source)} images")

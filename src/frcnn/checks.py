@@ -73,6 +73,20 @@ def path_of(key: str, value) -> Path:
     return Path(value).expanduser()
 
 
+def check_split(key: str, value) -> None:
+    """Raise ValueError naming `key` unless `value` is a split's name (a string): Hydra reads
+    `5` as a number and `[train]` as a list, which pathlib refused with a traceback and a dict
+    key took unasked."""
+    if isinstance(value, str):
+        return
+    if value is None:
+        raise ValueError(
+            f"{key}=null: give the split's name (a data set without a validation split: "
+            "data.val_fraction holds out a share of data.train's images)"
+        )
+    raise ValueError(f"{key}={override_value(value)}: give the split's name, a word (train, val)")
+
+
 def check_gpu(key: str, value) -> None:
     """Raise ValueError naming `key` where `value` asks for a CUDA GPU ("gpu", "cuda", "cuda:1")
     and torch finds none: Lightning says only "No supported gpu backend found!", torch "Found

@@ -391,6 +391,14 @@ def test_a_sources_setting_is_named_as_the_config_names_it(
         ("voc", {"root": 2024}, "data.root=2024: Hydra read a number"),
         ("coco_files", {"train": {"annotation_file": 5}}, "data.train.annotation_file=5: Hydra"),
         ("hub", {"train": {"data_files": 5}}, "data.train.data_files=5: Hydra read a number"),
+        # a split that is no name: a traceback from pathlib (voc), a dict key unasked (hub)
+        ("voc", {"root": "voc", "train": {"split": 2007}}, r"data.train.split=2007: give the spl"),
+        ("yolo", {"root": "yolo", "train": {"split": None}}, r"data.train.split=null: give"),
+        (
+            "hub",
+            {"train": {"data_files": "x", "split": ["train"]}},
+            r"data.train.split=\['train'\]",
+        ),
     ],
 )
 def test_a_sources_flag_count_or_path_is_checked_before_the_data_is_read(name, overrides, message):

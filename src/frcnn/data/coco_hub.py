@@ -11,7 +11,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset, get_worker_info
 
-from frcnn.checks import check_flag, check_number, check_path, is_list
+from frcnn.checks import check_flag, check_number, check_path, check_split, is_list
 from frcnn.data.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from frcnn.data.hub_schema import (
     Schema,
@@ -115,6 +115,7 @@ class HubDetection(IterableDataset):
         check_flag("shuffle", shuffle)
         check_flag("keep_empty", keep_empty)
         check_flag("normalized", normalized, None)
+        check_split("split", split)
         if name is not None:  # a hub name, or a local folder
             check_path("name", name)
         if data_files is not None:  # a plain list: not a single string, not Hydra's ListConfig

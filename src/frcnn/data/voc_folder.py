@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frcnn.checks import check_flag, path_of, typed_setting
+from frcnn.checks import check_flag, check_split, path_of, typed_setting
 from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
@@ -221,6 +221,7 @@ class VOCFolder(MapSource):
         keep_empty: bool = True,
     ):
         check_flag("keep_empty", keep_empty)
+        check_split("split", split)
         root = path_of("root", root)
         ids, annotations, self.image_dir = split_files(root, split)
         self.class_names = list(class_names or VOC_CLASSES)

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from frcnn.checks import check_flag, path_of
+from frcnn.checks import check_flag, check_split, path_of
 from frcnn.data.sources import (
     IMAGES_CHECKED,
     MapSource,
@@ -300,6 +300,7 @@ class YOLOFolder(MapSource):
         self, transform: Transform, root: str, split: str = "train", keep_empty: bool = True
     ):
         check_flag("keep_empty", keep_empty)
+        check_split("split", split)
         file, content = read_data_yaml(root)
         self.class_names = class_names(content, file)
         self.category_ids = list(range(len(self.class_names)))  # YOLO's own class ids

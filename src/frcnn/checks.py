@@ -142,6 +142,12 @@ def is_list(value) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str)
 
 
+def is_names(value) -> bool:
+    """Whether `value` is a list of one or more strings (a bare string is none: a list of
+    letters to Python)."""
+    return is_list(value) and bool(value) and all(isinstance(name, str) for name in value)
+
+
 def bare(leaf) -> bool:
     """Whether a leaf reads back as itself unquoted: a number, a boolean, None, or a string of
     word characters that Hydra reads as no other type."""

@@ -153,6 +153,24 @@ def test_labels_outside_the_class_list_stop_at_start_up(labels, names):
         DatasetSource(Transform(64), items, names)
 
 
+@pytest.mark.parametrize(
+    ("names", "told"),
+    [
+        ("person", r"class_names='person': .*, e.g. \['person'\]$"),  # letters, each a class before
+        (
+            [1, 2],
+            r"class_names=\[1, 2\]: the names of labels 1..C, a list of strings, e.g. \['1', '2'\]",
+        ),
+        ([], r"class_names=\[\]: the names of labels 1..C, a list of strings$"),
+    ],
+)
+def test_class_names_that_are_no_list_of_names_stop_at_start_up(names, told):
+    items = Items([(Image.fromarray(pixels()), target(torch.tensor([[10.0, 20, 50, 60]]), [1]))])
+    data = DetectionDataModule.from_datasets(items, items, names, image_size=64, num_workers=0)
+    with pytest.raises(ValueError, match="^from_datasets: " + told):
+        data.setup("fit")
+
+
 def test_from_datasets_trains_in_batches_of_the_contract_and_names_unknown_settings():
     image = Image.fromarray(pixels())
     items = Items([(image, target(torch.tensor([[10.0, 20, 50, 60]]), [1]))] * 4)

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from frcnn.checks import check_flag, check_number, is_list, typed_setting
+from frcnn.checks import check_flag, check_number, is_list, is_names, typed_setting
 from frcnn.data.coco_hub import HubDetection
 from frcnn.data.held_out import split_off
 from frcnn.data.repeat_factors import RepeatFactorSampler, class_table, repeat_factors
@@ -90,7 +90,7 @@ def check_class_names(names) -> None:
     """`data.class_names` is a list of names: a single name (`data.class_names=helmet`) was
     read letter by letter, numbers match no name in a data set's files, and none at all (`[]`)
     read as not given: a VOC folder's 20 classes."""
-    if names is None or (is_list(names) and names and all(isinstance(n, str) for n in names)):
+    if names is None or is_names(names):
         return
     if is_list(names) and not names:
         raise ValueError("data.class_names=[]: give the names, or null for the data's own")
@@ -319,11 +319,10 @@ class DetectionDataModule(L.LightningDataModule):
                 "from_datasets: a validation Dataset and val_fraction (a share of train held "
                 "out to validate on): give one of the two"
             )
-        names = list(class_names)
         repeat = {"repeat_factor_threshold": repeat_factor_threshold}
-        make_val = functools.partial(DatasetSource, dataset=val, class_names=names)
+        make_val = functools.partial(DatasetSource, dataset=val, class_names=class_names)
         return cls(
-            functools.partial(DatasetSource, dataset=train, class_names=names, **repeat),
+            functools.partial(DatasetSource, dataset=train, class_names=class_names, **repeat),
             None if val is None else make_val,
             **settings,
         )

@@ -6,6 +6,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
+from frcnn.checks import is_list, is_names
 from frcnn.data.sources import MapSource
 from frcnn.data.transforms import Record, Transform, array_image, id_number
 
@@ -32,6 +33,12 @@ class DatasetSource(MapSource):
                 f"data: the run trained on a torch Dataset given in Python ({dataset}); a "
                 "config cannot rebuild it: give the data (data=... or "
                 "DetectionDataModule.from_datasets)"
+            )
+        if not is_names(class_names):  # ("person" was read letter by letter)
+            given = [str(n) for n in class_names] if is_list(class_names) else [str(class_names)]
+            raise ValueError(
+                f"from_datasets: class_names={class_names!r}: the names of labels 1..C, a list "
+                "of strings" + (f", e.g. {given!r}" if given else "")
             )
         self.dataset = dataset
         self.class_names = list(class_names)

@@ -21,7 +21,7 @@ from frcnn.app import find_images
 from frcnn.app.predict import json_array, read_ahead
 from frcnn.data.sources import unreadable
 from frcnn.data.synthetic import draw_sample
-from frcnn.inference.predictor import Predictor
+from frcnn.inference.predictor import Predictor, resolve_device
 from tests.app.helpers import ROOT, process_env, run, run_dirs
 from tests.helpers import OVERFIT_SIZE
 
@@ -320,6 +320,11 @@ def test_an_output_that_is_a_file_is_refused_before_a_model_loads(tmp_path):
         # a path Hydra reads as a number: a traceback from pathlib before
         ("ckpt_path=x.ckpt input=2024", r": input=2024: Hydra read a number, .* e.g. ./2024"),
         ("ckpt_path=5 input={tmp}/in", r": ckpt_path=5: Hydra read a number, not a path"),
+        # torch's RuntimeError with a traceback before
+        (
+            "ckpt_path=x.ckpt input={tmp}/in trainer.accelerator=tpu",
+            r": device='tpu': one of auto,",
+        ),
         (
             "backend=onnxruntime model_file={tmp}/m.onnx input={tmp}/in device=gpu",
             r"backend=onnxruntime runs on the CPU: device=cpu or device=auto",
@@ -333,6 +338,15 @@ def test_bad_settings_are_refused_naming_them_before_a_model_loads(tmp_path, ove
     with pytest.raises(AssertionError, match=message):
         run("predict.py", *args, f"output={tmp_path / 'out'}", log_dir=tmp_path / "logs")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device", ["mps", "CPU", 0])
+def test_a_device_the_predictor_does_not_run_on_is_refused_naming_it(device):
+    """(Apple's MPS has no float64, which the NMS needs; 0 is no name of a device)"""
+    told = f"device={device!r}: one of auto, cpu, gpu, cuda or cuda:N"
+    with pytest.raises(ValueError, match=f"^{re.escape(told)}$"):
+        resolve_device(device)
+    assert resolve_device(torch.device("cpu")) == resolve_device("cpu") == torch.device("cpu")
 
 
 @pytest.mark.parametrize(("backend", "name"), [("onnxruntime", "m.onnx"), ("pt2", "m.pt2"),

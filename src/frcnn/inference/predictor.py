@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,17 @@ EXPORTED_SUFFIXES = {".xml": "openvino", ".pt2": "pt2"}
 EXPORTED_METADATA = ("image_size", "resize", "class_names", "category_ids")
 
 
-def resolve_device(device: str) -> torch.device:
-    """ "auto", "cpu", "gpu" (Lightning's accelerator names) or a torch device string."""
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto", "cpu", "gpu" (Lightning's accelerator names), "cuda" / "cuda:N" or a
+    torch.device; anything else is refused, named (torch's own error said only which device
+    types it has)."""
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|gpu|cuda(:\d+)?", device):
+        # (Apple's MPS has no float64, which the NMS needs, as for device=auto in training)
+        raise ValueError(f"device={device!r}: one of auto, cpu, gpu, cuda or cuda:N")
     check_gpu("device", device)
     return torch.device("cuda" if device == "gpu" else device)
 
@@ -68,7 +76,7 @@ class Predictor:
         resize: str = "letterbox",
         class_names: list[str] | None = None,
         category_ids: list[int] | None = None,
-        device: str = "auto",
+        device: str | torch.device = "auto",
     ):
         self.device = resolve_device(device)
         # an exported file's runner (`from_exported`) is called as the model is
@@ -81,7 +89,7 @@ class Predictor:
     def from_checkpoint(
         cls,
         path: str | Path,
-        device: str = "auto",
+        device: str | torch.device = "auto",
         score_thresh: float | None = None,
         nms_thresh: float | None = None,
         max_detections: int | None = None,
@@ -90,6 +98,7 @@ class Predictor:
         """Rebuild the model from the config saved in a training checkpoint; post-processing
         and `tta` ("none" | "flip") as given, else the checkpoint's."""
         check_post_processing(score_thresh, nms_thresh, max_detections, tta)
+        device = resolve_device(device)  # (before the checkpoint loads)
         checkpoint = load_checkpoint(path)
         post = {
             "score_thresh": score_thresh,

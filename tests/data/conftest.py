@@ -115,7 +115,8 @@ CPPE5 = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
 def cppe5_features(category=None, image_id=None, crowds=False):
     """cppe-5's (and the RF100 `Francesco/*` sets') features: objects{id, area, bbox, category}
     with xywh pixel boxes; `category` another feature than its ClassLabel, `image_id` another
-    than its int64; `crowds`: the objects have COCO's `iscrowd` flag too."""
+    than its int64; `crowds`: the objects have COCO's `iscrowd` flag too (True: a bool, or the
+    feature it is)."""
     from datasets import ClassLabel, Features, Image, List, Value
 
     objects = {
@@ -123,7 +124,7 @@ def cppe5_features(category=None, image_id=None, crowds=False):
         "area": Value("int64"),
         "bbox": List(Value("float32"), length=4),
         "category": category or ClassLabel(names=CPPE5),
-        **({"iscrowd": Value("bool")} if crowds else {}),
+        **({"iscrowd": Value("bool") if crowds is True else crowds} if crowds else {}),
     }
     columns = {"image_id": image_id or Value("int64"), "image": Image(), "width": Value("int32")}
     return Features({**columns, "height": Value("int32"), "objects": List(objects)})
@@ -131,7 +132,7 @@ def cppe5_features(category=None, image_id=None, crowds=False):
 
 def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None, ids=None) -> str:
     """One image per entry of `boxes_per_image` [(x, y, w, h, class), ...] (a sixth value: the
-    object's `iscrowd` flag); their ids 0, 1, ... or the strings `ids`."""
+    object's `iscrowd` flag, a bool or a string); their ids 0, 1, ... or the strings `ids`."""
     from datasets import Dataset, Value
 
     rows = {"image_id": [], "image": [], "width": [], "height": [], "objects": []}
@@ -146,7 +147,8 @@ def cppe5_parquet(path, boxes_per_image, width=200, height=100, category=None, i
             for i, (x, y, w, h, c, *flag) in enumerate(boxes)
         ]
         rows["objects"].append(objects)
-    crowds = any(len(box) == 6 for boxes in boxes_per_image for box in boxes)
+    flags = [box[5] for boxes in boxes_per_image for box in boxes if len(box) == 6]
+    crowds = bool(flags) and (Value("string") if isinstance(flags[0], str) else True)
     features = cppe5_features(category, Value("string") if ids else None, crowds)
     Dataset.from_dict(rows, features=features).to_parquet(str(path))
     return str(path)

@@ -49,7 +49,7 @@ def test_crowd_flags_written_as_strings_are_read_and_others_refused(coco_folder)
 
         rewrite(coco_folder, edit)
 
-    flags("0", "0", "1", None, False)
+    flags("0", "false", "True", None, False)
     image, target = folder(coco_folder)[0]
     assert target["labels"].tolist() == [2, 3] and target["crowd_labels"].tolist() == [1]
     flags(0, "no")

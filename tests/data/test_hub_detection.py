@@ -2,6 +2,7 @@
 from the data where it leaves no doubt, or refused; through `datasets` over local parquet."""
 
 import logging
+import re
 
 import pytest
 import torch
@@ -279,6 +280,22 @@ def test_crowd_flags_make_ignored_regions_and_crowds_alone_no_objects(tmp_path):
     assert [t["image_id"] for _, t in stream(path, keep_empty=False)] == [0]
     (_, plain), _ = list(stream(cppe5_parquet(tmp_path / "b.parquet", TELLING)))
     assert "crowd_boxes" not in plain  # a set without the flag: as before
+
+
+def test_crowd_flags_stored_as_strings_are_read_and_others_skip_their_row(tmp_path, caplog):
+    """ "0" / "1" in a string column: not taken for a flag before, its crowd regions trained as
+    objects. "no" (true to Python) is refused: at start-up in the rows read then, else its row
+    is skipped and counted."""
+    crowded = [[(120, 10, 50, 40, 4, "0"), (10, 20, 30, 30, 2, "1")], [(150, 50, 40, 45, 0, "no")]]
+    path = cppe5_parquet(tmp_path / "a.parquet", crowded)
+    told = "its objects.iscrowd: 'no' is no crowd flag: 0 (an object) or 1 (a crowd region)"
+    with pytest.raises(ValueError, match=re.escape(told)):
+        stream(path)
+    given = stream(path, box_format="xywh", normalized=False)  # no rows read at start-up
+    assert given.schema.iscrowd == "iscrowd"
+    ((_, first),) = list(given)
+    assert first["labels"].tolist() == [5] and first["crowd_labels"].tolist() == [3]
+    assert given.skips.counts == {"malformed record skipped": 1} and told in caplog.text
 
 
 def test_a_category_of_class_names_is_numbered_by_data_class_names(tmp_path):

@@ -14,6 +14,7 @@ from frcnn.data.sources import (
     MapSource,
     check_image_sizes,
     check_images_exist,
+    crowd_flag,
     forward_slashes,
     read_text,
 )
@@ -175,18 +176,16 @@ def check_layout(coco, named: str) -> None:
 
 def read_crowd_flags(annotations: list[dict], named: str) -> None:
     """Each annotation's `iscrowd` as a bool, in place. COCO writes 0 or 1; false, true, null
-    and the strings "0" and "1" read so too. Any other value stops the start-up, shown: Python
-    would take "0" or "no" as true, and the object as a crowd region that nothing learns from."""
+    and those as strings read so too (`crowd_flag`). Any other value stops the start-up, shown."""
     for ann in annotations:
         flag = ann.get("iscrowd", 0)
-        if isinstance(flag, str) and flag.strip() in ("0", "1"):
-            flag = int(flag)
-        if not (flag is None or isinstance(flag, bool) or flag in (0, 1)):
+        try:
+            ann["iscrowd"] = crowd_flag(flag)
+        except ValueError:
             raise ValueError(
                 f"{named}: annotation {ann.get('id')!r}'s iscrowd is {flag!r}: COCO's iscrowd is "
                 "0 (an object) or 1 (a crowd region, left out of training)"
-            )
-        ann["iscrowd"] = bool(flag)
+            ) from None
 
 
 def annotations_per_image(annotations: list[dict], images: list[dict], skips) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from frcnn.checks import typed_setting
+from frcnn.data.sources import crowd_flag
 from frcnn.data.transforms import id_number, recorded_size, upright_size
 from frcnn.structures import counted
 
@@ -106,10 +107,13 @@ def id_feature(feature) -> bool:
 
 
 def flag_feature(feature) -> bool:
-    """Whether `feature` can be a per-object flag (COCO's `iscrowd`): a bool or an integer."""
+    """Whether `feature` can be a per-object flag (COCO's `iscrowd`): a bool, an integer or a
+    string ("0" / "1", read by `crowd_flag`; a set that stores them so would train its crowd
+    regions as objects)."""
     from datasets import Value
 
-    return isinstance(feature, Value) and feature.dtype.startswith(("bool", "int", "uint"))
+    kinds = ("bool", "int", "uint", "string", "large_string")
+    return isinstance(feature, Value) and feature.dtype.startswith(kinds)
 
 
 def holds_names(label) -> bool:
@@ -187,7 +191,13 @@ def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray, 
     if schema.category_index is not None:
         classes = [schema.category_index.get(str(c), -1) for c in classes]
     classes = np.asarray(classes, dtype=np.int64).reshape(-1)
-    crowds = np.zeros(len(classes), bool) if crowds is None else np.asarray(crowds, bool)
+    if crowds is None:
+        crowds = np.zeros(len(classes), bool)
+    else:
+        try:
+            crowds = np.array([crowd_flag(flag) for flag in crowds], bool)
+        except ValueError as err:
+            raise ValueError(f"its {field_path(schema, schema.iscrowd)}: {err}") from None
     boxes = np.asarray(boxes, dtype=np.float32)
     if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):
         raise ValueError(

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from frcnn.checks import is_number
 from frcnn.data.transforms import Record, SizeMismatch, Transform, upright_size
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,21 @@ def check_image_sizes(images: list[tuple[Path, tuple[int, int] | None]], where: 
             f"recorded {width} x {height}): were they resized after they were annotated? "
             "Their boxes are in the recorded size's pixels: give the images they were drawn on"
         )
+
+
+FLAG_WORDS = {"0": 0, "1": 1, "false": False, "true": True}
+
+
+def crowd_flag(value) -> bool:
+    """An object's crowd flag as data sets write it: 0 or 1, false or true, null, or one of
+    those as a string ("0", "true"); ValueError for any other value, which Python would take
+    as true ("0", "no") or false, unasked: an object taken for a crowd region that nothing
+    learns from, or the other way round."""
+    if isinstance(value, str):
+        value = FLAG_WORDS.get(value.strip().lower(), value)
+    if value is None or isinstance(value, bool) or (is_number(value) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{value!r} is no crowd flag: 0 (an object) or 1 (a crowd region)")
 
 
 def clean_annotations(record: Record, num_classes: int, skips: Callable) -> Record:

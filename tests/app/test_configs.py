@@ -354,6 +354,9 @@ def test_a_run_setting_fails_at_start_up_naming_the_key(tmp_path, overrides, mes
         ("enable_progress_bar", "off", "trainer.enable_progress_bar='off': must be true, false"),
         ("sync_batchnorm", 1, "trainer.sync_batchnorm=1: must be true or false"),
         ("max_epochs", "ten", "trainer.max_epochs='ten': must be an integer in [-1, inf)"),
+        # 0 failed at the first step (a ZeroDivisionError in Lightning), 0.0 validated every step
+        ("val_check_interval", 0, "trainer.val_check_interval=0: validate every N steps (an int"),
+        ("val_check_interval", 0.0, "trainer.val_check_interval=0.0: validate every N steps"),
     ],
 )
 def test_a_trainer_setting_of_the_wrong_kind_is_refused_naming_it(key, value, told):
@@ -363,6 +366,8 @@ def test_a_trainer_setting_of_the_wrong_kind_is_refused_naming_it(key, value, to
 
 def test_the_trainer_switches_take_lightnings_own_values():
     check_trainer(OmegaConf.create({"deterministic": "warn", "benchmark": None, "barebones": True}))
+    for every in (1, 0.25, 1.0, "00:12:00:00", None):
+        check_trainer(OmegaConf.create({"val_check_interval": every}))
 
 
 def test_the_learning_rate_scales_with_the_batch_and_is_printed(tmp_path, caplog):

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ProgressBar as LightningBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.checks import check_flag, check_gpu, check_number, typed_setting
+from frcnn.checks import check_flag, check_gpu, check_number, is_number, typed_setting
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.data.sources import relative_path
 from frcnn.inference.predictor import resolve_device
@@ -339,6 +339,13 @@ def check_trainer(trainer: DictConfig) -> None:
     for key, others in TRAINER_FLAGS.items():
         if key in trainer:
             check_flag(f"trainer.{key}", trainer[key], *others)
+    every = trainer.get("val_check_interval")  # (also a time, "00:12:00:00": Lightning's)
+    if is_number(every) and (every < 1 if isinstance(every, int) else not 0 < every <= 1):
+        # 0 failed at the first step with a ZeroDivisionError deep in Lightning
+        raise ValueError(
+            f"trainer.val_check_interval={every!r}: validate every N steps (an integer >= 1) "
+            "or N times an epoch (1/N, a number in (0, 1]); null: at each epoch's end"
+        )
 
 
 def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:

@@ -359,7 +359,7 @@ def test_a_run_setting_fails_at_start_up_naming_the_key(tmp_path, overrides, mes
         ("val_check_interval", 0.0, "trainer.val_check_interval=0.0: validate every N steps"),
     ],
 )
-def test_a_trainer_setting_of_the_wrong_kind_is_refused_naming_it(key, value, told):
+def test_a_trainer_setting_of_the_wrong_kind_or_range_is_refused_naming_it(key, value, told):
     with pytest.raises(ValueError, match=re.escape(told)):
         check_trainer(OmegaConf.create({key: value}))
 

@@ -104,7 +104,8 @@ def test_proposals_are_drawn_inside_the_images_content(tmp_path):
 
 
 def test_a_checkpoints_picture_uses_its_data_settings(trained, tmp_path, monkeypatch):
-    """Without data=, a checkpoint is drawn on its own validation data at its own size."""
+    """Without data=, a checkpoint is drawn on its own validation data at its own size, and
+    what=labels draws its own training data."""
     command = importlib.import_module("frcnn.app.visualize")  # the module, not the function
 
     _, run_dir = trained
@@ -124,6 +125,16 @@ def test_a_checkpoints_picture_uses_its_data_settings(trained, tmp_path, monkeyp
     run("visualize.py", f"ckpt_path={ckpt}", "what=detections", "data.image_size=64",
         f"output={tmp_path}", "device=cpu", log_dir=tmp_path / "logs")  # fmt: skip
     assert seen["image"] == (3, 64, 64)  # data.<key> on top of the checkpoint's
+
+    def grid(samples, names):
+        seen.update(labels=samples[0][0].shape)
+        return real_grid(samples, names)
+
+    real_grid = command.label_grid
+    monkeypatch.setattr(command, "label_grid", grid)
+    run("visualize.py", f"ckpt_path={ckpt}", "what=labels", f"output={tmp_path}", "device=cpu",
+        log_dir=tmp_path / "logs")  # fmt: skip
+    assert seen["labels"] == (3, 96, 96)  # its training data (the default data's 192 px before)
 
 
 def test_an_index_beyond_the_validation_set_is_refused(tmp_path):

@@ -45,12 +45,13 @@ def visualize(cfg: DictConfig) -> Path:
     if cfg.get("limit") is not None:  # (0 said the validation set had no readable image)
         check_number("limit", cfg.limit, 1, integer=True)
     output_folder(cfg.output)  # a file there, or no path, fails before the work
-    if cfg.what == "labels":
-        return labels_picture(cfg)
-    class_names = category_ids = None
-    if cfg.ckpt_path:
+    class_names = category_ids = checkpoint = None
+    if cfg.ckpt_path:  # its settings, data included: what=labels draws its training data
         checkpoint = load_checkpoint(cfg.ckpt_path)
         cfg = checkpoint_run_config(cfg, checkpoint["config"], HydraConfig.get().overrides.task)
+    if cfg.what == "labels":
+        return labels_picture(cfg)
+    if checkpoint:
         model = detector_from_checkpoint(checkpoint, cfg.model)
         class_names, category_ids = checkpoint.get("class_names"), checkpoint.get("category_ids")
     else:

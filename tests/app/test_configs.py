@@ -329,6 +329,9 @@ def run_config(tmp_path, *overrides) -> DictConfig:
          r"callbacks.early_stopping.min_delta=-0.01: must lie in \[0, inf\)"),
         # the data module made it a tuple first: a TypeError
         (["data.scale_jitter=0.5"], r"data.scale_jitter=0.5: must be \[low, high\] with 0 <"),
+        # Lightning's loggers take any value: os.path.join's TypeError, a string taken as true
+        (["logger=csv", "logger.csv.name=5"], r"logger.csv.name=5: Hydra read a number, not a"),
+        (["logger.tensorboard.default_hp_metric=no"], r"default_hp_metric='no': must be true or"),
     ],
 )  # fmt: skip
 def test_a_run_setting_fails_at_start_up_naming_the_key(tmp_path, overrides, message):

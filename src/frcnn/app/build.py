@@ -23,7 +23,14 @@ from lightning.pytorch.callbacks import ProgressBar as LightningBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from frcnn.checks import check_flag, check_gpu, check_number, is_number, typed_setting
+from frcnn.checks import (
+    check_flag,
+    check_gpu,
+    check_number,
+    check_path,
+    is_number,
+    typed_setting,
+)
 from frcnn.data.datamodule import StreamEpoch
 from frcnn.data.sources import relative_path
 from frcnn.inference.predictor import resolve_device
@@ -383,6 +390,7 @@ def build_trainer(cfg: DictConfig, training_callbacks: list | None = None) -> L.
     says), and `training_callbacks` (train.py's: the weight EMA)."""
     callbacks = with_progress_bar([instantiate(c) for c in selected(cfg, "callbacks")], cfg)
     callbacks += [StreamEpoch(), Preemption(), *(training_callbacks or [])]
+    check_loggers(cfg.get("logger"))
     loggers = [instantiate(c) for c in selected(cfg, "logger")]
     trainer = instantiate(
         cfg.trainer,
@@ -505,6 +513,21 @@ def report_wanted(cfg: DictConfig) -> bool:
     if setting == "auto":
         return HydraConfig.get().mode != RunMode.MULTIRUN
     return setting
+
+
+def check_loggers(loggers: DictConfig | None) -> None:
+    """Lightning's loggers take any value: their folders must be paths (`logger.csv.name=5`
+    failed in os.path.join with a traceback) and their switches true or false
+    (`default_hp_metric=no` ran as true)."""
+    for name, entry in (loggers or {}).items():
+        if not isinstance(entry, DictConfig):
+            continue
+        for key in ("save_dir", "name"):
+            if entry.get(key) is not None:
+                check_path(f"logger.{name}.{key}", entry[key])
+        for key in ("default_hp_metric", "log_graph"):
+            if key in entry:
+                check_flag(f"logger.{name}.{key}", entry[key])
 
 
 def selected(cfg: DictConfig, group: str) -> list[DictConfig]:

@@ -63,6 +63,21 @@ def test_empty_images_are_kept_or_dropped(coco_folder):
     assert kept.image_ids.tolist() == [1, 2, 4]
 
 
+def test_an_image_with_nothing_training_learns_from_is_as_empty(coco_folder):
+    """keep_empty=false: an image whose only box is malformed (dropped when read), or of a
+    category the file does not declare, trained as a negative before."""
+
+    def edit(coco):
+        coco["annotations"][3]["bbox"] = None  # image 2's one object
+        coco["annotations"][4]["category_id"] = 5  # image 4's
+
+    rewrite(coco_folder, edit)
+    assert folder(coco_folder, keep_empty=False).image_ids.tolist() == [1]
+    kept = folder(coco_folder)
+    assert kept.image_ids.tolist() == [1, 2, 3, 4]
+    assert kept.annotations.starts.tolist() == [0, 3, 4, 4, 5]
+
+
 def test_a_corrupt_image_is_skipped_and_counted(coco_folder, caplog):
     ds = folder(coco_folder)
     _, target = ds[3]  # image 4 is truncated: the next readable one (wrapping round) comes instead

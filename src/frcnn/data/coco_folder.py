@@ -31,7 +31,7 @@ class COCOFolder(MapSource):
     annotations are not training targets but travel as `crowd_boxes` for the evaluation to
     ignore, and every annotation's `area` goes with it (COCO's small / medium / large ranges
     are those of the mask area); images without annotations are kept unless `keep_empty` is
-    False (an image with only crowds counts as empty).
+    False (an image with only crowds, malformed boxes or undeclared categories is as empty).
     """
 
     def __init__(
@@ -61,11 +61,8 @@ class COCOFolder(MapSource):
         check_file_names(images, image_dir, named)
         check_boxes(images, per_image, named)
         self.image_dir = image_dir
-        kept = [
-            img
-            for img in images
-            if keep_empty or any(not a.get("iscrowd", 0) for a in per_image[img["id"]])
-        ]
+        table = annotation_table([per_image[img["id"]] for img in images], self.label_of)
+        kept = images if keep_empty else [images[i] for i in table.images_with_objects()]
         if not kept:
             raise ValueError(empty_set(coco["images"], images, keep_empty, named))
         # only what training reads, in arrays: the parsed file (a json of COCO train2017's
@@ -78,7 +75,9 @@ class COCOFolder(MapSource):
         self.file_names = [forward_slashes(img["file_name"]) for img in kept]
         sizes = [recorded_size(img.get("width"), img.get("height")) or (0, 0) for img in kept]
         self.sizes = np.array(sizes, np.int64).reshape(-1, 2)  # 0: not recorded
-        self.annotations = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
+        if len(kept) < len(images):  # the images kept, their rows and starts their own
+            table = annotation_table([per_image[img["id"]] for img in kept], self.label_of)
+        self.annotations = table
         check_images_exist(
             [image_dir / name for name in self.file_names[:IMAGES_CHECKED]],
             f"image_dir={str(image_dir)!r}",
@@ -249,6 +248,13 @@ class AnnotationTable(NamedTuple):
 
     def rows(self, index: int) -> np.ndarray:
         return np.arange(self.starts[index], self.starts[index + 1])
+
+    def images_with_objects(self) -> np.ndarray:
+        """The indices of the images with a row training learns from (`keep_empty=false`:
+        crowds alone, malformed boxes alone or undeclared categories alone leave an image as
+        empty as none)."""
+        image_of_row = np.repeat(np.arange(len(self.starts) - 1), np.diff(self.starts))
+        return np.unique(image_of_row[self.trained])
 
 
 def annotation_table(per_image: list[list[dict]], label_of: dict[int, int]) -> AnnotationTable:

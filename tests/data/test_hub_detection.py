@@ -288,7 +288,7 @@ def test_crowd_flags_stored_as_strings_are_read_and_others_skip_their_row(tmp_pa
     is skipped and counted."""
     crowded = [[(120, 10, 50, 40, 4, "0"), (10, 20, 30, 30, 2, "1")], [(150, 50, 40, 45, 0, "no")]]
     path = cppe5_parquet(tmp_path / "a.parquet", crowded)
-    told = "its objects.iscrowd: 'no' is no crowd flag: 0 (an object) or 1 (a crowd region)"
+    told = "its objects.iscrowd: 'no' is neither 0 nor 1: a crowd flag is 0 (an object) or 1 (a"
     with pytest.raises(ValueError, match=re.escape(told)):
         stream(path)
     given = stream(path, box_format="xywh", normalized=False)  # no rows read at start-up

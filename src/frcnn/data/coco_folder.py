@@ -14,8 +14,8 @@ from frcnn.data.sources import (
     MapSource,
     check_image_sizes,
     check_images_exist,
-    crowd_flag,
     forward_slashes,
+    object_flag,
     read_text,
 )
 from frcnn.data.transforms import Record, Transform, id_number, recorded_size
@@ -175,11 +175,11 @@ def check_layout(coco, named: str) -> None:
 
 def read_crowd_flags(annotations: list[dict], named: str) -> None:
     """Each annotation's `iscrowd` as a bool, in place. COCO writes 0 or 1; false, true, null
-    and those as strings read so too (`crowd_flag`). Any other value stops the start-up, shown."""
+    and those as strings read so too (`object_flag`). Any other value stops the start-up, shown."""
     for ann in annotations:
         flag = ann.get("iscrowd", 0)
         try:
-            ann["iscrowd"] = crowd_flag(flag)
+            ann["iscrowd"] = object_flag(flag)
         except ValueError:
             raise ValueError(
                 f"{named}: annotation {ann.get('id')!r}'s iscrowd is {flag!r}: COCO's iscrowd is "

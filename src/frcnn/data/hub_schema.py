@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from frcnn.checks import typed_setting
-from frcnn.data.sources import crowd_flag
+from frcnn.data.sources import object_flag
 from frcnn.data.transforms import id_number, recorded_size, upright_size
 from frcnn.structures import counted
 
@@ -108,7 +108,7 @@ def id_feature(feature) -> bool:
 
 def flag_feature(feature) -> bool:
     """Whether `feature` can be a per-object flag (COCO's `iscrowd`): a bool, an integer or a
-    string ("0" / "1", read by `crowd_flag`; a set that stores them so would train its crowd
+    string ("0" / "1", read by `object_flag`; a set that stores them so would train its crowd
     regions as objects)."""
     from datasets import Value
 
@@ -195,9 +195,12 @@ def row_objects(example: dict, schema: Schema) -> tuple[np.ndarray, np.ndarray, 
         crowds = np.zeros(len(classes), bool)
     else:
         try:
-            crowds = np.array([crowd_flag(flag) for flag in crowds], bool)
+            crowds = np.array([object_flag(flag) for flag in crowds], bool)
         except ValueError as err:
-            raise ValueError(f"its {field_path(schema, schema.iscrowd)}: {err}") from None
+            raise ValueError(
+                f"its {field_path(schema, schema.iscrowd)}: {err}: a crowd flag is 0 (an "
+                "object) or 1 (a crowd region)"
+            ) from None
     boxes = np.asarray(boxes, dtype=np.float32)
     if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):
         raise ValueError(

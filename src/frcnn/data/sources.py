@@ -203,16 +203,15 @@ def check_image_sizes(images: list[tuple[Path, tuple[int, int] | None]], where: 
 FLAG_WORDS = {"0": 0, "1": 1, "false": False, "true": True}
 
 
-def crowd_flag(value) -> bool:
-    """An object's crowd flag as data sets write it: 0 or 1, false or true, null, or one of
-    those as a string ("0", "true"); ValueError for any other value, which Python would take
-    as true ("0", "no") or false, unasked: an object taken for a crowd region that nothing
-    learns from, or the other way round."""
+def object_flag(value) -> bool:
+    """An object's flag (COCO's `iscrowd`, VOC's `<difficult>`) as data sets write it: 0 or 1,
+    false or true, null, or one of those as a string ("0", "true"); ValueError for any other
+    value, which Python would take as true ("0", "no") or false, unasked."""
     if isinstance(value, str):
         value = FLAG_WORDS.get(value.strip().lower(), value)
     if value is None or isinstance(value, bool) or (is_number(value) and value in (0, 1)):
         return bool(value)
-    raise ValueError(f"{value!r} is no crowd flag: 0 (an object) or 1 (a crowd region)")
+    raise ValueError(f"{value!r} is neither 0 nor 1")
 
 
 def clean_annotations(record: Record, num_classes: int, skips: Callable) -> Record:

@@ -12,6 +12,7 @@ from frcnn.data.sources import (
     MapSource,
     check_image_sizes,
     check_images_exist,
+    object_flag,
     other_layout,
     read_text,
 )
@@ -50,10 +51,10 @@ def read_annotation(path: Path) -> tuple[str, list[tuple[str, list[float], bool]
 def flag(text: str | None, path: Path) -> bool:
     """An object's `<difficult>`: 0 or 1 as VOC writes it, or false / true (any case); left
     out, 0. Another value stops the start-up: read as 0, a hard object would train silently."""
-    value = (text or "0").strip().lower()
-    if value not in ("0", "1", "false", "true"):
-        raise ValueError(f"{path}: <difficult>{text}</difficult> is neither 0 nor 1")
-    return value in ("1", "true")
+    try:
+        return object_flag((text or "").strip() or None)  # (an empty tag: 0, as none)
+    except ValueError:
+        raise ValueError(f"{path}: <difficult>{text}</difficult> is neither 0 nor 1") from None
 
 
 COORDINATES = ("xmin", "ymin", "xmax", "ymax")  # a bndbox's

@@ -167,12 +167,28 @@ def pad_targets(targets: list[dict[str, Tensor]], device) -> GroundTruth:
                 "boxes": t["boxes"].to(device, torch.float32).reshape(-1, 4),
                 "labels": t["labels"].to(device, torch.int64).reshape(-1),
             }
-            for t in targets
+            for t in map(check_target, range(len(targets)), targets)
         ]
         padded = Targets(per_image).padded
     boxes = padded["boxes"].to(device, torch.float32)
     labels = padded["labels"].to(device, torch.int64)
     return GroundTruth(boxes, labels, nondegenerate(boxes) & (labels > 0))
+
+
+def check_target(i: int, target: dict) -> dict:
+    """`target` if it holds "boxes" (K, 4) (or one box (4,)) and "labels" (K,) tensors; by
+    their shapes only (values would cost a host wait)."""
+    if not isinstance(target, dict) or not {"boxes", "labels"} <= target.keys():
+        got = sorted(target) if isinstance(target, dict) else type(target).__name__
+        raise ValueError(f'targets[{i}]: a dict with "boxes" and "labels"; got {got}')
+    boxes, labels = (torch.as_tensor(target[k]) for k in ("boxes", "labels"))
+    boxes_fit = boxes.numel() == 0 or boxes.ndim in (1, 2) and boxes.shape[-1] == 4
+    if not boxes_fit or labels.numel() != boxes.numel() // 4:
+        raise ValueError(
+            f'targets[{i}]: "boxes" (K, 4) xyxy and "labels" (K,); got shapes '
+            f"{tuple(boxes.shape)} and {tuple(labels.shape)}"
+        )
+    return {**target, "boxes": boxes, "labels": labels}
 
 
 def nondegenerate(boxes: Tensor) -> Tensor:

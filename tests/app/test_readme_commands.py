@@ -600,6 +600,7 @@ def test_the_detector_in_python(workspace, monkeypatch):
     done = example("## The detector in Python")
     assert set(done["losses"]) == {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}
     assert [sorted(d) for d in done["detections"]] == [["boxes", "labels", "scores"]] * 2
+    assert (done["detections"][1]["boxes"][:, 1::2] <= 300).all()  # the list's second image
     assert done["padded"].boxes.shape == (2, 100, 4)
 
 

@@ -82,6 +82,76 @@ def test_uint8_and_float_inputs_agree(model):
         torch.testing.assert_close(x["scores"], y["scores"])
 
 
+def test_a_list_of_images_of_any_sizes_detects_as_their_padded_batch_with_its_sizes(model):
+    """torchvision's detectors take a list of (3, H, W) images: so does this one, padding them
+    into one batch whose image_sizes are theirs (a wrong size would move the clipping)."""
+    images, targets = batch()
+    small = images[1, :, :64, :80]
+    padded = images.clone()
+    padded[1, :, 64:] = padded[1, :, :, 80:] = 0
+    sizes = torch.tensor([[96, 96], [64, 80]])
+    model.eval()
+    with torch.no_grad():
+        from_list = model([images[0], small])
+        from_batch = model(padded, image_sizes=sizes)
+        torch.manual_seed(1)
+        listed_losses, _ = model.forward_with_losses([images[0], small], targets)
+        torch.manual_seed(1)
+        batch_losses, _ = model.forward_with_losses(padded, targets, image_sizes=sizes)
+    for a, b in zip(from_list, from_batch, strict=True):
+        torch.testing.assert_close(a, b)
+    assert (from_list[1]["boxes"][:, 1::2] <= 64).all() and (from_list[1]["boxes"] <= 80).all()
+    torch.testing.assert_close(listed_losses, batch_losses)
+    losses = model.train()([images[0], small], targets)
+    assert torch.isfinite(sum(losses.values()))
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(3, 96, 96), r"\(B, 3, H, W\) RGB; got \(3, 96, 96\).*images\[None\]"),
+        (torch.rand(1, 96, 96, 3), r"got \(1, 96, 96, 3\).*movedim\(-1, -3\)"),
+        (torch.rand(1, 1, 96, 96), r"gray\? images.expand\(-1, 3, -1, -1\)"),
+        (torch.rand(1, 4, 96, 96), r"got \(1, 4, 96, 96\) torch.float32$"),
+        ([torch.rand(96, 96)], r"images\[0\]: \(3, H, W\) RGB; got \(96, 96\)"),
+        ([torch.rand(1, 96, 96)], r"gray\? images.expand\(3, -1, -1\)"),
+        # int64 pixels would be read as 0..1 floats: every image nearly white
+        (torch.randint(0, 256, (1, 3, 96, 96)), r"uint8 \(0..255\) or float.*torch.int64"),
+        (torch.zeros(0, 3, 96, 96), "an empty batch"),
+        ([], "a list of one or more images"),
+        ([torch.rand(3, 96, 96), torch.zeros(3, 96, 96, dtype=torch.uint8)], "of one type"),
+        (torch.rand(3, 96, 96).numpy(), "a \\(B, 3, H, W\\) tensor; got ndarray"),
+    ],
+)
+def test_images_of_another_shape_or_type_are_refused_saying_how_to_mend_them(
+    model, images, message
+):
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.eval()(images)
+
+
+def test_sizes_and_targets_that_do_not_fit_the_batch_are_refused(model):
+    """Broadcasting would take one image's size for all, or pair boxes with other labels."""
+    images, targets = batch()
+    model.eval()
+    with pytest.raises(ValueError, match=r"image_sizes: \(B, 2\).* 2 images; got shape \(1, 2\)"):
+        model(images, image_sizes=torch.tensor([[96, 96]]))
+    with pytest.raises(ValueError, match="a list of images brings its own"):
+        model(list(images), image_sizes=torch.tensor([[96, 96], [96, 96]]))
+    assert len(model(images, image_sizes=[[96, 96], [64, 80]])) == 2  # a list of sizes is taken
+    with pytest.raises(ValueError, match="targets: one per image, 2; got 1"):
+        model.train()(images, targets[:1])
+    with pytest.raises(ValueError, match=r'targets\[1\]: a dict with "boxes" and "labels"; got'):
+        model(images, [targets[0], {"boxes": torch.zeros(0, 4)}])
+    wrong = [targets[0], {"boxes": torch.zeros(4, 5), "labels": torch.ones(5, dtype=torch.long)}]
+    with pytest.raises(ValueError, match=r"got shapes \(4, 5\) and \(5,\)"):
+        model(images, wrong)  # reshaped to (5, 4), they would train as five other boxes
+    with pytest.raises(ValueError, match=r"got shapes \(2, 4\) and \(1,\)"):
+        model(images, [{**targets[0], "labels": torch.tensor([1])}, EMPTY])
+    one_box = {"boxes": torch.tensor([1.0, 2, 30, 40]), "labels": torch.tensor(2)}
+    assert torch.isfinite(sum(model(images, [one_box, {"boxes": [], "labels": []}]).values()))
+
+
 def test_training_without_targets_is_an_error(model):
     with pytest.raises(ValueError, match="targets"):
         model.train()(batch()[0])

@@ -43,7 +43,8 @@ class FasterRCNN(nn.Module):
             export's graph) never uses it.
 
     `forward(images, targets=None, image_sizes=None)`: images are (B, 3, H, W), uint8 in
-    0..255 or float in 0..1; the model normalises them with ImageNet statistics. `image_sizes`
+    0..255 or float in 0..1, or a list of (3, H, W) images of any sizes (`as_batch`); the
+    model normalises them with ImageNet statistics. `image_sizes`
     (B, 2) gives the (height, width) of each image's content, top-left, for letterboxed inputs
     (None: the whole input): the padding is set to 0 after normalisation and proposals and
     detections are clipped to the content, so none lies in the padding. In training mode it
@@ -136,6 +137,7 @@ class FasterRCNN(nn.Module):
         targets: list[dict[str, Tensor]] | None = None,
         image_sizes: Tensor | None = None,
     ):
+        images, image_sizes = as_batch(images, image_sizes, targets)
         if self.training:
             if targets is None:
                 raise ValueError("FasterRCNN in training mode needs targets")
@@ -144,6 +146,7 @@ class FasterRCNN(nn.Module):
 
     def detect(self, images: Tensor, image_sizes: Tensor | None = None) -> Detections:
         """Inference with fixed-shape outputs: Detections (B, K), padded (what ONNX exports)."""
+        images, image_sizes = as_batch(images, image_sizes)
         return self._run(images, None, image_sizes, detect=True)[1]
 
     def forward_with_losses(
@@ -154,6 +157,7 @@ class FasterRCNN(nn.Module):
         Call in eval mode: proposals use the test-time counts; the losses are computed on
         them as in training (with fresh random samples).
         """
+        images, image_sizes = as_batch(images, image_sizes, targets)
         losses, detections = self._run(images, targets, image_sizes, detect=True)
         return losses, self._augmented(images, image_sizes, detections).per_image()
 
@@ -198,3 +202,65 @@ def full_sizes(images: Tensor) -> Tensor:
     height = torch.full((images.shape[0], 1), images.shape[-2], device=images.device)
     width = torch.full((images.shape[0], 1), images.shape[-1], device=images.device)
     return torch.cat([height, width], dim=1)
+
+
+def as_batch(images, image_sizes=None, targets=None) -> tuple[Tensor, Tensor | None]:
+    """The detector's inputs as one batch, checked by their shapes and types only (values
+    would cost a host wait): images (B, 3, H, W) uint8 (0..255) or float (0..1), or a list of
+    B (3, H, W) images of any sizes, padded at the right and bottom into one batch whose
+    `image_sizes` (B, 2) are their (height, width); one target per image."""
+    if isinstance(images, (list, tuple)):
+        if image_sizes is not None:
+            raise ValueError(
+                "image_sizes: a list of images brings its own; give image_sizes with a "
+                "(B, 3, H, W) batch"
+            )
+        for i, image in enumerate(images):
+            check_images(f"images[{i}]", image, "(3, H, W)", 3)
+        if not images or len({image.dtype for image in images}) > 1:
+            raise ValueError(
+                f"images: a list of one or more images of one type; got "
+                f"{[image.dtype for image in images]}"
+            )
+        sizes = [image.shape[-2:] for image in images]
+        height, width = (max(side) for side in zip(*sizes, strict=True))
+        pad = [
+            nn.functional.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in images
+        ]
+        images = torch.stack(pad)
+        image_sizes = torch.tensor(sizes, device=images.device)
+    else:
+        check_images("images", images, "(B, 3, H, W)", 4)
+        if images.shape[0] == 0:
+            raise ValueError("images: an empty batch")
+    if image_sizes is not None:
+        image_sizes = torch.as_tensor(image_sizes)
+        if image_sizes.shape != (images.shape[0], 2):
+            raise ValueError(
+                f"image_sizes: (B, 2), the (height, width) of each of the {images.shape[0]} "
+                f"images; got shape {tuple(image_sizes.shape)}"
+            )
+    if targets is not None and len(targets) != images.shape[0]:
+        raise ValueError(f"targets: one per image, {images.shape[0]}; got {len(targets)}")
+    return images, image_sizes
+
+
+def check_images(name: str, images, shape: str, ndim: int) -> None:
+    """Refuses what is not a `shape` tensor of uint8 or float RGB, saying how to mend it."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name}: a {shape} tensor; got {type(images).__name__}")
+    got = f"got {tuple(images.shape)} {images.dtype}"
+    if images.ndim != ndim or images.shape[-3] != 3:
+        hint = ""
+        if images.ndim == 3 and ndim == 4:
+            hint = ": one image is images[None]"
+        elif images.ndim == ndim and images.shape[-1] == 3:
+            hint = ": channels last? images.movedim(-1, -3)"
+        elif images.ndim == ndim and images.shape[-3] == 1:
+            hint = f": gray? images.expand({'-1, ' * (ndim - 3)}3, -1, -1)"
+        raise ValueError(f"{name}: {shape} RGB; {got}{hint}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise ValueError(
+            f"{name}: uint8 (0..255) or float (0..1); {got}: images.to(torch.uint8) if its "
+            "values are 0..255"
+        )

@@ -128,13 +128,7 @@ def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
     (every second of the next two minutes is taken here), so it gets one with a suffix, and
     the other run's folder is left as it was."""
     runs = tmp_path / "train" / "runs"
-    start = datetime.now()
-    taken = [
-        runs / (start + timedelta(seconds=s)).strftime("%Y-%m-%d_%H-%M-%S") for s in range(120)
-    ]
-    for folder in taken:
-        folder.mkdir(parents=True)
-        (folder / "other_run.txt").write_text("")
+    taken = the_next_two_minutes_taken(runs)
     run("train.py", "trainer.max_epochs=1", *TINY, log_dir=tmp_path)
     (mine,) = [path for path in runs.iterdir() if path not in taken]
     assert mine.name.endswith("_1") and Path(mine.name.removesuffix("_1")) in {
@@ -145,9 +139,23 @@ def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
     assert all([p.name for p in folder.iterdir()] == ["other_run.txt"] for folder in taken)
 
 
+def the_next_two_minutes_taken(folder: Path) -> list[Path]:
+    """A folder for each second of the next two minutes in `folder`, as another run's."""
+    start = datetime.now()
+    taken = [
+        folder / (start + timedelta(seconds=s)).strftime("%Y-%m-%d_%H-%M-%S") for s in range(120)
+    ]
+    for path in taken:
+        path.mkdir(parents=True)
+        (path / "other_run.txt").write_text("")
+    return taken
+
+
 def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
     """LR 100 explodes (held finite by gradient clipping, stopped by the divergence rule); LR
-    0.02 trains."""
+    0.02 trains. The sweep started in the same second as another (every second of the next two
+    minutes is taken): it gets a folder of its own, as a run does."""
+    taken = the_next_two_minutes_taken(tmp_path / "train" / "multiruns")
     grid = ["-m", "module.optimizer.lr=100,0.02", "callbacks.divergence.window=2"]
     try:
         run("train.py", *grid, "trainer.max_epochs=2", *TINY, log_dir=tmp_path)
@@ -155,7 +163,9 @@ def test_a_failed_run_of_a_sweep_is_recorded_and_the_others_run(tmp_path):
         printed = str(error)
     assert "train.py failed (1)" in printed  # the sweep's status says that a run failed
     assert "1 of 2 runs failed" in printed
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert all([p.name for p in folder.iterdir()] == ["other_run.txt"] for folder in taken)
+    (sweep,) = set((tmp_path / "train" / "multiruns").iterdir()) - set(taken)
+    assert sweep.name.endswith("_1")
     table = (sweep / "summary.md").read_text()
     assert "| 1 | ok | 0.02 |" in table
     assert "| 0 | failed | 100 |" in table and "The training loss exploded" in table

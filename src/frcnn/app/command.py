@@ -80,8 +80,8 @@ def run_dir(new: str, task_name: str, ckpt_path: str | None) -> str:
 
 def new_folder(path: str) -> str:
     """`path`, or else `path_1`, `path_2`, ...: the first that did not exist, created now.
-    `mkdir` fails where the folder exists, so two runs started in the same second (a job
-    array, a shell loop) never share one. A process that an outside launcher started as rank
+    `mkdir` fails where the folder exists, so two runs or multiruns started in the same second
+    (a job array, a shell loop) never share one. A process that an outside launcher started as rank
     > 0 of a run (each rank resolves its folder) takes `path` as it is: rank 0 creates it."""
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) > 0:
         return path
@@ -100,11 +100,13 @@ def run_of(ckpt_path: str) -> Path:
 
 
 def register_resolvers() -> None:
-    """The config's own resolvers: `run_dir` (the run folder), `study_seed` (Optuna's) and
-    `command_help` (`--help`)."""
+    """The config's own resolvers: `run_dir` (the run folder), `new_folder` (a multirun's),
+    `study_seed` (Optuna's) and `command_help` (`--help`)."""
     if not OmegaConf.has_resolver("run_dir"):
-        # cached: the folder is made once per run, however often Hydra resolves the key
+        # cached: the folder is made once per run, however often Hydra resolves the key (a
+        # multirun's jobs take the cache of its config: one folder for them all)
         OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
+        OmegaConf.register_new_resolver("new_folder", new_folder, use_cache=True)
         OmegaConf.register_new_resolver("study_seed", study_seed)
         OmegaConf.register_new_resolver("command_help", command_help)
 

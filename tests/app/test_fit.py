@@ -88,6 +88,18 @@ def test_the_data_settings_are_the_data_module_s(script):
         run_script(script, [*SMALL_MODEL, "device=cpu", "data.batch_size=2"], script.parent)
 
 
+def test_what_is_not_a_data_module_or_an_override_string_is_refused_saying_what_to_give():
+    import frcnn
+    from frcnn.data import DetectionDataModule
+
+    dataset = torch.utils.data.TensorDataset(torch.zeros(1))  # (not yet a data module)
+    with pytest.raises(TypeError, match=r"a DetectionDataModule \(.*from_datasets.*TensorDataset"):
+        frcnn.fit(dataset)
+    data = DetectionDataModule.from_datasets([], [], ["a"], num_workers=0)
+    with pytest.raises(TypeError, match=r"one argument each .*got \['trainer.max_epochs=1'\]"):
+        frcnn.fit(data, ["trainer.max_epochs=1"])  # (a list, not its strings)
+
+
 class OwnSource(SyntheticShapes):
     """A user's own source class: 8 synthetic images of 3 classes per split, and the `root`
     that the data module gives every source."""

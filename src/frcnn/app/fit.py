@@ -23,6 +23,17 @@ def fit(datamodule: DetectionDataModule, *overrides: str) -> float | None:
     run's config (`data=python`). The script's own command-line arguments are overrides too,
     after these (`uv run my_script.py trainer.max_epochs=5`, `... ckpt_path=<last.ckpt>` to
     resume). Returns the value of `optimized_metric`."""
+    if not isinstance(datamodule, DetectionDataModule):
+        raise TypeError(
+            "fit: a DetectionDataModule (DetectionDataModule.from_datasets(train, val, "
+            f"class_names=[...])); got {type(datamodule).__name__}"
+        )
+    if not all(isinstance(o, str) for o in overrides):
+        wrong = next(o for o in overrides if not isinstance(o, str))
+        raise TypeError(
+            "fit: overrides are strings, one argument each (frcnn.fit(data, "
+            f'"trainer.max_epochs=20", "seed=1")); got {wrong!r}'
+        )
     data = ["data=python", "hydra.job.name=train"]  # its log: train.log, as train.py's
     data += [f"++data.{key}={override_value(value)}" for key, value in datamodule.settings.items()]
     argv = sys.argv

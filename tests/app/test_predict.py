@@ -43,7 +43,7 @@ def test_predictor_boxes_are_in_original_pixels(overfit_detector):
     assert found >= 0.8 * total
 
 
-def test_predictor_takes_arrays_tensors_and_lists(overfit_detector):
+def test_predictor_takes_arrays_tensors_and_lists(overfit_detector, tmp_path):
     model, _, _, _ = overfit_detector
     predictor = Predictor(model, OVERFIT_SIZE, device="cpu")
     array = np.array(draw_sample(0, 1, 3, max_objects=4).image)
@@ -64,6 +64,18 @@ def test_predictor_takes_arrays_tensors_and_lists(overfit_detector):
     assert batches == [2, 2, 1] and predictor([]) == []
     for image, detection in zip(images, found, strict=True):
         torch.testing.assert_close(detection["boxes"], predictor(image)["boxes"])
+    # files: a list, or an iterator of them (Path.glob's); a folder is not read as one image
+    for i, image in enumerate(images[:2]):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    files = predictor(sorted(tmp_path.glob("*.png")), batch_size=1)
+    torch.testing.assert_close(files[1]["boxes"], found[1]["boxes"])
+    assert len(predictor(tmp_path.glob("*.png"))) == 2
+    from_generator = predictor(path for path in sorted(tmp_path.glob("*.png")))
+    torch.testing.assert_close(from_generator[0]["boxes"], found[0]["boxes"])
+    with pytest.raises(IsADirectoryError, match=r"is a folder: give its images \(a list"):
+        predictor(tmp_path)
+    with pytest.raises(ValueError, match=r"^batch_size=0: must lie in \[1, inf\)"):
+        predictor(images, batch_size=0)
 
 
 def write_inputs(folder):

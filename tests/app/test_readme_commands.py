@@ -610,10 +610,12 @@ def test_starting_from_torchvisions_coco_weights(workspace):
 
 
 def test_predicting_from_python(workspace, coco400_run, tmp_path, monkeypatch):
-    """`last.ckpt` and `photo.jpg` are the coco400 run's checkpoint and a photo, `paths` two."""
+    """`last.ckpt` and `photo.jpg` are the coco400 run's checkpoint and a photo, `paths` and
+    `photos/` two."""
     run, _ = coco400_run
     (tmp_path / "last.ckpt").hardlink_to(run / "checkpoints" / "last.ckpt")
     (tmp_path / "photo.jpg").hardlink_to(workspace / "photos" / "0.jpg")
+    (tmp_path / "photos").symlink_to(workspace / "photos")
     monkeypatch.chdir(tmp_path)
     paths = [str(p) for p in sorted((workspace / "photos").glob("*.jpg"))]
     done = example("## Predicting on your images", paths=paths)

@@ -3,6 +3,7 @@
 import importlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,11 @@ class Predictor:
         a large JPEG decoded smaller (`Transform.reduction`); a decoded image is taken as it
         is."""
         if isinstance(image, (str, Path)):
+            if Path(image).is_dir():
+                raise IsADirectoryError(
+                    f"Predictor: {str(image)!r} is a folder: give its images (a list, or "
+                    "Path(folder).glob('*.jpg')), or run predict.py input=<the folder>"
+                )
             image = Path(image).read_bytes()
         elif not isinstance(image, (bytes, Image.Image)):
             image = array_image(image, "Predictor")
@@ -178,12 +184,13 @@ class Predictor:
         return stacked([self.prepare(image) for image in images])
 
     def __call__(self, images, batch_size: int = 8):
-        """An image or a list of them (as `prepare` takes them) -> its detections, or theirs:
-        {"boxes" (D, 4) xyxy in the image's own pixels, "scores" (D,), "labels" (D,),
-        "names"}. A list goes through the model `batch_size` images at a time (a list of a
-        thousand photos in one batch would need the activations of a thousand)."""
-        single = not isinstance(images, (list, tuple))
-        images = [images] if single else images
+        """An image or a list or iterator of them (as `prepare` takes them) -> its detections,
+        or theirs: {"boxes" (D, 4) xyxy in the image's own pixels, "scores" (D,), "labels"
+        (D,), "names"}. A list goes through the model `batch_size` images at a time (a list
+        of a thousand photos in one batch would need the activations of a thousand)."""
+        check_number("batch_size", batch_size, 1, integer=True)
+        single = not isinstance(images, (list, tuple, Iterator))
+        images = [images] if single else list(images)  # (an iterator: Path.glob's files)
         results = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]

@@ -82,6 +82,27 @@ def test_settings_follow_the_torchvision_model():
     assert ours.roi_heads.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
 
 
+@pytest.mark.parametrize(
+    "build, got",
+    [
+        ("fasterrcnn_resnet50_fpn_v2", "FasterRCNN with a FastRCNNConvFCHead box head"),
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", "FasterRCNN on a backbone without a ResNet's"),
+        ("maskrcnn_resnet50_fpn", "MaskRCNN$"),  # (a FasterRCNN subclass: mask weights left out)
+        ("retinanet_resnet50_fpn", "RetinaNet$"),
+    ],
+)
+def test_torchvision_detectors_of_another_build_are_refused_naming_what_they_are(build, got):
+    """They had failed inside the conversion (no `fc6`, no `layer1`, no mapping for a key)."""
+    tv = getattr(torchvision.models.detection, build)(weights=None, weights_backbone=None)
+    with pytest.raises(TypeError, match=rf"built as fasterrcnn_resnet50_fpn .*; got {got}"):
+        from_torchvision(tv)
+
+
+def test_a_state_dict_is_refused_saying_how_to_train_from_it():
+    with pytest.raises(TypeError, match=r"got a state dict: init_weights=<its file> trains"):
+        from_torchvision(torchvision_default(448).state_dict())
+
+
 def test_every_torchvision_key_has_a_home():
     assert convert_key("backbone.fpn.inner_blocks.3.0.weight") == "fpn.lateral.3.weight"
     assert convert_key("rpn.head.conv.0.0.bias") == "rpn.head.conv.bias"

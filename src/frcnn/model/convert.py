@@ -147,6 +147,31 @@ def name_key(name) -> str:
     return " ".join(str(name).lower().split())
 
 
+def check_convertible(tv_model) -> None:
+    """Refuses what is not built as `fasterrcnn_resnet50_fpn` (its ResNet-FPN backbone, RPN
+    head and two-layer box head, of any depth), naming what it is."""
+    from torchvision.models import detection
+
+    body = getattr(getattr(tv_model, "backbone", None), "body", None)
+    head = getattr(getattr(tv_model, "roi_heads", None), "box_head", None)
+    other = (detection.MaskRCNN, detection.KeypointRCNN)  # (Faster R-CNNs with more heads)
+    what = type(tv_model).__name__
+    if isinstance(tv_model, dict):
+        what = "a state dict: init_weights=<its file> trains from it"
+    elif isinstance(tv_model, detection.FasterRCNN) and not isinstance(tv_model, other):
+        if not isinstance(head, detection.faster_rcnn.TwoMLPHead):
+            what += f" with a {type(head).__name__} box head"
+        elif not hasattr(body, "layer4"):
+            what += " on a backbone without a ResNet's stages (layer1..layer4)"
+        else:
+            return
+    raise TypeError(
+        "from_torchvision: a torchvision Faster R-CNN built as fasterrcnn_resnet50_fpn (a "
+        "ResNet-FPN backbone and its TwoMLPHead box head), not _v2's, MobileNet's, RetinaNet, "
+        f"Mask or Keypoint R-CNN; got {what}"
+    )
+
+
 def carry_rows(value, own, pairs, num_rows: int):
     """`own` (a predictor tensor: rows of 1 or 4 per class) with `value`'s rows of each
     (source row, label) pair copied in; None where they do not fit (another width)."""
@@ -167,6 +192,7 @@ def from_torchvision(tv_model: nn.Module) -> FasterRCNN:
     when torchvision's transform is a no-op (min_size = max_size = the input side), also for
     letterboxed images when this detector is given their `image_sizes`.
     """
+    check_convertible(tv_model)
     transform, rpn, roi = tv_model.transform, tv_model.rpn, tv_model.roi_heads
     if tuple(transform.image_mean) != IMAGENET_MEAN or tuple(transform.image_std) != IMAGENET_STD:
         raise ValueError("only torchvision models normalised with ImageNet statistics convert")

@@ -59,8 +59,9 @@ def test_a_nested_setting_the_command_line_adds_that_its_object_refuses_is_named
 @pytest.mark.parametrize(
     ("setting", "told"),
     [
-        # named as given, not as torch would (scaled by the batch: "Invalid learning rate: -0.5")
-        ("module.optimizer.lr=-1", r": ValueError: module.optimizer.lr=-1: must lie in \[0, inf"),
+        # named as given, not as torch would (scaled by the batch: "Invalid learning rate: -0.5");
+        # 0 too, which torch takes: a run that learns nothing (`-m lr=0,02` sweeps 0 and 2)
+        ("module.optimizer.lr=0", r": ValueError: module.optimizer.lr=0: must lie in \(0, inf"),
         ("module.optimizer.momentum=-0.9", r": ValueError: module.optimizer: Invalid momentum"),
         ("module.scheduler.gamma=-1", r": ValueError: module.scheduler.gamma=-1: must lie in"),
         # Lightning does not check the types of its counts: a TypeError deep in it before

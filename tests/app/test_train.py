@@ -490,9 +490,10 @@ def validation_passes(tmp_path, *overrides) -> tuple[list, Path]:
 def test_the_best_checkpoint_is_validated_again_only_when_it_is_not_the_last(tmp_path):
     # one epoch: the best is the last step's, whose validation gave the final figures
     assert len(validation_passes(tmp_path / "a", "trainer.max_epochs=1")[0]) == 1
-    # a model that does not change (no learning, frozen statistics) ties at every validation:
-    # the best stays epoch 0's, which the end validates again
-    frozen = ["module.optimizer.lr=0", "model.backbone.norm=frozen_bn", "trainer.max_epochs=2"]
+    # a model that does not change (an LR too small to move a float32 weight, frozen
+    # statistics) ties at every validation: the best stays epoch 0's, which the end validates
+    # again
+    frozen = ["module.optimizer.lr=1e-30", "model.backbone.norm=frozen_bn", "trainer.max_epochs=2"]
     passes, run_dir = validation_passes(tmp_path / "b", *frozen)
     assert len(passes) == 3
     # train.log keeps a line per validation of the training (not the end's again)

@@ -359,9 +359,10 @@ def scale_learning_rate(cfg: DictConfig, trainer: L.Trainer) -> None:
     """The linear scaling rule of torchvision's and MMDetection's recipes: `module.optimizer.lr`
     is the LR for a total batch of `lr_base_batch` images (16); the run's LR is scaled by its
     own total batch (per device x devices x accumulated batches). lr_base_batch=null: as given.
-    A negative LR is refused, naming the key."""
+    An LR of 0 or less is refused, naming the key (at 0 a run learns nothing: `-m
+    module.optimizer.lr=0,02` sweeps 0 and 2)."""
     if "lr" in cfg.module.optimizer:  # (torch would name it scaled, and not its key)
-        check_number("module.optimizer.lr", cfg.module.optimizer.lr, 0)
+        check_number("module.optimizer.lr", cfg.module.optimizer.lr, 0, open_low=True)
     base = cfg.get("lr_base_batch")
     if base is None:
         return

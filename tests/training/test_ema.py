@@ -110,6 +110,8 @@ def test_a_resumed_run_goes_on_with_the_same_average(tmp_path):
 def test_impossible_settings_fail_naming_the_key():
     with pytest.raises(ValueError, match=r"ema.decay=1.5: must lie in \[0, 1\]"):
         WeightEMA(decay=1.5)
+    with pytest.raises(ValueError, match=r"ema.decay=1: the average would stop moving"):
+        WeightEMA(decay=1)  # (torch's and Lightning's take it)
     with pytest.raises(ValueError, match=r"ema.warmup_steps=-1: must lie in \[0, inf\)"):
         WeightEMA(warmup_steps=-1)
 

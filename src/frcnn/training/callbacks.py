@@ -391,6 +391,11 @@ class WeightEMA(WeightAveraging):
 
     def __init__(self, decay: float = 0.9998, warmup_steps: float = 2000):
         check_number("ema.decay", decay, 0, 1)
+        if decay == 1:  # (the ramp lets the first steps in, then nothing more)
+            raise ValueError(
+                "ema.decay=1: the average would stop moving, keeping the first steps' weights; "
+                "below 1 (0.9998 spans about 5000 steps), or ema=none for no average"
+            )
         check_number("ema.warmup_steps", warmup_steps, 0)
         update = functools.partial(ema_update, decay=decay, warmup_steps=warmup_steps)
         super().__init__(use_buffers=True, multi_avg_fn=update)  # a partial: DDP spawn pickles it

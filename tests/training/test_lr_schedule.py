@@ -73,7 +73,8 @@ def test_an_unknown_decay_is_refused_naming_the_key():
     ("setting", "message"),
     [
         # a negative factor turns the LR negative (gradient ascent) at its milestone
-        ({"gamma": -0.1}, r"module.scheduler.gamma=-0.1: must lie in \[0, inf\)"),
+        ({"gamma": -0.1}, r"module.scheduler.gamma=-0.1: must lie in \(0, inf\)"),
+        ({"gamma": 0}, r"module.scheduler.gamma=0: must lie in \(0, inf\)"),  # LR 0 from there
         ({"decay": "cosine", "final_factor": -1}, r"module.scheduler.final_factor=-1: must lie"),
         ({"warmup_steps": -5}, r"module.scheduler.warmup_steps=-5: must lie"),
         ({"warmup_start_factor": 2}, r"module.scheduler.warmup_start_factor=2: must lie in \[0"),

@@ -63,11 +63,11 @@ def warmup_decay(
 
     One function for both, so that an experiment's settings compose with either decay. Each
     setting is checked here, naming it: a negative factor would turn the LR negative (gradient
-    ascent) at its step, far into the run.
+    ascent) at its step, far into the run, and a `gamma` of 0 stop the learning there.
     """
     check_number("module.scheduler.warmup_steps", warmup_steps, 0)
     check_number("module.scheduler.warmup_start_factor", warmup_start_factor, 0, 1)
-    check_number("module.scheduler.gamma", gamma, 0)
+    check_number("module.scheduler.gamma", gamma, 0, open_low=True)
     check_number("module.scheduler.final_factor", final_factor, 0)
     if not is_list(milestones):
         example = typed_setting("module.scheduler.milestones", [milestones])

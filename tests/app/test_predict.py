@@ -532,6 +532,28 @@ def test_sigterm_stops_predict_with_the_detections_so_far(trained, tmp_path):
     assert 5 <= len(done) < 300 and {d["image_id"] for d in detections} <= done
 
 
+def test_predict_py_keeps_the_checkpoints_count_of_detections_unless_told(trained, tmp_path):
+    """A checkpoint trained to keep 3 detections per image (model.roi_heads.detections_per_img,
+    as a dense scene's 300): predict.py keeps its count, with tiles too, and max_detections=
+    changes it (a default of 100 had capped a checkpoint of 300 at 100)."""
+    _, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["config"]["model"]["roi_heads"]["detections_per_img"] = 3
+    torch.save(checkpoint, tmp_path / "three.ckpt")
+    (tmp_path / "in").mkdir()
+    draw_sample(5, 0, 6).image.save(tmp_path / "in" / "0.png")
+    args = [f"ckpt_path={tmp_path / 'three.ckpt'}", f"input={tmp_path / 'in'}", "device=cpu"]
+
+    def found(*added) -> int:
+        out = tmp_path / f"out{len(added)}"
+        run("predict.py", *args, f"output={out}", *added, log_dir=tmp_path / "logs")
+        return len(json.loads((out / "detections.json").read_text()))
+
+    assert found("max_detections=10", "score_thresh=0") == 10
+    assert found("score_thresh=0") == 3
+    assert found("score_thresh=0", "tile=64", "tile_overlap=0") == 3
+
+
 def test_predict_py_on_tiles_gives_the_tiled_detections_in_the_whole_images_pixels(
     trained, tmp_path
 ):

@@ -375,7 +375,11 @@ def detector(cfg, predictor: Predictor, tiles: tuple[int, float] | None):
     if tiles is None:
         return predictor.prepare, lambda images, prepared: predictor.detect(prepared)
     tile, overlap = tiles
-    most = cfg.max_detections if cfg.max_detections is not None else 100
+    # the merge keeps as many as one image's detections: max_detections, else the checkpoint's
+    # (an exported file's graph holds its own count: 100)
+    model = predictor.model
+    own = model.roi_heads.detections_per_img if isinstance(model, torch.nn.Module) else 100
+    most = cfg.max_detections or own
 
     def detect(images: list, prepared: list) -> list[dict]:
         found = []

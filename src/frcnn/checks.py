@@ -17,14 +17,16 @@ def check_number(
     high: float = math.inf,
     integer: bool = False,
     open_low: bool = False,
+    open_high: bool = False,
 ) -> None:
     """Raise ValueError naming `key` unless `value` is a number (an integer if `integer`) in
-    [low, high], or (low, high] with `open_low`."""
+    [low, high], its ends left out with `open_low` and `open_high`."""
     kind = "an integer" if integer else "a number"
+    span = interval(low, high, open_low, open_high)
     if not is_number(value, integer):
-        raise ValueError(f"{key}={value!r}: must be {kind} in {interval(low, high, open_low)}")
-    if value < low or value > high or (open_low and value == low):
-        raise ValueError(f"{key}={value!r}: must lie in {interval(low, high, open_low)}")
+        raise ValueError(f"{key}={value!r}: must be {kind} in {span}")
+    if not low <= value <= high or (open_low and value == low) or (open_high and value == high):
+        raise ValueError(f"{key}={value!r}: must lie in {span}")
 
 
 def check_flag(key: str, value, *others) -> None:
@@ -43,9 +45,9 @@ def is_number(value, integer: bool = False) -> bool:
     return numeric and not isinstance(value, bool) and not math.isnan(value)
 
 
-def interval(low: float, high: float, open_low: bool) -> str:
+def interval(low: float, high: float, open_low: bool, open_high: bool = False) -> str:
     left = "(" if open_low or low == -math.inf else "["
-    right = "]" if high < math.inf else ")"
+    right = ")" if open_high or high == math.inf else "]"
     return f"{left}{bound(low)}, {bound(high)}{right}"
 
 

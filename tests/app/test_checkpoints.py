@@ -211,12 +211,12 @@ def test_eval_needs_only_the_checkpoint_and_the_validation_data(trained, tmp_pat
 def test_eval_applies_post_processing_given_on_the_command_line(trained, tmp_path):
     _, run_dir = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    # no detection scores 1.0: nothing is detected, so the mAP is 0
+    # no detection is 100,000 px across: nothing is detected, so the mAP is 0
     run(
         "eval.py",
         f"ckpt_path={ckpt}",
         "device=cpu",
-        "model.roi_heads.score_thresh=1.0",
+        "model.roi_heads.min_size=100000",
         log_dir=tmp_path,
     )
     assert metrics(run_dirs(tmp_path, "eval")[0])["val/map"] <= 0.0

@@ -232,7 +232,8 @@ def test_wrong_num_classes_fails_at_start_up_naming_the_key(tmp_path):
         ("data.num_workers=-1", r"data.num_workers=-1: must lie in \[0, inf\)"),
         ("model.rpn.nms_thresh=2", r"model.rpn.nms_thresh=2: must lie in \(0, 1\]"),
         ("model.roi_heads.nms_thresh=0", r"model.roi_heads.nms_thresh=0: must lie in \(0, 1\]"),
-        ("model.roi_heads.score_thresh=1.5", r"score_thresh=1.5: must lie in \[0, 1\]"),
+        # (a detection scores above it: at 1, none would)
+        ("model.roi_heads.score_thresh=1", r"score_thresh=1: must lie in \[0, 1\)"),
         ("model.rpn.fg_iou_thresh=1.2", r"model.rpn.fg_iou_thresh=1.2: must lie in \[0, 1\]"),
         ("model.rpn.post_nms_top_n_train=0", r"post_nms_top_n_train=0: must lie in \[1, inf\)"),
         ("model.roi_heads.positive_fraction=0", r"positive_fraction=0: must lie in \(0, 1\]"),

@@ -221,7 +221,7 @@ def test_int8_settings_are_checked_before_anything_is_loaded(calibration_images,
         ("ckpt_path={tmp}/notes.txt", "not a checkpoint of this project"),
         # named as given, not as the model's keys (model.roi_heads.detections_per_img=0)
         ("max_detections=0", r": max_detections=0: must lie in \[1, inf\)"),
-        ("score_thresh=1.5", r": score_thresh=1.5: must lie in \[0, 1\]"),
+        ("score_thresh=1", r": score_thresh=1: must lie in \[0, 1\)"),
         ("check_images=0", r"check_images=0: a file, folder or glob of images, up to 4"),
     ],
 )

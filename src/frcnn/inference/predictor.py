@@ -52,7 +52,7 @@ def check_post_processing(score_thresh=None, nms_thresh=None, max_detections=Non
     model loads and named as given (`predict.py score_thresh=`, or the keyword): the model
     would name its own keys (`model.roi_heads.detections_per_img` for `max_detections`)."""
     if score_thresh is not None:
-        check_number("score_thresh", score_thresh, 0, 1)
+        check_number("score_thresh", score_thresh, 0, 1, open_high=True)
     if nms_thresh is not None:
         check_number("nms_thresh", nms_thresh, 0, 1, open_low=True)
     if max_detections is not None:

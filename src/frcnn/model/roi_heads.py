@@ -85,7 +85,8 @@ class RoIHeads(nn.Module):
         ):
             check_number(f"model.roi_heads.{name}", count, 1, integer=True)
         check_number("model.roi_heads.nms_thresh", nms_thresh, 0.0, 1.0, open_low=True)
-        check_number("model.roi_heads.score_thresh", score_thresh, 0.0, 1.0)
+        # (a detection scores above it: at 1, none would)
+        check_number("model.roi_heads.score_thresh", score_thresh, 0.0, 1.0, open_high=True)
         check_number("model.roi_heads.min_size", min_size, 0.0)
         check_number("model.roi_heads.canonical_size", canonical_size, 0, open_low=True)
         check_number("model.roi_heads.canonical_level", canonical_level, 0, integer=True)

@@ -317,6 +317,14 @@ def run_config(tmp_path, *overrides) -> DictConfig:
         (["optimized_metric=map50"], r"optimized_metric=map50: .* \(did you mean val/map_50\?\)"),
         # a class's AP is logged with module.per_class_map=true alone
         (EARLY_STOP_ON_A_CLASS, r"early_stopping.monitor=val/ap/green ellipse: the run logs"),
+        # a figure sought the wrong way: the best checkpoint the worst, an early stop at the best
+        (["callbacks.model_checkpoint.monitor=val/loss"], r"callbacks.model_checkpoint.mode=max "
+         r"seeks the highest val/loss, the worst: callbacks.model_checkpoint.mode=min$"),
+        (["hparams_search=nms_iou_optuna", "hydra.sweeper.direction=minimize"],
+         r"direction=minimize seeks the lowest val/map_50, the worst: hydra.sweeper.direction=max"),
+        (["+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping",
+          "+callbacks.es.monitor=val/map_50"],  # Lightning's default mode: "min"
+         r"callbacks.es.mode=min seeks the lowest val/map_50, the worst: callbacks.es.mode=max"),
         # 0 ran as null, the LR unscaled
         (["lr_base_batch=0"], r"lr_base_batch=0: must lie in \[1, inf\)"),
         # passed over on a CPU, a traceback on a GPU

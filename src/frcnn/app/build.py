@@ -3,6 +3,7 @@ shared by every command."""
 
 import difflib
 import importlib
+import inspect
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -45,6 +47,7 @@ from frcnn.training.checkpoint import (
     initial_weights,
     refuse_code,
 )
+from frcnn.training.module import LOSS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +160,15 @@ def check_seed(seed) -> None:
 def check_monitored(cfg: DictConfig, logged: set[str]) -> None:
     """Raise ValueError where a callback monitors (or a sweeper optimises) a metric that the
     run does not log: Lightning fails at the first validation, a finished epoch unsaved, or a
-    sweeper is told None. LearningRateMonitor's `lr-...` figures are let be."""
-    monitored = {
-        f"callbacks.{name}.monitor": entry.monitor
+    sweeper is told None. LearningRateMonitor's `lr-...` figures are let be. A loss or a COCO
+    figure sought the wrong way (a callback's `mode`, Lightning's default "min"; an Optuna
+    search's `direction`) is refused too: the best checkpoint would be the worst."""
+    entries = {
+        name: entry
         for name, entry in (cfg.get("callbacks") or {}).items()
         if isinstance(entry, DictConfig) and "_target_" in entry and entry.get("monitor")
     }
+    monitored = {f"callbacks.{name}.monitor": entry.monitor for name, entry in entries.items()}
     monitored["optimized_metric"] = cfg.get("optimized_metric")
     for key, metric in monitored.items():
         if metric is None or metric in logged or str(metric).startswith("lr-"):
@@ -174,6 +180,40 @@ def check_monitored(cfg: DictConfig, logged: set[str]) -> None:
             + (f" (did you mean {near[0]}?)" if near else "")
             + f"; it logs {', '.join(shown)} (training figures also as _step and _epoch)"
         )
+    sought = {
+        f"callbacks.{name}.mode": (entry.monitor, entry.get("mode", default_mode(entry)), 0)
+        for name, entry in entries.items()
+    }
+    sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else {}
+    if cfg.get("optimized_metric") and isinstance(sweeper.get("direction"), str):
+        sought["hydra.sweeper.direction"] = (cfg.optimized_metric, sweeper.direction, 1)
+    for key, (metric, way, kind) in sought.items():
+        better = better_way(metric)
+        if better and way and way not in better:  # (None: the class takes no mode)
+            highest = "highest" if way.startswith("max") else "lowest"
+            raise ValueError(
+                f"{key}={way} seeks the {highest} {metric}, the worst: {key}={better[kind]}"
+            )
+
+
+def default_mode(entry: DictConfig) -> str | None:
+    """The `mode` a callback class takes when its config gives none (Lightning's "min")."""
+    try:
+        mode = inspect.signature(hydra.utils.get_class(entry._target_)).parameters.get("mode")
+    except (ImportError, ValueError, TypeError):  # (its instantiation names the problem)
+        return None
+    return mode.default if mode is not None and isinstance(mode.default, str) else None
+
+
+def better_way(metric: str) -> tuple[str, str] | None:
+    """(mode, direction) in which `metric` improves: ("min", "minimize") for a loss, ("max",
+    "maximize") for an AP or AR; None for the rest (counts, speed, the epoch)."""
+    name = str(metric).split("/", 1)[-1].removesuffix("_step").removesuffix("_epoch")
+    if name in (*LOSS_NAMES, "loss"):
+        return "min", "minimize"
+    if name.startswith(("map", "mar", "ap/")):
+        return "max", "maximize"
+    return None
 
 
 def classes_from_data(cfg: DictConfig, datamodule) -> None:

@@ -47,7 +47,7 @@ from frcnn.training.checkpoint import (
     initial_weights,
     refuse_code,
 )
-from frcnn.training.module import LOSS_NAMES
+from frcnn.training.sweep import improves
 
 log = logging.getLogger(__name__)
 
@@ -181,19 +181,18 @@ def check_monitored(cfg: DictConfig, logged: set[str]) -> None:
             + f"; it logs {', '.join(shown)} (training figures also as _step and _epoch)"
         )
     sought = {
-        f"callbacks.{name}.mode": (entry.monitor, entry.get("mode", default_mode(entry)), 0)
+        f"callbacks.{name}.mode": (entry.monitor, entry.get("mode", default_mode(entry)))
         for name, entry in entries.items()
     }
     sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else {}
     if cfg.get("optimized_metric") and isinstance(sweeper.get("direction"), str):
-        sought["hydra.sweeper.direction"] = (cfg.optimized_metric, sweeper.direction, 1)
-    for key, (metric, way, kind) in sought.items():
-        better = better_way(metric)
-        if better and way and way not in better:  # (None: the class takes no mode)
-            highest = "highest" if way.startswith("max") else "lowest"
-            raise ValueError(
-                f"{key}={way} seeks the {highest} {metric}, the worst: {key}={better[kind]}"
-            )
+        sought["hydra.sweeper.direction"] = (cfg.optimized_metric, sweeper.direction)
+    for key, (metric, way) in sought.items():
+        better = improves(metric)  # "min" | "max" | None (neither: a count)
+        if better and way and not str(way).startswith(better):  # (way None: no mode taken)
+            right = better if key.endswith(".mode") else f"{better}imize"
+            highest = "highest" if str(way).startswith("max") else "lowest"
+            raise ValueError(f"{key}={way} seeks the {highest} {metric}, the worst: {key}={right}")
 
 
 def default_mode(entry: DictConfig) -> str | None:
@@ -203,17 +202,6 @@ def default_mode(entry: DictConfig) -> str | None:
     except (ImportError, ValueError, TypeError):  # (its instantiation names the problem)
         return None
     return mode.default if mode is not None and isinstance(mode.default, str) else None
-
-
-def better_way(metric: str) -> tuple[str, str] | None:
-    """(mode, direction) in which `metric` improves: ("min", "minimize") for a loss, ("max",
-    "maximize") for an AP or AR; None for the rest (counts, speed, the epoch)."""
-    name = str(metric).split("/", 1)[-1].removesuffix("_step").removesuffix("_epoch")
-    if name in (*LOSS_NAMES, "loss"):
-        return "min", "minimize"
-    if name.startswith(("map", "mar", "ap/")):
-        return "max", "maximize"
-    return None
 
 
 def classes_from_data(cfg: DictConfig, datamodule) -> None:

@@ -66,7 +66,7 @@ def summarise(sweep_dir: str | Path, sort_by: str | None = None) -> list[dict]:
     ]
     rows, common, keys = run_rows(runs)
     if sort_by:
-        sign = 1 if lower_is_better(sort_by) else -1
+        sign = 1 if improves(sort_by) == "min" else -1
         rows.sort(key=lambda r: sign * r.get(sort_by, sign * float("inf")))  # missing: last
     columns = list(dict.fromkeys(k for row in rows for k in row))
     if "error" in columns:  # the longest cell, last
@@ -123,9 +123,14 @@ def int_or_str(path: Path):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def lower_is_better(metric: str) -> bool:
-    """Losses (e.g. val/loss, val/roi_cls) are minimised; every other metric is maximised."""
-    return "loss" in metric or metric.split("/")[-1].startswith(("rpn_", "roi_"))
+def improves(metric: str) -> str | None:
+    """How `metric` improves: "min" for a loss (val/loss, val/roi_cls, train/loss_epoch), "max"
+    for an AP or AR (val/map_50, val/mar_100, val/ap/<class>); None for the rest (image counts,
+    speed, the epoch), which the summary sorts largest first."""
+    name = str(metric).split("/", 1)[-1]
+    if "loss" in name or name.startswith(("rpn_", "roi_")):
+        return "min"
+    return "max" if name.startswith(("map", "mar", "ap/")) else None
 
 
 class SweepSummary(Callback):
@@ -163,7 +168,7 @@ class SweepSummary(Callback):
             sys.exit(1)
         rows = summarise(sweep_dir, config.get("optimized_metric"))
         metric = config.get("optimized_metric")
-        order = "lowest" if metric and lower_is_better(metric) else "highest"
+        order = "lowest" if metric and improves(metric) == "min" else "highest"
         print(f"\nSweep summary ({counted(len(rows), 'run')}, sorted by {metric}, {order} first):")
         print((sweep_dir / "summary.md").read_text())
         print(f"Written to {sweep_dir / 'summary.csv'} and {sweep_dir / 'summary.md'}")

@@ -149,7 +149,7 @@ def name_key(name) -> str:
 
 def check_convertible(tv_model) -> None:
     """Refuses what is not built as `fasterrcnn_resnet50_fpn` (its ResNet-FPN backbone, RPN
-    head and two-layer box head, of any depth), naming what it is."""
+    head and two-layer box head, on a ResNet-18 to 101), naming what it is."""
     from torchvision.models import detection
 
     body = getattr(getattr(tv_model, "backbone", None), "body", None)

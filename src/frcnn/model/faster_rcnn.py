@@ -42,14 +42,14 @@ class FasterRCNN(nn.Module):
             by the ROI heads' NMS per class and top-K (frcnn.model.tta). `detect` (the ONNX
             export's graph) never uses it.
 
-    `forward(images, targets=None, image_sizes=None)`: images are (B, 3, H, W), uint8 in
-    0..255 or float in 0..1, or a list of (3, H, W) images of any sizes (`as_batch`); the
-    model normalises them with ImageNet statistics. `image_sizes`
-    (B, 2) gives the (height, width) of each image's content, top-left, for letterboxed inputs
-    (None: the whole input): the padding is set to 0 after normalisation and proposals and
-    detections are clipped to the content, so none lies in the padding. In training mode it
-    returns {"rpn_cls", "rpn_box", "roi_cls", "roi_box"}; in eval mode a list of B dicts with
-    "boxes" (D, 4) xyxy in input pixels, "scores" (D,) and "labels" (D,).
+    `forward(images, targets=None, image_sizes=None)`: images are (B, 3, H, W), uint8 in 0..255
+    or float in 0..1, or a list of (3, H, W) images of any sizes (`as_batch`); the model
+    normalises them with ImageNet statistics. `image_sizes` (B, 2) gives the (height, width) of
+    each image's content, top-left, for letterboxed inputs (None: the whole input): the padding
+    is set to 0 after normalisation and proposals and detections are clipped to the content, so
+    none lies in the padding. In training mode it returns {"rpn_cls", "rpn_box", "roi_cls",
+    "roi_box"}; in eval mode a list of B dicts with "boxes" (D, 4) xyxy in input pixels,
+    "scores" (D,) and "labels" (D,).
     """
 
     def __init__(
